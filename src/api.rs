@@ -1,0 +1,1 @@
+//! Control-plane client and wire types (placeholder; issue 3).

@@ -1,0 +1,220 @@
+//! The job request: what `GET /jobs/<id>` answers and what `run` reads.
+//!
+//! Every field is optional on the wire and unknown fields are ignored, so a
+//! newer control plane never breaks an older agent. Base64 values stay
+//! encoded here and are decoded at the point of use, where an error can name
+//! the variable or file it came from.
+
+use base64::Engine;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobRequest {
+    pub job_id: String,
+    pub executor: String,
+    pub commands: Vec<Command>,
+    pub epilogue_always_commands: Vec<Command>,
+    pub epilogue_on_pass_commands: Vec<Command>,
+    pub epilogue_on_fail_commands: Vec<Command>,
+    pub env_vars: Vec<EnvVar>,
+    pub files: Vec<File>,
+    pub ssh_public_keys: Vec<String>,
+    pub logger: Logger,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Command {
+    pub directive: String,
+    pub alias: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EnvVar {
+    pub name: String,
+    /// Base64 of the value.
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct File {
+    pub path: String,
+    /// Base64 of the content.
+    pub content: String,
+    /// Octal permission bits, e.g. "0644".
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Logger {
+    pub method: String,
+    pub url: String,
+    pub token: String,
+    pub max_size_in_bytes: u64,
+}
+
+/// Why a job file could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Read { path, source } => {
+                write!(f, "cannot read job file {}: {source}", path.display())
+            }
+            LoadError::Parse { path, message } => {
+                write!(f, "job file {} is not a valid job: {message}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl JobRequest {
+    /// Parses a job from JSON (the wire format).
+    pub fn from_json(text: &str) -> Result<JobRequest, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Loads a job file for `run`: JSON when it ends in `.json`, else YAML
+    /// (which also reads JSON).
+    pub fn load(path: &std::path::Path) -> Result<JobRequest, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            JobRequest::from_json(&text)
+        } else {
+            serde_yaml_ng::from_str::<Option<JobRequest>>(&text)
+                .map(Option::unwrap_or_default)
+                .map_err(|e| e.to_string())
+        };
+        parsed.map_err(|message| LoadError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// The executor to use; empty means `shell`.
+    pub fn executor(&self) -> &str {
+        if self.executor.is_empty() {
+            "shell"
+        } else {
+            &self.executor
+        }
+    }
+
+    /// The decoded value of the job's env var `name`, if present and valid.
+    pub fn find_env_var(&self, name: &str) -> Option<String> {
+        self.env_vars
+            .iter()
+            .rev()
+            .find(|v| v.name == name)
+            .and_then(|v| v.decode().ok())
+    }
+}
+
+impl EnvVar {
+    /// The value, decoded; the error names the variable (never its value).
+    pub fn decode(&self) -> Result<String, String> {
+        decode_base64(&self.value)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| format!("env var {} has a value that is not valid base64: {e}", self.name))
+    }
+}
+
+impl File {
+    /// The content, decoded; the error names the file.
+    pub fn decode(&self) -> Result<Vec<u8>, String> {
+        decode_base64(&self.content)
+            .map_err(|e| format!("file {} has content that is not valid base64: {e}", self.path))
+    }
+
+    /// The mode bits, parsed as octal; the error names the mode and file.
+    pub fn parse_mode(&self) -> Result<u32, String> {
+        let digits = self.mode.trim();
+        let digits = digits.strip_prefix("0o").unwrap_or(digits);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if !digits.is_empty() && m <= 0o7777 => Ok(m),
+            _ => Err(format!(
+                "bad file mode '{}' for {}: expected octal permission bits such as 0644",
+                self.mode, self.path
+            )),
+        }
+    }
+}
+
+/// Decodes standard base64, accepting input with or without padding (the Go
+/// agent itself writes unpadded values) and ignoring surrounding whitespace.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let trimmed: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let unpadded = trimmed.trim_end_matches('=');
+    base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded)
+}
+
+/// Encodes bytes as padded standard base64.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_unknown_fields_are_tolerated() {
+        let job = JobRequest::from_json(r#"{"commands":[{"directive":"ls"}],"future":1}"#).unwrap();
+        assert_eq!(job.commands[0].directive, "ls");
+        assert_eq!(job.commands[0].alias, "");
+        assert_eq!(job.executor(), "shell");
+        assert!(job.env_vars.is_empty());
+    }
+
+    #[test]
+    fn base64_with_and_without_padding() {
+        assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
+        assert_eq!(decode_base64("aGk").unwrap(), b"hi");
+        assert!(decode_base64("!!!").is_err());
+    }
+
+    #[test]
+    fn bad_env_var_names_the_variable() {
+        let v = EnvVar {
+            name: "SECRET".into(),
+            value: "%%%".into(),
+        };
+        let err = v.decode().unwrap_err();
+        assert!(err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        let mut f = File {
+            path: "a".into(),
+            content: String::new(),
+            mode: "0644".into(),
+        };
+        assert_eq!(f.parse_mode().unwrap(), 0o644);
+        f.mode = "0999".into();
+        let err = f.parse_mode().unwrap_err();
+        assert!(err.contains("0999"), "{err}");
+        f.mode = "".into();
+        assert!(f.parse_mode().is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! semaphore-agent: a drop-in replacement for Semaphore CI's self-hosted agent.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library so that the
+//! integration tests, examples and benchmarks can reach the same code. See
+//! `ARCHITECTURE.md` for the threads, the data flow and which module owns what.
+
+pub mod api;
+pub mod config;
+pub mod job;
+pub mod listener;
+pub mod logs;
+pub mod output;
+pub mod shell;
+
+/// The agent's version, sent as `SemaphoreAgent/<version>` and on register.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Unix time in whole seconds, the unit of every timestamp on the wire.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

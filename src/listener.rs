@@ -1,0 +1,1 @@
+//! The sync loop and state machine (placeholder; issue 3).

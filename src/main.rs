@@ -1,0 +1,3 @@
+fn main() {
+    println!("semaphore-agent {}", semaphore_agent::VERSION);
+}

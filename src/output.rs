@@ -1,0 +1,1 @@
+//! PTY bytes to output chunks (placeholder; being built in issue 2).
