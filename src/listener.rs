@@ -1,1 +1,0 @@
-//! The sync loop and state machine (placeholder; issue 3).

@@ -1,0 +1,184 @@
+//! The agent's own log (not the job logs): stdout plus a file.
+//!
+//! Owns where agent log lines go (`SEMAPHORE_AGENT_LOG_FILE_PATH`, default
+//! `<tmp>/agent_log`), their level (`SEMAPHORE_AGENT_LOG_LEVEL`, default
+//! info) and their format, which mirrors the Go agent's
+//! (`Jan _2 15:04:05.000 <name> : message`, UTC). Must not decide what is
+//! logged: callers are responsible for never passing a token.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use log::LevelFilter;
+
+/// The agent name shown on every line; set once registered.
+static LOG_NAME: Mutex<String> = Mutex::new(String::new());
+
+/// Why the agent log could not be set up.
+#[derive(Debug)]
+pub enum AgentLogError {
+    BadLevel { value: String },
+    OpenFile { path: PathBuf, source: std::io::Error },
+}
+
+impl std::fmt::Display for AgentLogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentLogError::BadLevel { value } => write!(
+                f,
+                "log level '{value}' from SEMAPHORE_AGENT_LOG_LEVEL is not supported \
+                 (use trace, debug, info, warn, error)"
+            ),
+            AgentLogError::OpenFile { path, source } => {
+                write!(f, "cannot open the agent log file {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for AgentLogError {}
+
+/// Sets up the agent log for `start`; returns the file path in use. Safe to
+/// call twice (the second call only reopens nothing and returns the path).
+pub fn init_logging() -> Result<PathBuf, AgentLogError> {
+    let level = parse_level(&std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_default())?;
+    let path = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => std::env::temp_dir().join("agent_log"),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| AgentLogError::OpenFile {
+            path: path.clone(),
+            source,
+        })?;
+    // Other crates (ureq, rustls) stay at warn or quieter: their debug
+    // output is noise for an operator and not ours to vouch for.
+    let others = level.min(LevelFilter::Warn);
+    let _ = env_logger::Builder::new()
+        .filter_level(others)
+        .filter_module("semaphore_agent", level)
+        .target(env_logger::Target::Pipe(Box::new(Tee { file })))
+        .format(|buf, record| {
+            let name = LOG_NAME.lock().map(|n| n.clone()).unwrap_or_default();
+            let stamp = stamp_milli(std::time::SystemTime::now());
+            if name.is_empty() {
+                writeln!(buf, "{stamp} : {}", record.args())
+            } else {
+                writeln!(buf, "{stamp} {name} : {}", record.args())
+            }
+        })
+        .try_init();
+    Ok(path)
+}
+
+/// Sets the name shown on each line. A URL name shows its host, as the Go
+/// agent does until the control plane assigns the real name.
+pub fn set_log_name(name: &str) {
+    let shown = match name.split_once("://") {
+        Some((_, rest)) => format!("[{}]", rest.split('/').next().unwrap_or_default()),
+        None => name.to_string(),
+    };
+    if let Ok(mut current) = LOG_NAME.lock() {
+        *current = shown;
+    }
+}
+
+fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
+    // The Go agent takes logrus level names; panic and fatal map to error.
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "info" => Ok(LevelFilter::Info),
+        "trace" => Ok(LevelFilter::Trace),
+        "debug" => Ok(LevelFilter::Debug),
+        "warn" | "warning" => Ok(LevelFilter::Warn),
+        "error" | "fatal" | "panic" => Ok(LevelFilter::Error),
+        "off" => Ok(LevelFilter::Off),
+        _ => Err(AgentLogError::BadLevel { value: text.to_string() }),
+    }
+}
+
+/// Writes every line to stdout and the log file. A failing stdout (closed
+/// pipe) must not lose the file copy, so errors are ignored per target.
+struct Tee {
+    file: File,
+}
+
+impl Write for Tee {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stdout().lock().write_all(bytes);
+        let _ = self.file.write_all(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stdout().flush();
+        self.file.flush()
+    }
+}
+
+/// `Jan _2 15:04:05.000` in UTC (Go's `time.StampMilli`).
+fn stamp_milli(now: std::time::SystemTime) -> String {
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (_, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}.{:03}",
+        MONTHS[(month as usize).saturating_sub(1) % 12],
+        day,
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic
+/// Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn stamps_look_like_go_stamp_milli() {
+        // 2023-11-14T22:13:20.042Z
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        assert_eq!(stamp_milli(t), "Nov 14 22:13:20.042");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(stamp_milli(t), "Feb 29 00:00:00.000");
+        assert_eq!(stamp_milli(UNIX_EPOCH), "Jan  1 00:00:00.000");
+    }
+
+    #[test]
+    fn levels_accept_logrus_names() {
+        assert_eq!(parse_level("").unwrap(), LevelFilter::Info);
+        assert_eq!(parse_level("DEBUG").unwrap(), LevelFilter::Debug);
+        assert_eq!(parse_level("warning").unwrap(), LevelFilter::Warn);
+        assert_eq!(parse_level("fatal").unwrap(), LevelFilter::Error);
+        assert!(parse_level("loud").unwrap_err().to_string().contains("loud"));
+    }
+}

@@ -1,0 +1,107 @@
+//! Facts about this machine sent on register: OS name, architecture,
+//! hostname. Reads only; never fails (an unknown fact is sent as "").
+
+/// The OS name as the Go agent reports it on Linux: `PRETTY_NAME` from
+/// os-release, else `NAME`, else "". (The Go agent also needs
+/// /etc/lsb-release to exist; we do not copy that quirk.)
+pub fn os_name() -> String {
+    for path in ["/etc/os-release", "/usr/lib/os-release"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return os_name_from(&text);
+        }
+    }
+    String::new()
+}
+
+fn os_name_from(text: &str) -> String {
+    let find = |key: &str| {
+        text.lines().find_map(|line| {
+            let value = line.trim().strip_prefix(key)?.strip_prefix('=')?;
+            let value = value.trim();
+            let unquoted = value
+                .strip_prefix('"')
+                .and_then(|v| v.split('"').next())
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.split('\'').next()))
+                .unwrap_or(value);
+            Some(unquoted.to_string())
+        })
+    };
+    find("PRETTY_NAME").or_else(|| find("NAME")).unwrap_or_default()
+}
+
+/// The architecture in Go's GOARCH words, except amd64 → x86_64 and
+/// 386 → x86, which is what the Go agent sends.
+pub fn arch() -> String {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
+        "loongarch64" => "loong64",
+        "mips64" if cfg!(target_endian = "little") => "mips64le",
+        "mips" if cfg!(target_endian = "little") => "mipsle",
+        other => other,
+    }
+    .to_string()
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call;
+    // gethostname writes at most `len` bytes into it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// A random URL-safe 20-character name (15 random bytes in URL-safe
+/// base64), for when the configuration has none.
+pub fn random_name() -> String {
+    use base64::Engine;
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 15];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if read.is_err() {
+        // No /dev/urandom: std's per-process random hasher keys are the
+        // next best source without a new dependency.
+        for chunk in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(crate::unix_now() as u128);
+            let v = h.finish().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    base64::engine::general_purpose::URL_SAFE.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_pretty_name_then_name() {
+        let text = "NAME=\"Ubuntu\"\nVERSION=\"22.04.3 LTS (Jammy Jellyfish)\"\nPRETTY_NAME=\"Ubuntu 22.04.3 LTS\"\n";
+        assert_eq!(os_name_from(text), "Ubuntu 22.04.3 LTS");
+        assert_eq!(os_name_from("NAME=Alpine\nID=alpine\n"), "Alpine");
+        assert_eq!(os_name_from("ID=x\n"), "");
+    }
+
+    #[test]
+    fn arch_uses_go_words() {
+        let a = arch();
+        assert!(!a.is_empty());
+        assert_ne!(a, "aarch64");
+        assert_ne!(a, "amd64");
+    }
+
+    #[test]
+    fn random_names_are_20_url_safe_chars() {
+        let a = random_name();
+        assert_eq!(a.len(), 20);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_ne!(a, random_name());
+    }
+}

@@ -1,0 +1,628 @@
+//! `semaphore-agent start`: register, then the sync loop that a Semaphore
+//! control plane drives (PROTOCOL sections 1 and 5).
+//!
+//! Owns the main thread after start-up: registration with retries, the
+//! state machine ([`state`]), the wait between syncs (woken early by the job
+//! thread and by SIGTERM/SIGINT over one bounded channel), the job thread
+//! (fetch the job, run it, report the result), and shutdown (stop the job,
+//! disconnect, shutdown hook, exit code). Must not know how a job runs
+//! (that is `crate::job`) nor how logs travel (`crate::logs`), and must never
+//! log a token.
+
+mod agent_log;
+mod host;
+mod shutdown;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
+use crate::config::Config;
+use crate::job::{run_job, JobOptions, JobRequest, JobStop};
+use crate::logs::{Event, EventSink, JobResult};
+
+pub use agent_log::{init_logging, set_log_name, AgentLogError};
+pub use shutdown::ShutdownReason;
+pub use state::{Effect, Machine, State};
+
+/// Delays, retry counts and bounds of the listener. The defaults are the
+/// Go agent's; tests shrink them through [`ListenerOptions::from_env`].
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    pub register_attempts: u32,
+    pub register_delay: Duration,
+    pub get_job_attempts: u32,
+    pub get_job_delay: Duration,
+    pub disconnect_attempts: u32,
+    pub disconnect_delay: Duration,
+    /// The wait between syncs when the control plane does not say: a random
+    /// duration in this range.
+    pub sync_interval: (Duration, Duration),
+    /// No successful sync for this long: shut down with UNABLE_TO_SYNC.
+    pub unable_to_sync_after: Duration,
+    /// Connect and answer timeout of each control-plane call.
+    pub http_timeout: Duration,
+    /// How long the shutdown hook may run before it is killed.
+    pub shutdown_hook_timeout: Duration,
+    /// How long shutdown waits for a stopped job to end and flush its logs.
+    pub job_stop_timeout: Duration,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        ListenerOptions {
+            register_attempts: 30,
+            register_delay: Duration::from_secs(1),
+            get_job_attempts: 10,
+            get_job_delay: Duration::from_secs(3),
+            disconnect_attempts: 100,
+            disconnect_delay: Duration::from_secs(1),
+            sync_interval: (Duration::from_secs(3), Duration::from_secs(6)),
+            unable_to_sync_after: Duration::from_secs(10 * 60),
+            http_timeout: crate::api::DEFAULT_TIMEOUT,
+            shutdown_hook_timeout: Duration::from_secs(10 * 60),
+            job_stop_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+impl ListenerOptions {
+    /// The defaults, with test-only overrides read from the environment.
+    /// These variables are for the integration tests (so they need not
+    /// sleep through real retry delays); they are not a supported interface:
+    ///
+    /// - `SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS`
+    /// - `SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS`
+    /// - `SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS`
+    /// - `SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS` (the default sync wait)
+    /// - `SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS`
+    /// - `SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS`
+    pub fn from_env() -> ListenerOptions {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(env: &dyn Fn(&str) -> Option<String>) -> ListenerOptions {
+        let ms = |name: &str| {
+            env(&format!("SEMAPHORE_AGENT_TEST_{name}_MS"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        let mut o = ListenerOptions::default();
+        if let Some(d) = ms("REGISTER_DELAY") {
+            o.register_delay = d;
+        }
+        if let Some(d) = ms("GET_JOB_DELAY") {
+            o.get_job_delay = d;
+        }
+        if let Some(d) = ms("DISCONNECT_DELAY") {
+            o.disconnect_delay = d;
+        }
+        if let Some(d) = ms("SYNC_INTERVAL") {
+            o.sync_interval = (d, d);
+        }
+        if let Some(d) = ms("UNABLE_TO_SYNC_AFTER") {
+            o.unable_to_sync_after = d;
+        }
+        if let Some(d) = ms("HTTP_TIMEOUT") {
+            o.http_timeout = d;
+        }
+        o
+    }
+}
+
+/// What wakes the main thread between syncs.
+#[derive(Debug)]
+enum Wake {
+    /// SIGTERM/SIGINT arrived (the time is in the shared `interrupted_at`).
+    Signal,
+    /// The job thread got the job and started it.
+    JobRunning,
+    /// The job thread ended.
+    JobFinished(JobResult),
+}
+
+/// Runs `start` until the control plane (or a give-up) ends it; returns
+/// the process exit code. Call [`init_logging`] first.
+pub fn start(config: Config, options: ListenerOptions) -> i32 {
+    let started = Instant::now();
+    log::info!("Starting Agent");
+    let name = agent_name(&config);
+    set_log_name(&name);
+
+    let mut api = Api::new(&config.endpoint, config.no_https, &config.token, options.http_timeout);
+    let request = RegisterRequest {
+        name: name.clone(),
+        version: crate::VERSION.to_string(),
+        pid: std::process::id(),
+        os: host::os_name(),
+        arch: host::arch(),
+        hostname: host::hostname(),
+        single_job: config.disconnect_after_job,
+        idle_timeout: config.disconnect_after_idle_timeout,
+        interruption_grace_period: config.interruption_grace_period,
+        job_id: config.job_id.clone(),
+    };
+    log::info!("Registering Agent at {}", api.base_url());
+    let registered = retry(
+        "Register",
+        options.register_attempts,
+        options.register_delay,
+        &|| false,
+        || api.register(&request),
+    );
+    let answer = match registered {
+        Ok(answer) => answer,
+        Err(e) => {
+            log::error!(
+                "Failed to register agent: [Register] failed after [{}] attempts - giving up: {e}",
+                options.register_attempts
+            );
+            return 1;
+        }
+    };
+    api.set_access_token(&answer.token);
+    let name = if answer.name.is_empty() { name } else { answer.name };
+    set_log_name(&name);
+    log::info!("Registered as {name} in {} ms", started.elapsed().as_millis());
+
+    let (tx, rx) = sync_channel::<Wake>(16);
+    let interrupted_at = Arc::new(AtomicU64::new(0));
+    install_signal_handler(tx.clone(), Arc::clone(&interrupted_at));
+
+    log::info!("Starting to poll for jobs");
+    let mut listener = Listener {
+        machine: Machine::new(config.disconnect_after_job),
+        api,
+        config,
+        options,
+        job: None,
+        tx,
+        rx,
+        interrupted_at,
+        last_successful_sync: Instant::now(),
+    };
+    let reason = listener.sync_loop();
+    listener.shutdown(reason)
+}
+
+/// The configured name, else the one from `--name-from-env`, else random.
+fn agent_name(config: &Config) -> String {
+    if !config.name.is_empty() {
+        return config.name.clone();
+    }
+    if !config.name_from_env.is_empty() {
+        if let Ok(name) = std::env::var(&config.name_from_env) {
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    log::info!("Agent name was not assigned - using a random one.");
+    host::random_name()
+}
+
+/// On SIGTERM/SIGINT: remember when (first signal only) and wake the loop so
+/// the control plane hears about it at once. The agent keeps running: the
+/// control plane decides when it shuts down.
+fn install_signal_handler(tx: SyncSender<Wake>, interrupted_at: Arc<AtomicU64>) {
+    let result = ctrlc::set_handler(move || {
+        let now = crate::unix_now().max(1);
+        if interrupted_at
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            log::info!("Termination signal received");
+        } else {
+            log::info!("Termination signal received again; still waiting for Semaphore to shut the agent down");
+        }
+        // A full channel already holds a wake-up; dropping this one is fine.
+        let _ = tx.try_send(Wake::Signal);
+    });
+    if let Err(e) = result {
+        log::warn!("Could not install the SIGTERM/SIGINT handler: {e}");
+    }
+}
+
+/// The job thread and how to stop it.
+struct JobThread {
+    job_id: String,
+    handle: JoinHandle<()>,
+    stop: JobStop,
+}
+
+struct Listener {
+    machine: Machine,
+    api: Api,
+    config: Config,
+    options: ListenerOptions,
+    job: Option<JobThread>,
+    tx: SyncSender<Wake>,
+    rx: Receiver<Wake>,
+    interrupted_at: Arc<AtomicU64>,
+    last_successful_sync: Instant,
+}
+
+impl Listener {
+    /// Syncs until something says shut down; returns why.
+    fn sync_loop(&mut self) -> ShutdownReason {
+        loop {
+            while let Ok(wake) = self.rx.try_recv() {
+                self.on_wake(wake);
+            }
+            let request = self.machine.sync_request(self.interrupted_at.load(Ordering::SeqCst));
+            log_sync_request(&request);
+            let wait = match self.api.sync(&request) {
+                Ok(response) => {
+                    self.last_successful_sync = Instant::now();
+                    log_sync_response(&response);
+                    match self.machine.apply(&request, &response) {
+                        Effect::Nothing => {}
+                        Effect::StartJob(job_id) => self.spawn_job(job_id),
+                        Effect::StopJob => self.stop_job(),
+                        Effect::ForgetJob => self.join_job(),
+                        Effect::Shutdown(reason) => {
+                            log::info!("Agent shutdown requested due to: {reason}");
+                            return reason;
+                        }
+                    }
+                    match response.next_sync_after {
+                        0 => self.default_interval(),
+                        ms => Duration::from_millis(ms),
+                    }
+                }
+                Err(e) => {
+                    log::error!("[SYNC ERR] Failed to sync with API: {e}");
+                    if self.last_successful_sync.elapsed() >= self.options.unable_to_sync_after {
+                        log::error!(
+                            "Unable to sync with Semaphore for over {:?}.",
+                            self.options.unable_to_sync_after
+                        );
+                        return ShutdownReason::UnableToSync;
+                    }
+                    self.default_interval()
+                }
+            };
+            log::info!("Waiting {wait:?} for next sync...");
+            match self.rx.recv_timeout(wait) {
+                Ok(wake) => {
+                    log::debug!("Forcing sync due to state change");
+                    self.on_wake(wake);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // We hold a sender ourselves, so this cannot happen; syncing
+                // again is the safe answer anyway.
+                Err(RecvTimeoutError::Disconnected) => {}
+            }
+        }
+    }
+
+    fn on_wake(&mut self, wake: Wake) {
+        match wake {
+            Wake::Signal => {}
+            Wake::JobRunning => self.machine.job_running(),
+            Wake::JobFinished(result) => self.machine.job_finished(result),
+        }
+    }
+
+    fn default_interval(&self) -> Duration {
+        let (low, high) = self.options.sync_interval;
+        if high <= low {
+            return low;
+        }
+        let span = (high - low).as_millis() as u64;
+        low + Duration::from_millis(random_u64() % (span + 1))
+    }
+
+    fn spawn_job(&mut self, job_id: String) {
+        // A finished job the control plane did not tell us to forget.
+        self.join_job();
+        let stop = JobStop::new();
+        let work = JobWork {
+            api: self.api.clone(),
+            job_id: job_id.clone(),
+            options: JobOptions {
+                home: std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/")),
+                tmp_dir: std::env::temp_dir(),
+                env_vars: self.config.env_vars.clone(),
+                pre_job_hook_path: self.config.pre_job_hook_path.clone(),
+                source_pre_job_hook: self.config.source_pre_job_hook,
+                fail_on_pre_job_hook_error: self.config.fail_on_pre_job_hook_error,
+                post_job_hook_path: self.config.post_job_hook_path.clone(),
+            },
+            stop: stop.clone(),
+            tx: self.tx.clone(),
+            get_job_attempts: self.options.get_job_attempts,
+            get_job_delay: self.options.get_job_delay,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("job".to_string())
+            .spawn(move || work.run());
+        match spawned {
+            Ok(handle) => self.job = Some(JobThread { job_id, handle, stop }),
+            Err(e) => {
+                log::error!("Could not start a thread for job {job_id}: {e}");
+                self.machine.job_finished(JobResult::Failed);
+            }
+        }
+    }
+
+    fn stop_job(&mut self) {
+        if let Some(job) = &self.job {
+            log::info!("Stopping job {}", job.job_id);
+            job.stop.stop();
+        }
+    }
+
+    /// Joins the job thread once it has ended (it has, when it reported
+    /// JobFinished; the bound only guards against a bug).
+    fn join_job(&mut self) {
+        if let Some(job) = self.job.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !job.handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if job.handle.is_finished() {
+                let _ = job.handle.join();
+            } else {
+                log::error!("The thread of job {} did not end; leaving it behind", job.job_id);
+            }
+        }
+    }
+
+    /// Stops a live job, disconnects, runs the hook; returns the exit code.
+    fn shutdown(&mut self, reason: ShutdownReason) -> i32 {
+        if self.machine.has_live_job() {
+            self.stop_job();
+            let deadline = Instant::now() + self.options.job_stop_timeout;
+            while self.machine.has_live_job() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
+                    Ok(wake) => self.on_wake(wake),
+                    Err(_) => {
+                        log::error!("The job did not end within {:?} of being stopped", self.options.job_stop_timeout);
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.machine.has_live_job() {
+            self.join_job();
+        }
+
+        log::info!("Disconnecting the Agent from Semaphore");
+        let attempts = self.options.disconnect_attempts;
+        match retry("Disconnect", attempts, self.options.disconnect_delay, &|| false, || {
+            self.api.disconnect()
+        }) {
+            Ok(()) => log::info!("Disconnected."),
+            Err(e) => log::error!("Failed to disconnect from Semaphore even after {attempts} tries: {e}"),
+        }
+        if let Some(hook) = &self.config.shutdown_hook_path {
+            shutdown::run_hook(hook, reason, self.options.shutdown_hook_timeout);
+        }
+        log::info!("Agent shutting down due to: {reason}");
+        reason.exit_code()
+    }
+}
+
+/// Everything the job thread needs; it owns its copy of the API client.
+struct JobWork {
+    api: Api,
+    job_id: String,
+    options: JobOptions,
+    stop: JobStop,
+    tx: SyncSender<Wake>,
+    get_job_attempts: u32,
+    get_job_delay: Duration,
+}
+
+impl JobWork {
+    fn run(self) {
+        let result = self.fetch_and_run();
+        // Blocking send: the main thread always drains the channel, and this
+        // message must not be lost. If the main thread is gone, so is the
+        // reason to report.
+        let _ = self.tx.send(Wake::JobFinished(result));
+    }
+
+    fn fetch_and_run(&self) -> JobResult {
+        let stop = &self.stop;
+        let fetched = retry(
+            "Get job",
+            self.get_job_attempts,
+            self.get_job_delay,
+            &|| stop.is_stopped(),
+            || self.api.get_job(&self.job_id),
+        );
+        let request = match fetched {
+            Ok(request) => request,
+            Err(_) if stop.is_stopped() => {
+                log::info!("Job {} was stopped before it could be fetched", self.job_id);
+                return JobResult::Stopped;
+            }
+            Err(e) => {
+                log::error!("Could not get job {}: {e}", self.job_id);
+                return JobResult::Failed;
+            }
+        };
+        let _ = self.tx.send(Wake::JobRunning);
+        log::info!("Running job {}", self.job_id);
+        let started = Instant::now();
+        let mut sink = open_job_log(&request, &self.api);
+        let result = run_job(&request, &self.options, sink.as_mut(), stop);
+        sink.finish();
+        log::info!(
+            "Job {} finished with result {result} after {:.1}s",
+            self.job_id,
+            started.elapsed().as_secs_f64()
+        );
+        result
+    }
+}
+
+/// Where a job's events go: the log pusher when it is available.
+trait JobLog: EventSink {
+    /// Called once after the job: flush and close.
+    fn finish(&mut self);
+}
+
+/// Until the push logger is wired in: events are summarized in the agent
+/// log at debug level (never their output, which may hold secrets).
+struct AgentLogSink {
+    job_id: String,
+}
+
+impl EventSink for AgentLogSink {
+    fn emit(&mut self, event: Event) {
+        match event {
+            Event::CmdStarted { directive, .. } => log::debug!("Job {}: started '{directive}'", self.job_id),
+            Event::CmdFinished { exit_code, .. } => log::debug!("Job {}: command exited {exit_code}", self.job_id),
+            _ => {}
+        }
+    }
+}
+
+impl JobLog for AgentLogSink {
+    fn finish(&mut self) {}
+}
+
+fn open_job_log(request: &JobRequest, _api: &Api) -> Box<dyn JobLog> {
+    Box::new(AgentLogSink {
+        job_id: request.job_id.clone(),
+    })
+}
+
+/// Calls `f` up to `attempts` times, `delay` apart, like the Go agent's
+/// constant-wait retry (and with its log line). The wait ends early when
+/// `cancelled` says so.
+fn retry<T>(
+    task: &str,
+    attempts: u32,
+    delay: Duration,
+    cancelled: &dyn Fn() -> bool,
+    mut f: impl FnMut() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= attempts.max(1) || cancelled() => return Err(e),
+            Err(e) => {
+                log::error!("[{task}] attempt [{attempt}] failed with [{e}] - retrying in {delay:?}");
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !cancelled() {
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+                }
+                if cancelled() {
+                    return Err(e);
+                }
+            }
+        }
+        attempt += 1;
+    }
+}
+
+fn log_sync_request(r: &SyncRequest) {
+    let interrupted = if r.interrupted_at > 0 {
+        format!(", interrupted_at: {}", r.interrupted_at)
+    } else {
+        String::new()
+    };
+    match r.state {
+        AgentState::WaitingForJobs => log::info!("SYNC request (state: {}{interrupted})", r.state),
+        AgentState::FinishedJob => log::info!(
+            "SYNC request (state: {}, job: {}, result: {}{interrupted})",
+            r.state,
+            r.job_id,
+            r.job_result
+        ),
+        _ => log::info!("SYNC request (state: {}, job: {}{interrupted})", r.state, r.job_id),
+    }
+}
+
+fn log_sync_response(r: &SyncResponse) {
+    match &r.action {
+        Action::Continue | Action::WaitForJobs => log::info!("SYNC response (action: {})", r.action.as_str()),
+        Action::RunJob | Action::StopJob => {
+            log::info!("SYNC response (action: {}, job: {})", r.action.as_str(), r.job_id)
+        }
+        Action::Shutdown => log::info!("SYNC response (action: shutdown, reason: {})", r.shutdown_reason),
+        Action::Unknown(text) => log::warn!("SYNC response with unknown action '{text}'; treating it as continue"),
+    }
+}
+
+/// A random number without a dependency: std's hasher keys are random per
+/// `RandomState`, and only spread (not secrecy) matters here.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_overrides_come_from_the_environment() {
+        let o = ListenerOptions::from_lookup(&|name| match name {
+            "SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS" => Some("5".into()),
+            "SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS" => Some("200".into()),
+            "SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS" => Some("junk".into()),
+            _ => None,
+        });
+        assert_eq!(o.register_delay, Duration::from_millis(5));
+        assert_eq!(o.sync_interval, (Duration::from_millis(200), Duration::from_millis(200)));
+        assert_eq!(o.get_job_delay, Duration::from_secs(3));
+        assert_eq!(o.register_attempts, 30);
+        assert_eq!(o.disconnect_attempts, 100);
+    }
+
+    #[test]
+    fn retry_gives_up_after_the_attempts_and_stops_when_cancelled() {
+        let mut calls = 0;
+        let r: Result<(), ApiError> = retry("t", 3, Duration::from_millis(1), &|| false, || {
+            calls += 1;
+            Err(ApiError::Disconnect {
+                url: "u".into(),
+                failure: crate::api::Failure::Transport("x".into()),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let started = Instant::now();
+        let r: Result<(), ApiError> = retry("t", 10, Duration::from_secs(30), &|| true, || {
+            calls += 1;
+            Err(ApiError::Disconnect {
+                url: "u".into(),
+                failure: crate::api::Failure::Transport("x".into()),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn default_interval_stays_in_range() {
+        for _ in 0..100 {
+            let v = random_u64() % 3001;
+            assert!(v <= 3000);
+        }
+    }
+}

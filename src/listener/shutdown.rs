@@ -1,0 +1,160 @@
+//! Why the agent shuts down, and the shutdown hook.
+//!
+//! Owns the mapping from the control plane's reason words to the names the
+//! hook sees in `SEMAPHORE_AGENT_SHUTDOWN_REASON`, the exit code per reason,
+//! and running the hook (`bash <path>`) with its output copied into the
+//! agent log. Must not talk to the control plane.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownReason {
+    Idle,
+    JobFinished,
+    Requested,
+    Interrupted,
+    Unknown,
+    /// Decided by the agent itself: no successful sync for too long.
+    UnableToSync,
+}
+
+impl ShutdownReason {
+    /// The control plane's word (`idle`, `job-finished`, ...); anything
+    /// else is `Unknown`.
+    pub fn from_api(text: &str) -> ShutdownReason {
+        match text {
+            "idle" => ShutdownReason::Idle,
+            "job-finished" => ShutdownReason::JobFinished,
+            "requested" => ShutdownReason::Requested,
+            "interrupted" => ShutdownReason::Interrupted,
+            _ => ShutdownReason::Unknown,
+        }
+    }
+
+    /// The name the shutdown hook sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownReason::Idle => "IDLE",
+            ShutdownReason::JobFinished => "JOB_FINISHED",
+            ShutdownReason::Requested => "REQUESTED",
+            ShutdownReason::Interrupted => "INTERRUPTED",
+            ShutdownReason::Unknown => "UNKNOWN",
+            ShutdownReason::UnableToSync => "UNABLE_TO_SYNC",
+        }
+    }
+
+    /// The process exit code: only a shutdown the control plane did not ask
+    /// for is a failure.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ShutdownReason::UnableToSync => 1,
+            _ => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for ShutdownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much of the hook's output is copied into the agent log.
+const MAX_HOOK_OUTPUT: u64 = 64 * 1024;
+
+/// Runs `bash <hook>` with the reason in its environment, waits at most
+/// `timeout` (then kills it), and logs its combined output. Never fails:
+/// a broken hook must not keep the agent from exiting.
+pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
+    log::info!("Executing shutdown hook from {}", hook.display());
+    // The output goes to a file, not a pipe: a background process left by
+    // the hook could hold a pipe open forever, a file it cannot.
+    let out_path = std::env::temp_dir().join(format!(
+        "semaphore-agent-shutdown-hook-{}.log",
+        std::process::id()
+    ));
+    let spawned = std::fs::File::create(&out_path).and_then(|out| {
+        let err = out.try_clone()?;
+        Command::new("bash")
+            .arg(hook)
+            .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            log::error!("Error executing shutdown hook {}: {e}", hook.display());
+            let _ = std::fs::remove_file(&out_path);
+            return;
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                log::error!("Shutdown hook still running after {timeout:?}; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Err(e) => {
+                log::error!("Error waiting for the shutdown hook: {e}");
+                break None;
+            }
+        }
+    };
+    let output = read_head(&out_path);
+    let _ = std::fs::remove_file(&out_path);
+    match status {
+        Some(s) if s.success() => log::info!("Output: {output}"),
+        Some(s) => {
+            log::error!("Error executing shutdown hook: {s}");
+            log::error!("Output: {output}");
+        }
+        None => log::error!("Output: {output}"),
+    }
+}
+
+fn read_head(path: &Path) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(MAX_HOOK_OUTPUT).read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_exit_codes() {
+        assert_eq!(ShutdownReason::from_api("job-finished").as_str(), "JOB_FINISHED");
+        assert_eq!(ShutdownReason::from_api("nope"), ShutdownReason::Unknown);
+        assert_eq!(ShutdownReason::UnableToSync.exit_code(), 1);
+        assert_eq!(ShutdownReason::Interrupted.exit_code(), 0);
+    }
+
+    #[test]
+    fn hook_sees_the_reason_and_a_slow_hook_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("seen");
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, format!("echo $SEMAPHORE_AGENT_SHUTDOWN_REASON > {}\n", seen.display())).unwrap();
+        run_hook(&hook, ShutdownReason::Idle, Duration::from_secs(10));
+        assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "IDLE");
+
+        std::fs::write(&hook, "sleep 30\n").unwrap();
+        let started = Instant::now();
+        run_hook(&hook, ShutdownReason::Idle, Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
