@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod job;
 pub mod listener;
+pub mod local;
 pub mod logs;
 pub mod output;
 pub mod shell;
