@@ -301,7 +301,13 @@ impl std::error::Error for ApiError {}
 /// `timeout` for connecting and for each answer. Exposed so the log pusher
 /// talks to the log server with the same TLS and proxy rules.
 pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
-    let config = ureq::Agent::config_builder()
+    let mut builder = ureq::Agent::config_builder();
+    // Reading the system's roots takes tens of milliseconds; plain http
+    // (`--no-https`) never needs them.
+    if url.starts_with("https://") {
+        builder = builder.tls_config(tls_config());
+    }
+    let config = builder
         .http_status_as_error(false)
         .user_agent(format!("SemaphoreAgent/{}", crate::VERSION))
         .timeout_connect(Some(timeout))
@@ -311,7 +317,6 @@ pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
         // A bound on the whole call, so a server trickling bytes cannot hold
         // the sync loop forever.
         .timeout_global(Some(timeout * 2))
-        .tls_config(tls_config())
         .proxy(proxy_for(url, &|name| std::env::var(name).ok()))
         .build();
     config.new_agent()

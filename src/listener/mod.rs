@@ -454,15 +454,10 @@ impl JobWork {
         };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
-        let started = Instant::now();
         let mut sink = open_job_log(&request, &self.api);
+        // run_job logs the result and duration itself.
         let result = run_job(&request, &self.options, sink.as_mut(), stop);
         sink.finish();
-        log::info!(
-            "Job {} finished with result {result} after {:.1}s",
-            self.job_id,
-            started.elapsed().as_secs_f64()
-        );
         result
     }
 }

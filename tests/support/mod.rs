@@ -1,6 +1,8 @@
 //! Shared test support: the real binary, isolated homes, job files.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

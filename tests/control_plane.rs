@@ -1,0 +1,559 @@
+//! `semaphore-agent start` against a fake control plane (tests/support/hub.rs):
+//! the real binary, a cleared environment, its own HOME and TMPDIR, and the
+//! retry delays shrunk through the test-only SEMAPHORE_AGENT_TEST_* variables.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
+use support::Sandbox;
+
+/// The bound of every wait for something that should take well under a second.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running agent; killed (and reaped) if the test ends before it exits.
+struct Agent {
+    child: Child,
+    status: Option<ExitStatus>,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
+        Agent::start_with(sandbox, hub, REGISTRATION_TOKEN, extra, &[])
+    }
+
+    fn start_with(sandbox: &Sandbox, hub: &Hub, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
+        let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
+        let mut cmd = sandbox.agent();
+        cmd.args(["start", "--endpoint", &hub.endpoint(), "--no-https", "--token", token])
+            .args(["--name", "agent-under-test"])
+            .args(extra)
+            .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "20")
+            .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "20")
+            .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "20")
+            .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn the agent");
+        Agent {
+            child,
+            status: None,
+            log: sandbox.path("agent_log"),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// The exit code, or None if still running after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.status {
+                return status.code();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.status = Some(status);
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- agent log ----\n{log}---- end of agent log ----");
+        }
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn agent_log(sandbox: &Sandbox) -> String {
+    std::fs::read_to_string(sandbox.path("agent_log")).unwrap_or_default()
+}
+
+fn stdout(sandbox: &Sandbox) -> String {
+    std::fs::read_to_string(sandbox.path("stdout")).unwrap_or_default()
+}
+
+/// Neither the agent log nor stdout ever shows a token.
+fn assert_no_secrets(sandbox: &Sandbox) {
+    for (what, text) in [("agent log", agent_log(sandbox)), ("stdout", stdout(sandbox))] {
+        assert!(!text.is_empty(), "{what} is empty");
+        for secret in [REGISTRATION_TOKEN, ACCESS_TOKEN, "log-token-"] {
+            assert!(!text.contains(secret), "{what} leaks {secret}:\n{text}");
+        }
+    }
+}
+
+fn job(commands: &[&str]) -> Value {
+    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
+}
+
+/// A shutdown hook that writes the reason into `file`.
+fn reason_hook(sandbox: &Sandbox, file: &Path) -> String {
+    let hook = sandbox.write(
+        "shutdown-hook.sh",
+        &format!(
+            "echo \"$SEMAPHORE_AGENT_SHUTDOWN_REASON\" > '{}'\necho hook-says-bye\n",
+            file.display()
+        ),
+    );
+    hook.display().to_string()
+}
+
+/// Pids of processes whose command line contains `needle` (NUL-separated).
+fn processes_with(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.trim_end() == needle {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+fn wait_for(timeout: Duration, ready: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ready()
+}
+
+fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |s: &Value| s["state"] == state
+}
+
+#[test]
+fn registers_with_every_field_and_the_right_headers() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let started = Instant::now();
+    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "42"]);
+    assert!(hub.wait_until(WAIT, |h| h.register_body().is_some()), "never registered");
+    let registered_after = started.elapsed();
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+
+    let body = hub.register_body().unwrap();
+    assert_eq!(body["name"], "agent-under-test");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["pid"], agent.pid());
+    assert!(body["os"].is_string());
+    let arch = body["arch"].as_str().unwrap();
+    assert!(!arch.is_empty() && arch != "amd64" && arch != "aarch64", "{arch}");
+    assert!(!body["hostname"].as_str().unwrap().is_empty());
+    assert_eq!(body["single_job"], false);
+    assert_eq!(body["idle_timeout"], 0);
+    assert_eq!(body["interruption_grace_period"], 42);
+    assert_eq!(body["job_id"], "");
+
+    let ua = format!("SemaphoreAgent/{}", env!("CARGO_PKG_VERSION"));
+    let register = &hub.requests_to("/register")[0];
+    assert_eq!(register.method, "POST");
+    assert_eq!(register.path, "/api/v1/self_hosted_agents/register");
+    assert_eq!(register.header("authorization"), Some(format!("Token {REGISTRATION_TOKEN}").as_str()));
+    assert_eq!(register.header("user-agent"), Some(ua.as_str()));
+    assert!(register.header("content-type").unwrap_or_default().contains("application/json"));
+    let sync = &hub.requests_to("/sync")[0];
+    assert_eq!(sync.header("authorization"), Some(format!("Token {ACCESS_TOKEN}").as_str()));
+    assert_eq!(sync.header("user-agent"), Some(ua.as_str()));
+    assert_eq!(
+        sync.json(),
+        json!({"state": "waiting-for-jobs", "job_id": "", "job_result": "", "interrupted_at": 0})
+    );
+
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let disconnect = &hub.requests_to("/disconnect")[0];
+    assert_eq!(disconnect.method, "POST");
+    assert_eq!(disconnect.header("authorization"), Some(format!("Token {ACCESS_TOKEN}").as_str()));
+    assert_no_secrets(&sandbox);
+    eprintln!("start to registered (spawn included): {registered_after:?}");
+}
+
+#[test]
+fn a_job_runs_and_its_events_arrive() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&["echo hello from the job"]));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(hub.wait_for_sync(WAIT, is_state("running-job")) || hub.wait_for_sync(WAIT, is_state("starting-job")));
+    let gets = hub.requests_to(&format!("/jobs/{id}"));
+    assert_eq!(gets[0].method, "GET");
+    assert_eq!(gets[0].header("authorization"), Some(format!("Token {ACCESS_TOKEN}").as_str()));
+
+    assert!(
+        hub.wait_until(WAIT, |h| h.events(&id).iter().any(|e| e["event"] == "job_finished")),
+        "events never arrived: {:?}",
+        hub.events(&id)
+    );
+    let events = hub.events(&id);
+    assert_eq!(events.first().unwrap()["event"], "job_started");
+    assert!(events.iter().any(|e| e["event"] == "cmd_started" && e["directive"] == "echo hello from the job"));
+    assert!(hub.output(&id).contains("hello from the job\n"));
+    assert_eq!(events.last().unwrap()["result"], "passed");
+    assert!(hub.log_violations().is_empty(), "{:?}", hub.log_violations());
+
+    // After the result was taken, the agent goes back to waiting.
+    let finished_at = hub.syncs().iter().position(is_state("finished-job")).unwrap();
+    assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..].iter().any(is_state("waiting-for-jobs"))));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let log = agent_log(&sandbox);
+    assert!(log.contains(&format!("SYNC request (state: finished-job, job: {id}, result: passed)")), "{log}");
+    assert_no_secrets(&sandbox);
+}
+
+#[test]
+fn a_failing_command_fails_the_job_and_later_commands_do_not_run() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&["false", "touch $HOME/should-not-exist"]));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
+    assert!(!sandbox.home().join("should-not-exist").exists());
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&[
+        "sleep 7100001 &",
+        "sleep 7100002",
+        "touch $HOME/after-stop",
+    ]));
+    assert!(
+        wait_for(WAIT, || !processes_with("sleep 7100002").is_empty()),
+        "the job's foreground sleep never started"
+    );
+    assert!(hub.wait_for_sync(WAIT, is_state("running-job")));
+    hub.stop_job(&id);
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("stopped"));
+
+    // The stop latency: from the stop-job answer to the finished-job sync.
+    let requests = hub.requests_to("/sync");
+    let stop_sent = requests.iter().find(|r| r.json()["state"] == "running-job").map(|r| r.at);
+    let finished = requests.iter().find(|r| r.json()["state"] == "finished-job").map(|r| r.at);
+    if let (Some(a), Some(b)) = (stop_sent, finished) {
+        eprintln!("stop-job to finished-job: at most {:?}", b.saturating_sub(a));
+    }
+
+    assert!(
+        wait_for(Duration::from_secs(5), || processes_with("sleep 7100001").is_empty()
+            && processes_with("sleep 7100002").is_empty()),
+        "job processes outlived the stop"
+    );
+    assert!(!sandbox.home().join("after-stop").exists());
+    let syncs = hub.syncs();
+    assert!(syncs.iter().any(is_state("stopping-job")) || syncs.iter().any(|s| s["job_result"] == "stopped"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn two_jobs_in_a_row_share_nothing() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let first = hub.queue_job(job(&[
+        "export CP_LEAK=from-first-job",
+        "mkdir -p $HOME/elsewhere && cd $HOME/elsewhere",
+        "sleep 7100003 &",
+    ]));
+    assert_eq!(hub.wait_for_result(&first, WAIT).as_deref(), Some("passed"));
+    assert!(wait_for(Duration::from_secs(5), || processes_with("sleep 7100003").is_empty()));
+    let second = hub.queue_job(job(&["echo \"leak=${CP_LEAK:-none} cwd=$(pwd)\" > $HOME/second.txt"]));
+    assert_eq!(hub.wait_for_result(&second, WAIT).as_deref(), Some("passed"));
+    let seen = std::fs::read_to_string(sandbox.home().join("second.txt")).unwrap();
+    assert_eq!(seen.trim(), format!("leak=none cwd={}", sandbox.home().display()));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn disconnect_after_job_registers_single_job_and_exits_after_it() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    let id = hub.queue_job(job(&["echo one job only"]));
+    let mut agent = Agent::start(&sandbox, &hub, &["--disconnect-after-job", "--shutdown-hook-path", &hook]);
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(hub.register_body().unwrap()["single_job"], true);
+    assert_eq!(hub.result_of(&id).as_deref(), Some("passed"));
+    assert_eq!(hub.disconnects(), 1);
+    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "JOB_FINISHED");
+}
+
+#[test]
+fn shutdown_action_disconnects_and_runs_the_hook_with_the_reason() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    let mut agent = Agent::start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "REQUESTED");
+    assert_eq!(hub.disconnects(), 1);
+    let log = agent_log(&sandbox);
+    assert!(log.contains("hook-says-bye"), "hook output not in the agent log:\n{log}");
+    let disconnected = log.find("Disconnected.").expect("disconnect logged");
+    let hooked = log.find("hook-says-bye").unwrap();
+    assert!(disconnected < hooked, "the hook ran before disconnecting:\n{log}");
+}
+
+#[test]
+fn shutdown_while_a_job_runs_stops_it_first() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&["sleep 7100004"]));
+    assert!(wait_for(WAIT, || !processes_with("sleep 7100004").is_empty()));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(hub.result_of(&id).as_deref(), Some("stopped"));
+    assert!(wait_for(Duration::from_secs(5), || processes_with("sleep 7100004").is_empty()));
+}
+
+#[test]
+fn sigterm_is_reported_and_the_control_plane_decides() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    // A long wait between syncs: the signal must trigger the next one at once.
+    hub.set_next_sync_after(60_000);
+    let mut agent = Agent::start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    agent.signal(libc::SIGTERM);
+    agent.signal(libc::SIGTERM);
+    assert!(
+        hub.wait_for_sync(Duration::from_secs(5), |s| s["interrupted_at"].as_u64().unwrap_or(0) >= before),
+        "no sync with interrupted_at: {:?}",
+        hub.syncs()
+    );
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "INTERRUPTED");
+    assert!(agent_log(&sandbox).contains("Termination signal received"));
+}
+
+#[test]
+fn sigterm_during_a_job_waits_for_the_grace_period_then_stops_it() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "1"]);
+    let id = hub.queue_job(job(&["sleep 7100005"]));
+    assert!(wait_for(WAIT, || !processes_with("sleep 7100005").is_empty()));
+    agent.signal(libc::SIGINT);
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("stopped"));
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let interrupted: Vec<u64> = hub
+        .syncs()
+        .iter()
+        .filter_map(|s| s["interrupted_at"].as_u64())
+        .filter(|t| *t > 0)
+        .collect();
+    assert!(!interrupted.is_empty());
+    assert!(interrupted.iter().all(|t| *t == interrupted[0]), "interrupted_at changed: {interrupted:?}");
+}
+
+#[test]
+fn register_is_retried_after_server_errors() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.fail(Endpoint::Register, 3, Fault::Status(500));
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+    assert_eq!(hub.requests_to("/register").len(), 4);
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let log = agent_log(&sandbox);
+    assert!(log.contains("[Register] attempt [3] failed"), "{log}");
+}
+
+#[test]
+fn a_wrong_registration_token_is_a_clear_error() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start_with(&sandbox, &hub, "not-the-token", &[], &[]);
+    let code = agent.wait_exit(WAIT);
+    assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
+    assert_eq!(hub.requests_to("/register").len(), 30);
+    assert!(hub.requests_to("/sync").is_empty());
+    let log = agent_log(&sandbox);
+    assert!(log.contains("HTTP 401"), "{log}");
+    assert!(log.contains("rejected the registration token"), "{log}");
+    assert!(!log.contains("not-the-token"), "{log}");
+}
+
+#[test]
+fn sync_errors_mid_job_do_not_lose_the_job() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&["sleep 1", "echo survived > $HOME/survived"]));
+    assert!(hub.wait_for_sync(WAIT, is_state("running-job")));
+    hub.fail(Endpoint::Sync, 5, Fault::Status(500));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(sandbox.home().join("survived").exists());
+    assert!(agent_log(&sandbox).contains("[SYNC ERR]"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn a_job_that_cannot_be_fetched_fails_and_the_agent_goes_back_to_waiting() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.fail_always(Endpoint::GetJob, Fault::Status(500));
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&["touch $HOME/never"]));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
+    assert_eq!(hub.requests_to(&format!("/jobs/{id}")).len(), 10);
+    assert!(!sandbox.home().join("never").exists());
+    let finished_at = hub.syncs().iter().position(is_state("finished-job")).unwrap();
+    assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..].iter().any(is_state("waiting-for-jobs"))));
+
+    // And the next job, once the control plane is healthy, runs.
+    hub.clear_faults();
+    let next = hub.queue_job(job(&["true"]));
+    assert_eq!(hub.wait_for_result(&next, WAIT).as_deref(), Some("passed"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn garbage_sync_answers_do_not_crash_the_agent() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.fail(Endpoint::Sync, 2, Fault::Garbage);
+    hub.fail(Endpoint::Sync, 1, Fault::Body("[1,2,3]".into()));
+    hub.fail(Endpoint::Sync, 1, Fault::Body("{}".into()));
+    hub.fail(Endpoint::Sync, 1, Fault::Body(r#"{"action":"dance","next_sync_after":"soon"}"#.into()));
+    hub.fail(Endpoint::Sync, 1, Fault::Status(502));
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 8));
+    let id = hub.queue_job(job(&["true"]));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let log = agent_log(&sandbox);
+    assert!(log.contains("unreadable answer"), "{log}");
+    assert!(log.contains("unknown action 'dance'"), "{log}");
+}
+
+#[test]
+fn a_slow_sync_times_out_and_is_retried() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.fail(Endpoint::Sync, 1, Fault::Slow(Duration::from_millis(1500)));
+    let mut agent = Agent::start_with(
+        &sandbox,
+        &hub,
+        REGISTRATION_TOKEN,
+        &[],
+        &[("SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS", "300")],
+    );
+    assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 3));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert!(agent_log(&sandbox).contains("[SYNC ERR]"));
+}
+
+#[test]
+fn no_successful_sync_for_too_long_shuts_down_unable_to_sync() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    hub.fail_always(Endpoint::Sync, Fault::Status(503));
+    let mut agent = Agent::start_with(
+        &sandbox,
+        &hub,
+        REGISTRATION_TOKEN,
+        &["--shutdown-hook-path", &hook],
+        &[("SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS", "500")],
+    );
+    assert_eq!(agent.wait_exit(WAIT), Some(1));
+    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "UNABLE_TO_SYNC");
+    assert_eq!(hub.disconnects(), 1);
+}
+
+#[test]
+fn idle_timeout_is_sent_and_the_idle_shutdown_honoured() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    let mut agent = Agent::start(
+        &sandbox,
+        &hub,
+        &["--disconnect-after-idle-timeout", "1", "--shutdown-hook-path", &hook],
+    );
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(hub.register_body().unwrap()["idle_timeout"], 1);
+    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "IDLE");
+}
+
+#[test]
+fn disconnect_is_retried() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.fail(Endpoint::Disconnect, 3, Fault::Status(500));
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(hub.requests_to("/disconnect").len(), 4);
+}
