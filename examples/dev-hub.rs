@@ -46,7 +46,8 @@ fn main() {
     hub.accept_registration_token("dev");
     hub.set_next_sync_after(sync_every);
     for file in &files {
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| fail(&format!("cannot read {file}: {e}")));
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| fail(&format!("cannot read {file}: {e}")));
         let job: serde_json::Value = serde_yaml_ng::from_str(&text)
             .unwrap_or_else(|e| fail(&format!("{file} is not a job file: {e}")));
         let id = hub.queue_job(job);

@@ -90,7 +90,12 @@ pub struct SyncRequest {
 }
 
 impl SyncRequest {
-    pub fn new(state: AgentState, job_id: &str, result: Option<JobResult>, interrupted_at: u64) -> Self {
+    pub fn new(
+        state: AgentState,
+        job_id: &str,
+        result: Option<JobResult>,
+        interrupted_at: u64,
+    ) -> Self {
         SyncRequest {
             state,
             job_id: job_id.to_string(),
@@ -189,7 +194,12 @@ impl RegisterResponse {
         let object = value
             .as_object()
             .ok_or_else(|| "the answer is JSON but not an object".to_string())?;
-        let text_field = |name: &str| object.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+        let text_field = |name: &str| {
+            object
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+        };
         let token = match text_field("token") {
             "" => text_field("access_token"),
             token => token,
@@ -228,11 +238,27 @@ pub enum Failure {
 /// the URL it used and what went wrong. Never contains a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
-    Register { url: String, failure: Failure },
-    Sync { url: String, failure: Failure },
-    GetJob { url: String, job_id: String, failure: Failure },
-    Refresh { url: String, failure: Failure },
-    Disconnect { url: String, failure: Failure },
+    Register {
+        url: String,
+        failure: Failure,
+    },
+    Sync {
+        url: String,
+        failure: Failure,
+    },
+    GetJob {
+        url: String,
+        job_id: String,
+        failure: Failure,
+    },
+    Refresh {
+        url: String,
+        failure: Failure,
+    },
+    Disconnect {
+        url: String,
+        failure: Failure,
+    },
 }
 
 impl ApiError {
@@ -353,7 +379,9 @@ fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<ureq::Pr
         "http" => &["HTTP_PROXY", "http_proxy"],
         _ => return None,
     };
-    let proxy = names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()))?;
+    let proxy = names
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.is_empty()))?;
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let (host, port) = split_host_port(authority);
     let default_port = if scheme == "https" { "443" } else { "80" };
@@ -361,7 +389,9 @@ fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<ureq::Pr
     if is_loopback(&host) {
         return None;
     }
-    let no_proxy = env("NO_PROXY").or_else(|| env("no_proxy")).unwrap_or_default();
+    let no_proxy = env("NO_PROXY")
+        .or_else(|| env("no_proxy"))
+        .unwrap_or_default();
     if no_proxy_matches(&no_proxy, &host, port) {
         return None;
     }
@@ -369,7 +399,10 @@ fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<ureq::Pr
         Ok(p) => Some(p),
         Err(e) => {
             // The proxy URL may hold credentials: say which variable, not its value.
-            log::warn!("Ignoring the proxy from {}: not a valid proxy URL ({e})", names[0]);
+            log::warn!(
+                "Ignoring the proxy from {}: not a valid proxy URL ({e})",
+                names[0]
+            );
             None
         }
     }
@@ -411,7 +444,11 @@ fn no_proxy_matches(no_proxy: &str, host: &str, port: &str) -> bool {
                 return true;
             }
             if let Some((net, bits)) = entry.split_once('/') {
-                return match (host_ip, net.parse::<std::net::IpAddr>(), bits.parse::<u32>()) {
+                return match (
+                    host_ip,
+                    net.parse::<std::net::IpAddr>(),
+                    bits.parse::<u32>(),
+                ) {
                     (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip, net, bits),
                     _ => false,
                 };
@@ -421,7 +458,9 @@ fn no_proxy_matches(no_proxy: &str, host: &str, port: &str) -> bool {
                 return false;
             }
             if let Some(ip) = host_ip {
-                return entry_host.parse::<std::net::IpAddr>().is_ok_and(|e| e == ip);
+                return entry_host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|e| e == ip);
             }
             let bare = entry_host.trim_start_matches("*.").trim_start_matches('.');
             host == bare || host.ends_with(&format!(".{bare}"))
@@ -432,11 +471,19 @@ fn in_cidr(ip: std::net::IpAddr, net: std::net::IpAddr, bits: u32) -> bool {
     use std::net::IpAddr;
     match (ip, net) {
         (IpAddr::V4(ip), IpAddr::V4(net)) if bits <= 32 => {
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(ip) & mask == u32::from(net) & mask
         }
         (IpAddr::V6(ip), IpAddr::V6(net)) if bits <= 128 => {
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(ip) & mask == u128::from(net) & mask
         }
         _ => false,
@@ -458,7 +505,9 @@ pub struct Api {
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Hand-written so that a `{:?}` can never print a token.
-        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Api")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -492,9 +541,16 @@ impl Api {
             url: url.clone(),
             failure,
         };
-        let body = serde_json::to_string(request).map_err(|e| err(Failure::Transport(e.to_string())))?;
+        let body =
+            serde_json::to_string(request).map_err(|e| err(Failure::Transport(e.to_string())))?;
         let text = self
-            .call("POST", &url, &self.registration_token, Some(body), MAX_ANSWER_BYTES)
+            .call(
+                "POST",
+                &url,
+                &self.registration_token,
+                Some(body),
+                MAX_ANSWER_BYTES,
+            )
             .map_err(err)?;
         RegisterResponse::from_json(&text).map_err(|reason| {
             err(Failure::BadAnswer {
@@ -510,9 +566,16 @@ impl Api {
             url: url.clone(),
             failure,
         };
-        let body = serde_json::to_string(request).map_err(|e| err(Failure::Transport(e.to_string())))?;
+        let body =
+            serde_json::to_string(request).map_err(|e| err(Failure::Transport(e.to_string())))?;
         let text = self
-            .call("POST", &url, &self.access_token, Some(body), MAX_ANSWER_BYTES)
+            .call(
+                "POST",
+                &url,
+                &self.access_token,
+                Some(body),
+                MAX_ANSWER_BYTES,
+            )
             .map_err(err)?;
         SyncResponse::from_json(&text).map_err(|reason| {
             err(Failure::BadAnswer {
@@ -537,7 +600,11 @@ impl Api {
         JobRequest::from_json(&text).map_err(|reason| {
             let reason = match serde_json::from_str::<serde_json::Value>(&text) {
                 Err(e) => format!("not JSON (line {}, column {})", e.line(), e.column()),
-                Ok(_) => reason.split(" at line").next().unwrap_or("bad job").to_string(),
+                Ok(_) => reason
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("bad job")
+                    .to_string(),
             };
             err(Failure::BadAnswer {
                 reason,
@@ -589,7 +656,11 @@ impl Api {
                 .header("Authorization", &auth)
                 .content_type("application/json")
                 .send(body),
-            (_, None) => self.agent.post(url).header("Authorization", &auth).send_empty(),
+            (_, None) => self
+                .agent
+                .post(url)
+                .header("Authorization", &auth)
+                .send_empty(),
         };
         let mut response = sent.map_err(|e| Failure::Transport(self.redact(&e.to_string())))?;
         let status = response.status().as_u16();
@@ -610,7 +681,12 @@ impl Api {
             .with_config()
             .limit(limit)
             .read_to_vec()
-            .map_err(|e| Failure::Transport(format!("reading the answer: {}", self.redact(&e.to_string()))))?;
+            .map_err(|e| {
+                Failure::Transport(format!(
+                    "reading the answer: {}",
+                    self.redact(&e.to_string())
+                ))
+            })?;
         String::from_utf8(bytes).map_err(|_| Failure::BadAnswer {
             reason: "the answer is not UTF-8".to_string(),
             body: String::new(),
@@ -670,8 +746,10 @@ mod tests {
         assert_eq!(r.job_id, "j1");
         assert_eq!(r.next_sync_after, 1500);
 
-        let r = SyncResponse::from_json(r#"{"action":"shutdown","shutdown_reason":"idle","next_sync_after":null}"#)
-            .unwrap();
+        let r = SyncResponse::from_json(
+            r#"{"action":"shutdown","shutdown_reason":"idle","next_sync_after":null}"#,
+        )
+        .unwrap();
         assert_eq!(r.action, Action::Shutdown);
         assert_eq!(r.shutdown_reason, "idle");
         assert_eq!(r.next_sync_after, 0);
@@ -686,7 +764,13 @@ mod tests {
     #[test]
     fn register_answer_takes_token_or_access_token_and_never_quotes_it() {
         let r = RegisterResponse::from_json(r#"{"name":"a","token":"t1"}"#).unwrap();
-        assert_eq!(r, RegisterResponse { name: "a".into(), token: "t1".into() });
+        assert_eq!(
+            r,
+            RegisterResponse {
+                name: "a".into(),
+                token: "t1".into()
+            }
+        );
         let r = RegisterResponse::from_json(r#"{"access_token":"t2"}"#).unwrap();
         assert_eq!(r.token, "t2");
         assert_eq!(r.name, "");
@@ -754,13 +838,19 @@ mod tests {
         assert!(proxy_for("https://127.0.0.1:8000/api", &https_only).is_none());
         assert!(proxy_for("https://localhost/api", &https_only).is_none());
 
-        let with_no_proxy = env(&[("HTTPS_PROXY", "http://proxy:3128"), ("NO_PROXY", "semaphoreci.com,10.0.0.0/8")]);
+        let with_no_proxy = env(&[
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("NO_PROXY", "semaphoreci.com,10.0.0.0/8"),
+        ]);
         assert!(proxy_for("https://org.semaphoreci.com/api", &with_no_proxy).is_none());
         assert!(proxy_for("https://semaphoreci.com/api", &with_no_proxy).is_none());
         assert!(proxy_for("https://10.1.2.3:443/api", &with_no_proxy).is_none());
         assert!(proxy_for("https://example.com/api", &with_no_proxy).is_some());
 
-        let ported = env(&[("HTTPS_PROXY", "http://proxy:3128"), ("NO_PROXY", "example.com:8443")]);
+        let ported = env(&[
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("NO_PROXY", "example.com:8443"),
+        ]);
         assert!(proxy_for("https://example.com:8443/x", &ported).is_none());
         assert!(proxy_for("https://example.com/x", &ported).is_some());
     }

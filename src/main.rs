@@ -4,6 +4,7 @@
 use semaphore_agent::cli::{Cli, Command};
 use semaphore_agent::config;
 use semaphore_agent::job::JobOptions;
+use semaphore_agent::listener;
 use semaphore_agent::local::{self, LocalRun};
 
 /// Exit code for a configuration the agent cannot run with.
@@ -39,14 +40,21 @@ fn main() {
             }
         }
         Command::Start(args) => {
-            init_stderr_logging();
             let env = |name: &str| std::env::var(name).ok();
             match config::load_start_config(&args, &env) {
-                Ok(config) => {
-                    println!("{}", config.redacted_summary());
-                    eprintln!("semaphore-agent: the control plane loop is not built yet");
-                    1
-                }
+                Ok(config) => match listener::init_logging() {
+                    Ok(_) => {
+                        for warning in &config.warnings {
+                            log::warn!("{warning}");
+                        }
+                        log::debug!("Configuration:\n{}", config.redacted_summary());
+                        listener::start(config, listener::ListenerOptions::from_env())
+                    }
+                    Err(err) => {
+                        eprintln!("semaphore-agent: {err}");
+                        EXIT_BAD_CONFIG
+                    }
+                },
                 Err(err) => {
                     eprintln!("semaphore-agent: {err}");
                     EXIT_BAD_CONFIG

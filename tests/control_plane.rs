@@ -27,13 +27,33 @@ impl Agent {
         Agent::start_with(sandbox, hub, REGISTRATION_TOKEN, extra, &[])
     }
 
-    fn start_with(sandbox: &Sandbox, hub: &Hub, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+    fn start_with(
+        sandbox: &Sandbox,
+        hub: &Hub,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let endpoint = hub.endpoint();
+        let mut args = vec![
+            "start",
+            "--endpoint",
+            &endpoint,
+            "--no-https",
+            "--token",
+            token,
+        ];
+        args.extend(["--name", "agent-under-test"]);
+        args.extend(extra);
+        Agent::spawn(sandbox, &args, env)
+    }
+
+    /// The agent with exactly `args`, shrunk delays and `env` added.
+    fn spawn(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
         let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
         let mut cmd = sandbox.agent();
-        cmd.args(["start", "--endpoint", &hub.endpoint(), "--no-https", "--token", token])
-            .args(["--name", "agent-under-test"])
-            .args(extra)
+        cmd.args(args)
             .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "20")
             .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "20")
             .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "20")
@@ -105,7 +125,10 @@ fn stdout(sandbox: &Sandbox) -> String {
 
 /// Neither the agent log nor stdout ever shows a token.
 fn assert_no_secrets(sandbox: &Sandbox) {
-    for (what, text) in [("agent log", agent_log(sandbox)), ("stdout", stdout(sandbox))] {
+    for (what, text) in [
+        ("agent log", agent_log(sandbox)),
+        ("stdout", stdout(sandbox)),
+    ] {
         assert!(!text.is_empty(), "{what} is empty");
         for secret in [REGISTRATION_TOKEN, ACCESS_TOKEN, "log-token-"] {
             assert!(!text.contains(secret), "{what} leaks {secret}:\n{text}");
@@ -170,7 +193,10 @@ fn registers_with_every_field_and_the_right_headers() {
     let hub = Hub::start();
     let started = Instant::now();
     let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "42"]);
-    assert!(hub.wait_until(WAIT, |h| h.register_body().is_some()), "never registered");
+    assert!(
+        hub.wait_until(WAIT, |h| h.register_body().is_some()),
+        "never registered"
+    );
     let registered_after = started.elapsed();
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
 
@@ -180,7 +206,10 @@ fn registers_with_every_field_and_the_right_headers() {
     assert_eq!(body["pid"], agent.pid());
     assert!(body["os"].is_string());
     let arch = body["arch"].as_str().unwrap();
-    assert!(!arch.is_empty() && arch != "amd64" && arch != "aarch64", "{arch}");
+    assert!(
+        !arch.is_empty() && arch != "amd64" && arch != "aarch64",
+        "{arch}"
+    );
     assert!(!body["hostname"].as_str().unwrap().is_empty());
     assert_eq!(body["single_job"], false);
     assert_eq!(body["idle_timeout"], 0);
@@ -191,11 +220,20 @@ fn registers_with_every_field_and_the_right_headers() {
     let register = &hub.requests_to("/register")[0];
     assert_eq!(register.method, "POST");
     assert_eq!(register.path, "/api/v1/self_hosted_agents/register");
-    assert_eq!(register.header("authorization"), Some(format!("Token {REGISTRATION_TOKEN}").as_str()));
+    assert_eq!(
+        register.header("authorization"),
+        Some(format!("Token {REGISTRATION_TOKEN}").as_str())
+    );
     assert_eq!(register.header("user-agent"), Some(ua.as_str()));
-    assert!(register.header("content-type").unwrap_or_default().contains("application/json"));
+    assert!(register
+        .header("content-type")
+        .unwrap_or_default()
+        .contains("application/json"));
     let sync = &hub.requests_to("/sync")[0];
-    assert_eq!(sync.header("authorization"), Some(format!("Token {ACCESS_TOKEN}").as_str()));
+    assert_eq!(
+        sync.header("authorization"),
+        Some(format!("Token {ACCESS_TOKEN}").as_str())
+    );
     assert_eq!(sync.header("user-agent"), Some(ua.as_str()));
     assert_eq!(
         sync.json(),
@@ -206,7 +244,10 @@ fn registers_with_every_field_and_the_right_headers() {
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     let disconnect = &hub.requests_to("/disconnect")[0];
     assert_eq!(disconnect.method, "POST");
-    assert_eq!(disconnect.header("authorization"), Some(format!("Token {ACCESS_TOKEN}").as_str()));
+    assert_eq!(
+        disconnect.header("authorization"),
+        Some(format!("Token {ACCESS_TOKEN}").as_str())
+    );
     assert_no_secrets(&sandbox);
     eprintln!("start to registered (spawn included): {registered_after:?}");
 }
@@ -218,30 +259,56 @@ fn a_job_runs_and_its_events_arrive() {
     let mut agent = Agent::start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["echo hello from the job"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
-    assert!(hub.wait_for_sync(WAIT, is_state("running-job")) || hub.wait_for_sync(WAIT, is_state("starting-job")));
+    assert!(
+        hub.wait_for_sync(WAIT, is_state("running-job"))
+            || hub.wait_for_sync(WAIT, is_state("starting-job"))
+    );
     let gets = hub.requests_to(&format!("/jobs/{id}"));
     assert_eq!(gets[0].method, "GET");
-    assert_eq!(gets[0].header("authorization"), Some(format!("Token {ACCESS_TOKEN}").as_str()));
+    assert_eq!(
+        gets[0].header("authorization"),
+        Some(format!("Token {ACCESS_TOKEN}").as_str())
+    );
 
     assert!(
-        hub.wait_until(WAIT, |h| h.events(&id).iter().any(|e| e["event"] == "job_finished")),
+        hub.wait_until(WAIT, |h| h
+            .events(&id)
+            .iter()
+            .any(|e| e["event"] == "job_finished")),
         "events never arrived: {:?}",
         hub.events(&id)
     );
     let events = hub.events(&id);
     assert_eq!(events.first().unwrap()["event"], "job_started");
-    assert!(events.iter().any(|e| e["event"] == "cmd_started" && e["directive"] == "echo hello from the job"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "cmd_started" && e["directive"] == "echo hello from the job"));
     assert!(hub.output(&id).contains("hello from the job\n"));
     assert_eq!(events.last().unwrap()["result"], "passed");
-    assert!(hub.log_violations().is_empty(), "{:?}", hub.log_violations());
+    assert!(
+        hub.log_violations().is_empty(),
+        "{:?}",
+        hub.log_violations()
+    );
 
     // After the result was taken, the agent goes back to waiting.
-    let finished_at = hub.syncs().iter().position(is_state("finished-job")).unwrap();
-    assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..].iter().any(is_state("waiting-for-jobs"))));
+    let finished_at = hub
+        .syncs()
+        .iter()
+        .position(is_state("finished-job"))
+        .unwrap();
+    assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..]
+        .iter()
+        .any(is_state("waiting-for-jobs"))));
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     let log = agent_log(&sandbox);
-    assert!(log.contains(&format!("SYNC request (state: finished-job, job: {id}, result: passed)")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "SYNC request (state: finished-job, job: {id}, result: passed)"
+        )),
+        "{log}"
+    );
     assert_no_secrets(&sandbox);
 }
 
@@ -277,20 +344,33 @@ fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
 
     // The stop latency: from the stop-job answer to the finished-job sync.
     let requests = hub.requests_to("/sync");
-    let stop_sent = requests.iter().find(|r| r.json()["state"] == "running-job").map(|r| r.at);
-    let finished = requests.iter().find(|r| r.json()["state"] == "finished-job").map(|r| r.at);
+    let stop_sent = requests
+        .iter()
+        .find(|r| r.json()["state"] == "running-job")
+        .map(|r| r.at);
+    let finished = requests
+        .iter()
+        .find(|r| r.json()["state"] == "finished-job")
+        .map(|r| r.at);
     if let (Some(a), Some(b)) = (stop_sent, finished) {
-        eprintln!("stop-job to finished-job: at most {:?}", b.saturating_sub(a));
+        eprintln!(
+            "stop-job to finished-job: at most {:?}",
+            b.saturating_sub(a)
+        );
     }
 
     assert!(
-        wait_for(Duration::from_secs(5), || processes_with("sleep 7100001").is_empty()
+        wait_for(Duration::from_secs(5), || processes_with("sleep 7100001")
+            .is_empty()
             && processes_with("sleep 7100002").is_empty()),
         "job processes outlived the stop"
     );
     assert!(!sandbox.home().join("after-stop").exists());
     let syncs = hub.syncs();
-    assert!(syncs.iter().any(is_state("stopping-job")) || syncs.iter().any(|s| s["job_result"] == "stopped"));
+    assert!(
+        syncs.iter().any(is_state("stopping-job"))
+            || syncs.iter().any(|s| s["job_result"] == "stopped")
+    );
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }
@@ -306,11 +386,22 @@ fn two_jobs_in_a_row_share_nothing() {
         "sleep 7100003 &",
     ]));
     assert_eq!(hub.wait_for_result(&first, WAIT).as_deref(), Some("passed"));
-    assert!(wait_for(Duration::from_secs(5), || processes_with("sleep 7100003").is_empty()));
-    let second = hub.queue_job(job(&["echo \"leak=${CP_LEAK:-none} cwd=$(pwd)\" > $HOME/second.txt"]));
-    assert_eq!(hub.wait_for_result(&second, WAIT).as_deref(), Some("passed"));
+    assert!(wait_for(Duration::from_secs(5), || processes_with(
+        "sleep 7100003"
+    )
+    .is_empty()));
+    let second = hub.queue_job(job(&[
+        "echo \"leak=${CP_LEAK:-none} cwd=$(pwd)\" > $HOME/second.txt",
+    ]));
+    assert_eq!(
+        hub.wait_for_result(&second, WAIT).as_deref(),
+        Some("passed")
+    );
     let seen = std::fs::read_to_string(sandbox.home().join("second.txt")).unwrap();
-    assert_eq!(seen.trim(), format!("leak=none cwd={}", sandbox.home().display()));
+    assert_eq!(
+        seen.trim(),
+        format!("leak=none cwd={}", sandbox.home().display())
+    );
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }
@@ -322,12 +413,19 @@ fn disconnect_after_job_registers_single_job_and_exits_after_it() {
     let reason = sandbox.path("reason");
     let hook = reason_hook(&sandbox, &reason);
     let id = hub.queue_job(job(&["echo one job only"]));
-    let mut agent = Agent::start(&sandbox, &hub, &["--disconnect-after-job", "--shutdown-hook-path", &hook]);
+    let mut agent = Agent::start(
+        &sandbox,
+        &hub,
+        &["--disconnect-after-job", "--shutdown-hook-path", &hook],
+    );
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_eq!(hub.register_body().unwrap()["single_job"], true);
     assert_eq!(hub.result_of(&id).as_deref(), Some("passed"));
     assert_eq!(hub.disconnects(), 1);
-    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "JOB_FINISHED");
+    assert_eq!(
+        std::fs::read_to_string(&reason).unwrap().trim(),
+        "JOB_FINISHED"
+    );
 }
 
 #[test]
@@ -340,13 +438,22 @@ fn shutdown_action_disconnects_and_runs_the_hook_with_the_reason() {
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
-    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "REQUESTED");
+    assert_eq!(
+        std::fs::read_to_string(&reason).unwrap().trim(),
+        "REQUESTED"
+    );
     assert_eq!(hub.disconnects(), 1);
     let log = agent_log(&sandbox);
-    assert!(log.contains("hook-says-bye"), "hook output not in the agent log:\n{log}");
+    assert!(
+        log.contains("hook-says-bye"),
+        "hook output not in the agent log:\n{log}"
+    );
     let disconnected = log.find("Disconnected.").expect("disconnect logged");
     let hooked = log.find("hook-says-bye").unwrap();
-    assert!(disconnected < hooked, "the hook ran before disconnecting:\n{log}");
+    assert!(
+        disconnected < hooked,
+        "the hook ran before disconnecting:\n{log}"
+    );
 }
 
 #[test]
@@ -359,7 +466,10 @@ fn shutdown_while_a_job_runs_stops_it_first() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_eq!(hub.result_of(&id).as_deref(), Some("stopped"));
-    assert!(wait_for(Duration::from_secs(5), || processes_with("sleep 7100004").is_empty()));
+    assert!(wait_for(Duration::from_secs(5), || processes_with(
+        "sleep 7100004"
+    )
+    .is_empty()));
 }
 
 #[test]
@@ -379,12 +489,18 @@ fn sigterm_is_reported_and_the_control_plane_decides() {
     agent.signal(libc::SIGTERM);
     agent.signal(libc::SIGTERM);
     assert!(
-        hub.wait_for_sync(Duration::from_secs(5), |s| s["interrupted_at"].as_u64().unwrap_or(0) >= before),
+        hub.wait_for_sync(Duration::from_secs(5), |s| s["interrupted_at"]
+            .as_u64()
+            .unwrap_or(0)
+            >= before),
         "no sync with interrupted_at: {:?}",
         hub.syncs()
     );
     assert_eq!(agent.wait_exit(WAIT), Some(0));
-    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "INTERRUPTED");
+    assert_eq!(
+        std::fs::read_to_string(&reason).unwrap().trim(),
+        "INTERRUPTED"
+    );
     assert!(agent_log(&sandbox).contains("Termination signal received"));
 }
 
@@ -405,7 +521,10 @@ fn sigterm_during_a_job_waits_for_the_grace_period_then_stops_it() {
         .filter(|t| *t > 0)
         .collect();
     assert!(!interrupted.is_empty());
-    assert!(interrupted.iter().all(|t| *t == interrupted[0]), "interrupted_at changed: {interrupted:?}");
+    assert!(
+        interrupted.iter().all(|t| *t == interrupted[0]),
+        "interrupted_at changed: {interrupted:?}"
+    );
 }
 
 #[test]
@@ -462,8 +581,14 @@ fn a_job_that_cannot_be_fetched_fails_and_the_agent_goes_back_to_waiting() {
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
     assert_eq!(hub.requests_to(&format!("/jobs/{id}")).len(), 10);
     assert!(!sandbox.home().join("never").exists());
-    let finished_at = hub.syncs().iter().position(is_state("finished-job")).unwrap();
-    assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..].iter().any(is_state("waiting-for-jobs"))));
+    let finished_at = hub
+        .syncs()
+        .iter()
+        .position(is_state("finished-job"))
+        .unwrap();
+    assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..]
+        .iter()
+        .any(is_state("waiting-for-jobs"))));
 
     // And the next job, once the control plane is healthy, runs.
     hub.clear_faults();
@@ -480,7 +605,11 @@ fn garbage_sync_answers_do_not_crash_the_agent() {
     hub.fail(Endpoint::Sync, 2, Fault::Garbage);
     hub.fail(Endpoint::Sync, 1, Fault::Body("[1,2,3]".into()));
     hub.fail(Endpoint::Sync, 1, Fault::Body("{}".into()));
-    hub.fail(Endpoint::Sync, 1, Fault::Body(r#"{"action":"dance","next_sync_after":"soon"}"#.into()));
+    hub.fail(
+        Endpoint::Sync,
+        1,
+        Fault::Body(r#"{"action":"dance","next_sync_after":"soon"}"#.into()),
+    );
     hub.fail(Endpoint::Sync, 1, Fault::Status(502));
     let mut agent = Agent::start(&sandbox, &hub, &[]);
     assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 8));
@@ -526,7 +655,10 @@ fn no_successful_sync_for_too_long_shuts_down_unable_to_sync() {
         &[("SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS", "500")],
     );
     assert_eq!(agent.wait_exit(WAIT), Some(1));
-    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "UNABLE_TO_SYNC");
+    assert_eq!(
+        std::fs::read_to_string(&reason).unwrap().trim(),
+        "UNABLE_TO_SYNC"
+    );
     assert_eq!(hub.disconnects(), 1);
 }
 
@@ -539,7 +671,12 @@ fn idle_timeout_is_sent_and_the_idle_shutdown_honoured() {
     let mut agent = Agent::start(
         &sandbox,
         &hub,
-        &["--disconnect-after-idle-timeout", "1", "--shutdown-hook-path", &hook],
+        &[
+            "--disconnect-after-idle-timeout",
+            "1",
+            "--shutdown-hook-path",
+            &hook,
+        ],
     );
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_eq!(hub.register_body().unwrap()["idle_timeout"], 1);
@@ -556,4 +693,65 @@ fn disconnect_is_retried() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_eq!(hub.requests_to("/disconnect").len(), 4);
+}
+
+#[test]
+fn a_go_agent_config_file_works_unchanged() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    // The shape of the Go agent's config.yaml, as its docs show it.
+    let config = sandbox.write(
+        "config.yaml",
+        &format!(
+            "endpoint: \"{}\"\ntoken: \"{REGISTRATION_TOKEN}\"\nno-https: true\nname: \"config-file-agent\"\n\
+             shutdown-hook-path: \"{hook}\"\ndisconnect-after-job: true\ndisconnect-after-idle-timeout: 0\n\
+             env-vars:\n  - CP_FROM_CONFIG=yes\nfail-on-pre-job-hook-error: false\nupload-job-logs: never\n",
+            hub.endpoint()
+        ),
+    );
+    let id = hub.queue_job(job(&["echo \"$CP_FROM_CONFIG\" > $HOME/from-config"]));
+    let config = config.display().to_string();
+    let mut agent = Agent::spawn(&sandbox, &["start", "--config-file", &config], &[]);
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let body = hub.register_body().unwrap();
+    assert_eq!(body["name"], "config-file-agent");
+    assert_eq!(body["single_job"], true);
+    assert_eq!(hub.result_of(&id).as_deref(), Some("passed"));
+    assert_eq!(
+        std::fs::read_to_string(sandbox.home().join("from-config"))
+            .unwrap()
+            .trim(),
+        "yes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&reason).unwrap().trim(),
+        "JOB_FINISHED"
+    );
+    assert_no_secrets(&sandbox);
+}
+
+#[test]
+fn settings_from_the_environment_work_too() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let endpoint = hub.endpoint();
+    let mut agent = Agent::spawn(
+        &sandbox,
+        &["start"],
+        &[
+            ("SEMAPHORE_AGENT_ENDPOINT", endpoint.as_str()),
+            ("SEMAPHORE_AGENT_TOKEN", REGISTRATION_TOKEN),
+            ("SEMAPHORE_AGENT_NO_HTTPS", "true"),
+            ("SEMAPHORE_AGENT_NAME", "env-configured-agent"),
+            ("SEMAPHORE_AGENT_INTERRUPTION_GRACE_PERIOD", "7"),
+        ],
+    );
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+    let body = hub.register_body().unwrap();
+    assert_eq!(body["name"], "env-configured-agent");
+    assert_eq!(body["interruption_grace_period"], 7);
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
 }

@@ -19,8 +19,13 @@ static LOG_NAME: Mutex<String> = Mutex::new(String::new());
 /// Why the agent log could not be set up.
 #[derive(Debug)]
 pub enum AgentLogError {
-    BadLevel { value: String },
-    OpenFile { path: PathBuf, source: std::io::Error },
+    BadLevel {
+        value: String,
+    },
+    OpenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for AgentLogError {
@@ -32,7 +37,11 @@ impl std::fmt::Display for AgentLogError {
                  (use trace, debug, info, warn, error)"
             ),
             AgentLogError::OpenFile { path, source } => {
-                write!(f, "cannot open the agent log file {}: {source}", path.display())
+                write!(
+                    f,
+                    "cannot open the agent log file {}: {source}",
+                    path.display()
+                )
             }
         }
     }
@@ -100,7 +109,9 @@ fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
         "warn" | "warning" => Ok(LevelFilter::Warn),
         "error" | "fatal" | "panic" => Ok(LevelFilter::Error),
         "off" => Ok(LevelFilter::Off),
-        _ => Err(AgentLogError::BadLevel { value: text.to_string() }),
+        _ => Err(AgentLogError::BadLevel {
+            value: text.to_string(),
+        }),
     }
 }
 
@@ -125,7 +136,9 @@ impl Write for Tee {
 
 /// `Jan _2 15:04:05.000` in UTC (Go's `time.StampMilli`).
 fn stamp_milli(now: std::time::SystemTime) -> String {
-    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = since.as_secs();
     let (_, month, day) = civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;
@@ -179,6 +192,9 @@ mod tests {
         assert_eq!(parse_level("DEBUG").unwrap(), LevelFilter::Debug);
         assert_eq!(parse_level("warning").unwrap(), LevelFilter::Warn);
         assert_eq!(parse_level("fatal").unwrap(), LevelFilter::Error);
-        assert!(parse_level("loud").unwrap_err().to_string().contains("loud"));
+        assert!(parse_level("loud")
+            .unwrap_err()
+            .to_string()
+            .contains("loud"));
     }
 }

@@ -26,7 +26,9 @@ fn os_name_from(text: &str) -> String {
             Some(unquoted.to_string())
         })
     };
-    find("PRETTY_NAME").or_else(|| find("NAME")).unwrap_or_default()
+    find("PRETTY_NAME")
+        .or_else(|| find("NAME"))
+        .unwrap_or_default()
 }
 
 /// The architecture in Go's GOARCH words, except amd64 → x86_64 and
@@ -101,7 +103,9 @@ mod tests {
     fn random_names_are_20_url_safe_chars() {
         let a = random_name();
         assert_eq!(a.len(), 20);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_ne!(a, random_name());
     }
 }

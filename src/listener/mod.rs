@@ -134,7 +134,12 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
     let name = agent_name(&config);
     set_log_name(&name);
 
-    let mut api = Api::new(&config.endpoint, config.no_https, &config.token, options.http_timeout);
+    let mut api = Api::new(
+        &config.endpoint,
+        config.no_https,
+        &config.token,
+        options.http_timeout,
+    );
     let request = RegisterRequest {
         name: name.clone(),
         version: crate::VERSION.to_string(),
@@ -166,9 +171,16 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
         }
     };
     api.set_access_token(&answer.token);
-    let name = if answer.name.is_empty() { name } else { answer.name };
+    let name = if answer.name.is_empty() {
+        name
+    } else {
+        answer.name
+    };
     set_log_name(&name);
-    log::info!("Registered as {name} in {} ms", started.elapsed().as_millis());
+    log::info!(
+        "Registered as {name} in {} ms",
+        started.elapsed().as_millis()
+    );
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -254,7 +266,9 @@ impl Listener {
             while let Ok(wake) = self.rx.try_recv() {
                 self.on_wake(wake);
             }
-            let request = self.machine.sync_request(self.interrupted_at.load(Ordering::SeqCst));
+            let request = self
+                .machine
+                .sync_request(self.interrupted_at.load(Ordering::SeqCst));
             log_sync_request(&request);
             let wait = match self.api.sync(&request) {
                 Ok(response) => {
@@ -345,7 +359,13 @@ impl Listener {
             .name("job".to_string())
             .spawn(move || work.run());
         match spawned {
-            Ok(handle) => self.job = Some(JobThread { job_id, handle, stop }),
+            Ok(handle) => {
+                self.job = Some(JobThread {
+                    job_id,
+                    handle,
+                    stop,
+                })
+            }
             Err(e) => {
                 log::error!("Could not start a thread for job {job_id}: {e}");
                 self.machine.job_finished(JobResult::Failed);
@@ -371,7 +391,10 @@ impl Listener {
             if job.handle.is_finished() {
                 let _ = job.handle.join();
             } else {
-                log::error!("The thread of job {} did not end; leaving it behind", job.job_id);
+                log::error!(
+                    "The thread of job {} did not end; leaving it behind",
+                    job.job_id
+                );
             }
         }
     }
@@ -386,7 +409,10 @@ impl Listener {
                 match self.rx.recv_timeout(left) {
                     Ok(wake) => self.on_wake(wake),
                     Err(_) => {
-                        log::error!("The job did not end within {:?} of being stopped", self.options.job_stop_timeout);
+                        log::error!(
+                            "The job did not end within {:?} of being stopped",
+                            self.options.job_stop_timeout
+                        );
                         break;
                     }
                 }
@@ -398,11 +424,17 @@ impl Listener {
 
         log::info!("Disconnecting the Agent from Semaphore");
         let attempts = self.options.disconnect_attempts;
-        match retry("Disconnect", attempts, self.options.disconnect_delay, &|| false, || {
-            self.api.disconnect()
-        }) {
+        match retry(
+            "Disconnect",
+            attempts,
+            self.options.disconnect_delay,
+            &|| false,
+            || self.api.disconnect(),
+        ) {
             Ok(()) => log::info!("Disconnected."),
-            Err(e) => log::error!("Failed to disconnect from Semaphore even after {attempts} tries: {e}"),
+            Err(e) => {
+                log::error!("Failed to disconnect from Semaphore even after {attempts} tries: {e}")
+            }
         }
         if let Some(hook) = &self.config.shutdown_hook_path {
             shutdown::run_hook(hook, reason, self.options.shutdown_hook_timeout);
@@ -477,8 +509,12 @@ struct AgentLogSink {
 impl EventSink for AgentLogSink {
     fn emit(&mut self, event: Event) {
         match event {
-            Event::CmdStarted { directive, .. } => log::debug!("Job {}: started '{directive}'", self.job_id),
-            Event::CmdFinished { exit_code, .. } => log::debug!("Job {}: command exited {exit_code}", self.job_id),
+            Event::CmdStarted { directive, .. } => {
+                log::debug!("Job {}: started '{directive}'", self.job_id)
+            }
+            Event::CmdFinished { exit_code, .. } => {
+                log::debug!("Job {}: command exited {exit_code}", self.job_id)
+            }
             _ => {}
         }
     }
@@ -510,10 +546,16 @@ fn retry<T>(
             Ok(v) => return Ok(v),
             Err(e) if attempt >= attempts.max(1) || cancelled() => return Err(e),
             Err(e) => {
-                log::error!("[{task}] attempt [{attempt}] failed with [{e}] - retrying in {delay:?}");
+                log::error!(
+                    "[{task}] attempt [{attempt}] failed with [{e}] - retrying in {delay:?}"
+                );
                 let until = Instant::now() + delay;
                 while Instant::now() < until && !cancelled() {
-                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+                    std::thread::sleep(
+                        until
+                            .saturating_duration_since(Instant::now())
+                            .min(Duration::from_millis(50)),
+                    );
                 }
                 if cancelled() {
                     return Err(e);
@@ -538,18 +580,33 @@ fn log_sync_request(r: &SyncRequest) {
             r.job_id,
             r.job_result
         ),
-        _ => log::info!("SYNC request (state: {}, job: {}{interrupted})", r.state, r.job_id),
+        _ => log::info!(
+            "SYNC request (state: {}, job: {}{interrupted})",
+            r.state,
+            r.job_id
+        ),
     }
 }
 
 fn log_sync_response(r: &SyncResponse) {
     match &r.action {
-        Action::Continue | Action::WaitForJobs => log::info!("SYNC response (action: {})", r.action.as_str()),
-        Action::RunJob | Action::StopJob => {
-            log::info!("SYNC response (action: {}, job: {})", r.action.as_str(), r.job_id)
+        Action::Continue | Action::WaitForJobs => {
+            log::info!("SYNC response (action: {})", r.action.as_str())
         }
-        Action::Shutdown => log::info!("SYNC response (action: shutdown, reason: {})", r.shutdown_reason),
-        Action::Unknown(text) => log::warn!("SYNC response with unknown action '{text}'; treating it as continue"),
+        Action::RunJob | Action::StopJob => {
+            log::info!(
+                "SYNC response (action: {}, job: {})",
+                r.action.as_str(),
+                r.job_id
+            )
+        }
+        Action::Shutdown => log::info!(
+            "SYNC response (action: shutdown, reason: {})",
+            r.shutdown_reason
+        ),
+        Action::Unknown(text) => {
+            log::warn!("SYNC response with unknown action '{text}'; treating it as continue")
+        }
     }
 }
 
@@ -580,7 +637,10 @@ mod tests {
             _ => None,
         });
         assert_eq!(o.register_delay, Duration::from_millis(5));
-        assert_eq!(o.sync_interval, (Duration::from_millis(200), Duration::from_millis(200)));
+        assert_eq!(
+            o.sync_interval,
+            (Duration::from_millis(200), Duration::from_millis(200))
+        );
         assert_eq!(o.get_job_delay, Duration::from_secs(3));
         assert_eq!(o.register_attempts, 30);
         assert_eq!(o.disconnect_attempts, 100);

@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn names_and_exit_codes() {
-        assert_eq!(ShutdownReason::from_api("job-finished").as_str(), "JOB_FINISHED");
+        assert_eq!(
+            ShutdownReason::from_api("job-finished").as_str(),
+            "JOB_FINISHED"
+        );
         assert_eq!(ShutdownReason::from_api("nope"), ShutdownReason::Unknown);
         assert_eq!(ShutdownReason::UnableToSync.exit_code(), 1);
         assert_eq!(ShutdownReason::Interrupted.exit_code(), 0);
@@ -148,7 +151,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seen = dir.path().join("seen");
         let hook = dir.path().join("hook.sh");
-        std::fs::write(&hook, format!("echo $SEMAPHORE_AGENT_SHUTDOWN_REASON > {}\n", seen.display())).unwrap();
+        std::fs::write(
+            &hook,
+            format!(
+                "echo $SEMAPHORE_AGENT_SHUTDOWN_REASON > {}\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
         run_hook(&hook, ShutdownReason::Idle, Duration::from_secs(10));
         assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "IDLE");
 

@@ -63,17 +63,24 @@ impl Machine {
 
     pub fn sync_request(&self, interrupted_at: u64) -> SyncRequest {
         match &self.state {
-            State::WaitingForJobs => SyncRequest::new(AgentState::WaitingForJobs, "", None, interrupted_at),
+            State::WaitingForJobs => {
+                SyncRequest::new(AgentState::WaitingForJobs, "", None, interrupted_at)
+            }
             State::StartingJob { job_id } => {
                 SyncRequest::new(AgentState::StartingJob, job_id, None, interrupted_at)
             }
-            State::RunningJob { job_id } => SyncRequest::new(AgentState::RunningJob, job_id, None, interrupted_at),
+            State::RunningJob { job_id } => {
+                SyncRequest::new(AgentState::RunningJob, job_id, None, interrupted_at)
+            }
             State::StoppingJob { job_id } => {
                 SyncRequest::new(AgentState::StoppingJob, job_id, None, interrupted_at)
             }
-            State::FinishedJob { job_id, result } => {
-                SyncRequest::new(AgentState::FinishedJob, job_id, Some(*result), interrupted_at)
-            }
+            State::FinishedJob { job_id, result } => SyncRequest::new(
+                AgentState::FinishedJob,
+                job_id,
+                Some(*result),
+                interrupted_at,
+            ),
         }
     }
 
@@ -90,9 +97,9 @@ impl Machine {
     /// The job thread ended with `result`.
     pub fn job_finished(&mut self, result: JobResult) {
         let job_id = match &self.state {
-            State::StartingJob { job_id } | State::RunningJob { job_id } | State::StoppingJob { job_id } => {
-                job_id.clone()
-            }
+            State::StartingJob { job_id }
+            | State::RunningJob { job_id }
+            | State::StoppingJob { job_id } => job_id.clone(),
             // No live job: a stale message; nothing to record.
             State::WaitingForJobs | State::FinishedJob { .. } => return,
         };
@@ -107,7 +114,9 @@ impl Machine {
                 return Effect::Shutdown(ShutdownReason::from_api(&response.shutdown_reason));
             }
             Action::RunJob => match &self.state {
-                State::WaitingForJobs | State::FinishedJob { .. } if !response.job_id.is_empty() => {
+                State::WaitingForJobs | State::FinishedJob { .. }
+                    if !response.job_id.is_empty() =>
+                {
                     self.state = State::StartingJob {
                         job_id: response.job_id.clone(),
                     };
@@ -124,7 +133,9 @@ impl Machine {
             },
             Action::StopJob => match &self.state {
                 State::StartingJob { job_id } | State::RunningJob { job_id } => {
-                    self.state = State::StoppingJob { job_id: job_id.clone() };
+                    self.state = State::StoppingJob {
+                        job_id: job_id.clone(),
+                    };
                     Effect::StopJob
                 }
                 // Already stopping, or the job ended before the stop came:
@@ -138,13 +149,19 @@ impl Machine {
                 }
                 State::WaitingForJobs => Effect::Nothing,
                 _ => {
-                    log::warn!("Ignoring wait-for-jobs while the job is still in state {}", sent.state);
+                    log::warn!(
+                        "Ignoring wait-for-jobs while the job is still in state {}",
+                        sent.state
+                    );
                     Effect::Nothing
                 }
             },
         };
         // The finished job has been reported and the control plane moved on.
-        if self.disconnect_after_job && sent.state == AgentState::FinishedJob && !self.has_live_job() {
+        if self.disconnect_after_job
+            && sent.state == AgentState::FinishedJob
+            && !self.has_live_job()
+        {
             return Effect::Shutdown(ShutdownReason::JobFinished);
         }
         effect
@@ -156,8 +173,10 @@ mod tests {
     use super::*;
 
     fn answer(action: &str, job_id: &str) -> SyncResponse {
-        SyncResponse::from_json(&format!(r#"{{"action":"{action}","job_id":"{job_id}","shutdown_reason":"requested"}}"#))
-            .unwrap()
+        SyncResponse::from_json(&format!(
+            r#"{{"action":"{action}","job_id":"{job_id}","shutdown_reason":"requested"}}"#
+        ))
+        .unwrap()
     }
 
     fn step(m: &mut Machine, action: &str, job_id: &str) -> Effect {
@@ -178,7 +197,12 @@ mod tests {
         m.job_finished(JobResult::Passed);
         let r = m.sync_request(5);
         assert_eq!(
-            (r.state, r.job_id.as_str(), r.job_result.as_str(), r.interrupted_at),
+            (
+                r.state,
+                r.job_id.as_str(),
+                r.job_result.as_str(),
+                r.interrupted_at
+            ),
             (AgentState::FinishedJob, "j1", "passed", 5)
         );
         // `continue` keeps reporting the result until wait-for-jobs.
@@ -236,7 +260,10 @@ mod tests {
             ("", ShutdownReason::Unknown),
         ] {
             let sent = m.sync_request(0);
-            let resp = SyncResponse::from_json(&format!(r#"{{"action":"shutdown","shutdown_reason":"{text}"}}"#)).unwrap();
+            let resp = SyncResponse::from_json(&format!(
+                r#"{{"action":"shutdown","shutdown_reason":"{text}"}}"#
+            ))
+            .unwrap();
             assert_eq!(m.apply(&sent, &resp), Effect::Shutdown(reason));
         }
     }
@@ -248,7 +275,10 @@ mod tests {
         m.job_running();
         assert_eq!(step(&mut m, "continue", ""), Effect::Nothing);
         m.job_finished(JobResult::Failed);
-        assert_eq!(step(&mut m, "wait-for-jobs", ""), Effect::Shutdown(ShutdownReason::JobFinished));
+        assert_eq!(
+            step(&mut m, "wait-for-jobs", ""),
+            Effect::Shutdown(ShutdownReason::JobFinished)
+        );
     }
 
     #[test]

@@ -124,7 +124,8 @@ impl Hub {
 
     /// A hub on `port` (0 = any); `verbose` prints what it receives.
     pub fn start_on(port: u16, verbose: bool) -> Hub {
-        let server = Arc::new(tiny_http::Server::http(("127.0.0.1", port)).expect("start the fake hub"));
+        let server =
+            Arc::new(tiny_http::Server::http(("127.0.0.1", port)).expect("start the fake hub"));
         let port = server
             .server_addr()
             .to_ip()
@@ -250,12 +251,18 @@ impl Hub {
 
     /// Requests to the path ending in `suffix` (e.g. "/sync").
     pub fn requests_to(&self, suffix: &str) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.path.ends_with(suffix)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with(suffix))
+            .collect()
     }
 
     /// The bodies of every sync request, in order.
     pub fn syncs(&self) -> Vec<Value> {
-        self.requests_to("/sync").iter().map(Recorded::json).collect()
+        self.requests_to("/sync")
+            .iter()
+            .map(Recorded::json)
+            .collect()
     }
 
     /// The last successful register request body.
@@ -269,7 +276,10 @@ impl Hub {
     }
 
     pub fn result_of(&self, job_id: &str) -> Option<String> {
-        self.results().into_iter().find(|(id, _)| id == job_id).map(|(_, r)| r)
+        self.results()
+            .into_iter()
+            .find(|(id, _)| id == job_id)
+            .map(|(_, r)| r)
     }
 
     /// The log events a job pushed, parsed.
@@ -277,7 +287,12 @@ impl Hub {
         self.lock()
             .logs
             .get(job_id)
-            .map(|lines| lines.iter().map(|l| serde_json::from_str(l).unwrap_or(Value::Null)).collect())
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -343,7 +358,10 @@ impl Drop for Hub {
 
 fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
     let mut body = String::new();
-    let _ = request.as_reader().take(64 * 1024 * 1024).read_to_string(&mut body);
+    let _ = request
+        .as_reader()
+        .take(64 * 1024 * 1024)
+        .read_to_string(&mut body);
     let full_url = request.url().to_string();
     let (path, query) = match full_url.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),
@@ -355,10 +373,15 @@ fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
         headers: request
             .headers()
             .iter()
-            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+            .map(|h| {
+                (
+                    h.field.as_str().as_str().to_ascii_lowercase(),
+                    h.value.as_str().to_string(),
+                )
+            })
             .collect(),
         body,
-    at: Duration::ZERO,
+        at: Duration::ZERO,
     };
 
     let endpoint = endpoint_of(&path);
@@ -379,7 +402,10 @@ fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
     };
     let (status, answer) = match fault {
         Some(Fault::Status(code)) => (code, format!("fault injected: HTTP {code}")),
-        Some(Fault::Garbage) => (200, "<html><body>this is not JSON {{{</body></html>".to_string()),
+        Some(Fault::Garbage) => (
+            200,
+            "<html><body>this is not JSON {{{</body></html>".to_string(),
+        ),
         Some(Fault::Body(text)) => (200, text),
         Some(Fault::Slow(d)) => {
             std::thread::sleep(d);
@@ -405,7 +431,13 @@ fn endpoint_of(path: &str) -> Option<Endpoint> {
     }
 }
 
-fn normal_answer(shared: &Shared, port: u16, endpoint: Option<Endpoint>, r: &Recorded, query: &str) -> (u16, String) {
+fn normal_answer(
+    shared: &Shared,
+    port: u16,
+    endpoint: Option<Endpoint>,
+    r: &Recorded,
+    query: &str,
+) -> (u16, String) {
     let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     let agent_ua = format!("SemaphoreAgent/{}", env!("CARGO_PKG_VERSION"));
     if endpoint != Some(Endpoint::Logs) && r.header("user-agent") != Some(agent_ua.as_str()) {
@@ -416,7 +448,10 @@ fn normal_answer(shared: &Shared, port: u16, endpoint: Option<Endpoint>, r: &Rec
     match endpoint {
         Some(Endpoint::Register) => {
             let given = r.header("authorization").unwrap_or_default();
-            let extra = s.extra_registration_token.as_ref().map(|t| format!("Token {t}"));
+            let extra = s
+                .extra_registration_token
+                .as_ref()
+                .map(|t| format!("Token {t}"));
             if given != format!("Token {REGISTRATION_TOKEN}") && Some(given.to_string()) != extra {
                 return unauthorized;
             }
@@ -427,7 +462,10 @@ fn normal_answer(shared: &Shared, port: u16, endpoint: Option<Endpoint>, r: &Rec
             let name = body["name"].as_str().unwrap_or_default().to_string();
             s.register = Some(body);
             s.last_state_change = Some(Instant::now());
-            (200, json!({"name": name, "token": ACCESS_TOKEN}).to_string())
+            (
+                200,
+                json!({"name": name, "token": ACCESS_TOKEN}).to_string(),
+            )
         }
         Some(Endpoint::Sync) => {
             if !access_ok {
@@ -500,14 +538,23 @@ fn normal_answer(shared: &Shared, port: u16, endpoint: Option<Endpoint>, r: &Rec
                 .find_map(|kv| kv.strip_prefix("start_from="))
                 .and_then(|v| v.parse::<usize>().ok());
             let Some(start_from) = start_from else {
-                s.log_violations.push(format!("push without start_from for {id}"));
+                s.log_violations
+                    .push(format!("push without start_from for {id}"));
                 return (400, "start_from missing".into());
             };
-            let lines: Vec<String> = r.body.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+            let lines: Vec<String> = r
+                .body
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
             let verbose = s.verbose;
             let have = s.logs.entry(id.clone()).or_default();
             if start_from > have.len() {
-                let msg = format!("gap for {id}: start_from={start_from} but only {} events", have.len());
+                let msg = format!(
+                    "gap for {id}: start_from={start_from} but only {} events",
+                    have.len()
+                );
                 s.log_violations.push(msg);
                 return (400, "gap".into());
             }
