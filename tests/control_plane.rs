@@ -344,18 +344,19 @@ fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
 
     // The stop latency: from the stop-job answer to the finished-job sync.
     let requests = hub.requests_to("/sync");
-    let stop_sent = requests
-        .iter()
-        .find(|r| r.json()["state"] == "running-job")
-        .map(|r| r.at);
+    // The stop-job answer went to the last running-job sync before the result.
     let finished = requests
         .iter()
-        .find(|r| r.json()["state"] == "finished-job")
-        .map(|r| r.at);
+        .position(|r| r.json()["state"] == "finished-job");
+    let stop_sent = finished.and_then(|f| {
+        requests[..f]
+            .iter()
+            .rposition(|r| r.json()["state"] == "running-job")
+    });
     if let (Some(a), Some(b)) = (stop_sent, finished) {
         eprintln!(
-            "stop-job to finished-job: at most {:?}",
-            b.saturating_sub(a)
+            "stop-job answer to finished-job sync: {:?}",
+            requests[b].at.saturating_sub(requests[a].at)
         );
     }
 
@@ -754,4 +755,31 @@ fn settings_from_the_environment_work_too() {
     assert_eq!(body["interruption_grace_period"], 7);
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn an_expired_log_token_is_refreshed_through_the_control_plane() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(job(&["echo before-expiry", "sleep 1", "echo after-expiry"]));
+    assert!(hub.wait_until(WAIT, |h| h.output(&id).contains("before-expiry")));
+    hub.expire_log_tokens();
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(hub.wait_until(WAIT, |h| h.output(&id).contains("after-expiry")));
+    assert!(hub.refreshes() >= 1);
+    let refresh = &hub.requests_to("/refresh")[0];
+    assert_eq!(refresh.method, "POST");
+    assert_eq!(
+        refresh.header("authorization"),
+        Some(format!("Token {ACCESS_TOKEN}").as_str())
+    );
+    assert!(
+        hub.log_violations().is_empty(),
+        "{:?}",
+        hub.log_violations()
+    );
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_no_secrets(&sandbox);
 }
