@@ -83,6 +83,19 @@ fn processes_running(needle: &str) -> Vec<String> {
     found
 }
 
+/// Waits (bounded, 2 s) until `count` processes run `needle`: background
+/// starts race with the test. Returns how many run.
+fn wait_for_running(needle: &str, count: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let running = processes_running(needle).len();
+        if running == count || Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits (bounded) for the session to be empty; returns what is left.
 fn session_left_after(sid: u32, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
@@ -288,16 +301,13 @@ fn seq_output_is_byte_exact() {
 /// Starts `setup` (if any), then `sleep infinity`, stops the job from
 /// another thread and checks it ended fast, with nothing left: not in the
 /// session, and no process whose command line holds `needle`.
-fn assert_stop_ends_everything(setup: Option<&str>, needle: &str) {
+fn assert_stop_ends_everything(setup: Option<(&str, usize)>, needle: &str) {
     let mut f = start();
     f.shell.set_stop_grace(Duration::from_millis(300));
     let sid = f.shell.pid();
-    if let Some(setup) = setup {
+    if let Some((setup, count)) = setup {
         ok(&mut f.shell, setup);
-        assert!(
-            !processes_running(needle).is_empty(),
-            "setup started nothing"
-        );
+        assert_eq!(wait_for_running(needle, count), count, "{setup}");
     }
     let stopper = f.shell.stopper();
     let stopping = std::thread::Builder::new()
@@ -337,13 +347,14 @@ fn stop_ends_background_jobs_too() {
     let s = unique_sleep(1);
     let setup =
         format!("sleep {s} & (sleep {s} &) ; setsid sleep {s} & nohup sleep {s} >/dev/null 2>&1 &");
-    assert_stop_ends_everything(Some(&setup), &s);
+    assert_stop_ends_everything(Some((&setup, 4)), &s);
 }
 
 #[test]
 fn stop_ends_processes_that_ignore_sigterm() {
     let s = unique_sleep(2);
-    assert_stop_ends_everything(Some(&format!("(trap '' TERM; sleep {s}) &")), &s);
+    let setup = format!("(trap '' TERM; sleep {s}) &");
+    assert_stop_ends_everything(Some((&setup, 1)), &s);
 }
 
 #[test]
@@ -355,7 +366,7 @@ fn close_ends_what_the_job_left_running() {
     ok(&mut f.shell, &format!("nohup sleep {s} >/dev/null 2>&1 &"));
     // Daemonised: in a session of its own, parent gone, terminal kept.
     ok(&mut f.shell, &format!("setsid sleep {s} &"));
-    assert_eq!(processes_running(&s).len(), 3);
+    assert_eq!(wait_for_running(&s, 3), 3);
     f.shell.close();
     assert_eq!(session_processes(sid), Vec::<String>::new());
     assert_eq!(processes_running(&s), Vec::<String>::new());
@@ -371,7 +382,7 @@ fn drop_closes_the_shell() {
         let mut f = start();
         sid = f.shell.pid();
         ok(&mut f.shell, &format!("sleep {s} &"));
-        assert_eq!(processes_running(&s).len(), 1);
+        assert_eq!(wait_for_running(&s, 1), 1);
     }
     assert_eq!(session_processes(sid), Vec::<String>::new());
     assert_eq!(processes_running(&s), Vec::<String>::new());
@@ -393,4 +404,55 @@ fn output_streams_while_a_command_runs() {
         first < Duration::from_millis(800),
         "first chunk after {first:?}"
     );
+}
+
+#[test]
+fn stop_during_a_flood_of_output_is_fast() {
+    let mut f = start();
+    f.shell.set_stop_grace(Duration::from_millis(300));
+    let sid = f.shell.pid();
+    let stopper = f.shell.stopper();
+    let stopping = std::thread::Builder::new()
+        .name("test-stopper".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stopper.stop();
+            Instant::now()
+        })
+        .expect("thread");
+    let mut bytes = 0usize;
+    let result = f.shell.run("yes", &mut |chunk| bytes += chunk.len());
+    let returned = Instant::now();
+    let stopped_at = stopping.join().expect("stopper thread");
+    assert!(matches!(result, Err(ShellError::Stopped)), "{result:?}");
+    assert!(bytes > 0);
+    let took = returned.duration_since(stopped_at);
+    assert!(took < Duration::from_secs(2), "stop took {took:?}");
+    assert_eq!(session_processes(sid), Vec::<String>::new());
+}
+
+#[test]
+fn a_missing_home_fails_to_start() {
+    let base = tempfile::tempdir().expect("temp dir");
+    let opts = ShellOptions {
+        home: base.path().join("missing"),
+        env: Vec::new(),
+    };
+    match Shell::start(&opts) {
+        Err(ShellError::Start { message }) => assert!(message.contains("missing"), "{message}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("started in a missing directory"),
+    }
+}
+
+#[test]
+fn the_stopper_can_be_shared_across_threads() {
+    fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    let f = start();
+    let stopper = f.shell.stopper();
+    shareable(&stopper);
+    assert!(!stopper.is_stopped());
+    let other = stopper.clone();
+    other.stop();
+    assert!(stopper.is_stopped());
 }
