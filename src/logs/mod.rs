@@ -8,3 +8,5 @@
 mod events;
 
 pub use events::{Event, EventSink, JobResult};
+
+pub mod console;
