@@ -2,7 +2,8 @@
 # Prove that a semaphore-agent binary is a self-sufficient static executable.
 #
 # Usage: packaging/check-static.sh BINARY [JOB_YAML]
-#   JOB_YAML defaults to <repo>/examples/hello.yaml when that file exists.
+#   JOB_YAML defaults to packaging/jobs/builtins.yaml (bash builtins only:
+#   the jail has no other programs); its output must contain GREETING.
 #
 # Checks, each printed as PASS/FAIL:
 #   - `file` says statically linked (static-pie counts) and the ELF has no
@@ -12,16 +13,14 @@
 #     catches the silent fallback to glibc's libc.a;
 #   - stripped size under 5 MB;
 #   - it runs with an empty environment (`env -i`) inside a chroot that holds
-#     only the binary, a static bash and a bound /dev: `version`, and
-#     `run JOB_YAML` when there is a job file. Needs root (chroot, mount).
+#     only the binary, a static bash and a bound /dev:
+#     `version` and `run JOB_YAML`. Needs root (chroot, mount).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:?usage: check-static.sh BINARY [JOB_YAML]}
-JOB=${2:-}
-if [ -z "$JOB" ] && [ -f "$ROOT/examples/hello.yaml" ]; then
-    JOB=$ROOT/examples/hello.yaml
-fi
+JOB=${2:-$ROOT/packaging/jobs/builtins.yaml}
+EXPECT=${EXPECT-hello from a static agent}
 MAX_BYTES=$((5 * 1000 * 1000))
 BASH_STATIC=/bin/bash-static
 failed=0
@@ -106,11 +105,11 @@ else
     fail "does not run in an empty chroot: $out"
 fi
 
-if [ -n "$JOB" ]; then
+if [ -f "$JOB" ]; then
     cp "$JOB" "$JAIL/job.yaml"
     rc=0
     out=$(in_jail 120 run /job.yaml 2>&1) || rc=$?
-    if [ $rc = 0 ]; then
+    if [ $rc = 0 ] && [[ $out == *"$EXPECT"* ]]; then
         pass "'run $(basename "$JOB")' passed in the empty chroot"
         echo "$out" | tail -n 15 | sed 's/^/  | /'
     else
@@ -118,7 +117,7 @@ if [ -n "$JOB" ]; then
         echo "$out" | tail -n 30 | sed 's/^/  | /'
     fi
 else
-    echo "SKIP static: no job file (examples/hello.yaml) yet, 'run' not exercised"
+    fail "no job file $JOB"
 fi
 
 [ $failed = 0 ] || { echo "FAIL static: $BIN"; exit 1; }
