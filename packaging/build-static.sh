@@ -44,6 +44,7 @@ declare -A NEED=(
     [gcc]=/usr/bin/gcc
     [binutils]=/usr/bin/ar
     [file]=/usr/bin/file
+    [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
 )
 missing=()
 for pkg in "${!NEED[@]}"; do
