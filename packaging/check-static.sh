@@ -13,7 +13,7 @@
 #     catches the silent fallback to glibc's libc.a;
 #   - stripped size under 5 MB;
 #   - it runs with an empty environment (`env -i`) inside a chroot that holds
-#     only the binary, a static bash and a bound /dev:
+#     only the binary, a static bash and a bound /dev (private mount ns):
 #     `version` and `run JOB_YAML`. Needs root (chroot, mount).
 set -euo pipefail
 
@@ -82,22 +82,28 @@ if [ ! -x "$BASH_STATIC" ]; then
 fi
 JAIL=$(mktemp -d /tmp/agent-jail.XXXXXX)
 cleanup() {
-    if mountpoint -q "$JAIL/dev"; then umount "$JAIL/dev" || umount -l "$JAIL/dev"; fi
-    # Only remove the jail once nothing is mounted in it.
-    mountpoint -q "$JAIL/dev" || rm -rf "$JAIL"
+    # The /dev bind lives in a private mount namespace that ends with each
+    # run, so nothing should be mounted here; never delete through a mount.
+    if grep -q " $JAIL/" /proc/mounts; then
+        umount -R "$JAIL/dev" 2>/dev/null || umount -Rl "$JAIL/dev" 2>/dev/null || true
+    fi
+    grep -q " $JAIL/" /proc/mounts || rm -rf "$JAIL"
 }
 trap cleanup EXIT
 mkdir -p "$JAIL/bin" "$JAIL/dev" "$JAIL/root" "$JAIL/tmp"
 chmod 1777 "$JAIL/tmp"
 install -m 0755 "$BIN" "$JAIL/bin/semaphore-agent"
 install -m 0755 "$BASH_STATIC" "$JAIL/bin/bash"
-mount --bind /dev "$JAIL/dev"
-echo "chroot contents: $(cd "$JAIL" && find . -path ./dev -prune -o -type f -print | sort | tr '\n' ' ')"
+echo "chroot contents: $(cd "$JAIL" && find . -path ./dev -prune -o -type f -print | sort | tr '\n' ' ') + /dev"
 
-# Everything runs with an empty environment but HOME and PATH, as root in
-# the jail; timeouts keep a hung job from hanging CI.
+# Each run: a private mount namespace (so the mounts cannot leak to, or be
+# unmounted from, the host's /dev), /dev bound recursively (the job's PTY
+# needs /dev/pts), then chroot with an empty environment but HOME and PATH,
+# as root in the jail; timeouts keep a hung job from hanging CI.
 in_jail() {
-    timeout "$1" env -i HOME=/root PATH=/bin /usr/sbin/chroot "$JAIL" /bin/semaphore-agent "${@:2}"
+    timeout "$1" unshare --mount --propagation private \
+        /bin/sh -c 'mount --rbind /dev "$0/dev" && exec "$@"' "$JAIL" \
+        env -i HOME=/root PATH=/bin /usr/sbin/chroot "$JAIL" /bin/semaphore-agent "${@:2}"
 }
 if out=$(in_jail 30 version 2>&1); then
     pass "runs in an empty chroot: $out"

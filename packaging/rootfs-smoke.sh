@@ -153,7 +153,7 @@ in_chroot() {
     local cmd=(/bin/semaphore-agent "$@")
     [ "$1" != /bin/bash ] || cmd=("$@")
     timeout "$t" unshare --mount --pid --fork --uts --ipc --propagation private \
-        /bin/sh -c 'mount --bind /dev "$0/dev" && mount -t proc proc "$0/proc" && exec "$@"' "$RFS" \
+        /bin/sh -c 'mount --rbind /dev "$0/dev" && mount -t proc proc "$0/proc" && exec "$@"' "$RFS" \
         env -i "${IMAGE_ENV[@]}" chroot --userspec=$AGENT_UID:$AGENT_UID "$RFS" "${cmd[@]}" </dev/null
 }
 
@@ -209,10 +209,10 @@ for rt in "${runtimes[@]}"; do
         sleep 0.3
         stop_hub
         if [ $rc = 0 ] && grep -q '^\[hub\] register' "$hub_log" && grep -q '^\[hub\] serving job' "$hub_log" &&
-            grep '^\[hub\] log' "$hub_log" | grep -q '"job_finished".*"passed"\|"passed".*"job_finished"' &&
+            grep '^\[hub\] sync' "$hub_log" | grep -q '"job_result":"passed","state":"finished-job"' &&
             grep -q '^\[hub\] disconnect' "$hub_log"; then
             pass "[$rt] start --disconnect-after-job: registered, ran hello.yaml to passed, disconnected, exit 0"
-            grep -E '^\[hub\] (register|serving|disconnect)' "$hub_log" | cut -c1-160 | indent 5
+            grep -E '^\[hub\] (register|serving|disconnect)|finished-job' "$hub_log" | cut -c1-160 | indent 5
         else
             fail "[$rt] start --disconnect-after-job against the dev hub (agent exit $rc)"
             indent 15 <<<"$out"
