@@ -4,8 +4,7 @@
 # machine (installs what it needs from Debian and PyPI). Each stage prints
 # PASS/FAIL lines; all stages run; exit non-zero if any failed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
+cd "$(dirname "$0")/.." || exit 1
 LOGS=$(mktemp -d /tmp/agent-packaging-ci.XXXXXX)
 trap 'rm -rf "$LOGS"' EXIT
 passed=0

@@ -89,11 +89,11 @@ fi
 
 # start_hub LOG: a dev hub with examples/hello.yaml queued; sets HUB_ENDPOINT.
 start_hub() {
-    local log=$1 i
+    local log=$1
     HUB_ENDPOINT=""
     "$HUB_BIN" --port 0 --sync-every 200 "$JOB" >"$log" 2>&1 &
     HUB_PID=$!
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         HUB_ENDPOINT=$(sed -n 's/^\[hub\] listening on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$log")
         [ -z "$HUB_ENDPOINT" ] || return 0
         kill -0 "$HUB_PID" 2>/dev/null || break
@@ -108,7 +108,6 @@ stop_hub() {
 
 # --- the runtimes -----------------------------------------------------------
 # in_oci NAME TIMEOUT ARGS...: run ARGS in a container of the OCI image.
-OCI_OK=0
 setup_oci() {
     local L=$WORK/oci
     umoci init --layout "$L"
