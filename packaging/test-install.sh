@@ -171,7 +171,7 @@ fi
 # connection; pointed at a closed loopback port, a good config gets past
 # that and fails (or retries) on registration instead.
 agent_start() { # CONFIG
-    timeout 10 env -i PATH=/usr/bin:/bin HOME="$WORK" SEMAPHORE_AGENT_LOG_FILE_PATH="$WORK/agent.log" \
+    timeout 3 env -i PATH=/usr/bin:/bin HOME="$WORK" SEMAPHORE_AGENT_LOG_FILE_PATH="$WORK/agent.log" \
         "$BIN" start --config-file "$1" 2>&1
 }
 if "$BIN" --help 2>&1 | grep -q start; then
