@@ -5,9 +5,11 @@
 //! `ARCHITECTURE.md` for the threads, the data flow and which module owns what.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod job;
 pub mod listener;
+pub mod local;
 pub mod logs;
 pub mod output;
 pub mod shell;

@@ -77,7 +77,11 @@ impl std::fmt::Display for LoadError {
                 write!(f, "cannot read job file {}: {source}", path.display())
             }
             LoadError::Parse { path, message } => {
-                write!(f, "job file {} is not a valid job: {message}", path.display())
+                write!(
+                    f,
+                    "job file {} is not a valid job: {message}",
+                    path.display()
+                )
             }
         }
     }
@@ -135,15 +139,24 @@ impl EnvVar {
     pub fn decode(&self) -> Result<String, String> {
         decode_base64(&self.value)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .map_err(|e| format!("env var {} has a value that is not valid base64: {e}", self.name))
+            .map_err(|e| {
+                format!(
+                    "env var {} has a value that is not valid base64: {e}",
+                    self.name
+                )
+            })
     }
 }
 
 impl File {
     /// The content, decoded; the error names the file.
     pub fn decode(&self) -> Result<Vec<u8>, String> {
-        decode_base64(&self.content)
-            .map_err(|e| format!("file {} has content that is not valid base64: {e}", self.path))
+        decode_base64(&self.content).map_err(|e| {
+            format!(
+                "file {} has content that is not valid base64: {e}",
+                self.path
+            )
+        })
     }
 
     /// The mode bits, parsed as octal; the error names the mode and file.

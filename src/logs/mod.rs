@@ -19,3 +19,5 @@ pub use upload::{
     compression_threshold, process_env, write_plain_text, EnvLookup, UploadOutcome, UploadPolicy,
     COMPRESSION_SIZE_VAR, DEFAULT_COMPRESSION_SIZE,
 };
+
+pub mod console;

@@ -13,9 +13,16 @@ pub struct ShellOptions {
 
 #[derive(Debug)]
 pub enum ShellError {
-    Start { message: String },
-    Io { action: &'static str, source: std::io::Error },
-    Exited { status: i32 },
+    Start {
+        message: String,
+    },
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
+    Exited {
+        status: i32,
+    },
     Stopped,
 }
 
@@ -23,8 +30,12 @@ impl std::fmt::Display for ShellError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ShellError::Start { message } => write!(f, "cannot start the job's shell: {message}"),
-            ShellError::Io { action, source } => write!(f, "shell I/O failed while {action}: {source}"),
-            ShellError::Exited { status } => write!(f, "the job's shell exited with status {status}"),
+            ShellError::Io { action, source } => {
+                write!(f, "shell I/O failed while {action}: {source}")
+            }
+            ShellError::Exited { status } => {
+                write!(f, "the job's shell exited with status {status}")
+            }
             ShellError::Stopped => write!(f, "the job was stopped"),
         }
     }

@@ -1,4 +1,78 @@
-//! Shared test helpers: fake servers the integration tests talk to.
+//! Shared test support: the real binary, isolated homes, job files.
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The agent binary cargo built for these tests.
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_semaphore-agent"))
+}
+
+/// A private HOME and TMPDIR for one test, removed when dropped.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("agent-test-")
+            .tempdir()
+            .expect("create a temp dir for the test");
+        std::fs::create_dir_all(dir.path().join("home")).expect("create test home");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("create test tmp");
+        Sandbox { dir }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file into the sandbox and returns its path.
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).expect("write test file");
+        path
+    }
+
+    /// The agent binary with a cleared environment: only PATH, HOME, TMPDIR
+    /// and a log file inside the sandbox.
+    pub fn agent(&self) -> Command {
+        let mut cmd = Command::new(agent_bin());
+        cmd.env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            )
+            .env("HOME", self.home())
+            .env("TMPDIR", self.tmp())
+            .env("SEMAPHORE_AGENT_LOG_FILE_PATH", self.path("agent_log"))
+            .current_dir(self.dir.path());
+        cmd
+    }
+}
+
+/// Base64 of a string, as job requests carry values.
+pub fn b64(value: &str) -> String {
+    b64_bytes(value.as_bytes())
+}
+
+pub fn b64_bytes(bytes: &[u8]) -> String {
+    semaphore_agent::job::request::encode_base64(bytes)
+}
+
+/// Whether `path` exists; for readability in asserts.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
 
 pub mod logserver;

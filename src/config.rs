@@ -1,1 +1,0 @@
-//! Configuration (placeholder; issue 2).

@@ -1,0 +1,623 @@
+//! Configuration: the `start` settings from flags, `SEMAPHORE_AGENT_*`
+//! environment variables and the Go agent's YAML `--config-file`, merged with
+//! precedence flag > environment > file and validated into a typed `Config`.
+//!
+//! Two stages, as in ripgrep: `raw` turns each source into a `RawConfig` of
+//! untyped text and merges them; `Config::validate` is the only place a value
+//! is judged and the only place that turns text into real types. This module
+//! must never log or put into an error the token or an env var's value;
+//! `Config`'s `Debug` is redacted for the same reason. It does not check that
+//! hook scripts exist: they are looked up when a job runs, as in Go.
+
+mod name;
+mod raw;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use name::{is_request_uri, is_valid_name, random_name};
+pub use raw::{split_list_string, Key, Kind, Origin, RawConfig, RawSetting, RawValue, ENV_PREFIX};
+
+use crate::cli::{parse_bool, RunArgs, StartArgs};
+
+/// When to upload the job log as a job artifact (`upload-job-logs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UploadJobLogs {
+    #[default]
+    Never,
+    Always,
+    WhenTrimmed,
+}
+
+impl UploadJobLogs {
+    /// The accepted spellings, in the Go agent's order.
+    pub const ALLOWED: &'static [&'static str] = &["never", "always", "when-trimmed"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadJobLogs::Never => "never",
+            UploadJobLogs::Always => "always",
+            UploadJobLogs::WhenTrimmed => "when-trimmed",
+        }
+    }
+
+    /// Case-sensitive, like the Go agent.
+    pub fn parse(s: &str) -> Option<UploadJobLogs> {
+        match s {
+            "never" => Some(UploadJobLogs::Never),
+            "always" => Some(UploadJobLogs::Always),
+            "when-trimmed" => Some(UploadJobLogs::WhenTrimmed),
+            _ => None,
+        }
+    }
+}
+
+/// The validated `start` configuration. `Debug` is redacted; use
+/// `redacted_summary()` to log it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Host (and optional port) of the control plane, without scheme.
+    pub endpoint: String,
+    /// The registration token. Secret: never log it.
+    pub token: String,
+    /// The resolved agent name (from `name`, `name-from-env` or random).
+    pub name: String,
+    /// The variable `name` was read from, "" if not used.
+    pub name_from_env: String,
+    pub no_https: bool,
+    pub shutdown_hook_path: Option<PathBuf>,
+    pub pre_job_hook_path: Option<PathBuf>,
+    pub post_job_hook_path: Option<PathBuf>,
+    pub disconnect_after_job: bool,
+    /// "" unless a specific job was requested.
+    pub job_id: String,
+    /// Seconds; 0 means never disconnect for idleness.
+    pub disconnect_after_idle_timeout: u64,
+    /// `NAME=VALUE` pairs exported in every job. Values are secret.
+    pub env_vars: Vec<(String, String)>,
+    /// `host:dest` entries, already checked for their shape.
+    pub files: Vec<String>,
+    pub fail_on_missing_files: bool,
+    pub upload_job_logs: UploadJobLogs,
+    pub fail_on_pre_job_hook_error: bool,
+    pub source_pre_job_hook: bool,
+    /// Seconds.
+    pub interruption_grace_period: u64,
+    /// Messages about accepted-but-ignored settings (the Kubernetes
+    /// executor's keys set to something other than their default).
+    pub warnings: Vec<String>,
+}
+
+/// The validated settings of `run`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    pub job_file: PathBuf,
+    /// Print the job's events as JSON lines.
+    pub json: bool,
+    pub env_vars: Vec<(String, String)>,
+    pub pre_job_hook_path: Option<PathBuf>,
+    pub post_job_hook_path: Option<PathBuf>,
+    pub fail_on_pre_job_hook_error: bool,
+    pub source_pre_job_hook: bool,
+}
+
+/// Everything that can be wrong with the configuration. Messages name the
+/// key, the source and the offending value — except the token's and env
+/// vars' values, which never appear.
+#[derive(Debug)]
+pub enum ConfigError {
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    ParseFile {
+        path: PathBuf,
+        message: String,
+    },
+    FileNotAMapping {
+        path: PathBuf,
+        found: &'static str,
+    },
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+    },
+    InvalidFileValue {
+        path: PathBuf,
+        key: &'static str,
+        found: String,
+    },
+    /// A list where one value was expected, or the reverse.
+    WrongType {
+        key: &'static str,
+        origin: Origin,
+        expected: &'static str,
+    },
+    NotABool {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+    },
+    NotAnInteger {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+    },
+    NegativeSeconds {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+    },
+    JobIdWithoutDisconnectAfterJob {
+        origin: Origin,
+    },
+    InvalidUploadJobLogs {
+        value: String,
+        origin: Origin,
+    },
+    InvalidName {
+        name: String,
+        origin: Origin,
+    },
+    InvalidNameFromEnv {
+        var: String,
+        value: String,
+    },
+    EnvVarWithoutEquals {
+        entry: String,
+        origin: Origin,
+    },
+    EnvVarWithoutName {
+        index: usize,
+        origin: Origin,
+    },
+    InvalidFileInjection {
+        entry: String,
+        origin: Origin,
+    },
+    MissingEndpoint,
+    MissingToken,
+    GenerateName {
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ConfigError::*;
+        match self {
+            ReadFile { path, source } => {
+                write!(f, "cannot read config file {}: {source}", path.display())
+            }
+            ParseFile { path, message } => {
+                write!(f, "invalid YAML in config file {}: {message}", path.display())
+            }
+            FileNotAMapping { path, found } => write!(
+                f,
+                "config file {} must be a mapping of option names to values, found {found}",
+                path.display()
+            ),
+            UnknownKey { path, key } => write!(
+                f,
+                "unrecognized option '{key}' in config file {}",
+                path.display()
+            ),
+            InvalidFileValue { path, key, found } => write!(
+                f,
+                "option '{key}' in config file {} cannot be {found}",
+                path.display()
+            ),
+            WrongType {
+                key,
+                origin,
+                expected,
+            } => write!(f, "option '{key}' ({origin}) must be {expected}"),
+            NotABool { key, value, origin } => write!(
+                f,
+                "option '{key}' ({origin}) must be true or false, not '{value}'"
+            ),
+            NotAnInteger { key, value, origin } => write!(
+                f,
+                "option '{key}' ({origin}) must be a whole number of seconds, not '{value}'"
+            ),
+            NegativeSeconds { key, value, origin } => {
+                write!(f, "option '{key}' ({origin}) can't be negative: '{value}'")
+            }
+            JobIdWithoutDisconnectAfterJob { origin } => write!(
+                f,
+                "option 'job-id' ({origin}) can only be used together with 'disconnect-after-job'"
+            ),
+            InvalidUploadJobLogs { value, origin } => write!(
+                f,
+                "unsupported value '{value}' for 'upload-job-logs' ({origin}); allowed values are: {}",
+                UploadJobLogs::ALLOWED.join(", ")
+            ),
+            InvalidName { name, origin } => write!(
+                f,
+                "agent name '{name}' ({origin}) must have between {} and {} characters or be a URL; it has {}",
+                name::MIN_NAME_LEN,
+                name::MAX_NAME_LEN,
+                name.len()
+            ),
+            InvalidNameFromEnv { var, value } => write!(
+                f,
+                "agent name '{value}' read from environment variable {var} (option 'name-from-env') \
+                 must have between {} and {} characters or be a URL; it has {}",
+                name::MIN_NAME_LEN,
+                name::MAX_NAME_LEN,
+                value.len()
+            ),
+            EnvVarWithoutEquals { entry, origin } => write!(
+                f,
+                "'env-vars' entry '{entry}' ({origin}) is not NAME=VALUE"
+            ),
+            EnvVarWithoutName { index, origin } => write!(
+                f,
+                "'env-vars' entry #{} ({origin}) has an empty name",
+                index + 1
+            ),
+            InvalidFileInjection { entry, origin } => write!(
+                f,
+                "'files' entry '{entry}' ({origin}) is not host-path:destination"
+            ),
+            MissingEndpoint => f.write_str(
+                "the Semaphore endpoint was not specified \
+                 (option 'endpoint', SEMAPHORE_AGENT_ENDPOINT or --endpoint)",
+            ),
+            MissingToken => f.write_str(
+                "the agent registration token was not specified \
+                 (option 'token', SEMAPHORE_AGENT_TOKEN or --token)",
+            ),
+            GenerateName { source } => {
+                write!(f, "cannot generate a random agent name: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::ReadFile { source, .. } | ConfigError::GenerateName { source } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Builds the `start` configuration: the `--config-file` (if given), then the
+/// environment through `env`, then the flags; validates the result and logs
+/// a warning for each accepted-but-ignored setting.
+pub fn load_start_config(
+    args: &StartArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let file = match &args.config_file {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    let raw = file
+        .merge(RawConfig::from_env(env))
+        .merge(RawConfig::from_start_args(args));
+    let config = Config::validate(&raw, env)?;
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+    Ok(config)
+}
+
+/// Builds the `run` configuration from its flags alone: a local run does not
+/// read the `start` environment variables or a config file.
+pub fn load_run_config(args: &RunArgs) -> Result<RunConfig, ConfigError> {
+    let raw = RawConfig::from_run_args(args);
+    Ok(RunConfig {
+        job_file: args.job_file.clone(),
+        json: args.json,
+        env_vars: env_vars(&raw)?,
+        pre_job_hook_path: text(&raw, Key::PreJobHookPath)?.map(|(s, _)| PathBuf::from(s)),
+        post_job_hook_path: text(&raw, Key::PostJobHookPath)?.map(|(s, _)| PathBuf::from(s)),
+        fail_on_pre_job_hook_error: boolean(&raw, Key::FailOnPreJobHookError)?,
+        source_pre_job_hook: boolean(&raw, Key::SourcePreJobHook)?,
+    })
+}
+
+impl Config {
+    /// Turns merged raw settings into a `Config`, checking every value.
+    /// `env` is consulted only for `name-from-env`. Without any name, a
+    /// random one is generated (the only disk access: `/dev/urandom`).
+    pub fn validate(
+        raw: &RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let disconnect_after_job = boolean(raw, Key::DisconnectAfterJob)?;
+        let job_id = match text(raw, Key::JobId)? {
+            Some((_, origin)) if !disconnect_after_job => {
+                return Err(ConfigError::JobIdWithoutDisconnectAfterJob {
+                    origin: origin.clone(),
+                })
+            }
+            Some((id, _)) => id,
+            None => String::new(),
+        };
+        let upload_job_logs = match text(raw, Key::UploadJobLogs)? {
+            None => UploadJobLogs::Never,
+            Some((value, origin)) => match UploadJobLogs::parse(&value) {
+                Some(u) => u,
+                None => {
+                    return Err(ConfigError::InvalidUploadJobLogs {
+                        value,
+                        origin: origin.clone(),
+                    })
+                }
+            },
+        };
+        let endpoint = text(raw, Key::Endpoint)?
+            .map(|(s, _)| s)
+            .ok_or(ConfigError::MissingEndpoint)?;
+        let token = text(raw, Key::Token)?
+            .map(|(s, _)| s)
+            .ok_or(ConfigError::MissingToken)?;
+        let disconnect_after_idle_timeout = seconds(raw, Key::DisconnectAfterIdleTimeout)?;
+        let interruption_grace_period = seconds(raw, Key::InterruptionGracePeriod)?;
+        let env_vars = env_vars(raw)?;
+        let files = files(raw)?;
+        let (name, name_from_env) = agent_name(raw, env)?;
+
+        let mut warnings = Vec::new();
+        for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
+            if let Some(setting) = raw.get(key).filter(|s| !key.is_default(s)) {
+                warnings.push(format!(
+                    "option '{}' ({}) is ignored: this agent has no Kubernetes executor \
+                     and runs jobs in the shell or with docker compose",
+                    key.name(),
+                    setting.origin
+                ));
+            }
+        }
+
+        Ok(Config {
+            endpoint,
+            token,
+            name,
+            name_from_env,
+            no_https: boolean(raw, Key::NoHttps)?,
+            shutdown_hook_path: text(raw, Key::ShutdownHookPath)?.map(|(s, _)| PathBuf::from(s)),
+            pre_job_hook_path: text(raw, Key::PreJobHookPath)?.map(|(s, _)| PathBuf::from(s)),
+            post_job_hook_path: text(raw, Key::PostJobHookPath)?.map(|(s, _)| PathBuf::from(s)),
+            disconnect_after_job,
+            job_id,
+            disconnect_after_idle_timeout,
+            env_vars,
+            files,
+            fail_on_missing_files: boolean(raw, Key::FailOnMissingFiles)?,
+            upload_job_logs,
+            fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
+            source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
+            interruption_grace_period,
+            warnings,
+        })
+    }
+
+    /// Every setting, one `key: value` per line (`(none)` for an empty
+    /// one), with the token shown as `[REDACTED]` and env var values
+    /// redacted (names shown).
+    pub fn redacted_summary(&self) -> String {
+        fn path(p: &Option<PathBuf>) -> String {
+            p.as_ref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        }
+        let lines = [
+            ("endpoint", self.endpoint.clone()),
+            ("token", REDACTED.to_string()),
+            ("name", self.name.clone()),
+            ("name-from-env", self.name_from_env.clone()),
+            ("no-https", self.no_https.to_string()),
+            ("shutdown-hook-path", path(&self.shutdown_hook_path)),
+            ("pre-job-hook-path", path(&self.pre_job_hook_path)),
+            ("post-job-hook-path", path(&self.post_job_hook_path)),
+            (
+                "disconnect-after-job",
+                self.disconnect_after_job.to_string(),
+            ),
+            ("job-id", self.job_id.clone()),
+            (
+                "disconnect-after-idle-timeout",
+                self.disconnect_after_idle_timeout.to_string(),
+            ),
+            ("env-vars", redacted_env_vars(&self.env_vars)),
+            ("files", self.files.join(", ")),
+            (
+                "fail-on-missing-files",
+                self.fail_on_missing_files.to_string(),
+            ),
+            ("upload-job-logs", self.upload_job_logs.as_str().to_string()),
+            (
+                "fail-on-pre-job-hook-error",
+                self.fail_on_pre_job_hook_error.to_string(),
+            ),
+            ("source-pre-job-hook", self.source_pre_job_hook.to_string()),
+            (
+                "interruption-grace-period",
+                self.interruption_grace_period.to_string(),
+            ),
+        ];
+        let mut out = String::new();
+        for (key, value) in lines {
+            out.push_str(key);
+            out.push_str(": ");
+            out.push_str(if value.is_empty() { "(none)" } else { &value });
+            out.push('\n');
+        }
+        out
+    }
+}
+
+const REDACTED: &str = "[REDACTED]";
+
+fn redacted_env_vars(vars: &[(String, String)]) -> String {
+    vars.iter()
+        .map(|(name, _)| format!("{name}={REDACTED}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Redacted, so that `{:?}` in a log line or a failed assertion cannot leak
+/// the token or env var values.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Config {{\n{}}}", self.redacted_summary())
+    }
+}
+
+impl fmt::Debug for RunConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunConfig")
+            .field("job_file", &self.job_file)
+            .field("json", &self.json)
+            .field("env_vars", &redacted_env_vars(&self.env_vars))
+            .field("pre_job_hook_path", &self.pre_job_hook_path)
+            .field("post_job_hook_path", &self.post_job_hook_path)
+            .field(
+                "fail_on_pre_job_hook_error",
+                &self.fail_on_pre_job_hook_error,
+            )
+            .field("source_pre_job_hook", &self.source_pre_job_hook)
+            .finish()
+    }
+}
+
+/// A single-valued setting; `None` if unset or empty (the Go agent treats
+/// `key: ""` as unset, and its installer writes such lines).
+fn text(raw: &RawConfig, key: Key) -> Result<Option<(String, &Origin)>, ConfigError> {
+    match raw.get(key) {
+        None => Ok(None),
+        Some(RawSetting {
+            value: RawValue::Scalar(s),
+            origin,
+        }) => Ok((!s.is_empty()).then(|| (s.clone(), origin))),
+        Some(RawSetting {
+            value: RawValue::List(_),
+            origin,
+        }) => Err(ConfigError::WrongType {
+            key: key.name(),
+            origin: origin.clone(),
+            expected: "a single value, not a list",
+        }),
+    }
+}
+
+fn boolean(raw: &RawConfig, key: Key) -> Result<bool, ConfigError> {
+    match text(raw, key)? {
+        None => Ok(false),
+        Some((value, origin)) => parse_bool(&value).ok_or_else(|| ConfigError::NotABool {
+            key: key.name(),
+            value,
+            origin: origin.clone(),
+        }),
+    }
+}
+
+fn seconds(raw: &RawConfig, key: Key) -> Result<u64, ConfigError> {
+    let Some((value, origin)) = text(raw, key)? else {
+        return Ok(0);
+    };
+    let trimmed = value.trim();
+    match trimmed.parse::<i64>() {
+        Ok(n) if n < 0 => Err(ConfigError::NegativeSeconds {
+            key: key.name(),
+            value,
+            origin: origin.clone(),
+        }),
+        Ok(n) => Ok(n.unsigned_abs()),
+        Err(_) => trimmed
+            .parse::<u64>()
+            .map_err(|_| ConfigError::NotAnInteger {
+                key: key.name(),
+                value,
+                origin: origin.clone(),
+            }),
+    }
+}
+
+fn list(raw: &RawConfig, key: Key) -> Option<(Vec<String>, &Origin)> {
+    raw.get(key).map(|setting| {
+        let items = match &setting.value {
+            RawValue::List(items) => items.clone(),
+            RawValue::Scalar(s) => split_list_string(s),
+        };
+        (items, &setting.origin)
+    })
+}
+
+/// `NAME=VALUE` entries, split at the first `=` so a value may contain `=`
+/// (the Go agent rejects that; accepting it breaks no working config).
+fn env_vars(raw: &RawConfig) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some((items, origin)) = list(raw, Key::EnvVars) else {
+        return Ok(Vec::new());
+    };
+    let mut vars = Vec::with_capacity(items.len());
+    for (index, entry) in items.into_iter().enumerate() {
+        match entry.split_once('=') {
+            None => {
+                return Err(ConfigError::EnvVarWithoutEquals {
+                    entry,
+                    origin: origin.clone(),
+                })
+            }
+            Some(("", _)) => {
+                return Err(ConfigError::EnvVarWithoutName {
+                    index,
+                    origin: origin.clone(),
+                })
+            }
+            Some((name, value)) => vars.push((name.to_string(), value.to_string())),
+        }
+    }
+    Ok(vars)
+}
+
+/// `host:dest` entries: exactly one `:` with something on both sides.
+fn files(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
+    let Some((items, origin)) = list(raw, Key::Files) else {
+        return Ok(Vec::new());
+    };
+    for entry in &items {
+        let parts: Vec<&str> = entry.split(':').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::InvalidFileInjection {
+                entry: entry.clone(),
+                origin: origin.clone(),
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// `name` if set, else the variable named by `name-from-env`, else random.
+fn agent_name(
+    raw: &RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, String), ConfigError> {
+    if let Some((name, origin)) = text(raw, Key::Name)? {
+        if !is_valid_name(&name) {
+            return Err(ConfigError::InvalidName {
+                name,
+                origin: origin.clone(),
+            });
+        }
+        return Ok((name, String::new()));
+    }
+    if let Some((var, _)) = text(raw, Key::NameFromEnv)? {
+        let value = env(&var).unwrap_or_default();
+        if !is_valid_name(&value) {
+            return Err(ConfigError::InvalidNameFromEnv { var, value });
+        }
+        return Ok((value, var));
+    }
+    let name = random_name().map_err(|source| ConfigError::GenerateName { source })?;
+    Ok((name, String::new()))
+}
+
+#[cfg(test)]
+mod tests;

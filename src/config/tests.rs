@@ -1,0 +1,617 @@
+//! Unit tests for configuration loading: precedence, list syntax, the Go
+//! agent's file shape, every validation error and redaction of secrets.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::cli::{Cli, Command};
+
+const TOKEN: &str = "s3cr3t-T0KEN-value";
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn start_args(args: &[&str]) -> StartArgs {
+    let mut argv = vec!["start".to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    match Cli::parse("semaphore-agent", &argv) {
+        Ok(Cli {
+            cmd: Command::Start(s),
+        }) => s,
+        Ok(other) => panic!("not start: {other:?}"),
+        Err(e) => panic!("bad args {args:?}: {}", e.output),
+    }
+}
+
+fn yaml(text: &str) -> Result<RawConfig, ConfigError> {
+    RawConfig::from_yaml(text, Path::new("/etc/agent/config.yaml"))
+}
+
+/// Loads from a YAML text, an environment and flags, as `load_start_config`
+/// does but without a file on disk.
+fn load(file: &str, env: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {
+    let env = env_of(env);
+    let raw = yaml(file)?
+        .merge(RawConfig::from_env(&env))
+        .merge(RawConfig::from_start_args(&start_args(flags)));
+    Config::validate(&raw, &env)
+}
+
+const BASE: &str = "endpoint: org.semaphoreci.com\ntoken: s3cr3t-T0KEN-value\n";
+
+fn load_ok(file: &str, env: &[(&str, &str)], flags: &[&str]) -> Config {
+    match load(file, env, flags) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn load_err(file: &str, env: &[(&str, &str)], flags: &[&str]) -> String {
+    match load(file, env, flags) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.contains(TOKEN), "token leaked: {msg}");
+            assert!(!format!("{e:?}").contains(TOKEN), "token leaked in Debug");
+            msg
+        }
+    }
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(msg.contains(part), "{msg:?} does not mention {part:?}");
+    }
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+// ---- precedence -------------------------------------------------------
+
+#[test]
+fn scalar_precedence_is_file_then_env_then_flag() {
+    let file = "endpoint: file.example.com\ntoken: t\n";
+    let env = [("SEMAPHORE_AGENT_ENDPOINT", "env.example.com")];
+    assert_eq!(load_ok(file, &[], &[]).endpoint, "file.example.com");
+    assert_eq!(load_ok(file, &env, &[]).endpoint, "env.example.com");
+    let c = load_ok(file, &env, &["--endpoint", "flag.example.com"]);
+    assert_eq!(c.endpoint, "flag.example.com");
+}
+
+#[test]
+fn list_precedence_replaces_whole_lists() {
+    let file = format!("{BASE}env-vars: [A=1, B=2]\n");
+    let env = [("SEMAPHORE_AGENT_ENV_VARS", "C=3")];
+    assert_eq!(
+        load_ok(&file, &[], &[]).env_vars,
+        pairs(&[("A", "1"), ("B", "2")])
+    );
+    assert_eq!(load_ok(&file, &env, &[]).env_vars, pairs(&[("C", "3")]));
+    let c = load_ok(&file, &env, &["--env-vars", "D=4"]);
+    assert_eq!(c.env_vars, pairs(&[("D", "4")]));
+}
+
+#[test]
+fn bool_precedence_including_explicit_false_flag() {
+    let file = format!("{BASE}no-https: true\n");
+    assert!(load_ok(&file, &[], &[]).no_https);
+    let env_off = [("SEMAPHORE_AGENT_NO_HTTPS", "false")];
+    assert!(!load_ok(&file, &env_off, &[]).no_https);
+    assert!(load_ok(&file, &env_off, &["--no-https"]).no_https);
+    let env_on = [("SEMAPHORE_AGENT_NO_HTTPS", "true")];
+    assert!(!load_ok(BASE, &env_on, &["--no-https=false"]).no_https);
+}
+
+#[test]
+fn int_precedence() {
+    let file = format!("{BASE}disconnect-after-idle-timeout: 10\n");
+    let env = [("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "20")];
+    assert_eq!(load_ok(&file, &[], &[]).disconnect_after_idle_timeout, 10);
+    assert_eq!(load_ok(&file, &env, &[]).disconnect_after_idle_timeout, 20);
+    let c = load_ok(&file, &env, &["--disconnect-after-idle-timeout=30"]);
+    assert_eq!(c.disconnect_after_idle_timeout, 30);
+}
+
+#[test]
+fn empty_env_var_counts_as_unset() {
+    let env = [("SEMAPHORE_AGENT_ENDPOINT", "")];
+    assert_eq!(load_ok(BASE, &env, &[]).endpoint, "org.semaphoreci.com");
+}
+
+#[test]
+fn every_key_reads_its_env_var() {
+    let env = [
+        ("SEMAPHORE_AGENT_ENDPOINT", "e.example.com"),
+        ("SEMAPHORE_AGENT_TOKEN", TOKEN),
+        ("SEMAPHORE_AGENT_NAME", "agent-from-env"),
+        ("SEMAPHORE_AGENT_NO_HTTPS", "true"),
+        ("SEMAPHORE_AGENT_SHUTDOWN_HOOK_PATH", "/s.sh"),
+        ("SEMAPHORE_AGENT_PRE_JOB_HOOK_PATH", "/pre.sh"),
+        ("SEMAPHORE_AGENT_POST_JOB_HOOK_PATH", "/post.sh"),
+        ("SEMAPHORE_AGENT_DISCONNECT_AFTER_JOB", "true"),
+        ("SEMAPHORE_AGENT_JOB_ID", "job-1"),
+        ("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "5"),
+        ("SEMAPHORE_AGENT_INTERRUPTION_GRACE_PERIOD", "7"),
+        ("SEMAPHORE_AGENT_ENV_VARS", "A=1,B=2"),
+        ("SEMAPHORE_AGENT_FILES", "/a:/b"),
+        ("SEMAPHORE_AGENT_FAIL_ON_MISSING_FILES", "1"),
+        ("SEMAPHORE_AGENT_UPLOAD_JOB_LOGS", "when-trimmed"),
+        ("SEMAPHORE_AGENT_FAIL_ON_PRE_JOB_HOOK_ERROR", "T"),
+        ("SEMAPHORE_AGENT_SOURCE_PRE_JOB_HOOK", "True"),
+    ];
+    let c = load_ok("", &env, &[]);
+    let expected = Config {
+        endpoint: "e.example.com".into(),
+        token: TOKEN.into(),
+        name: "agent-from-env".into(),
+        name_from_env: String::new(),
+        no_https: true,
+        shutdown_hook_path: Some(PathBuf::from("/s.sh")),
+        pre_job_hook_path: Some(PathBuf::from("/pre.sh")),
+        post_job_hook_path: Some(PathBuf::from("/post.sh")),
+        disconnect_after_job: true,
+        job_id: "job-1".into(),
+        disconnect_after_idle_timeout: 5,
+        env_vars: pairs(&[("A", "1"), ("B", "2")]),
+        files: vec!["/a:/b".into()],
+        fail_on_missing_files: true,
+        upload_job_logs: UploadJobLogs::WhenTrimmed,
+        fail_on_pre_job_hook_error: true,
+        source_pre_job_hook: true,
+        interruption_grace_period: 7,
+        warnings: vec![],
+    };
+    assert_eq!(c, expected);
+}
+
+// ---- list syntax ------------------------------------------------------
+
+#[test]
+fn comma_and_whitespace_lists() {
+    let c = load_ok(BASE, &[("SEMAPHORE_AGENT_ENV_VARS", "A=1 B=2,C=3")], &[]);
+    assert_eq!(c.env_vars, pairs(&[("A", "1"), ("B", "2"), ("C", "3")]));
+    let c = load_ok(BASE, &[], &["--env-vars", "A=1,B=2", "--env-vars", "C=x y"]);
+    assert_eq!(c.env_vars, pairs(&[("A", "1"), ("B", "2"), ("C", "x y")]));
+    let c = load_ok(&format!("{BASE}files: /a:/b,/c:/d\n"), &[], &[]);
+    assert_eq!(c.files, vec!["/a:/b".to_string(), "/c:/d".to_string()]);
+    let c = load_ok(&format!("{BASE}env-vars:\n  - A=hello world\n"), &[], &[]);
+    assert_eq!(c.env_vars, pairs(&[("A", "hello world")]));
+}
+
+#[test]
+fn env_var_values_may_contain_equals() {
+    let c = load_ok(BASE, &[], &["--env-vars", "URL=a=b"]);
+    assert_eq!(c.env_vars, pairs(&[("URL", "a=b")]));
+}
+
+#[test]
+fn empty_list_flag_clears_file_list() {
+    let file = format!("{BASE}env-vars: [A=1]\n");
+    assert!(load_ok(&file, &[], &["--env-vars", ""]).env_vars.is_empty());
+}
+
+// ---- the Go agent's file shape ----------------------------------------
+
+/// The shape the Go agent's install.sh writes, plus the other keys its
+/// config.example.yaml and flags know.
+const GO_AGENT_CONFIG: &str = r#"endpoint: "myorg.semaphoreci.com"
+token: "s3cr3t-T0KEN-value"
+no-https: false
+shutdown-hook-path: ""
+disconnect-after-job: false
+disconnect-after-idle-timeout: 0
+env-vars: []
+files: []
+fail-on-missing-files: false
+"#;
+
+#[test]
+fn go_agent_installer_config_parses_unchanged() {
+    let c = load_ok(GO_AGENT_CONFIG, &[], &[]);
+    assert_eq!(c.endpoint, "myorg.semaphoreci.com");
+    assert_eq!(c.token, TOKEN);
+    assert_eq!(c.shutdown_hook_path, None);
+    assert!(!c.no_https && !c.disconnect_after_job && !c.fail_on_missing_files);
+    assert_eq!(c.disconnect_after_idle_timeout, 0);
+    assert!(c.env_vars.is_empty() && c.files.is_empty());
+    assert_eq!(c.upload_job_logs, UploadJobLogs::Never);
+    assert_eq!(c.name.len(), 20, "random name expected");
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn full_go_agent_config_parses() {
+    let file = r#"
+config-file: /ignored/like/in/go.yaml
+endpoint: myorg.semaphoreci.com
+token: s3cr3t-T0KEN-value
+name: my-agent-0001
+no-https: true
+shutdown-hook-path: /opt/semaphore/shutdown.sh
+pre-job-hook-path: /opt/semaphore/pre.sh
+post-job-hook-path: /opt/semaphore/post.sh
+disconnect-after-job: true
+job-id: 5a1b2c3d-0000-4000-8000-000000000000
+disconnect-after-idle-timeout: 300
+interruption-grace-period: 60
+env-vars:
+  - FOO=bar
+  - BAZ=qux
+files:
+  - /home/semaphore/.npmrc:/root/.npmrc
+fail-on-missing-files: true
+upload-job-logs: always
+fail-on-pre-job-hook-error: true
+source-pre-job-hook: true
+kubernetes-executor: false
+kubernetes-pod-spec: ""
+kubernetes-allowed-images: []
+kubernetes-pod-start-timeout: 300
+kubernetes-labels: []
+kubernetes-default-image: ""
+"#;
+    let c = load_ok(file, &[], &[]);
+    assert_eq!(c.name, "my-agent-0001");
+    assert!(c.no_https && c.disconnect_after_job && c.fail_on_missing_files);
+    assert_eq!(c.job_id, "5a1b2c3d-0000-4000-8000-000000000000");
+    assert_eq!(c.disconnect_after_idle_timeout, 300);
+    assert_eq!(c.interruption_grace_period, 60);
+    assert_eq!(c.env_vars, pairs(&[("FOO", "bar"), ("BAZ", "qux")]));
+    assert_eq!(c.files, vec!["/home/semaphore/.npmrc:/root/.npmrc"]);
+    assert_eq!(c.upload_job_logs, UploadJobLogs::Always);
+    assert!(c.fail_on_pre_job_hook_error && c.source_pre_job_hook);
+    assert_eq!(
+        c.pre_job_hook_path,
+        Some(PathBuf::from("/opt/semaphore/pre.sh"))
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn file_keys_are_case_insensitive_like_viper() {
+    let c = load_ok("Endpoint: e.example.com\nTOKEN: t\n", &[], &[]);
+    assert_eq!(c.endpoint, "e.example.com");
+}
+
+#[test]
+fn empty_file_and_null_values_mean_unset() {
+    assert!(yaml("").is_ok());
+    assert!(yaml("# only a comment\n").is_ok());
+    let c = load_ok(&format!("{BASE}name:\nenv-vars:\n"), &[], &[]);
+    assert_eq!(c.name.len(), 20);
+}
+
+#[test]
+fn string_values_from_yaml_scalars() {
+    // viper renders numbers as strings for string keys.
+    let c = load_ok(&format!("{BASE}name: 123456789\n"), &[], &[]);
+    assert_eq!(c.name, "123456789");
+}
+
+// ---- unsupported keys -------------------------------------------------
+
+#[test]
+fn unsupported_keys_warn_only_when_not_default() {
+    let file = format!(
+        "{BASE}kubernetes-executor: true\nkubernetes-pod-start-timeout: 60\n\
+         kubernetes-labels: [a=b]\nkubernetes-default-image: ''\n"
+    );
+    let c = load_ok(&file, &[], &[]);
+    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    assert_mentions(&c.warnings[0], &["kubernetes-executor", "config.yaml"]);
+    assert_mentions(&c.warnings[1], &["kubernetes-pod-start-timeout"]);
+    assert_mentions(&c.warnings[2], &["kubernetes-labels"]);
+    let c = load_ok(BASE, &[], &["--kubernetes-pod-spec", "spec"]);
+    assert_mentions(&c.warnings[0], &["kubernetes-pod-spec", "command line"]);
+    let env = [("SEMAPHORE_AGENT_KUBERNETES_EXECUTOR", "true")];
+    let c = load_ok(BASE, &env, &[]);
+    assert_mentions(&c.warnings[0], &["SEMAPHORE_AGENT_KUBERNETES_EXECUTOR"]);
+}
+
+// ---- every validation error -------------------------------------------
+
+#[test]
+fn unknown_key_in_file_is_fatal_and_named() {
+    let msg = load_err(&format!("{BASE}disconect-after-job: true\n"), &[], &[]);
+    assert_mentions(&msg, &["disconect-after-job", "/etc/agent/config.yaml"]);
+    // A `serve`-only option is not a `start` option in Go either.
+    let msg = load_err(&format!("{BASE}expose-kvm-device: true\n"), &[], &[]);
+    assert_mentions(&msg, &["expose-kvm-device"]);
+}
+
+#[test]
+fn invalid_yaml_names_the_file() {
+    let msg = load_err("endpoint: [unclosed\ntoken: s3cr3t-T0KEN-value\n", &[], &[]);
+    assert_mentions(&msg, &["/etc/agent/config.yaml", "invalid YAML"]);
+    let msg = load_err("token: \"s3cr3t-T0KEN-value\n", &[], &[]);
+    assert_mentions(&msg, &["/etc/agent/config.yaml"]);
+}
+
+#[test]
+fn file_must_be_a_mapping() {
+    let msg = load_err("- endpoint\n", &[], &[]);
+    assert_mentions(&msg, &["/etc/agent/config.yaml", "mapping", "a list"]);
+}
+
+#[test]
+fn nested_value_in_file_is_rejected() {
+    let msg = load_err(&format!("{BASE}files:\n  a: b\n"), &[], &[]);
+    assert_mentions(&msg, &["'files'", "a mapping", "config.yaml"]);
+    let msg = load_err(&format!("{BASE}env-vars:\n  - [A=1]\n"), &[], &[]);
+    assert_mentions(&msg, &["'env-vars'", "a list containing a list"]);
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let args = start_args(&["--config-file", "/nonexistent/dir/agent.yaml"]);
+    let err = load_start_config(&args, &no_env)
+        .err()
+        .map(|e| e.to_string());
+    assert_mentions(
+        &err.unwrap_or_default(),
+        &["/nonexistent/dir/agent.yaml", "cannot read"],
+    );
+}
+
+#[test]
+fn job_id_requires_disconnect_after_job() {
+    let msg = load_err(BASE, &[], &["--job-id", "j1"]);
+    assert_mentions(&msg, &["job-id", "disconnect-after-job", "command line"]);
+    let c = load_ok(BASE, &[], &["--job-id", "j1", "--disconnect-after-job"]);
+    assert_eq!(c.job_id, "j1");
+}
+
+#[test]
+fn negative_or_non_numeric_seconds() {
+    let msg = load_err(
+        &format!("{BASE}disconnect-after-idle-timeout: -5\n"),
+        &[],
+        &[],
+    );
+    assert_mentions(&msg, &["disconnect-after-idle-timeout", "-5", "negative"]);
+    let env = [("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "soon")];
+    let msg = load_err(BASE, &env, &[]);
+    assert_mentions(
+        &msg,
+        &[
+            "disconnect-after-idle-timeout",
+            "soon",
+            "SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT",
+        ],
+    );
+    let msg = load_err(BASE, &[], &["--interruption-grace-period", "-1"]);
+    assert_mentions(&msg, &["interruption-grace-period", "-1", "negative"]);
+    let msg = load_err(&format!("{BASE}interruption-grace-period: 1.5\n"), &[], &[]);
+    assert_mentions(&msg, &["interruption-grace-period", "1.5"]);
+}
+
+#[test]
+fn bad_upload_job_logs_lists_allowed_values() {
+    let msg = load_err(BASE, &[], &["--upload-job-logs", "sometimes"]);
+    assert_mentions(
+        &msg,
+        &[
+            "upload-job-logs",
+            "sometimes",
+            "never",
+            "always",
+            "when-trimmed",
+        ],
+    );
+}
+
+#[test]
+fn name_length_rule_and_url_exemption() {
+    let msg = load_err(BASE, &[], &["--name", "short"]);
+    assert_mentions(&msg, &["'short'", "8", "80", "has 5"]);
+    let long = "n".repeat(81);
+    let msg = load_err(BASE, &[], &["--name", &long]);
+    assert_mentions(&msg, &[long.as_str(), "has 81"]);
+    let url = format!("https://ci.example.com/agents/{}", "x".repeat(100));
+    assert_eq!(load_ok(BASE, &[], &["--name", &url]).name, url);
+}
+
+#[test]
+fn name_from_env_reads_the_named_variable() {
+    let env = [("MY_HOST_NAME", "builder-0042")];
+    let c = load_ok(BASE, &env, &["--name-from-env", "MY_HOST_NAME"]);
+    assert_eq!(c.name, "builder-0042");
+    assert_eq!(c.name_from_env, "MY_HOST_NAME");
+    // `name` wins over `name-from-env`.
+    let c = load_ok(
+        BASE,
+        &env,
+        &["--name-from-env", "MY_HOST_NAME", "--name", "explicit-name"],
+    );
+    assert_eq!(c.name, "explicit-name");
+    let msg = load_err(BASE, &[], &["--name-from-env", "UNSET_VAR"]);
+    assert_mentions(&msg, &["UNSET_VAR", "name-from-env", "has 0"]);
+}
+
+#[test]
+fn random_name_without_one() {
+    let a = load_ok(BASE, &[], &[]).name;
+    let b = load_ok(BASE, &[], &[]).name;
+    assert_eq!(a.len(), 20);
+    assert_ne!(a, b);
+}
+
+#[test]
+fn env_var_entry_must_have_equals_and_a_name() {
+    let msg = load_err(BASE, &[], &["--env-vars", "A=1,JUSTANAME"]);
+    assert_mentions(&msg, &["env-vars", "JUSTANAME", "NAME=VALUE"]);
+    let msg = load_err(BASE, &[], &["--env-vars", "A=1,=hidden-value"]);
+    assert_mentions(&msg, &["env-vars", "#2", "empty name"]);
+    assert!(!msg.contains("hidden-value"), "value leaked: {msg}");
+}
+
+#[test]
+fn files_entry_must_be_host_colon_dest() {
+    for bad in ["/only/host", "/a:/b:/c", ":/dest", "/host:"] {
+        let msg = load_err(BASE, &[], &["--files", bad]);
+        assert_mentions(&msg, &["'files'", bad, "host-path:destination"]);
+    }
+}
+
+#[test]
+fn endpoint_and_token_are_required() {
+    let msg = load_err("token: s3cr3t-T0KEN-value\n", &[], &[]);
+    assert_mentions(&msg, &["endpoint", "SEMAPHORE_AGENT_ENDPOINT"]);
+    let msg = load_err("endpoint: e.example.com\n", &[], &[]);
+    assert_mentions(&msg, &["token", "SEMAPHORE_AGENT_TOKEN"]);
+    let msg = load_err("endpoint: e.example.com\ntoken: ''\n", &[], &[]);
+    assert_mentions(&msg, &["token"]);
+}
+
+#[test]
+fn non_bool_value_for_bool_key() {
+    let msg = load_err(&format!("{BASE}no-https: yes please\n"), &[], &[]);
+    assert_mentions(&msg, &["no-https", "yes please", "config.yaml"]);
+    let env = [("SEMAPHORE_AGENT_DISCONNECT_AFTER_JOB", "maybe")];
+    let msg = load_err(BASE, &env, &[]);
+    assert_mentions(
+        &msg,
+        &[
+            "disconnect-after-job",
+            "maybe",
+            "SEMAPHORE_AGENT_DISCONNECT_AFTER_JOB",
+        ],
+    );
+    let msg = load_err(&format!("{BASE}source-pre-job-hook: 2\n"), &[], &[]);
+    assert_mentions(&msg, &["source-pre-job-hook", "'2'"]);
+}
+
+#[test]
+fn list_for_single_value_key_is_rejected_without_echoing_it() {
+    let msg = load_err(
+        "endpoint: e.example.com\ntoken: [s3cr3t-T0KEN-value]\n",
+        &[],
+        &[],
+    );
+    assert_mentions(&msg, &["'token'", "not a list"]);
+}
+
+// ---- secrets ----------------------------------------------------------
+
+#[test]
+fn summary_redacts_token_and_env_values() {
+    let c = load_ok(
+        BASE,
+        &[],
+        &[
+            "--env-vars",
+            "API_KEY=very-secret-value",
+            "--name",
+            "agent-0001",
+        ],
+    );
+    let summary = c.redacted_summary();
+    assert!(!summary.contains(TOKEN), "{summary}");
+    assert!(!summary.contains("very-secret-value"), "{summary}");
+    assert_mentions(
+        &summary,
+        &[
+            "token: [REDACTED]",
+            "env-vars: API_KEY=[REDACTED]",
+            "endpoint: org.semaphoreci.com",
+            "name: agent-0001",
+            "upload-job-logs: never",
+            "interruption-grace-period: 0",
+        ],
+    );
+    // Every key of the Config shape is listed.
+    for &key in Key::ALL.iter().filter(|k| k.is_supported()) {
+        assert!(
+            summary.contains(&format!("\n{}: ", key.name()))
+                || summary.starts_with(&format!("{}: ", key.name())),
+            "{} missing from summary",
+            key.name()
+        );
+    }
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(TOKEN) && !debug.contains("very-secret-value"));
+}
+
+#[test]
+fn load_start_config_reads_the_file() {
+    let dir = tempfile::tempdir();
+    let Ok(dir) = dir else { panic!("tempdir") };
+    let path = dir.path().join("config.yaml");
+    assert!(std::fs::write(&path, GO_AGENT_CONFIG).is_ok());
+    let Some(path_str) = path.to_str() else {
+        panic!("non-UTF-8 temp path")
+    };
+    let args = start_args(&["--config-file", path_str, "--no-https"]);
+    let env = env_of(&[("SEMAPHORE_AGENT_ENDPOINT", "env.example.com")]);
+    match load_start_config(&args, &env) {
+        Ok(c) => {
+            assert_eq!(c.endpoint, "env.example.com");
+            assert_eq!(c.token, TOKEN);
+            assert!(c.no_https);
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn run_config_from_flags() {
+    let argv: Vec<String> = [
+        "run",
+        "job.yaml",
+        "--env-vars",
+        "A=1,B=2",
+        "--post-job-hook-path",
+        "/post.sh",
+        "--fail-on-pre-job-hook-error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let Ok(Cli {
+        cmd: Command::Run(args),
+    }) = Cli::parse("semaphore-agent", &argv)
+    else {
+        panic!("run args did not parse")
+    };
+    match load_run_config(&args) {
+        Ok(r) => {
+            assert_eq!(r.job_file, PathBuf::from("job.yaml"));
+            assert_eq!(r.env_vars, pairs(&[("A", "1"), ("B", "2")]));
+            assert_eq!(r.post_job_hook_path, Some(PathBuf::from("/post.sh")));
+            assert_eq!(r.pre_job_hook_path, None);
+            assert!(r.fail_on_pre_job_hook_error && !r.source_pre_job_hook && !r.json);
+            assert!(!format!("{r:?}").contains("A=1"));
+        }
+        Err(e) => panic!("{e}"),
+    }
+    let bad = RunArgs {
+        env_vars: vec!["NOPE".into()],
+        ..RunArgs::default()
+    };
+    let msg = load_run_config(&bad).err().map(|e| e.to_string());
+    assert_mentions(&msg.unwrap_or_default(), &["NOPE", "env-vars"]);
+}
+
+#[test]
+fn env_var_names_follow_upper_snake() {
+    assert_eq!(
+        Key::DisconnectAfterIdleTimeout.env_var(),
+        "SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT"
+    );
+    assert_eq!(Key::from_name("ENV-VARS"), Some(Key::EnvVars));
+    assert_eq!(Key::from_name("config-file"), None);
+}
