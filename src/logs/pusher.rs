@@ -287,7 +287,7 @@ impl PushLogger {
             rng: XorShift::seeded(),
         };
         let thread = std::thread::Builder::new()
-            .name("job-log-flusher".into())
+            .name("log-flusher".into())
             .spawn(move || flusher.run())
             .map_err(|source| {
                 let _ = std::fs::remove_file(&spool_path);
