@@ -81,6 +81,47 @@ fn main() {
     }
     println!();
     println!("ratio = bare PTY time / path time (target >= 0.8); peak RSS target < 20 MB");
+    let latencies = line_latencies(dir.path(), 5);
+    println!(
+        "latency of one line printed by an idle job to the server (5 tries): max {:.0} ms, \
+         min {:.0} ms (target < 1000 ms)",
+        latencies.iter().cloned().fold(0.0, f64::max),
+        latencies.iter().cloned().fold(f64::INFINITY, f64::min)
+    );
+}
+
+/// Milliseconds from `emit` of one line, after the flusher has gone idle,
+/// until the server has it.
+fn line_latencies(dir: &Path, tries: usize) -> Vec<f64> {
+    let server = logserver::LogServer::spawn(TOKEN);
+    let logger = Logger {
+        method: "push".into(),
+        url: server.url.clone(),
+        token: TOKEN.into(),
+        max_size_in_bytes: 0,
+    };
+    let options = PushOptions {
+        spool_dir: dir.to_path_buf(),
+        ..PushOptions::default()
+    };
+    let refresher = Box::new(|| Err("no refresh in the benchmark".to_string()));
+    let mut push = PushLogger::start(&logger, refresher, options).expect("start push logger");
+    let mut out = Vec::new();
+    for i in 0..tries {
+        std::thread::sleep(Duration::from_millis(1300));
+        let started = Instant::now();
+        push.emit(Event::CmdOutput {
+            timestamp: 1,
+            output: format!("line {i}\n"),
+        });
+        while server.count() <= i as u64 && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let job = JobRequest::default();
+    push.finish(&FinishOptions::new(&job, UploadPolicy::Never));
+    out
 }
 
 struct Row {

@@ -326,6 +326,38 @@ fn a_printed_line_reaches_the_server_within_a_second() {
 }
 
 #[test]
+fn start_rejects_a_missing_or_odd_url_and_bad_options() {
+    use semaphore_agent::logs::LogError;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |url: &str, batch: u64| {
+        let mut opts = fast_options(dir.path());
+        opts.batch_events = batch;
+        PushLogger::start(&logger(url), no_refresh(), opts)
+    };
+    assert!(matches!(start("", 10), Err(LogError::MissingUrl)));
+    assert!(matches!(
+        start("ftp://x/logs", 10),
+        Err(LogError::BadUrl { .. })
+    ));
+    assert!(matches!(
+        start("http://127.0.0.1:1/l", 0),
+        Err(LogError::BadOptions { .. })
+    ));
+    assert!(matches!(
+        start("http://127.0.0.1:1/l", 2001),
+        Err(LogError::BadOptions { .. })
+    ));
+    let missing = dir.path().join("missing");
+    let mut opts = fast_options(&missing);
+    opts.batch_events = 10;
+    let err = PushLogger::start(&logger("http://127.0.0.1:1/l"), no_refresh(), opts)
+        .err()
+        .expect("no spool dir");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(dir_is_empty(dir.path()));
+}
+
+#[test]
 fn dropping_without_finish_stops_the_flusher_and_removes_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let mut pl = PushLogger::start(

@@ -93,6 +93,10 @@ impl Default for PushOptions {
 pub enum LogError {
     /// The job's logger has no URL to push to.
     MissingUrl,
+    /// The logger URL is not an http(s) URL.
+    BadUrl {
+        url: String,
+    },
     /// An option is out of range; the message names it.
     BadOptions {
         message: String,
@@ -110,6 +114,12 @@ impl std::fmt::Display for LogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LogError::MissingUrl => write!(f, "the job's logger has no URL to push logs to"),
+            LogError::BadUrl { url } => {
+                write!(
+                    f,
+                    "the job's log URL '{url}' is not an http:// or https:// URL"
+                )
+            }
             LogError::BadOptions { message } => write!(f, "bad log push options: {message}"),
             LogError::CreateSpool { dir, source } => {
                 write!(
@@ -231,6 +241,11 @@ impl PushLogger {
     ) -> Result<PushLogger, LogError> {
         if logger.url.trim().is_empty() {
             return Err(LogError::MissingUrl);
+        }
+        if !(logger.url.starts_with("http://") || logger.url.starts_with("https://")) {
+            return Err(LogError::BadUrl {
+                url: logger.url.clone(),
+            });
         }
         if !(1..=MAX_BATCH_EVENTS).contains(&options.batch_events) {
             return Err(LogError::BadOptions {
