@@ -23,6 +23,8 @@
 //! - `Shell::close()` ends bash and whatever the job left running in its
 //!   session; safe to call twice, also done on drop.
 
+mod framing;
 mod pty;
+mod session;
 
 pub use pty::{Shell, ShellError, ShellOptions, Stopper};

@@ -1,7 +1,74 @@
-//! Placeholder: the PTY shell is being built (issue 2). The signatures here
-//! are the contract described in `shell/mod.rs`.
+//! The job's bash in a PTY, one command at a time.
+//!
+//! Owns the PTY master, the `bash --login` process (session leader with the
+//! PTY as its controlling terminal), the reader thread that drains the PTY
+//! into a bounded channel, the scratch directory holding the current command
+//! file, and the terminal settings restored before every command. It must
+//! not know about events or HTTP: output goes to a callback, the result is
+//! an exit status or a `ShellError`.
+//!
+//! How a command runs: it is written to a file, and one line is typed into
+//! bash that prints a start marker, `source`s the file and prints an end
+//! marker with `$?` (see `framing`). The next line is only typed after the
+//! end marker came back, so a command that reads stdin can never eat the
+//! next one. Bash runs with `--noediting`: without readline it reads lines
+//! in the terminal's canonical mode and never echoes by itself, so turning
+//! the terminal's echo off (from the master side, before each command)
+//! is enough to keep commands out of the output even after a job ran
+//! `stty echo`.
 
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pty_process::blocking::{Command, Pty};
+
+use super::framing::{self, Framer};
+use super::session;
+use crate::output::Chunker;
+
+/// The terminal size jobs see. The Go agent leaves it at 0x0, which makes
+/// some tools misbehave; 80x24 is what a program assumes when it cannot ask.
+const ROWS: u16 = 24;
+const COLS: u16 = 80;
+
+/// How long a new shell may take to run its login scripts and answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default time between SIGTERM and SIGKILL when ending a job's processes.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// The longest `run` waits for news before it looks at the stop flag, the
+/// chunker's deadline and whether bash is still alive.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The longest output is still collected after the job's processes were
+/// killed, waiting for the PTY to report that every writer is gone.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The longest to wait for bash's exit status after it was killed.
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest to wait for the PTY to accept a typed line.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes per PTY read; Linux hands out at most about 4 KiB per read anyway.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Reads queued between the reader thread and `run`: at most
+/// `QUEUE_DEPTH * READ_BUFFER` bytes (1 MiB) wait in memory; beyond that
+/// the reader blocks and the job blocks on its writes.
+const QUEUE_DEPTH: usize = 64;
+
+/// How often the reader thread looks at its quit flag while the PTY is idle.
+const READER_POLL_MS: libc::c_int = 100;
 
 #[derive(Debug, Clone, Default)]
 pub struct ShellOptions {
@@ -13,16 +80,17 @@ pub struct ShellOptions {
 
 #[derive(Debug)]
 pub enum ShellError {
-    Start {
-        message: String,
-    },
+    /// Bash could not be started or did not become ready.
+    Start { message: String },
+    /// Talking to the PTY or writing the command file failed.
     Io {
         action: &'static str,
         source: std::io::Error,
     },
-    Exited {
-        status: i32,
-    },
+    /// Bash ended (a job ran `exit`, `set -e` tripped, it was killed);
+    /// `status` is its exit code, or 128 + the signal that killed it.
+    Exited { status: i32 },
+    /// A `Stopper` stopped the job.
     Stopped,
 }
 
@@ -41,31 +109,595 @@ impl std::fmt::Display for ShellError {
     }
 }
 
-impl std::error::Error for ShellError {}
-
-pub struct Shell {}
-
-#[derive(Clone)]
-pub struct Stopper {}
-
-impl Stopper {
-    pub fn stop(&self) {}
-    pub fn is_stopped(&self) -> bool {
-        false
+impl std::error::Error for ShellError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShellError::Io { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
+/// Asks the shell's owner to end the job. `stop()` only raises a flag, so
+/// it is cheap and safe from any thread; the thread inside `Shell::run`
+/// sees it within 50 ms and kills every process of the job (a later `run`
+/// returns `Stopped` at once, and `close` kills too).
+#[derive(Debug, Clone, Default)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// What the reader thread hands over.
+enum ReadEvent {
+    Data(Vec<u8>),
+    /// Every writer of the PTY is gone (or reading failed for good).
+    Closed,
+}
+
+/// How waiting for a command ended, before cleanup.
+enum Outcome {
+    Finished(i32),
+    ShellEnded,
+    Stopped,
+    TimedOut,
+}
+
+/// One `bash --login` in its own PTY and session, for one job.
+pub struct Shell {
+    pid: i32,
+    /// `None` once bash was reaped (or could not be).
+    child: Option<std::process::Child>,
+    pty: Option<Arc<Pty>>,
+    rx: Option<Receiver<ReadEvent>>,
+    reader: Option<JoinHandle<()>>,
+    reader_quit: Arc<AtomicBool>,
+    /// True once the reader reported that the PTY closed.
+    pty_closed: bool,
+    stopper: Stopper,
+    /// Bash's status once it ended.
+    ended: Option<i32>,
+    /// The terminal settings every command starts with (echo off).
+    termios: Option<libc::termios>,
+    /// Private directory (0700) for the command file.
+    scratch: Option<PathBuf>,
+    stop_grace: Duration,
+}
+
 impl Shell {
-    pub fn start(_opts: &ShellOptions) -> Result<Shell, ShellError> {
-        Err(ShellError::Start {
-            message: "not built yet".into(),
-        })
+    /// Starts `bash --login` in a new PTY and session, in `opts.home`, and
+    /// waits until it has run its login scripts and silenced its prompts.
+    pub fn start(opts: &ShellOptions) -> Result<Shell, ShellError> {
+        let start_err = |what: &str, err: &dyn std::fmt::Display| ShellError::Start {
+            message: format!("{what}: {err}"),
+        };
+        let (pty, pts) =
+            pty_process::blocking::open().map_err(|e| start_err("opening a PTY", &e))?;
+        pty.resize(pty_process::Size::new(ROWS, COLS))
+            .map_err(|e| start_err("setting the PTY size", &e))?;
+        // Echo off before bash starts, so not even the first line shows.
+        let mut termios =
+            get_termios(&pty).map_err(|e| start_err("reading the PTY settings", &e))?;
+        quiet_terminal(&mut termios);
+        set_termios(&pty, &termios).map_err(|e| start_err("turning the PTY echo off", &e))?;
+
+        let scratch =
+            make_scratch_dir().map_err(|e| start_err("creating a scratch directory", &e))?;
+        let child = Command::new("bash")
+            .arg("--login")
+            .arg("--noediting")
+            .current_dir(&opts.home)
+            .env("HOME", &opts.home)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .spawn(pts);
+        let child = match child {
+            Ok(child) => child,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(start_err(
+                    &format!("starting bash in {}", opts.home.display()),
+                    &err,
+                ));
+            }
+        };
+        let pid = i32::try_from(child.id()).unwrap_or(-1);
+
+        let pty = Arc::new(pty);
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let reader_quit = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let pty = Arc::clone(&pty);
+            let quit = Arc::clone(&reader_quit);
+            std::thread::Builder::new()
+                .name("shell-pty-reader".into())
+                .spawn(move || read_pty(&pty, &tx, &quit))
+        };
+        let mut shell = Shell {
+            pid,
+            child: Some(child),
+            pty: Some(pty),
+            rx: Some(rx),
+            reader: None,
+            reader_quit,
+            pty_closed: false,
+            stopper: Stopper::default(),
+            ended: None,
+            termios: None,
+            scratch: Some(scratch),
+            stop_grace: DEFAULT_STOP_GRACE,
+        };
+        match reader {
+            Ok(handle) => shell.reader = Some(handle),
+            Err(err) => return Err(start_err("starting the PTY reader thread", &err)),
+        }
+
+        let nonce = framing::new_nonce();
+        let home = opts.home.to_string_lossy();
+        let line = framing::init_line(&nonce, &home);
+        let mut discard = |_: &str| {};
+        let deadline = Instant::now() + START_TIMEOUT;
+        match shell.exchange(&line, Framer::new(&nonce), &mut discard, Some(deadline)) {
+            Ok(_) => {}
+            Err(ShellError::Exited { status }) => {
+                return Err(ShellError::Start {
+                    message: format!("bash exited with status {status} while starting"),
+                })
+            }
+            Err(ShellError::Io { action, source }) => return Err(start_err(action, &source)),
+            Err(err) => return Err(start_err("waiting for bash to start", &err)),
+        }
+        // The login scripts may have tuned the terminal; keep what they did,
+        // except echo and line ends, for every command.
+        let mut termios = shell
+            .pty_ref()
+            .and_then(|pty| get_termios(pty).ok())
+            .unwrap_or(termios);
+        quiet_terminal(&mut termios);
+        shell.termios = Some(termios);
+        Ok(shell)
     }
-    pub fn run(&mut self, _cmd: &str, _on_output: &mut dyn FnMut(&str)) -> Result<i32, ShellError> {
-        Err(ShellError::Stopped)
+
+    /// Bash's pid, which is also the id of the job's session.
+    pub fn pid(&self) -> u32 {
+        u32::try_from(self.pid).unwrap_or(0)
     }
+
+    /// Sets the time between SIGTERM and SIGKILL when the job is stopped or
+    /// the shell closed (default `DEFAULT_STOP_GRACE`).
+    pub fn set_stop_grace(&mut self, grace: Duration) {
+        self.stop_grace = grace;
+    }
+
+    /// Runs `cmd` as if `source`d and returns its exit status, passing its
+    /// output to `on_output` in chunks (see `output::Chunker`) while it runs.
+    pub fn run(&mut self, cmd: &str, on_output: &mut dyn FnMut(&str)) -> Result<i32, ShellError> {
+        if self.stopper.is_stopped() {
+            self.end_job();
+            return Err(ShellError::Stopped);
+        }
+        if let Some(status) = self.ended {
+            return Err(ShellError::Exited { status });
+        }
+        let file = self.write_command_file(cmd)?;
+        if let (Some(pty), Some(termios)) = (self.pty_ref(), self.termios.as_ref()) {
+            set_termios(pty, termios).map_err(|source| ShellError::Io {
+                action: "resetting the terminal settings",
+                source,
+            })?;
+        }
+        let nonce = framing::new_nonce();
+        let line = framing::command_line(&nonce, &file.to_string_lossy());
+        self.exchange(&line, Framer::new(&nonce), on_output, None)
+    }
+
+    /// A handle that stops the job from another thread.
     pub fn stopper(&self) -> Stopper {
-        Stopper {}
+        self.stopper.clone()
     }
-    pub fn close(&mut self) {}
+
+    /// Ends bash and everything the job left running in its session, reaps
+    /// bash, joins the reader thread and removes the scratch directory.
+    /// Safe to call more than once; also done on drop.
+    pub fn close(&mut self) {
+        self.end_job();
+        self.reader_quit.store(true, Ordering::SeqCst);
+        // Dropping the receiver wakes a reader blocked on a full queue.
+        self.rx = None;
+        if let Some(reader) = self.reader.take() {
+            if reader.join().is_err() {
+                log::warn!("the PTY reader thread panicked");
+            }
+        }
+        self.pty = None;
+        if let Some(dir) = self.scratch.take() {
+            if let Err(err) = std::fs::remove_dir_all(&dir) {
+                log::debug!("cannot remove {}: {err}", dir.display());
+            }
+        }
+    }
+
+    fn pty_ref(&self) -> Option<&Pty> {
+        self.pty.as_deref()
+    }
+
+    /// Kills every process of the job, bash included, and reaps bash.
+    fn end_job(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        session::terminate(self.pid, self.stop_grace);
+        self.reap();
+    }
+
+    /// Collects bash's exit status; bounded, as bash was killed or exited.
+    fn reap(&mut self) {
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        while peek_exit(self.pid).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if peek_exit(self.pid).is_none() {
+            log::warn!("bash (pid {}) did not exit; leaving it", self.pid);
+            return;
+        }
+        let status = match child.wait() {
+            Ok(status) => status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1),
+            Err(err) => {
+                log::warn!("cannot reap bash (pid {}): {err}", self.pid);
+                1
+            }
+        };
+        self.ended.get_or_insert(status);
+    }
+
+    fn write_command_file(&mut self, cmd: &str) -> Result<PathBuf, ShellError> {
+        let io_err = |source| ShellError::Io {
+            action: "writing the command file",
+            source,
+        };
+        let dir = match &self.scratch {
+            Some(dir) => dir.clone(),
+            None => {
+                return Err(io_err(std::io::Error::other("the shell is closed")));
+            }
+        };
+        // A job may have emptied the temp dir; bring ours back if so.
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_err)?;
+        }
+        let file = dir.join("command");
+        let mut text = String::with_capacity(cmd.len() + 1);
+        text.push_str(cmd);
+        // A heredoc delimiter on the last line needs its newline.
+        text.push('\n');
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(io_err)?;
+        Ok(file)
+    }
+
+    /// Types `line` and collects the framed output, handling a stop, bash
+    /// ending and the optional deadline.
+    fn exchange(
+        &mut self,
+        line: &str,
+        mut framer: Framer,
+        on_output: &mut dyn FnMut(&str),
+        deadline: Option<Instant>,
+    ) -> Result<i32, ShellError> {
+        let Some(rx) = self.rx.take() else {
+            return Err(ShellError::Io {
+                action: "running a command",
+                source: std::io::Error::other("the shell is closed"),
+            });
+        };
+        let result = self.exchange_with(&rx, line, &mut framer, on_output, deadline);
+        self.rx = Some(rx);
+        result
+    }
+
+    fn exchange_with(
+        &mut self,
+        rx: &Receiver<ReadEvent>,
+        line: &str,
+        framer: &mut Framer,
+        on_output: &mut dyn FnMut(&str),
+        deadline: Option<Instant>,
+    ) -> Result<i32, ShellError> {
+        let mut chunker = Chunker::new();
+        let outcome = if self.pty_closed {
+            Outcome::ShellEnded
+        } else {
+            match self.pty_ref().map(|pty| type_line(pty, line.as_bytes())) {
+                Some(Ok(())) => self.wait_for_end(rx, framer, &mut chunker, on_output, deadline),
+                Some(Err(source)) if peek_exit(self.pid).is_none() => {
+                    return Err(ShellError::Io {
+                        action: "typing the command into the shell",
+                        source,
+                    })
+                }
+                // Bash is gone: what it left is collected below.
+                Some(Err(_)) => Outcome::ShellEnded,
+                None => Outcome::ShellEnded,
+            }
+        };
+        match outcome {
+            Outcome::Finished(status) => Ok(status),
+            Outcome::TimedOut => Err(ShellError::Start {
+                message: format!("bash did not answer within {}s", START_TIMEOUT.as_secs()),
+            }),
+            Outcome::Stopped => {
+                self.end_job();
+                self.drain(rx, framer, &mut chunker, on_output);
+                Err(ShellError::Stopped)
+            }
+            Outcome::ShellEnded => {
+                // Bash is gone, but what it left running would keep the PTY
+                // open (and outlive the job).
+                self.end_job();
+                self.drain(rx, framer, &mut chunker, on_output);
+                let status = self.ended.unwrap_or(1);
+                self.ended = Some(status);
+                Err(ShellError::Exited { status })
+            }
+        }
+    }
+
+    fn wait_for_end(
+        &mut self,
+        rx: &Receiver<ReadEvent>,
+        framer: &mut Framer,
+        chunker: &mut Chunker,
+        on_output: &mut dyn FnMut(&str),
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        let mut last_check = Instant::now();
+        loop {
+            let mut wait = TICK;
+            if let Some(due) = chunker.deadline() {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            match rx.recv_timeout(wait) {
+                Ok(ReadEvent::Data(bytes)) => {
+                    let now = Instant::now();
+                    let done = framer.feed(&bytes, &mut |body| chunker.push(body, now, on_output));
+                    if let Some(status) = done {
+                        chunker.finish(on_output);
+                        return Outcome::Finished(status);
+                    }
+                }
+                Ok(ReadEvent::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                    self.pty_closed = true;
+                    return Outcome::ShellEnded;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            chunker.poll(now, on_output);
+            if self.stopper.is_stopped() {
+                return Outcome::Stopped;
+            }
+            // Bash may end while something it started keeps the PTY open,
+            // so its exit is watched directly, not only through the PTY.
+            if now.duration_since(last_check) >= TICK {
+                last_check = now;
+                if peek_exit(self.pid).is_some() {
+                    return Outcome::ShellEnded;
+                }
+                if deadline.is_some_and(|d| now >= d) {
+                    return Outcome::TimedOut;
+                }
+            }
+        }
+    }
+
+    /// After the job's processes were killed: passes on the output still
+    /// queued, until the PTY reports it closed or `DRAIN_TIMEOUT` passed.
+    fn drain(
+        &mut self,
+        rx: &Receiver<ReadEvent>,
+        framer: &mut Framer,
+        chunker: &mut Chunker,
+        on_output: &mut dyn FnMut(&str),
+    ) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !self.pty_closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left) {
+                Ok(ReadEvent::Data(bytes)) => {
+                    if framer.status().is_none() {
+                        let now = Instant::now();
+                        framer.feed(&bytes, &mut |body| chunker.push(body, now, on_output));
+                    }
+                }
+                Ok(ReadEvent::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                    self.pty_closed = true;
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        framer.finish(&mut |body| chunker.push(body, Instant::now(), on_output));
+        chunker.finish(on_output);
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The reader thread: PTY bytes into the bounded queue until the PTY closes,
+/// `quit` is set, or nobody listens any more.
+fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut reader = pty;
+    while !quit.load(Ordering::SeqCst) {
+        match wait_fd(pty, libc::POLLIN, READER_POLL_MS) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(err) => {
+                log::warn!("polling the PTY failed: {err}");
+                let _ = tx.send(ReadEvent::Closed);
+                return;
+            }
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if tx.send(ReadEvent::Data(buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            // EIO: the last writer of the PTY closed it.
+            Err(err) => {
+                if err.raw_os_error() != Some(libc::EIO) {
+                    log::warn!("reading the PTY failed: {err}");
+                }
+                break;
+            }
+        }
+    }
+    let _ = tx.send(ReadEvent::Closed);
+}
+
+/// Waits up to `timeout_ms` for `events` on the PTY; returns whether any
+/// (or a hangup) happened.
+fn wait_fd(pty: &Pty, events: libc::c_short, timeout_ms: libc::c_int) -> std::io::Result<bool> {
+    let mut fds = libc::pollfd {
+        fd: pty.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: `fds` is one valid pollfd and we pass a count of 1.
+    let ready = unsafe { libc::poll(&mut fds, 1, timeout_ms) };
+    if ready < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(ready > 0)
+}
+
+/// Writes a whole line to the PTY, waiting at most `WRITE_TIMEOUT` for room.
+fn type_line(pty: &Pty, mut bytes: &[u8]) -> std::io::Result<()> {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    let mut writer = pty;
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the shell does not read its input",
+            ));
+        }
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        if !wait_fd(pty, libc::POLLOUT, ms.max(1))? {
+            continue;
+        }
+        match writer.write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Bash's exit status if it has ended, without reaping it (`WNOWAIT`), so
+/// its pid, and with it the session id, stays reserved until `reap`.
+fn peek_exit(pid: i32) -> Option<i32> {
+    let id = libc::id_t::try_from(pid).ok()?;
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid siginfo_t; waitid only writes into it.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        // ECHILD: already reaped, so it has certainly ended.
+        return Some(1);
+    }
+    // SAFETY: waitid succeeded, so the SIGCHLD fields are the ones filled.
+    let (child, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if child == 0 {
+        return None;
+    }
+    Some(if info.si_code == libc::CLD_EXITED {
+        status
+    } else {
+        128 + status
+    })
+}
+
+/// The settings every command starts with: no echo of typed input, and no
+/// `\n` to `\r\n` translation, so a program's own `\r\n` can be told apart
+/// and logged as `\n` like any other line end.
+fn quiet_terminal(termios: &mut libc::termios) {
+    termios.c_lflag &= !(libc::ECHO | libc::ECHONL);
+    termios.c_oflag &= !libc::ONLCR;
+}
+
+fn get_termios(pty: &Pty) -> std::io::Result<libc::termios> {
+    // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is the open PTY master; on Linux its terminal ioctls
+    // act on the terminal of the PTY's other side.
+    if unsafe { libc::tcgetattr(pty.as_raw_fd(), &mut termios) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(termios)
+}
+
+fn set_termios(pty: &Pty, termios: &libc::termios) -> std::io::Result<()> {
+    // SAFETY: as in `get_termios`; `termios` is a valid, initialised struct.
+    if unsafe { libc::tcsetattr(pty.as_raw_fd(), libc::TCSANOW, termios) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new private directory in the temp dir for the command file.
+fn make_scratch_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "semaphore-agent-shell-{}",
+        &framing::new_nonce()[..16]
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }

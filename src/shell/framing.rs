@@ -1,0 +1,377 @@
+//! Framing one command in the shell's output stream.
+//!
+//! Owns the line typed into bash for each command and the parser that finds
+//! where that command's output starts and ends in the PTY bytes. Each
+//! command gets a fresh random nonce; the markers are `\x01<nonce>S\x01`
+//! before the command and `\x01<nonce>E<status>\x01` after it, printed by
+//! bash itself. The nonce is only in the typed line (never echoed, history
+//! off), not in the command file, so a job cannot print a marker by chance
+//! or by reading its own script. This module must not touch the PTY or
+//! processes: it only builds strings and splits bytes.
+
+use std::hash::{BuildHasher as _, Hasher as _};
+
+/// The byte that opens and closes every marker.
+const MARK: u8 = 0x01;
+
+/// `$?` is 0..=255, so a status has at most three digits.
+const MAX_STATUS_DIGITS: usize = 3;
+
+/// A fresh 128-bit random nonce as 32 hex digits.
+pub(super) fn new_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: `bytes` is a valid, writable buffer of exactly the length passed.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(got).ok() != Some(bytes.len()) {
+        // No getrandom (very old kernel or a seccomp filter): std's hasher
+        // keys are random per process, and the clock makes each call differ.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, half) in bytes.chunks_mut(8).enumerate() {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(nanos);
+            hasher.write_usize(i);
+            half.copy_from_slice(&hasher.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `text` as one single-quoted shell word.
+pub(super) fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The markers printed around the output of one command, and the commands
+/// that print them. The `printf`s run inside `{ ...; } 2>/dev/null` so that
+/// `set -x` in a job does not trace them into the job's output, and through
+/// `\builtin` so that a job's aliases and functions cannot replace them.
+fn print_start(nonce: &str) -> String {
+    format!(r"{{ \builtin printf '\001{nonce}S\001'; }} 2>/dev/null")
+}
+
+fn print_end(nonce: &str, status: &str) -> String {
+    format!(r"{{ \builtin printf '\001{nonce}E%d\001' {status}; }} 2>/dev/null")
+}
+
+/// The line typed into bash to run the command stored in `file`: it is
+/// `source`d, so `return N` ends it with N and its state stays in the shell.
+pub(super) fn command_line(nonce: &str, file: &str) -> String {
+    format!(
+        r#"{}; \builtin source {}; {}"#,
+        print_start(nonce),
+        shell_quote(file),
+        print_end(nonce, r#""$?""#)
+    ) + "\n"
+}
+
+/// The first line typed into a new shell: silences every prompt, keeps the
+/// typed lines (and so the nonces) out of the history, goes to `home`, and
+/// frames an empty output with status 0 to say the shell is ready.
+pub(super) fn init_line(nonce: &str, home: &str) -> String {
+    format!(
+        r"PS1=; PS2=; PS0=; \builtin unset PROMPT_COMMAND; \builtin set +o history; \builtin cd -- {} ; {}; {}",
+        shell_quote(home),
+        print_start(nonce),
+        print_end(nonce, "0")
+    ) + "\n"
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Skipping what bash printed before the command (job notices, leftovers).
+    AwaitStart,
+    /// Passing the command's output on.
+    Body,
+    /// The end marker was seen with this status.
+    Done(i32),
+}
+
+enum EndMatch {
+    No,
+    /// The bytes so far could still become the end marker.
+    Partial,
+    Complete(i32),
+}
+
+/// Splits the PTY bytes of one command into its output and its status.
+#[derive(Debug)]
+pub(super) struct Framer {
+    start: Vec<u8>,
+    end_prefix: Vec<u8>,
+    phase: Phase,
+    /// Before the start: the last bytes, which may begin the start marker.
+    /// In the body: a possible beginning of the end marker (under 40 bytes).
+    carry: Vec<u8>,
+}
+
+impl Framer {
+    pub(super) fn new(nonce: &str) -> Framer {
+        let marker = |kind: u8| {
+            let mut m = vec![MARK];
+            m.extend_from_slice(nonce.as_bytes());
+            m.push(kind);
+            m
+        };
+        let mut start = marker(b'S');
+        start.push(MARK);
+        Framer {
+            start,
+            end_prefix: marker(b'E'),
+            phase: Phase::AwaitStart,
+            carry: Vec::new(),
+        }
+    }
+
+    /// The status, once the end marker was seen.
+    pub(super) fn status(&self) -> Option<i32> {
+        match self.phase {
+            Phase::Done(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Takes the next bytes read from the PTY, passes the command's output
+    /// in them to `body`, and returns the status once the end marker is
+    /// complete. Bytes after the end marker are dropped.
+    pub(super) fn feed(&mut self, data: &[u8], body: &mut dyn FnMut(&[u8])) -> Option<i32> {
+        match self.phase {
+            Phase::Done(status) => Some(status),
+            Phase::AwaitStart => {
+                self.carry.extend_from_slice(data);
+                match find(&self.carry, &self.start) {
+                    Some(at) => {
+                        let rest = self.carry.split_off(at + self.start.len());
+                        self.carry.clear();
+                        self.phase = Phase::Body;
+                        self.scan(&rest, body)
+                    }
+                    None => {
+                        let keep = self.start.len() - 1;
+                        if self.carry.len() > keep {
+                            self.carry.drain(..self.carry.len() - keep);
+                        }
+                        None
+                    }
+                }
+            }
+            Phase::Body if self.carry.is_empty() => self.scan(data, body),
+            Phase::Body => {
+                let mut joined = std::mem::take(&mut self.carry);
+                joined.extend_from_slice(data);
+                self.scan(&joined, body)
+            }
+        }
+    }
+
+    /// The output ended without an end marker (the shell died or was
+    /// stopped): bytes held back as a possible marker are output after all.
+    pub(super) fn finish(&mut self, body: &mut dyn FnMut(&[u8])) {
+        if self.phase == Phase::Body && !self.carry.is_empty() {
+            body(&self.carry);
+        }
+        self.carry.clear();
+    }
+
+    fn scan(&mut self, buf: &[u8], body: &mut dyn FnMut(&[u8])) -> Option<i32> {
+        let mut from = 0;
+        while let Some(offset) = buf[from..].iter().position(|&b| b == MARK) {
+            let at = from + offset;
+            match self.match_end(&buf[at..]) {
+                EndMatch::Complete(status) => {
+                    if at > 0 {
+                        body(&buf[..at]);
+                    }
+                    self.phase = Phase::Done(status);
+                    return Some(status);
+                }
+                EndMatch::Partial => {
+                    if at > 0 {
+                        body(&buf[..at]);
+                    }
+                    self.carry = buf[at..].to_vec();
+                    return None;
+                }
+                EndMatch::No => from = at + 1,
+            }
+        }
+        if !buf.is_empty() {
+            body(buf);
+        }
+        None
+    }
+
+    fn match_end(&self, tail: &[u8]) -> EndMatch {
+        let prefix = &self.end_prefix;
+        if tail.len() < prefix.len() {
+            return if prefix.starts_with(tail) {
+                EndMatch::Partial
+            } else {
+                EndMatch::No
+            };
+        }
+        if !tail.starts_with(prefix) {
+            return EndMatch::No;
+        }
+        let after = &tail[prefix.len()..];
+        let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > MAX_STATUS_DIGITS {
+            return EndMatch::No;
+        }
+        match after.get(digits) {
+            None => EndMatch::Partial,
+            Some(&MARK) if digits > 0 => std::str::from_utf8(&after[..digits])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map_or(EndMatch::No, EndMatch::Complete),
+            Some(_) => EndMatch::No,
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: &str = "0123456789abcdef0123456789abcdef";
+
+    fn start() -> Vec<u8> {
+        format!("\x01{NONCE}S\x01").into_bytes()
+    }
+
+    fn end(status: i32) -> Vec<u8> {
+        format!("\x01{NONCE}E{status}\x01").into_bytes()
+    }
+
+    /// Feeds `stream` cut into pieces of `piece` bytes; returns output and status.
+    fn frame(stream: &[u8], piece: usize) -> (Vec<u8>, Option<i32>) {
+        let mut framer = Framer::new(NONCE);
+        let mut out = Vec::new();
+        let mut status = None;
+        for part in stream.chunks(piece) {
+            status = framer.feed(part, &mut |b| out.extend_from_slice(b));
+        }
+        if status.is_none() {
+            framer.finish(&mut |b| out.extend_from_slice(b));
+        }
+        (out, status)
+    }
+
+    fn stream(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn output_between_markers_at_every_split() {
+        let s = stream(&[
+            b"[1]+ Done  junk\r\n",
+            &start(),
+            b"hi\r\n",
+            &end(42),
+            b"late",
+        ]);
+        for piece in 1..s.len() {
+            assert_eq!(
+                frame(&s, piece),
+                (b"hi\r\n".to_vec(), Some(42)),
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn output_without_final_newline_ends_at_the_marker() {
+        let s = stream(&[&start(), b"abc", &end(0)]);
+        assert_eq!(frame(&s, 2), (b"abc".to_vec(), Some(0)));
+    }
+
+    #[test]
+    fn markers_of_another_nonce_are_output() {
+        let other = "\x01ffffffffffffffffffffffffffffffffE0\x01";
+        let s = stream(&[&start(), other.as_bytes(), b"\x01\x01x", &end(1)]);
+        for piece in [1, 3, 100] {
+            let (out, status) = frame(&s, piece);
+            assert_eq!(out, stream(&[other.as_bytes(), b"\x01\x01x"]));
+            assert_eq!(status, Some(1));
+        }
+    }
+
+    #[test]
+    fn almost_markers_are_output() {
+        let mut fake = end(5);
+        fake.pop(); // no closing byte: digits then text
+        fake.extend_from_slice(b"x");
+        let too_long = format!("\x01{NONCE}E1234\x01");
+        let no_digits = format!("\x01{NONCE}E\x01");
+        let s = stream(&[
+            &start(),
+            &fake,
+            too_long.as_bytes(),
+            no_digits.as_bytes(),
+            &end(3),
+        ]);
+        let expected = stream(&[&fake, too_long.as_bytes(), no_digits.as_bytes()]);
+        for piece in 1..8 {
+            assert_eq!(
+                frame(&s, piece),
+                (expected.clone(), Some(3)),
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_off_marker_is_output_when_the_stream_ends() {
+        let mut partial = end(7);
+        partial.truncate(10);
+        let s = stream(&[&start(), b"out", &partial]);
+        assert_eq!(frame(&s, 4), (stream(&[b"out", &partial]), None));
+    }
+
+    #[test]
+    fn nothing_is_output_before_the_start() {
+        let s = stream(&[b"noise", &end(0)]);
+        assert_eq!(frame(&s, 3), (Vec::new(), None));
+    }
+
+    #[test]
+    fn carry_before_the_start_stays_small() {
+        let mut framer = Framer::new(NONCE);
+        for _ in 0..1000 {
+            framer.feed(&[b'x'; 4096], &mut |_| {});
+        }
+        assert!(framer.carry.len() < start().len());
+    }
+
+    #[test]
+    fn nonces_differ_and_are_hex() {
+        let a = new_nonce();
+        let b = new_nonce();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("/tmp/it's"), r"'/tmp/it'\''s'");
+    }
+
+    #[test]
+    fn the_typed_line_holds_no_raw_marker() {
+        // The typed line must not contain the marker bytes themselves, or an
+        // echoing terminal would fake them.
+        let line = command_line(NONCE, "/tmp/x");
+        assert!(!line.as_bytes().contains(&MARK));
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+    }
+}

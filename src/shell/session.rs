@@ -1,0 +1,207 @@
+//! Finding and ending every process a job started.
+//!
+//! Owns the rule for "the job's processes": everything in the session of
+//! the job's bash (it is the session leader, so the session id is its pid),
+//! everything in its process group, and every descendant of those (which
+//! catches a child that called `setsid` itself). Killing only bash's
+//! process group is not enough: an interactive bash puts each background
+//! job (`sleep 1000 &`) in a group of its own. Linux only (reads `/proc`).
+//! This module must not reap the leader: its caller keeps the leader
+//! unreaped (a zombie at worst) while it signals, so the session id cannot
+//! be reused by an unrelated process in the meantime.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How often the process table is read again while waiting for processes
+/// to end.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The longest `terminate` keeps sending SIGKILL to processes that remain
+/// (a process in uninterruptible sleep, or one that keeps forking).
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// One line of `/proc/<pid>/stat`, the fields we need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub sid: i32,
+    /// Zombie or dead: it runs no code and holds no file.
+    pub gone: bool,
+}
+
+/// Parses `/proc/<pid>/stat`. The command name is in parentheses and may
+/// itself hold spaces and parentheses, so fields are counted from the last
+/// `)`.
+pub(crate) fn parse_stat(text: &str) -> Option<ProcInfo> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let mut fields = text.get(close + 1..)?.split_ascii_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    let sid = fields.next()?.parse().ok()?;
+    Some(ProcInfo {
+        pid,
+        ppid,
+        pgrp,
+        sid,
+        gone: matches!(state, "Z" | "X" | "x"),
+    })
+}
+
+/// Every process visible in `/proc` now. Processes that end while the
+/// table is read are simply missing.
+pub(crate) fn snapshot() -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let name = name.to_str()?;
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let text = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            parse_stat(&text)
+        })
+        .collect()
+}
+
+/// The live processes of the job led by `leader`, from a snapshot.
+pub(crate) fn job_processes(leader: i32, procs: &[ProcInfo]) -> Vec<i32> {
+    let me = i32::try_from(std::process::id()).unwrap_or(-1);
+    let mut members: HashSet<i32> = procs
+        .iter()
+        .filter(|p| p.pid == leader || p.sid == leader || p.pgrp == leader)
+        .map(|p| p.pid)
+        .collect();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut todo: Vec<i32> = members.iter().copied().collect();
+    while let Some(pid) = todo.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            if members.insert(child) {
+                todo.push(child);
+            }
+        }
+    }
+    procs
+        .iter()
+        .filter(|p| members.contains(&p.pid) && !p.gone && p.pid != me && p.pid > 1)
+        .map(|p| p.pid)
+        .collect()
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; a stale pid only yields ESRCH.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Ends every process of the job led by `leader`: the leader is frozen
+/// (SIGSTOP, so a script cannot run its next line once its current command
+/// dies), the others get SIGTERM (and SIGCONT, so stopped jobs see it),
+/// then after at most `grace` everything left, leader included, gets
+/// SIGKILL until nothing is left or `KILL_WAIT` passed. Returns whether
+/// every process is gone.
+pub(crate) fn terminate(leader: i32, grace: Duration) -> bool {
+    if leader <= 1 {
+        return true;
+    }
+    let others = |procs: &[ProcInfo]| -> Vec<i32> {
+        job_processes(leader, procs)
+            .into_iter()
+            .filter(|&pid| pid != leader)
+            .collect()
+    };
+    signal(leader, libc::SIGSTOP);
+    let first = others(&snapshot());
+    for &pid in &first {
+        signal(pid, libc::SIGTERM);
+        signal(pid, libc::SIGCONT);
+    }
+    if !first.is_empty() {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            std::thread::sleep(POLL);
+            if others(&snapshot()).is_empty() {
+                break;
+            }
+        }
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let live = job_processes(leader, &snapshot());
+        if live.is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            log::warn!(
+                "{} process(es) of the job's session survived SIGKILL",
+                live.len()
+            );
+            return false;
+        }
+        for pid in live {
+            signal(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(POLL / 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pid: i32, ppid: i32, pgrp: i32, sid: i32) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            pgrp,
+            sid,
+            gone: false,
+        }
+    }
+
+    #[test]
+    fn stat_with_odd_command_names() {
+        let text = "4242 (my (weird) name) S 10 4242 4000 34816 4242 4194560 1 2 3";
+        assert_eq!(parse_stat(text), Some(info(4242, 10, 4242, 4000)));
+        let zombie = "7 (sh) Z 1 7 7 0 -1";
+        assert!(parse_stat(zombie).is_some_and(|p| p.gone));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("12 (x) S notanumber 1 1"), None);
+    }
+
+    #[test]
+    fn job_is_session_group_and_descendants() {
+        let procs = vec![
+            info(100, 50, 100, 100),  // bash, the leader
+            info(101, 100, 101, 100), // a background job in its own group
+            info(102, 100, 102, 102), // a child that called setsid
+            info(103, 102, 102, 102), // ... and its child
+            info(200, 1, 200, 200),   // unrelated
+            ProcInfo {
+                gone: true,
+                ..info(104, 100, 100, 100)
+            }, // a zombie
+        ];
+        let mut job = job_processes(100, &procs);
+        job.sort_unstable();
+        assert_eq!(job, vec![100, 101, 102, 103]);
+    }
+
+    #[test]
+    fn this_process_is_in_the_snapshot() {
+        let me = i32::try_from(std::process::id()).unwrap_or(-1);
+        assert!(snapshot().iter().any(|p| p.pid == me));
+    }
+}

@@ -1,0 +1,346 @@
+//! The job's PTY shell, through the library API: output and exit statuses
+//! of commands, state kept between commands, and stopping/closing leaving
+//! no process behind. Each test has its own temporary HOME.
+
+use std::time::{Duration, Instant};
+
+use semaphore_agent::shell::{Shell, ShellError, ShellOptions};
+
+struct Fixture {
+    shell: Shell,
+    home: tempfile::TempDir,
+}
+
+fn start() -> Fixture {
+    start_with_env(Vec::new())
+}
+
+fn start_with_env(env: Vec<(String, String)>) -> Fixture {
+    let home = tempfile::tempdir().expect("temp HOME");
+    let opts = ShellOptions {
+        home: home.path().to_path_buf(),
+        env,
+    };
+    let shell = Shell::start(&opts).expect("shell starts");
+    Fixture { shell, home }
+}
+
+/// Runs `cmd`, returning everything it printed and its result.
+fn run(shell: &mut Shell, cmd: &str) -> (String, Result<i32, ShellError>) {
+    let mut out = String::new();
+    let result = shell.run(cmd, &mut |chunk| out.push_str(chunk));
+    (out, result)
+}
+
+fn ok(shell: &mut Shell, cmd: &str) -> (String, i32) {
+    match run(shell, cmd) {
+        (out, Ok(status)) => (out, status),
+        (out, Err(err)) => panic!("{cmd:?} failed: {err} (output {out:?})"),
+    }
+}
+
+/// Live (not zombie) processes whose session is `sid`.
+fn session_processes(sid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.len() > 3 && fields[3] == sid.to_string() && fields[0] != "Z" {
+            found.push(stat);
+        }
+    }
+    found
+}
+
+/// Waits (bounded) for the session to be empty; returns what is left.
+fn session_left_after(sid: u32, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = session_processes(sid);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn echo_prints_exactly_its_output() {
+    let mut f = start();
+    assert_eq!(ok(&mut f.shell, "echo hi"), ("hi\n".to_string(), 0));
+    assert_eq!(ok(&mut f.shell, "printf abc"), ("abc".to_string(), 0));
+    assert_eq!(ok(&mut f.shell, "true"), (String::new(), 0));
+}
+
+#[test]
+fn crlf_becomes_lf() {
+    let mut f = start();
+    assert_eq!(
+        ok(&mut f.shell, r"printf 'a\r\nb\r\n'"),
+        ("a\nb\n".to_string(), 0)
+    );
+}
+
+#[test]
+fn invalid_utf8_becomes_replacement_character() {
+    let mut f = start();
+    assert_eq!(
+        ok(&mut f.shell, r"printf '\x96'"),
+        ("\u{FFFD}".to_string(), 0)
+    );
+    assert_eq!(
+        ok(&mut f.shell, r"printf 'x\xff\xfey\n'"),
+        ("x\u{FFFD}\u{FFFD}y\n".to_string(), 0)
+    );
+}
+
+#[test]
+fn unicode_passes_through() {
+    let mut f = start();
+    let text = "Grüße, 世界 😀 ✓";
+    assert_eq!(
+        ok(&mut f.shell, &format!("echo '{text}'")),
+        (format!("{text}\n"), 0)
+    );
+}
+
+#[test]
+fn stty_echo_does_not_make_later_commands_echo() {
+    let mut f = start();
+    ok(&mut f.shell, "stty echo");
+    assert_eq!(ok(&mut f.shell, "echo hi"), ("hi\n".to_string(), 0));
+    ok(&mut f.shell, "stty echo icanon; stty -opost");
+    assert_eq!(ok(&mut f.shell, "echo again"), ("again\n".to_string(), 0));
+}
+
+#[test]
+fn state_persists_between_commands() {
+    let mut f = start();
+    let home = f.home.path().canonicalize().expect("home");
+    assert_eq!(ok(&mut f.shell, "pwd").0, format!("{}\n", home.display()));
+    assert_eq!(
+        ok(&mut f.shell, "echo $HOME").0,
+        format!("{}\n", f.home.path().display())
+    );
+    ok(&mut f.shell, "mkdir -p sub/dir && cd sub/dir");
+    assert_eq!(
+        ok(&mut f.shell, "pwd").0,
+        format!("{}/sub/dir\n", home.display())
+    );
+    ok(&mut f.shell, "export GREETING='hello there'");
+    assert_eq!(ok(&mut f.shell, "echo \"$GREETING\"").0, "hello there\n");
+    ok(&mut f.shell, "greet() { echo \"hi $1\"; }");
+    assert_eq!(ok(&mut f.shell, "greet bob").0, "hi bob\n");
+    ok(&mut f.shell, "alias ll='echo aliased'");
+    assert_eq!(ok(&mut f.shell, "ll").0, "aliased\n");
+}
+
+#[test]
+fn extra_env_is_set() {
+    let mut f = start_with_env(vec![("JOB_VAR".into(), "a b'c".into())]);
+    assert_eq!(ok(&mut f.shell, "echo \"$JOB_VAR\"").0, "a b'c\n");
+}
+
+#[test]
+fn heredocs_and_quotes_work() {
+    let mut f = start();
+    let cmd = "cat <<EOF\nline 1\n  $((1 + 2)) \"q\" 'q'\nEOF";
+    assert_eq!(
+        ok(&mut f.shell, cmd),
+        ("line 1\n  3 \"q\" 'q'\n".to_string(), 0)
+    );
+    let cmd = r#"echo "it's" 'say "hi"' $'tab\there' \\back"#;
+    assert_eq!(
+        ok(&mut f.shell, cmd).0,
+        "it's say \"hi\" tab\there \\back\n"
+    );
+    let cmd = "for i in 1 2\ndo\n  echo $i\ndone";
+    assert_eq!(ok(&mut f.shell, cmd).0, "1\n2\n");
+}
+
+#[test]
+fn return_ends_the_command_with_its_status() {
+    let mut f = start();
+    assert_eq!(
+        ok(&mut f.shell, "echo before; return 7; echo after"),
+        ("before\n".to_string(), 7)
+    );
+    assert_eq!(
+        ok(&mut f.shell, "echo still here"),
+        ("still here\n".to_string(), 0)
+    );
+}
+
+#[test]
+fn exit_statuses_are_reported() {
+    let mut f = start();
+    assert_eq!(ok(&mut f.shell, "false").1, 1);
+    assert_eq!(ok(&mut f.shell, "(exit 255)").1, 255);
+    assert_eq!(ok(&mut f.shell, "true").1, 0);
+}
+
+#[test]
+fn exit_ends_the_shell_after_its_output() {
+    let mut f = start();
+    let (out, result) = run(&mut f.shell, "echo bye; exit 3");
+    assert!(
+        matches!(result, Err(ShellError::Exited { status: 3 })),
+        "{result:?}"
+    );
+    assert_eq!(out, "bye\n");
+    let (_, again) = run(&mut f.shell, "echo hi");
+    assert!(
+        matches!(again, Err(ShellError::Exited { status: 3 })),
+        "{again:?}"
+    );
+    f.shell.close();
+}
+
+#[test]
+fn exit_with_a_background_job_does_not_hang() {
+    let mut f = start();
+    let sid = f.shell.pid();
+    ok(&mut f.shell, "sleep 1000 &");
+    let began = Instant::now();
+    let (out, result) = run(&mut f.shell, "echo bye; exit 4");
+    assert!(
+        matches!(result, Err(ShellError::Exited { status: 4 })),
+        "{result:?}"
+    );
+    assert_eq!(out, "bye\n");
+    assert!(began.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        session_left_after(sid, Duration::from_secs(2)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn reading_stdin_does_not_eat_the_next_command() {
+    let mut f = start();
+    assert_eq!(ok(&mut f.shell, "read -t 0.2 x; echo \"[$x]\"").0, "[]\n");
+    assert_eq!(ok(&mut f.shell, "echo next"), ("next\n".to_string(), 0));
+}
+
+#[test]
+fn xtrace_does_not_leak_the_framing() {
+    let mut f = start();
+    ok(&mut f.shell, "set -x");
+    let (out, status) = ok(&mut f.shell, "echo hi");
+    assert_eq!(status, 0);
+    // The `source` line of the framing is traced like in the Go agent, but
+    // neither the markers nor their printf.
+    assert!(out.ends_with("+ echo hi\nhi\n"), "{out:?}");
+    assert!(!out.contains('\u{1}') && !out.contains("printf"), "{out:?}");
+    ok(&mut f.shell, "set +x");
+    assert_eq!(ok(&mut f.shell, "echo quiet").0, "quiet\n");
+}
+
+#[test]
+fn seq_output_is_byte_exact() {
+    let mut f = start();
+    let expected: String = (1..=1_000_000).map(|i| format!("{i}\n")).collect();
+    let (out, status) = ok(&mut f.shell, "seq 1 1000000");
+    assert_eq!(status, 0);
+    assert!(
+        out == expected,
+        "{} bytes, expected {}",
+        out.len(),
+        expected.len()
+    );
+}
+
+fn assert_stop_ends_everything(setup: Option<&str>) {
+    let mut f = start();
+    f.shell.set_stop_grace(Duration::from_millis(300));
+    let sid = f.shell.pid();
+    if let Some(setup) = setup {
+        ok(&mut f.shell, setup);
+    }
+    let stopper = f.shell.stopper();
+    let stopping = std::thread::Builder::new()
+        .name("test-stopper".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stopper.stop();
+            Instant::now()
+        })
+        .expect("thread");
+    let (out, result) = run(&mut f.shell, "echo started; sleep infinity");
+    let returned = Instant::now();
+    let stopped_at = stopping.join().expect("stopper thread");
+    assert!(matches!(result, Err(ShellError::Stopped)), "{result:?}");
+    assert_eq!(out, "started\n");
+    let took = returned.duration_since(stopped_at);
+    assert!(took < Duration::from_secs(2), "stop took {took:?}");
+    assert!(f.shell.stopper().is_stopped());
+    // Nothing of the job's session may remain, already now.
+    assert_eq!(session_processes(sid), Vec::<String>::new());
+    assert!(matches!(
+        run(&mut f.shell, "echo no").1,
+        Err(ShellError::Stopped)
+    ));
+    f.shell.close();
+}
+
+#[test]
+fn stop_ends_a_running_command() {
+    assert_stop_ends_everything(None);
+}
+
+#[test]
+fn stop_ends_background_jobs_too() {
+    assert_stop_ends_everything(Some("sleep 1000 & (sleep 1001 &) ; setsid sleep 1002 &"));
+}
+
+#[test]
+fn stop_ends_processes_that_ignore_sigterm() {
+    assert_stop_ends_everything(Some("(trap '' TERM; sleep 1003) &"));
+}
+
+#[test]
+fn close_ends_what_the_job_left_running() {
+    let mut f = start();
+    let sid = f.shell.pid();
+    ok(&mut f.shell, "sleep 1000 &");
+    ok(&mut f.shell, "nohup sleep 1001 >/dev/null 2>&1 &");
+    assert!(session_processes(sid).len() >= 3, "bash and two sleeps");
+    f.shell.close();
+    assert_eq!(session_processes(sid), Vec::<String>::new());
+    f.shell.close(); // twice is fine
+    assert!(run(&mut f.shell, "echo hi").1.is_err());
+}
+
+#[test]
+fn drop_closes_the_shell() {
+    let sid;
+    {
+        let mut f = start();
+        sid = f.shell.pid();
+        ok(&mut f.shell, "sleep 1000 &");
+    }
+    assert_eq!(session_processes(sid), Vec::<String>::new());
+}
+
+#[test]
+fn output_streams_while_a_command_runs() {
+    let mut f = start();
+    let began = Instant::now();
+    let mut first_chunk_at = None;
+    let result = f.shell.run("echo early; sleep 1; echo late", &mut |chunk| {
+        if first_chunk_at.is_none() && chunk.contains("early") {
+            first_chunk_at = Some(began.elapsed());
+        }
+    });
+    assert_eq!(result.ok(), Some(0));
+    let first = first_chunk_at.expect("saw the early line");
+    assert!(
+        first < Duration::from_millis(800),
+        "first chunk after {first:?}"
+    );
+}
