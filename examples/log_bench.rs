@@ -10,8 +10,9 @@
 //! - `job via PTY + PushLogger`: a job `cat FILE` run by `run_job` into a
 //!   `PushLogger` pushing to the fake log server, until every event is
 //!   delivered
-//! - `PushLogger alone`: the file's lines emitted straight into a
-//!   `PushLogger` (no shell), to separate the logger's cost from the PTY's
+//! - `PushLogger alone`: the file emitted straight into a `PushLogger` (no
+//!   shell), one event per line or per 4 KiB, to separate the logger's cost
+//!   from the PTY's
 
 #[path = "../tests/support/logserver.rs"]
 #[allow(dead_code)]
@@ -51,7 +52,7 @@ fn main() {
         events: None,
         note: String::new(),
     }];
-    for mode in ["job", "logger"] {
+    for mode in ["job", "logger", "logger4k"] {
         rows.push(agent_row(mode, &file, dir.path()));
     }
 
@@ -220,6 +221,7 @@ fn agent_row(mode: &str, file: &Path, dir: &Path) -> Row {
     Row {
         name: match mode {
             "job" => "job via PTY + PushLogger".into(),
+            "logger4k" => "PushLogger alone (4 KiB events)".into(),
             _ => "PushLogger alone (line events)".into(),
         },
         secs,
@@ -278,6 +280,21 @@ fn agent_child(args: &[String]) -> i32 {
             };
             result = run_job(&job, &opts, &mut push, &JobStop::new()).to_string();
             job_secs = started.elapsed().as_secs_f64();
+        }
+        "logger4k" => {
+            // The chunker's largest chunk: what a job printing fast produces.
+            let mut f = std::fs::File::open(&file).expect("open output file");
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                push.emit(Event::CmdOutput {
+                    timestamp: 1,
+                    output: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                });
+            }
         }
         _ => {
             let reader = BufReader::with_capacity(64 * 1024, std::fs::File::open(&file).unwrap());
