@@ -292,7 +292,7 @@ fn epilogues_on_fail_run_and_never_change_the_result() {
         "epilogue_on_pass_commands": commands(&["echo pass"]),
         "epilogue_on_fail_commands": commands(&["echo fail $SEMAPHORE_JOB_RESULT"]),
     }));
-    let tail: Vec<Step> = run.steps[7..].to_vec();
+    let tail: Vec<Step> = run.steps[6..].to_vec();
     assert_eq!(
         tail,
         expect(vec![
@@ -373,16 +373,16 @@ fn files_are_injected_with_modes_and_parents() {
         }),
         &[],
     );
-    assert_eq!(run.steps[3], started("Injecting Files"));
+    assert_eq!(run.steps[2], started("Injecting Files"));
     assert_eq!(
-        run.steps[4],
+        run.steps[3],
         Output(format!(
             "Injecting {home}/rel/a.txt with file mode 0644\n\
              Injecting {home}/tilde/b.txt with file mode 0600\n\
              Injecting {abs_s} with file mode 0755\n"
         ))
     );
-    assert_eq!(run.steps[5], finished("Injecting Files", 0));
+    assert_eq!(run.steps[4], finished("Injecting Files", 0));
     assert!(
         run.steps.contains(&out("relative\ntilde\n")),
         "{:?}",
@@ -401,12 +401,12 @@ fn a_broken_file_mode_fails_the_job_saying_why() {
         "commands": commands(&["echo never"]),
         "epilogue_always_commands": commands(&["echo epilogue $SEMAPHORE_JOB_RESULT"]),
     }));
-    let Output(text) = &run.steps[4] else {
+    let Output(text) = &run.steps[3] else {
         panic!("expected output, got {:?}", run.steps);
     };
     assert!(text.contains("with file mode 0999\n"), "{text}");
     assert!(text.contains("bad file mode '0999'"), "{text}");
-    assert_eq!(run.steps[5], finished("Injecting Files", 1));
+    assert_eq!(run.steps[4], finished("Injecting Files", 1));
     assert!(!run.steps.contains(&started("echo never")));
     assert!(
         run.steps.contains(&out("epilogue failed\n")),
@@ -422,7 +422,7 @@ fn bad_base64_file_content_fails_the_job() {
         "files": [{ "path": "y.txt", "content": "@@@", "mode": "0644" }],
         "commands": commands(&["echo never"]),
     }));
-    let Output(text) = &run.steps[4] else {
+    let Output(text) = &run.steps[3] else {
         panic!("expected output, got {:?}", run.steps);
     };
     assert!(
@@ -543,7 +543,7 @@ fn pre_and_post_job_hooks_run_with_their_lines() {
     let pre_alias = "Running the pre-job hook configured in the agent";
     let post_alias = "Running the post-job hook configured in the agent";
     assert_eq!(
-        run.steps[6..9],
+        run.steps[4..7],
         [
             started(pre_alias),
             Output(format!(
@@ -583,7 +583,7 @@ fn failing_pre_job_hook_can_fail_the_job() {
     );
     let alias = "Running the pre-job hook configured in the agent";
     assert_eq!(
-        run.steps[6..9],
+        run.steps[4..7],
         [
             started(alias),
             Output(format!(
@@ -651,7 +651,7 @@ fn output_of_binary_bytes_is_replaced_not_lost() {
         "files": [{ "path": "bin.dat", "content": b64_bytes(&bytes), "mode": "0644" }],
         "commands": commands(&["cat bin.dat; echo"]),
     }));
-    let Output(text) = &run.steps[7] else {
+    let Output(text) = &run.steps[6] else {
         panic!("{:?}", run.steps);
     };
     assert!(

@@ -57,6 +57,45 @@ fn session_processes(sid: u32) -> Vec<String> {
     found
 }
 
+/// A `sleep` duration no other process on the machine uses, so the test can
+/// find its sleeps by command line (`sleep 1000.<pid><n>`).
+fn unique_sleep(n: u32) -> String {
+    format!("1000.{}{n}", std::process::id())
+}
+
+/// Live processes whose command line contains `needle`.
+fn processes_running(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|fields| fields.trim_start().starts_with('Z'))
+        });
+        if cmdline.contains(needle) && !zombie {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+/// Waits (bounded, 2 s) until `count` processes run `needle`: background
+/// starts race with the test. Returns how many run.
+fn wait_for_running(needle: &str, count: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let running = processes_running(needle).len();
+        if running == count || Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits (bounded) for the session to be empty; returns what is left.
 fn session_left_after(sid: u32, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
@@ -114,7 +153,9 @@ fn stty_echo_does_not_make_later_commands_echo() {
     let mut f = start();
     ok(&mut f.shell, "stty echo");
     assert_eq!(ok(&mut f.shell, "echo hi"), ("hi\n".to_string(), 0));
-    ok(&mut f.shell, "stty echo icanon; stty -opost");
+    // The typed line is echoed before the start marker even with echo on;
+    // other settings a job changes must be undone for the next command.
+    assert_eq!(ok(&mut f.shell, "stty echo olcuc; echo upper").0, "UPPER\n");
     assert_eq!(ok(&mut f.shell, "echo again"), ("again\n".to_string(), 0));
 }
 
@@ -205,7 +246,8 @@ fn exit_ends_the_shell_after_its_output() {
 fn exit_with_a_background_job_does_not_hang() {
     let mut f = start();
     let sid = f.shell.pid();
-    ok(&mut f.shell, "sleep 1000 &");
+    let s = unique_sleep(5);
+    ok(&mut f.shell, &format!("sleep {s} &"));
     let began = Instant::now();
     let (out, result) = run(&mut f.shell, "echo bye; exit 4");
     assert!(
@@ -218,6 +260,7 @@ fn exit_with_a_background_job_does_not_hang() {
         session_left_after(sid, Duration::from_secs(2)),
         Vec::<String>::new()
     );
+    assert_eq!(processes_running(&s), Vec::<String>::new());
 }
 
 #[test]
@@ -255,12 +298,16 @@ fn seq_output_is_byte_exact() {
     );
 }
 
-fn assert_stop_ends_everything(setup: Option<&str>) {
+/// Starts `setup` (if any), then `sleep infinity`, stops the job from
+/// another thread and checks it ended fast, with nothing left: not in the
+/// session, and no process whose command line holds `needle`.
+fn assert_stop_ends_everything(setup: Option<(&str, usize)>, needle: &str) {
     let mut f = start();
     f.shell.set_stop_grace(Duration::from_millis(300));
     let sid = f.shell.pid();
-    if let Some(setup) = setup {
+    if let Some((setup, count)) = setup {
         ok(&mut f.shell, setup);
+        assert_eq!(wait_for_running(needle, count), count, "{setup}");
     }
     let stopper = f.shell.stopper();
     let stopping = std::thread::Builder::new()
@@ -279,8 +326,9 @@ fn assert_stop_ends_everything(setup: Option<&str>) {
     let took = returned.duration_since(stopped_at);
     assert!(took < Duration::from_secs(2), "stop took {took:?}");
     assert!(f.shell.stopper().is_stopped());
-    // Nothing of the job's session may remain, already now.
+    // Nothing of the job may remain, already now.
     assert_eq!(session_processes(sid), Vec::<String>::new());
+    assert_eq!(processes_running(needle), Vec::<String>::new());
     assert!(matches!(
         run(&mut f.shell, "echo no").1,
         Err(ShellError::Stopped)
@@ -290,41 +338,54 @@ fn assert_stop_ends_everything(setup: Option<&str>) {
 
 #[test]
 fn stop_ends_a_running_command() {
-    assert_stop_ends_everything(None);
+    // `sleep infinity` itself is found through the session.
+    assert_stop_ends_everything(None, &unique_sleep(0));
 }
 
 #[test]
 fn stop_ends_background_jobs_too() {
-    assert_stop_ends_everything(Some("sleep 1000 & (sleep 1001 &) ; setsid sleep 1002 &"));
+    let s = unique_sleep(1);
+    let setup =
+        format!("sleep {s} & (sleep {s} &) ; setsid sleep {s} & nohup sleep {s} >/dev/null 2>&1 &");
+    assert_stop_ends_everything(Some((&setup, 4)), &s);
 }
 
 #[test]
 fn stop_ends_processes_that_ignore_sigterm() {
-    assert_stop_ends_everything(Some("(trap '' TERM; sleep 1003) &"));
+    let s = unique_sleep(2);
+    let setup = format!("(trap '' TERM; sleep {s}) &");
+    assert_stop_ends_everything(Some((&setup, 1)), &s);
 }
 
 #[test]
 fn close_ends_what_the_job_left_running() {
     let mut f = start();
     let sid = f.shell.pid();
-    ok(&mut f.shell, "sleep 1000 &");
-    ok(&mut f.shell, "nohup sleep 1001 >/dev/null 2>&1 &");
-    assert!(session_processes(sid).len() >= 3, "bash and two sleeps");
+    let s = unique_sleep(3);
+    ok(&mut f.shell, &format!("sleep {s} &"));
+    ok(&mut f.shell, &format!("nohup sleep {s} >/dev/null 2>&1 &"));
+    // Daemonised: in a session of its own, parent gone, terminal kept.
+    ok(&mut f.shell, &format!("setsid sleep {s} &"));
+    assert_eq!(wait_for_running(&s, 3), 3);
     f.shell.close();
     assert_eq!(session_processes(sid), Vec::<String>::new());
+    assert_eq!(processes_running(&s), Vec::<String>::new());
     f.shell.close(); // twice is fine
     assert!(run(&mut f.shell, "echo hi").1.is_err());
 }
 
 #[test]
 fn drop_closes_the_shell() {
+    let s = unique_sleep(4);
     let sid;
     {
         let mut f = start();
         sid = f.shell.pid();
-        ok(&mut f.shell, "sleep 1000 &");
+        ok(&mut f.shell, &format!("sleep {s} &"));
+        assert_eq!(wait_for_running(&s, 1), 1);
     }
     assert_eq!(session_processes(sid), Vec::<String>::new());
+    assert_eq!(processes_running(&s), Vec::<String>::new());
 }
 
 #[test]
@@ -343,4 +404,55 @@ fn output_streams_while_a_command_runs() {
         first < Duration::from_millis(800),
         "first chunk after {first:?}"
     );
+}
+
+#[test]
+fn stop_during_a_flood_of_output_is_fast() {
+    let mut f = start();
+    f.shell.set_stop_grace(Duration::from_millis(300));
+    let sid = f.shell.pid();
+    let stopper = f.shell.stopper();
+    let stopping = std::thread::Builder::new()
+        .name("test-stopper".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stopper.stop();
+            Instant::now()
+        })
+        .expect("thread");
+    let mut bytes = 0usize;
+    let result = f.shell.run("yes", &mut |chunk| bytes += chunk.len());
+    let returned = Instant::now();
+    let stopped_at = stopping.join().expect("stopper thread");
+    assert!(matches!(result, Err(ShellError::Stopped)), "{result:?}");
+    assert!(bytes > 0);
+    let took = returned.duration_since(stopped_at);
+    assert!(took < Duration::from_secs(2), "stop took {took:?}");
+    assert_eq!(session_processes(sid), Vec::<String>::new());
+}
+
+#[test]
+fn a_missing_home_fails_to_start() {
+    let base = tempfile::tempdir().expect("temp dir");
+    let opts = ShellOptions {
+        home: base.path().join("missing"),
+        env: Vec::new(),
+    };
+    match Shell::start(&opts) {
+        Err(ShellError::Start { message }) => assert!(message.contains("missing"), "{message}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("started in a missing directory"),
+    }
+}
+
+#[test]
+fn the_stopper_can_be_shared_across_threads() {
+    fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    let f = start();
+    let stopper = f.shell.stopper();
+    shareable(&stopper);
+    assert!(!stopper.is_stopped());
+    let other = stopper.clone();
+    other.stop();
+    assert!(stopper.is_stopped());
 }

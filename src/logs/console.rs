@@ -56,7 +56,7 @@ impl<W: Write + Send> EventSink for Human<W> {
             Event::JobStarted { .. } => {}
             Event::CmdStarted { directive, .. } => {
                 self.line_break();
-                let _ = writeln!(self.out, "$ {directive}");
+                let _ = writeln!(self.out, "$ {}", directive.trim_end());
             }
             Event::CmdOutput { output, .. } => {
                 let _ = self.out.write_all(output.as_bytes());

@@ -6,7 +6,18 @@
 //! module must not know about shells or the control plane.
 
 mod events;
+mod pusher;
+mod spool;
+mod upload;
 
 pub use events::{Event, EventSink, JobResult};
+pub use pusher::{
+    FinishOptions, FlushReport, LogError, PushLogger, PushOptions, TokenRefresher,
+    DEFAULT_FLUSH_TIMEOUT, MAX_BATCH_EVENTS,
+};
+pub use upload::{
+    compression_threshold, process_env, write_plain_text, EnvLookup, UploadOutcome, UploadPolicy,
+    COMPRESSION_SIZE_VAR, DEFAULT_COMPRESSION_SIZE,
+};
 
 pub mod console;

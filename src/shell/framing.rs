@@ -17,7 +17,7 @@ const MARK: u8 = 0x01;
 /// `$?` is 0..=255, so a status has at most three digits.
 const MAX_STATUS_DIGITS: usize = 3;
 
-/// A fresh 128-bit random nonce as 32 hex digits.
+/// A fresh 128-bit random nonce as 32 upper-case hex digits.
 pub(super) fn new_nonce() -> String {
     let mut bytes = [0u8; 16];
     // SAFETY: `bytes` is a valid, writable buffer of exactly the length passed.
@@ -36,7 +36,9 @@ pub(super) fn new_nonce() -> String {
             half.copy_from_slice(&hasher.finish().to_le_bytes());
         }
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // Upper case: output processing such as `stty olcuc` maps lower-case
+    // letters, and must not be able to break a marker.
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// `text` as one single-quoted shell word.
@@ -242,7 +244,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const NONCE: &str = "0123456789abcdef0123456789abcdef";
+    const NONCE: &str = "0123456789ABCDEF0123456789ABCDEF";
 
     fn start() -> Vec<u8> {
         format!("\x01{NONCE}S\x01").into_bytes()
@@ -296,7 +298,7 @@ mod tests {
 
     #[test]
     fn markers_of_another_nonce_are_output() {
-        let other = "\x01ffffffffffffffffffffffffffffffffE0\x01";
+        let other = "\x01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFE0\x01";
         let s = stream(&[&start(), other.as_bytes(), b"\x01\x01x", &end(1)]);
         for piece in [1, 3, 100] {
             let (out, status) = frame(&s, piece);
@@ -358,7 +360,9 @@ mod tests {
         let b = new_nonce();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)));
     }
 
     #[test]

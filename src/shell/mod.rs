@@ -4,27 +4,54 @@
 //! drains the PTY into a bounded channel, and killing everything the job
 //! started. It knows nothing of events or the control plane: it runs one
 //! command at a time and hands back output chunks and an exit status.
+//! Linux only: finding a job's processes reads `/proc`.
 //!
 //! API contract (used by `job::lifecycle`):
-//! - `Shell::start(&ShellOptions)` starts `bash --login` in a new PTY and
-//!   session, cwd = `home`, with `env` set in bash's environment, no prompt,
-//!   no echo.
+//! - `Shell::start(&ShellOptions)` starts `bash --login --noediting` in a
+//!   new 80x24 PTY and session, cwd = `home`, `HOME` = `home`, with `env`
+//!   set in bash's environment on top of the agent's, and returns once the
+//!   login scripts ran (at most 60 s): prompts silenced (PS0/PS1/PS2,
+//!   PROMPT_COMMAND), history off, terminal echo off. What the login
+//!   scripts print is dropped. A missing `home` or a bash that exits while
+//!   starting is `ShellError::Start`.
 //! - `Shell::run(cmd, on_output)` runs `cmd` as if `source`d (so `return N`
 //!   ends it with N), calls `on_output` with chunks built by
-//!   `output::Chunker` while it runs, and returns its exit status. State
-//!   (cwd, exports, functions, aliases) persists to the next `run`.
-//! - When the command ends the shell (`exit 3`), `run` returns
-//!   `Err(ShellError::Exited { status })` after delivering all output.
-//! - When a `Stopper` stopped the shell, `run` returns
-//!   `Err(ShellError::Stopped)` within ~2 s, after delivering the output seen.
-//! - `Shell::stopper()` gives a cloneable, `Send + Sync` handle whose
-//!   `stop()` ends the running command, bash and every process of the
-//!   job's session (SIGTERM, then SIGKILL after a short grace).
-//! - `Shell::close()` ends bash and whatever the job left running in its
-//!   session; safe to call twice, also done on drop.
+//!   `output::Chunker` while it runs (any byte within ~100 ms), and returns
+//!   its exit status. State (cwd, exports, functions, aliases, `set -x`)
+//!   persists to the next `run`. The output is exactly what the command
+//!   printed (`\r\n` as `\n`); terminal settings a command changed
+//!   (`stty echo`, ...) are reset before the next one. A command that reads
+//!   stdin gets the terminal and cannot see the next command. One known
+//!   wart, as in the Go agent: under `set -x` the trace shows the
+//!   `+ builtin source <file>` line that runs the command.
+//! - When the command ends the shell (`exit 3`, `set -e`, killed), `run`
+//!   returns `Err(ShellError::Exited { status })` (128 + signal if killed)
+//!   after delivering all its output, and kills what it left running; later
+//!   `run`s return the same error.
+//! - `Shell::stopper()` gives a cloneable, `Send + Sync` handle. `stop()`
+//!   only raises a flag (cheap, any thread); the thread in `run` sees it
+//!   within 50 ms, ends the job's processes (below) and returns
+//!   `Err(ShellError::Stopped)` after delivering the output seen, within
+//!   ~1 s of `stop()` with the default grace. Every later `run` returns
+//!   `Stopped` at once; `close()` still has to be called (or drop).
+//! - Ending the job's processes: bash is frozen (SIGSTOP), every other
+//!   process of the job gets SIGTERM + SIGCONT, and after a grace
+//!   (`set_stop_grace`, default 500 ms) everything left, bash included,
+//!   gets SIGKILL. "The job's processes" are bash's session, its process
+//!   group, any process still holding the job's PTY open (caught even after
+//!   `setsid`), and their descendants. A process that both left the session
+//!   and closed the terminal (a proper daemon) is out of reach.
+//! - `Shell::close()` ends bash and whatever the job left running, reaps
+//!   bash, joins the reader thread and removes the scratch directory; safe
+//!   to call twice, also done on drop. After it, `run` returns an error.
+//! - `Shell::pid()` is bash's pid, which is also the job's session id.
+//!
+//! Note for whoever reaps orphans (an agent running as PID 1): bash is
+//! reaped here through its `Child`; a `waitpid(-1)` loop elsewhere would
+//! steal its status (the shell then reports status 1).
 
 mod framing;
 mod pty;
 mod session;
 
-pub use pty::{Shell, ShellError, ShellOptions, Stopper};
+pub use pty::{Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};

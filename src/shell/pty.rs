@@ -170,6 +170,8 @@ pub struct Shell {
     termios: Option<libc::termios>,
     /// Private directory (0700) for the command file.
     scratch: Option<PathBuf>,
+    /// The PTY's terminal side (`/dev/pts/N`), to find processes holding it.
+    tty: Option<PathBuf>,
     stop_grace: Duration,
 }
 
@@ -189,6 +191,7 @@ impl Shell {
             get_termios(&pty).map_err(|e| start_err("reading the PTY settings", &e))?;
         quiet_terminal(&mut termios);
         set_termios(&pty, &termios).map_err(|e| start_err("turning the PTY echo off", &e))?;
+        let tty = tty_path(&pty);
 
         let scratch =
             make_scratch_dir().map_err(|e| start_err("creating a scratch directory", &e))?;
@@ -233,6 +236,7 @@ impl Shell {
             ended: None,
             termios: None,
             scratch: Some(scratch),
+            tty,
             stop_grace: DEFAULT_STOP_GRACE,
         };
         match reader {
@@ -334,7 +338,7 @@ impl Shell {
         if self.child.is_none() {
             return;
         }
-        session::terminate(self.pid, self.stop_grace);
+        session::terminate(self.pid, self.tty.as_deref(), self.stop_grace);
         self.reap();
     }
 
@@ -671,6 +675,19 @@ fn peek_exit(pid: i32) -> Option<i32> {
 fn quiet_terminal(termios: &mut libc::termios) {
     termios.c_lflag &= !(libc::ECHO | libc::ECHONL);
     termios.c_oflag &= !libc::ONLCR;
+}
+
+/// The path of the terminal side of `pty`, if the system tells.
+fn tty_path(pty: &Pty) -> Option<PathBuf> {
+    let mut buf = [0u8; 128];
+    // SAFETY: `buf` is writable for the length passed; the fd is the master.
+    let rc = unsafe { libc::ptsname_r(pty.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..len]).ok()?;
+    Some(PathBuf::from(name))
 }
 
 fn get_termios(pty: &Pty) -> std::io::Result<libc::termios> {

@@ -2,8 +2,9 @@
 //!
 //! Owns the rule for "the job's processes": everything in the session of
 //! the job's bash (it is the session leader, so the session id is its pid),
-//! everything in its process group, and every descendant of those (which
-//! catches a child that called `setsid` itself). Killing only bash's
+//! everything in its process group, every process that still has the job's
+//! PTY open (a `setsid`/daemonised child that kept its output on the
+//! terminal), and every descendant of those. Killing only bash's
 //! process group is not enough: an interactive bash puts each background
 //! job (`sleep 1000 &`) in a group of its own. Linux only (reads `/proc`).
 //! This module must not reap the leader: its caller keeps the leader
@@ -11,6 +12,7 @@
 //! be reused by an unrelated process in the meantime.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How often the process table is read again while waiting for processes
@@ -30,6 +32,8 @@ pub(crate) struct ProcInfo {
     pub sid: i32,
     /// Zombie or dead: it runs no code and holds no file.
     pub gone: bool,
+    /// It has the job's terminal open on some file descriptor.
+    pub holds_tty: bool,
 }
 
 /// Parses `/proc/<pid>/stat`. The command name is in parentheses and may
@@ -50,12 +54,14 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcInfo> {
         pgrp,
         sid,
         gone: matches!(state, "Z" | "X" | "x"),
+        holds_tty: false,
     })
 }
 
-/// Every process visible in `/proc` now. Processes that end while the
-/// table is read are simply missing.
-pub(crate) fn snapshot() -> Vec<ProcInfo> {
+/// Every process visible in `/proc` now, and whether it holds `tty` open
+/// (only visible for processes of our own user, which jobs are). Processes
+/// that end while the table is read are simply missing.
+pub(crate) fn snapshot(tty: Option<&Path>) -> Vec<ProcInfo> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -67,9 +73,22 @@ pub(crate) fn snapshot() -> Vec<ProcInfo> {
                 return None;
             }
             let text = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            parse_stat(&text)
+            let mut info = parse_stat(&text)?;
+            if let Some(tty) = tty {
+                info.holds_tty = !info.gone && holds(&entry.path(), tty);
+            }
+            Some(info)
         })
         .collect()
+}
+
+/// Whether the process whose `/proc` directory is `proc_dir` has `file` open.
+fn holds(proc_dir: &Path, file: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file))
 }
 
 /// The live processes of the job led by `leader`, from a snapshot.
@@ -77,7 +96,7 @@ pub(crate) fn job_processes(leader: i32, procs: &[ProcInfo]) -> Vec<i32> {
     let me = i32::try_from(std::process::id()).unwrap_or(-1);
     let mut members: HashSet<i32> = procs
         .iter()
-        .filter(|p| p.pid == leader || p.sid == leader || p.pgrp == leader)
+        .filter(|p| p.pid == leader || p.sid == leader || p.pgrp == leader || p.holds_tty)
         .map(|p| p.pid)
         .collect();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -110,9 +129,9 @@ fn signal(pid: i32, sig: libc::c_int) {
 /// (SIGSTOP, so a script cannot run its next line once its current command
 /// dies), the others get SIGTERM (and SIGCONT, so stopped jobs see it),
 /// then after at most `grace` everything left, leader included, gets
-/// SIGKILL until nothing is left or `KILL_WAIT` passed. Returns whether
-/// every process is gone.
-pub(crate) fn terminate(leader: i32, grace: Duration) -> bool {
+/// SIGKILL until nothing is left or `KILL_WAIT` passed. `tty` is the path of
+/// the job's terminal. Returns whether every process is gone.
+pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> bool {
     if leader <= 1 {
         return true;
     }
@@ -123,7 +142,7 @@ pub(crate) fn terminate(leader: i32, grace: Duration) -> bool {
             .collect()
     };
     signal(leader, libc::SIGSTOP);
-    let first = others(&snapshot());
+    let first = others(&snapshot(tty));
     for &pid in &first {
         signal(pid, libc::SIGTERM);
         signal(pid, libc::SIGCONT);
@@ -132,14 +151,14 @@ pub(crate) fn terminate(leader: i32, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             std::thread::sleep(POLL);
-            if others(&snapshot()).is_empty() {
+            if others(&snapshot(tty)).is_empty() {
                 break;
             }
         }
     }
     let deadline = Instant::now() + KILL_WAIT;
     loop {
-        let live = job_processes(leader, &snapshot());
+        let live = job_processes(leader, &snapshot(tty));
         if live.is_empty() {
             return true;
         }
@@ -168,6 +187,7 @@ mod tests {
             pgrp,
             sid,
             gone: false,
+            holds_tty: false,
         }
     }
 
@@ -193,15 +213,20 @@ mod tests {
                 gone: true,
                 ..info(104, 100, 100, 100)
             }, // a zombie
+            ProcInfo {
+                holds_tty: true,
+                ..info(300, 1, 300, 300)
+            }, // a daemon that kept the job's terminal
+            info(301, 300, 300, 300), // ... and its child
         ];
         let mut job = job_processes(100, &procs);
         job.sort_unstable();
-        assert_eq!(job, vec![100, 101, 102, 103]);
+        assert_eq!(job, vec![100, 101, 102, 103, 300, 301]);
     }
 
     #[test]
     fn this_process_is_in_the_snapshot() {
         let me = i32::try_from(std::process::id()).unwrap_or(-1);
-        assert!(snapshot().iter().any(|p| p.pid == me));
+        assert!(snapshot(None).iter().any(|p| p.pid == me));
     }
 }

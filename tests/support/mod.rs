@@ -76,3 +76,5 @@ pub fn b64_bytes(bytes: &[u8]) -> String {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+pub mod logserver;

@@ -1,0 +1,977 @@
+//! The `push` job logger: events go to the spool, a flusher thread ships them.
+//!
+//! Owns [`PushLogger`] (the [`EventSink`] of a `start` job), its flusher
+//! thread, the small HTTP exchange with the log server (`POST
+//! <url>?start_from=<index>`) and the decision of when to send, wait or
+//! retry ([`Plan`], which takes time as an argument so it is tested without
+//! sleeping). `emit` never waits on the network: it appends to the spool
+//! buffer and, at most once per flusher nap, wakes the flusher. The log
+//! token is sent in a header and never written to the agent's log. This
+//! module must not know about the job lifecycle or the control plane beyond
+//! the [`TokenRefresher`] it is handed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::spool::{self, Batch, SpoolReader, SpoolWriter, WriteFailure};
+use super::upload::{self, EnvLookup, UploadOutcome, UploadPolicy, UploadRequest};
+use super::{Event, EventSink};
+use crate::job::request::{JobRequest, Logger};
+
+/// The most events the log server takes in one request.
+pub const MAX_BATCH_EVENTS: u64 = 2000;
+/// How long `finish` keeps trying to deliver what is left, by default.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Gets a new log token when the log server answers 401. The control-plane
+/// client implements it with `POST /refresh`; the error is a message for
+/// the agent's log and must not contain a token.
+pub trait TokenRefresher: Send {
+    fn refresh(&mut self) -> Result<String, String>;
+}
+
+impl<F> TokenRefresher for F
+where
+    F: FnMut() -> Result<String, String> + Send,
+{
+    fn refresh(&mut self) -> Result<String, String> {
+        self()
+    }
+}
+
+/// How the pusher batches, waits and retries. The defaults are the
+/// production values; tests shrink the durations.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Events per request, 1..=2000.
+    pub batch_events: u64,
+    /// Soft cap on a request body; a single larger event is still sent.
+    pub batch_bytes: usize,
+    /// With fewer than a full batch waiting, how long to gather more before
+    /// sending. Bounds the latency of a printed line.
+    pub linger: Duration,
+    /// Longest nap with nothing to send (a safety net: emit wakes the
+    /// flusher).
+    pub idle_tick: Duration,
+    /// First retry delay after a failed request; doubles per failure.
+    pub retry_base: Duration,
+    /// Largest retry delay while the job runs.
+    pub retry_max: Duration,
+    /// Largest retry delay while `finish` is draining.
+    pub flush_retry_max: Duration,
+    /// Default bound of `finish`.
+    pub flush_timeout: Duration,
+    /// Bound of one request (connect, send, answer).
+    pub request_timeout: Duration,
+    /// Where the spool file is created (and the upload's temporary files).
+    pub spool_dir: PathBuf,
+    pub user_agent: String,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            batch_events: MAX_BATCH_EVENTS,
+            batch_bytes: 2 * 1024 * 1024,
+            linger: Duration::from_millis(100),
+            idle_tick: Duration::from_secs(1),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(10),
+            flush_retry_max: Duration::from_millis(500),
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            request_timeout: Duration::from_secs(30),
+            spool_dir: std::env::temp_dir(),
+            user_agent: format!("SemaphoreAgent/{}", crate::VERSION),
+        }
+    }
+}
+
+/// Why a push logger could not start.
+#[derive(Debug)]
+pub enum LogError {
+    /// The job's logger has no URL to push to.
+    MissingUrl,
+    /// The logger URL is not an http(s) URL.
+    BadUrl {
+        url: String,
+    },
+    /// An option is out of range; the message names it.
+    BadOptions {
+        message: String,
+    },
+    CreateSpool {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    SpawnFlusher {
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::MissingUrl => write!(f, "the job's logger has no URL to push logs to"),
+            LogError::BadUrl { url } => {
+                write!(
+                    f,
+                    "the job's log URL '{url}' is not an http:// or https:// URL"
+                )
+            }
+            LogError::BadOptions { message } => write!(f, "bad log push options: {message}"),
+            LogError::CreateSpool { dir, source } => {
+                write!(
+                    f,
+                    "cannot create the job log spool in {}: {source}",
+                    dir.display()
+                )
+            }
+            LogError::SpawnFlusher { source } => {
+                write!(f, "cannot start the job log flusher thread: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+/// What the listener passes to [`PushLogger::finish`] after the job.
+pub struct FinishOptions<'a> {
+    /// Bound on draining; `None` uses [`PushOptions::flush_timeout`].
+    pub timeout: Option<Duration>,
+    pub upload: UploadPolicy,
+    /// The job, for the artifact credentials and its id.
+    pub job: &'a JobRequest,
+    /// The agent's environment (`PATH`, the compression size).
+    pub env: EnvLookup<'a>,
+    /// Bound on the `artifact` CLI.
+    pub upload_timeout: Duration,
+}
+
+impl<'a> FinishOptions<'a> {
+    /// The default bounds, the agent's own environment.
+    pub fn new(job: &'a JobRequest, upload: UploadPolicy) -> FinishOptions<'a> {
+        FinishOptions {
+            timeout: None,
+            upload,
+            job,
+            env: &upload::process_env,
+            upload_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How the delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Events the server accepted.
+    pub delivered: u64,
+    /// Events written to the spool.
+    pub total: u64,
+    /// Events lost because the spool could not be written (disk full).
+    pub dropped: u64,
+    /// The server answered 422: the job used up its log space.
+    pub trimmed: bool,
+    /// Not everything was delivered within the bound (or before a stop).
+    pub gave_up: bool,
+    /// Requests sent, retries included.
+    pub requests: u64,
+    pub upload: UploadOutcome,
+}
+
+/// The `push` logger of one job. Create it with [`PushLogger::start`], give
+/// it to the job as its [`EventSink`], then call [`PushLogger::finish`].
+/// Dropping it without `finish` stops the flusher (after at most one
+/// request) and removes the spool.
+pub struct PushLogger {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<FlusherEnd>>,
+    spool_path: PathBuf,
+    spool_dir: PathBuf,
+    flush_timeout: Duration,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    writer: SpoolWriter,
+    dropped: u64,
+    /// The flusher is asleep until the totals reach these values (events,
+    /// bytes); `None` when it is not waiting for output.
+    wake_at: Option<(u64, u64)>,
+    /// Set by `finish`: drain, then stop at this instant at the latest.
+    finish_by: Option<Instant>,
+    /// Set by drop: stop now.
+    abort: bool,
+}
+
+impl State {
+    fn note_loss(&mut self, failure: WriteFailure) {
+        // Log the first loss and then every thousandth, so a full disk
+        // cannot flood the agent's log.
+        if self.dropped == 0 || self.dropped / 1000 != (self.dropped + failure.lost_events) / 1000 {
+            log::error!(
+                "Cannot write job log events to the spool {}: {} ({} events lost so far)",
+                self.writer.path().display(),
+                failure.source,
+                self.dropped + failure.lost_events
+            );
+        }
+        self.dropped += failure.lost_events;
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // A panic elsewhere must not also take the job's logs down.
+    shared.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PushLogger {
+    /// Creates the spool and starts the flusher thread. `logger` is the job
+    /// request's `logger` (its URL and first token).
+    pub fn start(
+        logger: &Logger,
+        refresher: Box<dyn TokenRefresher>,
+        options: PushOptions,
+    ) -> Result<PushLogger, LogError> {
+        if logger.url.trim().is_empty() {
+            return Err(LogError::MissingUrl);
+        }
+        if !(logger.url.starts_with("http://") || logger.url.starts_with("https://")) {
+            return Err(LogError::BadUrl {
+                url: logger.url.clone(),
+            });
+        }
+        if !(1..=MAX_BATCH_EVENTS).contains(&options.batch_events) {
+            return Err(LogError::BadOptions {
+                message: format!(
+                    "batch_events is {}, must be 1..={MAX_BATCH_EVENTS}",
+                    options.batch_events
+                ),
+            });
+        }
+        if options.batch_bytes == 0 || options.flush_timeout.is_zero() {
+            return Err(LogError::BadOptions {
+                message: "batch_bytes and flush_timeout must be above zero".into(),
+            });
+        }
+        let (writer, reader) =
+            spool::create(&options.spool_dir).map_err(|source| LogError::CreateSpool {
+                dir: options.spool_dir.clone(),
+                source,
+            })?;
+        let spool_path = writer.path().to_path_buf();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                writer,
+                dropped: 0,
+                wake_at: None,
+                finish_by: None,
+                abort: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .user_agent(options.user_agent.as_str())
+            .timeout_connect(Some(options.request_timeout.min(Duration::from_secs(10))))
+            .build()
+            .new_agent();
+        log::info!("Logs will be pushed to {}", logger.url);
+        let flusher = Flusher {
+            shared: Arc::clone(&shared),
+            reader,
+            agent,
+            url: logger.url.clone(),
+            token: logger.token.clone(),
+            refresher,
+            plan: Plan::new(Timing::from(&options)),
+            batch_events: options.batch_events,
+            batch_bytes: options.batch_bytes,
+            request_timeout: options.request_timeout,
+            acked_events: 0,
+            acked_bytes: 0,
+            inflight: None,
+            trimmed: false,
+            requests: 0,
+            rng: XorShift::seeded(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || flusher.run())
+            .map_err(|source| {
+                let _ = std::fs::remove_file(&spool_path);
+                LogError::SpawnFlusher { source }
+            })?;
+        Ok(PushLogger {
+            shared,
+            thread: Some(thread),
+            spool_path: spool_path.clone(),
+            spool_dir: options.spool_dir,
+            flush_timeout: options.flush_timeout,
+        })
+    }
+
+    /// The spool file (removed when the logger is finished or dropped).
+    pub fn spool_path(&self) -> &Path {
+        &self.spool_path
+    }
+
+    /// Drains what is left within the bound, stops and joins the flusher,
+    /// uploads the log if the policy asks for it, and removes the spool.
+    pub fn finish(mut self, options: &FinishOptions<'_>) -> FlushReport {
+        let timeout = options.timeout.unwrap_or(self.flush_timeout);
+        log::info!("Waiting for all logs to be flushed...");
+        {
+            let mut st = lock(&self.shared);
+            if let Err(f) = st.writer.flush() {
+                st.note_loss(f);
+            }
+            st.finish_by = Some(Instant::now() + timeout);
+        }
+        self.shared.wake.notify_all();
+        let end = self.join();
+        let (total, dropped) = {
+            let st = lock(&self.shared);
+            (st.writer.total().0, st.dropped)
+        };
+        let gave_up = end.gave_up || (!end.trimmed && end.delivered < total);
+        if gave_up {
+            log::error!(
+                "Could not push all logs within {} s - giving up ({} of {} events delivered)",
+                timeout.as_secs_f32(),
+                end.delivered,
+                total
+            );
+        } else if !end.trimmed {
+            log::info!("All {total} job log events were pushed");
+        }
+        let upload = upload::upload_job_logs(
+            &self.spool_path,
+            &UploadRequest {
+                policy: options.upload,
+                trimmed: end.trimmed,
+                job: options.job,
+                env: options.env,
+                work_dir: &self.spool_dir,
+                timeout: options.upload_timeout,
+            },
+        );
+        FlushReport {
+            delivered: end.delivered,
+            total,
+            dropped,
+            trimmed: end.trimmed,
+            gave_up,
+            requests: end.requests,
+            upload,
+        }
+    }
+
+    fn join(&mut self) -> FlusherEnd {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(end)) => end,
+            // The flusher panicked or was already joined: nothing is known
+            // to be delivered.
+            _ => FlusherEnd {
+                delivered: 0,
+                trimmed: false,
+                gave_up: true,
+                requests: 0,
+            },
+        }
+    }
+}
+
+impl EventSink for PushLogger {
+    fn emit(&mut self, event: Event) {
+        let mut st = lock(&self.shared);
+        if let Err(f) = st.writer.append(&event) {
+            st.note_loss(f);
+        }
+        if let Some((events, bytes)) = st.wake_at {
+            let (te, tb) = st.writer.total();
+            if te >= events || tb >= bytes {
+                st.wake_at = None;
+                drop(st);
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for PushLogger {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            lock(&self.shared).abort = true;
+            self.shared.wake.notify_all();
+            let _ = self.join();
+        }
+        if let Err(e) = std::fs::remove_file(&self.spool_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::error!(
+                    "Cannot remove the job log spool {}: {e}",
+                    self.spool_path.display()
+                );
+            }
+        }
+    }
+}
+
+/// What the flusher thread hands back when it stops.
+struct FlusherEnd {
+    delivered: u64,
+    trimmed: bool,
+    gave_up: bool,
+    requests: u64,
+}
+
+/// The flusher thread's state. Only it reads the spool and talks HTTP.
+struct Flusher {
+    shared: Arc<Shared>,
+    reader: SpoolReader,
+    agent: ureq::Agent,
+    url: String,
+    token: String,
+    refresher: Box<dyn TokenRefresher>,
+    plan: Plan,
+    batch_events: u64,
+    batch_bytes: usize,
+    request_timeout: Duration,
+    /// Events (and their bytes) the server has accepted: the next
+    /// `start_from`.
+    acked_events: u64,
+    acked_bytes: u64,
+    /// The batch being sent; kept until the server takes it, so a retry
+    /// resends the same events from the same index.
+    inflight: Option<Batch>,
+    trimmed: bool,
+    requests: u64,
+    rng: XorShift,
+}
+
+impl Flusher {
+    fn run(mut self) -> FlusherEnd {
+        let mut gave_up = false;
+        loop {
+            let shared = Arc::clone(&self.shared);
+            let mut st = lock(&shared);
+            if st.abort {
+                let (total, _) = st.writer.total();
+                gave_up = self.acked_events < total;
+                break;
+            }
+            let now = Instant::now();
+            let (total_events, total_bytes) = st.writer.total();
+            let pending_events = total_events.saturating_sub(self.acked_events);
+            let pending_bytes = total_bytes.saturating_sub(self.acked_bytes);
+            let finish_by = st.finish_by;
+            if let Some(deadline) = finish_by {
+                if now >= deadline && pending_events > 0 {
+                    gave_up = true;
+                    break;
+                }
+            }
+            match self
+                .plan
+                .decide(now, pending_events, pending_bytes, finish_by.is_some())
+            {
+                Step::Done => break,
+                Step::Wait { until, wake } => {
+                    let until = finish_by.map_or(until, |d| until.min(d));
+                    st.wake_at = wake.map(|(e, b)| {
+                        (
+                            self.acked_events.saturating_add(e),
+                            self.acked_bytes.saturating_add(b),
+                        )
+                    });
+                    let nap = until.saturating_duration_since(now);
+                    let (mut st, _) = shared
+                        .wake
+                        .wait_timeout(st, nap)
+                        .unwrap_or_else(|e| e.into_inner());
+                    st.wake_at = None;
+                }
+                Step::Send => {
+                    let outcome = if self.inflight.is_none() {
+                        // Make everything emitted so far readable, then cut
+                        // the batch without holding the lock.
+                        if let Err(f) = st.writer.flush() {
+                            st.note_loss(f);
+                        }
+                        let visible = st.writer.visible().1;
+                        drop(st);
+                        match self
+                            .reader
+                            .next_batch(visible, self.batch_events, self.batch_bytes)
+                        {
+                            Ok(Some(batch)) => {
+                                self.inflight = Some(batch);
+                                self.send(finish_by)
+                            }
+                            Ok(None) => Outcome::Failed,
+                            Err(e) => {
+                                log::error!("Cannot read the job log spool: {e}");
+                                Outcome::Failed
+                            }
+                        }
+                    } else {
+                        drop(st);
+                        self.send(finish_by)
+                    };
+                    if self.trimmed {
+                        break;
+                    }
+                    let r = self.rng.next_unit();
+                    self.plan.on_result(Instant::now(), outcome, r);
+                }
+            }
+        }
+        log::info!("Stopped pushing logs.");
+        FlusherEnd {
+            delivered: self.acked_events,
+            trimmed: self.trimmed,
+            gave_up,
+            requests: self.requests,
+        }
+    }
+
+    /// Sends the in-flight batch once and applies the answer.
+    fn send(&mut self, finish_by: Option<Instant>) -> Outcome {
+        let Some(batch) = &self.inflight else {
+            return Outcome::Accepted;
+        };
+        let timeout = match finish_by {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.request_timeout)
+                .max(Duration::from_millis(10)),
+            None => self.request_timeout,
+        };
+        let start_from = self.acked_events;
+        self.requests += 1;
+        log::debug!(
+            "Pushing next batch of logs with {} log events from {start_from}...",
+            batch.events
+        );
+        match post_batch(
+            &self.agent,
+            &self.url,
+            start_from,
+            &self.token,
+            &batch.body,
+            timeout,
+        ) {
+            Ok(200) => {
+                self.acked_events += batch.events;
+                self.acked_bytes += batch.body.len() as u64;
+                self.inflight = None;
+                Outcome::Accepted
+            }
+            Ok(422) => {
+                log::warn!(
+                    "The log server has no more space for this job's logs (at event {start_from}) - \
+                     stopping pushing; the logs are trimmed"
+                );
+                self.trimmed = true;
+                self.inflight = None;
+                Outcome::Failed
+            }
+            Ok(401) => match self.refresher.refresh() {
+                Ok(token) => {
+                    log::info!("The log token expired; got a new one");
+                    self.token = token;
+                    Outcome::Refreshed
+                }
+                Err(e) => {
+                    log::error!("The log token expired and refreshing it failed: {e}");
+                    Outcome::Failed
+                }
+            },
+            Ok(status) => {
+                log::warn!(
+                    "Pushing logs to {} (start_from={start_from}) failed with status {status}; will retry",
+                    self.url
+                );
+                Outcome::Failed
+            }
+            Err(e) => {
+                log::warn!(
+                    "Pushing logs to {} (start_from={start_from}) failed: {e}; will retry",
+                    self.url
+                );
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+/// One `POST <url>?start_from=<n>`; the status code, or the transport error.
+fn post_batch(
+    agent: &ureq::Agent,
+    url: &str,
+    start_from: u64,
+    token: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u16, ureq::Error> {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let full = format!("{url}{sep}start_from={start_from}");
+    let response = agent
+        .post(&full)
+        .header("Content-Type", "text/plain")
+        .header("Authorization", format!("Bearer {token}"))
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .send(body)?;
+    let status = response.status().as_u16();
+    // Read the answer so the connection goes back to the pool; its content
+    // does not matter.
+    let _ = response
+        .into_body()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_vec();
+    Ok(status)
+}
+
+/// The durations and sizes [`Plan`] works with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub batch_events: u64,
+    pub batch_bytes: u64,
+    pub linger: Duration,
+    pub idle_tick: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub flush_retry_max: Duration,
+}
+
+impl From<&PushOptions> for Timing {
+    fn from(o: &PushOptions) -> Timing {
+        Timing {
+            batch_events: o.batch_events,
+            batch_bytes: o.batch_bytes as u64,
+            linger: o.linger,
+            idle_tick: o.idle_tick,
+            retry_base: o.retry_base,
+            retry_max: o.retry_max,
+            flush_retry_max: o.flush_retry_max,
+        }
+    }
+}
+
+/// What the flusher does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Send,
+    /// Sleep until `until`, or until this many more events / bytes are
+    /// pending (relative to what the server has), whichever comes first.
+    Wait {
+        until: Instant,
+        wake: Option<(u64, u64)>,
+    },
+    /// Draining and nothing is left.
+    Done,
+}
+
+/// How a send went, as far as scheduling cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Accepted,
+    /// 401 and a new token: worth one immediate retry.
+    Refreshed,
+    Failed,
+}
+
+/// When to send: full batches at once, partial ones after `linger`,
+/// failed ones after a jittered exponential backoff. Pure: time and
+/// randomness come in as arguments.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    t: Timing,
+    failures: u32,
+    refreshes_in_row: u32,
+    failed_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    pending_since: Option<Instant>,
+}
+
+impl Plan {
+    pub(crate) fn new(t: Timing) -> Plan {
+        Plan {
+            t,
+            failures: 0,
+            refreshes_in_row: 0,
+            failed_at: None,
+            retry_at: None,
+            pending_since: None,
+        }
+    }
+
+    pub(crate) fn decide(
+        &mut self,
+        now: Instant,
+        pending_events: u64,
+        pending_bytes: u64,
+        draining: bool,
+    ) -> Step {
+        if pending_events == 0 {
+            self.pending_since = None;
+            self.retry_at = None;
+            return if draining {
+                Step::Done
+            } else {
+                Step::Wait {
+                    until: now + self.t.idle_tick,
+                    wake: Some((1, 1)),
+                }
+            };
+        }
+        if let Some(mut at) = self.retry_at {
+            if draining {
+                // A long backoff set while the job ran must not eat the
+                // drain's time.
+                if let Some(failed) = self.failed_at {
+                    at = at.min(failed + self.t.flush_retry_max);
+                }
+            }
+            return if now >= at {
+                Step::Send
+            } else {
+                Step::Wait {
+                    until: at,
+                    wake: None,
+                }
+            };
+        }
+        if draining || pending_events >= self.t.batch_events || pending_bytes >= self.t.batch_bytes
+        {
+            return Step::Send;
+        }
+        let since = *self.pending_since.get_or_insert(now);
+        let due = since + self.t.linger;
+        if now >= due {
+            Step::Send
+        } else {
+            Step::Wait {
+                until: due,
+                wake: Some((self.t.batch_events, self.t.batch_bytes)),
+            }
+        }
+    }
+
+    /// `unit` is a random number in [0, 1) for the jitter.
+    pub(crate) fn on_result(&mut self, now: Instant, outcome: Outcome, unit: f64) {
+        match outcome {
+            Outcome::Accepted => {
+                self.failures = 0;
+                self.refreshes_in_row = 0;
+                self.failed_at = None;
+                self.retry_at = None;
+                self.pending_since = None;
+            }
+            Outcome::Refreshed if self.refreshes_in_row == 0 => {
+                self.refreshes_in_row = 1;
+                self.failed_at = Some(now);
+                self.retry_at = Some(now);
+            }
+            Outcome::Refreshed | Outcome::Failed => {
+                if outcome == Outcome::Refreshed {
+                    self.refreshes_in_row += 1;
+                }
+                self.failures = self.failures.saturating_add(1);
+                self.failed_at = Some(now);
+                self.retry_at = Some(now + backoff(&self.t, self.failures, unit));
+            }
+        }
+    }
+}
+
+/// The delay before retry number `failures` (1-based): `retry_base`
+/// doubled per failure, capped at `retry_max`, then jittered into its upper
+/// half so many agents do not retry in step.
+pub(crate) fn backoff(t: &Timing, failures: u32, unit: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    let full = t
+        .retry_base
+        .saturating_mul(1u32 << doublings)
+        .min(t.retry_max);
+    let half = full / 2;
+    half + half.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A small xorshift generator for retry jitter; not for anything secret.
+struct XorShift(u64);
+
+impl XorShift {
+    fn seeded() -> XorShift {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        XorShift((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
+    }
+
+    fn next_unit(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            batch_events: 2000,
+            batch_bytes: 1_000_000,
+            linger: Duration::from_millis(100),
+            idle_tick: Duration::from_secs(1),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(8),
+            flush_retry_max: Duration::from_millis(400),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn idle_waits_a_tick_for_the_first_event_and_drain_of_nothing_is_done() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(timing());
+        assert_eq!(
+            p.decide(t0, 0, 0, false),
+            Step::Wait {
+                until: t0 + ms(1000),
+                wake: Some((1, 1))
+            }
+        );
+        assert_eq!(p.decide(t0, 0, 0, true), Step::Done);
+    }
+
+    #[test]
+    fn a_partial_batch_lingers_then_goes() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(timing());
+        assert_eq!(
+            p.decide(t0, 5, 500, false),
+            Step::Wait {
+                until: t0 + ms(100),
+                wake: Some((2000, 1_000_000))
+            }
+        );
+        // More output does not push the deadline back.
+        assert!(matches!(
+            p.decide(t0 + ms(60), 50, 5000, false),
+            Step::Wait { until, .. } if until == t0 + ms(100)
+        ));
+        assert_eq!(p.decide(t0 + ms(100), 50, 5000, false), Step::Send);
+        p.on_result(t0 + ms(110), Outcome::Accepted, 0.5);
+        // The next partial batch lingers from when it was first seen.
+        assert!(matches!(
+            p.decide(t0 + ms(120), 1, 10, false),
+            Step::Wait { until, .. } if until == t0 + ms(220)
+        ));
+    }
+
+    #[test]
+    fn a_full_batch_or_a_drain_goes_at_once() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(timing());
+        assert_eq!(p.decide(t0, 2000, 10, false), Step::Send);
+        assert_eq!(p.decide(t0, 3, 1_000_000, false), Step::Send);
+        assert_eq!(p.decide(t0, 1, 10, true), Step::Send);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_with_bounded_jitter() {
+        let t = timing();
+        assert_eq!(backoff(&t, 1, 0.0), ms(250));
+        assert!(backoff(&t, 1, 0.999) <= ms(500));
+        assert!(backoff(&t, 1, 0.999) > ms(499));
+        assert_eq!(backoff(&t, 2, 0.0), ms(500));
+        assert_eq!(backoff(&t, 3, 0.5), ms(1500));
+        // Capped at retry_max however many failures.
+        for n in [5, 6, 30, u32::MAX] {
+            assert!(backoff(&t, n, 0.99) <= ms(8000));
+            assert!(backoff(&t, n, 0.0) >= ms(4000));
+        }
+        let t0 = Instant::now();
+        let mut p = Plan::new(t);
+        p.on_result(t0, Outcome::Failed, 0.0);
+        assert_eq!(
+            p.decide(t0 + ms(10), 5, 5, false),
+            Step::Wait {
+                until: t0 + ms(250),
+                wake: None
+            }
+        );
+        assert_eq!(p.decide(t0 + ms(250), 5, 5, false), Step::Send);
+        p.on_result(t0 + ms(260), Outcome::Failed, 0.0);
+        assert!(matches!(
+            p.decide(t0 + ms(261), 5, 5, false),
+            Step::Wait { until, .. } if until == t0 + ms(760)
+        ));
+        p.on_result(t0 + ms(800), Outcome::Accepted, 0.0);
+        assert_eq!(p.decide(t0 + ms(800), 2000, 5, false), Step::Send);
+    }
+
+    #[test]
+    fn draining_shortens_a_long_backoff() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(timing());
+        for _ in 0..10 {
+            p.on_result(t0, Outcome::Failed, 0.9);
+        }
+        assert!(matches!(
+            p.decide(t0, 5, 5, false),
+            Step::Wait { until, .. } if until >= t0 + ms(4000)
+        ));
+        assert_eq!(
+            p.decide(t0, 5, 5, true),
+            Step::Wait {
+                until: t0 + ms(400),
+                wake: None
+            }
+        );
+    }
+
+    #[test]
+    fn one_refresh_retries_at_once_repeated_ones_back_off() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(timing());
+        p.on_result(t0, Outcome::Refreshed, 0.0);
+        assert_eq!(p.decide(t0, 5, 5, false), Step::Send);
+        p.on_result(t0, Outcome::Refreshed, 0.0);
+        assert!(matches!(
+            p.decide(t0, 5, 5, false),
+            Step::Wait { wake: None, .. }
+        ));
+        p.on_result(t0 + ms(300), Outcome::Accepted, 0.0);
+        p.on_result(t0 + ms(300), Outcome::Refreshed, 0.0);
+        assert_eq!(p.decide(t0 + ms(300), 5, 5, false), Step::Send);
+    }
+
+    #[test]
+    fn jitter_source_stays_in_the_unit_interval() {
+        let mut r = XorShift::seeded();
+        for _ in 0..10_000 {
+            let u = r.next_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}

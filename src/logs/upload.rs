@@ -1,0 +1,503 @@
+//! Uploading a finished job's log as an artifact (`--upload-job-logs`).
+//!
+//! Owns the upload policy, turning the spool into plain text (each
+//! command's directive on its own line, then its output as printed),
+//! compressing it when it is large, and running the `artifact` CLI with the
+//! job's artifact credentials. It must not log secret values: only the names
+//! of the variables it looked for. It never fails the job; every problem
+//! becomes an [`UploadOutcome`] and a log line.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Event;
+use crate::job::request::JobRequest;
+
+/// Logs at or above this size are gzipped before upload, unless
+/// `SEMAPHORE_AGENT_LOGS_COMPRESSION_SIZE` says otherwise.
+pub const DEFAULT_COMPRESSION_SIZE: u64 = 100 * 1024 * 1024;
+/// The smallest threshold the environment variable may set.
+pub const MIN_COMPRESSION_SIZE: u64 = 1024 * 1024;
+/// The largest threshold the environment variable may set.
+pub const MAX_COMPRESSION_SIZE: u64 = 1024 * 1024 * 1024;
+/// The variable that overrides [`DEFAULT_COMPRESSION_SIZE`].
+pub const COMPRESSION_SIZE_VAR: &str = "SEMAPHORE_AGENT_LOGS_COMPRESSION_SIZE";
+
+/// Where the log lands in the job's artifacts (plus `.gz` when compressed).
+pub const ARTIFACT_DESTINATION: &str = "agent/job_logs.txt";
+
+/// When to upload the job's log as an artifact after the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadPolicy {
+    #[default]
+    Never,
+    Always,
+    /// Only when the log server stopped taking events (answered 422).
+    WhenTrimmed,
+}
+
+impl UploadPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadPolicy::Never => "never",
+            UploadPolicy::Always => "always",
+            UploadPolicy::WhenTrimmed => "when-trimmed",
+        }
+    }
+}
+
+impl std::fmt::Display for UploadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UploadPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" => Ok(UploadPolicy::Never),
+            "always" => Ok(UploadPolicy::Always),
+            "when-trimmed" => Ok(UploadPolicy::WhenTrimmed),
+            other => Err(format!(
+                "unknown upload-job-logs value '{other}': expected never, always or when-trimmed"
+            )),
+        }
+    }
+}
+
+/// What happened to the job log upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The policy did not ask for an upload.
+    NotRequested,
+    /// An upload was due but could not be tried; the reason names what was
+    /// missing, never a secret.
+    Skipped { reason: String },
+    /// `artifact` exited 0; `destination` is the artifact path used.
+    Uploaded { destination: String },
+    /// The upload was tried and failed.
+    Failed { reason: String },
+}
+
+/// Reads the agent's environment: the real one, or a stand-in in tests.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The agent's own environment, for [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Everything an upload needs besides the spool itself.
+pub struct UploadRequest<'a> {
+    pub policy: UploadPolicy,
+    /// Whether the log server stopped taking events (422).
+    pub trimmed: bool,
+    pub job: &'a JobRequest,
+    /// The agent's environment (for `PATH` and the compression size).
+    pub env: EnvLookup<'a>,
+    /// Where the plain-text (and gzip) files are written, then removed.
+    pub work_dir: &'a Path,
+    /// How long `artifact` may run before it is killed.
+    pub timeout: Duration,
+}
+
+/// The gzip threshold from `SEMAPHORE_AGENT_LOGS_COMPRESSION_SIZE`: unset
+/// means the default; unparsable or outside 1 MB–1 GB is logged as an error
+/// and also means the default.
+pub fn compression_threshold(env: EnvLookup<'_>) -> u64 {
+    let Some(text) = env(COMPRESSION_SIZE_VAR) else {
+        return DEFAULT_COMPRESSION_SIZE;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(n) if (MIN_COMPRESSION_SIZE..=MAX_COMPRESSION_SIZE).contains(&n) => n,
+        Ok(n) => {
+            log::error!(
+                "Invalid {COMPRESSION_SIZE_VAR} {n}, not in range \
+                 {MIN_COMPRESSION_SIZE}-{MAX_COMPRESSION_SIZE}, using default {DEFAULT_COMPRESSION_SIZE}"
+            );
+            DEFAULT_COMPRESSION_SIZE
+        }
+        Err(e) => {
+            log::error!(
+                "Error parsing {COMPRESSION_SIZE_VAR} '{text}': {e} - using default of {DEFAULT_COMPRESSION_SIZE}"
+            );
+            DEFAULT_COMPRESSION_SIZE
+        }
+    }
+}
+
+/// Writes the plain-text form of a spool: for every `cmd_started` its
+/// directive and a newline, for every `cmd_output` its output as is; other
+/// events add nothing. Reads one line at a time. Returns the bytes written.
+pub fn write_plain_text(spool: &Path, out: &mut dyn Write) -> io::Result<u64> {
+    let mut reader = BufReader::with_capacity(64 * 1024, File::open(spool)?);
+    let mut line = Vec::new();
+    let mut written = 0u64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.is_empty() {
+            continue;
+        }
+        let event: Event = serde_json::from_slice(text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spool holds a line that is not an event: {e}"),
+            )
+        })?;
+        match event {
+            Event::CmdStarted { directive, .. } => {
+                out.write_all(directive.as_bytes())?;
+                out.write_all(b"\n")?;
+                written += directive.len() as u64 + 1;
+            }
+            Event::CmdOutput { output, .. } => {
+                out.write_all(output.as_bytes())?;
+                written += output.len() as u64;
+            }
+            _ => {}
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}
+
+/// Uploads the job log if the policy asks for it. Never panics and never
+/// fails the job; the outcome says what happened and is also logged.
+pub fn upload_job_logs(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
+    let outcome = try_upload(spool, req);
+    match &outcome {
+        UploadOutcome::NotRequested => {}
+        UploadOutcome::Skipped { reason } => {
+            log::error!("Not uploading job logs as artifact: {reason}")
+        }
+        UploadOutcome::Uploaded { destination } => {
+            log::info!("Uploaded job logs as artifact {destination}")
+        }
+        UploadOutcome::Failed { reason } => {
+            log::error!("Error uploading job logs as artifact: {reason}")
+        }
+    }
+    outcome
+}
+
+fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
+    match req.policy {
+        UploadPolicy::Never => {
+            log::info!("upload-job-logs=never - not uploading job logs as job artifact.");
+            return UploadOutcome::NotRequested;
+        }
+        UploadPolicy::WhenTrimmed if !req.trimmed => {
+            log::info!(
+                "upload-job-logs=when-trimmed - logs were not trimmed, not uploading job logs as job artifact."
+            );
+            return UploadOutcome::NotRequested;
+        }
+        _ => {}
+    }
+    let skip = |reason: &str| UploadOutcome::Skipped {
+        reason: reason.to_string(),
+    };
+    let Some(token) = non_empty(req.job.find_env_var("SEMAPHORE_ARTIFACT_TOKEN")) else {
+        return skip("the job has no SEMAPHORE_ARTIFACT_TOKEN");
+    };
+    let Some(org_url) = non_empty(req.job.find_env_var("SEMAPHORE_ORGANIZATION_URL")) else {
+        return skip("the job has no SEMAPHORE_ORGANIZATION_URL");
+    };
+    if req.job.job_id.is_empty() {
+        return skip("the job has no job id for SEMAPHORE_JOB_ID");
+    }
+    let path_var = (req.env)("PATH");
+    let Some(artifact) = find_executable("artifact", path_var.as_deref()) else {
+        return skip("no artifact CLI on PATH");
+    };
+
+    log::info!("Converting job logs to plain-text format...");
+    let file = match prepare_file(spool, req) {
+        Ok(f) => f,
+        Err(reason) => return UploadOutcome::Failed { reason },
+    };
+    let destination = if file.extension().is_some_and(|e| e == "gz") {
+        format!("{ARTIFACT_DESTINATION}.gz")
+    } else {
+        ARTIFACT_DESTINATION.to_string()
+    };
+    let mut command = Command::new(&artifact);
+    command
+        .arg("push")
+        .arg("job")
+        .arg(&file)
+        .arg("-d")
+        .arg(&destination)
+        .env("SEMAPHORE_ARTIFACT_TOKEN", token)
+        .env("SEMAPHORE_ORGANIZATION_URL", org_url)
+        .env("SEMAPHORE_JOB_ID", &req.job.job_id)
+        .stdin(Stdio::null());
+    if let Some(path) = &path_var {
+        command.env("PATH", path);
+    }
+    log::info!("Uploading job logs as artifact...");
+    let result = run_bounded(&mut command, req.work_dir, req.timeout);
+    let _ = std::fs::remove_file(&file);
+    match result {
+        Ok(()) => UploadOutcome::Uploaded { destination },
+        Err(reason) => UploadOutcome::Failed { reason },
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// Looks `name` up in a `PATH` value like a shell would: the first regular
+/// file with an execute bit.
+fn find_executable(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
+    std::env::split_paths(&OsString::from(path_var?))
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{nanos}_{}", std::process::id())
+}
+
+fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Writes the plain text and, at or above the threshold, gzips it. A gzip
+/// failure falls back to the plain file, as an upload of the raw log is
+/// better than none.
+fn prepare_file(spool: &Path, req: &UploadRequest<'_>) -> Result<PathBuf, String> {
+    let text_path = req
+        .work_dir
+        .join(format!("{}.txt", unique_name("job_logs")));
+    let size = create_private(&text_path)
+        .and_then(|f| write_plain_text(spool, &mut BufWriter::with_capacity(64 * 1024, f)))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&text_path);
+            format!(
+                "cannot convert the job log to plain text in {}: {e}",
+                text_path.display()
+            )
+        })?;
+    let threshold = compression_threshold(req.env);
+    if size < threshold {
+        log::info!(
+            "Logs are below the minimum size for compression - size={size}, minimum={threshold}"
+        );
+        return Ok(text_path);
+    }
+    log::info!("Compressing job logs");
+    let mut gz_name = text_path.clone().into_os_string();
+    gz_name.push(".gz");
+    let gz_path = PathBuf::from(gz_name);
+    match gzip_file(&text_path, &gz_path) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&text_path);
+            Ok(gz_path)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&gz_path);
+            log::error!(
+                "Error compressing job logs {}: {e} - using raw file",
+                text_path.display()
+            );
+            Ok(text_path)
+        }
+    }
+}
+
+fn gzip_file(from: &Path, to: &Path) -> io::Result<()> {
+    let mut input = File::open(from)?;
+    let output = BufWriter::with_capacity(64 * 1024, create_private(to)?);
+    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+    io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.flush()
+}
+
+/// Runs `command` with its output in a private file, killing it after
+/// `timeout`. On failure, the error carries the tail of its output.
+fn run_bounded(command: &mut Command, work_dir: &Path, timeout: Duration) -> Result<(), String> {
+    let out_path = work_dir.join(unique_name("artifact_output"));
+    let out = create_private(&out_path)
+        .map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cannot share {}: {e}", out_path.display()))?;
+    command.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    let result = match command.spawn() {
+        Err(e) => Err(format!("cannot start artifact: {e}")),
+        Ok(mut child) => {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) if status.success() => break Ok(()),
+                    Ok(Some(status)) => {
+                        break Err(format!("artifact {status}: {}", tail(&out_path)));
+                    }
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(format!(
+                            "artifact did not finish within {} s and was killed: {}",
+                            timeout.as_secs(),
+                            tail(&out_path)
+                        ));
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(format!("cannot wait for artifact: {e}"));
+                    }
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&out_path);
+    result
+}
+
+/// The last 2 KB of a file, as text, for error messages.
+fn tail(path: &Path) -> String {
+    const TAIL: u64 = 2048;
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+        let mut bytes = Vec::new();
+        let _ = f.take(TAIL).read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).trim().to_string();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::JobResult;
+
+    fn env_with<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn policy_parses_the_flag_values() {
+        for p in [
+            UploadPolicy::Never,
+            UploadPolicy::Always,
+            UploadPolicy::WhenTrimmed,
+        ] {
+            assert_eq!(p.as_str().parse::<UploadPolicy>(), Ok(p));
+        }
+        assert!("sometimes".parse::<UploadPolicy>().is_err());
+        assert_eq!(UploadPolicy::default(), UploadPolicy::Never);
+    }
+
+    #[test]
+    fn compression_threshold_accepts_only_the_allowed_range() {
+        assert_eq!(
+            compression_threshold(&env_with(&[])),
+            DEFAULT_COMPRESSION_SIZE
+        );
+        let cases = [
+            ("1048576", 1_048_576),
+            ("1073741824", 1_073_741_824),
+            ("1048575", DEFAULT_COMPRESSION_SIZE),
+            ("1073741825", DEFAULT_COMPRESSION_SIZE),
+            ("lots", DEFAULT_COMPRESSION_SIZE),
+            ("", DEFAULT_COMPRESSION_SIZE),
+            ("-5", DEFAULT_COMPRESSION_SIZE),
+        ];
+        for (value, want) in cases {
+            let pairs = [(COMPRESSION_SIZE_VAR, value)];
+            assert_eq!(compression_threshold(&env_with(&pairs)), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn plain_text_has_directives_and_outputs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool.json");
+        let events = [
+            Event::JobStarted { timestamp: 1 },
+            Event::CmdStarted {
+                timestamp: 1,
+                directive: "echo hi".into(),
+            },
+            Event::CmdOutput {
+                timestamp: 1,
+                output: "hi\n".into(),
+            },
+            Event::CmdOutput {
+                timestamp: 1,
+                output: "no newline".into(),
+            },
+            Event::CmdFinished {
+                timestamp: 2,
+                directive: "echo hi".into(),
+                exit_code: 0,
+                started_at: 1,
+                finished_at: 2,
+            },
+            Event::CmdStarted {
+                timestamp: 2,
+                directive: "false".into(),
+            },
+            Event::JobFinished {
+                timestamp: 3,
+                result: JobResult::Failed,
+            },
+        ];
+        let text: String = events.iter().map(|e| e.to_json() + "\n").collect();
+        std::fs::write(&spool, text).unwrap();
+        let mut out = Vec::new();
+        let n = write_plain_text(&spool, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "echo hi\nhi\nno newlinefalse\n"
+        );
+        assert_eq!(n, 27);
+    }
+
+    #[test]
+    fn executables_are_found_on_the_given_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("artifact");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        assert_eq!(find_executable("artifact", dir.path().to_str()), None);
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("/nonexistent:{}", dir.path().display());
+        assert_eq!(find_executable("artifact", Some(&path)), Some(exe));
+        assert_eq!(find_executable("artifact", None), None);
+    }
+}
