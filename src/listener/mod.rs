@@ -22,9 +22,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
-use crate::config::Config;
-use crate::job::{run_job, JobOptions, JobRequest, JobStop};
-use crate::logs::{Event, EventSink, JobResult};
+use crate::config::{Config, UploadJobLogs};
+use crate::job::{run_job, JobOptions, JobStop};
+use crate::logs::{
+    FinishOptions, FlushReport, JobResult, PushLogger, PushOptions, TokenRefresher, UploadOutcome,
+    UploadPolicy,
+};
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -354,6 +357,7 @@ impl Listener {
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
+            upload: upload_policy(self.config.upload_job_logs),
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -453,6 +457,7 @@ struct JobWork {
     tx: SyncSender<Wake>,
     get_job_attempts: u32,
     get_job_delay: Duration,
+    upload: UploadPolicy,
 }
 
 impl JobWork {
@@ -484,50 +489,76 @@ impl JobWork {
                 return JobResult::Failed;
             }
         };
+        let refresher = Box::new(ApiRefresher {
+            api: self.api.clone(),
+        });
+        let push = PushOptions {
+            spool_dir: self.options.tmp_dir.clone(),
+            ..PushOptions::default()
+        };
+        // Like the Go agent: a job whose logs cannot be set up is not run.
+        let mut logger = match PushLogger::start(&request.logger, refresher, push) {
+            Ok(logger) => logger,
+            Err(e) => {
+                log::error!("Could not construct job {}: {e}", self.job_id);
+                return JobResult::Failed;
+            }
+        };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
-        let mut sink = open_job_log(&request, &self.api);
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, sink.as_mut(), stop);
-        sink.finish();
+        let result = run_job(&request, &self.options, &mut logger, stop);
+        let report = logger.finish(&FinishOptions::new(&request, self.upload));
+        log_flush_report(&self.job_id, &report);
         result
     }
 }
 
-/// Where a job's events go: the log pusher when it is available.
-trait JobLog: EventSink {
-    /// Called once after the job: flush and close.
-    fn finish(&mut self);
+/// Gets a new job log token from the control plane (`POST /refresh`) when
+/// the log server says the current one expired.
+struct ApiRefresher {
+    api: Api,
 }
 
-/// Until the push logger is wired in: events are summarized in the agent
-/// log at debug level (never their output, which may hold secrets).
-struct AgentLogSink {
-    job_id: String,
-}
-
-impl EventSink for AgentLogSink {
-    fn emit(&mut self, event: Event) {
-        match event {
-            Event::CmdStarted { directive, .. } => {
-                log::debug!("Job {}: started '{directive}'", self.job_id)
-            }
-            Event::CmdFinished { exit_code, .. } => {
-                log::debug!("Job {}: command exited {exit_code}", self.job_id)
-            }
-            _ => {}
-        }
+impl TokenRefresher for ApiRefresher {
+    fn refresh(&mut self) -> Result<String, String> {
+        log::info!("Refreshing token for current job logs...");
+        let token = self.api.refresh().map_err(|e| e.to_string())?;
+        log::info!("Successfully refreshed token for current job logs.");
+        Ok(token)
     }
 }
 
-impl JobLog for AgentLogSink {
-    fn finish(&mut self) {}
+fn upload_policy(setting: UploadJobLogs) -> UploadPolicy {
+    match setting {
+        UploadJobLogs::Never => UploadPolicy::Never,
+        UploadJobLogs::Always => UploadPolicy::Always,
+        UploadJobLogs::WhenTrimmed => UploadPolicy::WhenTrimmed,
+    }
 }
 
-fn open_job_log(request: &JobRequest, _api: &Api) -> Box<dyn JobLog> {
-    Box::new(AgentLogSink {
-        job_id: request.job_id.clone(),
-    })
+fn log_flush_report(job_id: &str, report: &FlushReport) {
+    if report.trimmed {
+        log::warn!("Logs of job {job_id} were trimmed: the job used all its log space");
+    }
+    if report.dropped > 0 {
+        log::error!(
+            "{} log events of job {job_id} could not be written to the spool",
+            report.dropped
+        );
+    }
+    match &report.upload {
+        UploadOutcome::NotRequested => {}
+        UploadOutcome::Skipped { reason } => {
+            log::warn!("Job logs of {job_id} not uploaded: {reason}")
+        }
+        UploadOutcome::Uploaded { destination } => {
+            log::info!("Job logs of {job_id} uploaded as artifact {destination}")
+        }
+        UploadOutcome::Failed { reason } => {
+            log::error!("Uploading the job logs of {job_id} failed: {reason}")
+        }
+    }
 }
 
 /// Calls `f` up to `attempts` times, `delay` apart, like the Go agent's
