@@ -90,6 +90,12 @@ struct State {
     next_sync_after: u64,
     /// Events per job, as the log endpoint accepted them.
     logs: HashMap<String, Vec<String>>,
+    /// When each accepted event arrived (since the hub started), in the
+    /// order of `logs`; for the latency benchmark.
+    log_times: HashMap<String, Vec<Duration>>,
+    /// When a `stop-job` answer was first sent per job (since the hub
+    /// started); for the stop-latency benchmark.
+    stop_sent: HashMap<String, Duration>,
     /// Valid log token per job.
     log_tokens: HashMap<String, String>,
     log_token_generation: u32,
@@ -170,6 +176,11 @@ impl Hub {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The moment every `Recorded::at` and arrival time counts from.
+    pub fn started(&self) -> Instant {
+        self.lock().started.unwrap_or_else(Instant::now)
     }
 
     /// `127.0.0.1:<port>`, what `--endpoint` takes.
@@ -303,6 +314,21 @@ impl Hub {
             .filter(|e| e["event"] == "cmd_output")
             .filter_map(|e| e["output"].as_str().map(str::to_string))
             .collect()
+    }
+
+    /// When each of `events(job_id)` arrived, since [`Hub::started`].
+    pub fn event_times(&self, job_id: &str) -> Vec<Duration> {
+        self.lock()
+            .log_times
+            .get(job_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// When the first `stop-job` answer for `job_id` was sent, since
+    /// [`Hub::started`].
+    pub fn stop_sent_at(&self, job_id: &str) -> Option<Duration> {
+        self.lock().stop_sent.get(job_id).copied()
     }
 
     pub fn log_violations(&self) -> Vec<String> {
@@ -549,6 +575,7 @@ fn normal_answer(
                 .map(str::to_string)
                 .collect();
             let verbose = s.verbose;
+            let now = s.started.map(|t| t.elapsed()).unwrap_or_default();
             let have = s.logs.entry(id.clone()).or_default();
             if start_from > have.len() {
                 let msg = format!(
@@ -560,12 +587,16 @@ fn normal_answer(
             }
             // A resend overlaps what we have: keep only what is new.
             let skip = have.len() - start_from;
+            let mut added = 0;
             for line in lines.into_iter().skip(skip) {
                 if verbose {
                     println!("[hub] log {id}: {line}");
                 }
                 have.push(line);
+                added += 1;
             }
+            let times = s.log_times.entry(id).or_default();
+            times.extend(std::iter::repeat_n(now, added));
             (200, String::new())
         }
         None => (404, "not found".into()),
@@ -602,6 +633,8 @@ fn sync_answer(s: &mut State, body: &Value) -> Value {
             let grace = register["interruption_grace_period"].as_u64().unwrap_or(0);
             let grace_over = interrupted_at > 0 && unix_now() >= interrupted_at + grace;
             if s.stop.contains(&job_id) || s.shutdown.is_some() || grace_over {
+                let now = s.started.map(|t| t.elapsed()).unwrap_or_default();
+                s.stop_sent.entry(job_id).or_insert(now);
                 answer = stop;
             }
         }

@@ -1,0 +1,953 @@
+//! Agent benchmark (not a test): the DESIGN.md targets for `semaphore-agent
+//! start`, measured on the real release binary against the fake control
+//! plane of the integration tests (tests/support/hub.rs) on 127.0.0.1.
+//!
+//! Run with `cargo build --release && cargo run --release --example
+//! agent_bench`. Examples cannot name the package's binary, so the agent is
+//! looked up next to this program: `target/release/semaphore-agent` (this
+//! program is `target/release/examples/agent_bench`). `cargo run --example`
+//! does not rebuild that binary, hence the `cargo build --release` first; a
+//! binary older than the sources is reported.
+//!
+//! Every figure comes with a baseline measured in the same run, so a slow
+//! machine shows up in both columns:
+//! 1. start → registered (and → first sync): spawn until the hub receives
+//!    `POST /register`. Baselines: spawn → exit of `semaphore-agent version`
+//!    (the cost of starting this very binary: exec, dynamic loading, Rust
+//!    runtime) and spawn → hub receives one request from a bare Rust client
+//!    (this program run again with `--probe`: exec + TCP connect + one
+//!    hand-written HTTP request, no TLS, no HTTP library). The second is the
+//!    fair floor: everything the agent must do at least; the ratio is
+//!    against it.
+//! 2. idle RSS: VmRSS/VmHWM of an agent that has been syncing every 100 ms
+//!    for a few seconds. Baselines: VmRSS of `sleep` (a minimal C process)
+//!    and the VmHWM of the same binary started against a closed port,
+//!    waiting in its register retry (what the sync loop adds on top).
+//! 3. stop latency: the hub answers `stop-job` while the job runs `sleep
+//!    infinity`; time from that answer to the `finished-job` sync (result
+//!    `stopped`). Baseline: SIGTERM to a `sleep infinity` child until it is
+//!    reaped. At the `finished-job` sync no process the job had (the
+//!    agent's descendants, snapshot while it ran, matched by pid and start
+//!    time) may still run; killed orphans that pid 1 has not reaped yet
+//!    (zombies) are counted apart.
+//! 4. line latency: a job prints `date +%s%N` every 200 ms; delay from the
+//!    stamp to the hub's log endpoint accepting the event that completes the
+//!    line. Baseline: the same loop read through a plain pipe.
+//! 5. binary size of target/release/semaphore-agent and, if
+//!    packaging/build-static.sh built it, the static musl binary. There is
+//!    no baseline binary to build here; the ratio column is against the
+//!    target.
+
+#[path = "../tests/support/hub.rs"]
+#[allow(dead_code)]
+mod hub;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use std::sync::Mutex;
+
+/// Runs of the start measurement (and of its baselines).
+const START_RUNS: usize = 20;
+/// Runs of the stop measurement.
+const STOP_RUNS: usize = 5;
+/// Lines the line-latency job prints, 200 ms apart.
+const LINES: usize = 15;
+/// How long the agent idles before its RSS is read.
+const IDLE: Duration = Duration::from_secs(3);
+/// The bound of every wait for something that should take well under it.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--probe") {
+        std::process::exit(probe(args.get(2).map(String::as_str).unwrap_or("")));
+    }
+    let bin = match agent_binary() {
+        Ok(bin) => bin,
+        Err(message) => {
+            eprintln!("agent_bench: {message}");
+            std::process::exit(2);
+        }
+    };
+    println!("agent binary: {}", bin.display());
+    if let Some(warning) = staleness(&bin) {
+        println!("WARNING: {warning}");
+    }
+    let clock = Clock::now();
+    let mut rows = Vec::new();
+
+    println!("1/5 start → registered ({START_RUNS} runs each)...");
+    rows.extend(start_rows(&bin));
+
+    println!("2/5 idle RSS, 3/5 line latency, 4/5 stop latency (one agent)...");
+    let scratch = Sandbox::new();
+    let hub = hub::Hub::start();
+    let mut agent = Proc::spawn(scratch.agent(&bin, &start_args(&hub.endpoint())));
+    if !hub.wait_until(WAIT, |h| !h.syncs().is_empty()) {
+        fail_with_log(&scratch, "the agent never synced");
+    }
+    rows.extend(idle_rows(&bin, &hub, &agent));
+    rows.extend(line_rows(&hub, &clock));
+    rows.extend(stop_rows(&hub, &agent));
+    if let Some(hwm) = proc_status_kb(agent.pid(), "VmHWM") {
+        rows.push(Row::info(
+            "agent VmHWM after the jobs",
+            format!("{:.2} MB", hwm as f64 / 1024.0),
+        ));
+    }
+    agent.kill();
+
+    println!("5/5 binary size...");
+    rows.extend(size_rows(&bin));
+
+    print_table(&rows);
+}
+
+// ---------------------------------------------------------------- 1. start
+
+fn start_rows(bin: &Path) -> Vec<Row> {
+    let mut registered = Vec::new();
+    let mut first_sync = Vec::new();
+    for _ in 0..START_RUNS {
+        let sandbox = Sandbox::new();
+        let hub = hub::Hub::start();
+        let spawned = Instant::now();
+        let mut agent = Proc::spawn(sandbox.agent(bin, &start_args(&hub.endpoint())));
+        if !hub.wait_until(WAIT, |h| !h.syncs().is_empty()) {
+            fail_with_log(&sandbox, "the agent never registered and synced");
+        }
+        let arrival = |suffix: &str| {
+            let at = hub.requests_to(suffix).first().map(|r| r.at)?;
+            (hub.started() + at).checked_duration_since(spawned)
+        };
+        registered.extend(arrival("/register"));
+        first_sync.extend(arrival("/sync"));
+        agent.kill();
+    }
+
+    let mut version_exit = Vec::new();
+    for _ in 0..START_RUNS {
+        let sandbox = Sandbox::new();
+        let mut cmd = sandbox.command(bin);
+        cmd.arg("version");
+        let spawned = Instant::now();
+        let mut child = Proc::spawn(cmd);
+        if child.wait_exit() {
+            version_exit.push(spawned.elapsed());
+        }
+    }
+
+    let mut probe_sent = Vec::new();
+    let me = std::env::current_exe().unwrap_or_default();
+    for _ in 0..START_RUNS {
+        let sandbox = Sandbox::new();
+        let hub = hub::Hub::start();
+        let mut cmd = sandbox.command(&me);
+        cmd.arg("--probe").arg(hub.endpoint());
+        let spawned = Instant::now();
+        let mut child = Proc::spawn(cmd);
+        if hub.wait_until(WAIT, |h| !h.requests_to("/probe").is_empty()) {
+            let at = hub.requests_to("/probe")[0].at;
+            probe_sent.extend((hub.started() + at).checked_duration_since(spawned));
+        }
+        child.wait_exit();
+    }
+
+    let floor = median(&probe_sent);
+    let target = Duration::from_millis(50);
+    vec![
+        Row::timed(
+            "start → POST /register, median",
+            median(&registered),
+            floor,
+            "spawn → bare client's request, median",
+            Some(target),
+        ),
+        Row::timed(
+            "start → POST /register, p90",
+            percentile(&registered, 90),
+            percentile(&probe_sent, 90),
+            "spawn → bare client's request, p90",
+            Some(target),
+        ),
+        Row::timed(
+            "start → first /sync, median",
+            median(&first_sync),
+            floor,
+            "spawn → bare client's request, median",
+            None,
+        ),
+        Row::timed(
+            "(baseline) `version` spawn → exit",
+            median(&version_exit),
+            floor,
+            "spawn → bare client's request, median",
+            None,
+        )
+        .without_target(),
+    ]
+}
+
+/// The `--probe ADDR` child: one hand-written HTTP request, then exit.
+fn probe(addr: &str) -> i32 {
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 1;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!(
+        "POST /probe HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return 1;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    0
+}
+
+// ---------------------------------------------------------------- 2. RSS
+
+fn idle_rows(bin: &Path, hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
+    let syncs_before = hub.syncs().len();
+    std::thread::sleep(IDLE);
+    let syncs = hub.syncs().len() - syncs_before;
+    let rss = proc_status_kb(agent.pid(), "VmRSS").unwrap_or(0);
+    let hwm = proc_status_kb(agent.pid(), "VmHWM").unwrap_or(0);
+
+    let sandbox = Sandbox::new();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("60")
+        .env_clear()
+        .stdin(Stdio::null())
+        .current_dir(sandbox.dir.path());
+    let mut sleeper = Proc::spawn(cmd);
+    std::thread::sleep(Duration::from_millis(100));
+    let sleep_rss = proc_status_kb(sleeper.pid(), "VmRSS").unwrap_or(0);
+    sleeper.kill();
+
+    // The same binary before its sync loop: `start` against a closed port,
+    // waiting out a long register retry delay. (The peak RSS wait4 reports
+    // for a short `version` run is no use: Linux carries the pre-exec
+    // image, i.e. this program's RSS, into a child's ru_maxrss.)
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| fail(&format!("cannot pick a free port: {e}")));
+    let mut cmd = sandbox.agent(bin, &start_args(&closed));
+    cmd.env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "60000");
+    let mut unregistered = Proc::spawn(cmd);
+    let log = sandbox.path("agent_log");
+    wait_for(WAIT, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Register"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let floor_hwm = proc_status_kb(unregistered.pid(), "VmHWM").unwrap_or(0);
+    unregistered.kill();
+
+    let target = 5 * 1024;
+    let note = format!("after {:.0} s idle, {syncs} syncs", IDLE.as_secs_f64());
+    vec![
+        Row::kb(
+            "idle VmRSS",
+            rss,
+            sleep_rss,
+            "`sleep 60` VmRSS",
+            Some(target),
+        )
+        .note(&note),
+        Row::kb(
+            "idle VmHWM (peak so far)",
+            hwm,
+            floor_hwm,
+            "same binary, never registered, VmHWM",
+            Some(target),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------- 3. lines
+
+fn line_rows(hub: &hub::Hub, clock: &Clock) -> Vec<Row> {
+    let script = format!("for i in $(seq 1 {LINES}); do date +%s%N; sleep 0.2; done");
+    let id = hub.queue_job(json!({ "commands": [{ "directive": script }] }));
+    let result = hub.wait_for_result(&id, WAIT + Duration::from_secs(10));
+    let started = hub.started();
+    // Join the output back into lines; each line arrived with the event
+    // that completed it.
+    let mut delays = Vec::new();
+    let mut pending = String::new();
+    let events = hub.events(&id);
+    let times = hub.event_times(&id);
+    for (event, at) in events.iter().zip(times) {
+        if event["event"] != "cmd_output" {
+            continue;
+        }
+        pending.push_str(event["output"].as_str().unwrap_or_default());
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            if let Some(printed) = stamp(&line) {
+                let arrived = clock.wall(started + at);
+                delays.extend(arrived.duration_since(printed).ok());
+            }
+        }
+    }
+
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", path_var())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut pipe_delays = Vec::new();
+    let mut child = Proc::spawn(cmd);
+    if let Some(out) = child.child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let now = SystemTime::now();
+            if let Some(printed) = stamp(&line) {
+                pipe_delays.extend(now.duration_since(printed).ok());
+            }
+        }
+    }
+    child.wait_exit();
+
+    let mut note = format!("{}/{LINES} lines", delays.len());
+    if result.as_deref() != Some("passed") {
+        note.push_str(&format!(", JOB RESULT {result:?}"));
+    }
+    let target = Some(Duration::from_secs(1));
+    vec![
+        Row::timed(
+            "job line → hub, median",
+            median(&delays),
+            median(&pipe_delays),
+            "same loop through a pipe, median",
+            target,
+        )
+        .note(&note),
+        Row::timed(
+            "job line → hub, max",
+            delays.iter().max().copied(),
+            pipe_delays.iter().max().copied(),
+            "same loop through a pipe, max",
+            target,
+        ),
+    ]
+}
+
+/// A `date +%s%N` line as a wall-clock time.
+fn stamp(line: &str) -> Option<SystemTime> {
+    let digits = line.trim();
+    if digits.len() < 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: u64 = digits.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+// ---------------------------------------------------------------- 4. stop
+
+fn stop_rows(hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
+    let mut latencies = Vec::new();
+    let mut results = Vec::new();
+    let mut tracked = 0;
+    let mut survivors = 0;
+    let mut orphan_zombies = 0;
+    let mut previous: Vec<ProcInfo> = Vec::new();
+    for _ in 0..STOP_RUNS {
+        let id = hub.queue_job(json!({ "commands": [{ "directive": "sleep infinity" }] }));
+        // Stop only once `sleep` itself runs, so the stop has a process to end.
+        let sleeping = wait_for(WAIT, || {
+            descendants(agent.pid())
+                .iter()
+                .any(|p| p.comm == "sleep" && p.state != 'Z' && !previous.iter().any(|q| q.same(p)))
+        });
+        if !sleeping {
+            results.push("never started".to_string());
+            continue;
+        }
+        let job_processes = descendants(agent.pid());
+        tracked += job_processes.len();
+        hub.stop_job(&id);
+        let result = hub
+            .wait_for_result(&id, WAIT)
+            .unwrap_or_else(|| "no result".into());
+        // A process killed after its parent died is reparented to pid 1
+        // (or a subreaper) and stays a zombie until that one reaps it: dead,
+        // holding only its pid, and nothing the agent can wait for. Any
+        // other leftover (running, or a zombie of the agent) is a survivor.
+        let agent_pid = agent.pid();
+        for p in job_processes.iter().filter_map(ProcInfo::current) {
+            let adopted = !job_processes.iter().any(|q| q.pid == p.ppid) && p.ppid != agent_pid;
+            if p.state == 'Z' && adopted {
+                orphan_zombies += 1;
+            } else {
+                survivors += 1;
+            }
+        }
+        previous = job_processes;
+        let finished = hub.requests_to("/sync").into_iter().find(|r| {
+            let body = r.json();
+            body["state"] == "finished-job" && body["job_id"] == id
+        });
+        if let (Some(sent), Some(finished)) = (hub.stop_sent_at(&id), finished) {
+            latencies.extend(finished.at.checked_sub(sent));
+        }
+        results.push(result);
+        // Back to waiting, so the next job is handed out.
+        wait_for(WAIT, || {
+            hub.syncs()
+                .last()
+                .is_some_and(|s| s["state"] == "waiting-for-jobs")
+        });
+    }
+
+    let mut kills = Vec::new();
+    for _ in 0..STOP_RUNS {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("infinity").env_clear().stdin(Stdio::null());
+        let mut sleeper = Proc::spawn(cmd);
+        std::thread::sleep(Duration::from_millis(20));
+        let sent = Instant::now();
+        sleeper.signal(libc::SIGTERM);
+        if sleeper.wait_exit() {
+            kills.push(sent.elapsed());
+        }
+    }
+
+    let stopped = results.iter().filter(|r| *r == "stopped").count();
+    let mut note = format!("{stopped}/{STOP_RUNS} stopped");
+    if stopped != STOP_RUNS {
+        note.push_str(&format!(" (results {results:?})"));
+    }
+    vec![
+        Row::timed(
+            "stop-job → finished-job, median",
+            median(&latencies),
+            median(&kills),
+            "SIGTERM `sleep` → reaped, median",
+            Some(Duration::from_secs(2)),
+        )
+        .note(&note),
+        Row::timed(
+            "stop-job → finished-job, max",
+            latencies.iter().max().copied(),
+            kills.iter().max().copied(),
+            "SIGTERM `sleep` → reaped, max",
+            Some(Duration::from_secs(2)),
+        ),
+        Row::info(
+            "job processes alive at finished-job",
+            format!("{survivors} of {tracked}"),
+        )
+        .verdict(survivors == 0 && tracked > 0)
+        .note(&format!(
+            "+ {orphan_zombies} killed, zombie under pid 1 until it reaps"
+        )),
+    ]
+}
+
+/// One process as /proc/<pid>/stat shows it.
+#[derive(Debug, Clone)]
+struct ProcInfo {
+    pid: i32,
+    ppid: i32,
+    comm: String,
+    state: char,
+    /// Start time in clock ticks since boot: with the pid, names a process
+    /// even after its pid is reused.
+    start: u64,
+}
+
+impl ProcInfo {
+    fn read(pid: i32) -> Option<ProcInfo> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // comm is in parentheses and may contain spaces; fields follow the last ')'.
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat.get(open + 1..close)?.to_string();
+        let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+        Some(ProcInfo {
+            pid,
+            ppid: rest.get(1)?.parse().ok()?,
+            comm,
+            state: rest.first()?.chars().next()?,
+            start: rest.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// The same process (its state may have changed).
+    fn same(&self, other: &ProcInfo) -> bool {
+        self.pid == other.pid && self.start == other.start
+    }
+
+    /// The process as it is now, if it still exists (zombies included).
+    fn current(&self) -> Option<ProcInfo> {
+        ProcInfo::read(self.pid).filter(|now| now.same(self))
+    }
+}
+
+/// Every process below `root`.
+fn descendants(root: i32) -> Vec<ProcInfo> {
+    let all: Vec<ProcInfo> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(ProcInfo::read)
+        .collect();
+    let mut found = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for p in all.iter().filter(|p| p.ppid == parent) {
+            parents.push(p.pid);
+            found.push(p.clone());
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------- 5. size
+
+fn size_rows(bin: &Path) -> Vec<Row> {
+    let target = 5 * 1024 * 1024;
+    let mut rows = vec![Row::size("binary size (release, glibc)", bin, target)];
+    let musl = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/musl/x86_64-unknown-linux-musl/release/semaphore-agent");
+    if musl.exists() {
+        rows.push(Row::size("binary size (static musl)", &musl, target));
+    } else {
+        rows.push(
+            Row::info("binary size (static musl)", "not built".into())
+                .note("packaging/build-static.sh builds it"),
+        );
+    }
+    rows
+}
+
+// ---------------------------------------------------------------- table
+
+/// One line of the table. `value`/`baseline` are already formatted;
+/// `ratio` is value / baseline (or value / target without a baseline).
+struct Row {
+    name: String,
+    value: String,
+    baseline: String,
+    baseline_is: String,
+    ratio: Option<f64>,
+    target: String,
+    ok: Option<bool>,
+    note: String,
+}
+
+impl Row {
+    fn timed(
+        name: &str,
+        value: Option<Duration>,
+        baseline: Option<Duration>,
+        baseline_is: &str,
+        target: Option<Duration>,
+    ) -> Row {
+        let ms = |d: Option<Duration>| {
+            d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        Row {
+            name: name.into(),
+            value: ms(value),
+            baseline: ms(baseline),
+            baseline_is: baseline_is.into(),
+            ratio: value
+                .zip(baseline)
+                .map(|(v, b)| v.as_secs_f64() / b.as_secs_f64().max(1e-9)),
+            target: target
+                .map(|t| format!("< {}", ms(Some(t))))
+                .unwrap_or_default(),
+            ok: target.zip(value).map(|(t, v)| v < t),
+            note: String::new(),
+        }
+    }
+
+    fn kb(name: &str, value: u64, baseline: u64, baseline_is: &str, target: Option<u64>) -> Row {
+        let mb = |kb: u64| format!("{:.2} MB", kb as f64 / 1024.0);
+        Row {
+            name: name.into(),
+            value: mb(value),
+            baseline: mb(baseline),
+            baseline_is: baseline_is.into(),
+            ratio: (baseline > 0).then(|| value as f64 / baseline as f64),
+            target: target.map(|t| format!("< {}", mb(t))).unwrap_or_default(),
+            ok: target.map(|t| value > 0 && value < t),
+            note: String::new(),
+        }
+    }
+
+    fn size(name: &str, path: &Path, target: u64) -> Row {
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let mb = |b: u64| format!("{:.2} MB", b as f64 / (1024.0 * 1024.0));
+        Row {
+            name: name.into(),
+            value: mb(bytes),
+            baseline: mb(target),
+            baseline_is: "(the target)".into(),
+            ratio: Some(bytes as f64 / target as f64),
+            target: format!("< {}", mb(target)),
+            ok: Some(bytes > 0 && bytes < target),
+            note: String::new(),
+        }
+    }
+
+    fn info(name: &str, value: String) -> Row {
+        Row {
+            name: name.into(),
+            value,
+            baseline: String::new(),
+            baseline_is: String::new(),
+            ratio: None,
+            target: String::new(),
+            ok: None,
+            note: String::new(),
+        }
+    }
+
+    fn note(mut self, note: &str) -> Row {
+        self.note = note.into();
+        self
+    }
+
+    fn verdict(mut self, ok: bool) -> Row {
+        self.ok = Some(ok);
+        self
+    }
+
+    /// For a row that is itself a baseline: no target, ratio kept.
+    fn without_target(mut self) -> Row {
+        self.ok = None;
+        self.target = String::new();
+        self
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<34} {:>11}  {:>11} {:<38} {:>8}  {:<10} {:<4} note",
+        "figure", "agent", "baseline", "(baseline is)", "ratio", "target", "ok"
+    );
+    println!("{}", "-".repeat(130));
+    for r in rows {
+        println!(
+            "{:<34} {:>11}  {:>11} {:<38} {:>8}  {:<10} {:<4} {}",
+            r.name,
+            r.value,
+            r.baseline,
+            r.baseline_is,
+            r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default(),
+            r.target,
+            match r.ok {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            },
+            r.note
+        );
+    }
+    println!();
+    println!("ratio = agent / baseline (size: / target). Sync interval 100 ms; loopback only.");
+}
+
+// ---------------------------------------------------------------- plumbing
+
+/// target/release/semaphore-agent, next to target/release/examples/<this>.
+fn agent_binary() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find my own path: {e}"))?;
+    let release = me
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("{} has no grandparent directory", me.display()))?;
+    let bin = release.join("semaphore-agent");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release` first (examples cannot build the \
+             package's binary themselves)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// A warning if some file under src/ is newer than `bin`.
+fn staleness(bin: &Path) -> Option<String> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+            {
+                return Some(format!(
+                    "{} is newer than {}: run `cargo build --release` to measure the current code",
+                    path.display(),
+                    bin.display()
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn start_args(endpoint: &str) -> Vec<String> {
+    [
+        "start",
+        "--endpoint",
+        endpoint,
+        "--no-https",
+        "--token",
+        hub::REGISTRATION_TOKEN,
+        "--name",
+        "bench-agent",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn path_var() -> String {
+    std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+}
+
+/// A private HOME and TMPDIR per child, removed when dropped.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("agent-bench-")
+            .tempdir()
+            .unwrap_or_else(|e| fail(&format!("cannot create a temp dir: {e}")));
+        for sub in ["home", "tmp"] {
+            if let Err(e) = std::fs::create_dir_all(dir.path().join(sub)) {
+                fail(&format!("cannot create {sub} in the temp dir: {e}"));
+            }
+        }
+        Sandbox { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `program` with a cleared environment (PATH, HOME, TMPDIR, agent log
+    /// file only) and stdout/stderr into the sandbox.
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", path_var())
+            .env("HOME", self.path("home"))
+            .env("TMPDIR", self.path("tmp"))
+            .env("SEMAPHORE_AGENT_LOG_FILE_PATH", self.path("agent_log"))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        for (name, stream) in [("stdout", true), ("stderr", false)] {
+            if let Ok(file) = std::fs::File::create(self.path(name)) {
+                if stream {
+                    cmd.stdout(file);
+                } else {
+                    cmd.stderr(file);
+                }
+            }
+        }
+        cmd
+    }
+
+    /// The agent with `args` and the test-only knobs that shrink its
+    /// retry delays (the hub itself asks for a sync every 100 ms).
+    fn agent(&self, bin: &Path, args: &[String]) -> Command {
+        let mut cmd = self.command(bin);
+        cmd.args(args)
+            .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "20")
+            .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "20")
+            .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "20")
+            .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100");
+        cmd
+    }
+}
+
+/// Pids of children not yet reaped, so `fail` can kill them before exiting
+/// (an exit skips the `Drop` of every `Proc`).
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn children() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child process, killed and reaped (bounded) when dropped.
+struct Proc {
+    child: Child,
+    reaped: bool,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        match cmd.spawn() {
+            Ok(child) => {
+                children().push(child.id() as i32);
+                Proc {
+                    child,
+                    reaped: false,
+                }
+            }
+            Err(e) => fail(&format!("cannot start {cmd:?}: {e}")),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        if !self.reaped {
+            // SAFETY: kill(2) on our own unreaped child; no memory involved.
+            unsafe {
+                libc::kill(self.pid(), sig);
+            }
+        }
+    }
+
+    /// Waits (bounded) for the exit, polling every 0.2 ms so the time
+    /// of the exit is precise; false if it did not exit in time (it is
+    /// killed then).
+    fn wait_exit(&mut self) -> bool {
+        if self.reaped {
+            return false;
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => {
+                    self.mark_reaped();
+                    return true;
+                }
+                Ok(None) if Instant::now() < deadline => {}
+                _ => {
+                    self.kill();
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn mark_reaped(&mut self) {
+        self.reaped = true;
+        let pid = self.pid();
+        children().retain(|p| *p != pid);
+    }
+
+    fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        if !self.reaped {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    self.mark_reaped();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Maps hub instants to wall-clock time (the job's `date` stamps).
+struct Clock {
+    instant: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
+        match at.checked_duration_since(self.instant) {
+            Some(d) => self.wall + d,
+            None => self.wall - (self.instant - at),
+        }
+    }
+}
+
+/// A `kB` line of /proc/<pid>/status.
+fn proc_status_kb(pid: i32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn wait_for(timeout: Duration, ready: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ready()
+}
+
+fn median(values: &[Duration]) -> Option<Duration> {
+    percentile(values, 50)
+}
+
+/// Nearest-rank percentile.
+fn percentile(values: &[Duration], pct: usize) -> Option<Duration> {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let rank = (pct * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+fn fail_with_log(sandbox: &Sandbox, message: &str) -> ! {
+    let log = std::fs::read_to_string(sandbox.path("agent_log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    eprintln!("agent log (last lines, newest first):");
+    for line in tail {
+        eprintln!("  {line}");
+    }
+    fail(message)
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("agent_bench: {message}");
+    for pid in children().drain(..) {
+        // SAFETY: kill(2) on our own unreaped child; no memory involved.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    std::process::exit(1);
+}
