@@ -324,16 +324,10 @@ impl std::error::Error for ApiError {}
 /// Builds the HTTP agent used for every call to `url`'s host: certificate
 /// verification always on (system roots, else bundled Mozilla roots), the
 /// proxy chosen from the environment the way Go's net/http does, and
-/// `timeout` for connecting and for each answer. Exposed so the log pusher
-/// talks to the log server with the same TLS and proxy rules.
+/// `timeout` for connecting and for each answer. The log pusher builds its
+/// client from [`http_config`], so it follows the same TLS and proxy rules.
 pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
-    let mut builder = ureq::Agent::config_builder();
-    // Reading the system's roots takes tens of milliseconds; plain http
-    // (`--no-https`) never needs them.
-    if url.starts_with("https://") {
-        builder = builder.tls_config(tls_config());
-    }
-    let config = builder
+    let config = http_config(url)
         .http_status_as_error(false)
         .user_agent(format!("SemaphoreAgent/{}", crate::VERSION))
         .timeout_connect(Some(timeout))
@@ -343,9 +337,23 @@ pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
         // A bound on the whole call, so a server trickling bytes cannot hold
         // the sync loop forever.
         .timeout_global(Some(timeout * 2))
-        .proxy(proxy_for(url, &|name| std::env::var(name).ok()))
         .build();
     config.new_agent()
+}
+
+/// The settings every HTTP client of the agent shares, whoever it talks
+/// to at `url` (the control plane, the log server): certificate checks
+/// against the system roots (SSL_CERT_FILE / SSL_CERT_DIR when set) else
+/// the bundled Mozilla roots, and the proxy picked by [`proxy_for`]. Without
+/// this, ureq's defaults would ignore SSL_CERT_FILE and proxy loopback.
+pub fn http_config(url: &str) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    let mut builder = ureq::Agent::config_builder();
+    // Reading the system's roots takes tens of milliseconds; plain http
+    // (`--no-https`) never needs them.
+    if url.starts_with("https://") {
+        builder = builder.tls_config(tls_config());
+    }
+    builder.proxy(proxy_for(url, &|name| std::env::var(name).ok()))
 }
 
 fn tls_config() -> ureq::tls::TlsConfig {
@@ -662,7 +670,8 @@ impl Api {
                 .header("Authorization", &auth)
                 .send_empty(),
         };
-        let mut response = sent.map_err(|e| Failure::Transport(self.redact(&e.to_string())))?;
+        let mut response =
+            sent.map_err(|e| Failure::Transport(self.redact(&describe_transport(&e))))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let mut head = Vec::new();
@@ -716,6 +725,44 @@ impl Api {
         }
         out
     }
+}
+
+/// What a transport error means. Certificate problems get a hint on what
+/// to do, because "invalid peer certificate: UnknownIssuer" alone does not
+/// tell an operator that a private CA needs SSL_CERT_FILE.
+pub fn describe_transport(e: &ureq::Error) -> String {
+    use rustls::CertificateError as C;
+    let tls = match e {
+        ureq::Error::Rustls(inner) => Some(inner),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    let Some(tls) = tls else {
+        return e.to_string();
+    };
+    let hint = match tls {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => {
+                "the server's TLS certificate is not trusted: if it is issued by a private CA \
+                 (or a TLS-inspecting proxy), point SSL_CERT_FILE at a PEM file with that CA"
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the server's TLS certificate is not valid for the host in --endpoint"
+            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => {
+                "the server's TLS certificate is expired or not yet valid: check it and this \
+                 machine's clock"
+            }
+            _ => "the server's TLS certificate was rejected",
+        },
+        _ => "TLS failed",
+    };
+    format!("{hint} ({tls})")
 }
 
 /// Percent-encodes a job id for use as one URL path segment, so an odd id

@@ -102,6 +102,8 @@ struct State {
     extra_registration_token: Option<String>,
     /// The last sync line printed in verbose mode, to skip repeats.
     last_printed: String,
+    /// Where job logs go instead of `http://127.0.0.1:<hub port>`.
+    log_base: Option<String>,
 }
 
 struct Shared {
@@ -209,6 +211,12 @@ impl Hub {
     /// The `next_sync_after` (ms) sent with every normal sync answer; 0 omits it.
     pub fn set_next_sync_after(&self, ms: u64) {
         self.lock().next_sync_after = ms;
+    }
+
+    /// Points the jobs' log URLs at `base` (e.g. an HTTPS front of this
+    /// hub) instead of the hub's own plain-HTTP address.
+    pub fn set_log_base(&self, base: &str) {
+        self.lock().log_base = Some(base.trim_end_matches('/').to_string());
     }
 
     /// Also accepts `token` on register (the dev hub takes `dev`).
@@ -494,9 +502,13 @@ fn normal_answer(
             let token = format!("log-token-{}", s.log_token_generation);
             s.log_tokens.insert(id.clone(), token.clone());
             s.current_job = Some(id.clone());
+            let base = s
+                .log_base
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             job["logger"] = json!({
                 "method": "push",
-                "url": format!("http://127.0.0.1:{port}/logs/{id}"),
+                "url": format!("{base}/logs/{id}"),
                 "token": token,
                 "max_size_in_bytes": 100 * 1024 * 1024,
             });
