@@ -204,6 +204,11 @@ impl RegisterResponse {
             "" => text_field("access_token"),
             token => token,
         };
+        // Without a token every later call would be refused; failing here
+        // lets the register retries (and their clear give-up) handle it.
+        if token.is_empty() {
+            return Err("the answer has no access token".to_string());
+        }
         Ok(RegisterResponse {
             name: text_field("name").to_string(),
             token: token.to_string(),
@@ -324,16 +329,10 @@ impl std::error::Error for ApiError {}
 /// Builds the HTTP agent used for every call to `url`'s host: certificate
 /// verification always on (system roots, else bundled Mozilla roots), the
 /// proxy chosen from the environment the way Go's net/http does, and
-/// `timeout` for connecting and for each answer. Exposed so the log pusher
-/// talks to the log server with the same TLS and proxy rules.
+/// `timeout` for connecting and for each answer. The log pusher builds its
+/// client from [`http_config`], so it follows the same TLS and proxy rules.
 pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
-    let mut builder = ureq::Agent::config_builder();
-    // Reading the system's roots takes tens of milliseconds; plain http
-    // (`--no-https`) never needs them.
-    if url.starts_with("https://") {
-        builder = builder.tls_config(tls_config());
-    }
-    let config = builder
+    let config = http_config(url)
         .http_status_as_error(false)
         .user_agent(format!("SemaphoreAgent/{}", crate::VERSION))
         .timeout_connect(Some(timeout))
@@ -343,9 +342,28 @@ pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
         // A bound on the whole call, so a server trickling bytes cannot hold
         // the sync loop forever.
         .timeout_global(Some(timeout * 2))
-        .proxy(proxy_for(url, &|name| std::env::var(name).ok()))
         .build();
     config.new_agent()
+}
+
+/// The settings every HTTP client of the agent shares, whoever it talks
+/// to at `url` (the control plane, the log server): certificate checks
+/// against the system roots (SSL_CERT_FILE / SSL_CERT_DIR when set) else
+/// the bundled Mozilla roots, and the proxy picked by [`proxy_for`]. Without
+/// this, ureq's defaults would ignore SSL_CERT_FILE and proxy loopback.
+pub fn http_config(url: &str) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    let mut builder = ureq::Agent::config_builder();
+    // Reading the system's roots takes tens of milliseconds; plain http
+    // (`--no-https`) never needs them.
+    if url.starts_with("https://") {
+        builder = builder.tls_config(tls_config());
+    }
+    builder
+        .proxy(proxy_for(url, &|name| std::env::var(name).ok()))
+        // A redirect is answered as the error it is: following one would
+        // turn a POST into a GET and drop the Authorization header, and the
+        // resulting 401 would blame the token instead of the endpoint.
+        .max_redirects(0)
 }
 
 fn tls_config() -> ureq::tls::TlsConfig {
@@ -597,17 +615,9 @@ impl Api {
             .map_err(err)?;
         // The job carries secrets (env vars, files, the log token): never
         // quote it, only say where parsing stopped.
-        JobRequest::from_json(&text).map_err(|reason| {
-            let reason = match serde_json::from_str::<serde_json::Value>(&text) {
-                Err(e) => format!("not JSON (line {}, column {})", e.line(), e.column()),
-                Ok(_) => reason
-                    .split(" at line")
-                    .next()
-                    .unwrap_or("bad job")
-                    .to_string(),
-            };
+        serde_json::from_str::<JobRequest>(&text).map_err(|e| {
             err(Failure::BadAnswer {
-                reason,
+                reason: describe_bad_job(&e),
                 body: String::new(),
             })
         })
@@ -662,8 +672,22 @@ impl Api {
                 .header("Authorization", &auth)
                 .send_empty(),
         };
-        let mut response = sent.map_err(|e| Failure::Transport(self.redact(&e.to_string())))?;
+        let mut response =
+            sent.map_err(|e| Failure::Transport(self.redact(&describe_transport(&e))))?;
         let status = response.status().as_u16();
+        if (300..400).contains(&status) {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere");
+            return Err(Failure::Status {
+                status,
+                body: self.excerpt(&format!(
+                    "a redirect to {location}, which the agent does not follow: check the endpoint"
+                )),
+            });
+        }
         if !(200..300).contains(&status) {
             let mut head = Vec::new();
             let _ = response
@@ -716,6 +740,86 @@ impl Api {
         }
         out
     }
+}
+
+/// Why a job request could not be read, without quoting any of it: serde
+/// puts the unexpected value in its message (`invalid type: string "..."`),
+/// and that value may be a secret.
+fn describe_bad_job(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = format!("line {}, column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Syntax | Category::Io => format!("not JSON ({at})"),
+        Category::Eof if e.line() == 0 || (e.line() == 1 && e.column() == 0) => {
+            "the answer is empty".to_string()
+        }
+        Category::Eof => format!("the JSON ends early ({at})"),
+        Category::Data => {
+            let message = e.to_string();
+            let message = message.split(" at line").next().unwrap_or_default();
+            format!("not a job: {} ({at})", unquote(message))
+        }
+    }
+}
+
+/// `message` with every "..." and `...` span replaced by an ellipsis.
+fn unquote(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                out.push(c);
+                out.push('…');
+                open = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a transport error means. Certificate problems get a hint on what
+/// to do, because "invalid peer certificate: UnknownIssuer" alone does not
+/// tell an operator that a private CA needs SSL_CERT_FILE.
+pub fn describe_transport(e: &ureq::Error) -> String {
+    use rustls::CertificateError as C;
+    let tls = match e {
+        ureq::Error::Rustls(inner) => Some(inner),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    let Some(tls) = tls else {
+        return e.to_string();
+    };
+    let hint = match tls {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => {
+                "the server's TLS certificate is not trusted: if it is issued by a private CA \
+                 (or a TLS-inspecting proxy), point SSL_CERT_FILE at a PEM file with that CA"
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the server's TLS certificate is not valid for the host in --endpoint"
+            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => {
+                "the server's TLS certificate is expired or not yet valid: check it and this \
+                 machine's clock"
+            }
+            _ => "the server's TLS certificate was rejected",
+        },
+        _ => "TLS failed",
+    };
+    format!("{hint} ({tls})")
 }
 
 /// Percent-encodes a job id for use as one URL path segment, so an odd id
@@ -776,6 +880,55 @@ mod tests {
         assert_eq!(r.name, "");
         let e = RegisterResponse::from_json(r#"{"token":"secret-abc""#).unwrap_err();
         assert!(!e.contains("secret-abc"), "{e}");
+    }
+
+    #[test]
+    fn a_register_answer_without_a_token_is_an_error() {
+        for text in [r#"{"name":"a","token":""}"#, r#"{"name":"a"}"#, "{}"] {
+            let e = RegisterResponse::from_json(text).unwrap_err();
+            assert!(e.contains("no access token"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_jobs_are_described_without_quoting_them() {
+        let reason =
+            |text: &str| describe_bad_job(&serde_json::from_str::<JobRequest>(text).unwrap_err());
+        assert_eq!(reason(""), "the answer is empty");
+        assert!(
+            reason("<html>").starts_with("not JSON (line 1"),
+            "{}",
+            reason("<html>")
+        );
+        assert!(reason(r#"{"commands":["#).starts_with("the JSON ends early"));
+        let r = reason(r#"{"commands":"echo s3cr3t"}"#);
+        assert!(r.starts_with("not a job: invalid type: string"), "{r}");
+        assert!(!r.contains("s3cr3t"), "{r}");
+        let r = reason(r#"{"env_vars":[{"name":"A","value":12345}]}"#);
+        assert!(!r.contains("12345"), "{r}");
+        let r = reason(r#"{"env_vars":{"k":"c2VjcmV0"}}"#);
+        assert!(r.contains("expected a sequence"), "{r}");
+        assert!(!r.contains("c2VjcmV0"), "{r}");
+        assert_eq!(unquote(r#"a "b" c `d` e "f"#), "a \"…\" c `…` e \"…");
+    }
+
+    #[test]
+    fn mutated_answers_never_panic() {
+        let seeds = [
+            r#"{"action":"run-job","job_id":"j1","shutdown_reason":"idle","next_sync_after":1500}"#,
+            r#"{"name":"a","token":"t","access_token":"u"}"#,
+            r#"{"next_sync_after":-1e300,"action":["x"]}"#,
+            r#"{"commands":[{"directive":"x"}],"env_vars":[{"name":"A","value":"é"}]}"#,
+            "",
+        ];
+        crate::fuzz::run(&seeds, 3000, |text| {
+            let _ = SyncResponse::from_json(text);
+            let _ = RegisterResponse::from_json(text);
+            let _ = parse_refresh(text);
+            if let Err(e) = serde_json::from_str::<JobRequest>(text) {
+                let _ = describe_bad_job(&e);
+            }
+        });
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub mod logs;
 pub mod output;
 pub mod shell;
 
+#[cfg(test)]
+mod fuzz;
+
 /// The agent's version, sent as `SemaphoreAgent/<version>` and on register.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -615,3 +615,24 @@ fn env_var_names_follow_upper_snake() {
     assert_eq!(Key::from_name("ENV-VARS"), Some(Key::EnvVars));
     assert_eq!(Key::from_name("config-file"), None);
 }
+
+#[test]
+fn mutated_config_files_never_panic() {
+    let seeds = [
+        "endpoint: \"org.semaphoreci.com\"\ntoken: \"abc\"\nno-https: false\nshutdown-hook-path: \"\"\n\
+         disconnect-after-job: false\ndisconnect-after-idle-timeout: 0\nenv-vars: [A=1, B=2]\n\
+         files: [\"/tmp/a:/tmp/b\"]\nfail-on-missing-files: false\nupload-job-logs: never\n\
+         name: ab-cd\nname-from-env: \"\"\ninterruption-grace-period: 0\n",
+        "endpoint: &e x\ntoken: *e\nenv-vars:\n  - A=1\n  - {B: 2}\n",
+        "[1, 2]",
+        "",
+    ];
+    let path = Path::new("fuzz.yaml");
+    crate::fuzz::run(&seeds, 3000, |text| {
+        if let Ok(raw) = RawConfig::from_yaml(text, path) {
+            if let Ok(config) = Config::validate(&raw, &no_env) {
+                let _ = config.redacted_summary();
+            }
+        }
+    });
+}

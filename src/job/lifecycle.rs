@@ -256,6 +256,15 @@ impl Job<'_> {
     fn job_env_vars(&self) -> Result<BTreeMap<String, String>, String> {
         let mut vars = BTreeMap::new();
         for var in &self.request.env_vars {
+            // The name goes into `export NAME=...` unquoted (a name cannot
+            // be quoted there), so anything but a shell identifier would
+            // be run as shell code or break the env file.
+            if !is_shell_name(&var.name) {
+                return Err(format!(
+                    "env var name {:?} is not a valid shell variable name\n",
+                    var.name
+                ));
+            }
             let value = var.decode().map_err(|e| format!("{e}\n"))?;
             vars.insert(var.name.clone(), value);
         }
@@ -603,6 +612,13 @@ pub fn normalize_path(path: &str, home: &Path) -> PathBuf {
     home.join(path)
 }
 
+/// `[A-Za-z_][A-Za-z0-9_]*`: what `export NAME=` accepts.
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Writes one job file: content, parent directories, mode. The error says
 /// what failed and names the file.
 fn write_file(file: &File, dest: &Path) -> Result<(), String> {
@@ -638,6 +654,16 @@ pub fn shell_quote(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_shell_identifiers_are_variable_names() {
+        for ok in ["A", "_x", "PATH_2", "a1"] {
+            assert!(is_shell_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A B", "A-B", "X;touch y", "$(id)", "A=B", "É"] {
+            assert!(!is_shell_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn quoting_keeps_values_literal() {

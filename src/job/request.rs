@@ -217,6 +217,40 @@ mod tests {
     }
 
     #[test]
+    fn mutated_job_requests_never_panic() {
+        let seeds = [
+            r#"{"job_id":"j","executor":"shellprocess","commands":[{"directive":"echo hi","alias":"a"}],
+               "epilogue_always_commands":[],"env_vars":[{"name":"A","value":"aGk="}],
+               "files":[{"path":"a/b","content":"aGk=","mode":"0644"}],"ssh_public_keys":["k"],
+               "logger":{"method":"push","url":"http://x/logs","token":"t","max_size_in_bytes":100}}"#,
+            r#"{"commands":"echo","env_vars":{"A":1},"files":[null]}"#,
+            "commands:\n  - directive: echo hi\nenv_vars:\n  - name: A\n    value: aGk=\n",
+            "a: &a [*a, *a]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n",
+            "",
+        ];
+        crate::fuzz::run(&seeds, 4000, |text| {
+            let parsed = [
+                JobRequest::from_json(text).ok(),
+                serde_yaml_ng::from_str::<Option<JobRequest>>(text)
+                    .ok()
+                    .map(Option::unwrap_or_default),
+            ];
+            for job in parsed.into_iter().flatten() {
+                let _ = job.executor();
+                let _ = job.find_env_var("A");
+                for var in &job.env_vars {
+                    let _ = var.decode();
+                }
+                for file in &job.files {
+                    let _ = file.decode();
+                    let _ = file.parse_mode();
+                }
+            }
+            let _ = decode_base64(text);
+        });
+    }
+
+    #[test]
     fn modes_are_octal() {
         let mut f = File {
             path: "a".into(),

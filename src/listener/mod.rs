@@ -46,6 +46,9 @@ pub struct ListenerOptions {
     /// The wait between syncs when the control plane does not say: a random
     /// duration in this range.
     pub sync_interval: (Duration, Duration),
+    /// The longest wait between syncs the control plane can ask for with
+    /// `next_sync_after`; a larger (or absurd) value is cut to this.
+    pub max_sync_wait: Duration,
     /// No successful sync for this long: shut down with UNABLE_TO_SYNC.
     pub unable_to_sync_after: Duration,
     /// Connect and answer timeout of each control-plane call.
@@ -66,6 +69,9 @@ impl Default for ListenerOptions {
             disconnect_attempts: 100,
             disconnect_delay: Duration::from_secs(1),
             sync_interval: (Duration::from_secs(3), Duration::from_secs(6)),
+            // Well inside unable_to_sync_after, so obeying the control
+            // plane can never make the agent give up on it.
+            max_sync_wait: Duration::from_secs(5 * 60),
             unable_to_sync_after: Duration::from_secs(10 * 60),
             http_timeout: crate::api::DEFAULT_TIMEOUT,
             shutdown_hook_timeout: Duration::from_secs(10 * 60),
@@ -83,6 +89,7 @@ impl ListenerOptions {
     /// - `SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS`
     /// - `SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS`
     /// - `SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS` (the default sync wait)
+    /// - `SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS`
     /// - `SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS`
     /// - `SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS`
     pub fn from_env() -> ListenerOptions {
@@ -107,6 +114,9 @@ impl ListenerOptions {
         }
         if let Some(d) = ms("SYNC_INTERVAL") {
             o.sync_interval = (d, d);
+        }
+        if let Some(d) = ms("MAX_SYNC_WAIT") {
+            o.max_sync_wait = d;
         }
         if let Some(d) = ms("UNABLE_TO_SYNC_AFTER") {
             o.unable_to_sync_after = d;
@@ -287,10 +297,9 @@ impl Listener {
                             return reason;
                         }
                     }
-                    match response.next_sync_after {
-                        0 => self.default_interval(),
-                        ms => Duration::from_millis(ms),
-                    }
+                    sync_wait(response.next_sync_after, self.options.max_sync_wait, || {
+                        self.default_interval()
+                    })
                 }
                 Err(e) => {
                     log::error!("[SYNC ERR] Failed to sync with API: {e}");
@@ -561,6 +570,15 @@ fn log_flush_report(job_id: &str, report: &FlushReport) {
     }
 }
 
+/// The wait before the next sync: what the control plane asked for (ms),
+/// at most `max`, or `default` when it did not say.
+fn sync_wait(next_sync_after: u64, max: Duration, default: impl FnOnce() -> Duration) -> Duration {
+    match next_sync_after {
+        0 => default(),
+        ms => Duration::from_millis(ms).min(max),
+    }
+}
+
 /// Calls `f` up to `attempts` times, `delay` apart, like the Go agent's
 /// constant-wait retry (and with its log line). The wait ends early when
 /// `cancelled` says so.
@@ -702,6 +720,23 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(calls, 1);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn next_sync_after_is_honoured_up_to_the_bound() {
+        let max = Duration::from_secs(300);
+        let default = || Duration::from_secs(4);
+        assert_eq!(sync_wait(0, max, default), Duration::from_secs(4));
+        assert_eq!(sync_wait(1500, max, default), Duration::from_millis(1500));
+        assert_eq!(sync_wait(u64::MAX, max, default), max);
+        assert_eq!(sync_wait(300_001, max, default), max);
+        assert_eq!(
+            ListenerOptions::from_lookup(
+                &|n| (n == "SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS").then(|| "250".to_string())
+            )
+            .max_sync_wait,
+            Duration::from_millis(250)
+        );
     }
 
     #[test]

@@ -276,7 +276,7 @@ impl PushLogger {
             }),
             wake: Condvar::new(),
         });
-        let agent = ureq::Agent::config_builder()
+        let agent = crate::api::http_config(&logger.url)
             .http_status_as_error(false)
             .user_agent(options.user_agent.as_str())
             .timeout_connect(Some(options.request_timeout.min(Duration::from_secs(10))))
@@ -602,8 +602,9 @@ impl Flusher {
             }
             Err(e) => {
                 log::warn!(
-                    "Pushing logs to {} (start_from={start_from}) failed: {e}; will retry",
-                    self.url
+                    "Pushing logs to {} (start_from={start_from}) failed: {}; will retry",
+                    self.url,
+                    crate::api::describe_transport(&e)
                 );
                 Outcome::Failed
             }

@@ -44,6 +44,14 @@ pub enum Fault {
     Body(String),
     /// Wait, then answer normally.
     Slow(Duration),
+    /// Answer 200 with this many bytes of an unterminated JSON object,
+    /// streamed (the test does not hold it in memory).
+    Huge(usize),
+    /// Answer with this 3xx status and a `Location` header.
+    Redirect(u16, String),
+    /// Handle the request normally (it counts), but answer its status with
+    /// a body that is not JSON.
+    Mangled,
 }
 
 /// One request as the hub received it.
@@ -108,6 +116,8 @@ struct State {
     extra_registration_token: Option<String>,
     /// The last sync line printed in verbose mode, to skip repeats.
     last_printed: String,
+    /// Where job logs go instead of `http://127.0.0.1:<hub port>`.
+    log_base: Option<String>,
 }
 
 struct Shared {
@@ -220,6 +230,12 @@ impl Hub {
     /// The `next_sync_after` (ms) sent with every normal sync answer; 0 omits it.
     pub fn set_next_sync_after(&self, ms: u64) {
         self.lock().next_sync_after = ms;
+    }
+
+    /// Points the jobs' log URLs at `base` (e.g. an HTTPS front of this
+    /// hub) instead of the hub's own plain-HTTP address.
+    pub fn set_log_base(&self, base: &str) {
+        self.lock().log_base = Some(base.trim_end_matches('/').to_string());
     }
 
     /// Also accepts `token` on register (the dev hub takes `dev`).
@@ -426,6 +442,39 @@ fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
                 .or_else(|| s.always.get(&e).cloned())
         })
     };
+    let huge_or_redirect = match &fault {
+        Some(Fault::Huge(len)) => {
+            let head = b"{\"padding\":\"".to_vec();
+            let filler = std::io::repeat(b'x').take(len.saturating_sub(head.len()) as u64);
+            let body = std::io::Cursor::new(head).chain(filler);
+            Some(tiny_http::Response::new(
+                tiny_http::StatusCode(200),
+                Vec::new(),
+                Box::new(body) as Box<dyn Read + Send>,
+                Some(*len),
+                None,
+            ))
+        }
+        Some(Fault::Redirect(code, location)) => {
+            let header = tiny_http::Header::from_bytes("Location", location.as_bytes())
+                .expect("a valid Location header");
+            let text = format!("moved to {location}").into_bytes();
+            let len = text.len();
+            Some(tiny_http::Response::new(
+                tiny_http::StatusCode(*code),
+                vec![header],
+                Box::new(std::io::Cursor::new(text)) as Box<dyn Read + Send>,
+                Some(len),
+                None,
+            ))
+        }
+        _ => None,
+    };
+    if let Some(response) = huge_or_redirect {
+        let _ = request.respond(response);
+        shared.changed.notify_all();
+        return;
+    }
     let (status, answer) = match fault {
         Some(Fault::Status(code)) => (code, format!("fault injected: HTTP {code}")),
         Some(Fault::Garbage) => (
@@ -437,7 +486,13 @@ fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
             std::thread::sleep(d);
             normal_answer(shared, port, endpoint, &recorded, &query)
         }
-        None => normal_answer(shared, port, endpoint, &recorded, &query),
+        Some(Fault::Mangled) => {
+            let (status, _) = normal_answer(shared, port, endpoint, &recorded, &query);
+            (status, "<html>mangled {{{ not JSON".to_string())
+        }
+        Some(Fault::Huge(_) | Fault::Redirect(..)) | None => {
+            normal_answer(shared, port, endpoint, &recorded, &query)
+        }
     };
     let response = tiny_http::Response::from_string(answer).with_status_code(status);
     let _ = request.respond(response);
@@ -520,9 +575,13 @@ fn normal_answer(
             let token = format!("log-token-{}", s.log_token_generation);
             s.log_tokens.insert(id.clone(), token.clone());
             s.current_job = Some(id.clone());
+            let base = s
+                .log_base
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
             job["logger"] = json!({
                 "method": "push",
-                "url": format!("http://127.0.0.1:{port}/logs/{id}"),
+                "url": format!("{base}/logs/{id}"),
                 "token": token,
                 "max_size_in_bytes": 100 * 1024 * 1024,
             });

@@ -77,4 +77,6 @@ pub fn exists(path: &Path) -> bool {
     path.exists()
 }
 
+pub mod agent;
 pub mod logserver;
+pub mod tls;

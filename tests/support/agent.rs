@@ -1,0 +1,107 @@
+//! The real `semaphore-agent start` as a child process, for the tests that
+//! drive it against the fake hub: shrunk retry delays, output in files in
+//! the sandbox, killed and reaped if a test ends before it exits, its log
+//! printed when a test fails.
+
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::hub::REGISTRATION_TOKEN;
+use super::Sandbox;
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    status: Option<ExitStatus>,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    /// `start --endpoint <endpoint> --token <reg token> --name agent-under-test`
+    /// plus `extra` (add `--no-https` for plain HTTP), with `env` added.
+    pub fn start(sandbox: &Sandbox, endpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut args = vec![
+            "start",
+            "--endpoint",
+            endpoint,
+            "--token",
+            REGISTRATION_TOKEN,
+            "--name",
+            "agent-under-test",
+        ];
+        args.extend(extra);
+        let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
+        let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
+        let mut cmd = sandbox.agent();
+        cmd.args(&args)
+            .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "10")
+            .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "10")
+            .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "10")
+            .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100")
+            .env("SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS", "5000")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Agent {
+            child: cmd.spawn().expect("spawn the agent"),
+            status: None,
+            log: sandbox.path("agent_log"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.wait_exit(Duration::ZERO);
+        self.status.is_none()
+    }
+
+    /// The exit code, or None if still running after `timeout` (or killed
+    /// by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.status {
+                return status.code();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.status = Some(status);
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status once it exited (None while running).
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- agent log ----\n{}---- end of agent log ----",
+                self.log()
+            );
+        }
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
