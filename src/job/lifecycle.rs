@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -322,9 +322,9 @@ impl Job<'_> {
                 dest.display(),
                 file.mode
             ));
-            if let Err(message) = write_file(file, &dest) {
+            if let Err((code, message)) = write_file(file, &dest) {
                 self.output(format!("{message}\n"));
-                exit_code = 1;
+                exit_code = code;
                 break;
             }
         }
@@ -603,22 +603,54 @@ pub fn normalize_path(path: &str, home: &Path) -> PathBuf {
     home.join(path)
 }
 
-/// Writes one job file: content, parent directories, mode. The error says
-/// what failed and names the file.
-fn write_file(file: &File, dest: &Path) -> Result<(), String> {
-    let mode = file.parse_mode()?;
-    let content = file.decode()?;
+/// Writes one job file in the Go agent's order and with its messages:
+/// decode, parent directories (0750), content, then the mode (so a bad mode
+/// is reported after the content was written, as Go does). The error is the
+/// command's exit code and the output line.
+fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
+    let content = file
+        .decode()
+        .map_err(|_| (1, "Failed to decode the content of the file.".to_string()))?;
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("Failed to create directory '{}': {e}", parent.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(|e| {
+                (
+                    1,
+                    format!("Failed to create directory '{}': {e}", parent.display()),
+                )
+            })?;
     }
-    std::fs::write(dest, content)
-        .map_err(|e| format!("Failed to write '{}': {e}", dest.display()))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(dest)
+        .map_err(|e| {
+            (
+                1,
+                format!(
+                    "Failed to create destination path '{}': {e}",
+                    dest.display()
+                ),
+            )
+        })?;
+    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
+    drop(out);
+    let mode = file
+        .parse_mode()
+        .map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        format!(
-            "Failed to set file mode '{}' for '{}': {e}",
-            file.mode,
-            dest.display()
+        (
+            1,
+            format!(
+                "Failed to set file mode '{}' for '{}': {e}",
+                file.mode,
+                dest.display()
+            ),
         )
     })
 }

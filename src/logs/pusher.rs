@@ -276,18 +276,18 @@ impl PushLogger {
             }),
             wake: Condvar::new(),
         });
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .user_agent(options.user_agent.as_str())
-            .timeout_connect(Some(options.request_timeout.min(Duration::from_secs(10))))
-            .build()
-            .new_agent();
+        // The control plane's TLS roots and proxy rules (system roots, Go's
+        // choice of proxy, loopback never proxied): Go's agent uses one
+        // net/http setup for both, so a log server reachable like the
+        // control plane must be reachable here too.
+        let agent = crate::api::http_agent(&logger.url, options.request_timeout);
         log::info!("Logs will be pushed to {}", logger.url);
         let flusher = Flusher {
             shared: Arc::clone(&shared),
             reader,
             agent,
             url: logger.url.clone(),
+            user_agent: options.user_agent.clone(),
             token: logger.token.clone(),
             refresher,
             plan: Plan::new(Timing::from(&options)),
@@ -437,6 +437,7 @@ struct Flusher {
     reader: SpoolReader,
     agent: ureq::Agent,
     url: String,
+    user_agent: String,
     token: String,
     refresher: Box<dyn TokenRefresher>,
     plan: Plan,
@@ -562,6 +563,7 @@ impl Flusher {
         match post_batch(
             &self.agent,
             &self.url,
+            &self.user_agent,
             start_from,
             &self.token,
             &batch.body,
@@ -615,6 +617,7 @@ impl Flusher {
 fn post_batch(
     agent: &ureq::Agent,
     url: &str,
+    user_agent: &str,
     start_from: u64,
     token: &str,
     body: &[u8],
@@ -626,6 +629,7 @@ fn post_batch(
         .post(&full)
         .header("Content-Type", "text/plain")
         .header("Authorization", format!("Bearer {token}"))
+        .header("User-Agent", user_agent)
         .config()
         .timeout_global(Some(timeout))
         .build()
