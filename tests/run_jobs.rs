@@ -182,6 +182,21 @@ fn env_vars_keep_spaces_quotes_and_dollars_literal() {
 }
 
 #[test]
+fn env_var_values_keep_bytes_that_are_not_utf8() {
+    // Like the Go agent, the decoded bytes reach the shell unchanged.
+    let run = run_job(json!({
+        "env_vars": [{ "name": "BIN", "value": b64_bytes(&[0xff, b'A', 0xfe, b'\'']) }],
+        "commands": commands(&[r#"printf %s "$BIN" | od -An -tx1 | tr -s ' '"#]),
+    }));
+    assert!(
+        run.steps.contains(&out(" ff 41 fe 27\n")),
+        "{:?}",
+        run.steps
+    );
+    assert_eq!(run.steps.last(), Some(&job("passed")));
+}
+
+#[test]
 fn agent_env_vars_win_and_env_file_is_private_and_removed() {
     let sandbox = Sandbox::new();
     let run = run_job_in(

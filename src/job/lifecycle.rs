@@ -230,7 +230,7 @@ impl Job<'_> {
             }
         };
         for (name, value) in &self.options.env_vars {
-            vars.insert(name.clone(), value.clone());
+            vars.insert(name.clone(), value.clone().into_bytes());
         }
         if !self.export_env_vars(&vars).passed() {
             return Regular::Done(JobResult::Failed);
@@ -253,10 +253,10 @@ impl Job<'_> {
     }
 
     /// The job's own env vars, decoded; the error names the bad variable.
-    fn job_env_vars(&self) -> Result<BTreeMap<String, String>, String> {
+    fn job_env_vars(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
         let mut vars = BTreeMap::new();
         for var in &self.request.env_vars {
-            let value = var.decode().map_err(|e| format!("{e}\n"))?;
+            let value = var.decode_bytes().map_err(|e| format!("{e}\n"))?;
             vars.insert(var.name.clone(), value);
         }
         Ok(vars)
@@ -265,7 +265,7 @@ impl Job<'_> {
     /// "Exporting environment variables": one line per name, the values
     /// written shell-quoted to an owner-only `.env-<nanos>` file that the
     /// shell sources (debug sessions source `/tmp/.env-*` too).
-    fn export_env_vars(&mut self, vars: &BTreeMap<String, String>) -> Outcome {
+    fn export_env_vars(&mut self, vars: &BTreeMap<String, Vec<u8>>) -> Outcome {
         let started_at = self.command_started(EXPORT_ENV_DIRECTIVE);
         for name in vars.keys() {
             self.output(format!("Exporting {name}\n"));
@@ -285,15 +285,17 @@ impl Job<'_> {
         outcome
     }
 
-    fn write_env_file(&self, vars: &BTreeMap<String, String>) -> Result<PathBuf, String> {
+    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let path = self.options.tmp_dir.join(format!(".env-{nanos}"));
-        let mut content = String::new();
+        let mut content = Vec::new();
         for (name, value) in vars {
-            content.push_str(&format!("export {name}={}\n", shell_quote(value)));
+            content.extend_from_slice(format!("export {name}=").as_bytes());
+            content.extend_from_slice(&quote_bytes(value));
+            content.push(b'\n');
         }
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -301,7 +303,7 @@ impl Job<'_> {
             .truncate(true)
             .mode(0o600)
             .open(&path)
-            .and_then(|mut file| file.write_all(content.as_bytes()));
+            .and_then(|mut file| file.write_all(&content));
         match written {
             Ok(()) => Ok(path),
             Err(e) => Err(format!(
@@ -430,7 +432,10 @@ impl Job<'_> {
 
     fn run_epilogues(&mut self, result: JobResult) {
         let mut vars = BTreeMap::new();
-        vars.insert("SEMAPHORE_JOB_RESULT".to_string(), result.to_string());
+        vars.insert(
+            "SEMAPHORE_JOB_RESULT".to_string(),
+            result.as_str().as_bytes().to_vec(),
+        );
         if !self.export_env_vars(&vars).passed() {
             log::error!("Error setting SEMAPHORE_JOB_RESULT");
         }
@@ -600,7 +605,31 @@ pub fn normalize_path(path: &str, home: &Path) -> PathBuf {
             home.join(rest)
         };
     }
-    home.join(path)
+    clean(&home.join(path))
+}
+
+/// Lexical clean-up of an absolute path the way Go's `filepath.Join` does it
+/// for the Go agent: repeated and trailing slashes, `.` and `dir/..` go
+/// away (without touching the file system), so the "Injecting ..." line
+/// shows the same path.
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut parts: Vec<Component<'_>> = Vec::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match parts.last() {
+                Some(Component::Normal(_)) => {
+                    parts.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir) => {}
+                _ => parts.push(part),
+            },
+            other => parts.push(other),
+        }
+    }
+    parts.iter().collect()
 }
 
 /// Writes one job file in the Go agent's order and with its messages:
@@ -657,14 +686,30 @@ fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
 
 /// Quotes a value for bash so that it is taken literally.
 pub fn shell_quote(value: &str) -> String {
+    // Quoting only adds ASCII to valid UTF-8, so the result is UTF-8.
+    String::from_utf8_lossy(&quote_bytes(value.as_bytes())).into_owned()
+}
+
+/// [`shell_quote`] for any bytes: values that are not UTF-8 stay as they are.
+fn quote_bytes(value: &[u8]) -> Vec<u8> {
     if !value.is_empty()
         && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b))
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b))
     {
-        return value.to_string();
+        return value.to_vec();
     }
-    format!("'{}'", value.replace('\'', r"'\''"))
+    let mut out = Vec::with_capacity(value.len() + 2);
+    out.push(b'\'');
+    for &b in value {
+        if b == b'\'' {
+            out.extend_from_slice(br"'\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
 }
 
 #[cfg(test)]
@@ -687,6 +732,23 @@ mod tests {
         assert_eq!(normalize_path("~/a/b", home), PathBuf::from("/home/u/a/b"));
         assert_eq!(normalize_path("a/b", home), PathBuf::from("/home/u/a/b"));
         assert_eq!(normalize_path("~", home), PathBuf::from("/home/u"));
+    }
+
+    #[test]
+    fn relative_file_paths_are_cleaned_like_go() {
+        let home = Path::new("/home/u");
+        assert_eq!(
+            normalize_path("./a//b/", home).display().to_string(),
+            "/home/u/a/b"
+        );
+        assert_eq!(
+            normalize_path("a/../b", home).display().to_string(),
+            "/home/u/b"
+        );
+        assert_eq!(
+            normalize_path("../../../x", home).display().to_string(),
+            "/x"
+        );
     }
 
     #[test]

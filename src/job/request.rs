@@ -168,16 +168,22 @@ impl JobRequest {
 }
 
 impl EnvVar {
-    /// The value, decoded; the error names the variable (never its value).
+    /// The value, decoded, as text (bytes that are not UTF-8 become U+FFFD);
+    /// the error names the variable (never its value).
     pub fn decode(&self) -> Result<String, String> {
-        decode_base64(&self.value)
+        self.decode_bytes()
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .map_err(|e| {
-                format!(
-                    "env var {} has a value that is not valid base64: {e}",
-                    self.name
-                )
-            })
+    }
+
+    /// The value, decoded, byte for byte: what the job's shell gets, as the
+    /// Go agent exports values without any text conversion.
+    pub fn decode_bytes(&self) -> Result<Vec<u8>, String> {
+        decode_base64(&self.value).map_err(|e| {
+            format!(
+                "env var {} has a value that is not valid base64: {e}",
+                self.name
+            )
+        })
     }
 }
 
