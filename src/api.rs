@@ -660,11 +660,13 @@ impl Api {
         let auth = format!("Token {token}");
         let sent = match (method, json) {
             ("GET", _) => self.agent.get(url).header("Authorization", &auth).call(),
+            // No Content-Type, like the Go agent: the control plane reads
+            // the body as JSON without it, and a header Go never sends
+            // could only change how a server in front of it parses bodies.
             (_, Some(body)) => self
                 .agent
                 .post(url)
                 .header("Authorization", &auth)
-                .content_type("application/json")
                 .send(body),
             (_, None) => self
                 .agent

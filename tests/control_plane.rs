@@ -225,16 +225,15 @@ fn registers_with_every_field_and_the_right_headers() {
         Some(format!("Token {REGISTRATION_TOKEN}").as_str())
     );
     assert_eq!(register.header("user-agent"), Some(ua.as_str()));
-    assert!(register
-        .header("content-type")
-        .unwrap_or_default()
-        .contains("application/json"));
+    // Like the Go agent: JSON bodies without a Content-Type header.
+    assert_eq!(register.header("content-type"), None);
     let sync = &hub.requests_to("/sync")[0];
     assert_eq!(
         sync.header("authorization"),
         Some(format!("Token {ACCESS_TOKEN}").as_str())
     );
     assert_eq!(sync.header("user-agent"), Some(ua.as_str()));
+    assert_eq!(sync.header("content-type"), None);
     assert_eq!(
         sync.json(),
         json!({"state": "waiting-for-jobs", "job_id": "", "job_result": "", "interrupted_at": 0})
@@ -244,6 +243,8 @@ fn registers_with_every_field_and_the_right_headers() {
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     let disconnect = &hub.requests_to("/disconnect")[0];
     assert_eq!(disconnect.method, "POST");
+    // An empty POST says so, as Go's net/http does.
+    assert_eq!(disconnect.header("content-length"), Some("0"));
     assert_eq!(
         disconnect.header("authorization"),
         Some(format!("Token {ACCESS_TOKEN}").as_str())
@@ -259,10 +260,13 @@ fn a_job_runs_and_its_events_arrive() {
     let mut agent = Agent::start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["echo hello from the job"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
-    assert!(
-        hub.wait_for_sync(WAIT, is_state("running-job"))
-            || hub.wait_for_sync(WAIT, is_state("starting-job"))
-    );
+    // A job this short may end before the next regular sync: like the Go
+    // agent, starting to run it forces no sync. Every sync about it names it.
+    assert!(hub
+        .syncs()
+        .iter()
+        .filter(|s| s["state"] != "waiting-for-jobs")
+        .all(|s| s["job_id"] == id.as_str()));
     let gets = hub.requests_to(&format!("/jobs/{id}"));
     assert_eq!(gets[0].method, "GET");
     assert_eq!(
@@ -782,4 +786,124 @@ fn an_expired_log_token_is_refreshed_through_the_control_plane() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_no_secrets(&sandbox);
+}
+
+#[test]
+fn disconnect_after_job_waits_for_the_control_plane_to_end_it() {
+    // The Go agent only sends `single_job`; the control plane ends it with
+    // shutdown / job-finished. Until then it keeps reporting the result.
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let reason = sandbox.path("reason");
+    let hook = reason_hook(&sandbox, &reason);
+    let id = hub.queue_job(job(&["sleep 1"]));
+    let mut agent = Agent::start(
+        &sandbox,
+        &hub,
+        &["--disconnect-after-job", "--shutdown-hook-path", &hook],
+    );
+    assert!(hub.wait_for_sync(WAIT, is_state("running-job")));
+    hub.fail_always(
+        Endpoint::Sync,
+        Fault::Body(r#"{"action":"continue"}"#.into()),
+    );
+    assert!(hub.wait_until(WAIT, |h| h
+        .syncs()
+        .iter()
+        .filter(|s| is_state("finished-job")(s))
+        .count()
+        >= 3));
+    assert_eq!(agent.wait_exit(Duration::from_millis(100)), None);
+    assert_eq!(hub.disconnects(), 0);
+
+    hub.clear_faults();
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert_eq!(hub.result_of(&id).as_deref(), Some("passed"));
+    assert_eq!(hub.disconnects(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&reason).unwrap().trim(),
+        "JOB_FINISHED"
+    );
+}
+
+#[test]
+fn only_a_finished_job_or_the_first_signal_forces_a_sync() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.set_next_sync_after(2000);
+    let id = hub.queue_job(job(&["sleep 7100006"]));
+    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "600"]);
+    assert!(wait_for(WAIT, || !processes_with("sleep 7100006").is_empty()));
+    assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 2));
+    let syncs = hub.requests_to("/sync");
+    assert_eq!(syncs[1].json()["state"], "running-job");
+    // The job starting to run is no reason to sync before the next one is due.
+    assert!(
+        syncs[1].at - syncs[0].at >= Duration::from_millis(1500),
+        "synced {:?} after run-job",
+        syncs[1].at - syncs[0].at
+    );
+
+    // The first signal is reported at once; a second one changes nothing.
+    agent.signal(libc::SIGTERM);
+    assert!(hub.wait_for_sync(WAIT, |s| s["interrupted_at"].as_u64().unwrap_or(0) > 0));
+    let count = hub.requests_to("/sync").len();
+    agent.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(hub.requests_to("/sync").len(), count, "{:?}", hub.syncs());
+
+    hub.stop_job(&id);
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("stopped"));
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn a_job_request_with_null_fields_runs_like_go() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let id = hub.queue_job(json!({
+        "executor": null,
+        "commands": [{"directive": "echo null-tolerant", "alias": null}],
+        "epilogue_always_commands": null,
+        "epilogue_on_pass_commands": null,
+        "epilogue_on_fail_commands": null,
+        "env_vars": null,
+        "files": null,
+        "ssh_public_keys": null,
+        "callbacks": null,
+        "compose": null,
+    }));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(hub.output(&id).contains("null-tolerant\n"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+#[test]
+fn job_logs_follow_the_control_planes_proxy_rules() {
+    // Go's net/http never proxies loopback and ignores ALL_PROXY, for the
+    // control plane and the log server alike. A proxy that is not there
+    // would swallow every log push if the pusher chose differently.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
+    drop(dead);
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start_with(
+        &sandbox,
+        &hub,
+        REGISTRATION_TOKEN,
+        &[],
+        &[
+            ("HTTP_PROXY", proxy.as_str()),
+            ("http_proxy", proxy.as_str()),
+            ("ALL_PROXY", proxy.as_str()),
+        ],
+    );
+    let id = hub.queue_job(job(&["echo through no proxy"]));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(hub.output(&id).contains("through no proxy\n"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
 }

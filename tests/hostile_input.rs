@@ -96,15 +96,15 @@ fn bad_job_contents_fail_the_job_with_a_line_saying_why() {
         ),
         (
             json!({"files": [file("odd-mode", "rwxr-xr-x")]}),
-            "bad file mode 'rwxr-xr-x'",
+            "bad file permission 'rwxr-xr-x'",
         ),
         (
             json!({"files": [file("big-mode", "777777")]}),
-            "bad file mode '777777'",
+            "bad file permission '777777'",
         ),
         (
             json!({"files": [{"path": "bad-content", "content": "***", "mode": "0644"}]}),
-            "has content that is not valid base64",
+            "Failed to decode the content of the file.",
         ),
         // The second file needs a directory where the first put a file.
         (
@@ -127,7 +127,7 @@ fn bad_job_contents_fail_the_job_with_a_line_saying_why() {
     assert!(!sandbox.home().join("pwned").exists());
 
     // Bytes that are not UTF-8 are fine in files (kept exact) and in env
-    // var values (made valid); the job passes.
+    // var values (exported byte for byte, shown as U+FFFD in the log).
     let binary = [0xff_u8, 0xfe, 0x00, b'A', 0xc3, 0x28, b'\n'];
     let id = hub.queue_job(json!({
         "env_vars": [{"name": "ODD", "value": b64_bytes(&[b'a', 0xff, b'b'])}],

@@ -182,6 +182,21 @@ fn env_vars_keep_spaces_quotes_and_dollars_literal() {
 }
 
 #[test]
+fn env_var_values_keep_bytes_that_are_not_utf8() {
+    // Like the Go agent, the decoded bytes reach the shell unchanged.
+    let run = run_job(json!({
+        "env_vars": [{ "name": "BIN", "value": b64_bytes(&[0xff, b'A', 0xfe, b'\'']) }],
+        "commands": commands(&[r#"printf %s "$BIN" | od -An -tx1 | tr -s ' '"#]),
+    }));
+    assert!(
+        run.steps.contains(&out(" ff 41 fe 27\n")),
+        "{:?}",
+        run.steps
+    );
+    assert_eq!(run.steps.last(), Some(&job("passed")));
+}
+
+#[test]
 fn agent_env_vars_win_and_env_file_is_private_and_removed() {
     let sandbox = Sandbox::new();
     let run = run_job_in(
@@ -391,6 +406,12 @@ fn files_are_injected_with_modes_and_parents() {
     assert!(run.steps.contains(&out("644\n600\n")), "{:?}", run.steps);
     let mode = std::fs::metadata(&abs).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o755);
+    // Parent directories are created 0750 (less any umask), as Go does.
+    let home_dir = run.sandbox.home();
+    for dir in [home_dir.join("rel"), home_dir.join("tilde")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode & !0o750, 0, "{} has mode {mode:o}", dir.display());
+    }
     assert_eq!(run.steps.last(), Some(&job("passed")));
 }
 
@@ -404,8 +425,12 @@ fn a_broken_file_mode_fails_the_job_saying_why() {
     let Output(text) = &run.steps[3] else {
         panic!("expected output, got {:?}", run.steps);
     };
-    assert!(text.contains("with file mode 0999\n"), "{text}");
-    assert!(text.contains("bad file mode '0999'"), "{text}");
+    // The Go agent's lines, exactly.
+    let home = run.sandbox.home().to_string_lossy().to_string();
+    assert_eq!(
+        text,
+        &format!("Injecting {home}/x.txt with file mode 0999\nbad file permission '0999'\n")
+    );
     assert_eq!(run.steps[4], finished("Injecting Files", 1));
     assert!(!run.steps.contains(&started("echo never")));
     assert!(
@@ -425,10 +450,15 @@ fn bad_base64_file_content_fails_the_job() {
     let Output(text) = &run.steps[3] else {
         panic!("expected output, got {:?}", run.steps);
     };
-    assert!(
-        text.contains("y.txt has content that is not valid base64"),
-        "{text}"
+    let home = run.sandbox.home().to_string_lossy().to_string();
+    assert_eq!(
+        text,
+        &format!(
+            "Injecting {home}/y.txt with file mode 0644\n\
+             Failed to decode the content of the file.\n"
+        )
     );
+    assert_eq!(run.steps[4], finished("Injecting Files", 1));
     assert_eq!(run.steps.last(), Some(&job("failed")));
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -230,7 +230,7 @@ impl Job<'_> {
             }
         };
         for (name, value) in &self.options.env_vars {
-            vars.insert(name.clone(), value.clone());
+            vars.insert(name.clone(), value.clone().into_bytes());
         }
         if !self.export_env_vars(&vars).passed() {
             return Regular::Done(JobResult::Failed);
@@ -253,7 +253,7 @@ impl Job<'_> {
     }
 
     /// The job's own env vars, decoded; the error names the bad variable.
-    fn job_env_vars(&self) -> Result<BTreeMap<String, String>, String> {
+    fn job_env_vars(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
         let mut vars = BTreeMap::new();
         for var in &self.request.env_vars {
             // The name goes into `export NAME=...` unquoted (a name cannot
@@ -265,7 +265,7 @@ impl Job<'_> {
                     var.name
                 ));
             }
-            let value = var.decode().map_err(|e| format!("{e}\n"))?;
+            let value = var.decode_bytes().map_err(|e| format!("{e}\n"))?;
             vars.insert(var.name.clone(), value);
         }
         Ok(vars)
@@ -274,7 +274,7 @@ impl Job<'_> {
     /// "Exporting environment variables": one line per name, the values
     /// written shell-quoted to an owner-only `.env-<nanos>` file that the
     /// shell sources (debug sessions source `/tmp/.env-*` too).
-    fn export_env_vars(&mut self, vars: &BTreeMap<String, String>) -> Outcome {
+    fn export_env_vars(&mut self, vars: &BTreeMap<String, Vec<u8>>) -> Outcome {
         let started_at = self.command_started(EXPORT_ENV_DIRECTIVE);
         for name in vars.keys() {
             self.output(format!("Exporting {name}\n"));
@@ -294,15 +294,17 @@ impl Job<'_> {
         outcome
     }
 
-    fn write_env_file(&self, vars: &BTreeMap<String, String>) -> Result<PathBuf, String> {
+    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let path = self.options.tmp_dir.join(format!(".env-{nanos}"));
-        let mut content = String::new();
+        let mut content = Vec::new();
         for (name, value) in vars {
-            content.push_str(&format!("export {name}={}\n", shell_quote(value)));
+            content.extend_from_slice(format!("export {name}=").as_bytes());
+            content.extend_from_slice(&quote_bytes(value));
+            content.push(b'\n');
         }
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -310,7 +312,7 @@ impl Job<'_> {
             .truncate(true)
             .mode(0o600)
             .open(&path)
-            .and_then(|mut file| file.write_all(content.as_bytes()));
+            .and_then(|mut file| file.write_all(&content));
         match written {
             Ok(()) => Ok(path),
             Err(e) => Err(format!(
@@ -331,9 +333,9 @@ impl Job<'_> {
                 dest.display(),
                 file.mode
             ));
-            if let Err(message) = write_file(file, &dest) {
+            if let Err((code, message)) = write_file(file, &dest) {
                 self.output(format!("{message}\n"));
-                exit_code = 1;
+                exit_code = code;
                 break;
             }
         }
@@ -439,7 +441,10 @@ impl Job<'_> {
 
     fn run_epilogues(&mut self, result: JobResult) {
         let mut vars = BTreeMap::new();
-        vars.insert("SEMAPHORE_JOB_RESULT".to_string(), result.to_string());
+        vars.insert(
+            "SEMAPHORE_JOB_RESULT".to_string(),
+            result.as_str().as_bytes().to_vec(),
+        );
         if !self.export_env_vars(&vars).passed() {
             log::error!("Error setting SEMAPHORE_JOB_RESULT");
         }
@@ -609,7 +614,7 @@ pub fn normalize_path(path: &str, home: &Path) -> PathBuf {
             home.join(rest)
         };
     }
-    home.join(path)
+    clean(&home.join(path))
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: what `export NAME=` accepts.
@@ -619,36 +624,108 @@ fn is_shell_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Writes one job file: content, parent directories, mode. The error says
-/// what failed and names the file.
-fn write_file(file: &File, dest: &Path) -> Result<(), String> {
-    let mode = file.parse_mode()?;
-    let content = file.decode()?;
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("Failed to create directory '{}': {e}", parent.display()))?;
+/// Lexical clean-up of an absolute path the way Go's `filepath.Join` does it
+/// for the Go agent: repeated and trailing slashes, `.` and `dir/..` go
+/// away (without touching the file system), so the "Injecting ..." line
+/// shows the same path.
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut parts: Vec<Component<'_>> = Vec::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match parts.last() {
+                Some(Component::Normal(_)) => {
+                    parts.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir) => {}
+                _ => parts.push(part),
+            },
+            other => parts.push(other),
+        }
     }
-    std::fs::write(dest, content)
-        .map_err(|e| format!("Failed to write '{}': {e}", dest.display()))?;
+    parts.iter().collect()
+}
+
+/// Writes one job file in the Go agent's order and with its messages:
+/// decode, parent directories (0750), content, then the mode (so a bad mode
+/// is reported after the content was written, as Go does). The error is the
+/// command's exit code and the output line.
+fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
+    let content = file
+        .decode()
+        .map_err(|_| (1, "Failed to decode the content of the file.".to_string()))?;
+    if let Some(parent) = dest.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(|e| {
+                (
+                    1,
+                    format!("Failed to create directory '{}': {e}", parent.display()),
+                )
+            })?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(dest)
+        .map_err(|e| {
+            (
+                1,
+                format!(
+                    "Failed to create destination path '{}': {e}",
+                    dest.display()
+                ),
+            )
+        })?;
+    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
+    drop(out);
+    let mode = file
+        .parse_mode()
+        .map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        format!(
-            "Failed to set file mode '{}' for '{}': {e}",
-            file.mode,
-            dest.display()
+        (
+            1,
+            format!(
+                "Failed to set file mode '{}' for '{}': {e}",
+                file.mode,
+                dest.display()
+            ),
         )
     })
 }
 
 /// Quotes a value for bash so that it is taken literally.
 pub fn shell_quote(value: &str) -> String {
+    // Quoting only adds ASCII to valid UTF-8, so the result is UTF-8.
+    String::from_utf8_lossy(&quote_bytes(value.as_bytes())).into_owned()
+}
+
+/// [`shell_quote`] for any bytes: values that are not UTF-8 stay as they are.
+fn quote_bytes(value: &[u8]) -> Vec<u8> {
     if !value.is_empty()
         && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b))
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b))
     {
-        return value.to_string();
+        return value.to_vec();
     }
-    format!("'{}'", value.replace('\'', r"'\''"))
+    let mut out = Vec::with_capacity(value.len() + 2);
+    out.push(b'\'');
+    for &b in value {
+        if b == b'\'' {
+            out.extend_from_slice(br"'\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
 }
 
 #[cfg(test)]
@@ -681,6 +758,23 @@ mod tests {
         assert_eq!(normalize_path("~/a/b", home), PathBuf::from("/home/u/a/b"));
         assert_eq!(normalize_path("a/b", home), PathBuf::from("/home/u/a/b"));
         assert_eq!(normalize_path("~", home), PathBuf::from("/home/u"));
+    }
+
+    #[test]
+    fn relative_file_paths_are_cleaned_like_go() {
+        let home = Path::new("/home/u");
+        assert_eq!(
+            normalize_path("./a//b/", home).display().to_string(),
+            "/home/u/a/b"
+        );
+        assert_eq!(
+            normalize_path("a/../b", home).display().to_string(),
+            "/home/u/b"
+        );
+        assert_eq!(
+            normalize_path("../../../x", home).display().to_string(),
+            "/x"
+        );
     }
 
     #[test]

@@ -6,55 +6,88 @@
 //! the variable or file it came from.
 
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// Reads a JSON `null` as the field's empty value, as Go's decoder does for
+/// the Go agent: a control plane that sends `"alias": null` or
+/// `"epilogue_always_commands": null` must not fail the job. (A missing
+/// field is handled by `#[serde(default)]`.)
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct JobRequest {
+    #[serde(deserialize_with = "nullable")]
     pub job_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub executor: String,
+    #[serde(deserialize_with = "nullable")]
     pub commands: Vec<Command>,
+    #[serde(deserialize_with = "nullable")]
     pub epilogue_always_commands: Vec<Command>,
+    #[serde(deserialize_with = "nullable")]
     pub epilogue_on_pass_commands: Vec<Command>,
+    #[serde(deserialize_with = "nullable")]
     pub epilogue_on_fail_commands: Vec<Command>,
+    #[serde(deserialize_with = "nullable")]
     pub env_vars: Vec<EnvVar>,
+    #[serde(deserialize_with = "nullable")]
     pub files: Vec<File>,
+    #[serde(deserialize_with = "nullable")]
     pub ssh_public_keys: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
     pub logger: Logger,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Command {
+    #[serde(deserialize_with = "nullable")]
     pub directive: String,
+    #[serde(deserialize_with = "nullable")]
     pub alias: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct EnvVar {
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
     /// Base64 of the value.
+    #[serde(deserialize_with = "nullable")]
     pub value: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct File {
+    #[serde(deserialize_with = "nullable")]
     pub path: String,
     /// Base64 of the content.
+    #[serde(deserialize_with = "nullable")]
     pub content: String,
     /// Octal permission bits, e.g. "0644".
+    #[serde(deserialize_with = "nullable")]
     pub mode: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Logger {
+    #[serde(deserialize_with = "nullable")]
     pub method: String,
+    #[serde(deserialize_with = "nullable")]
     pub url: String,
+    #[serde(deserialize_with = "nullable")]
     pub token: String,
-    pub max_size_in_bytes: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub max_size_in_bytes: i64,
 }
 
 /// Why a job file could not be loaded.
@@ -135,16 +168,22 @@ impl JobRequest {
 }
 
 impl EnvVar {
-    /// The value, decoded; the error names the variable (never its value).
+    /// The value, decoded, as text (bytes that are not UTF-8 become U+FFFD);
+    /// the error names the variable (never its value).
     pub fn decode(&self) -> Result<String, String> {
-        decode_base64(&self.value)
+        self.decode_bytes()
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .map_err(|e| {
-                format!(
-                    "env var {} has a value that is not valid base64: {e}",
-                    self.name
-                )
-            })
+    }
+
+    /// The value, decoded, byte for byte: what the job's shell gets, as the
+    /// Go agent exports values without any text conversion.
+    pub fn decode_bytes(&self) -> Result<Vec<u8>, String> {
+        decode_base64(&self.value).map_err(|e| {
+            format!(
+                "env var {} has a value that is not valid base64: {e}",
+                self.name
+            )
+        })
     }
 }
 
@@ -197,6 +236,27 @@ mod tests {
         assert_eq!(job.commands[0].alias, "");
         assert_eq!(job.executor(), "shell");
         assert!(job.env_vars.is_empty());
+    }
+
+    #[test]
+    fn null_fields_read_as_empty_like_go() {
+        let job = JobRequest::from_json(
+            r#"{"job_id":"j","executor":null,"commands":[{"directive":"ls","alias":null}],
+               "epilogue_always_commands":null,"epilogue_on_pass_commands":null,
+               "epilogue_on_fail_commands":null,"env_vars":null,"files":null,
+               "ssh_public_keys":null,"callbacks":null,"compose":null,
+               "logger":{"method":"push","url":"http://x","token":null,"max_size_in_bytes":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(job.executor(), "shell");
+        assert_eq!(job.commands[0].alias, "");
+        assert!(job.epilogue_always_commands.is_empty() && job.files.is_empty());
+        assert_eq!(job.logger.token, "");
+        assert_eq!(job.logger.max_size_in_bytes, 0);
+        let job =
+            JobRequest::from_json(r#"{"logger":null,"env_vars":[{"name":"A","value":null}]}"#)
+                .unwrap();
+        assert_eq!(job.env_vars[0].decode().unwrap(), "");
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
 
     log::info!("Starting to poll for jobs");
     let mut listener = Listener {
-        machine: Machine::new(config.disconnect_after_job),
+        machine: Machine::new(),
         api,
         config,
         options,
@@ -242,11 +242,13 @@ fn install_signal_handler(tx: SyncSender<Wake>, interrupted_at: Arc<AtomicU64>) 
             .is_ok()
         {
             log::info!("Termination signal received");
+            // A full channel already holds a wake-up; dropping this one is fine.
+            let _ = tx.try_send(Wake::Signal);
         } else {
+            // Like the Go agent, only the first signal forces a sync: the
+            // control plane already knows, and nothing changed since.
             log::info!("Termination signal received again; still waiting for Semaphore to shut the agent down");
         }
-        // A full channel already holds a wake-up; dropping this one is fine.
-        let _ = tx.try_send(Wake::Signal);
     });
     if let Err(e) = result {
         log::warn!("Could not install the SIGTERM/SIGINT handler: {e}");
@@ -314,15 +316,27 @@ impl Listener {
                 }
             };
             log::info!("Waiting {wait:?} for next sync...");
-            match self.rx.recv_timeout(wait) {
+            self.wait_for_next_sync(Instant::now() + wait);
+        }
+    }
+
+    /// Waits until `deadline`, or less when the job finished or a signal
+    /// came: the state changes the Go agent syncs at once for. A job that
+    /// merely started running waits for the next regular sync, as in Go.
+    fn wait_for_next_sync(&mut self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Wake::JobRunning) => self.on_wake(Wake::JobRunning),
                 Ok(wake) => {
                     log::debug!("Forcing sync due to state change");
                     self.on_wake(wake);
+                    return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => return,
                 // We hold a sender ourselves, so this cannot happen; syncing
                 // again is the safe answer anyway.
-                Err(RecvTimeoutError::Disconnected) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }

@@ -33,19 +33,24 @@ pub enum Effect {
     Shutdown(ShutdownReason),
 }
 
+/// `--disconnect-after-job` plays no part here: like the Go agent, the
+/// agent only tells the control plane (`single_job` on register) and the
+/// control plane ends it with `shutdown` / `job-finished` after the job.
 #[derive(Debug)]
 pub struct Machine {
     state: State,
-    /// `--disconnect-after-job`: once the finished job was reported and the
-    /// control plane moved on, shut down with JOB_FINISHED.
-    disconnect_after_job: bool,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine::new()
+    }
 }
 
 impl Machine {
-    pub fn new(disconnect_after_job: bool) -> Machine {
+    pub fn new() -> Machine {
         Machine {
             state: State::WaitingForJobs,
-            disconnect_after_job,
         }
     }
 
@@ -108,10 +113,10 @@ impl Machine {
 
     /// Applies the control plane's answer to the request `sent`.
     pub fn apply(&mut self, sent: &SyncRequest, response: &SyncResponse) -> Effect {
-        let effect = match &response.action {
+        match &response.action {
             Action::Continue | Action::Unknown(_) => Effect::Nothing,
             Action::Shutdown => {
-                return Effect::Shutdown(ShutdownReason::from_api(&response.shutdown_reason));
+                Effect::Shutdown(ShutdownReason::from_api(&response.shutdown_reason))
             }
             Action::RunJob => match &self.state {
                 State::WaitingForJobs | State::FinishedJob { .. }
@@ -156,15 +161,7 @@ impl Machine {
                     Effect::Nothing
                 }
             },
-        };
-        // The finished job has been reported and the control plane moved on.
-        if self.disconnect_after_job
-            && sent.state == AgentState::FinishedJob
-            && !self.has_live_job()
-        {
-            return Effect::Shutdown(ShutdownReason::JobFinished);
         }
-        effect
     }
 }
 
@@ -186,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_job_goes_round_the_states() {
-        let mut m = Machine::new(false);
+        let mut m = Machine::new();
         assert_eq!(m.sync_request(0).state, AgentState::WaitingForJobs);
         assert_eq!(step(&mut m, "continue", ""), Effect::Nothing);
         assert_eq!(step(&mut m, "run-job", "j1"), Effect::StartJob("j1".into()));
@@ -214,7 +211,7 @@ mod tests {
 
     #[test]
     fn stop_job_stops_a_live_job_and_is_ignored_after_it_ended() {
-        let mut m = Machine::new(false);
+        let mut m = Machine::new();
         step(&mut m, "run-job", "j1");
         m.job_running();
         assert_eq!(step(&mut m, "stop-job", "j1"), Effect::StopJob);
@@ -231,7 +228,7 @@ mod tests {
 
     #[test]
     fn stop_while_starting_is_honoured() {
-        let mut m = Machine::new(false);
+        let mut m = Machine::new();
         step(&mut m, "run-job", "j1");
         assert_eq!(step(&mut m, "stop-job", "j1"), Effect::StopJob);
         m.job_finished(JobResult::Stopped);
@@ -240,7 +237,7 @@ mod tests {
 
     #[test]
     fn run_job_is_refused_while_a_job_lives_or_without_an_id() {
-        let mut m = Machine::new(false);
+        let mut m = Machine::new();
         assert_eq!(step(&mut m, "run-job", ""), Effect::Nothing);
         assert_eq!(step(&mut m, "run-job", "j1"), Effect::StartJob("j1".into()));
         assert_eq!(step(&mut m, "run-job", "j2"), Effect::Nothing);
@@ -250,7 +247,7 @@ mod tests {
 
     #[test]
     fn shutdown_reasons_map_like_go() {
-        let mut m = Machine::new(false);
+        let mut m = Machine::new();
         for (text, reason) in [
             ("idle", ShutdownReason::Idle),
             ("job-finished", ShutdownReason::JobFinished),
@@ -269,21 +266,21 @@ mod tests {
     }
 
     #[test]
-    fn disconnect_after_job_shuts_down_once_the_result_was_reported() {
-        let mut m = Machine::new(true);
+    fn a_reported_result_is_kept_until_the_control_plane_moves_on() {
+        // As in the Go agent, nothing but the control plane ends the agent
+        // after a job, even with --disconnect-after-job.
+        let mut m = Machine::new();
         step(&mut m, "run-job", "j1");
         m.job_running();
-        assert_eq!(step(&mut m, "continue", ""), Effect::Nothing);
         m.job_finished(JobResult::Failed);
-        assert_eq!(
-            step(&mut m, "wait-for-jobs", ""),
-            Effect::Shutdown(ShutdownReason::JobFinished)
-        );
+        assert_eq!(step(&mut m, "continue", ""), Effect::Nothing);
+        assert_eq!(m.sync_request(0).state, AgentState::FinishedJob);
+        assert_eq!(step(&mut m, "wait-for-jobs", ""), Effect::ForgetJob);
     }
 
     #[test]
     fn unknown_actions_change_nothing() {
-        let mut m = Machine::new(false);
+        let mut m = Machine::new();
         assert_eq!(step(&mut m, "dance", ""), Effect::Nothing);
         assert_eq!(m.state(), &State::WaitingForJobs);
     }

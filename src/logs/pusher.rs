@@ -288,6 +288,7 @@ impl PushLogger {
             reader,
             agent,
             url: logger.url.clone(),
+            user_agent: options.user_agent.clone(),
             token: logger.token.clone(),
             refresher,
             plan: Plan::new(Timing::from(&options)),
@@ -437,6 +438,7 @@ struct Flusher {
     reader: SpoolReader,
     agent: ureq::Agent,
     url: String,
+    user_agent: String,
     token: String,
     refresher: Box<dyn TokenRefresher>,
     plan: Plan,
@@ -562,6 +564,7 @@ impl Flusher {
         match post_batch(
             &self.agent,
             &self.url,
+            &self.user_agent,
             start_from,
             &self.token,
             &batch.body,
@@ -616,6 +619,7 @@ impl Flusher {
 fn post_batch(
     agent: &ureq::Agent,
     url: &str,
+    user_agent: &str,
     start_from: u64,
     token: &str,
     body: &[u8],
@@ -627,6 +631,7 @@ fn post_batch(
         .post(&full)
         .header("Content-Type", "text/plain")
         .header("Authorization", format!("Bearer {token}"))
+        .header("User-Agent", user_agent)
         .config()
         .timeout_global(Some(timeout))
         .build()
