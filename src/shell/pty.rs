@@ -340,6 +340,7 @@ impl Shell {
         }
         session::terminate(self.pid, self.tty.as_deref(), self.stop_grace);
         self.reap();
+        session::reap_orphans(self.pid);
     }
 
     /// Collects bash's exit status; bounded, as bash was killed or exited.

@@ -176,6 +176,42 @@ pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> boo
     }
 }
 
+/// Reaps the job's orphans that ended up as zombie children of the agent.
+///
+/// When the agent is PID 1 (a container's entrypoint) or a child subreaper,
+/// processes a job leaves behind are re-parented to it when their parent
+/// dies, and once killed they stay zombies, holding pids, until it waits for
+/// them. Only zombies of the job led by `leader` (its session or process
+/// group) are reaped, never the leader itself (its caller collects bash's
+/// status) and never anything else: other children of the agent (hooks, the
+/// artifact CLI) are waited for by the code that started them. Returns how
+/// many were reaped.
+pub(crate) fn reap_orphans(leader: i32) -> usize {
+    let Ok(me) = i32::try_from(std::process::id()) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for p in snapshot(None) {
+        if !(p.gone && p.ppid == me && p.pid != leader) {
+            continue;
+        }
+        if p.sid != leader && p.pgrp != leader {
+            continue;
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid(2) on one specific pid that is our own zombie
+        // child; `status` is a valid, writable int. WNOHANG never blocks.
+        let rc = unsafe { libc::waitpid(p.pid, &mut status, libc::WNOHANG) };
+        if rc == p.pid {
+            reaped += 1;
+        }
+    }
+    if reaped > 0 {
+        log::debug!("Reaped {reaped} orphaned process(es) of the job");
+    }
+    reaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
