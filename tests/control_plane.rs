@@ -907,3 +907,37 @@ fn job_logs_follow_the_control_planes_proxy_rules() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }
+
+#[test]
+fn a_log_server_down_for_the_whole_job_bounds_the_flush_and_the_agent_goes_on() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    hub.fail_always(Endpoint::Logs, Fault::Status(500));
+    let mut agent = Agent::start_with(
+        &sandbox,
+        &hub,
+        REGISTRATION_TOKEN,
+        &[],
+        &[("SEMAPHORE_AGENT_LOG_FLUSH_TIMEOUT", "1")],
+    );
+    let id = hub.queue_job(job(&["echo lost"]));
+    // Far below the default 60 s flush: the configured bound is what ends it.
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(
+        hub.events(&id).is_empty(),
+        "the log server was down: {:?}",
+        hub.events(&id)
+    );
+    assert!(
+        agent_log(&sandbox).contains("Could not push all logs within 1 s - giving up"),
+        "{}",
+        agent_log(&sandbox)
+    );
+
+    hub.clear_faults();
+    let next = hub.queue_job(job(&["echo delivered"]));
+    assert_eq!(hub.wait_for_result(&next, WAIT).as_deref(), Some("passed"));
+    assert!(hub.output(&next).contains("delivered\n"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}

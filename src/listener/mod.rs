@@ -517,6 +517,7 @@ impl JobWork {
         });
         let push = PushOptions {
             spool_dir: self.options.tmp_dir.clone(),
+            flush_timeout: crate::logs::flush_timeout_from_env(&crate::logs::process_env),
             ..PushOptions::default()
         };
         // Like the Go agent: a job whose logs cannot be set up is not run.

@@ -12,8 +12,8 @@ mod upload;
 
 pub use events::{Event, EventSink, JobResult};
 pub use pusher::{
-    FinishOptions, FlushReport, LogError, PushLogger, PushOptions, TokenRefresher,
-    DEFAULT_FLUSH_TIMEOUT, MAX_BATCH_EVENTS,
+    flush_timeout_from_env, FinishOptions, FlushReport, LogError, PushLogger, PushOptions,
+    TokenRefresher, DEFAULT_FLUSH_TIMEOUT, FLUSH_TIMEOUT_VAR, MAX_BATCH_EVENTS,
 };
 pub use upload::{
     compression_threshold, process_env, write_plain_text, EnvLookup, UploadOutcome, UploadPolicy,

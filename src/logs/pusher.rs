@@ -25,6 +25,31 @@ pub const MAX_BATCH_EVENTS: u64 = 2000;
 /// How long `finish` keeps trying to deliver what is left, by default.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The environment variable that changes how long the end-of-job flush may
+/// take, in whole seconds (the Go agent's bounds: 1 to 900).
+pub const FLUSH_TIMEOUT_VAR: &str = "SEMAPHORE_AGENT_LOG_FLUSH_TIMEOUT";
+const MAX_FLUSH_TIMEOUT_SECS: u64 = 900;
+
+/// The end-of-job flush bound from `SEMAPHORE_AGENT_LOG_FLUSH_TIMEOUT`;
+/// unset means the default, and a value that is not a number of seconds
+/// from 1 to 900 is logged (naming the value) and the default used.
+pub fn flush_timeout_from_env(env: crate::logs::EnvLookup<'_>) -> Duration {
+    let Some(text) = env(FLUSH_TIMEOUT_VAR) else {
+        return DEFAULT_FLUSH_TIMEOUT;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(secs) if (1..=MAX_FLUSH_TIMEOUT_SECS).contains(&secs) => Duration::from_secs(secs),
+        _ => {
+            log::error!(
+                "Invalid {FLUSH_TIMEOUT_VAR} '{text}': expected whole seconds from 1 to \
+                 {MAX_FLUSH_TIMEOUT_SECS} - using the default of {}s",
+                DEFAULT_FLUSH_TIMEOUT.as_secs()
+            );
+            DEFAULT_FLUSH_TIMEOUT
+        }
+    }
+}
+
 /// Gets a new log token when the log server answers 401. The control-plane
 /// client implements it with `POST /refresh`; the error is a message for
 /// the agent's log and must not contain a token.
@@ -978,6 +1003,23 @@ mod tests {
         for _ in 0..10_000 {
             let u = r.next_unit();
             assert!((0.0..1.0).contains(&u));
+        }
+    }
+
+    #[test]
+    fn flush_timeout_comes_from_the_environment_within_bounds() {
+        let with = |value: Option<&str>| {
+            let value = value.map(str::to_string);
+            flush_timeout_from_env(&move |name: &str| {
+                assert_eq!(name, FLUSH_TIMEOUT_VAR);
+                value.clone()
+            })
+        };
+        assert_eq!(with(None), DEFAULT_FLUSH_TIMEOUT);
+        assert_eq!(with(Some("5")), Duration::from_secs(5));
+        assert_eq!(with(Some(" 900 ")), Duration::from_secs(900));
+        for bad in ["0", "901", "-3", "1.5", "soon", ""] {
+            assert_eq!(with(Some(bad)), DEFAULT_FLUSH_TIMEOUT, "{bad}");
         }
     }
 }
