@@ -5,114 +5,26 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::agent::Agent;
 use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
 use support::Sandbox;
 
 /// The bound of every wait for something that should take well under a second.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A running agent; killed (and reaped) if the test ends before it exits.
-struct Agent {
-    child: Child,
-    status: Option<ExitStatus>,
-    log: std::path::PathBuf,
+/// The agent against `hub` over plain HTTP, with `extra` arguments.
+fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
+    start_with(sandbox, hub, extra, &[])
 }
 
-impl Agent {
-    fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
-        Agent::start_with(sandbox, hub, REGISTRATION_TOKEN, extra, &[])
-    }
-
-    fn start_with(
-        sandbox: &Sandbox,
-        hub: &Hub,
-        token: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Agent {
-        let endpoint = hub.endpoint();
-        let mut args = vec![
-            "start",
-            "--endpoint",
-            &endpoint,
-            "--no-https",
-            "--token",
-            token,
-        ];
-        args.extend(["--name", "agent-under-test"]);
-        args.extend(extra);
-        Agent::spawn(sandbox, &args, env)
-    }
-
-    /// The agent with exactly `args`, shrunk delays and `env` added.
-    fn spawn(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
-        let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
-        let mut cmd = sandbox.agent();
-        cmd.args(args)
-            .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn the agent");
-        Agent {
-            child,
-            status: None,
-            log: sandbox.path("agent_log"),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// The exit code, or None if still running after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status {
-                return status.code();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.status = Some(status);
-                continue;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("---- agent log ----\n{log}---- end of agent log ----");
-        }
-        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// [`start`] with `env` added.
+fn start_with(sandbox: &Sandbox, hub: &Hub, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+    let mut args = vec!["--no-https"];
+    args.extend(extra);
+    Agent::start(sandbox, &hub.endpoint(), &args, env)
 }
 
 fn agent_log(sandbox: &Sandbox) -> String {
@@ -192,7 +104,7 @@ fn registers_with_every_field_and_the_right_headers() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     let started = Instant::now();
-    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "42"]);
+    let mut agent = start(&sandbox, &hub, &["--interruption-grace-period", "42"]);
     assert!(
         hub.wait_until(WAIT, |h| h.register_body().is_some()),
         "never registered"
@@ -257,7 +169,7 @@ fn registers_with_every_field_and_the_right_headers() {
 fn a_job_runs_and_its_events_arrive() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["echo hello from the job"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
     // A job this short may end before the next regular sync: like the Go
@@ -320,7 +232,7 @@ fn a_job_runs_and_its_events_arrive() {
 fn a_failing_command_fails_the_job_and_later_commands_do_not_run() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["false", "touch $HOME/should-not-exist"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
     assert!(!sandbox.home().join("should-not-exist").exists());
@@ -332,7 +244,7 @@ fn a_failing_command_fails_the_job_and_later_commands_do_not_run() {
 fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&[
         "sleep 7100001 &",
         "sleep 7100002",
@@ -384,7 +296,7 @@ fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
 fn two_jobs_in_a_row_share_nothing() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let first = hub.queue_job(job(&[
         "export CP_LEAK=from-first-job",
         "mkdir -p $HOME/elsewhere && cd $HOME/elsewhere",
@@ -418,7 +330,7 @@ fn disconnect_after_job_registers_single_job_and_exits_after_it() {
     let reason = sandbox.path("reason");
     let hook = reason_hook(&sandbox, &reason);
     let id = hub.queue_job(job(&["echo one job only"]));
-    let mut agent = Agent::start(
+    let mut agent = start(
         &sandbox,
         &hub,
         &["--disconnect-after-job", "--shutdown-hook-path", &hook],
@@ -439,7 +351,7 @@ fn shutdown_action_disconnects_and_runs_the_hook_with_the_reason() {
     let hub = Hub::start();
     let reason = sandbox.path("reason");
     let hook = reason_hook(&sandbox, &reason);
-    let mut agent = Agent::start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
+    let mut agent = start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
@@ -465,7 +377,7 @@ fn shutdown_action_disconnects_and_runs_the_hook_with_the_reason() {
 fn shutdown_while_a_job_runs_stops_it_first() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["sleep 7100004"]));
     assert!(wait_for(WAIT, || !processes_with("sleep 7100004").is_empty()));
     hub.shutdown("requested");
@@ -485,7 +397,7 @@ fn sigterm_is_reported_and_the_control_plane_decides() {
     let hook = reason_hook(&sandbox, &reason);
     // A long wait between syncs: the signal must trigger the next one at once.
     hub.set_next_sync_after(60_000);
-    let mut agent = Agent::start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
+    let mut agent = start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -513,7 +425,7 @@ fn sigterm_is_reported_and_the_control_plane_decides() {
 fn sigterm_during_a_job_waits_for_the_grace_period_then_stops_it() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "1"]);
+    let mut agent = start(&sandbox, &hub, &["--interruption-grace-period", "1"]);
     let id = hub.queue_job(job(&["sleep 7100005"]));
     assert!(wait_for(WAIT, || !processes_with("sleep 7100005").is_empty()));
     agent.signal(libc::SIGINT);
@@ -537,7 +449,7 @@ fn register_is_retried_after_server_errors() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     hub.fail(Endpoint::Register, 3, Fault::Status(500));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     assert_eq!(hub.requests_to("/register").len(), 4);
     hub.shutdown("requested");
@@ -550,7 +462,21 @@ fn register_is_retried_after_server_errors() {
 fn a_wrong_registration_token_is_a_clear_error() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start_with(&sandbox, &hub, "not-the-token", &[], &[]);
+    let endpoint = hub.endpoint();
+    let mut agent = Agent::spawn(
+        &sandbox,
+        &[
+            "start",
+            "--endpoint",
+            &endpoint,
+            "--no-https",
+            "--token",
+            "not-the-token",
+            "--name",
+            "agent-under-test",
+        ],
+        &[],
+    );
     let code = agent.wait_exit(WAIT);
     assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
     assert_eq!(hub.requests_to("/register").len(), 30);
@@ -565,7 +491,7 @@ fn a_wrong_registration_token_is_a_clear_error() {
 fn sync_errors_mid_job_do_not_lose_the_job() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["sleep 1", "echo survived > $HOME/survived"]));
     assert!(hub.wait_for_sync(WAIT, is_state("running-job")));
     hub.fail(Endpoint::Sync, 5, Fault::Status(500));
@@ -581,7 +507,7 @@ fn a_job_that_cannot_be_fetched_fails_and_the_agent_goes_back_to_waiting() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     hub.fail_always(Endpoint::GetJob, Fault::Status(500));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["touch $HOME/never"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
     assert_eq!(hub.requests_to(&format!("/jobs/{id}")).len(), 10);
@@ -616,7 +542,7 @@ fn garbage_sync_answers_do_not_crash_the_agent() {
         Fault::Body(r#"{"action":"dance","next_sync_after":"soon"}"#.into()),
     );
     hub.fail(Endpoint::Sync, 1, Fault::Status(502));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 8));
     let id = hub.queue_job(job(&["true"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
@@ -632,10 +558,9 @@ fn a_slow_sync_times_out_and_is_retried() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     hub.fail(Endpoint::Sync, 1, Fault::Slow(Duration::from_millis(1500)));
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &[],
         &[("SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS", "300")],
     );
@@ -652,10 +577,9 @@ fn no_successful_sync_for_too_long_shuts_down_unable_to_sync() {
     let reason = sandbox.path("reason");
     let hook = reason_hook(&sandbox, &reason);
     hub.fail_always(Endpoint::Sync, Fault::Status(503));
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &["--shutdown-hook-path", &hook],
         &[("SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS", "500")],
     );
@@ -673,7 +597,7 @@ fn idle_timeout_is_sent_and_the_idle_shutdown_honoured() {
     let hub = Hub::start();
     let reason = sandbox.path("reason");
     let hook = reason_hook(&sandbox, &reason);
-    let mut agent = Agent::start(
+    let mut agent = start(
         &sandbox,
         &hub,
         &[
@@ -693,7 +617,7 @@ fn disconnect_is_retried() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     hub.fail(Endpoint::Disconnect, 3, Fault::Status(500));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
@@ -765,7 +689,7 @@ fn settings_from_the_environment_work_too() {
 fn an_expired_log_token_is_refreshed_through_the_control_plane() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["echo before-expiry", "sleep 1", "echo after-expiry"]));
     assert!(hub.wait_until(WAIT, |h| h.output(&id).contains("before-expiry")));
     hub.expire_log_tokens();
@@ -797,7 +721,7 @@ fn disconnect_after_job_waits_for_the_control_plane_to_end_it() {
     let reason = sandbox.path("reason");
     let hook = reason_hook(&sandbox, &reason);
     let id = hub.queue_job(job(&["sleep 1"]));
-    let mut agent = Agent::start(
+    let mut agent = start(
         &sandbox,
         &hub,
         &["--disconnect-after-job", "--shutdown-hook-path", &hook],
@@ -832,7 +756,7 @@ fn only_a_finished_job_or_the_first_signal_forces_a_sync() {
     let hub = Hub::start();
     hub.set_next_sync_after(2000);
     let id = hub.queue_job(job(&["sleep 7100006"]));
-    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "600"]);
+    let mut agent = start(&sandbox, &hub, &["--interruption-grace-period", "600"]);
     assert!(wait_for(WAIT, || !processes_with("sleep 7100006").is_empty()));
     assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 2));
     let syncs = hub.requests_to("/sync");
@@ -861,7 +785,7 @@ fn only_a_finished_job_or_the_first_signal_forces_a_sync() {
 fn a_job_request_with_null_fields_runs_like_go() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(json!({
         "executor": null,
         "commands": [{"directive": "echo null-tolerant", "alias": null}],
@@ -890,10 +814,9 @@ fn job_logs_follow_the_control_planes_proxy_rules() {
     drop(dead);
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &[],
         &[
             ("HTTP_PROXY", proxy.as_str()),
@@ -913,10 +836,9 @@ fn a_log_server_down_for_the_whole_job_bounds_the_flush_and_the_agent_goes_on() 
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     hub.fail_always(Endpoint::Logs, Fault::Status(500));
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &[],
         &[("SEMAPHORE_AGENT_LOG_FLUSH_TIMEOUT", "1")],
     );
