@@ -45,6 +45,20 @@ fn assert_prints(shell: &mut Shell, cmd: &str, expected: &str) {
     assert_eq!(ok(shell, cmd), (expected.to_string(), 0));
 }
 
+/// Stops `shell` from another thread 300 ms from now; the thread answers
+/// when it did.
+fn stop_soon(shell: &Shell) -> std::thread::JoinHandle<Instant> {
+    let stopper = shell.stopper();
+    std::thread::Builder::new()
+        .name("test-stopper".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stopper.stop();
+            Instant::now()
+        })
+        .expect("thread")
+}
+
 /// Live (not zombie) processes whose session is `sid`.
 fn session_processes(sid: u32) -> Vec<String> {
     let mut found = Vec::new();
@@ -305,15 +319,7 @@ fn assert_stop_ends_everything(setup: Option<(&str, usize)>, needle: &str) {
         ok(&mut f.shell, setup);
         assert_eq!(wait_for_running(needle, count), count, "{setup}");
     }
-    let stopper = f.shell.stopper();
-    let stopping = std::thread::Builder::new()
-        .name("test-stopper".into())
-        .spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            stopper.stop();
-            Instant::now()
-        })
-        .expect("thread");
+    let stopping = stop_soon(&f.shell);
     let (out, result) = run(&mut f.shell, "echo started; sleep infinity");
     let returned = Instant::now();
     let stopped_at = stopping.join().expect("stopper thread");
@@ -407,15 +413,7 @@ fn stop_during_a_flood_of_output_is_fast() {
     let mut f = start();
     f.shell.set_stop_grace(Duration::from_millis(300));
     let sid = f.shell.pid();
-    let stopper = f.shell.stopper();
-    let stopping = std::thread::Builder::new()
-        .name("test-stopper".into())
-        .spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            stopper.stop();
-            Instant::now()
-        })
-        .expect("thread");
+    let stopping = stop_soon(&f.shell);
     let mut bytes = 0usize;
     let result = f.shell.run("yes", &mut |chunk| bytes += chunk.len());
     let returned = Instant::now();
