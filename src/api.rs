@@ -508,6 +508,15 @@ fn in_cidr(ip: std::net::IpAddr, net: std::net::IpAddr, bits: u32) -> bool {
     }
 }
 
+/// What of an answer that does not parse an [`ApiError`] may quote.
+#[derive(Clone, Copy)]
+enum Quote {
+    /// Nothing: the answer may carry a token.
+    Never,
+    /// A redacted excerpt (see `Api::excerpt`).
+    Excerpt,
+}
+
 /// The control-plane client: one base URL, the registration token until
 /// registered, the access token after. Cheap to clone (the HTTP agent and
 /// its connection pool are shared), so the job thread gets its own copy for
@@ -555,52 +564,26 @@ impl Api {
 
     pub fn register(&self, request: &RegisterRequest) -> Result<RegisterResponse, ApiError> {
         let url = format!("{}/register", self.base);
-        let err = |failure| ApiError::Register {
-            url: url.clone(),
-            failure,
-        };
-        let body =
-            serde_json::to_string(request).map_err(|e| err(Failure::Transport(e.to_string())))?;
-        let text = self
-            .call(
-                "POST",
-                &url,
-                &self.registration_token,
-                Some(body),
-                MAX_ANSWER_BYTES,
-            )
-            .map_err(err)?;
-        RegisterResponse::from_json(&text).map_err(|reason| {
-            err(Failure::BadAnswer {
-                reason,
-                body: String::new(),
-            })
-        })
+        self.post_and_parse(
+            &url,
+            &self.registration_token,
+            Some(request),
+            RegisterResponse::from_json,
+            Quote::Never,
+        )
+        .map_err(|failure| ApiError::Register { url, failure })
     }
 
     pub fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, ApiError> {
         let url = format!("{}/sync", self.base);
-        let err = |failure| ApiError::Sync {
-            url: url.clone(),
-            failure,
-        };
-        let body =
-            serde_json::to_string(request).map_err(|e| err(Failure::Transport(e.to_string())))?;
-        let text = self
-            .call(
-                "POST",
-                &url,
-                &self.access_token,
-                Some(body),
-                MAX_ANSWER_BYTES,
-            )
-            .map_err(err)?;
-        SyncResponse::from_json(&text).map_err(|reason| {
-            err(Failure::BadAnswer {
-                reason,
-                body: self.excerpt(&text),
-            })
-        })
+        self.post_and_parse(
+            &url,
+            &self.access_token,
+            Some(request),
+            SyncResponse::from_json,
+            Quote::Excerpt,
+        )
+        .map_err(|failure| ApiError::Sync { url, failure })
     }
 
     pub fn get_job(&self, job_id: &str) -> Result<JobRequest, ApiError> {
@@ -626,19 +609,14 @@ impl Api {
     /// Asks for a new log token for the running job.
     pub fn refresh(&self) -> Result<String, ApiError> {
         let url = format!("{}/refresh", self.base);
-        let err = |failure| ApiError::Refresh {
-            url: url.clone(),
-            failure,
-        };
-        let text = self
-            .call("POST", &url, &self.access_token, None, MAX_ANSWER_BYTES)
-            .map_err(err)?;
-        parse_refresh(&text).map_err(|reason| {
-            err(Failure::BadAnswer {
-                reason,
-                body: String::new(),
-            })
-        })
+        self.post_and_parse(
+            &url,
+            &self.access_token,
+            None::<&()>,
+            parse_refresh,
+            Quote::Never,
+        )
+        .map_err(|failure| ApiError::Refresh { url, failure })
     }
 
     pub fn disconnect(&self) -> Result<(), ApiError> {
@@ -646,6 +624,31 @@ impl Api {
         self.call("POST", &url, &self.access_token, None, MAX_ANSWER_BYTES)
             .map(|_| ())
             .map_err(|failure| ApiError::Disconnect { url, failure })
+    }
+
+    /// A POST of `request` as JSON (an empty body for None) whose answer
+    /// `parse` reads; `quote` says what of an unreadable answer the error
+    /// may carry.
+    fn post_and_parse<R>(
+        &self,
+        url: &str,
+        token: &str,
+        request: Option<&impl Serialize>,
+        parse: impl FnOnce(&str) -> Result<R, String>,
+        quote: Quote,
+    ) -> Result<R, Failure> {
+        let body = request
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let text = self.call("POST", url, token, body, MAX_ANSWER_BYTES)?;
+        parse(&text).map_err(|reason| Failure::BadAnswer {
+            reason,
+            body: match quote {
+                Quote::Never => String::new(),
+                Quote::Excerpt => self.excerpt(&text),
+            },
+        })
     }
 
     /// One request; a 2xx answer's body as text, anything else a [`Failure`].

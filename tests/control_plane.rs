@@ -4,115 +4,27 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::agent::Agent;
 use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
 use support::Sandbox;
 
 /// The bound of every wait for something that should take well under a second.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A running agent; killed (and reaped) if the test ends before it exits.
-struct Agent {
-    child: Child,
-    status: Option<ExitStatus>,
-    log: std::path::PathBuf,
+/// The agent against `hub` over plain HTTP, with `extra` arguments.
+fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
+    start_with(sandbox, hub, extra, &[])
 }
 
-impl Agent {
-    fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
-        Agent::start_with(sandbox, hub, REGISTRATION_TOKEN, extra, &[])
-    }
-
-    fn start_with(
-        sandbox: &Sandbox,
-        hub: &Hub,
-        token: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Agent {
-        let endpoint = hub.endpoint();
-        let mut args = vec![
-            "start",
-            "--endpoint",
-            &endpoint,
-            "--no-https",
-            "--token",
-            token,
-        ];
-        args.extend(["--name", "agent-under-test"]);
-        args.extend(extra);
-        Agent::spawn(sandbox, &args, env)
-    }
-
-    /// The agent with exactly `args`, shrunk delays and `env` added.
-    fn spawn(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
-        let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
-        let mut cmd = sandbox.agent();
-        cmd.args(args)
-            .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn the agent");
-        Agent {
-            child,
-            status: None,
-            log: sandbox.path("agent_log"),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// The exit code, or None if still running after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status {
-                return status.code();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.status = Some(status);
-                continue;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("---- agent log ----\n{log}---- end of agent log ----");
-        }
-        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// [`start`] with `env` added.
+fn start_with(sandbox: &Sandbox, hub: &Hub, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+    let mut args = vec!["--no-https"];
+    args.extend(extra);
+    Agent::start(sandbox, &hub.endpoint(), &args, env)
 }
 
 fn agent_log(sandbox: &Sandbox) -> String {
@@ -140,8 +52,28 @@ fn job(commands: &[&str]) -> Value {
     json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
 }
 
-/// A shutdown hook that writes the reason into `file`.
-fn reason_hook(sandbox: &Sandbox, file: &Path) -> String {
+/// A sandbox and a fake control plane, nothing started yet.
+fn sandbox_and_hub() -> (Sandbox, Hub) {
+    (Sandbox::new(), Hub::start())
+}
+
+/// [`sandbox_and_hub`] with the agent started against it at once.
+fn running(extra: &[&str]) -> (Sandbox, Hub, Agent) {
+    let (sandbox, hub) = sandbox_and_hub();
+    let agent = start(&sandbox, &hub, extra);
+    (sandbox, hub, agent)
+}
+
+/// The control plane asks for a shutdown; the agent exits with 0.
+#[track_caller]
+fn shut_down(hub: &Hub, agent: &mut Agent) {
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+/// A shutdown hook that writes the reason into a file: (that file, the hook).
+fn reason_hook(sandbox: &Sandbox) -> (PathBuf, String) {
+    let file = sandbox.path("reason");
     let hook = sandbox.write(
         "shutdown-hook.sh",
         &format!(
@@ -149,7 +81,12 @@ fn reason_hook(sandbox: &Sandbox, file: &Path) -> String {
             file.display()
         ),
     );
-    hook.display().to_string()
+    (file, hook.display().to_string())
+}
+
+/// The reason the hook of [`reason_hook`] wrote.
+fn hook_reason(file: &Path) -> String {
+    std::fs::read_to_string(file).unwrap().trim().to_string()
 }
 
 /// Pids of processes whose command line contains `needle` (NUL-separated).
@@ -183,16 +120,25 @@ fn wait_for(timeout: Duration, ready: impl Fn() -> bool) -> bool {
     ready()
 }
 
+/// Whether a process with the command line `needle` shows up within [`WAIT`].
+fn appears(needle: &str) -> bool {
+    wait_for(WAIT, || !processes_with(needle).is_empty())
+}
+
+/// Whether every process with the command line `needle` is gone within 5 s.
+fn gone(needle: &str) -> bool {
+    wait_for(Duration::from_secs(5), || processes_with(needle).is_empty())
+}
+
 fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
     move |s: &Value| s["state"] == state
 }
 
 #[test]
 fn registers_with_every_field_and_the_right_headers() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     let started = Instant::now();
-    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "42"]);
+    let mut agent = start(&sandbox, &hub, &["--interruption-grace-period", "42"]);
     assert!(
         hub.wait_until(WAIT, |h| h.register_body().is_some()),
         "never registered"
@@ -239,8 +185,7 @@ fn registers_with_every_field_and_the_right_headers() {
         json!({"state": "waiting-for-jobs", "job_id": "", "job_result": "", "interrupted_at": 0})
     );
 
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     let disconnect = &hub.requests_to("/disconnect")[0];
     assert_eq!(disconnect.method, "POST");
     // An empty POST says so, as Go's net/http does.
@@ -255,9 +200,7 @@ fn registers_with_every_field_and_the_right_headers() {
 
 #[test]
 fn a_job_runs_and_its_events_arrive() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(job(&["echo hello from the job"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
     // A job this short may end before the next regular sync: like the Go
@@ -304,8 +247,7 @@ fn a_job_runs_and_its_events_arrive() {
     assert!(hub.wait_until(WAIT, |h| h.syncs()[finished_at..]
         .iter()
         .any(is_state("waiting-for-jobs"))));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     let log = agent_log(&sandbox);
     assert!(
         log.contains(&format!(
@@ -318,28 +260,23 @@ fn a_job_runs_and_its_events_arrive() {
 
 #[test]
 fn a_failing_command_fails_the_job_and_later_commands_do_not_run() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(job(&["false", "touch $HOME/should-not-exist"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
     assert!(!sandbox.home().join("should-not-exist").exists());
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(job(&[
         "sleep 7100001 &",
         "sleep 7100002",
         "touch $HOME/after-stop",
     ]));
     assert!(
-        wait_for(WAIT, || !processes_with("sleep 7100002").is_empty()),
+        appears("sleep 7100002"),
         "the job's foreground sleep never started"
     );
     assert!(hub.wait_for_sync(WAIT, is_state("running-job")));
@@ -376,25 +313,19 @@ fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
         syncs.iter().any(is_state("stopping-job"))
             || syncs.iter().any(|s| s["job_result"] == "stopped")
     );
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn two_jobs_in_a_row_share_nothing() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (sandbox, hub, mut agent) = running(&[]);
     let first = hub.queue_job(job(&[
         "export CP_LEAK=from-first-job",
         "mkdir -p $HOME/elsewhere && cd $HOME/elsewhere",
         "sleep 7100003 &",
     ]));
     assert_eq!(hub.wait_for_result(&first, WAIT).as_deref(), Some("passed"));
-    assert!(wait_for(Duration::from_secs(5), || processes_with(
-        "sleep 7100003"
-    )
-    .is_empty()));
+    assert!(gone("sleep 7100003"));
     let second = hub.queue_job(job(&[
         "echo \"leak=${CP_LEAK:-none} cwd=$(pwd)\" > $HOME/second.txt",
     ]));
@@ -407,18 +338,15 @@ fn two_jobs_in_a_row_share_nothing() {
         seen.trim(),
         format!("leak=none cwd={}", sandbox.home().display())
     );
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn disconnect_after_job_registers_single_job_and_exits_after_it() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
     let id = hub.queue_job(job(&["echo one job only"]));
-    let mut agent = Agent::start(
+    let mut agent = start(
         &sandbox,
         &hub,
         &["--disconnect-after-job", "--shutdown-hook-path", &hook],
@@ -427,26 +355,17 @@ fn disconnect_after_job_registers_single_job_and_exits_after_it() {
     assert_eq!(hub.register_body().unwrap()["single_job"], true);
     assert_eq!(hub.result_of(&id).as_deref(), Some("passed"));
     assert_eq!(hub.disconnects(), 1);
-    assert_eq!(
-        std::fs::read_to_string(&reason).unwrap().trim(),
-        "JOB_FINISHED"
-    );
+    assert_eq!(hook_reason(&reason), "JOB_FINISHED");
 }
 
 #[test]
 fn shutdown_action_disconnects_and_runs_the_hook_with_the_reason() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
-    let mut agent = Agent::start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
+    let mut agent = start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
-    assert_eq!(
-        std::fs::read_to_string(&reason).unwrap().trim(),
-        "REQUESTED"
-    );
+    shut_down(&hub, &mut agent);
+    assert_eq!(hook_reason(&reason), "REQUESTED");
     assert_eq!(hub.disconnects(), 1);
     let log = agent_log(&sandbox);
     assert!(
@@ -463,29 +382,21 @@ fn shutdown_action_disconnects_and_runs_the_hook_with_the_reason() {
 
 #[test]
 fn shutdown_while_a_job_runs_stops_it_first() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (_sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(job(&["sleep 7100004"]));
-    assert!(wait_for(WAIT, || !processes_with("sleep 7100004").is_empty()));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    assert!(appears("sleep 7100004"));
+    shut_down(&hub, &mut agent);
     assert_eq!(hub.result_of(&id).as_deref(), Some("stopped"));
-    assert!(wait_for(Duration::from_secs(5), || processes_with(
-        "sleep 7100004"
-    )
-    .is_empty()));
+    assert!(gone("sleep 7100004"));
 }
 
 #[test]
 fn sigterm_is_reported_and_the_control_plane_decides() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
     // A long wait between syncs: the signal must trigger the next one at once.
     hub.set_next_sync_after(60_000);
-    let mut agent = Agent::start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
+    let mut agent = start(&sandbox, &hub, &["--shutdown-hook-path", &hook]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -502,20 +413,15 @@ fn sigterm_is_reported_and_the_control_plane_decides() {
         hub.syncs()
     );
     assert_eq!(agent.wait_exit(WAIT), Some(0));
-    assert_eq!(
-        std::fs::read_to_string(&reason).unwrap().trim(),
-        "INTERRUPTED"
-    );
+    assert_eq!(hook_reason(&reason), "INTERRUPTED");
     assert!(agent_log(&sandbox).contains("Termination signal received"));
 }
 
 #[test]
 fn sigterm_during_a_job_waits_for_the_grace_period_then_stops_it() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "1"]);
+    let (_sandbox, hub, mut agent) = running(&["--interruption-grace-period", "1"]);
     let id = hub.queue_job(job(&["sleep 7100005"]));
-    assert!(wait_for(WAIT, || !processes_with("sleep 7100005").is_empty()));
+    assert!(appears("sleep 7100005"));
     agent.signal(libc::SIGINT);
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("stopped"));
     assert_eq!(agent.wait_exit(WAIT), Some(0));
@@ -534,23 +440,34 @@ fn sigterm_during_a_job_waits_for_the_grace_period_then_stops_it() {
 
 #[test]
 fn register_is_retried_after_server_errors() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.fail(Endpoint::Register, 3, Fault::Status(500));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
     assert_eq!(hub.requests_to("/register").len(), 4);
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     let log = agent_log(&sandbox);
     assert!(log.contains("[Register] attempt [3] failed"), "{log}");
 }
 
 #[test]
 fn a_wrong_registration_token_is_a_clear_error() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start_with(&sandbox, &hub, "not-the-token", &[], &[]);
+    let (sandbox, hub) = sandbox_and_hub();
+    let endpoint = hub.endpoint();
+    let mut agent = Agent::spawn(
+        &sandbox,
+        &[
+            "start",
+            "--endpoint",
+            &endpoint,
+            "--no-https",
+            "--token",
+            "not-the-token",
+            "--name",
+            "agent-under-test",
+        ],
+        &[],
+    );
     let code = agent.wait_exit(WAIT);
     assert!(matches!(code, Some(c) if c != 0), "exit code {code:?}");
     assert_eq!(hub.requests_to("/register").len(), 30);
@@ -563,25 +480,21 @@ fn a_wrong_registration_token_is_a_clear_error() {
 
 #[test]
 fn sync_errors_mid_job_do_not_lose_the_job() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(job(&["sleep 1", "echo survived > $HOME/survived"]));
     assert!(hub.wait_for_sync(WAIT, is_state("running-job")));
     hub.fail(Endpoint::Sync, 5, Fault::Status(500));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
     assert!(sandbox.home().join("survived").exists());
     assert!(agent_log(&sandbox).contains("[SYNC ERR]"));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn a_job_that_cannot_be_fetched_fails_and_the_agent_goes_back_to_waiting() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.fail_always(Endpoint::GetJob, Fault::Status(500));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     let id = hub.queue_job(job(&["touch $HOME/never"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("failed"));
     assert_eq!(hub.requests_to(&format!("/jobs/{id}")).len(), 10);
@@ -599,14 +512,12 @@ fn a_job_that_cannot_be_fetched_fails_and_the_agent_goes_back_to_waiting() {
     hub.clear_faults();
     let next = hub.queue_job(job(&["true"]));
     assert_eq!(hub.wait_for_result(&next, WAIT).as_deref(), Some("passed"));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn garbage_sync_answers_do_not_crash_the_agent() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.fail(Endpoint::Sync, 2, Fault::Garbage);
     hub.fail(Endpoint::Sync, 1, Fault::Body("[1,2,3]".into()));
     hub.fail(Endpoint::Sync, 1, Fault::Body("{}".into()));
@@ -616,12 +527,11 @@ fn garbage_sync_answers_do_not_crash_the_agent() {
         Fault::Body(r#"{"action":"dance","next_sync_after":"soon"}"#.into()),
     );
     hub.fail(Endpoint::Sync, 1, Fault::Status(502));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 8));
     let id = hub.queue_job(job(&["true"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     let log = agent_log(&sandbox);
     assert!(log.contains("unreadable answer"), "{log}");
     assert!(log.contains("unknown action 'dance'"), "{log}");
@@ -629,51 +539,40 @@ fn garbage_sync_answers_do_not_crash_the_agent() {
 
 #[test]
 fn a_slow_sync_times_out_and_is_retried() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.fail(Endpoint::Sync, 1, Fault::Slow(Duration::from_millis(1500)));
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &[],
         &[("SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS", "300")],
     );
     assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 3));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     assert!(agent_log(&sandbox).contains("[SYNC ERR]"));
 }
 
 #[test]
 fn no_successful_sync_for_too_long_shuts_down_unable_to_sync() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
     hub.fail_always(Endpoint::Sync, Fault::Status(503));
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &["--shutdown-hook-path", &hook],
         &[("SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS", "500")],
     );
     assert_eq!(agent.wait_exit(WAIT), Some(1));
-    assert_eq!(
-        std::fs::read_to_string(&reason).unwrap().trim(),
-        "UNABLE_TO_SYNC"
-    );
+    assert_eq!(hook_reason(&reason), "UNABLE_TO_SYNC");
     assert_eq!(hub.disconnects(), 1);
 }
 
 #[test]
 fn idle_timeout_is_sent_and_the_idle_shutdown_honoured() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
-    let mut agent = Agent::start(
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
+    let mut agent = start(
         &sandbox,
         &hub,
         &[
@@ -685,27 +584,23 @@ fn idle_timeout_is_sent_and_the_idle_shutdown_honoured() {
     );
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_eq!(hub.register_body().unwrap()["idle_timeout"], 1);
-    assert_eq!(std::fs::read_to_string(&reason).unwrap().trim(), "IDLE");
+    assert_eq!(hook_reason(&reason), "IDLE");
 }
 
 #[test]
 fn disconnect_is_retried() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.fail(Endpoint::Disconnect, 3, Fault::Status(500));
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let mut agent = start(&sandbox, &hub, &[]);
     assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     assert_eq!(hub.requests_to("/disconnect").len(), 4);
 }
 
 #[test]
 fn a_go_agent_config_file_works_unchanged() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
     // The shape of the Go agent's config.yaml, as its docs show it.
     let config = sandbox.write(
         "config.yaml",
@@ -730,17 +625,13 @@ fn a_go_agent_config_file_works_unchanged() {
             .trim(),
         "yes"
     );
-    assert_eq!(
-        std::fs::read_to_string(&reason).unwrap().trim(),
-        "JOB_FINISHED"
-    );
+    assert_eq!(hook_reason(&reason), "JOB_FINISHED");
     assert_no_secrets(&sandbox);
 }
 
 #[test]
 fn settings_from_the_environment_work_too() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     let endpoint = hub.endpoint();
     let mut agent = Agent::spawn(
         &sandbox,
@@ -757,15 +648,12 @@ fn settings_from_the_environment_work_too() {
     let body = hub.register_body().unwrap();
     assert_eq!(body["name"], "env-configured-agent");
     assert_eq!(body["interruption_grace_period"], 7);
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn an_expired_log_token_is_refreshed_through_the_control_plane() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(job(&["echo before-expiry", "sleep 1", "echo after-expiry"]));
     assert!(hub.wait_until(WAIT, |h| h.output(&id).contains("before-expiry")));
     hub.expire_log_tokens();
@@ -783,8 +671,7 @@ fn an_expired_log_token_is_refreshed_through_the_control_plane() {
         "{:?}",
         hub.log_violations()
     );
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
     assert_no_secrets(&sandbox);
 }
 
@@ -792,12 +679,10 @@ fn an_expired_log_token_is_refreshed_through_the_control_plane() {
 fn disconnect_after_job_waits_for_the_control_plane_to_end_it() {
     // The Go agent only sends `single_job`; the control plane ends it with
     // shutdown / job-finished. Until then it keeps reporting the result.
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let reason = sandbox.path("reason");
-    let hook = reason_hook(&sandbox, &reason);
+    let (sandbox, hub) = sandbox_and_hub();
+    let (reason, hook) = reason_hook(&sandbox);
     let id = hub.queue_job(job(&["sleep 1"]));
-    let mut agent = Agent::start(
+    let mut agent = start(
         &sandbox,
         &hub,
         &["--disconnect-after-job", "--shutdown-hook-path", &hook],
@@ -820,20 +705,16 @@ fn disconnect_after_job_waits_for_the_control_plane_to_end_it() {
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     assert_eq!(hub.result_of(&id).as_deref(), Some("passed"));
     assert_eq!(hub.disconnects(), 1);
-    assert_eq!(
-        std::fs::read_to_string(&reason).unwrap().trim(),
-        "JOB_FINISHED"
-    );
+    assert_eq!(hook_reason(&reason), "JOB_FINISHED");
 }
 
 #[test]
 fn only_a_finished_job_or_the_first_signal_forces_a_sync() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.set_next_sync_after(2000);
     let id = hub.queue_job(job(&["sleep 7100006"]));
-    let mut agent = Agent::start(&sandbox, &hub, &["--interruption-grace-period", "600"]);
-    assert!(wait_for(WAIT, || !processes_with("sleep 7100006").is_empty()));
+    let mut agent = start(&sandbox, &hub, &["--interruption-grace-period", "600"]);
+    assert!(appears("sleep 7100006"));
     assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 2));
     let syncs = hub.requests_to("/sync");
     assert_eq!(syncs[1].json()["state"], "running-job");
@@ -859,9 +740,7 @@ fn only_a_finished_job_or_the_first_signal_forces_a_sync() {
 
 #[test]
 fn a_job_request_with_null_fields_runs_like_go() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(&sandbox, &hub, &[]);
+    let (_sandbox, hub, mut agent) = running(&[]);
     let id = hub.queue_job(json!({
         "executor": null,
         "commands": [{"directive": "echo null-tolerant", "alias": null}],
@@ -876,8 +755,7 @@ fn a_job_request_with_null_fields_runs_like_go() {
     }));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
     assert!(hub.output(&id).contains("null-tolerant\n"));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
@@ -888,12 +766,10 @@ fn job_logs_follow_the_control_planes_proxy_rules() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy = format!("http://127.0.0.1:{}", dead.local_addr().unwrap().port());
     drop(dead);
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start_with(
+    let (sandbox, hub) = sandbox_and_hub();
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &[],
         &[
             ("HTTP_PROXY", proxy.as_str()),
@@ -904,19 +780,16 @@ fn job_logs_follow_the_control_planes_proxy_rules() {
     let id = hub.queue_job(job(&["echo through no proxy"]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
     assert!(hub.output(&id).contains("through no proxy\n"));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }
 
 #[test]
 fn a_log_server_down_for_the_whole_job_bounds_the_flush_and_the_agent_goes_on() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
+    let (sandbox, hub) = sandbox_and_hub();
     hub.fail_always(Endpoint::Logs, Fault::Status(500));
-    let mut agent = Agent::start_with(
+    let mut agent = start_with(
         &sandbox,
         &hub,
-        REGISTRATION_TOKEN,
         &[],
         &[("SEMAPHORE_AGENT_LOG_FLUSH_TIMEOUT", "1")],
     );
@@ -938,6 +811,5 @@ fn a_log_server_down_for_the_whole_job_bounds_the_flush_and_the_agent_goes_on() 
     let next = hub.queue_job(job(&["echo delivered"]));
     assert_eq!(hub.wait_for_result(&next, WAIT).as_deref(), Some("passed"));
     assert!(hub.output(&next).contains("delivered\n"));
-    hub.shutdown("requested");
-    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    shut_down(&hub, &mut agent);
 }

@@ -48,6 +48,11 @@ fn no_refresh() -> Box<dyn TokenRefresher> {
     Box::new(|| Err("no refresh in this test".to_string()))
 }
 
+/// A logger pushing to `url` with [`fast_options`] and no token refresh.
+fn fast_logger(url: &str, spool_dir: &Path) -> PushLogger {
+    PushLogger::start(&logger(url), no_refresh(), fast_options(spool_dir)).unwrap()
+}
+
 fn output(text: String) -> Event {
     Event::CmdOutput {
         timestamp: 1_700_000_000,
@@ -92,8 +97,7 @@ fn a_million_lines_arrive_exactly_once_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = LogServer::spawn(TOKEN);
     server.keep_lines(false);
-    let mut pl =
-        PushLogger::start(&logger(&server.url), no_refresh(), fast_options(dir.path())).unwrap();
+    let mut pl = fast_logger(&server.url, dir.path());
     let spool = pl.spool_path().to_path_buf();
     let mut digest = Digest::default();
     let head = [
@@ -248,8 +252,7 @@ fn a_slow_server_does_not_slow_emit_down() {
     let dir = tempfile::tempdir().unwrap();
     let server = LogServer::spawn(TOKEN);
     server.set_delay(Some(Duration::from_secs(2)));
-    let mut pl =
-        PushLogger::start(&logger(&server.url), no_refresh(), fast_options(dir.path())).unwrap();
+    let mut pl = fast_logger(&server.url, dir.path());
     let mut digest = Digest::default();
     emit_numbers(&mut pl, 0, 1, &mut digest);
     assert!(wait_until(Duration::from_secs(2), || server.received() == 1));
@@ -279,12 +282,7 @@ fn a_slow_server_does_not_slow_emit_down() {
 #[test]
 fn with_the_server_down_finish_gives_up_at_its_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let mut pl = PushLogger::start(
-        &logger(&LogServer::down_url()),
-        no_refresh(),
-        fast_options(dir.path()),
-    )
-    .unwrap();
+    let mut pl = fast_logger(&LogServer::down_url(), dir.path());
     let spool = pl.spool_path().to_path_buf();
     emit_numbers(&mut pl, 0, 10, &mut Digest::default());
     std::thread::sleep(Duration::from_millis(100));
@@ -359,12 +357,7 @@ fn start_rejects_a_missing_or_odd_url_and_bad_options() {
 #[test]
 fn dropping_without_finish_stops_the_flusher_and_removes_the_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let mut pl = PushLogger::start(
-        &logger(&LogServer::down_url()),
-        no_refresh(),
-        fast_options(dir.path()),
-    )
-    .unwrap();
+    let mut pl = fast_logger(&LogServer::down_url(), dir.path());
     emit_numbers(&mut pl, 0, 10, &mut Digest::default());
     let started = Instant::now();
     drop(pl);
@@ -439,8 +432,7 @@ fn run_and_upload(
     output_bytes: usize,
 ) -> (FlushReport, String, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let mut pl =
-        PushLogger::start(&logger(server_url), no_refresh(), fast_options(dir.path())).unwrap();
+    let mut pl = fast_logger(server_url, dir.path());
     let mut expected = String::new();
     pl.emit(Event::JobStarted { timestamp: 1 });
     pl.emit(Event::CmdStarted {
@@ -692,8 +684,7 @@ fn a_real_jobs_output_reaches_the_server_complete_and_in_order() {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::create_dir_all(&spool_dir).unwrap();
     let server = LogServer::spawn(TOKEN);
-    let mut pl =
-        PushLogger::start(&logger(&server.url), no_refresh(), fast_options(&spool_dir)).unwrap();
+    let mut pl = fast_logger(&server.url, &spool_dir);
     let job = JobRequest {
         job_id: "job-seq".into(),
         commands: vec![JobCommand {

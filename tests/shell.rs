@@ -39,6 +39,26 @@ fn ok(shell: &mut Shell, cmd: &str) -> (String, i32) {
     }
 }
 
+/// Asserts that `cmd` exits with 0 having printed exactly `expected`.
+#[track_caller]
+fn assert_prints(shell: &mut Shell, cmd: &str, expected: &str) {
+    assert_eq!(ok(shell, cmd), (expected.to_string(), 0));
+}
+
+/// Stops `shell` from another thread 300 ms from now; the thread answers
+/// when it did.
+fn stop_soon(shell: &Shell) -> std::thread::JoinHandle<Instant> {
+    let stopper = shell.stopper();
+    std::thread::Builder::new()
+        .name("test-stopper".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            stopper.stop();
+            Instant::now()
+        })
+        .expect("thread")
+}
+
 /// Live (not zombie) processes whose session is `sid`.
 fn session_processes(sid: u32) -> Vec<String> {
     let mut found = Vec::new();
@@ -111,30 +131,25 @@ fn session_left_after(sid: u32, limit: Duration) -> Vec<String> {
 #[test]
 fn echo_prints_exactly_its_output() {
     let mut f = start();
-    assert_eq!(ok(&mut f.shell, "echo hi"), ("hi\n".to_string(), 0));
-    assert_eq!(ok(&mut f.shell, "printf abc"), ("abc".to_string(), 0));
-    assert_eq!(ok(&mut f.shell, "true"), (String::new(), 0));
+    assert_prints(&mut f.shell, "echo hi", "hi\n");
+    assert_prints(&mut f.shell, "printf abc", "abc");
+    assert_prints(&mut f.shell, "true", "");
 }
 
 #[test]
 fn crlf_becomes_lf() {
     let mut f = start();
-    assert_eq!(
-        ok(&mut f.shell, r"printf 'a\r\nb\r\n'"),
-        ("a\nb\n".to_string(), 0)
-    );
+    assert_prints(&mut f.shell, r"printf 'a\r\nb\r\n'", "a\nb\n");
 }
 
 #[test]
 fn invalid_utf8_becomes_replacement_character() {
     let mut f = start();
-    assert_eq!(
-        ok(&mut f.shell, r"printf '\x96'"),
-        ("\u{FFFD}".to_string(), 0)
-    );
-    assert_eq!(
-        ok(&mut f.shell, r"printf 'x\xff\xfey\n'"),
-        ("x\u{FFFD}\u{FFFD}y\n".to_string(), 0)
+    assert_prints(&mut f.shell, r"printf '\x96'", "\u{FFFD}");
+    assert_prints(
+        &mut f.shell,
+        r"printf 'x\xff\xfey\n'",
+        "x\u{FFFD}\u{FFFD}y\n",
     );
 }
 
@@ -142,9 +157,10 @@ fn invalid_utf8_becomes_replacement_character() {
 fn unicode_passes_through() {
     let mut f = start();
     let text = "Grüße, 世界 😀 ✓";
-    assert_eq!(
-        ok(&mut f.shell, &format!("echo '{text}'")),
-        (format!("{text}\n"), 0)
+    assert_prints(
+        &mut f.shell,
+        &format!("echo '{text}'"),
+        &format!("{text}\n"),
     );
 }
 
@@ -152,11 +168,11 @@ fn unicode_passes_through() {
 fn stty_echo_does_not_make_later_commands_echo() {
     let mut f = start();
     ok(&mut f.shell, "stty echo");
-    assert_eq!(ok(&mut f.shell, "echo hi"), ("hi\n".to_string(), 0));
+    assert_prints(&mut f.shell, "echo hi", "hi\n");
     // The typed line is echoed before the start marker even with echo on;
     // other settings a job changes must be undone for the next command.
     assert_eq!(ok(&mut f.shell, "stty echo olcuc; echo upper").0, "UPPER\n");
-    assert_eq!(ok(&mut f.shell, "echo again"), ("again\n".to_string(), 0));
+    assert_prints(&mut f.shell, "echo again", "again\n");
 }
 
 #[test]
@@ -191,10 +207,7 @@ fn extra_env_is_set() {
 fn heredocs_and_quotes_work() {
     let mut f = start();
     let cmd = "cat <<EOF\nline 1\n  $((1 + 2)) \"q\" 'q'\nEOF";
-    assert_eq!(
-        ok(&mut f.shell, cmd),
-        ("line 1\n  3 \"q\" 'q'\n".to_string(), 0)
-    );
+    assert_prints(&mut f.shell, cmd, "line 1\n  3 \"q\" 'q'\n");
     let cmd = r#"echo "it's" 'say "hi"' $'tab\there' \\back"#;
     assert_eq!(
         ok(&mut f.shell, cmd).0,
@@ -211,10 +224,7 @@ fn return_ends_the_command_with_its_status() {
         ok(&mut f.shell, "echo before; return 7; echo after"),
         ("before\n".to_string(), 7)
     );
-    assert_eq!(
-        ok(&mut f.shell, "echo still here"),
-        ("still here\n".to_string(), 0)
-    );
+    assert_prints(&mut f.shell, "echo still here", "still here\n");
 }
 
 #[test]
@@ -267,7 +277,7 @@ fn exit_with_a_background_job_does_not_hang() {
 fn reading_stdin_does_not_eat_the_next_command() {
     let mut f = start();
     assert_eq!(ok(&mut f.shell, "read -t 0.2 x; echo \"[$x]\"").0, "[]\n");
-    assert_eq!(ok(&mut f.shell, "echo next"), ("next\n".to_string(), 0));
+    assert_prints(&mut f.shell, "echo next", "next\n");
 }
 
 #[test]
@@ -309,15 +319,7 @@ fn assert_stop_ends_everything(setup: Option<(&str, usize)>, needle: &str) {
         ok(&mut f.shell, setup);
         assert_eq!(wait_for_running(needle, count), count, "{setup}");
     }
-    let stopper = f.shell.stopper();
-    let stopping = std::thread::Builder::new()
-        .name("test-stopper".into())
-        .spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            stopper.stop();
-            Instant::now()
-        })
-        .expect("thread");
+    let stopping = stop_soon(&f.shell);
     let (out, result) = run(&mut f.shell, "echo started; sleep infinity");
     let returned = Instant::now();
     let stopped_at = stopping.join().expect("stopper thread");
@@ -411,15 +413,7 @@ fn stop_during_a_flood_of_output_is_fast() {
     let mut f = start();
     f.shell.set_stop_grace(Duration::from_millis(300));
     let sid = f.shell.pid();
-    let stopper = f.shell.stopper();
-    let stopping = std::thread::Builder::new()
-        .name("test-stopper".into())
-        .spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            stopper.stop();
-            Instant::now()
-        })
-        .expect("thread");
+    let stopping = stop_soon(&f.shell);
     let mut bytes = 0usize;
     let result = f.shell.run("yes", &mut |chunk| bytes += chunk.len());
     let returned = Instant::now();

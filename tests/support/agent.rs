@@ -30,10 +30,17 @@ impl Agent {
             "agent-under-test",
         ];
         args.extend(extra);
+        Agent::spawn(sandbox, &args, env)
+    }
+
+    /// The agent with exactly `args` (no endpoint or token added: for a
+    /// config file, settings from `env`, or another token), shrunk delays
+    /// and `env` added.
+    pub fn spawn(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
         let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
         let mut cmd = sandbox.agent();
-        cmd.args(&args)
+        cmd.args(args)
             .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "10")
             .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "10")
             .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "10")
@@ -54,6 +61,14 @@ impl Agent {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Sends `sig` to the agent.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
     }
 
     /// Whether the process is still running.
