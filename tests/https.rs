@@ -102,7 +102,12 @@ fn assert_refused(hub: &Hub, front: &TlsFront, agent: &mut Agent, why: &[&str]) 
     for word in why {
         assert!(last.contains(word), "no '{word}' in: {last}");
     }
-    // The server side saw the client abort every handshake.
+    // The server side saw the client abort every handshake. Its thread may
+    // record the last one just after the agent exited, so wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while front.handshakes().len() < 30 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let handshakes = front.handshakes();
     assert_eq!(handshakes.len(), 30, "{handshakes:?}");
     assert!(handshakes.iter().all(Result::is_err), "{handshakes:?}");
