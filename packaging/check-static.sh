@@ -14,7 +14,8 @@
 #   - stripped size under 5 MB;
 #   - it runs with an empty environment (`env -i`) inside a chroot that holds
 #     only the binary, a static bash and a bound /dev (private mount ns):
-#     `version` and `run JOB_YAML`. Needs root (chroot, mount).
+#     `version`, `run JOB_YAML` and `run examples/hello.yaml`. Needs root
+#     (chroot, mount).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -124,6 +125,18 @@ if [ -f "$JOB" ]; then
     fi
 else
     fail "no job file $JOB"
+fi
+
+# The README's first job too (bash builtins only, like the one above).
+cp "$ROOT/examples/hello.yaml" "$JAIL/hello.yaml"
+rc=0
+out=$(in_jail 120 run /hello.yaml 2>&1) || rc=$?
+if [ $rc = 0 ] && [[ $out == *"Job passed"* ]]; then
+    pass "'run examples/hello.yaml' passed in the empty chroot"
+    echo "$out" | tail -n 8 | sed 's/^/  | /'
+else
+    fail "'run examples/hello.yaml' failed in the empty chroot (exit $rc)"
+    echo "$out" | tail -n 30 | sed 's/^/  | /'
 fi
 
 [ $failed = 0 ] || { echo "FAIL static: $BIN"; exit 1; }
