@@ -813,3 +813,57 @@ fn a_log_server_down_for_the_whole_job_bounds_the_flush_and_the_agent_goes_on() 
     assert!(hub.output(&next).contains("delivered\n"));
     shut_down(&hub, &mut agent);
 }
+
+#[test]
+fn upload_job_logs_always_pushes_the_log_with_the_artifact_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let (sandbox, hub) = sandbox_and_hub();
+    let bin = sandbox.path("fake-bin");
+    let out = sandbox.path("artifact-out");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{o}/args'\n\
+         printf '%s|%s|%s\\n' \"$SEMAPHORE_ARTIFACT_TOKEN\" \"$SEMAPHORE_ORGANIZATION_URL\" \
+         \"$SEMAPHORE_JOB_ID\" > '{o}/env'\ncp \"$3\" '{o}/uploaded'\n",
+        o = out.display()
+    );
+    std::fs::write(bin.join("artifact"), script).unwrap();
+    std::fs::set_permissions(bin.join("artifact"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut agent = start_with(
+        &sandbox,
+        &hub,
+        &["--upload-job-logs", "always"],
+        &[("PATH", &path)],
+    );
+    let b64 = support::b64;
+    let id = hub.queue_job(json!({
+        "env_vars": [
+            {"name": "SEMAPHORE_ARTIFACT_TOKEN", "value": b64("artifact-secret")},
+            {"name": "SEMAPHORE_ORGANIZATION_URL", "value": b64("https://org.example")},
+        ],
+        "commands": [{"directive": "echo uploaded-line"}],
+    }));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    let args = std::fs::read_to_string(out.join("args")).expect("the artifact CLI ran");
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(args[..2], ["push", "job"], "{args:?}");
+    assert_eq!(args[3..], ["-d", "agent/job_logs.txt"], "{args:?}");
+    // SEMAPHORE_JOB_ID is the job's own id, as the Go agent sets it.
+    assert_eq!(
+        std::fs::read_to_string(out.join("env")).unwrap(),
+        format!("artifact-secret|https://org.example|{id}\n")
+    );
+    let uploaded = std::fs::read_to_string(out.join("uploaded")).unwrap();
+    assert!(
+        uploaded.contains("echo uploaded-line\nuploaded-line\n"),
+        "{uploaded}"
+    );
+    assert!(!agent_log(&sandbox).contains("artifact-secret"));
+    shut_down(&hub, &mut agent);
+}
