@@ -160,6 +160,12 @@ pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> boo
     loop {
         let live = job_processes(leader, &snapshot(tty));
         if live.is_empty() {
+            // Without /proc (a bare chroot) the snapshot is empty and the
+            // frozen leader and its group would be left alive. Both ids are
+            // still ours (the leader is not reaped yet), and a signal to a
+            // zombie does nothing, so this is safe in every case.
+            signal(leader, libc::SIGKILL);
+            signal(-leader, libc::SIGKILL);
             return true;
         }
         if Instant::now() >= deadline {
