@@ -817,3 +817,65 @@ fn stop_ends_sleep_infinity_within_2s_and_leaves_nothing() {
         "background process {pid} outlived the job"
     );
 }
+
+#[test]
+fn ctrl_c_stops_a_local_job_and_everything_it_started() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.write(
+        "job.json",
+        &json!({ "commands": commands(&["sleep 1000 & echo $! > bg.pid", "sleep infinity", "echo never"]) })
+            .to_string(),
+    );
+    let mut child = sandbox
+        .agent()
+        .arg("run")
+        .arg(&path)
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let pid_file = sandbox.home().join("bg.pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the agent") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not stop the job");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let steps = parse_steps(&stdout);
+    assert!(!steps.contains(&started("echo never")));
+    assert_eq!(steps.last(), Some(&job("stopped")));
+    let bg: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while process_alive(bg) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !process_alive(bg),
+        "background process {bg} outlived the job"
+    );
+}
