@@ -366,7 +366,14 @@ pub fn http_config(url: &str) -> ureq::config::ConfigBuilder<ureq::typestate::Ag
         .max_redirects(0)
 }
 
+/// The TLS settings, built once per process: reading the system's roots
+/// costs tens of milliseconds, and every job's log pusher needs them too.
 fn tls_config() -> ureq::tls::TlsConfig {
+    static CONFIG: std::sync::OnceLock<ureq::tls::TlsConfig> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(load_tls_config).clone()
+}
+
+fn load_tls_config() -> ureq::tls::TlsConfig {
     let native = rustls_native_certs::load_native_certs();
     let roots: Vec<ureq::tls::Certificate<'static>> = native
         .certs
