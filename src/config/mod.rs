@@ -20,37 +20,9 @@ pub use raw::{split_list_string, Key, Kind, Origin, RawConfig, RawSetting, RawVa
 
 use crate::cli::{parse_bool, RunArgs, StartArgs};
 
-/// When to upload the job log as a job artifact (`upload-job-logs`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum UploadJobLogs {
-    #[default]
-    Never,
-    Always,
-    WhenTrimmed,
-}
-
-impl UploadJobLogs {
-    /// The accepted spellings, in the Go agent's order.
-    pub const ALLOWED: &'static [&'static str] = &["never", "always", "when-trimmed"];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UploadJobLogs::Never => "never",
-            UploadJobLogs::Always => "always",
-            UploadJobLogs::WhenTrimmed => "when-trimmed",
-        }
-    }
-
-    /// Case-sensitive, like the Go agent.
-    pub fn parse(s: &str) -> Option<UploadJobLogs> {
-        match s {
-            "never" => Some(UploadJobLogs::Never),
-            "always" => Some(UploadJobLogs::Always),
-            "when-trimmed" => Some(UploadJobLogs::WhenTrimmed),
-            _ => None,
-        }
-    }
-}
+/// When to upload the job log as a job artifact (`upload-job-logs`): the
+/// log pusher's own policy type, under the config key's name.
+pub use crate::logs::UploadPolicy as UploadJobLogs;
 
 /// The validated `start` configuration. `Debug` is redacted; use
 /// `redacted_summary()` to log it.

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
-use crate::config::{Config, UploadJobLogs};
+use crate::config::Config;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::logs::{
     FinishOptions, FlushReport, JobResult, PushLogger, PushOptions, TokenRefresher, UploadOutcome,
@@ -380,7 +380,7 @@ impl Listener {
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
-            upload: upload_policy(self.config.upload_job_logs),
+            upload: self.config.upload_job_logs,
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -550,14 +550,6 @@ impl TokenRefresher for ApiRefresher {
         let token = self.api.refresh().map_err(|e| e.to_string())?;
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
-    }
-}
-
-fn upload_policy(setting: UploadJobLogs) -> UploadPolicy {
-    match setting {
-        UploadJobLogs::Never => UploadPolicy::Never,
-        UploadJobLogs::Always => UploadPolicy::Always,
-        UploadJobLogs::WhenTrimmed => UploadPolicy::WhenTrimmed,
     }
 }
 

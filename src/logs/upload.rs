@@ -42,6 +42,19 @@ pub enum UploadPolicy {
 }
 
 impl UploadPolicy {
+    /// The accepted spellings, in the Go agent's order.
+    pub const ALLOWED: &'static [&'static str] = &["never", "always", "when-trimmed"];
+
+    /// Case-sensitive, like the Go agent.
+    pub fn parse(s: &str) -> Option<UploadPolicy> {
+        match s {
+            "never" => Some(UploadPolicy::Never),
+            "always" => Some(UploadPolicy::Always),
+            "when-trimmed" => Some(UploadPolicy::WhenTrimmed),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             UploadPolicy::Never => "never",
@@ -61,14 +74,9 @@ impl std::str::FromStr for UploadPolicy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "never" => Ok(UploadPolicy::Never),
-            "always" => Ok(UploadPolicy::Always),
-            "when-trimmed" => Ok(UploadPolicy::WhenTrimmed),
-            other => Err(format!(
-                "unknown upload-job-logs value '{other}': expected never, always or when-trimmed"
-            )),
-        }
+        UploadPolicy::parse(s).ok_or_else(|| {
+            format!("unknown upload-job-logs value '{s}': expected never, always or when-trimmed")
+        })
     }
 }
 
