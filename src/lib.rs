@@ -12,6 +12,7 @@ pub mod listener;
 pub mod local;
 pub mod logs;
 pub mod output;
+pub mod random;
 pub mod shell;
 
 #[cfg(test)]
@@ -25,5 +26,13 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix time in nanoseconds, for names that must differ between calls.
+pub fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
         .unwrap_or(0)
 }

@@ -149,9 +149,6 @@ pub enum ConfigError {
     },
     MissingEndpoint,
     MissingToken,
-    GenerateName {
-        source: std::io::Error,
-    },
 }
 
 impl fmt::Display for ConfigError {
@@ -240,9 +237,6 @@ impl fmt::Display for ConfigError {
                 "the agent registration token was not specified \
                  (option 'token', SEMAPHORE_AGENT_TOKEN or --token)",
             ),
-            GenerateName { source } => {
-                write!(f, "cannot generate a random agent name: {source}")
-            }
         }
     }
 }
@@ -250,9 +244,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ConfigError::ReadFile { source, .. } | ConfigError::GenerateName { source } => {
-                Some(source)
-            }
+            ConfigError::ReadFile { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -297,7 +289,7 @@ pub fn load_run_config(args: &RunArgs) -> Result<RunConfig, ConfigError> {
 impl Config {
     /// Turns merged raw settings into a `Config`, checking every value.
     /// `env` is consulted only for `name-from-env`. Without any name, a
-    /// random one is generated (the only disk access: `/dev/urandom`).
+    /// random one is generated.
     pub fn validate(
         raw: &RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
@@ -587,8 +579,7 @@ fn agent_name(
         }
         return Ok((value, var));
     }
-    let name = random_name().map_err(|source| ConfigError::GenerateName { source })?;
-    Ok((name, String::new()))
+    Ok((random_name(), String::new()))
 }
 
 #[cfg(test)]

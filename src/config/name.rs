@@ -1,10 +1,8 @@
 //! The agent name rules: the Go agent's length limit with its URL exemption,
 //! and the random name used when none is configured.
 //!
-//! Pure functions plus one read of `/dev/urandom`; nothing here decides where
+//! Pure functions plus random bytes for the name; nothing here decides where
 //! a name comes from (that is `Config::validate`).
-
-use std::io::Read;
 
 use base64::Engine;
 
@@ -113,13 +111,13 @@ fn has_valid_escapes(s: &str) -> bool {
     true
 }
 
-/// A random URL-safe 20-character name: 15 bytes from the kernel's CSPRNG in
+/// A random URL-safe 20-character name: 15 random bytes ([`crate::random`]) in
 /// URL-safe base64 (15 bytes encode to exactly 20 characters, no padding),
 /// like the Go agent's.
-pub fn random_name() -> std::io::Result<String> {
+pub fn random_name() -> String {
     let mut bytes = [0u8; 15];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(base64::engine::general_purpose::URL_SAFE.encode(bytes))
+    crate::random::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE.encode(bytes)
 }
 
 #[cfg(test)]
@@ -164,8 +162,8 @@ mod tests {
 
     #[test]
     fn random_names_are_20_url_safe_chars_and_differ() {
-        let a = random_name().unwrap_or_default();
-        let b = random_name().unwrap_or_default();
+        let a = random_name();
+        let b = random_name();
         assert_eq!(a.len(), 20);
         assert!(a
             .bytes()

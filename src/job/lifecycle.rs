@@ -295,10 +295,7 @@ impl Job<'_> {
     }
 
     fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = crate::unix_nanos();
         let path = self.options.tmp_dir.join(format!(".env-{nanos}"));
         let mut content = Vec::new();
         for (name, value) in vars {

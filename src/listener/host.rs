@@ -58,27 +58,6 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// A random URL-safe 20-character name (15 random bytes in URL-safe
-/// base64), for when the configuration has none.
-pub fn random_name() -> String {
-    use base64::Engine;
-    use std::hash::{BuildHasher, Hasher};
-    let mut bytes = [0u8; 15];
-    let read = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    if read.is_err() {
-        // No /dev/urandom: std's per-process random hasher keys are the
-        // next best source without a new dependency.
-        for chunk in bytes.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(crate::unix_now() as u128);
-            let v = h.finish().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-    base64::engine::general_purpose::URL_SAFE.encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,15 +76,5 @@ mod tests {
         assert!(!a.is_empty());
         assert_ne!(a, "aarch64");
         assert_ne!(a, "amd64");
-    }
-
-    #[test]
-    fn random_names_are_20_url_safe_chars() {
-        let a = random_name();
-        assert_eq!(a.len(), 20);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_ne!(a, random_name());
     }
 }

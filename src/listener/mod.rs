@@ -215,20 +215,14 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
     listener.shutdown(reason)
 }
 
-/// The configured name, else the one from `--name-from-env`, else random.
+/// The name `Config::validate` settled on (flag, `--name-from-env` or a
+/// random one); a hand-built `Config` without one still gets a random name.
 fn agent_name(config: &Config) -> String {
     if !config.name.is_empty() {
         return config.name.clone();
     }
-    if !config.name_from_env.is_empty() {
-        if let Ok(name) = std::env::var(&config.name_from_env) {
-            if !name.is_empty() {
-                return name;
-            }
-        }
-    }
     log::info!("Agent name was not assigned - using a random one.");
-    host::random_name()
+    crate::config::random_name()
 }
 
 /// On SIGTERM/SIGINT: remember when (first signal only) and wake the loop so
@@ -355,7 +349,7 @@ impl Listener {
             return low;
         }
         let span = (high - low).as_millis() as u64;
-        low + Duration::from_millis(random_u64() % (span + 1))
+        low + Duration::from_millis(crate::random::u64() % (span + 1))
     }
 
     fn spawn_job(&mut self, job_id: String) {
@@ -666,20 +660,6 @@ fn log_sync_response(r: &SyncResponse) {
     }
 }
 
-/// A random number without a dependency: std's hasher keys are random per
-/// `RandomState`, and only spread (not secrecy) matters here.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,7 +729,7 @@ mod tests {
     #[test]
     fn default_interval_stays_in_range() {
         for _ in 0..100 {
-            let v = random_u64() % 3001;
+            let v = crate::random::u64() % 3001;
             assert!(v <= 3000);
         }
     }

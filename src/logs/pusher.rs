@@ -843,11 +843,7 @@ struct XorShift(u64);
 
 impl XorShift {
     fn seeded() -> XorShift {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        XorShift((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
+        XorShift(crate::random::u64() | 1)
     }
 
     fn next_unit(&mut self) -> f64 {

@@ -26,10 +26,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Creates a new spool file `job_log_<nanos>.json` in `dir`, readable and
 /// writable by the owner only, and returns its writer and reader.
 pub fn create(dir: &Path) -> io::Result<(SpoolWriter, SpoolReader)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = crate::unix_nanos();
     // A counter keeps two loggers created in the same nanosecond apart.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

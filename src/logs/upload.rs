@@ -281,10 +281,7 @@ fn find_executable(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
 }
 
 fn unique_name(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = crate::unix_nanos();
     format!("{prefix}_{nanos}_{}", std::process::id())
 }
 

@@ -9,8 +9,6 @@
 //! or by reading its own script. This module must not touch the PTY or
 //! processes: it only builds strings and splits bytes.
 
-use std::hash::{BuildHasher as _, Hasher as _};
-
 /// The byte that opens and closes every marker.
 const MARK: u8 = 0x01;
 
@@ -20,22 +18,7 @@ const MAX_STATUS_DIGITS: usize = 3;
 /// A fresh 128-bit random nonce as 32 upper-case hex digits.
 pub(super) fn new_nonce() -> String {
     let mut bytes = [0u8; 16];
-    // SAFETY: `bytes` is a valid, writable buffer of exactly the length passed.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if usize::try_from(got).ok() != Some(bytes.len()) {
-        // No getrandom (very old kernel or a seccomp filter): std's hasher
-        // keys are random per process, and the clock makes each call differ.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, half) in bytes.chunks_mut(8).enumerate() {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(nanos);
-            hasher.write_usize(i);
-            half.copy_from_slice(&hasher.finish().to_le_bytes());
-        }
-    }
+    crate::random::fill(&mut bytes);
     // Upper case: output processing such as `stty olcuc` maps lower-case
     // letters, and must not be able to break a marker.
     bytes.iter().map(|b| format!("{b:02X}")).collect()

@@ -1,0 +1,56 @@
+//! Random bytes for agent names, command nonces and retry jitter, without a
+//! dependency.
+//!
+//! Owns the one source of randomness in the agent: the kernel's `getrandom`,
+//! with std's per-process random hasher keys mixed with the clock as the
+//! fallback where that call is unavailable (very old kernels, seccomp).
+//! Must not be used for anything that needs more than unpredictability
+//! (it is no key generator).
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Fills `buf` with random bytes.
+pub fn fill(buf: &mut [u8]) {
+    // SAFETY: `buf` is a valid, writable buffer of exactly the length passed.
+    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if usize::try_from(got).ok() == Some(buf.len()) {
+        return;
+    }
+    // The counter makes two calls in the same nanosecond differ.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let nanos = crate::unix_nanos();
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_u64(call);
+        hasher.write_usize(i);
+        let bytes = hasher.finish().to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// A random `u64`.
+pub fn u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fills_every_length_and_differs() {
+        for len in [0, 1, 7, 8, 15, 16, 33] {
+            let mut a = vec![0u8; len];
+            let mut b = vec![0u8; len];
+            super::fill(&mut a);
+            super::fill(&mut b);
+            if len >= 8 {
+                assert_ne!(a, b, "two fills of {len} bytes were equal");
+            }
+        }
+        assert_ne!(super::u64(), super::u64());
+    }
+}
