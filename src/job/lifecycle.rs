@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::request::{Command, File, JobRequest};
 use crate::logs::{Event, EventSink, JobResult};
-use crate::shell::{Shell, ShellError, ShellOptions, Stopper};
+use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
 use crate::unix_now;
 
 /// Directive of the command that exports the job's environment.
@@ -697,34 +697,6 @@ fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
     })
 }
 
-/// Quotes a value for bash so that it is taken literally.
-pub fn shell_quote(value: &str) -> String {
-    // Quoting only adds ASCII to valid UTF-8, so the result is UTF-8.
-    String::from_utf8_lossy(&quote_bytes(value.as_bytes())).into_owned()
-}
-
-/// [`shell_quote`] for any bytes: values that are not UTF-8 stay as they are.
-fn quote_bytes(value: &[u8]) -> Vec<u8> {
-    if !value.is_empty()
-        && value
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b))
-    {
-        return value.to_vec();
-    }
-    let mut out = Vec::with_capacity(value.len() + 2);
-    out.push(b'\'');
-    for &b in value {
-        if b == b'\'' {
-            out.extend_from_slice(br"'\''");
-        } else {
-            out.push(b);
-        }
-    }
-    out.push(b'\'');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,15 +709,6 @@ mod tests {
         for bad in ["", "1A", "A B", "A-B", "X;touch y", "$(id)", "A=B", "É"] {
             assert!(!is_shell_name(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn quoting_keeps_values_literal() {
-        assert_eq!(shell_quote("abc"), "abc");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("$PATH:/etc/a"), "'$PATH:/etc/a'");
     }
 
     #[test]

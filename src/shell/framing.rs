@@ -9,6 +9,8 @@
 //! or by reading its own script. This module must not touch the PTY or
 //! processes: it only builds strings and splits bytes.
 
+use super::quote::shell_quote;
+
 /// The byte that opens and closes every marker.
 const MARK: u8 = 0x01;
 
@@ -22,11 +24,6 @@ pub(super) fn new_nonce() -> String {
     // Upper case: output processing such as `stty olcuc` maps lower-case
     // letters, and must not be able to break a marker.
     bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-/// `text` as one single-quoted shell word.
-pub(super) fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// The markers printed around the output of one command, and the commands

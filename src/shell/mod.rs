@@ -52,6 +52,8 @@
 
 mod framing;
 mod pty;
+mod quote;
 mod session;
 
 pub use pty::{Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
+pub use quote::{quote_bytes, shell_quote};
