@@ -12,7 +12,9 @@ pub mod listener;
 pub mod local;
 pub mod logs;
 pub mod output;
+pub mod platform;
 pub mod random;
+#[cfg(unix)]
 pub mod shell;
 
 #[cfg(test)]

@@ -65,9 +65,10 @@ fn main() {
     std::process::exit(code);
 }
 
-/// The user's home directory: `$HOME`, else the current directory.
+/// The user's home directory (`$HOME`; `%USERPROFILE%` on Windows), else
+/// the current directory.
 fn home_dir() -> std::path::PathBuf {
-    match std::env::var_os("HOME") {
+    match semaphore_agent::platform::home_var() {
         Some(home) if !home.is_empty() => home.into(),
         _ => std::env::current_dir().unwrap_or_else(|_| "/".into()),
     }

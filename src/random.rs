@@ -3,7 +3,9 @@
 //!
 //! Owns the one source of randomness in the agent: the kernel's `getrandom`,
 //! with std's per-process random hasher keys mixed with the clock as the
-//! fallback where that call is unavailable (very old kernels, seccomp).
+//! fallback where that call is unavailable (very old kernels, seccomp). On
+//! Windows the hasher keys are the source: std seeds them from the system's
+//! CSPRNG (`ProcessPrng`), so no second Windows API is needed here.
 //! Must not be used for anything that needs more than unpredictability
 //! (it is no key generator).
 
@@ -12,10 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Fills `buf` with random bytes.
 pub fn fill(buf: &mut [u8]) {
-    // SAFETY: `buf` is a valid, writable buffer of exactly the length passed.
-    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if usize::try_from(got).ok() == Some(buf.len()) {
-        return;
+    #[cfg(unix)]
+    {
+        // SAFETY: `buf` is a valid, writable buffer of exactly the length passed.
+        let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if usize::try_from(got).ok() == Some(buf.len()) {
+            return;
+        }
     }
     // The counter makes two calls in the same nanosecond differ.
     static CALLS: AtomicU64 = AtomicU64::new(0);

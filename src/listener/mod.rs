@@ -360,7 +360,7 @@ impl Listener {
             api: self.api.clone(),
             job_id: job_id.clone(),
             options: JobOptions {
-                home: std::env::var_os("HOME")
+                home: crate::platform::home_var()
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from("/")),
                 tmp_dir: std::env::temp_dir(),

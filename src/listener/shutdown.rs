@@ -2,11 +2,11 @@
 //!
 //! Owns the mapping from the control plane's reason words to the names the
 //! hook sees in `SEMAPHORE_AGENT_SHUTDOWN_REASON`, the exit code per reason,
-//! and running the hook (`bash <path>`) with its output copied into the
-//! agent log. Must not talk to the control plane.
+//! and running the hook (`bash <path>`, on Windows `powershell`) with its
+//! output copied into the agent log. Must not talk to the control plane.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,8 @@ impl std::fmt::Display for ShutdownReason {
 /// How much of the hook's output is copied into the agent log.
 const MAX_HOOK_OUTPUT: u64 = 64 * 1024;
 
-/// Runs `bash <hook>` with the reason in its environment, waits at most
+/// Runs `bash <hook>` (Windows: `powershell -NoProfile -NonInteractive
+/// <hook>`) with the reason in its environment, waits at most
 /// `timeout` (then kills it), and logs its combined output. Never fails:
 /// a broken hook must not keep the agent from exiting.
 pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
@@ -77,8 +78,7 @@ pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
     ));
     let spawned = std::fs::File::create(&out_path).and_then(|out| {
         let err = out.try_clone()?;
-        Command::new("bash")
-            .arg(hook)
+        crate::platform::hook_command(hook)
             .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
             .stdin(Stdio::null())
             .stdout(out)

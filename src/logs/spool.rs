@@ -7,9 +7,8 @@
 //! This module must not know about HTTP, tokens or threads; the pusher
 //! decides when to write, when to make writes visible and what to ship.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Event;
@@ -31,10 +30,9 @@ pub fn create(dir: &Path) -> io::Result<(SpoolWriter, SpoolReader)> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = dir.join(format!("job_log_{nanos}_{seq}.json"));
-    let file = OpenOptions::new()
+    let file = crate::platform::private_file_options()
         .append(true)
         .create_new(true)
-        .mode(0o600)
         .open(&path)?;
     let reader = match File::open(&path) {
         Ok(f) => f,
@@ -221,10 +219,11 @@ impl SpoolReader {
         self.carry.resize(start + want, 0);
         let mut filled = 0;
         while filled < want {
-            match self
-                .file
-                .read_at(&mut self.carry[start + filled..], self.pos + filled as u64)
-            {
+            match crate::platform::read_at(
+                &self.file,
+                &mut self.carry[start + filled..],
+                self.pos + filled as u64,
+            ) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -243,7 +242,6 @@ impl SpoolReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn output(text: &str) -> Event {
         Event::CmdOutput {
@@ -264,8 +262,12 @@ mod tests {
     fn spool_is_private_and_holds_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, _r) = create(dir.path()).unwrap();
-        let mode = std::fs::metadata(w.path()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(w.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         w.append(&output("a\n")).unwrap();
         w.append(&Event::JobStarted { timestamp: 2 }).unwrap();
         w.flush().unwrap();

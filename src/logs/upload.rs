@@ -8,9 +8,8 @@
 //! becomes an [`UploadOutcome`] and a log line.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -272,12 +271,12 @@ fn non_empty(value: Option<String>) -> Option<String> {
 fn find_executable(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
     std::env::split_paths(&OsString::from(path_var?))
         .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
+        .flat_map(|dir| {
+            crate::platform::executable_names(name)
+                .into_iter()
+                .map(move |file| dir.join(file))
         })
+        .find(|candidate| crate::platform::is_executable(candidate))
 }
 
 fn unique_name(prefix: &str) -> String {
@@ -286,10 +285,9 @@ fn unique_name(prefix: &str) -> String {
 }
 
 fn create_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    crate::platform::private_file_options()
         .write(true)
         .create_new(true)
-        .mode(0o600)
         .open(path)
 }
 
@@ -494,8 +492,10 @@ mod tests {
         assert_eq!(n, 27);
     }
 
+    #[cfg(unix)]
     #[test]
     fn executables_are_found_on_the_given_path_only() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("artifact");
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
