@@ -7,6 +7,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod events;
+pub mod executor;
 pub mod job;
 pub mod listener;
 pub mod local;
@@ -14,6 +16,7 @@ pub mod logs;
 pub mod output;
 pub mod platform;
 pub mod random;
+pub mod request;
 #[cfg(unix)]
 pub mod shell;
 
