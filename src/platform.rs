@@ -8,9 +8,9 @@
 //! module must not change Linux behaviour. It knows nothing of jobs or the
 //! control plane.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 

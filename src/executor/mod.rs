@@ -13,7 +13,14 @@
 //! [`create`] picks the executor for a job from the request's `executor`
 //! field and the agent's [`Settings`].
 
+#[cfg(unix)]
 mod bash;
+// Compiled everywhere so its pure parts (script text, dump, paths) are
+// tested on Linux; only Windows creates one.
+#[cfg_attr(not(windows), allow(dead_code))]
+mod powershell;
+#[cfg(windows)]
+mod windows_process;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +31,13 @@ use crate::events::{Event, EventSink};
 use crate::request::{File, JobRequest};
 use crate::unix_now;
 
+#[cfg(unix)]
 pub use bash::BashExecutor;
+pub use powershell::PowerShellExecutor;
 
-/// The exit status logged for a command interrupted by a stop.
-pub const STOPPED_EXIT_CODE: i32 = 1;
+/// The exit status logged for a command interrupted by a stop: 1, and 0 on
+/// Windows, as the Go agent logs them.
+pub const STOPPED_EXIT_CODE: i32 = if cfg!(windows) { 0 } else { 1 };
 
 /// How one command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,7 +256,12 @@ pub fn create(
 ) -> Result<Box<dyn Executor>, String> {
     let executor = request.executor();
     match executor {
+        #[cfg(unix)]
         "shell" => Ok(Box::new(BashExecutor::new(settings, stop))),
+        #[cfg(windows)]
+        "shell" => Ok(Box::new(PowerShellExecutor::new(settings, stop))),
+        #[cfg(windows)]
+        "dockercompose" => Err("docker-compose executor is not supported in Windows\n".into()),
         other => Err(format!(
             "Executor '{other}' is not supported by this agent: only 'shell' is \
              (docker compose jobs are not supported yet)\n"

@@ -97,9 +97,8 @@ pub fn hostname() -> String {
     // SAFETY: the pointer and `len` describe `buf`, which outlives the call;
     // the function writes at most `len` UTF-16 units and sets `len` to the
     // number written (without the terminating NUL).
-    let ok = unsafe {
-        GetComputerNameExW(ComputerNamePhysicalDnsHostname, buf.as_mut_ptr(), &mut len)
-    };
+    let ok =
+        unsafe { GetComputerNameExW(ComputerNamePhysicalDnsHostname, buf.as_mut_ptr(), &mut len) };
     if ok == 0 {
         return std::env::var("COMPUTERNAME").unwrap_or_default();
     }
