@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod job;
+pub mod keys;
 pub mod listener;
 pub mod local;
 pub mod logs;
