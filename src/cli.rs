@@ -291,9 +291,10 @@ impl Cli {
         <Cli as FromArgs>::from_args(&[command], &strs)
     }
 
-    /// Parses the process arguments. On `--help` prints the help and exits
-    /// 0; on a bad argument prints the error and exits 1 (argh's convention).
-    pub fn from_env() -> Cli {
+    /// Parses the process arguments. `Err` is an early exit: `--help`
+    /// (whose text goes to stdout) or a bad command line (a message for
+    /// stderr); `main` decides the exit code of each.
+    pub fn from_env() -> Result<Cli, CliExit> {
         let mut argv = std::env::args_os().map(|a| a.into_string());
         let program = match argv.next() {
             Some(Ok(p)) => p,
@@ -309,28 +310,30 @@ impl Cli {
             match arg {
                 Ok(a) => args.push(a),
                 Err(bad) => {
-                    eprintln!("Invalid UTF-8 argument: {}", bad.to_string_lossy());
-                    std::process::exit(1);
+                    return Err(CliExit::Invalid(format!(
+                        "Invalid UTF-8 argument: {}",
+                        bad.to_string_lossy()
+                    )))
                 }
             }
         }
-        match Cli::parse(&command, &args) {
-            Ok(cli) => cli,
-            Err(exit) => match exit.status {
-                Ok(()) => {
-                    println!("{}", exit.output);
-                    std::process::exit(0)
-                }
-                Err(()) => {
-                    eprintln!(
-                        "{}\nRun {command} --help for more information.",
-                        exit.output
-                    );
-                    std::process::exit(1)
-                }
-            },
-        }
+        Cli::parse(&command, &args).map_err(|exit| match exit.status {
+            Ok(()) => CliExit::Help(exit.output),
+            Err(()) => CliExit::Invalid(format!(
+                "{}\nRun {command} --help for more information.",
+                exit.output
+            )),
+        })
     }
+}
+
+/// Why parsing the command line ended the program before it ran anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliExit {
+    /// `--help` (or `help`) was asked for; the text is the help.
+    Help(String),
+    /// The command line is wrong; the message says how.
+    Invalid(String),
 }
 
 /// Splits one list-flag value the way pflag's string slices do: on commas,

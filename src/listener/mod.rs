@@ -5,7 +5,7 @@
 //! state machine ([`state`]), the wait between syncs (woken early by the job
 //! thread and by SIGTERM/SIGINT over one bounded channel), the job thread
 //! (fetch the job, run it, report the result), and shutdown (stop the job,
-//! disconnect, shutdown hook, exit code). Must not know how a job runs
+//! disconnect, shutdown hook; `main` picks the exit code). Must not know how a job runs
 //! (that is `crate::job`) nor how logs travel (`crate::logs`), and must never
 //! log a token.
 
@@ -139,9 +139,30 @@ enum Wake {
     JobFinished(JobResult),
 }
 
-/// Runs `start` until the control plane (or a give-up) ends it; returns
-/// the process exit code. Call [`init_logging`] first.
-pub fn start(config: Config, options: ListenerOptions) -> i32 {
+/// Why `start` ended without the control plane ever taking the agent.
+#[derive(Debug)]
+pub enum ListenerError {
+    /// Registration failed every attempt; the last error. Already logged,
+    /// in the Go agent's words, when this is returned.
+    Register { attempts: u32, error: ApiError },
+}
+
+impl std::fmt::Display for ListenerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerError::Register { attempts, error } => {
+                write!(f, "registration failed after {attempts} attempts: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ListenerError {}
+
+/// Runs `start` until the control plane (or a give-up) ends it; returns why
+/// the agent shut down (`main` turns that into the exit code). Call
+/// [`init_logging`] first.
+pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason, ListenerError> {
     let started = Instant::now();
     log::info!("Starting Agent");
     let name = agent_name(&config);
@@ -180,7 +201,10 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
                 "Failed to register agent: [Register] failed after [{}] attempts - giving up: {e}",
                 options.register_attempts
             );
-            return 1;
+            return Err(ListenerError::Register {
+                attempts: options.register_attempts,
+                error: e,
+            });
         }
     };
     api.set_access_token(&answer.token);
@@ -212,7 +236,8 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
         last_successful_sync: Instant::now(),
     };
     let reason = listener.sync_loop();
-    listener.shutdown(reason)
+    listener.shutdown(reason);
+    Ok(reason)
 }
 
 /// The name `Config::validate` settled on (flag, `--name-from-env` or a
@@ -420,8 +445,8 @@ impl Listener {
         }
     }
 
-    /// Stops a live job, disconnects, runs the hook; returns the exit code.
-    fn shutdown(&mut self, reason: ShutdownReason) -> i32 {
+    /// Stops a live job, disconnects, runs the hook.
+    fn shutdown(&mut self, reason: ShutdownReason) {
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;
@@ -461,7 +486,6 @@ impl Listener {
             shutdown::run_hook(hook, reason, self.options.shutdown_hook_timeout);
         }
         log::info!("Agent shutting down due to: {reason}");
-        reason.exit_code()
     }
 }
 
