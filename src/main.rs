@@ -213,7 +213,10 @@ mod tests {
     fn bad_input_codes_and_messages() {
         let usage = Failure::Usage("Unrecognized argument: --bogus".into());
         assert_eq!(usage.code(), 1);
-        assert_eq!(usage.message().as_deref(), Some("Unrecognized argument: --bogus"));
+        assert_eq!(
+            usage.message().as_deref(),
+            Some("Unrecognized argument: --bogus")
+        );
         let config = Failure::Config(ConfigError::MissingToken);
         assert_eq!(config.code(), 2);
         assert!(config

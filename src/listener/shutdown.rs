@@ -43,7 +43,6 @@ impl ShutdownReason {
             ShutdownReason::UnableToSync => "UNABLE_TO_SYNC",
         }
     }
-
 }
 
 impl std::fmt::Display for ShutdownReason {
