@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-use crate::job::request::LoadError;
+use crate::events::{EventSink, JobResult};
 use crate::job::{run_job, JobOptions, JobRequest, JobStop};
 use crate::logs::console::{Human, JsonLines};
-use crate::logs::{EventSink, JobResult};
+use crate::request::LoadError;
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone, Default)]

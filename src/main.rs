@@ -5,10 +5,10 @@
 
 use semaphore_agent::cli::{Cli, CliExit, Command, RunArgs, StartArgs};
 use semaphore_agent::config::{self, ConfigError};
+use semaphore_agent::events::JobResult;
 use semaphore_agent::job::JobOptions;
 use semaphore_agent::listener::{self, AgentLogError, ListenerError, ShutdownReason};
 use semaphore_agent::local::{self, LocalError, LocalRun};
-use semaphore_agent::logs::JobResult;
 
 /// Everything that makes the agent exit with a non-zero code.
 #[derive(Debug)]
