@@ -1,8 +1,12 @@
 //! Command-line surface: the argh structs for `start`, `run` and `version`,
 //! and a small pre-pass that accepts the Go agent's `--flag=value` forms.
 //!
+//! `start`'s options are generated from the key table in `crate::keys` (one
+//! row per key gives the field, its argh kind and its help line); only
+//! `--config-file` and the hidden `--switch-off` are written out here.
+//!
 //! This module only describes and parses arguments; it must not interpret
-//! them. Merging flags with the environment and the config file, and every
+//! them, nor exit the process (`main` decides every exit code). Merging flags with the environment and the config file, and every
 //! check on a value, belongs to `config`, so that a value is validated the
 //! same way whichever source it came from.
 //!
