@@ -554,6 +554,42 @@ mod tests {
         assert!(!help.contains("--switch-off"), "hidden option shown");
     }
 
+    /// `run`'s struct is written by hand (its own order and help): every
+    /// option it shares with `start` must be a key of the table with the
+    /// same shape, so that `config` reads it the same way.
+    #[test]
+    fn run_options_agree_with_the_key_table() {
+        let help = parse(&["run", "--help"]).err().map(|e| e.output);
+        let help = help.unwrap_or_default();
+        let usage = help.lines().next().unwrap_or_default();
+        let mut checked = 0;
+        for part in usage.split('[').skip(1) {
+            let part = part.split(']').next().unwrap_or_default();
+            let Some(flag) = part.strip_prefix("--").filter(|f| !f.is_empty()) else {
+                continue;
+            };
+            let (name, switch) = match flag.split_once(' ') {
+                Some((name, _)) => (name, false),
+                None => (flag, true),
+            };
+            if RUN_ONLY_SWITCHES.contains(&name) {
+                continue;
+            }
+            let key = Key::from_name(name);
+            assert!(key.is_some(), "run --{name} is not in the key table");
+            assert_eq!(
+                key.map(|k| k.kind() == crate::keys::Kind::Bool),
+                Some(switch),
+                "{name}"
+            );
+            if let Some(key) = key {
+                assert_eq!(is_switch(key.name()), switch);
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 5, "{usage}");
+    }
+
     #[test]
     fn unknown_flag_is_an_error() {
         let err = parse(&["start", "--bogus"]).err();
