@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::job::JobRequest;
-use crate::logs::JobResult;
+use crate::events::JobResult;
+use crate::request::JobRequest;
 
 /// How long to wait to connect and for each response; the Go agent uses a
 /// 30 s client timeout for every control-plane call.

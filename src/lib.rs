@@ -7,12 +7,15 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod events;
+pub mod executor;
 pub mod job;
 pub mod listener;
 pub mod local;
 pub mod logs;
 pub mod output;
 pub mod random;
+pub mod request;
 pub mod shell;
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! every transition be tested without a server or a shell.
 
 use crate::api::{Action, AgentState, SyncRequest, SyncResponse};
-use crate::logs::JobResult;
+use crate::events::JobResult;
 
 use super::ShutdownReason;
 

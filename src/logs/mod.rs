@@ -1,16 +1,15 @@
-//! Job log events and where they go.
+//! Where job log events go.
 //!
-//! Owns the five event types of the wire protocol, their JSON-lines encoding
-//! and the [`EventSink`] trait the job lifecycle writes to. Sinks decide what
-//! happens next (print for `run`, spool to disk and push for `start`); this
-//! module must not know about shells or the control plane.
+//! Owns the sinks for the events of `crate::events`: print them for `run`,
+//! spool them to disk and push them for `start`, and upload the plain-text
+//! log. This module must not know about shells or the control plane's
+//! sync loop.
 
-mod events;
 mod pusher;
 mod spool;
 mod upload;
 
-pub use events::{Event, EventSink, JobResult};
+pub use crate::events::{Event, EventSink, JobResult};
 pub use pusher::{
     flush_timeout_from_env, FinishOptions, FlushReport, LogError, PushLogger, PushOptions,
     TokenRefresher, DEFAULT_FLUSH_TIMEOUT, FLUSH_TIMEOUT_VAR, MAX_BATCH_EVENTS,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::spool::{self, Batch, SpoolReader, SpoolWriter, WriteFailure};
 use super::upload::{self, EnvLookup, UploadOutcome, UploadPolicy, UploadRequest};
 use super::{Event, EventSink};
-use crate::job::request::{JobRequest, Logger};
+use crate::request::{JobRequest, Logger};
 
 /// The most events the log server takes in one request.
 pub const MAX_BATCH_EVENTS: u64 = 2000;

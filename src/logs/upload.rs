@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Event;
-use crate::job::request::JobRequest;
+use crate::request::JobRequest;
 
 /// Logs at or above this size are gzipped before upload, unless
 /// `SEMAPHORE_AGENT_LOGS_COMPRESSION_SIZE` says otherwise.

@@ -50,12 +50,15 @@ pub(super) fn command_line(nonce: &str, file: &str) -> String {
 }
 
 /// The first line typed into a new shell: silences every prompt, keeps the
-/// typed lines (and so the nonces) out of the history, goes to `home`, and
-/// frames an empty output with status 0 to say the shell is ready.
-pub(super) fn init_line(nonce: &str, home: &str) -> String {
+/// typed lines (and so the nonces) out of the history, goes to `cd` if
+/// given, and frames an empty output with status 0 to say the shell is
+/// ready.
+pub(super) fn init_line(nonce: &str, cd: Option<&str>) -> String {
+    let cd = cd.map_or(String::new(), |dir| {
+        format!(r"\builtin cd -- {} ; ", shell_quote(dir))
+    });
     format!(
-        r"PS1=; PS2=; PS0=; \builtin unset PROMPT_COMMAND; \builtin set +o history; \builtin cd -- {} ; {}; {}",
-        shell_quote(home),
+        r"PS1=; PS2=; PS0=; \builtin unset PROMPT_COMMAND; \builtin set +o history; {cd}{}; {}",
         print_start(nonce),
         print_end(nonce, "0")
     ) + "\n"

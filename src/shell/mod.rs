@@ -55,5 +55,5 @@ mod pty;
 mod quote;
 mod session;
 
-pub use pty::{Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
+pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
 pub use quote::{quote_bytes, shell_quote};

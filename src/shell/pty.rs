@@ -17,6 +17,7 @@
 //! is enough to keep commands out of the output even after a job ran
 //! `stty echo`.
 
+use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -76,6 +77,23 @@ pub struct ShellOptions {
     pub home: PathBuf,
     /// Extra environment for bash, on top of the agent's own.
     pub env: Vec<(String, String)>,
+}
+
+/// How the PTY's bash is reached when it is not the host's login bash: a
+/// program that ends in an interactive bash reading the PTY (`docker
+/// compose run ... bash`, `kubectl exec -it ... bash --login`).
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The program and its arguments; it runs on the host in
+    /// `ShellOptions::home` with `ShellOptions::env` on top of the agent's
+    /// environment.
+    pub argv: Vec<OsString>,
+    /// Where the command files go: a directory that the far bash reads at
+    /// the same path (a volume mounted at the same place).
+    pub scratch_parent: PathBuf,
+    /// The directory the far bash changes to before the first command;
+    /// `None` leaves it where it started.
+    pub cd: Option<String>,
 }
 
 #[derive(Debug)]
@@ -179,6 +197,14 @@ impl Shell {
     /// Starts `bash --login` in a new PTY and session, in `opts.home`, and
     /// waits until it has run its login scripts and silenced its prompts.
     pub fn start(opts: &ShellOptions) -> Result<Shell, ShellError> {
+        Shell::start_with(opts, None)
+    }
+
+    /// Like [`Shell::start`], but reaches bash through `launch` when given.
+    /// What the launcher prints before bash answers is dropped, like the
+    /// login scripts' output; a launcher that exits first is
+    /// `ShellError::Start` with its status.
+    pub fn start_with(opts: &ShellOptions, launch: Option<&Launch>) -> Result<Shell, ShellError> {
         let start_err = |what: &str, err: &dyn std::fmt::Display| ShellError::Start {
             message: format!("{what}: {err}"),
         };
@@ -193,11 +219,24 @@ impl Shell {
         set_termios(&pty, &termios).map_err(|e| start_err("turning the PTY echo off", &e))?;
         let tty = tty_path(&pty);
 
-        let scratch =
-            make_scratch_dir().map_err(|e| start_err("creating a scratch directory", &e))?;
-        let child = Command::new("bash")
-            .arg("--login")
-            .arg("--noediting")
+        let scratch_parent = match launch {
+            Some(launch) => launch.scratch_parent.clone(),
+            None => std::env::temp_dir(),
+        };
+        let scratch = make_scratch_dir(&scratch_parent)
+            .map_err(|e| start_err("creating a scratch directory", &e))?;
+        let login_bash = [
+            OsString::from("bash"),
+            "--login".into(),
+            "--noediting".into(),
+        ];
+        let argv = launch.map_or(&login_bash[..], |l| &l.argv[..]);
+        let Some((program, args)) = argv.split_first() else {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(start_err("starting the job's shell", &"empty command"));
+        };
+        let child = Command::new(program)
+            .args(args)
             .current_dir(&opts.home)
             .env("HOME", &opts.home)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
@@ -207,7 +246,11 @@ impl Shell {
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&scratch);
                 return Err(start_err(
-                    &format!("starting bash in {}", opts.home.display()),
+                    &format!(
+                        "starting {} in {}",
+                        program.to_string_lossy(),
+                        opts.home.display()
+                    ),
                     &err,
                 ));
             }
@@ -246,7 +289,11 @@ impl Shell {
 
         let nonce = framing::new_nonce();
         let home = opts.home.to_string_lossy();
-        let line = framing::init_line(&nonce, &home);
+        let cd = match launch {
+            Some(launch) => launch.cd.as_deref(),
+            None => Some(home.as_ref()),
+        };
+        let line = framing::init_line(&nonce, cd);
         let mut discard = |_: &str| {};
         let deadline = Instant::now() + START_TIMEOUT;
         match shell.exchange(&line, Framer::new(&nonce), &mut discard, Some(deadline)) {
@@ -711,8 +758,8 @@ fn set_termios(pty: &Pty, termios: &libc::termios) -> std::io::Result<()> {
 }
 
 /// A new private directory in the temp dir for the command file.
-fn make_scratch_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
+fn make_scratch_dir(parent: &std::path::Path) -> std::io::Result<PathBuf> {
+    let dir = parent.join(format!(
         "semaphore-agent-shell-{}",
         &framing::new_nonce()[..16]
     ));

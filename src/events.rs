@@ -1,3 +1,10 @@
+//! The job log's vocabulary: the five wire events, the job result and the
+//! [`EventSink`] every producer writes to.
+//!
+//! The lowest layer of the job path: the executors and the lifecycle write
+//! events here, the log transport (`logs`) and the control-plane client
+//! (`api`) read them. It must not know where events go.
+
 use serde::{Deserialize, Serialize};
 
 /// The outcome of a job, as reported in `job_finished` and `finished-job`.

@@ -1,0 +1,413 @@
+//! The `shell` executor on Unix: one login bash in a PTY on the host for
+//! the whole job (`crate::shell::Shell`).
+//!
+//! Owns every piece of bash text the job core needs: the owner-only
+//! `.env-<nanos>` file and the `source` that reads it, `source`/`bash` for
+//! hooks, `echo "$SEMAPHORE_JOB_RESULT"`, and writing the job's files on
+//! the host. It must not decide the order of steps or the job's result.
+//! The PTY parts ([`PtyCommands`]) are shared with the executors that run
+//! the same bash inside a container or a pod.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use crate::events::Event;
+use crate::request::File;
+use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions};
+use crate::unix_now;
+
+/// A bash in a PTY that runs one command at a time, mapped onto the
+/// executor vocabulary: the PTY shell of the host executor, and the one a
+/// container or pod executor starts through `compose run` / `kubectl exec`.
+#[derive(Default)]
+pub struct PtyCommands {
+    /// The shell while it is usable; `None` before start and after it died
+    /// or was stopped.
+    shell: Option<Shell>,
+}
+
+impl PtyCommands {
+    /// Takes over a started shell and connects its stop flag to `stop`.
+    pub fn attach(&mut self, shell: Shell, stop: &Stop) {
+        let stopper = shell.stopper();
+        stop.on_stop(Box::new(move || stopper.stop()));
+        self.shell = Some(shell);
+    }
+
+    /// Runs `command` in the shell, its output logged or not.
+    pub fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+        let Some(shell) = self.shell.as_mut() else {
+            return Outcome::ShellDied(1);
+        };
+        let result = shell.run(command, &mut |chunk| {
+            if logged {
+                log.emit(Event::CmdOutput {
+                    timestamp: unix_now(),
+                    output: chunk.to_string(),
+                });
+            }
+        });
+        match result {
+            Ok(code) => Outcome::Exited(code),
+            Err(ShellError::Stopped) => {
+                self.shell = None;
+                Outcome::Stopped
+            }
+            Err(ShellError::Exited { status }) => {
+                log::warn!("The job's shell exited with status {status}; the job ends here");
+                self.shell = None;
+                Outcome::ShellDied(if status == 0 { 1 } else { status })
+            }
+            Err(err) => {
+                log::error!("The job's shell failed: {err}");
+                log.output(format!("{err}\n"));
+                self.shell = None;
+                Outcome::ShellDied(1)
+            }
+        }
+    }
+
+    /// What `command` printed, at most 4 KiB, without logging it; empty
+    /// when it could not run.
+    pub fn capture(&mut self, command: &str) -> String {
+        let mut value = String::new();
+        if let Some(shell) = self.shell.as_mut() {
+            // A failure leaves the value empty, which callers read as unknown.
+            let _ = shell.run(command, &mut |chunk| {
+                if value.len() < 4096 {
+                    value.push_str(chunk);
+                }
+            });
+        }
+        value
+    }
+
+    /// Ends the shell and what it started; safe to call twice.
+    pub fn close(&mut self) {
+        if let Some(mut shell) = self.shell.take() {
+            shell.close();
+        }
+    }
+}
+
+/// The command that reads the job's result back.
+pub const JOB_RESULT_COMMAND: &str = "echo \"$SEMAPHORE_JOB_RESULT\"";
+
+/// Bash's command for an agent hook at `path`.
+pub fn hook_command(path: &Path, hook: Hook) -> String {
+    let verb = match hook {
+        Hook::PreJob { sourced: true } => "source",
+        Hook::PreJob { sourced: false } | Hook::PostJob => "bash",
+    };
+    format!("{verb} {}", shell_quote(&path.to_string_lossy()))
+}
+
+/// The env file's content: `export NAME='value'` lines, values quoted
+/// byte for byte.
+pub fn env_file_content(vars: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut content = Vec::new();
+    for (name, value) in vars {
+        content.extend_from_slice(format!("export {name}=").as_bytes());
+        content.extend_from_slice(&quote_bytes(value));
+        content.push(b'\n');
+    }
+    content
+}
+
+/// The host executor.
+pub struct BashExecutor {
+    settings: Settings,
+    stop: Stop,
+    pty: PtyCommands,
+    /// Env files written for this job, removed at the end.
+    env_files: Vec<PathBuf>,
+}
+
+impl BashExecutor {
+    pub fn new(settings: &Settings, stop: &Stop) -> BashExecutor {
+        BashExecutor {
+            settings: settings.clone(),
+            stop: stop.clone(),
+            pty: PtyCommands::default(),
+            env_files: Vec::new(),
+        }
+    }
+
+    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
+        let nanos = crate::unix_nanos();
+        let path = self.settings.tmp_dir.join(format!(".env-{nanos}"));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&env_file_content(vars)));
+        match written {
+            Ok(()) => Ok(path),
+            Err(e) => Err(format!(
+                "Failed to write the environment file {}: {e}\n",
+                path.display()
+            )),
+        }
+    }
+}
+
+impl Executor for BashExecutor {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        match Shell::start(&ShellOptions {
+            home: self.settings.home.clone(),
+            env: Vec::new(),
+        }) {
+            Ok(shell) => {
+                self.pty.attach(shell, &self.stop);
+                Ok(())
+            }
+            Err(err) => {
+                log.failed_step("Starting the job shell", &format!("{err}\n"));
+                Err(format!("Job shell failed to start: {err}"))
+            }
+        }
+    }
+
+    /// The values go to an owner-only `.env-<nanos>` file that the shell
+    /// sources (debug sessions source `/tmp/.env-*` too).
+    fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
+        match self.write_env_file(vars) {
+            Ok(path) => {
+                let command = format!("source {}", shell_quote(&path.to_string_lossy()));
+                self.env_files.push(path);
+                self.pty.run(&command, log, false)
+            }
+            Err(message) => {
+                log.output(message);
+                Outcome::Exited(1)
+            }
+        }
+    }
+
+    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
+        for file in files {
+            let dest = normalize_path(&file.path, &self.settings.home);
+            log.output(format!(
+                "Injecting {} with file mode {}\n",
+                dest.display(),
+                file.mode
+            ));
+            if let Err((code, message)) = write_file(file, &dest) {
+                log.output(format!("{message}\n"));
+                return code;
+            }
+        }
+        0
+    }
+
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+        self.pty.run(command, log, logged)
+    }
+
+    fn hook_command(&self, path: &Path, hook: Hook) -> String {
+        hook_command(path, hook)
+    }
+
+    fn job_result(&mut self) -> String {
+        self.pty.capture(JOB_RESULT_COMMAND)
+    }
+
+    fn close(&mut self) {
+        self.pty.close();
+        for path in self.env_files.drain(..) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("Could not remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Drop for BashExecutor {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Where a job file goes: absolute paths as they are, `~` as HOME, relative
+/// paths under HOME.
+pub fn normalize_path(path: &str, home: &Path) -> PathBuf {
+    if Path::new(path).is_absolute() {
+        return PathBuf::from(path);
+    }
+    if let Some(rest) = path.strip_prefix('~') {
+        let rest = rest.trim_start_matches('/');
+        return if rest.is_empty() {
+            home.to_path_buf()
+        } else {
+            home.join(rest)
+        };
+    }
+    clean(&home.join(path))
+}
+
+/// Lexical clean-up of an absolute path the way Go's `filepath.Join` does it
+/// for the Go agent: repeated and trailing slashes, `.` and `dir/..` go
+/// away (without touching the file system), so the "Injecting ..." line
+/// shows the same path.
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut parts: Vec<Component<'_>> = Vec::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match parts.last() {
+                Some(Component::Normal(_)) => {
+                    parts.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir) => {}
+                _ => parts.push(part),
+            },
+            other => parts.push(other),
+        }
+    }
+    parts.iter().collect()
+}
+
+/// Writes one job file in the Go agent's order and with its messages:
+/// decode, parent directories (0750), content, then the mode (so a bad mode
+/// is reported after the content was written, as Go does). The error is the
+/// command's exit code and the output line.
+fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
+    let content = file
+        .decode()
+        .map_err(|_| (1, "Failed to decode the content of the file.".to_string()))?;
+    if let Some(parent) = dest.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(|e| {
+                (
+                    1,
+                    format!("Failed to create directory '{}': {e}", parent.display()),
+                )
+            })?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(dest)
+        .map_err(|e| {
+            (
+                1,
+                format!(
+                    "Failed to create destination path '{}': {e}",
+                    dest.display()
+                ),
+            )
+        })?;
+    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
+    drop(out);
+    let mode = file
+        .parse_mode()
+        .map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        (
+            1,
+            format!(
+                "Failed to set file mode '{}' for '{}': {e}",
+                file.mode,
+                dest.display()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_placed_under_home() {
+        let home = Path::new("/home/u");
+        assert_eq!(normalize_path("/etc/x", home), PathBuf::from("/etc/x"));
+        assert_eq!(normalize_path("~/a/b", home), PathBuf::from("/home/u/a/b"));
+        assert_eq!(normalize_path("a/b", home), PathBuf::from("/home/u/a/b"));
+        assert_eq!(normalize_path("~", home), PathBuf::from("/home/u"));
+    }
+
+    #[test]
+    fn relative_file_paths_are_cleaned_like_go() {
+        let home = Path::new("/home/u");
+        assert_eq!(
+            normalize_path("./a//b/", home).display().to_string(),
+            "/home/u/a/b"
+        );
+        assert_eq!(
+            normalize_path("a/../b", home).display().to_string(),
+            "/home/u/b"
+        );
+        assert_eq!(
+            normalize_path("../../../x", home).display().to_string(),
+            "/x"
+        );
+    }
+
+    #[test]
+    fn hooks_are_sourced_or_run_by_bash_with_quoted_paths() {
+        let path = Path::new("/opt/my hooks/pre.sh");
+        assert_eq!(
+            hook_command(path, Hook::PreJob { sourced: true }),
+            "source '/opt/my hooks/pre.sh'"
+        );
+        assert_eq!(
+            hook_command(path, Hook::PreJob { sourced: false }),
+            "bash '/opt/my hooks/pre.sh'"
+        );
+        assert_eq!(
+            hook_command(path, Hook::PostJob),
+            "bash '/opt/my hooks/pre.sh'"
+        );
+    }
+
+    #[test]
+    fn env_file_exports_each_value_quoted() {
+        let mut vars = BTreeMap::new();
+        vars.insert("A".to_string(), b"it's $HOME".to_vec());
+        vars.insert("B".to_string(), b"x".to_vec());
+        let text = String::from_utf8(env_file_content(&vars)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("export A="), "{text}");
+        assert!(!lines[0].contains("export A=it's"), "unquoted: {text}");
+        assert!(lines[1].starts_with("export B="), "{text}");
+    }
+
+    #[test]
+    fn a_stop_before_start_reaches_the_shell_once_it_is_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Stop::new();
+        stop.stop();
+        let settings = Settings {
+            home: dir.path().to_path_buf(),
+            tmp_dir: dir.path().to_path_buf(),
+        };
+        let mut executor = BashExecutor::new(&settings, &stop);
+        let mut events: Vec<Event> = Vec::new();
+        let mut log = JobLog::new(&mut events);
+        executor.start(&mut log).expect("bash starts");
+        let outcome = executor.run("echo never", &mut log, true);
+        assert_eq!(outcome, Outcome::Stopped);
+        assert!(executor.pty.shell.is_none(), "a stopped shell is dropped");
+        executor.close();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::CmdOutput { output, .. } if output.contains("never"))),
+            "{events:?}"
+        );
+    }
+}

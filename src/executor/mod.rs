@@ -1,0 +1,295 @@
+//! Executors: how a job's commands run.
+//!
+//! One trait, [`Executor`], and one submodule per way a job runs: `bash`
+//! (a login bash in a PTY on the host) is the first; PowerShell, docker
+//! compose and Kubernetes slot in beside it. The job lifecycle
+//! (`job::lifecycle`) owns the order of the steps, the directives users see
+//! and the result, and drives an executor through this trait; it knows no
+//! shell syntax. An executor owns everything about its shell: the command
+//! text, quoting, the env file, where files go, how a hook is called, and
+//! how its processes are ended. It must not decide the job's result or the
+//! order of steps.
+//!
+//! [`create`] picks the executor for a job from the request's `executor`
+//! field and the agent's [`Settings`].
+
+mod bash;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::events::{Event, EventSink};
+use crate::request::{File, JobRequest};
+use crate::unix_now;
+
+pub use bash::BashExecutor;
+
+/// The exit status logged for a command interrupted by a stop.
+pub const STOPPED_EXIT_CODE: i32 = 1;
+
+/// How one command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command ran to its end with this status; the executor lives on.
+    Exited(i32),
+    /// The command ended the job's shell with this status (`exit 3`, killed,
+    /// the executor broke); nothing more can run in it.
+    ShellDied(i32),
+    /// The job was stopped while the command ran; nothing more can run.
+    Stopped,
+}
+
+impl Outcome {
+    /// The exit code shown in `cmd_finished`.
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Exited(code) | Outcome::ShellDied(code) => code,
+            Outcome::Stopped => STOPPED_EXIT_CODE,
+        }
+    }
+
+    pub fn passed(self) -> bool {
+        self == Outcome::Exited(0)
+    }
+
+    /// Whether the executor can still run commands after this.
+    pub fn usable(self) -> bool {
+        matches!(self, Outcome::Exited(_))
+    }
+}
+
+/// Which agent hook a command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `--pre-job-hook-path`; `sourced` with `--source-pre-job-hook`.
+    PreJob { sourced: bool },
+    /// `--post-job-hook-path`.
+    PostJob,
+}
+
+/// How executors run, from the agent's config; nothing here comes from the
+/// job request.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The job's HOME and starting directory (host executors).
+    pub home: PathBuf,
+    /// Where executors put their scratch files (command and env files).
+    pub tmp_dir: PathBuf,
+}
+
+/// The job's log as an executor and the lifecycle write it: directives
+/// (`cmd_started` / `cmd_finished`) and output lines, in order.
+pub struct JobLog<'a> {
+    sink: &'a mut dyn EventSink,
+}
+
+impl<'a> JobLog<'a> {
+    pub fn new(sink: &'a mut dyn EventSink) -> JobLog<'a> {
+        JobLog { sink }
+    }
+
+    /// Sends any event as it is.
+    pub fn emit(&mut self, event: Event) {
+        self.sink.emit(event);
+    }
+
+    /// `cmd_started`; returns its timestamp, for `finished`.
+    pub fn started(&mut self, directive: &str) -> u64 {
+        let now = unix_now();
+        self.sink.emit(Event::CmdStarted {
+            timestamp: now,
+            directive: directive.to_string(),
+        });
+        now
+    }
+
+    /// One `cmd_output` event.
+    pub fn output(&mut self, output: impl Into<String>) {
+        self.sink.emit(Event::CmdOutput {
+            timestamp: unix_now(),
+            output: output.into(),
+        });
+    }
+
+    /// `cmd_finished` for a directive started at `started_at`.
+    pub fn finished(&mut self, directive: &str, exit_code: i32, started_at: u64) {
+        let now = unix_now();
+        self.sink.emit(Event::CmdFinished {
+            timestamp: now,
+            directive: directive.to_string(),
+            exit_code,
+            started_at,
+            finished_at: now,
+        });
+    }
+
+    /// A step that failed before it could run anything: started, `message`,
+    /// finished with exit code 1.
+    pub fn failed_step(&mut self, directive: &str, message: &str) {
+        let started_at = self.started(directive);
+        self.output(message);
+        self.finished(directive, 1, started_at);
+    }
+}
+
+/// What a job can be asked to do from another thread: stop. Cloneable and
+/// cheap; `stop()` may come before the executor exists, while it starts,
+/// while a command runs, or after the job ended (then it does nothing).
+#[derive(Clone, Default)]
+pub struct Stop {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    actions: Mutex<Vec<StopAction>>,
+}
+
+/// Something an executor wants done when the job is stopped (raise its
+/// shell's stop flag, cancel a wait). It must be quick: it runs on the
+/// thread that calls `stop()`.
+pub type StopAction = Box<dyn Fn() + Send + Sync>;
+
+impl Stop {
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Asks the job to stop: every registered action runs once.
+    pub fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(actions) = self.inner.actions.lock() {
+            for action in actions.iter() {
+                action();
+            }
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Registers `action` for a stop; a stop that came first runs it at once.
+    pub fn on_stop(&self, action: StopAction) {
+        if let Ok(mut actions) = self.inner.actions.lock() {
+            // Checked under the lock: `stop()` sets the flag before it takes
+            // the lock, so either it sees this action or we see the flag.
+            if self.is_stopped() {
+                drop(actions);
+                action();
+                return;
+            }
+            actions.push(action);
+        }
+    }
+}
+
+/// How a job's commands run. Called from the job thread only, in the order
+/// of the lifecycle: `prepare`, `start`, `export_env`, `inject_files`, then
+/// `run` for hooks, commands and epilogues (`job_result` after a
+/// self-stop), and always `close` at the end (also after a failure or a
+/// stop). After a method returned an unusable [`Outcome`], only `close`
+/// follows.
+pub trait Executor: Send {
+    /// Sets up what the job needs before its shell starts (a compose file,
+    /// pods, pull credentials), logging its own steps. `Err` carries a
+    /// reason for the agent log; the job log already says what failed.
+    fn prepare(&mut self, _log: &mut JobLog<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Starts the job's shell, logging its own steps if it has any.
+    /// `Err` as for `prepare`.
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String>;
+
+    /// Makes `vars` (already validated names, raw values) part of the
+    /// environment of every later command. The lifecycle logs the
+    /// directive and the `Exporting NAME` lines; the executor logs only why
+    /// it failed.
+    fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome;
+
+    /// Writes the job's files where the job will see them, one
+    /// `Injecting <path> with file mode <mode>` line each and a line saying
+    /// why one failed; returns the step's exit code (0 when all were
+    /// written). The lifecycle logs the directive.
+    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32;
+
+    /// Runs one command; its output goes to `log` when `logged`.
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome;
+
+    /// The command that runs an agent hook at `path` (shown to users after
+    /// `Running: `).
+    fn hook_command(&self, path: &Path, hook: Hook) -> String;
+
+    /// The job's `SEMAPHORE_JOB_RESULT` as the job left it, read without
+    /// logging; empty when it cannot be read.
+    fn job_result(&mut self) -> String;
+
+    /// Ends the job's shell and everything the job started, and removes
+    /// what the executor made (scratch files, containers, pods). Safe to
+    /// call twice; also done on drop.
+    fn close(&mut self);
+}
+
+/// Picks and builds the executor for `request`. Cheap: nothing runs until
+/// `prepare`/`start`. An executor this agent cannot run is an `Err` with
+/// the line the job log shows.
+pub fn create(
+    request: &JobRequest,
+    settings: &Settings,
+    stop: &Stop,
+) -> Result<Box<dyn Executor>, String> {
+    let executor = request.executor();
+    match executor {
+        "shell" => Ok(Box::new(BashExecutor::new(settings, stop))),
+        other => Err(format!(
+            "Executor '{other}' is not supported by this agent: only 'shell' is \
+             (docker compose jobs are not supported yet)\n"
+        )),
+    }
+}
+
+/// The directive of the step that fails when [`create`] refuses a job.
+pub const PREPARE_DIRECTIVE: &str = "Preparing the executor";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_stop_runs_each_action_once_and_late_actions_at_once() {
+        let stop = Stop::new();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        stop.on_stop(Box::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        stop.stop();
+        stop.clone().stop();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        let c = count.clone();
+        stop.on_stop(Box::new(move || {
+            c.fetch_add(10, Ordering::SeqCst);
+        }));
+        assert_eq!(count.load(Ordering::SeqCst), 11);
+        assert!(stop.is_stopped());
+    }
+
+    #[test]
+    fn outcomes_map_to_exit_codes() {
+        assert_eq!(Outcome::Exited(3).code(), 3);
+        assert_eq!(Outcome::ShellDied(7).code(), 7);
+        assert_eq!(Outcome::Stopped.code(), STOPPED_EXIT_CODE);
+        assert!(Outcome::Exited(0).passed());
+        assert!(!Outcome::ShellDied(0).passed());
+        assert!(Outcome::Exited(2).usable());
+        assert!(!Outcome::Stopped.usable());
+    }
+}
