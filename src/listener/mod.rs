@@ -735,7 +735,10 @@ mod tests {
     #[test]
     fn default_interval_stays_in_range() {
         let (low, high) = ListenerOptions::default().sync_interval;
-        assert_eq!((low, high), (Duration::from_secs(3), Duration::from_secs(6)));
+        assert_eq!(
+            (low, high),
+            (Duration::from_secs(3), Duration::from_secs(6))
+        );
         let waits: Vec<Duration> = (0..1000).map(|_| random_between((low, high))).collect();
         for w in &waits {
             assert!(low <= *w && *w <= high, "{w:?} outside {low:?}..={high:?}");

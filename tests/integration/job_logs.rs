@@ -71,7 +71,11 @@ pub(crate) fn emit_numbers(sink: &mut dyn EventSink, from: u64, n: u64, digest: 
     }
 }
 
-pub(crate) fn finish(logger: PushLogger, job: &JobRequest, timeout: Option<Duration>) -> FlushReport {
+pub(crate) fn finish(
+    logger: PushLogger,
+    job: &JobRequest,
+    timeout: Option<Duration>,
+) -> FlushReport {
     let mut opts = FinishOptions::new(job, UploadPolicy::Never);
     opts.timeout = timeout;
     logger.finish(&opts)

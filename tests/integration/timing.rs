@@ -197,11 +197,9 @@ fn stop_job_after(
         std::thread::spawn(move || run_job(&request, &options, &mut Shared(events), &stop))
     };
     assert!(
-        wait::until(WAIT, || events
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::CmdStarted { directive, .. } if directive == wait_for))),
+        wait::until(WAIT, || events.lock().unwrap().iter().any(
+            |e| matches!(e, Event::CmdStarted { directive, .. } if directive == wait_for)
+        )),
         "the job never reached {wait_for}"
     );
     std::thread::sleep(Duration::from_millis(300));

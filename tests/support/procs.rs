@@ -30,7 +30,10 @@ pub fn get(pid: u32) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     // The command name in parentheses may hold spaces and parentheses; the
     // fields after the last ')' are fixed.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
     let cmdline = std::fs::read(format!("{dir}/cmdline")).unwrap_or_default();
     Some(Proc {
         pid,
