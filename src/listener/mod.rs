@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
 use crate::config::Config;
+use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
-use crate::logs::{
-    FinishOptions, FlushReport, JobResult, PushLogger, PushOptions, TokenRefresher, UploadOutcome,
-    UploadPolicy,
-};
+use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -515,14 +513,10 @@ impl JobWork {
         let refresher = Box::new(ApiRefresher {
             api: self.api.clone(),
         });
-        let push = PushOptions {
-            spool_dir: self.options.tmp_dir.clone(),
-            flush_timeout: crate::logs::flush_timeout_from_env(&crate::logs::process_env),
-            ..PushOptions::default()
-        };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logger = match PushLogger::start(&request.logger, refresher, push) {
-            Ok(logger) => logger,
+        let mut logs = match JobLogs::start(&request, refresher, &self.options.tmp_dir, self.upload)
+        {
+            Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
                 return JobResult::Failed;
@@ -531,9 +525,8 @@ impl JobWork {
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, &mut logger, stop);
-        let report = logger.finish(&FinishOptions::new(&request, self.upload));
-        log_flush_report(&self.job_id, &report);
+        let result = run_job(&request, &self.options, &mut logs, stop);
+        logs.finish(&request);
         result
     }
 }
@@ -550,30 +543,6 @@ impl TokenRefresher for ApiRefresher {
         let token = self.api.refresh().map_err(|e| e.to_string())?;
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
-    }
-}
-
-fn log_flush_report(job_id: &str, report: &FlushReport) {
-    if report.trimmed {
-        log::warn!("Logs of job {job_id} were trimmed: the job used all its log space");
-    }
-    if report.dropped > 0 {
-        log::error!(
-            "{} log events of job {job_id} could not be written to the spool",
-            report.dropped
-        );
-    }
-    match &report.upload {
-        UploadOutcome::NotRequested => {}
-        UploadOutcome::Skipped { reason } => {
-            log::warn!("Job logs of {job_id} not uploaded: {reason}")
-        }
-        UploadOutcome::Uploaded { destination } => {
-            log::info!("Job logs of {job_id} uploaded as artifact {destination}")
-        }
-        UploadOutcome::Failed { reason } => {
-            log::error!("Uploading the job logs of {job_id} failed: {reason}")
-        }
     }
 }
 
