@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::support::agent::Agent;
 use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
 use crate::support::{self, is_state, job, procs, wait, Sandbox, WAIT};
-use serde_json::json;
 
 /// The agent against `hub` over plain HTTP, with `extra` arguments.
 fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {

@@ -3,10 +3,11 @@
 //! must never panic or hang; a bad job fails with a reason, a bad answer is
 //! an error that is retried or given up on clearly, and the agent goes on.
 
+use serde_json::json;
+
 use crate::support::agent::Agent;
 use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN};
 use crate::support::{b64, b64_bytes, job, Sandbox, WAIT};
-use serde_json::json;
 
 fn start(sandbox: &Sandbox, hub: &Hub, env: &[(&str, &str)]) -> Agent {
     Agent::start(sandbox, &hub.endpoint(), &["--no-https"], env)

@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::support::agent::Agent;
 use crate::support::hub::Hub;
 use crate::support::tls::{self_signed, ConnectProxy, TestCa, TlsFront};
 use crate::support::{is_state, wait, Sandbox, WAIT};
-use serde_json::json;
 
 /// Registers, syncs, runs one job (logs go to the hub over plain HTTP) and
 /// shuts down cleanly.

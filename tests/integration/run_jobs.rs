@@ -5,8 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use crate::support::{b64, b64_bytes, Sandbox};
 use serde_json::{json, Value};
+
+use crate::support::{b64, b64_bytes, Sandbox};
 
 /// One event with the timestamps left out; consecutive outputs merged.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use semaphore_agent::shell::{Shell, ShellError, ShellOptions};
+
 use crate::support::procs::{self, unique_sleep, Proc};
 use crate::support::wait;
-use semaphore_agent::shell::{Shell, ShellError, ShellOptions};
 
 pub(crate) struct Fixture {
     pub(crate) shell: Shell,
