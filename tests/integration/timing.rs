@@ -346,6 +346,15 @@ fn a_slow_server_does_not_slow_emit_down() {
     let dir = tempfile::tempdir().unwrap();
     let server = LogServer::spawn(TOKEN);
     server.set_delay(Some(answer_time));
+    // The events and their lines are made beforehand, so that on a busy
+    // machine the timed loop is emits only and still ends before the answer.
+    let events: Vec<_> = (1..20_001u64)
+        .map(|i| {
+            let e = output(format!("{i}\n"));
+            let line = e.to_json();
+            (e, line)
+        })
+        .collect();
     let mut pl = fast_logger(&server.url, dir.path());
     let mut digest = Digest::default();
     emit_numbers(&mut pl, 0, 1, &mut digest);
@@ -354,9 +363,8 @@ fn a_slow_server_does_not_slow_emit_down() {
     // it: each stays far below the 2 s answer time, and all of them are done
     // before that answer arrives.
     let mut slowest = Duration::ZERO;
-    for i in 1..20_001u64 {
-        let e = output(format!("{i}\n"));
-        digest.add(&e.to_json());
+    for (e, line) in events {
+        digest.add(&line);
         let t = Instant::now();
         pl.emit(e);
         slowest = slowest.max(t.elapsed());
