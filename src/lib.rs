@@ -10,9 +10,11 @@ pub mod config;
 pub mod events;
 pub mod executor;
 pub mod job;
+pub mod keys;
 pub mod listener;
 pub mod local;
 pub mod logs;
+pub mod net;
 pub mod output;
 pub mod platform;
 pub mod random;
@@ -22,6 +24,8 @@ pub mod shell;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod layers;
 
 /// The agent's version, sent as `SemaphoreAgent/<version>` and on register.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,7 +5,7 @@
 //! state machine ([`state`]), the wait between syncs (woken early by the job
 //! thread and by SIGTERM/SIGINT over one bounded channel), the job thread
 //! (fetch the job, run it, report the result), and shutdown (stop the job,
-//! disconnect, shutdown hook, exit code). Must not know how a job runs
+//! disconnect, shutdown hook; `main` picks the exit code). Must not know how a job runs
 //! (that is `crate::job`) nor how logs travel (`crate::logs`), and must never
 //! log a token.
 
@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
 use crate::config::Config;
+use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
-use crate::logs::{
-    FinishOptions, FlushReport, JobResult, PushLogger, PushOptions, TokenRefresher, UploadOutcome,
-    UploadPolicy,
-};
+use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -80,10 +78,38 @@ impl Default for ListenerOptions {
     }
 }
 
+/// Whether this build honours the `SEMAPHORE_AGENT_TEST_*` knobs: builds
+/// for tests only, i.e. the dev profile (`cargo test` builds the binary in
+/// it) or the `test-knobs` cargo feature. A release build ignores them, so
+/// nothing in a user's environment can shrink the agent's retries.
+pub const TEST_KNOBS_HONOURED: bool = cfg!(any(debug_assertions, feature = "test-knobs"));
+
+/// Prefix of the test-only knobs.
+const TEST_KNOB_PREFIX: &str = "SEMAPHORE_AGENT_TEST_";
+
+/// The largest value a test knob may take, in milliseconds (one hour):
+/// far above what a test needs and far below what would overflow a
+/// `Duration` sum or an `Instant` deadline.
+pub const MAX_TEST_KNOB_MS: u64 = 60 * 60 * 1000;
+
+/// The knobs, by the part of their name between the prefix and `_MS`.
+const TEST_KNOBS: &[&str] = &[
+    "REGISTER_DELAY",
+    "GET_JOB_DELAY",
+    "DISCONNECT_DELAY",
+    "SYNC_INTERVAL",
+    "MAX_SYNC_WAIT",
+    "UNABLE_TO_SYNC_AFTER",
+    "HTTP_TIMEOUT",
+];
+
 impl ListenerOptions {
-    /// The defaults, with test-only overrides read from the environment.
-    /// These variables are for the integration tests (so they need not
-    /// sleep through real retry delays); they are not a supported interface:
+    /// The defaults, with test-only overrides read from the environment in
+    /// builds that honour them ([`TEST_KNOBS_HONOURED`]). These variables
+    /// are for the integration tests (so they need not sleep through real
+    /// retry delays); they are not a supported interface. Each is whole
+    /// milliseconds from 0 to [`MAX_TEST_KNOB_MS`]; another value is logged
+    /// (naming it) and ignored.
     ///
     /// - `SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS`
     /// - `SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS`
@@ -93,36 +119,43 @@ impl ListenerOptions {
     /// - `SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS`
     /// - `SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS`
     pub fn from_env() -> ListenerOptions {
-        Self::from_lookup(&|name| std::env::var(name).ok())
+        Self::from_lookup(&|name| std::env::var(name).ok(), TEST_KNOBS_HONOURED)
     }
 
-    fn from_lookup(env: &dyn Fn(&str) -> Option<String>) -> ListenerOptions {
-        let ms = |name: &str| {
-            env(&format!("SEMAPHORE_AGENT_TEST_{name}_MS"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_millis)
-        };
+    fn from_lookup(env: &dyn Fn(&str) -> Option<String>, honoured: bool) -> ListenerOptions {
         let mut o = ListenerOptions::default();
-        if let Some(d) = ms("REGISTER_DELAY") {
-            o.register_delay = d;
-        }
-        if let Some(d) = ms("GET_JOB_DELAY") {
-            o.get_job_delay = d;
-        }
-        if let Some(d) = ms("DISCONNECT_DELAY") {
-            o.disconnect_delay = d;
-        }
-        if let Some(d) = ms("SYNC_INTERVAL") {
-            o.sync_interval = (d, d);
-        }
-        if let Some(d) = ms("MAX_SYNC_WAIT") {
-            o.max_sync_wait = d;
-        }
-        if let Some(d) = ms("UNABLE_TO_SYNC_AFTER") {
-            o.unable_to_sync_after = d;
-        }
-        if let Some(d) = ms("HTTP_TIMEOUT") {
-            o.http_timeout = d;
+        for &knob in TEST_KNOBS {
+            let var = format!("{TEST_KNOB_PREFIX}{knob}_MS");
+            let Some(text) = env(&var) else {
+                continue;
+            };
+            if !honoured {
+                log::warn!(
+                    "Ignoring {var}: test-only settings are not honoured by a release build"
+                );
+                continue;
+            }
+            let ms = match text.trim().parse::<u64>() {
+                Ok(ms) if ms <= MAX_TEST_KNOB_MS => ms,
+                _ => {
+                    log::error!(
+                        "Ignoring {var}='{text}': expected whole milliseconds from 0 to \
+                         {MAX_TEST_KNOB_MS}"
+                    );
+                    continue;
+                }
+            };
+            let d = Duration::from_millis(ms);
+            match knob {
+                "REGISTER_DELAY" => o.register_delay = d,
+                "GET_JOB_DELAY" => o.get_job_delay = d,
+                "DISCONNECT_DELAY" => o.disconnect_delay = d,
+                "SYNC_INTERVAL" => o.sync_interval = (d, d),
+                "MAX_SYNC_WAIT" => o.max_sync_wait = d,
+                "UNABLE_TO_SYNC_AFTER" => o.unable_to_sync_after = d,
+                "HTTP_TIMEOUT" => o.http_timeout = d,
+                _ => {}
+            }
         }
         o
     }
@@ -139,9 +172,30 @@ enum Wake {
     JobFinished(JobResult),
 }
 
-/// Runs `start` until the control plane (or a give-up) ends it; returns
-/// the process exit code. Call [`init_logging`] first.
-pub fn start(config: Config, options: ListenerOptions) -> i32 {
+/// Why `start` ended without the control plane ever taking the agent.
+#[derive(Debug)]
+pub enum ListenerError {
+    /// Registration failed every attempt; the last error. Already logged,
+    /// in the Go agent's words, when this is returned.
+    Register { attempts: u32, error: ApiError },
+}
+
+impl std::fmt::Display for ListenerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerError::Register { attempts, error } => {
+                write!(f, "registration failed after {attempts} attempts: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ListenerError {}
+
+/// Runs `start` until the control plane (or a give-up) ends it; returns why
+/// the agent shut down (`main` turns that into the exit code). Call
+/// [`init_logging`] first.
+pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason, ListenerError> {
     let started = Instant::now();
     log::info!("Starting Agent");
     let name = agent_name(&config);
@@ -180,7 +234,10 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
                 "Failed to register agent: [Register] failed after [{}] attempts - giving up: {e}",
                 options.register_attempts
             );
-            return 1;
+            return Err(ListenerError::Register {
+                attempts: options.register_attempts,
+                error: e,
+            });
         }
     };
     api.set_access_token(&answer.token);
@@ -212,7 +269,8 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
         last_successful_sync: Instant::now(),
     };
     let reason = listener.sync_loop();
-    listener.shutdown(reason)
+    listener.shutdown(reason);
+    Ok(reason)
 }
 
 /// The name `Config::validate` settled on (flag, `--name-from-env` or a
@@ -247,6 +305,17 @@ fn install_signal_handler(tx: SyncSender<Wake>, interrupted_at: Arc<AtomicU64>) 
     if let Err(e) = result {
         log::warn!("Could not install the SIGTERM/SIGINT handler: {e}");
     }
+}
+
+/// A random wait in `(low, high)`, both ends included, to the millisecond:
+/// the sync interval when the control plane names none. An empty or
+/// inverted range is `low`.
+fn random_between((low, high): (Duration, Duration)) -> Duration {
+    if high <= low {
+        return low;
+    }
+    let span = (high - low).as_millis() as u64;
+    low + Duration::from_millis(crate::random::u64() % (span + 1))
 }
 
 /// The job thread and how to stop it.
@@ -344,12 +413,7 @@ impl Listener {
     }
 
     fn default_interval(&self) -> Duration {
-        let (low, high) = self.options.sync_interval;
-        if high <= low {
-            return low;
-        }
-        let span = (high - low).as_millis() as u64;
-        low + Duration::from_millis(crate::random::u64() % (span + 1))
+        random_between(self.options.sync_interval)
     }
 
     fn spawn_job(&mut self, job_id: String) {
@@ -420,8 +484,8 @@ impl Listener {
         }
     }
 
-    /// Stops a live job, disconnects, runs the hook; returns the exit code.
-    fn shutdown(&mut self, reason: ShutdownReason) -> i32 {
+    /// Stops a live job, disconnects, runs the hook.
+    fn shutdown(&mut self, reason: ShutdownReason) {
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;
@@ -461,7 +525,6 @@ impl Listener {
             shutdown::run_hook(hook, reason, self.options.shutdown_hook_timeout);
         }
         log::info!("Agent shutting down due to: {reason}");
-        reason.exit_code()
     }
 }
 
@@ -509,14 +572,10 @@ impl JobWork {
         let refresher = Box::new(ApiRefresher {
             api: self.api.clone(),
         });
-        let push = PushOptions {
-            spool_dir: self.options.tmp_dir.clone(),
-            flush_timeout: crate::logs::flush_timeout_from_env(&crate::logs::process_env),
-            ..PushOptions::default()
-        };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logger = match PushLogger::start(&request.logger, refresher, push) {
-            Ok(logger) => logger,
+        let mut logs = match JobLogs::start(&request, refresher, &self.options.tmp_dir, self.upload)
+        {
+            Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
                 return JobResult::Failed;
@@ -525,9 +584,8 @@ impl JobWork {
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, &mut logger, stop);
-        let report = logger.finish(&FinishOptions::new(&request, self.upload));
-        log_flush_report(&self.job_id, &report);
+        let result = run_job(&request, &self.options, &mut logs, stop);
+        logs.finish(&request);
         result
     }
 }
@@ -544,30 +602,6 @@ impl TokenRefresher for ApiRefresher {
         let token = self.api.refresh().map_err(|e| e.to_string())?;
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
-    }
-}
-
-fn log_flush_report(job_id: &str, report: &FlushReport) {
-    if report.trimmed {
-        log::warn!("Logs of job {job_id} were trimmed: the job used all its log space");
-    }
-    if report.dropped > 0 {
-        log::error!(
-            "{} log events of job {job_id} could not be written to the spool",
-            report.dropped
-        );
-    }
-    match &report.upload {
-        UploadOutcome::NotRequested => {}
-        UploadOutcome::Skipped { reason } => {
-            log::warn!("Job logs of {job_id} not uploaded: {reason}")
-        }
-        UploadOutcome::Uploaded { destination } => {
-            log::info!("Job logs of {job_id} uploaded as artifact {destination}")
-        }
-        UploadOutcome::Failed { reason } => {
-            log::error!("Uploading the job logs of {job_id} failed: {reason}")
-        }
     }
 }
 
@@ -666,12 +700,15 @@ mod tests {
 
     #[test]
     fn test_overrides_come_from_the_environment() {
-        let o = ListenerOptions::from_lookup(&|name| match name {
-            "SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS" => Some("5".into()),
-            "SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS" => Some("200".into()),
-            "SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS" => Some("junk".into()),
-            _ => None,
-        });
+        let o = ListenerOptions::from_lookup(
+            &|name| match name {
+                "SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS" => Some("5".into()),
+                "SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS" => Some("200".into()),
+                "SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS" => Some("junk".into()),
+                _ => None,
+            },
+            true,
+        );
         assert_eq!(o.register_delay, Duration::from_millis(5));
         assert_eq!(
             o.sync_interval,
@@ -680,6 +717,59 @@ mod tests {
         assert_eq!(o.get_job_delay, Duration::from_secs(3));
         assert_eq!(o.register_attempts, 30);
         assert_eq!(o.disconnect_attempts, 100);
+    }
+
+    /// Every knob set to the largest `u64`, to one past the bound, or to
+    /// the bound itself: nothing overflows when the options are used the
+    /// way the listener uses them (deadlines, the HTTP client's timeouts).
+    #[test]
+    fn huge_test_knob_values_are_refused_and_nothing_overflows() {
+        let defaults = ListenerOptions::default();
+        let past = (MAX_TEST_KNOB_MS + 1).to_string();
+        for value in [u64::MAX.to_string(), past, "-1".into()] {
+            let o = ListenerOptions::from_lookup(
+                &|name| name.starts_with(TEST_KNOB_PREFIX).then(|| value.clone()),
+                true,
+            );
+            assert_eq!(o.http_timeout, defaults.http_timeout, "{value}");
+            assert_eq!(o.register_delay, defaults.register_delay, "{value}");
+            assert_eq!(o.sync_interval, defaults.sync_interval, "{value}");
+            assert_eq!(o.unable_to_sync_after, defaults.unable_to_sync_after);
+        }
+        let max = MAX_TEST_KNOB_MS.to_string();
+        let o = ListenerOptions::from_lookup(
+            &|name| name.starts_with(TEST_KNOB_PREFIX).then(|| max.clone()),
+            true,
+        );
+        let bound = Duration::from_millis(MAX_TEST_KNOB_MS);
+        assert_eq!(o.http_timeout, bound);
+        assert_eq!(o.sync_interval, (bound, bound));
+        let now = Instant::now();
+        for d in [
+            o.register_delay,
+            o.get_job_delay,
+            o.disconnect_delay,
+            o.max_sync_wait,
+            o.unable_to_sync_after,
+            o.http_timeout * 2,
+            sync_wait(u64::MAX, o.max_sync_wait, || o.sync_interval.1),
+        ] {
+            assert!(now.checked_add(d).is_some(), "{d:?}");
+        }
+        let _ = crate::net::http_agent("http://127.0.0.1:1", o.http_timeout);
+    }
+
+    #[test]
+    fn a_release_build_ignores_the_test_knobs() {
+        let o = ListenerOptions::from_lookup(
+            &|name| name.starts_with(TEST_KNOB_PREFIX).then(|| "5".to_string()),
+            false,
+        );
+        let defaults = ListenerOptions::default();
+        assert_eq!(o.register_delay, defaults.register_delay);
+        assert_eq!(o.sync_interval, defaults.sync_interval);
+        assert_eq!(o.http_timeout, defaults.http_timeout);
+        assert_eq!(o.unable_to_sync_after, defaults.unable_to_sync_after);
     }
 
     #[test]
@@ -719,7 +809,8 @@ mod tests {
         assert_eq!(sync_wait(300_001, max, default), max);
         assert_eq!(
             ListenerOptions::from_lookup(
-                &|n| (n == "SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS").then(|| "250".to_string())
+                &|n| (n == "SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS").then(|| "250".to_string()),
+                true,
             )
             .max_sync_wait,
             Duration::from_millis(250)
@@ -728,9 +819,33 @@ mod tests {
 
     #[test]
     fn default_interval_stays_in_range() {
-        for _ in 0..100 {
-            let v = crate::random::u64() % 3001;
-            assert!(v <= 3000);
+        let (low, high) = ListenerOptions::default().sync_interval;
+        assert_eq!(
+            (low, high),
+            (Duration::from_secs(3), Duration::from_secs(6))
+        );
+        let waits: Vec<Duration> = (0..1000).map(|_| random_between((low, high))).collect();
+        for w in &waits {
+            assert!(low <= *w && *w <= high, "{w:?} outside {low:?}..={high:?}");
         }
+        // Spread over the range, not stuck at one end: with 1000 draws from
+        // 3001 values, a miss of either outer sixth is practically impossible.
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*min < Duration::from_millis(3500), "never below {min:?}");
+        assert!(*max > Duration::from_millis(5500), "never above {max:?}");
+        // Whole milliseconds.
+        assert!(waits.iter().all(|w| w.subsec_nanos() % 1_000_000 == 0));
+        // Both ends come up, and nothing beyond them: in a range of three
+        // values, 1000 draws miss one with a chance of about 1e-176.
+        let small = (Duration::from_millis(10), Duration::from_millis(12));
+        let seen: std::collections::BTreeSet<u128> = (0..1000)
+            .map(|_| random_between(small).as_millis())
+            .collect();
+        assert_eq!(seen, [10, 11, 12].into());
+        // A fixed interval (the tests' SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS)
+        // and an inverted range are the low end.
+        let d = Duration::from_millis(100);
+        assert_eq!(random_between((d, d)), d);
+        assert_eq!(random_between((d, d / 2)), d);
     }
 }

@@ -22,18 +22,18 @@
 //! `target/windows/x86_64-pc-windows-gnu/release/semaphore-agent.exe`);
 //! without them the tests print why and pass, except with `CI=true`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::hub::{Hub, REGISTRATION_TOKEN};
-use support::{b64, Sandbox};
+use serde_json::json;
 
-/// Wine is slow to start processes; every wait is bounded by this.
+use crate::support::hub::{Hub, REGISTRATION_TOKEN};
+use crate::support::{b64, job, procs, Sandbox};
+
+/// Wine is slow to start processes (a second or more each); every wait
+/// here is bounded by this instead of `support::WAIT`.
 const WAIT: Duration = Duration::from_secs(90);
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
 
@@ -261,10 +261,6 @@ fn the_exe_prints_its_version_under_wine() {
     assert_eq!(out.trim_end(), env!("CARGO_PKG_VERSION"));
 }
 
-fn job(commands: &[&str]) -> Value {
-    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
-}
-
 fn finished_exit_codes(hub: &Hub, id: &str) -> Vec<(String, i64)> {
     hub.events(id)
         .iter()
@@ -278,21 +274,13 @@ fn finished_exit_codes(hub: &Hub, id: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// Processes whose command line mentions `needle` (wine runs Windows
-/// programs as Linux processes).
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if text.contains(needle) {
-                    found.push(text);
-                }
-            }
-        }
-    }
-    found
+/// The job commands still running: wine runs each Windows program as a
+/// Linux process whose command line is the Windows one.
+fn powershells() -> Vec<String> {
+    procs::running_containing("powershell.exe")
+        .into_iter()
+        .map(|p| p.cmdline)
+        .collect()
 }
 
 #[test]
@@ -302,6 +290,8 @@ fn start_registers_as_windows_runs_jobs_stops_one_and_shuts_down() {
         return;
     };
     let setup = Setup::new(wine);
+    // The .exe is a release build, which ignores the test-only knobs; the
+    // hub's `next_sync_after` (100 ms) keeps the syncs quick anyway.
     let hub = Hub::start();
     let stdout = std::fs::File::create(setup.sandbox.path("stdout")).unwrap();
     let stderr = std::fs::File::create(setup.sandbox.path("stderr")).unwrap();
@@ -317,10 +307,6 @@ fn start_registers_as_windows_runs_jobs_stops_one_and_shuts_down() {
             "--name",
             "wine-agent-under-test",
         ])
-        .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "10")
-        .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "10")
-        .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "10")
-        .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100")
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
@@ -422,7 +408,7 @@ fn start_registers_as_windows_runs_jobs_stops_one_and_shuts_down() {
         "the sleeping job never started"
     );
     assert!(
-        hub.wait_until(WAIT, |_| !processes_with("powershell.exe").is_empty()),
+        hub.wait_until(WAIT, |_| !powershells().is_empty()),
         "the stand-in never ran Start-Sleep"
     );
     hub.stop_job(&sleeper);
@@ -438,12 +424,9 @@ fn start_registers_as_windows_runs_jobs_stops_one_and_shuts_down() {
     );
     assert!(!hub.output(&sleeper).contains("woke"));
     assert!(
-        hub.wait_until(Duration::from_secs(10), |_| processes_with(
-            "powershell.exe"
-        )
-        .is_empty()),
+        hub.wait_until(Duration::from_secs(10), |_| powershells().is_empty()),
         "the stopped command outlived the stop: {:?}",
-        processes_with("powershell.exe")
+        powershells()
     );
 
     // The control plane asks the agent to shut down.

@@ -3,20 +3,11 @@
 //! must never panic or hang; a bad job fails with a reason, a bad answer is
 //! an error that is retried or given up on clearly, and the agent goes on.
 
-mod support;
+use serde_json::json;
 
-use std::time::Duration;
-
-use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN};
-use support::{b64, b64_bytes, Sandbox};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn job(commands: &[&str]) -> Value {
-    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
-}
+use crate::support::agent::Agent;
+use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN};
+use crate::support::{b64, b64_bytes, job, Sandbox, WAIT};
 
 fn start(sandbox: &Sandbox, hub: &Hub, env: &[(&str, &str)]) -> Agent {
     Agent::start(sandbox, &hub.endpoint(), &["--no-https"], env)
@@ -287,6 +278,44 @@ fn log_server_redirects_and_odd_answers_lose_nothing() {
         agent.log().contains("failed with status 307"),
         "{}",
         agent.log()
+    );
+    stop(&hub, agent);
+}
+
+/// A test-only duration knob at the largest `u64` used to overflow the HTTP
+/// timeout and abort the agent; now it is refused with a line naming the
+/// variable and the value, and the agent registers and syncs as usual.
+#[test]
+fn an_overflowing_duration_in_the_environment_is_refused_not_fatal() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let huge = u64::MAX.to_string();
+    let agent = start(
+        &sandbox,
+        &hub,
+        &[
+            ("SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS", huge.as_str()),
+            (
+                "SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS",
+                huge.as_str(),
+            ),
+        ],
+    );
+    assert!(
+        hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 2),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!(
+            "Ignoring SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS='{huge}'"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS"),
+        "{log}"
     );
     stop(&hub, agent);
 }
