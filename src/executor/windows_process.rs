@@ -200,13 +200,17 @@ impl Session {
             }
         };
         if let Err(e) = self.job.assign(child.as_raw_handle()) {
-            // Without the Job Object a stop could not reach the command's
-            // children; refuse to run it rather than lose them.
-            let _ = child.kill();
-            let _ = child.wait();
-            return RunEnd::Failed(format!(
-                "Failed to add the command to the job's Job Object: {e}"
-            ));
+            // A process that already ended cannot join a job (access
+            // denied); there is nothing left of it to contain.
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                // Without the Job Object a stop could not reach the
+                // command's children; refuse to run it rather than lose them.
+                let _ = child.kill();
+                let _ = child.wait();
+                return RunEnd::Failed(format!(
+                    "Failed to add the command to the job's Job Object: {e}"
+                ));
+            }
         }
         if stop.is_stopped() {
             self.job.terminate();

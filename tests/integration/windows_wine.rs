@@ -188,9 +188,26 @@ impl Setup {
             .spawn()
             .expect("run wineboot");
         let status = wait_child(&mut child, Duration::from_secs(180));
+        assert_eq!(status, Some(0), "wineboot failed");
+        // wineboot returns before the wine server wrote the registry out;
+        // `wineserver -w` waits for that.
+        let server = self.wine.wine.with_file_name("wineserver");
+        let mut child = Command::new(if server.is_file() {
+            server
+        } else {
+            PathBuf::from("wineserver")
+        })
+        .arg("-w")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", self.sandbox.home())
+        .env("WINEPREFIX", &self.wine.prefix)
+        .spawn()
+        .expect("run wineserver -w");
+        let status = wait_child(&mut child, Duration::from_secs(60));
         assert!(
             status == Some(0) && self.wine.prefix.join("system.reg").is_file(),
-            "wineboot did not create the prefix (status {status:?})"
+            "wineboot did not create the prefix (wineserver -w: {status:?})"
         );
     }
 
