@@ -319,9 +319,7 @@ impl Config {
         let endpoint = text(raw, Key::Endpoint)?
             .map(|(s, _)| s)
             .ok_or(ConfigError::MissingEndpoint)?;
-        let token = text(raw, Key::Token)?
-            .map(|(s, _)| s)
-            .ok_or(ConfigError::MissingToken)?;
+        let (token, token_origin) = text(raw, Key::Token)?.ok_or(ConfigError::MissingToken)?;
         let disconnect_after_idle_timeout = seconds(raw, Key::DisconnectAfterIdleTimeout)?;
         let interruption_grace_period = seconds(raw, Key::InterruptionGracePeriod)?;
         let env_vars = env_vars(raw)?;
@@ -329,6 +327,15 @@ impl Config {
         let (name, name_from_env) = agent_name(raw, env)?;
 
         let mut warnings = Vec::new();
+        if *token_origin == Origin::Flag {
+            // Every local user sees a command line in `ps`.
+            warnings.push(
+                "the registration token was given with --token, which every local user can \
+                 read in the process list; set SEMAPHORE_AGENT_TOKEN or 'token' in the \
+                 --config-file instead"
+                    .to_string(),
+            );
+        }
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
             if let Some(setting) = raw.get(key).filter(|s| !key.is_default(s)) {
                 warnings.push(format!(

@@ -636,3 +636,19 @@ fn mutated_config_files_never_panic() {
         }
     });
 }
+
+// ---- the token on the command line --------------------------------------
+
+#[test]
+fn a_token_flag_warns_and_points_to_the_env_var_without_showing_it() {
+    let c = load_ok("endpoint: e.example.com\n", &[], &["--token", TOKEN]);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_mentions(
+        &c.warnings[0],
+        &["--token", "SEMAPHORE_AGENT_TOKEN", "config-file"],
+    );
+    assert!(!c.warnings[0].contains(TOKEN), "{}", c.warnings[0]);
+    let env = [("SEMAPHORE_AGENT_TOKEN", TOKEN)];
+    let c = load_ok("endpoint: e.example.com\n", &env, &[]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
