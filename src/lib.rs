@@ -5,6 +5,7 @@
 //! `ARCHITECTURE.md` for the threads, the data flow and which module owns what.
 
 pub mod api;
+pub mod child_env;
 pub mod cli;
 pub mod config;
 pub mod events;

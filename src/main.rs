@@ -11,6 +11,11 @@ use semaphore_agent::local::{self, LocalRun};
 const EXIT_BAD_CONFIG: i32 = 2;
 
 fn main() {
+    // Before anything reads a token: a job of the same user must not be
+    // able to read the agent's memory or environment through /proc.
+    if !semaphore_agent::child_env::make_undumpable() {
+        eprintln!("semaphore-agent: warning: cannot make the process non-dumpable");
+    }
     let cli = Cli::from_env();
     let code = match cli.cmd {
         Command::Version(_) => {

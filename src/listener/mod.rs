@@ -142,6 +142,7 @@ enum Wake {
 pub fn start(config: Config, options: ListenerOptions) -> i32 {
     let started = Instant::now();
     log::info!("Starting Agent");
+    crate::child_env::forbid_value(&config.token);
     let name = agent_name(&config);
     set_log_name(&name);
 
@@ -181,6 +182,7 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
             return 1;
         }
     };
+    crate::child_env::forbid_value(&answer.token);
     api.set_access_token(&answer.token);
     let name = if answer.name.is_empty() {
         name
@@ -535,6 +537,7 @@ impl TokenRefresher for ApiRefresher {
     fn refresh(&mut self) -> Result<String, String> {
         log::info!("Refreshing token for current job logs...");
         let token = self.api.refresh().map_err(|e| e.to_string())?;
+        crate::child_env::forbid_value(&token);
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
     }

@@ -6,7 +6,7 @@
 //! agent log. Must not talk to the control plane.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
     ));
     let spawned = std::fs::File::create(&out_path).and_then(|out| {
         let err = out.try_clone()?;
-        Command::new("bash")
+        crate::child_env::command("bash")
             .arg(hook)
             .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
             .stdin(Stdio::null())

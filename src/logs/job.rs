@@ -36,6 +36,7 @@ impl JobLogs {
             flush_timeout: flush_timeout_from_env(&process_env),
             ..PushOptions::default()
         };
+        crate::child_env::forbid_value(&request.logger.token);
         let pusher = PushLogger::start(&request.logger, refresher, options)?;
         Ok(JobLogs { pusher, upload })
     }

@@ -240,7 +240,7 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
     } else {
         ARTIFACT_DESTINATION.to_string()
     };
-    let mut command = Command::new(&artifact);
+    let mut command = crate::child_env::command(&artifact);
     command
         .arg("push")
         .arg("job")

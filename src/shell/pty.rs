@@ -236,6 +236,8 @@ impl Shell {
             return Err(start_err("starting the job's shell", &"empty command"));
         };
         let child = Command::new(program)
+            .env_clear()
+            .envs(crate::child_env::vars())
             .args(args)
             .current_dir(&opts.home)
             .env("HOME", &opts.home)

@@ -1,0 +1,144 @@
+//! Issue 9: nothing of the agent leaks into jobs. The real `start` against
+//! the fake control plane (tests/support/hub.rs): what every child process
+//! sees (the job's bash, a hook, the shutdown hook, a stand-in for the
+//! `artifact` CLI), and the files the agent makes in shared places.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::agent::Agent;
+use support::hub::{Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
+use support::Sandbox;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |s: &Value| s["state"] == state
+}
+
+/// `text` (what a child printed with `env`) shows no agent setting other
+/// than those in `allowed`, and no token.
+#[track_caller]
+fn assert_clean(what: &str, text: &str, allowed: &[&str]) {
+    assert!(text.contains("PATH="), "{what} printed no environment:\n{text}");
+    for line in text.lines() {
+        if let Some(at) = line.find("SEMAPHORE_AGENT_") {
+            let name = line[at..].split('=').next().unwrap_or_default();
+            assert!(allowed.contains(&name), "{what} sees {name}:\n{text}");
+        }
+    }
+    for secret in [REGISTRATION_TOKEN, ACCESS_TOKEN, "log-token-"] {
+        assert!(!text.contains(secret), "{what} sees {secret}:\n{text}");
+    }
+}
+
+/// A `SEMAPHORE_AGENT_TOKEN` in the agent's environment (and a copy of the
+/// token under another name) reaches none of the processes the agent
+/// starts: the job's commands, the pre-job hook, the shutdown hook and the
+/// `artifact` CLI (a stand-in script that records its environment).
+#[test]
+fn no_agent_setting_or_token_reaches_any_child_process() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let bin = sandbox.path("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // Stand-in for the artifact CLI: records what it was given.
+    let artifact_env = sandbox.path("artifact-env");
+    std::fs::write(
+        bin.join("artifact"),
+        format!("#!/bin/sh\nenv > '{}'\n", artifact_env.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("artifact"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hook_env = sandbox.path("shutdown-hook-env");
+    let shutdown_hook = sandbox.write(
+        "shutdown-hook.sh",
+        &format!("env > '{}'\n", hook_env.display()),
+    );
+    let pre_hook = sandbox.write("pre-hook.sh", "echo pre-hook-env-start\nenv\n");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let endpoint = hub.endpoint();
+    let mut agent = Agent::spawn(
+        &sandbox,
+        &[
+            "start",
+            "--endpoint",
+            &endpoint,
+            "--no-https",
+            "--name",
+            "agent-under-test",
+            "--upload-job-logs",
+            "always",
+            "--shutdown-hook-path",
+            &shutdown_hook.display().to_string(),
+            "--pre-job-hook-path",
+            &pre_hook.display().to_string(),
+        ],
+        &[
+            ("SEMAPHORE_AGENT_TOKEN", REGISTRATION_TOKEN),
+            ("COPY_OF_THE_TOKEN", REGISTRATION_TOKEN),
+            ("PATH", &path),
+        ],
+    );
+    let b64 = support::b64;
+    let id = hub.queue_job(json!({
+        "env_vars": [
+            {"name": "SEMAPHORE_ARTIFACT_TOKEN", "value": b64("artifact-secret")},
+            {"name": "SEMAPHORE_ORGANIZATION_URL", "value": b64("https://org.example")},
+        ],
+        "commands": [
+            {"directive": "echo job-env-start; env"},
+            {"directive": "tr '\\0' '\\n' < /proc/$$/environ"},
+        ],
+    }));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    let output = hub.output(&id);
+    assert!(output.contains("pre-hook-env-start"), "{output}");
+    assert!(output.contains("job-env-start"), "{output}");
+    assert_clean("the job", &output, &[]);
+    let artifact = std::fs::read_to_string(&artifact_env).expect("the artifact CLI ran");
+    assert_clean("the artifact CLI", &artifact, &[]);
+    assert!(artifact.contains("SEMAPHORE_ARTIFACT_TOKEN=artifact-secret"));
+
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let hook = std::fs::read_to_string(&hook_env).expect("the shutdown hook ran");
+    assert_clean(
+        "the shutdown hook",
+        &hook,
+        &["SEMAPHORE_AGENT_SHUTDOWN_REASON"],
+    );
+    assert!(hook.contains("SEMAPHORE_AGENT_SHUTDOWN_REASON=REQUESTED"));
+}
+
+/// `--token` on the command line works but is warned about, pointing to
+/// the safer places, without showing the token.
+#[test]
+fn a_token_on_the_command_line_gets_a_warning() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub.endpoint(), &["--no-https"], &[]);
+    assert!(hub.wait_for_sync(WAIT, is_state("waiting-for-jobs")));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let log = agent.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("--token"))
+        .unwrap_or_else(|| panic!("no --token warning:\n{log}"));
+    assert!(warning.contains("SEMAPHORE_AGENT_TOKEN"), "{warning}");
+    assert!(!log.contains(REGISTRATION_TOKEN), "{log}");
+}
+
+#[allow(dead_code)]
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
