@@ -16,6 +16,7 @@ pub mod local;
 pub mod logs;
 pub mod net;
 pub mod output;
+pub mod private_tmp;
 pub mod random;
 pub mod request;
 pub mod shell;

@@ -138,7 +138,85 @@ fn a_token_on_the_command_line_gets_a_warning() {
     assert!(!log.contains(REGISTRATION_TOKEN), "{log}");
 }
 
-#[allow(dead_code)]
 fn mode_of(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The entries of the sandbox's TMPDIR named `semaphore-agent-*`.
+fn agent_dirs(sandbox: &Sandbox) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(sandbox.tmp())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("semaphore-agent-"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A job that removes the agent's temp dir and puts an open (0777) one at
+/// the same name does not get the agent to use that one: the agent makes a
+/// new private dir with a new name and the job goes on.
+#[test]
+fn a_removed_temp_dir_is_remade_privately_and_never_reused() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(&sandbox, &hub.endpoint(), &["--no-https"], &[]);
+    let id = hub.queue_job(json!({ "commands": [
+        {"directive": "old=$(ls -d \"$TMPDIR\"/semaphore-agent-*); rm -rf \"$old\"; mkdir -m 777 \"$old\""},
+        {"directive": "echo still-running"},
+    ]}));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    assert!(hub.output(&id).contains("still-running\n"));
+    let id = hub.queue_job(json!({ "commands": [{"directive": "echo second-job"}] }));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    let dirs = agent_dirs(&sandbox);
+    let open: Vec<_> = dirs.iter().filter(|d| mode_of(d) == 0o777).collect();
+    assert_eq!(open.len(), 1, "{dirs:?}");
+    let inside: Vec<_> = std::fs::read_dir(open[0]).unwrap().flatten().collect();
+    assert!(inside.is_empty(), "the agent used the job's dir: {inside:?}");
+    let private: Vec<_> = dirs.iter().filter(|d| mode_of(d) == 0o700).collect();
+    assert_eq!(private.len(), 1, "{dirs:?}");
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+/// The default agent log, `<tmp>/agent_log`, has a fixed name in a shared
+/// directory: a symlink planted there is not followed; the agent says why
+/// and exits with the configuration error code.
+#[test]
+fn a_symlink_planted_at_the_default_agent_log_is_not_followed() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let victim = sandbox.write("victim", "keep\n");
+    std::os::unix::fs::symlink(&victim, sandbox.tmp().join("agent_log")).unwrap();
+    let mut child = sandbox
+        .agent()
+        .env_remove("SEMAPHORE_AGENT_LOG_FILE_PATH")
+        .env("SEMAPHORE_AGENT_TOKEN", REGISTRATION_TOKEN)
+        .args(["start", "--endpoint", &hub.endpoint(), "--no-https"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(sandbox.path("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(sandbox.path("stderr")).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
+    assert!(stderr.contains("agent_log") && stderr.contains("symlink"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
 }

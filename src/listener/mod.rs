@@ -509,9 +509,17 @@ impl JobWork {
         let refresher = Box::new(ApiRefresher {
             api: self.api.clone(),
         });
+        // The spool (and the plain-text log for the artifact CLI) goes to
+        // the agent's private temp dir.
+        let spool_dir = match crate::private_tmp::dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                log::error!("Could not construct job {}: no private temp dir: {e}", self.job_id);
+                return JobResult::Failed;
+            }
+        };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logs = match JobLogs::start(&request, refresher, &self.options.tmp_dir, self.upload)
-        {
+        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.upload) {
             Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
