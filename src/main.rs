@@ -52,7 +52,11 @@ fn main() {
                         for warning in &config.warnings {
                             log::warn!("{warning}");
                         }
-                        log::debug!("Configuration:\n{}", config.redacted_summary());
+                        // One line per setting: the agent log escapes line breaks.
+                        log::debug!("Configuration:");
+                        for line in config.redacted_summary().lines() {
+                            log::debug!("  {line}");
+                        }
                         listener::start(config, listener::ListenerOptions::from_env())
                     }
                     Err(err) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::agent::Agent;
-use support::hub::{Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
+use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
 use support::Sandbox;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -219,4 +219,88 @@ fn a_symlink_planted_at_the_default_agent_log_is_not_followed() {
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
     assert!(stderr.contains("agent_log") && stderr.contains("symlink"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+}
+
+/// `{:?}` of every type that holds a token, an env var value or a file's
+/// content shows no value (issue 9: redacted by hand, not derived).
+#[test]
+fn debug_output_never_shows_a_secret() {
+    use semaphore_agent::api::RegisterResponse;
+    use semaphore_agent::job::JobOptions;
+    use semaphore_agent::request::{EnvVar, File, JobRequest, Logger};
+    use semaphore_agent::shell::ShellOptions;
+    const SECRET: &str = "sentinel-secret-value";
+    let encoded = support::b64(SECRET);
+    let request = JobRequest {
+        env_vars: vec![EnvVar {
+            name: "VISIBLE_NAME".into(),
+            value: encoded.clone(),
+        }],
+        files: vec![File {
+            path: "/visible/path".into(),
+            content: encoded.clone(),
+            mode: "0600".into(),
+        }],
+        logger: Logger {
+            method: "push".into(),
+            url: "http://127.0.0.1/logs".into(),
+            token: SECRET.into(),
+            max_size_in_bytes: 0,
+        },
+        ..JobRequest::default()
+    };
+    let texts = [
+        format!("{request:?}"),
+        format!(
+            "{:?}",
+            RegisterResponse {
+                name: "n".into(),
+                token: SECRET.into(),
+            }
+        ),
+        format!(
+            "{:?}",
+            JobOptions {
+                env_vars: vec![("VISIBLE_NAME".into(), SECRET.into())],
+                ..JobOptions::default()
+            }
+        ),
+        format!(
+            "{:?}",
+            ShellOptions {
+                home: "/h".into(),
+                env: vec![("VISIBLE_NAME".into(), SECRET.into())],
+            }
+        ),
+    ];
+    for text in &texts {
+        assert!(!text.contains(SECRET) && !text.contains(&encoded), "{text}");
+    }
+    assert!(texts[0].contains("VISIBLE_NAME") && texts[0].contains("/visible/path"));
+    assert!(texts[2].contains("VISIBLE_NAME") && texts[3].contains("VISIBLE_NAME"));
+}
+
+/// Strings from the control plane (an unknown action, a job id) cannot
+/// start a line of their own in the agent log.
+#[test]
+fn control_plane_strings_cannot_forge_agent_log_lines() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let forged = "FORGED-LINE : Job x finished with result passed";
+    for body in [
+        format!(r#"{{"action":"dance\n{forged}"}}"#),
+        format!(r#"{{"action":"stop-job","job_id":"other\r\n{forged}"}}"#),
+    ] {
+        hub.fail(Endpoint::Sync, 1, Fault::Body(body));
+    }
+    let mut agent = Agent::start(&sandbox, &hub.endpoint(), &["--no-https"], &[]);
+    assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 4));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let log = agent.log();
+    assert!(log.contains("dance"), "the unknown action is not logged:\n{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("FORGED-LINE"), "forged line:\n{log}");
+        assert!(!line.contains('\r'), "carriage return:\n{log}");
+    }
 }

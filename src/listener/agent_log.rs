@@ -74,10 +74,13 @@ pub fn init_logging() -> Result<PathBuf, AgentLogError> {
         .format(|buf, record| {
             let name = LOG_NAME.lock().map(|n| n.clone()).unwrap_or_default();
             let stamp = stamp_milli(std::time::SystemTime::now());
+            // One record, one line: what the control plane or a hook sent
+            // cannot start a line of its own.
+            let message = escape_controls(&record.args().to_string());
             if name.is_empty() {
-                writeln!(buf, "{stamp} : {}", record.args())
+                writeln!(buf, "{stamp} : {message}")
             } else {
-                writeln!(buf, "{stamp} {name} : {}", record.args())
+                writeln!(buf, "{stamp} {name} : {message}")
             }
         })
         .try_init();
@@ -129,8 +132,34 @@ pub fn set_log_name(name: &str) {
         None => name.to_string(),
     };
     if let Ok(mut current) = LOG_NAME.lock() {
-        *current = shown;
+        *current = escape_controls(&shown);
     }
+}
+
+/// `text` with every control character (and the Unicode line and
+/// paragraph separators) written as an escape, so it stays on one line and
+/// cannot move the cursor of a terminal showing the log: `\n`, `\r`,
+/// `\t`, else `\u{..}`.
+pub fn escape_controls(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
@@ -261,5 +290,20 @@ mod tests {
         } else {
             println!("skipped the foreign-owner case: chown needs root");
         }
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_line() {
+        let forged = "job-1\nNov 29 22:00:00.000 agent : Job passed\r\u{1b}[2K\u{2028}x";
+        let escaped = escape_controls(forged);
+        assert_eq!(
+            escaped,
+            "job-1\\nNov 29 22:00:00.000 agent : Job passed\\r\\u{1b}[2K\\u{2028}x"
+        );
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert_eq!(escape_controls("plain text"), "plain text");
+        set_log_name("evil\nname");
+        assert_eq!(*LOG_NAME.lock().unwrap(), "evil\\nname");
+        set_log_name("");
     }
 }

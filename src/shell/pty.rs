@@ -71,12 +71,23 @@ const QUEUE_DEPTH: usize = 64;
 /// How often the reader thread looks at its quit flag while the PTY is idle.
 const READER_POLL_MS: libc::c_int = 100;
 
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows the variables' names only.
+#[derive(Clone, Default)]
 pub struct ShellOptions {
     /// The job's working directory and HOME.
     pub home: PathBuf,
     /// Extra environment for bash, on top of the agent's own.
     pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ShellOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ShellOptions")
+            .field("home", &self.home)
+            .field("env (values redacted)", &names)
+            .finish()
+    }
 }
 
 /// How the PTY's bash is reached when it is not the host's login bash: a
