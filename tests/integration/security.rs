@@ -3,22 +3,15 @@
 //! sees (the job's bash, a hook, the shutdown hook, a stand-in for the
 //! `artifact` CLI), and the files the agent makes in shared places.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
-use support::Sandbox;
+use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
-    move |s: &Value| s["state"] == state
-}
+use crate::support::agent::Agent;
+use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
+use crate::support::{self, is_state, Sandbox, WAIT};
 
 /// `text` (what a child printed with `env`) shows no agent setting other
 /// than those in `allowed`, and no token.
