@@ -96,6 +96,11 @@ pub struct StartArgs {
     /// host:dest files injected into docker compose jobs (repeatable, comma-separated)
     #[argh(option)]
     pub files: Vec<String>,
+    /// env var name globs whose values are masked in job logs (repeatable,
+    /// comma-separated; default *_PASSWORD, *_SECRET, *_TOKEN, ...; '' turns
+    /// masking off)
+    #[argh(option)]
+    pub redact_env_vars: Vec<String>,
     /// fail the job if a --files host path is missing
     #[argh(switch)]
     pub fail_on_missing_files: bool,
@@ -156,6 +161,7 @@ impl fmt::Debug for StartArgs {
             .field("interruption_grace_period", &self.interruption_grace_period)
             .field("env_vars", &env_var_names(&self.env_vars))
             .field("files", &self.files)
+            .field("redact_env_vars", &self.redact_env_vars)
             .field("fail_on_missing_files", &self.fail_on_missing_files)
             .field("upload_job_logs", &self.upload_job_logs)
             .field(

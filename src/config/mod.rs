@@ -55,6 +55,9 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
+    /// Env var name globs whose values are masked in job logs; empty turns
+    /// masking of env vars off (the agent's tokens are always masked).
+    pub redact_env_vars: Vec<String>,
     /// Messages about accepted-but-ignored settings (the Kubernetes
     /// executor's keys set to something other than their default).
     pub warnings: Vec<String>,
@@ -366,6 +369,13 @@ impl Config {
             fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
+            redact_env_vars: match list(raw, Key::RedactEnvVars) {
+                None => crate::mask::DEFAULT_PATTERNS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+                Some((items, _)) => items.into_iter().filter(|p| !p.is_empty()).collect(),
+            },
             warnings,
         })
     }
@@ -412,6 +422,7 @@ impl Config {
                 "interruption-grace-period",
                 self.interruption_grace_period.to_string(),
             ),
+            ("redact-env-vars", self.redact_env_vars.join(", ")),
         ];
         let mut out = String::new();
         for (key, value) in lines {

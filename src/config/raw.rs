@@ -92,6 +92,7 @@ define_keys! {
     UploadJobLogs / upload_job_logs = "upload-job-logs": Str, true;
     FailOnPreJobHookError / fail_on_pre_job_hook_error = "fail-on-pre-job-hook-error": Bool, true;
     SourcePreJobHook / source_pre_job_hook = "source-pre-job-hook": Bool, true;
+    RedactEnvVars / redact_env_vars = "redact-env-vars": List, true;
     KubernetesExecutor / kubernetes_executor = "kubernetes-executor": Bool, false;
     KubernetesPodSpec / kubernetes_pod_spec = "kubernetes-pod-spec": Str, false;
     KubernetesAllowedImages / kubernetes_allowed_images = "kubernetes-allowed-images": List, false;
@@ -336,6 +337,7 @@ impl RawConfig {
         let lists = [
             (Key::EnvVars, &args.env_vars),
             (Key::Files, &args.files),
+            (Key::RedactEnvVars, &args.redact_env_vars),
             (
                 Key::KubernetesAllowedImages,
                 &args.kubernetes_allowed_images,

@@ -173,6 +173,10 @@ fn every_key_reads_its_env_var() {
         fail_on_pre_job_hook_error: true,
         source_pre_job_hook: true,
         interruption_grace_period: 7,
+        redact_env_vars: crate::mask::DEFAULT_PATTERNS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
         warnings: vec![],
     };
     assert_eq!(c, expected);
@@ -651,4 +655,17 @@ fn a_token_flag_warns_and_points_to_the_env_var_without_showing_it() {
     let env = [("SEMAPHORE_AGENT_TOKEN", TOKEN)];
     let c = load_ok("endpoint: e.example.com\n", &env, &[]);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn redact_env_vars_defaults_to_the_buildkite_like_patterns_and_can_be_emptied() {
+    let c = load_ok(BASE, &[], &[]);
+    assert!(c.redact_env_vars.iter().any(|p| p == "*_TOKEN"), "{:?}", c.redact_env_vars);
+    let c = load_ok(&format!("{BASE}redact-env-vars: []\n"), &[], &[]);
+    assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
+    let env = [("SEMAPHORE_AGENT_REDACT_ENV_VARS", "MY_*,OTHER")];
+    let c = load_ok(&format!("{BASE}redact-env-vars: [A]\n"), &env, &[]);
+    assert_eq!(c.redact_env_vars, ["MY_*", "OTHER"]);
+    let c = load_ok(BASE, &env, &["--redact-env-vars", ""]);
+    assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
 }
