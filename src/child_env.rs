@@ -47,6 +47,19 @@ pub fn forbid_value(secret: &str) {
     }
 }
 
+/// The tokens registered with [`forbid_value`], for masking them in job
+/// logs.
+pub fn tokens() -> Vec<String> {
+    SECRETS
+        .lock()
+        .map(|s| {
+            s.iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The environment for a child: the agent's own, filtered by [`filter`].
 /// Callers start from an empty environment (`env_clear`) and add these,
 /// then their own variables.

@@ -10,8 +10,8 @@ const LAYERS: &[&[&str]] = &[
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
     &["random", "events", "request", "output", "net", "child_env"],
-    // The agent's private temp dir and file creation.
-    &["private_tmp"],
+    // The agent's private temp dir and file creation; job log masking.
+    &["private_tmp", "mask"],
     // The PTY shell.
     &["shell"],
     // How a job's commands run; where its events go.

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod job;
 pub mod listener;
 pub mod local;
+pub mod mask;
 pub mod logs;
 pub mod net;
 pub mod output;

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
+use crate::mask::Masker;
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -381,6 +382,7 @@ impl Listener {
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
             upload: self.config.upload_job_logs,
+            redact_env_vars: self.config.redact_env_vars.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -481,6 +483,8 @@ struct JobWork {
     get_job_attempts: u32,
     get_job_delay: Duration,
     upload: UploadPolicy,
+    /// The `redact-env-vars` globs.
+    redact_env_vars: Vec<String>,
 }
 
 impl JobWork {
@@ -534,8 +538,19 @@ impl JobWork {
         };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
+        // Secrets are masked before anything reaches the spool, so the
+        // pushed log and the uploaded artifact log are both masked.
+        let secrets = crate::mask::secrets_for(
+            &request,
+            &self.options.env_vars,
+            &self.redact_env_vars,
+            &crate::child_env::tokens(),
+        );
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, &mut logs, stop);
+        let result = {
+            let mut masked = Masker::new(&mut logs, secrets);
+            run_job(&request, &self.options, &mut masked, stop)
+        };
         logs.finish(&request);
         result
     }

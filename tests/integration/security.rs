@@ -297,3 +297,73 @@ fn control_plane_strings_cannot_forge_agent_log_lines() {
         assert!(!line.contains('\r'), "carriage return:\n{log}");
     }
 }
+
+/// Values of env vars named like secrets, and the agent's tokens, are
+/// `[REDACTED]` in the pushed log and in the uploaded artifact log: whole,
+/// split across two output chunks, inside a `set -x` trace; short values
+/// and other variables are left alone.
+#[test]
+fn secrets_are_masked_in_the_pushed_and_the_uploaded_log() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let bin = sandbox.path("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // Stand-in for the artifact CLI: keeps a copy of the uploaded file.
+    let uploaded = sandbox.path("uploaded");
+    std::fs::write(
+        bin.join("artifact"),
+        format!("#!/bin/sh\ncp \"$3\" '{}'\n", uploaded.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("artifact"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut agent = Agent::start(
+        &sandbox,
+        &hub.endpoint(),
+        &["--no-https", "--upload-job-logs", "always"],
+        &[("PATH", &path)],
+    );
+    let b64 = support::b64;
+    let secret = "ghp-sentinel-9a8b7c6d";
+    let id = hub.queue_job(json!({
+        "env_vars": [
+            {"name": "GITHUB_TOKEN", "value": b64(secret)},
+            {"name": "SHORT_TOKEN", "value": b64("abc12")},
+            {"name": "PLAIN_VALUE", "value": b64("plain-visible-value")},
+            {"name": "SEMAPHORE_ARTIFACT_TOKEN", "value": b64("artifact-secret")},
+            {"name": "SEMAPHORE_ORGANIZATION_URL", "value": b64("https://org.example")},
+        ],
+        "commands": [
+            {"directive": "echo \"whole:$GITHUB_TOKEN:end\""},
+            {"directive": "printf 'split:%s' \"${GITHUB_TOKEN:0:8}\"; sleep 0.5; printf '%s:end\\n' \"${GITHUB_TOKEN:8}\""},
+            {"directive": "set -x; echo \"traced:$GITHUB_TOKEN\"; set +x"},
+            {"directive": format!("echo 'registration:{REGISTRATION_TOKEN}'")},
+            {"directive": "echo \"short:$SHORT_TOKEN plain:$PLAIN_VALUE\""},
+        ],
+    }));
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    let output = hub.output(&id);
+    for expected in [
+        "whole:[REDACTED]:end\n",
+        "split:[REDACTED]:end\n",
+        "traced:[REDACTED]\n",
+        "registration:[REDACTED]\n",
+        "short:abc12 plain:plain-visible-value\n",
+    ] {
+        assert!(output.contains(expected), "no {expected:?} in:\n{output}");
+    }
+    let uploaded = std::fs::read_to_string(&uploaded).expect("the artifact CLI ran");
+    for text in [&output, &uploaded] {
+        assert!(!text.contains(secret), "{text}");
+        assert!(!text.contains("ghp-sent"), "a part leaked: {text}");
+        assert!(!text.contains(REGISTRATION_TOKEN), "{text}");
+        assert!(!text.contains("artifact-secret"), "{text}");
+    }
+    assert!(uploaded.contains("whole:[REDACTED]:end"), "{uploaded}");
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
