@@ -13,6 +13,9 @@
 //! - `PushLogger alone`: the file emitted straight into a `PushLogger` (no
 //!   shell), one event per line or per 4 KiB, to separate the logger's cost
 //!   from the PTY's
+//! - `(masked)`: the same through the job log `Masker` with five secrets
+//!   (one of which the output holds every 1000 lines), as `start` runs jobs;
+//!   the target is masked throughput >= 0.9x unmasked
 
 #[path = "../tests/support/logserver.rs"]
 #[allow(dead_code)]
@@ -28,6 +31,7 @@ use semaphore_agent::job::{run_job, JobOptions, JobStop};
 use semaphore_agent::logs::{
     Event, EventSink, FinishOptions, PushLogger, PushOptions, UploadPolicy,
 };
+use semaphore_agent::mask::Masker;
 
 const TOKEN: &str = "bench-token";
 
@@ -52,7 +56,13 @@ fn main() {
         events: None,
         note: String::new(),
     }];
-    for mode in ["job", "logger", "logger4k"] {
+    for mode in [
+        "job",
+        "job-masked",
+        "logger",
+        "logger4k",
+        "logger4k-masked",
+    ] {
         rows.push(agent_row(mode, &file, dir.path()));
     }
 
@@ -82,6 +92,18 @@ fn main() {
     }
     println!();
     println!("ratio = bare PTY time / path time (target >= 0.8); peak RSS target < 20 MB");
+    let secs_of = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.secs);
+    for (plain, masked) in [
+        ("job via PTY + PushLogger", "job via PTY + PushLogger (masked)"),
+        (
+            "PushLogger alone (4 KiB events)",
+            "PushLogger alone (4 KiB events) (masked)",
+        ),
+    ] {
+        if let (Some(p), Some(m)) = (secs_of(plain), secs_of(masked)) {
+            println!("masked / unmasked throughput, {plain}: {:.2} (target >= 0.9)", p / m);
+        }
+    }
     let latencies = line_latencies(dir.path(), 5);
     println!(
         "latency of one line printed by an idle job to the server (5 tries): max {:.0} ms, \
@@ -218,11 +240,16 @@ fn agent_row(mode: &str, file: &Path, dir: &Path) -> Row {
     if server.count() != total || delivered != total {
         note.push_str(" INCOMPLETE");
     }
+    let base = match mode.trim_end_matches("-masked") {
+        "job" => "job via PTY + PushLogger",
+        "logger4k" => "PushLogger alone (4 KiB events)",
+        _ => "PushLogger alone (line events)",
+    };
     Row {
-        name: match mode {
-            "job" => "job via PTY + PushLogger".into(),
-            "logger4k" => "PushLogger alone (4 KiB events)".into(),
-            _ => "PushLogger alone (line events)".into(),
+        name: if mode.ends_with("-masked") {
+            format!("{base} (masked)")
+        } else {
+            base.to_string()
         },
         secs,
         rss_kb,
@@ -269,7 +296,21 @@ fn agent_child(args: &[String]) -> i32 {
     };
     let mut job_secs = 0.0;
     let mut result = "n/a".to_string();
-    match mode.as_str() {
+    let secrets = if mode.ends_with("-masked") {
+        // The last one is in every thousandth line of the output.
+        vec![
+            "ghp-0123456789abcdefghij".to_string(),
+            "AKIA-not-in-the-output-1".to_string(),
+            "postgres://user:pw@db/x".to_string(),
+            "bench-token".to_string(),
+            "999 the quick brown".to_string(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let mut masker = Masker::new(&mut push, secrets);
+    let sink: &mut dyn EventSink = &mut masker;
+    match mode.trim_end_matches("-masked") {
         "job" => {
             let home = dir.join("home");
             let _ = std::fs::create_dir_all(&home);
@@ -278,7 +319,7 @@ fn agent_child(args: &[String]) -> i32 {
                 tmp_dir: dir.clone(),
                 ..JobOptions::default()
             };
-            result = run_job(&job, &opts, &mut push, &JobStop::new()).to_string();
+            result = run_job(&job, &opts, sink, &JobStop::new()).to_string();
             job_secs = started.elapsed().as_secs_f64();
         }
         "logger4k" => {
@@ -290,7 +331,7 @@ fn agent_child(args: &[String]) -> i32 {
                 if n == 0 {
                     break;
                 }
-                push.emit(Event::CmdOutput {
+                sink.emit(Event::CmdOutput {
                     timestamp: 1,
                     output: String::from_utf8_lossy(&buf[..n]).into_owned(),
                 });
@@ -300,13 +341,15 @@ fn agent_child(args: &[String]) -> i32 {
             let reader = BufReader::with_capacity(64 * 1024, std::fs::File::open(&file).unwrap());
             for line in reader.lines() {
                 let Ok(line) = line else { break };
-                push.emit(Event::CmdOutput {
+                sink.emit(Event::CmdOutput {
                     timestamp: 1,
                     output: line + "\n",
                 });
             }
         }
     }
+    // Passes on what the masker still holds.
+    drop(masker);
     let emit_secs = started.elapsed().as_secs_f64();
     let mut finish = FinishOptions::new(&job, UploadPolicy::Never);
     finish.timeout = Some(Duration::from_secs(120));

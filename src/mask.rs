@@ -131,8 +131,8 @@ impl<'a> Masker<'a> {
         }
     }
 
-    fn mask(&self, text: &str) -> String {
-        let mut text = text.to_string();
+    /// `text` with every secret replaced; not copied when it holds none.
+    fn mask(&self, mut text: String) -> String {
         for secret in &self.secrets {
             if text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), REDACTED);
@@ -178,9 +178,8 @@ impl EventSink for Masker<'_> {
                     joined.push_str(&output);
                     joined
                 };
-                let masked = self.mask(&joined);
+                let mut masked = self.mask(joined);
                 let cut = self.hold_from(&masked);
-                let mut masked = masked;
                 self.held = masked.split_off(cut);
                 self.held_at = timestamp;
                 if !masked.is_empty() {
@@ -195,7 +194,7 @@ impl EventSink for Masker<'_> {
                 directive,
             } => {
                 self.flush();
-                let directive = self.mask(&directive);
+                let directive = self.mask(directive);
                 self.inner.emit(Event::CmdStarted {
                     timestamp,
                     directive,
@@ -209,7 +208,7 @@ impl EventSink for Masker<'_> {
                 finished_at,
             } => {
                 self.flush();
-                let directive = self.mask(&directive);
+                let directive = self.mask(directive);
                 self.inner.emit(Event::CmdFinished {
                     timestamp,
                     directive,
