@@ -56,13 +56,7 @@ fn main() {
         events: None,
         note: String::new(),
     }];
-    for mode in [
-        "job",
-        "job-masked",
-        "logger",
-        "logger4k",
-        "logger4k-masked",
-    ] {
+    for mode in ["job", "job-masked", "logger", "logger4k", "logger4k-masked"] {
         rows.push(agent_row(mode, &file, dir.path()));
     }
 
@@ -94,14 +88,20 @@ fn main() {
     println!("ratio = bare PTY time / path time (target >= 0.8); peak RSS target < 20 MB");
     let secs_of = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.secs);
     for (plain, masked) in [
-        ("job via PTY + PushLogger", "job via PTY + PushLogger (masked)"),
+        (
+            "job via PTY + PushLogger",
+            "job via PTY + PushLogger (masked)",
+        ),
         (
             "PushLogger alone (4 KiB events)",
             "PushLogger alone (4 KiB events) (masked)",
         ),
     ] {
         if let (Some(p), Some(m)) = (secs_of(plain), secs_of(masked)) {
-            println!("masked / unmasked throughput, {plain}: {:.2} (target >= 0.9)", p / m);
+            println!(
+                "masked / unmasked throughput, {plain}: {:.2} (target >= 0.9)",
+                p / m
+            );
         }
     }
     let latencies = line_latencies(dir.path(), 5);

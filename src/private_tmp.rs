@@ -80,7 +80,10 @@ fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
                 // The umask can only take bits away; make sure of 0700.
-                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+                std::fs::set_permissions(
+                    &dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )?;
                 return Ok(dir);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
@@ -117,7 +120,11 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
     }
 
     #[test]
@@ -165,7 +172,10 @@ mod tests {
         let mut private = PrivateDir::new(parent.path().to_path_buf());
         let first = private.path().unwrap();
         std::fs::remove_dir(&first).unwrap();
-        std::fs::DirBuilder::new().mode(0o700).create(&first).unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&first)
+            .unwrap();
         std::os::unix::fs::chown(&first, Some(65534), Some(65534)).unwrap();
         let second = private.path().unwrap();
         assert_ne!(second, first, "someone else's dir was reused");
@@ -177,7 +187,10 @@ mod tests {
         drop(create_private(&dir.path().join("a"), 0o600).unwrap());
         assert_eq!(mode(&dir.path().join("a")), 0o600);
 
-        assert!(create_private(&dir.path().join("a"), 0o600).is_err(), "reused");
+        assert!(
+            create_private(&dir.path().join("a"), 0o600).is_err(),
+            "reused"
+        );
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "keep").unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join("link")).unwrap();

@@ -660,7 +660,11 @@ fn a_token_flag_warns_and_points_to_the_env_var_without_showing_it() {
 #[test]
 fn redact_env_vars_defaults_to_the_buildkite_like_patterns_and_can_be_emptied() {
     let c = load_ok(BASE, &[], &[]);
-    assert!(c.redact_env_vars.iter().any(|p| p == "*_TOKEN"), "{:?}", c.redact_env_vars);
+    assert!(
+        c.redact_env_vars.iter().any(|p| p == "*_TOKEN"),
+        "{:?}",
+        c.redact_env_vars
+    );
     let c = load_ok(&format!("{BASE}redact-env-vars: []\n"), &[], &[]);
     assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
     let env = [("SEMAPHORE_AGENT_REDACT_ENV_VARS", "MY_*,OTHER")];

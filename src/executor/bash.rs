@@ -294,7 +294,10 @@ fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
     let create_err = |why: String| {
         (
             1,
-            format!("Failed to create destination path '{}': {why}", dest.display()),
+            format!(
+                "Failed to create destination path '{}': {why}",
+                dest.display()
+            ),
         )
     };
     check_target(dest).map_err(create_err)?;

@@ -59,7 +59,10 @@ impl std::fmt::Debug for JobOptions {
             .field("env_vars (values redacted)", &names)
             .field("pre_job_hook_path", &self.pre_job_hook_path)
             .field("source_pre_job_hook", &self.source_pre_job_hook)
-            .field("fail_on_pre_job_hook_error", &self.fail_on_pre_job_hook_error)
+            .field(
+                "fail_on_pre_job_hook_error",
+                &self.fail_on_pre_job_hook_error,
+            )
             .field("post_job_hook_path", &self.post_job_hook_path)
             .finish()
     }

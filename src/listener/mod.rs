@@ -524,7 +524,10 @@ impl JobWork {
         let spool_dir = match crate::private_tmp::dir() {
             Ok(dir) => dir,
             Err(e) => {
-                log::error!("Could not construct job {}: no private temp dir: {e}", self.job_id);
+                log::error!(
+                    "Could not construct job {}: no private temp dir: {e}",
+                    self.job_id
+                );
                 return JobResult::Failed;
             }
         };

@@ -17,7 +17,10 @@ use crate::support::{self, is_state, Sandbox, WAIT};
 /// than those in `allowed`, and no token.
 #[track_caller]
 fn assert_clean(what: &str, text: &str, allowed: &[&str]) {
-    assert!(text.contains("PATH="), "{what} printed no environment:\n{text}");
+    assert!(
+        text.contains("PATH="),
+        "{what} printed no environment:\n{text}"
+    );
     for line in text.lines() {
         if let Some(at) = line.find("SEMAPHORE_AGENT_") {
             let name = line[at..].split('=').next().unwrap_or_default();
@@ -132,7 +135,11 @@ fn a_token_on_the_command_line_gets_a_warning() {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// The entries of the sandbox's TMPDIR named `semaphore-agent-*`.
@@ -170,7 +177,10 @@ fn a_removed_temp_dir_is_remade_privately_and_never_reused() {
     let open: Vec<_> = dirs.iter().filter(|d| mode_of(d) == 0o777).collect();
     assert_eq!(open.len(), 1, "{dirs:?}");
     let inside: Vec<_> = std::fs::read_dir(open[0]).unwrap().flatten().collect();
-    assert!(inside.is_empty(), "the agent used the job's dir: {inside:?}");
+    assert!(
+        inside.is_empty(),
+        "the agent used the job's dir: {inside:?}"
+    );
     let private: Vec<_> = dirs.iter().filter(|d| mode_of(d) == 0o700).collect();
     assert_eq!(private.len(), 1, "{dirs:?}");
     hub.shutdown("requested");
@@ -210,7 +220,10 @@ fn a_symlink_planted_at_the_default_agent_log_is_not_followed() {
     };
     let stderr = std::fs::read_to_string(sandbox.path("stderr")).unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
-    assert!(stderr.contains("agent_log") && stderr.contains("symlink"), "{stderr}");
+    assert!(
+        stderr.contains("agent_log") && stderr.contains("symlink"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
 }
 
@@ -291,7 +304,10 @@ fn control_plane_strings_cannot_forge_agent_log_lines() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     let log = agent.log();
-    assert!(log.contains("dance"), "the unknown action is not logged:\n{log}");
+    assert!(
+        log.contains("dance"),
+        "the unknown action is not logged:\n{log}"
+    );
     for line in log.lines() {
         assert!(!line.starts_with("FORGED-LINE"), "forged line:\n{log}");
         assert!(!line.contains('\r'), "carriage return:\n{log}");
