@@ -9,7 +9,15 @@ const LAYERS: &[&[&str]] = &[
     // The test-only mutation fuzzer the parsers' tests use.
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
-    &["random", "events", "request", "output", "net", "keys", "child_env"],
+    &[
+        "random",
+        "events",
+        "request",
+        "output",
+        "net",
+        "keys",
+        "child_env",
+    ],
     // The agent's private temp dir and file creation; job log masking.
     &["private_tmp", "mask"],
     // The PTY shell.
