@@ -108,6 +108,12 @@ pub struct StartArgs {
     /// run the pre-job hook with `source` in the job shell instead of `bash`
     #[argh(switch)]
     pub source_pre_job_hook: bool,
+    /// serve /healthz and /metrics on this HOST:PORT (off by default; keep it on loopback)
+    #[argh(option)]
+    pub health_address: Option<String>,
+    /// format of the agent log: text (default) or json (one object per line)
+    #[argh(option)]
+    pub log_format: Option<String>,
     /// accepted for compatibility; the Kubernetes executor is not supported
     #[argh(switch)]
     pub kubernetes_executor: bool,
@@ -163,6 +169,8 @@ impl fmt::Debug for StartArgs {
                 &self.fail_on_pre_job_hook_error,
             )
             .field("source_pre_job_hook", &self.source_pre_job_hook)
+            .field("health_address", &self.health_address)
+            .field("log_format", &self.log_format)
             .field("kubernetes_executor", &self.kubernetes_executor)
             .field("switch_off", &self.switch_off)
             .finish_non_exhaustive()

@@ -55,9 +55,42 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
+    /// `HOST:PORT` of the health and metrics server; `None` = off.
+    pub health_address: Option<String>,
+    /// The agent log's line format.
+    pub log_format: LogFormat,
     /// Messages about accepted-but-ignored settings (the Kubernetes
     /// executor's keys set to something other than their default).
     pub warnings: Vec<String>,
+}
+
+/// The agent log's line format (`log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// The Go agent's line format.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub const ALLOWED: &'static [&'static str] = &["text", "json"];
+
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// The validated settings of `run`.
@@ -147,6 +180,14 @@ pub enum ConfigError {
         entry: String,
         origin: Origin,
     },
+    InvalidLogFormat {
+        value: String,
+        origin: Origin,
+    },
+    InvalidHealthAddress {
+        value: String,
+        origin: Origin,
+    },
     MissingEndpoint,
     MissingToken,
 }
@@ -228,6 +269,15 @@ impl fmt::Display for ConfigError {
             InvalidFileInjection { entry, origin } => write!(
                 f,
                 "'files' entry '{entry}' ({origin}) is not host-path:destination"
+            ),
+            InvalidLogFormat { value, origin } => write!(
+                f,
+                "unsupported value '{value}' for 'log-format' ({origin}); allowed values are: {}",
+                LogFormat::ALLOWED.join(", ")
+            ),
+            InvalidHealthAddress { value, origin } => write!(
+                f,
+                "'health-address' ({origin}) must be HOST:PORT with a port from 1 to 65535, not '{value}'"
             ),
             MissingEndpoint => f.write_str(
                 "the Semaphore endpoint was not specified \
@@ -327,6 +377,16 @@ impl Config {
         let env_vars = env_vars(raw)?;
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
+        let log_format = match text(raw, Key::LogFormat)? {
+            None => LogFormat::Text,
+            Some((value, origin)) => {
+                LogFormat::parse(&value).ok_or_else(|| ConfigError::InvalidLogFormat {
+                    value: value.clone(),
+                    origin: origin.clone(),
+                })?
+            }
+        };
+        let health_address = health_address(raw)?;
 
         let mut warnings = Vec::new();
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
@@ -359,6 +419,8 @@ impl Config {
             fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
+            health_address,
+            log_format,
             warnings,
         })
     }
@@ -405,6 +467,11 @@ impl Config {
                 "interruption-grace-period",
                 self.interruption_grace_period.to_string(),
             ),
+            (
+                "health-address",
+                self.health_address.clone().unwrap_or_default(),
+            ),
+            ("log-format", self.log_format.as_str().to_string()),
         ];
         let mut out = String::new();
         for (key, value) in lines {
@@ -556,6 +623,31 @@ fn files(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(items)
+}
+
+/// `HOST:PORT` (`[v6]:PORT` too) with a port that can be scraped (not 0).
+/// The host is resolved when the server binds, not here: config does not
+/// touch the network.
+fn health_address(raw: &RawConfig) -> Result<Option<String>, ConfigError> {
+    let Some((value, origin)) = text(raw, Key::HealthAddress)? else {
+        return Ok(None);
+    };
+    let ok = match value.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.chars().any(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(Some(value))
+    } else {
+        Err(ConfigError::InvalidHealthAddress {
+            value,
+            origin: origin.clone(),
+        })
+    }
 }
 
 /// `name` if set, else the variable named by `name-from-env`, else random.

@@ -92,6 +92,8 @@ define_keys! {
     UploadJobLogs / upload_job_logs = "upload-job-logs": Str, true;
     FailOnPreJobHookError / fail_on_pre_job_hook_error = "fail-on-pre-job-hook-error": Bool, true;
     SourcePreJobHook / source_pre_job_hook = "source-pre-job-hook": Bool, true;
+    HealthAddress / health_address = "health-address": Str, true;
+    LogFormat / log_format = "log-format": Str, true;
     KubernetesExecutor / kubernetes_executor = "kubernetes-executor": Bool, false;
     KubernetesPodSpec / kubernetes_pod_spec = "kubernetes-pod-spec": Str, false;
     KubernetesAllowedImages / kubernetes_allowed_images = "kubernetes-allowed-images": List, false;
@@ -312,6 +314,8 @@ impl RawConfig {
                 &args.interruption_grace_period,
             ),
             (Key::UploadJobLogs, &args.upload_job_logs),
+            (Key::HealthAddress, &args.health_address),
+            (Key::LogFormat, &args.log_format),
             (Key::KubernetesPodSpec, &args.kubernetes_pod_spec),
             (
                 Key::KubernetesPodStartTimeout,
