@@ -9,9 +9,11 @@ const LAYERS: &[&[&str]] = &[
     // The test-only mutation fuzzer the parsers' tests use.
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
-    &["random", "events", "request", "output", "net"],
-    // The PTY shell.
-    &["shell"],
+    &["random", "events", "request", "output", "net", "notify"],
+    // The operations registry the listener and the log flusher update.
+    &["metrics"],
+    // The PTY shell; the health and metrics HTTP server.
+    &["shell", "health"],
     // How a job's commands run; where its events go.
     &["executor", "logs"],
     // The job lifecycle; the control-plane client; the raw CLI.
