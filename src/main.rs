@@ -42,7 +42,7 @@ fn main() {
         Command::Start(args) => {
             let env = |name: &str| std::env::var(name).ok();
             match config::load_start_config(&args, &env) {
-                Ok(config) => match listener::init_logging() {
+                Ok(config) => match listener::init_logging(config.log_format) {
                     Ok(_) => {
                         for warning in &config.warnings {
                             log::warn!("{warning}");

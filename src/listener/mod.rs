@@ -11,6 +11,7 @@
 
 mod agent_log;
 mod host;
+mod ops;
 mod shutdown;
 mod state;
 
@@ -26,8 +27,10 @@ use crate::config::Config;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
+use crate::metrics::Request;
+use ops::Ops;
 
-pub use agent_log::{init_logging, set_log_name, AgentLogError};
+pub use agent_log::{init_logging, set_log_job, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
 pub use state::{Effect, Machine, State};
 
@@ -142,6 +145,13 @@ enum Wake {
 pub fn start(config: Config, options: ListenerOptions) -> i32 {
     let started = Instant::now();
     log::info!("Starting Agent");
+    let mut ops = match Ops::start(&config, &options) {
+        Ok(ops) => ops,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
     let name = agent_name(&config);
     set_log_name(&name);
 
@@ -169,7 +179,7 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
         options.register_attempts,
         options.register_delay,
         &|| false,
-        || api.register(&request),
+        || api.register(&request).inspect_err(|_| ops::failed(Request::Register)),
     );
     let answer = match registered {
         Ok(answer) => answer,
@@ -198,8 +208,11 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
     install_signal_handler(tx.clone(), Arc::clone(&interrupted_at));
 
     log::info!("Starting to poll for jobs");
+    let machine = Machine::new();
+    ops.registered(&name, &machine);
     let mut listener = Listener {
-        machine: Machine::new(),
+        machine,
+        ops,
         api,
         config,
         options,
@@ -256,6 +269,7 @@ struct JobThread {
 
 struct Listener {
     machine: Machine,
+    ops: Ops,
     api: Api,
     config: Config,
     options: ListenerOptions,
@@ -280,6 +294,7 @@ impl Listener {
             let wait = match self.api.sync(&request) {
                 Ok(response) => {
                     self.last_successful_sync = Instant::now();
+                    self.ops.synced();
                     log_sync_response(&response);
                     match self.machine.apply(&request, &response) {
                         Effect::Nothing => {}
@@ -291,12 +306,14 @@ impl Listener {
                             return reason;
                         }
                     }
+                    self.ops.state(&self.machine);
                     sync_wait(response.next_sync_after, self.options.max_sync_wait, || {
                         self.default_interval()
                     })
                 }
                 Err(e) => {
                     log::error!("[SYNC ERR] Failed to sync with API: {e}");
+                    ops::failed(Request::Sync);
                     if self.last_successful_sync.elapsed() >= self.options.unable_to_sync_after {
                         log::error!(
                             "Unable to sync with Semaphore for over {:?}.",
@@ -307,6 +324,7 @@ impl Listener {
                     self.default_interval()
                 }
             };
+            self.ops.planned_wait(wait);
             log::info!("Waiting {wait:?} for next sync...");
             self.wait_for_next_sync(Instant::now() + wait);
         }
@@ -337,8 +355,12 @@ impl Listener {
         match wake {
             Wake::Signal => {}
             Wake::JobRunning => self.machine.job_running(),
-            Wake::JobFinished(result) => self.machine.job_finished(result),
+            Wake::JobFinished(result) => {
+                self.ops.job_finished(result);
+                self.machine.job_finished(result);
+            }
         }
+        self.ops.state(&self.machine);
     }
 
     fn default_interval(&self) -> Duration {
@@ -353,6 +375,7 @@ impl Listener {
     fn spawn_job(&mut self, job_id: String) {
         // A finished job the control plane did not tell us to forget.
         self.join_job();
+        self.ops.job_started(&job_id);
         let stop = JobStop::new();
         let work = JobWork {
             api: self.api.clone(),
@@ -387,6 +410,7 @@ impl Listener {
             }
             Err(e) => {
                 log::error!("Could not start a thread for job {job_id}: {e}");
+                self.ops.job_finished(JobResult::Failed);
                 self.machine.job_finished(JobResult::Failed);
             }
         }
@@ -403,6 +427,7 @@ impl Listener {
     /// JobFinished; the bound only guards against a bug).
     fn join_job(&mut self) {
         if let Some(job) = self.job.take() {
+            self.ops.job_forgotten();
             let deadline = Instant::now() + Duration::from_secs(5);
             while !job.handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -420,6 +445,7 @@ impl Listener {
 
     /// Stops a live job, disconnects, runs the hook; returns the exit code.
     fn shutdown(&mut self, reason: ShutdownReason) -> i32 {
+        self.ops.stopping();
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;
@@ -448,7 +474,11 @@ impl Listener {
             attempts,
             self.options.disconnect_delay,
             &|| false,
-            || self.api.disconnect(),
+            || {
+                self.api
+                    .disconnect()
+                    .inspect_err(|_| ops::failed(Request::Disconnect))
+            },
         ) {
             Ok(()) => log::info!("Disconnected."),
             Err(e) => {
@@ -491,7 +521,11 @@ impl JobWork {
             self.get_job_attempts,
             self.get_job_delay,
             &|| stop.is_stopped(),
-            || self.api.get_job(&self.job_id),
+            || {
+                self.api
+                    .get_job(&self.job_id)
+                    .inspect_err(|_| ops::failed(Request::GetJob))
+            },
         );
         let request = match fetched {
             Ok(request) => request,
@@ -534,7 +568,10 @@ struct ApiRefresher {
 impl TokenRefresher for ApiRefresher {
     fn refresh(&mut self) -> Result<String, String> {
         log::info!("Refreshing token for current job logs...");
-        let token = self.api.refresh().map_err(|e| e.to_string())?;
+        let token = self.api.refresh().map_err(|e| {
+            ops::failed(Request::Refresh);
+            e.to_string()
+        })?;
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
     }
