@@ -260,6 +260,17 @@ fn install_signal_handler(tx: SyncSender<Wake>, interrupted_at: Arc<AtomicU64>) 
     }
 }
 
+/// A random wait in `(low, high)`, both ends included, to the millisecond:
+/// the sync interval when the control plane names none. An empty or
+/// inverted range is `low`.
+fn random_between((low, high): (Duration, Duration)) -> Duration {
+    if high <= low {
+        return low;
+    }
+    let span = (high - low).as_millis() as u64;
+    low + Duration::from_millis(crate::random::u64() % (span + 1))
+}
+
 /// The job thread and how to stop it.
 struct JobThread {
     job_id: String,
@@ -364,12 +375,7 @@ impl Listener {
     }
 
     fn default_interval(&self) -> Duration {
-        let (low, high) = self.options.sync_interval;
-        if high <= low {
-            return low;
-        }
-        let span = (high - low).as_millis() as u64;
-        low + Duration::from_millis(crate::random::u64() % (span + 1))
+        random_between(self.options.sync_interval)
     }
 
     fn spawn_job(&mut self, job_id: String) {
@@ -734,9 +740,33 @@ mod tests {
 
     #[test]
     fn default_interval_stays_in_range() {
-        for _ in 0..100 {
-            let v = crate::random::u64() % 3001;
-            assert!(v <= 3000);
+        let (low, high) = ListenerOptions::default().sync_interval;
+        assert_eq!(
+            (low, high),
+            (Duration::from_secs(3), Duration::from_secs(6))
+        );
+        let waits: Vec<Duration> = (0..1000).map(|_| random_between((low, high))).collect();
+        for w in &waits {
+            assert!(low <= *w && *w <= high, "{w:?} outside {low:?}..={high:?}");
         }
+        // Spread over the range, not stuck at one end: with 1000 draws from
+        // 3001 values, a miss of either outer sixth is practically impossible.
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*min < Duration::from_millis(3500), "never below {min:?}");
+        assert!(*max > Duration::from_millis(5500), "never above {max:?}");
+        // Whole milliseconds.
+        assert!(waits.iter().all(|w| w.subsec_nanos() % 1_000_000 == 0));
+        // Both ends come up, and nothing beyond them: in a range of three
+        // values, 1000 draws miss one with a chance of about 1e-176.
+        let small = (Duration::from_millis(10), Duration::from_millis(12));
+        let seen: std::collections::BTreeSet<u128> = (0..1000)
+            .map(|_| random_between(small).as_millis())
+            .collect();
+        assert_eq!(seen, [10, 11, 12].into());
+        // A fixed interval (the tests' SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS)
+        // and an inverted range are the low end.
+        let d = Duration::from_millis(100);
+        assert_eq!(random_between((d, d)), d);
+        assert_eq!(random_between((d, d / 2)), d);
     }
 }

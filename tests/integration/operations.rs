@@ -4,19 +4,16 @@
 //! installed), hostile clients on the health port, the JSON agent log and
 //! systemd notifications on a fake `NOTIFY_SOCKET`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
-use support::Sandbox;
+use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(20);
+use crate::support::agent::Agent;
+use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
+use crate::support::{job, Sandbox, WAIT};
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
@@ -67,10 +64,6 @@ fn healthz_becomes(port: u16, status: u16) -> (u16, String) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("/healthz never answered {status}; last {last:?}");
-}
-
-fn job(commands: &[&str]) -> Value {
-    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
 }
 
 fn assert_no_token(what: &str, text: &str) {
