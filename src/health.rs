@@ -137,7 +137,12 @@ impl Drop for HealthServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, metrics: &'static Metrics, min_ms: u64, quit: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    metrics: &'static Metrics,
+    min_ms: u64,
+    quit: Arc<AtomicBool>,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if quit.load(Ordering::SeqCst) {
@@ -173,7 +178,13 @@ fn serve(mut stream: TcpStream, metrics: &Metrics, min_ms: u64) {
     let head = match read_head(&mut stream) {
         Head::Complete(head) => head,
         Head::TooLarge => {
-            respond(&mut stream, 431, "Request Header Fields Too Large", "text/plain", "request too large\n");
+            respond(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            );
             return;
         }
         // Slow, silent or gone: close without a word.

@@ -27,7 +27,8 @@ const RESULTS: [JobResult; 3] = [JobResult::Passed, JobResult::Failed, JobResult
 
 /// Upper bounds (seconds) of the job duration histogram: CI jobs take from
 /// seconds to hours.
-pub const DURATION_BUCKETS: [u64; 12] = [5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400];
+pub const DURATION_BUCKETS: [u64; 12] =
+    [5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400];
 
 /// The requests whose failures are counted, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +274,12 @@ impl Metrics {
         };
 
         let id = self.identity.lock().map(|i| i.clone()).unwrap_or_default();
-        family(&mut out, "info", "gauge", "Agent version, name, OS and architecture.");
+        family(
+            &mut out,
+            "info",
+            "gauge",
+            "Agent version, name, OS and architecture.",
+        );
         let _ = writeln!(
             out,
             "semaphore_agent_info{{version=\"{}\",name=\"{}\",os=\"{}\",arch=\"{}\"}} 1",
@@ -283,7 +289,12 @@ impl Metrics {
             label(&id.arch)
         );
 
-        family(&mut out, "state", "gauge", "1 for the state the agent is in.");
+        family(
+            &mut out,
+            "state",
+            "gauge",
+            "1 for the state the agent is in.",
+        );
         let current = self.state.load(Ordering::Relaxed);
         for (i, state) in STATES.iter().enumerate() {
             let _ = writeln!(
@@ -293,7 +304,12 @@ impl Metrics {
             );
         }
 
-        family(&mut out, "jobs_total", "counter", "Jobs finished, by result.");
+        family(
+            &mut out,
+            "jobs_total",
+            "counter",
+            "Jobs finished, by result.",
+        );
         for (i, result) in RESULTS.iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -326,7 +342,10 @@ impl Metrics {
             "semaphore_agent_job_duration_seconds_sum {}",
             seconds(load(&self.duration_sum_ms))
         );
-        let _ = writeln!(out, "semaphore_agent_job_duration_seconds_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "semaphore_agent_job_duration_seconds_count {cumulative}"
+        );
 
         let gauges = [
             (
@@ -417,24 +436,54 @@ mod tests {
         m.set_state("running-job");
         m.registered("agent \"x\"\n", "Ubuntu", "x86_64");
         let text = m.render();
-        assert_eq!(value(&text, "semaphore_agent_jobs_total{result=\"passed\"}"), "1");
-        assert_eq!(value(&text, "semaphore_agent_jobs_total{result=\"stopped\"}"), "1");
-        assert_eq!(value(&text, "semaphore_agent_jobs_total{result=\"failed\"}"), "0");
         assert_eq!(
-            value(&text, "semaphore_agent_job_duration_seconds_bucket{le=\"5\"}"),
+            value(&text, "semaphore_agent_jobs_total{result=\"passed\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&text, "semaphore_agent_jobs_total{result=\"stopped\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&text, "semaphore_agent_jobs_total{result=\"failed\"}"),
+            "0"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "semaphore_agent_job_duration_seconds_bucket{le=\"5\"}"
+            ),
             "2"
         );
-        assert_eq!(value(&text, "semaphore_agent_job_duration_seconds_count"), "2");
         assert_eq!(
-            value(&text, "semaphore_agent_request_failures_total{request=\"get_job\"}"),
+            value(&text, "semaphore_agent_job_duration_seconds_count"),
+            "2"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "semaphore_agent_request_failures_total{request=\"get_job\"}"
+            ),
             "2"
         );
         assert_eq!(value(&text, "semaphore_agent_log_events_pushed_total"), "3");
-        assert_eq!(value(&text, "semaphore_agent_log_bytes_pushed_total"), "120");
+        assert_eq!(
+            value(&text, "semaphore_agent_log_bytes_pushed_total"),
+            "120"
+        );
         assert_eq!(value(&text, "semaphore_agent_log_backlog_events"), "7");
-        assert_eq!(value(&text, "semaphore_agent_state{state=\"running-job\"}"), "1");
-        assert_eq!(value(&text, "semaphore_agent_state{state=\"waiting-for-jobs\"}"), "0");
-        assert_eq!(value(&text, "semaphore_agent_current_job_start_timestamp_seconds"), "0.000");
+        assert_eq!(
+            value(&text, "semaphore_agent_state{state=\"running-job\"}"),
+            "1"
+        );
+        assert_eq!(
+            value(&text, "semaphore_agent_state{state=\"waiting-for-jobs\"}"),
+            "0"
+        );
+        assert_eq!(
+            value(&text, "semaphore_agent_current_job_start_timestamp_seconds"),
+            "0.000"
+        );
         assert!(text.contains("name=\"agent \\\"x\\\"\\n\""), "{text}");
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -446,18 +495,25 @@ mod tests {
     #[test]
     fn health_needs_registration_and_a_recent_sync() {
         let m = Metrics::new();
-        assert!(m.health(now_ms(), 1000).is_err_and(|e| e.contains("not registered")));
+        assert!(m
+            .health(now_ms(), 1000)
+            .is_err_and(|e| e.contains("not registered")));
         m.registered("a", "o", "x");
         m.set_sync_interval(std::time::Duration::from_secs(5));
         let now = now_ms();
         assert!(m.health(now + 14_000, 1000).is_ok());
         let stale = m.health(now + 16_000, 1000);
-        assert!(stale.as_ref().is_err_and(|e| e.contains("limit 15.000 s")), "{stale:?}");
+        assert!(
+            stale.as_ref().is_err_and(|e| e.contains("limit 15.000 s")),
+            "{stale:?}"
+        );
         // A longer floor wins over a short planned wait.
         assert!(m.health(now + 16_000, 6000).is_ok());
         m.sync_succeeded();
         assert!(m.health(now_ms(), 1000).is_ok());
         m.shutting_down();
-        assert!(m.health(now_ms(), 1000).is_err_and(|e| e.contains("shutting down")));
+        assert!(m
+            .health(now_ms(), 1000)
+            .is_err_and(|e| e.contains("shutting down")));
     }
 }

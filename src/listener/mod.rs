@@ -179,7 +179,10 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
         options.register_attempts,
         options.register_delay,
         &|| false,
-        || api.register(&request).inspect_err(|_| ops::failed(Request::Register)),
+        || {
+            api.register(&request)
+                .inspect_err(|_| ops::failed(Request::Register))
+        },
     );
     let answer = match registered {
         Ok(answer) => answer,

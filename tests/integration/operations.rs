@@ -49,7 +49,10 @@ fn exchange(port: u16, request: &[u8]) -> Option<(u16, String)> {
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    exchange(port, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    exchange(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
 }
 
 /// Polls `/healthz` until it answers `status`; that answer.
@@ -109,13 +112,18 @@ print(json.dumps(out))
     let out = child.wait_with_output().expect("parser output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'prometheus_client'") {
-        assert!(!ci, "CI=true but prometheus_client is not installed (.ci/ops.sh)");
+        assert!(
+            !ci,
+            "CI=true but prometheus_client is not installed (.ci/ops.sh)"
+        );
         println!("SKIPPED the Prometheus parser check: python3 has no prometheus_client");
         return None;
     }
-    assert!(out.status.success(), "the parser rejected /metrics: {stderr}\n{text}");
-    let parsed: Vec<(String, Vec<(String, String)>, f64)> =
-        serde_json::from_slice(&out.stdout).expect("parser JSON");
+    assert!(
+        out.status.success(),
+        "the parser rejected /metrics: {stderr}\n{text}"
+    );
+    let parsed: Samples = serde_json::from_slice(&out.stdout).expect("parser JSON");
     Some(parsed)
 }
 
@@ -123,7 +131,10 @@ print(json.dumps(out))
 /// to check values when it is missing.
 fn parse_simply(text: &str) -> Samples {
     let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let (series, value) = line.rsplit_once(' ').expect("name value");
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
@@ -174,9 +185,15 @@ fn metrics_and_health_follow_jobs_and_a_sync_outage() {
     assert!(body.starts_with("ok: "), "{body}");
 
     let passed = hub.queue_job(job(&["echo metrics-pass"]));
-    assert_eq!(hub.wait_for_result(&passed, WAIT).as_deref(), Some("passed"));
+    assert_eq!(
+        hub.wait_for_result(&passed, WAIT).as_deref(),
+        Some("passed")
+    );
     let failed = hub.queue_job(job(&["echo metrics-fail", "false"]));
-    assert_eq!(hub.wait_for_result(&failed, WAIT).as_deref(), Some("failed"));
+    assert_eq!(
+        hub.wait_for_result(&failed, WAIT).as_deref(),
+        Some("failed")
+    );
     assert!(hub.wait_until(WAIT, |h| h
         .syncs()
         .last()
@@ -200,7 +217,10 @@ fn metrics_and_health_follow_jobs_and_a_sync_outage() {
             let mut b = simple.clone();
             a.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
             b.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
-            assert_eq!(a, b, "the real parser reads other samples than the plain one");
+            assert_eq!(
+                a, b,
+                "the real parser reads other samples than the plain one"
+            );
             real
         }
         None => simple,
@@ -210,15 +230,33 @@ fn metrics_and_health_follow_jobs_and_a_sync_outage() {
         .iter()
         .find(|(n, _, _)| n == "semaphore_agent_info")
         .expect("info");
-    assert!(info.1.contains(&("name".into(), "agent-under-test".into())), "{info:?}");
-    assert!(info.1.contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
+    assert!(
+        info.1.contains(&("name".into(), "agent-under-test".into())),
+        "{info:?}"
+    );
+    assert!(info
+        .1
+        .contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
     assert_eq!(info.2, 1.0);
 
     let jobs = |r| value(&samples, "semaphore_agent_jobs_total", &[("result", r)]);
-    assert_eq!((jobs("passed"), jobs("failed"), jobs("stopped")), (1.0, 1.0, 0.0));
-    let hist = |s: &str| value(&samples, &format!("semaphore_agent_job_duration_seconds{s}"), &[]);
+    assert_eq!(
+        (jobs("passed"), jobs("failed"), jobs("stopped")),
+        (1.0, 1.0, 0.0)
+    );
+    let hist = |s: &str| {
+        value(
+            &samples,
+            &format!("semaphore_agent_job_duration_seconds{s}"),
+            &[],
+        )
+    };
     assert_eq!(hist("_count"), 2.0);
-    assert!(hist("_sum") > 0.0 && hist("_sum") < 60.0, "{}", hist("_sum"));
+    assert!(
+        hist("_sum") > 0.0 && hist("_sum") < 60.0,
+        "{}",
+        hist("_sum")
+    );
     let inf = value(
         &samples,
         "semaphore_agent_job_duration_seconds_bucket",
@@ -226,15 +264,33 @@ fn metrics_and_health_follow_jobs_and_a_sync_outage() {
     );
     assert_eq!(inf, 2.0);
 
-    for state in ["starting-job", "running-job", "stopping-job", "finished-job"] {
-        assert_eq!(value(&samples, "semaphore_agent_state", &[("state", state)]), 0.0);
+    for state in [
+        "starting-job",
+        "running-job",
+        "stopping-job",
+        "finished-job",
+    ] {
+        assert_eq!(
+            value(&samples, "semaphore_agent_state", &[("state", state)]),
+            0.0
+        );
     }
     assert_eq!(
-        value(&samples, "semaphore_agent_state", &[("state", "waiting-for-jobs")]),
+        value(
+            &samples,
+            "semaphore_agent_state",
+            &[("state", "waiting-for-jobs")]
+        ),
         1.0
     );
 
-    let failures = |r| value(&samples, "semaphore_agent_request_failures_total", &[("request", r)]);
+    let failures = |r| {
+        value(
+            &samples,
+            "semaphore_agent_request_failures_total",
+            &[("request", r)],
+        )
+    };
     // The hub answered exactly OUTAGE syncs with 500 and nothing else failed.
     assert_eq!(failures("sync"), OUTAGE as f64);
     for r in ["register", "get_job", "refresh", "disconnect", "logs"] {
@@ -243,18 +299,35 @@ fn metrics_and_health_follow_jobs_and_a_sync_outage() {
 
     let delivered = (hub.events(&passed).len() + hub.events(&failed).len()) as f64;
     assert!(delivered >= 10.0, "{delivered} events");
-    assert_eq!(value(&samples, "semaphore_agent_log_events_pushed_total", &[]), delivered);
-    assert!(value(&samples, "semaphore_agent_log_bytes_pushed_total", &[]) > delivered * 20.0);
-    assert_eq!(value(&samples, "semaphore_agent_log_backlog_events", &[]), 0.0);
     assert_eq!(
-        value(&samples, "semaphore_agent_current_job_start_timestamp_seconds", &[]),
+        value(&samples, "semaphore_agent_log_events_pushed_total", &[]),
+        delivered
+    );
+    assert!(value(&samples, "semaphore_agent_log_bytes_pushed_total", &[]) > delivered * 20.0);
+    assert_eq!(
+        value(&samples, "semaphore_agent_log_backlog_events", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "semaphore_agent_current_job_start_timestamp_seconds",
+            &[]
+        ),
         0.0
     );
     let now = support_now();
     let started = value(&samples, "semaphore_agent_start_timestamp_seconds", &[]);
     assert!(started >= test_started - 1.0 && started <= now, "{started}");
-    let synced = value(&samples, "semaphore_agent_last_successful_sync_timestamp_seconds", &[]);
-    assert!(synced >= started && synced <= now + 1.0 && now - synced < 10.0, "{synced}");
+    let synced = value(
+        &samples,
+        "semaphore_agent_last_successful_sync_timestamp_seconds",
+        &[],
+    );
+    assert!(
+        synced >= started && synced <= now + 1.0 && now - synced < 10.0,
+        "{synced}"
+    );
 
     for path in ["/", "/metrics/x", "/healthz/../token"] {
         assert_eq!(get(port, path).map(|(s, _)| s), Some(404), "{path}");
@@ -340,7 +413,10 @@ fn hostile_clients_on_the_health_port_do_not_stop_the_agent() {
     for h in &held {
         assert!(*h < Duration::from_secs(8), "a slow client was held {h:?}");
     }
-    assert_eq!(hub.wait_for_result(&job_during, WAIT).as_deref(), Some("passed"));
+    assert_eq!(
+        hub.wait_for_result(&job_during, WAIT).as_deref(),
+        Some("passed")
+    );
     let syncs_during = hub.syncs().len() - syncs_before;
     assert!(
         syncs_during >= 3,
@@ -364,10 +440,15 @@ fn a_health_address_in_use_is_a_clear_error() {
     assert_eq!(agent.wait_exit(WAIT), Some(1));
     let log = agent.log();
     assert!(
-        log.contains(&format!("cannot listen on health address '127.0.0.1:{port}'")),
+        log.contains(&format!(
+            "cannot listen on health address '127.0.0.1:{port}'"
+        )),
         "{log}"
     );
-    assert!(hub.register_body().is_none(), "registered despite the error");
+    assert!(
+        hub.register_body().is_none(),
+        "registered despite the error"
+    );
 }
 
 /// The facts both log formats must carry for a run with one job.
@@ -404,12 +485,16 @@ fn json_log_lines_carry_the_same_facts_as_text_lines() {
 
     for fact in facts(&text_job) {
         assert!(
-            text.lines().any(|l| l.contains(" : ") && l.ends_with(&fact)
-                || l.contains(&format!(" : {fact}"))),
+            text.lines()
+                .any(|l| l.contains(" : ") && l.ends_with(&fact)
+                    || l.contains(&format!(" : {fact}"))),
             "text log lacks '{fact}':\n{text}"
         );
     }
-    assert!(!text.lines().any(|l| l.starts_with('{')), "text log has JSON:\n{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with('{')),
+        "text log has JSON:\n{text}"
+    );
 
     let mut lines = Vec::new();
     for line in json_log.lines().filter(|l| !l.is_empty()) {
@@ -419,7 +504,10 @@ fn json_log_lines_carry_the_same_facts_as_text_lines() {
             assert!(v[key].is_string(), "{key} missing: {line}");
         }
         let time = v["time"].as_str().unwrap_or("");
-        assert!(time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{time}"
+        );
         lines.push(v);
     }
     for fact in facts(&json_job) {
@@ -438,7 +526,11 @@ fn json_log_lines_carry_the_same_facts_as_text_lines() {
     // Once registered, every line names the agent.
     let registered = lines
         .iter()
-        .position(|v| v["msg"].as_str().is_some_and(|m| m.starts_with("Registered as")))
+        .position(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Registered as"))
+        })
         .expect("registered line");
     assert!(lines[registered..]
         .iter()
@@ -484,13 +576,21 @@ fn systemd_hears_ready_status_watchdog_and_stopping_in_order() {
     let at = |m: &str| got.iter().position(|g| g == m);
     let ready = at("READY=1").unwrap_or_else(|| panic!("no READY=1 in {got:?}"));
     assert_eq!(ready, 0, "{got:?}");
-    assert_eq!(got.get(1).map(String::as_str), Some("STATUS=waiting-for-jobs"), "{got:?}");
+    assert_eq!(
+        got.get(1).map(String::as_str),
+        Some("STATUS=waiting-for-jobs"),
+        "{got:?}"
+    );
     let watchdog = at("WATCHDOG=1").unwrap_or_else(|| panic!("no WATCHDOG=1 in {got:?}"));
     assert!(watchdog > 1, "{got:?}");
     let running = at(&format!("STATUS=running-job (job {id})"))
         .unwrap_or_else(|| panic!("no running-job status in {got:?}"));
     assert!(running > ready);
-    assert_eq!(got.last().map(String::as_str), Some("STOPPING=1"), "{got:?}");
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{got:?}"
+    );
     assert_eq!(got.iter().filter(|g| *g == "STOPPING=1").count(), 1);
     // The job did not inherit the agent's notification socket.
     let output = hub.output(&id);
