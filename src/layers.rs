@@ -9,7 +9,9 @@ const LAYERS: &[&[&str]] = &[
     // The test-only mutation fuzzer the parsers' tests use.
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
-    &["random", "events", "request", "output", "net", "notify"],
+    &[
+        "random", "events", "request", "output", "net", "keys", "notify",
+    ],
     // The operations registry the listener and the log flusher update.
     &["metrics"],
     // The PTY shell; the health and metrics HTTP server.

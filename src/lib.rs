@@ -11,6 +11,7 @@ pub mod events;
 pub mod executor;
 pub mod health;
 pub mod job;
+pub mod keys;
 pub mod listener;
 pub mod local;
 pub mod logs;
