@@ -98,6 +98,9 @@ impl Notifier {
 fn send_datagram(socket: &str, message: &[u8]) -> std::io::Result<()> {
     use std::os::unix::net::UnixDatagram;
     let sender = UnixDatagram::unbound()?;
+    // Never wait on a reader that does not drain its queue: a dropped
+    // notification is better than a sync loop stuck in `send`.
+    sender.set_nonblocking(true)?;
     if let Some(name) = socket.strip_prefix('@') {
         return send_abstract(&sender, name, message);
     }
@@ -182,5 +185,26 @@ mod tests {
         assert_eq!(&buf[..len], b"STOPPING=1");
         receiver.set_nonblocking(true).expect("nonblocking");
         assert!(receiver.recv(&mut buf).is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_reader_that_never_drains_does_not_block_the_sender() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let _receiver = UnixDatagram::bind(&path).expect("bind");
+        let n = Notifier::from_values(path.to_str().map(String::from), Some("1".into()), None, 1);
+        let started = std::time::Instant::now();
+        // Far more than the kernel queues (net.unix.max_dgram_qlen, 10 by
+        // default) for an unread socket.
+        for _ in 0..500 {
+            n.watchdog();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            n.warned.load(Ordering::Relaxed),
+            "the full queue went unnoticed"
+        );
     }
 }

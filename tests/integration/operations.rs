@@ -548,6 +548,21 @@ fn systemd_hears_ready_status_watchdog_and_stopping_in_order() {
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
+    // Read as systemd does, all along, until STOPPING=1 (or the bound).
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + WAIT * 2;
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                if got.last().is_some_and(|m| m == "STOPPING=1") {
+                    break;
+                }
+            }
+        }
+        got
+    });
     let path = socket_path.display().to_string();
     let mut agent = Agent::start(
         &sandbox,
@@ -561,18 +576,8 @@ fn systemd_hears_ready_status_watchdog_and_stopping_in_order() {
     let id = hub.queue_job(job(&["echo \"socket=[${NOTIFY_SOCKET:-}]\""]));
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
     hub.shutdown("requested");
-
-    let mut got = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    let mut buf = [0u8; 512];
-    while Instant::now() < deadline {
-        match socket.recv(&mut buf) {
-            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(_) if !agent.running() => break,
-            Err(_) => {}
-        }
-    }
-    assert_eq!(agent.status().and_then(|s| s.code()), Some(0), "{got:?}");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+    let got = reader.join().expect("reader thread");
     let at = |m: &str| got.iter().position(|g| g == m);
     let ready = at("READY=1").unwrap_or_else(|| panic!("no READY=1 in {got:?}"));
     assert_eq!(ready, 0, "{got:?}");
