@@ -30,7 +30,7 @@ use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
 use crate::metrics::Request;
 use ops::Ops;
 
-pub use agent_log::{init_logging, set_log_job, set_log_name, AgentLogError};
+pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
 pub use state::{Effect, Machine, State};
 
@@ -517,7 +517,7 @@ impl Listener {
 
     /// Stops a live job, disconnects, runs the hook.
     fn shutdown(&mut self, reason: ShutdownReason) {
-        self.ops.stopping();
+        self.ops.stopping(reason);
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::agent_log::set_log_job;
 use super::host;
+use super::shutdown::ShutdownReason;
 use super::state::Machine;
 use super::ListenerOptions;
 use crate::api::AgentState;
@@ -100,8 +101,9 @@ impl Ops {
         set_log_job(None);
     }
 
-    pub(super) fn stopping(&self) {
+    pub(super) fn stopping(&self, reason: ShutdownReason) {
         global().shutting_down();
+        self.notifier.status(&format!("shutting down: {reason}"));
         self.notifier.stopping();
     }
 }
