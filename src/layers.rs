@@ -16,12 +16,14 @@ const LAYERS: &[&[&str]] = &[
         "output",
         "net",
         "keys",
+        "notify",
         "child_env",
     ],
-    // The agent's private temp dir and file creation; job log masking.
-    &["private_tmp", "mask"],
-    // The PTY shell.
-    &["shell"],
+    // The agent's private temp dir and file creation; job log masking; the
+    // operations registry the listener and the log flusher update.
+    &["private_tmp", "mask", "metrics"],
+    // The PTY shell; the health and metrics HTTP server.
+    &["shell", "health"],
     // How a job's commands run; where its events go.
     &["executor", "logs"],
     // The job lifecycle; the control-plane client; the raw CLI.
