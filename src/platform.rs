@@ -12,7 +12,6 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
-use std::process::Command;
 
 /// Options that create a file readable and writable by its owner only
 /// (0600). On Windows the files go to the user's own temp directory, whose
@@ -130,18 +129,21 @@ pub fn home_var() -> Option<OsString> {
     std::env::var_os(if cfg!(windows) { "USERPROFILE" } else { "HOME" })
 }
 
-/// The command that runs a hook script at `path` on its own (the shutdown
-/// hook): `bash <path>` on Unix, `powershell -NoProfile -NonInteractive
-/// <path>` on Windows, as the Go agent does.
-pub fn hook_command(path: &Path) -> Command {
+/// The program and arguments that run a hook script at `path` on its own
+/// (the shutdown hook): `bash <path>` on Unix, `powershell -NoProfile
+/// -NonInteractive <path>` on Windows, as the Go agent does.
+pub fn hook_invocation(path: &Path) -> (&'static str, Vec<OsString>) {
     if cfg!(windows) {
-        let mut command = Command::new("powershell");
-        command.args(["-NoProfile", "-NonInteractive"]).arg(path);
-        command
+        (
+            "powershell",
+            vec![
+                "-NoProfile".into(),
+                "-NonInteractive".into(),
+                path.as_os_str().to_owned(),
+            ],
+        )
     } else {
-        let mut command = Command::new("bash");
-        command.arg(path);
-        command
+        ("bash", vec![path.as_os_str().to_owned()])
     }
 }
 

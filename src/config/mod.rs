@@ -56,9 +56,45 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
+    /// Env var name globs whose values are masked in job logs; empty turns
+    /// masking of env vars off (the agent's tokens are always masked).
+    pub redact_env_vars: Vec<String>,
+    /// `HOST:PORT` of the health and metrics server; `None` = off.
+    pub health_address: Option<String>,
+    /// The agent log's line format.
+    pub log_format: LogFormat,
     /// Messages about accepted-but-ignored settings (the Kubernetes
     /// executor's keys set to something other than their default).
     pub warnings: Vec<String>,
+}
+
+/// The agent log's line format (`log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// The Go agent's line format.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub const ALLOWED: &'static [&'static str] = &["text", "json"];
+
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// The validated settings of `run`.
@@ -148,6 +184,14 @@ pub enum ConfigError {
         entry: String,
         origin: Origin,
     },
+    InvalidLogFormat {
+        value: String,
+        origin: Origin,
+    },
+    InvalidHealthAddress {
+        value: String,
+        origin: Origin,
+    },
     MissingEndpoint,
     MissingToken,
 }
@@ -229,6 +273,15 @@ impl fmt::Display for ConfigError {
             InvalidFileInjection { entry, origin } => write!(
                 f,
                 "'files' entry '{entry}' ({origin}) is not host-path:destination"
+            ),
+            InvalidLogFormat { value, origin } => write!(
+                f,
+                "unsupported value '{value}' for 'log-format' ({origin}); allowed values are: {}",
+                LogFormat::ALLOWED.join(", ")
+            ),
+            InvalidHealthAddress { value, origin } => write!(
+                f,
+                "'health-address' ({origin}) must be HOST:PORT with a port from 1 to 65535, not '{value}'"
             ),
             MissingEndpoint => f.write_str(
                 "the Semaphore endpoint was not specified \
@@ -320,16 +373,33 @@ impl Config {
         let endpoint = text(raw, Key::Endpoint)?
             .map(|(s, _)| s)
             .ok_or(ConfigError::MissingEndpoint)?;
-        let token = text(raw, Key::Token)?
-            .map(|(s, _)| s)
-            .ok_or(ConfigError::MissingToken)?;
+        let (token, token_origin) = text(raw, Key::Token)?.ok_or(ConfigError::MissingToken)?;
         let disconnect_after_idle_timeout = seconds(raw, Key::DisconnectAfterIdleTimeout)?;
         let interruption_grace_period = seconds(raw, Key::InterruptionGracePeriod)?;
         let env_vars = env_vars(raw)?;
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
+        let log_format = match text(raw, Key::LogFormat)? {
+            None => LogFormat::parse(Key::LogFormat.default_text()).unwrap_or_default(),
+            Some((value, origin)) => {
+                LogFormat::parse(&value).ok_or_else(|| ConfigError::InvalidLogFormat {
+                    value: value.clone(),
+                    origin: origin.clone(),
+                })?
+            }
+        };
+        let health_address = health_address(raw)?;
 
         let mut warnings = Vec::new();
+        if *token_origin == Origin::Flag {
+            // Every local user sees a command line in `ps`.
+            warnings.push(
+                "the registration token was given with --token, which every local user can \
+                 read in the process list; set SEMAPHORE_AGENT_TOKEN or 'token' in the \
+                 --config-file instead"
+                    .to_string(),
+            );
+        }
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
             if let Some(setting) = raw.get(key).filter(|s| !raw::is_default(key, s)) {
                 warnings.push(format!(
@@ -360,6 +430,12 @@ impl Config {
             fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
+            redact_env_vars: match list(raw, Key::RedactEnvVars) {
+                None => split_list_string(Key::RedactEnvVars.default_text()),
+                Some((items, _)) => items.into_iter().filter(|p| !p.is_empty()).collect(),
+            },
+            health_address,
+            log_format,
             warnings,
         })
     }
@@ -426,6 +502,9 @@ impl Config {
             Key::UploadJobLogs => one(&self.upload_job_logs.as_str()),
             Key::FailOnPreJobHookError => one(&self.fail_on_pre_job_hook_error),
             Key::SourcePreJobHook => one(&self.source_pre_job_hook),
+            Key::RedactEnvVars => Some(Shown::Many(self.redact_env_vars.clone())),
+            Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
+            Key::LogFormat => one(&self.log_format.as_str()),
             _ => None,
         }
     }
@@ -576,6 +655,31 @@ fn files(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(items)
+}
+
+/// `HOST:PORT` (`[v6]:PORT` too) with a port that can be scraped (not 0).
+/// The host is resolved when the server binds, not here: config does not
+/// touch the network.
+fn health_address(raw: &RawConfig) -> Result<Option<String>, ConfigError> {
+    let Some((value, origin)) = text(raw, Key::HealthAddress)? else {
+        return Ok(None);
+    };
+    let ok = match value.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.chars().any(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(Some(value))
+    } else {
+        Err(ConfigError::InvalidHealthAddress {
+            value,
+            origin: origin.clone(),
+        })
+    }
 }
 
 /// `name` if set, else the variable named by `name-from-env`, else random.

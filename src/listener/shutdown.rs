@@ -63,13 +63,20 @@ pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
     log::info!("Executing shutdown hook from {}", hook.display());
     // The output goes to a file, not a pipe: a background process left by
     // the hook could hold a pipe open forever, a file it cannot.
-    let out_path = std::env::temp_dir().join(format!(
-        "semaphore-agent-shutdown-hook-{}.log",
-        std::process::id()
-    ));
-    let spawned = std::fs::File::create(&out_path).and_then(|out| {
+    // In the private temp dir, created exclusively: never a fixed name in
+    // a shared directory, where another user could plant a symlink.
+    let out_path = match crate::private_tmp::dir() {
+        Ok(dir) => dir.join(format!("shutdown-hook-{}.log", crate::unix_nanos())),
+        Err(e) => {
+            log::error!("Error executing shutdown hook {}: {e}", hook.display());
+            return;
+        }
+    };
+    let spawned = crate::private_tmp::create_private(&out_path, 0o600).and_then(|out| {
         let err = out.try_clone()?;
-        crate::platform::hook_command(hook)
+        let (program, args) = crate::platform::hook_invocation(hook);
+        crate::child_env::command(program)
+            .args(args)
             .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
             .stdin(Stdio::null())
             .stdout(out)
@@ -156,5 +163,24 @@ mod tests {
         let started = Instant::now();
         run_hook(&hook, ShutdownReason::Idle, Duration::from_millis(200));
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_hook_output_never_goes_through_a_planted_symlink() {
+        // The fixed name older versions used in the shared temp dir.
+        let planted = std::env::temp_dir().join(format!(
+            "semaphore-agent-shutdown-hook-{}.log",
+            std::process::id()
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, "echo hook-output\n").unwrap();
+        run_hook(&hook, ShutdownReason::Idle, Duration::from_secs(10));
+        let _ = std::fs::remove_file(&planted);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     }
 }

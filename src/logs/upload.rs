@@ -239,7 +239,7 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
     } else {
         ARTIFACT_DESTINATION.to_string()
     };
-    let mut command = Command::new(&artifact);
+    let mut command = crate::child_env::command(&artifact);
     command
         .arg("push")
         .arg("job")
@@ -285,10 +285,7 @@ fn unique_name(prefix: &str) -> String {
 }
 
 fn create_private(path: &Path) -> io::Result<File> {
-    crate::platform::private_file_options()
-        .write(true)
-        .create_new(true)
-        .open(path)
+    crate::private_tmp::create_private(path, 0o600)
 }
 
 /// Writes the plain text and, at or above the threshold, gzips it. A gzip
