@@ -9,8 +9,11 @@
 //! random name is made; a path someone else made is never reused. Must not
 //! decide what goes in the files, nor remove files it did not make.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+#[cfg(unix)]
+use std::fs::OpenOptions;
 use std::io;
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -64,11 +67,19 @@ pub fn dir() -> io::Result<PathBuf> {
 
 /// Whether `dir` is a real directory (not a symlink), owned by the agent's
 /// user, with no access for group or others.
+#[cfg(unix)]
 pub fn is_private_dir(dir: &Path) -> bool {
     match std::fs::symlink_metadata(dir) {
         Ok(meta) => meta.is_dir() && meta.uid() == euid() && meta.mode() & 0o077 == 0,
         Err(_) => false,
     }
+}
+
+/// On Windows: a real directory (not a link). The temp dir it lives in is
+/// the user's own, which the profile's ACL keeps other users out of.
+#[cfg(windows)]
+pub fn is_private_dir(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir())
 }
 
 /// `parent/semaphore-agent-<random>`, 0700. `mkdir` fails if the name
@@ -77,15 +88,8 @@ fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
     let mut last = None;
     for _ in 0..8 {
         let dir = parent.join(format!("semaphore-agent-{:016x}", crate::random::u64()));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {
-                // The umask can only take bits away; make sure of 0700.
-                std::fs::set_permissions(
-                    &dir,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
-                )?;
-                return Ok(dir);
-            }
+        match create_private_dir(&dir) {
+            Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }
@@ -93,9 +97,23 @@ fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
     Err(last.unwrap_or_else(|| io::Error::other("no free name")))
 }
 
+/// `mkdir dir`, 0700 on Unix (on Windows the parent's ACL applies).
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    // The umask can only take bits away; make sure of 0700.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
+#[cfg(windows)]
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir(dir)
+}
+
 /// Creates `path` for writing: it must not exist (no file, no symlink),
 /// and it gets `mode` at creation, so it is never readable by others, not
 /// even for a moment. Fails with `AlreadyExists` for anything planted.
+#[cfg(unix)]
 pub fn create_private(path: &Path, mode: u32) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
@@ -108,13 +126,24 @@ pub fn create_private(path: &Path, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
+/// On Windows: create-exclusive (a planted file or link makes it fail);
+/// the mode has no meaning there.
+#[cfg(windows)]
+pub fn create_private(path: &Path, _mode: u32) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
 /// The agent's effective user id.
+#[cfg(unix)]
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.
     unsafe { libc::geteuid() }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

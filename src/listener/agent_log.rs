@@ -109,6 +109,7 @@ pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
 /// (the default `<tmp>/agent_log`, a fixed name any user could create
 /// first) a symlink is not followed, a file of another user is refused,
 /// and an existing file of ours is made 0600.
+#[cfg(unix)]
 fn open_log_file(path: &Path, shared: bool) -> std::io::Result<File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let mut options = OpenOptions::new();
@@ -140,6 +141,14 @@ fn open_log_file(path: &Path, shared: bool) -> std::io::Result<File> {
         }
     }
     Ok(file)
+}
+
+/// On Windows the default temp dir is the user's own (under the profile,
+/// with an ACL that keeps other users out), so there is no shared-directory
+/// trap to defend against; the file is opened for appending.
+#[cfg(windows)]
+fn open_log_file(path: &Path, _shared: bool) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// Sets the name shown on each line. A URL name shows its host, as the Go
@@ -348,6 +357,7 @@ mod tests {
             .contains("loud"));
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_shared_default_log_file_is_private_and_never_a_planted_link() {
         use std::os::unix::fs::PermissionsExt;

@@ -165,6 +165,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_hook_output_never_goes_through_a_planted_symlink() {
         // The fixed name older versions used in the shared temp dir.
