@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "keys",
         "notify",
         "child_env",
+        "platform",
     ],
     // The agent's private temp dir and file creation; job log masking; the
     // operations registry the listener and the log flusher update.
