@@ -49,6 +49,56 @@ pub(super) fn command_line(nonce: &str, file: &str) -> String {
     ) + "\n"
 }
 
+/// The shell variable that holds an inline command while it is typed.
+const INLINE_VAR: &str = "__SEMAPHORE_AGENT_CMD";
+
+/// The longest escaped text typed on one line for an inline command: far
+/// below the terminal's 4096-byte line limit (canonical mode drops what
+/// goes beyond it), and short enough for readline to redraw cheaply.
+const INLINE_CHUNK: usize = 768;
+
+/// The lines typed into bash to run `cmd` when bash cannot read a file of
+/// ours (it runs in a pod): the command is put into a shell variable in
+/// `$'...'` pieces of at most [`INLINE_CHUNK`] characters of printable
+/// ASCII (so no tab reaches readline's completion and no line outgrows the
+/// terminal), then `source`d from a process substitution fed by the
+/// `printf` builtin, so `return N` and the shell state behave as with a
+/// file and nothing outside bash (no `base64` in the image) is needed.
+pub(super) fn inline_command_lines(nonce: &str, cmd: &str) -> String {
+    let mut text = cmd.as_bytes().to_vec();
+    // A heredoc delimiter on the last line needs its newline.
+    text.push(b'\n');
+    let mut lines = String::new();
+    let mut piece = String::new();
+    let mut first = true;
+    let flush = |piece: &mut String, lines: &mut String, first: &mut bool| {
+        let op = if *first { "=" } else { "+=" };
+        lines.push_str(&format!("{INLINE_VAR}{op}$'{piece}'\n"));
+        piece.clear();
+        *first = false;
+    };
+    for &byte in &text {
+        let escaped = match byte {
+            b'\'' => "\\'".to_string(),
+            b'\\' => "\\\\".to_string(),
+            0x20..=0x7e => (byte as char).to_string(),
+            other => format!("\\x{other:02x}"),
+        };
+        if piece.len() + escaped.len() > INLINE_CHUNK {
+            flush(&mut piece, &mut lines, &mut first);
+        }
+        piece.push_str(&escaped);
+    }
+    flush(&mut piece, &mut lines, &mut first);
+    lines.push_str(&format!(
+        r#"{}; \builtin source <(\builtin printf '%s' "${INLINE_VAR}"); {}; \builtin unset -v {INLINE_VAR}"#,
+        print_start(nonce),
+        print_end(nonce, r#""$?""#)
+    ));
+    lines.push('\n');
+    lines
+}
+
 /// The first line typed into a new shell: silences every prompt, keeps the
 /// typed lines (and so the nonces) out of the history, goes to `cd` if
 /// given, and frames an empty output with status 0 to say the shell is
@@ -360,5 +410,17 @@ mod tests {
         let line = command_line(NONCE, "/tmp/x");
         assert!(!line.as_bytes().contains(&MARK));
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+    }
+
+    #[test]
+    fn inline_commands_are_typed_as_short_printable_lines() {
+        let cmd = format!("echo 'it''s'\tdone \\ é\n{}", "x".repeat(3000));
+        let lines = inline_command_lines(NONCE, &cmd);
+        for line in lines.lines() {
+            assert!(line.len() < 1024, "{} bytes", line.len());
+            assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line}");
+        }
+        assert!(lines.ends_with("__SEMAPHORE_AGENT_CMD\n"), "{lines}");
+        assert!(lines.lines().count() > 3, "{lines}");
     }
 }

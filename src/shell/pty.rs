@@ -188,6 +188,10 @@ pub struct Shell {
     termios: Option<libc::termios>,
     /// Private directory (0700) for the command file.
     scratch: Option<PathBuf>,
+    /// Commands are typed inline (`framing::inline_command_lines`)
+    /// instead of being written to a file: bash runs where our files are
+    /// not (a pod).
+    inline: bool,
     /// The PTY's terminal side (`/dev/pts/N`), to find processes holding it.
     tty: Option<PathBuf>,
     stop_grace: Duration,
@@ -205,6 +209,22 @@ impl Shell {
     /// login scripts' output; a launcher that exits first is
     /// `ShellError::Start` with its status.
     pub fn start_with(opts: &ShellOptions, launch: Option<&Launch>) -> Result<Shell, ShellError> {
+        Shell::start_framed(opts, launch, false)
+    }
+
+    /// Like [`Shell::start_with`] for a bash that cannot read files of ours
+    /// (`kubectl exec` into a pod): every command is typed inline in short
+    /// printable lines, and no scratch directory is made
+    /// (`launch.scratch_parent` is not used).
+    pub fn start_inline(opts: &ShellOptions, launch: &Launch) -> Result<Shell, ShellError> {
+        Shell::start_framed(opts, Some(launch), true)
+    }
+
+    fn start_framed(
+        opts: &ShellOptions,
+        launch: Option<&Launch>,
+        inline: bool,
+    ) -> Result<Shell, ShellError> {
         let start_err = |what: &str, err: &dyn std::fmt::Display| ShellError::Start {
             message: format!("{what}: {err}"),
         };
@@ -223,8 +243,19 @@ impl Shell {
             Some(launch) => launch.scratch_parent.clone(),
             None => std::env::temp_dir(),
         };
-        let scratch = make_scratch_dir(&scratch_parent)
-            .map_err(|e| start_err("creating a scratch directory", &e))?;
+        let scratch = if inline {
+            None
+        } else {
+            Some(
+                make_scratch_dir(&scratch_parent)
+                    .map_err(|e| start_err("creating a scratch directory", &e))?,
+            )
+        };
+        let remove_scratch = |scratch: &Option<PathBuf>| {
+            if let Some(dir) = scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        };
         let login_bash = [
             OsString::from("bash"),
             "--login".into(),
@@ -232,7 +263,7 @@ impl Shell {
         ];
         let argv = launch.map_or(&login_bash[..], |l| &l.argv[..]);
         let Some((program, args)) = argv.split_first() else {
-            let _ = std::fs::remove_dir_all(&scratch);
+            remove_scratch(&scratch);
             return Err(start_err("starting the job's shell", &"empty command"));
         };
         let child = Command::new(program)
@@ -244,7 +275,7 @@ impl Shell {
         let child = match child {
             Ok(child) => child,
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&scratch);
+                remove_scratch(&scratch);
                 return Err(start_err(
                     &format!(
                         "starting {} in {}",
@@ -278,7 +309,8 @@ impl Shell {
             stopper: Stopper::default(),
             ended: None,
             termios: None,
-            scratch: Some(scratch),
+            scratch,
+            inline,
             tty,
             stop_grace: DEFAULT_STOP_GRACE,
         };
@@ -338,15 +370,19 @@ impl Shell {
         if let Some(status) = self.ended {
             return Err(ShellError::Exited { status });
         }
-        let file = self.write_command_file(cmd)?;
+        let nonce = framing::new_nonce();
+        let line = if self.inline {
+            framing::inline_command_lines(&nonce, cmd)
+        } else {
+            let file = self.write_command_file(cmd)?;
+            framing::command_line(&nonce, &file.to_string_lossy())
+        };
         if let (Some(pty), Some(termios)) = (self.pty_ref(), self.termios.as_ref()) {
             set_termios(pty, termios).map_err(|source| ShellError::Io {
                 action: "resetting the terminal settings",
                 source,
             })?;
         }
-        let nonce = framing::new_nonce();
-        let line = framing::command_line(&nonce, &file.to_string_lossy());
         self.exchange(&line, Framer::new(&nonce), on_output, None)
     }
 
