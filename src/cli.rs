@@ -108,22 +108,22 @@ pub struct StartArgs {
     /// run the pre-job hook with `source` in the job shell instead of `bash`
     #[argh(switch)]
     pub source_pre_job_hook: bool,
-    /// accepted for compatibility; the Kubernetes executor is not supported
+    /// run every job in its own Kubernetes pod
     #[argh(switch)]
     pub kubernetes_executor: bool,
-    /// accepted for compatibility; ignored
+    /// the ConfigMap decorating job pods (keys pod, mainContainer, sidecarContainers)
     #[argh(option)]
     pub kubernetes_pod_spec: Option<String>,
-    /// accepted for compatibility; ignored
+    /// regexes of the images jobs may use (repeat or comma-separate; default all)
     #[argh(option)]
     pub kubernetes_allowed_images: Vec<String>,
-    /// accepted for compatibility; ignored
+    /// seconds to wait for a job pod to be ready (default 300)
     #[argh(option)]
     pub kubernetes_pod_start_timeout: Option<String>,
-    /// accepted for compatibility; ignored
+    /// labels key=value for the objects created for a job
     #[argh(option)]
     pub kubernetes_labels: Vec<String>,
-    /// accepted for compatibility; ignored
+    /// image for jobs that do not name containers
     #[argh(option)]
     pub kubernetes_default_image: Option<String>,
     /// switches explicitly turned off with `--switch=false` (set by the

@@ -9,6 +9,7 @@
 //! `Config`'s `Debug` is redacted for the same reason. It does not check that
 //! hook scripts exist: they are looked up when a job runs, as in Go.
 
+mod kubernetes;
 mod name;
 mod raw;
 
@@ -55,9 +56,11 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
-    /// Messages about accepted-but-ignored settings (the Kubernetes
-    /// executor's keys set to something other than their default).
+    /// Messages about accepted-but-ignored settings (none today; kept
+    /// for keys accepted only for compatibility).
     pub warnings: Vec<String>,
+    /// `--kubernetes-executor` and its settings; `None` when off.
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 /// The validated settings of `run`.
@@ -147,6 +150,16 @@ pub enum ConfigError {
         entry: String,
         origin: Origin,
     },
+    InvalidKubernetesImageRegex {
+        value: String,
+        origin: Origin,
+        message: String,
+    },
+    InvalidKubernetesLabel {
+        entry: String,
+        origin: Origin,
+        reason: String,
+    },
     MissingEndpoint,
     MissingToken,
 }
@@ -228,6 +241,22 @@ impl fmt::Display for ConfigError {
             InvalidFileInjection { entry, origin } => write!(
                 f,
                 "'files' entry '{entry}' ({origin}) is not host-path:destination"
+            ),
+            InvalidKubernetesImageRegex {
+                value,
+                origin,
+                message,
+            } => write!(
+                f,
+                "'kubernetes-allowed-images' entry '{value}' ({origin}) is not a valid regex: {message}"
+            ),
+            InvalidKubernetesLabel {
+                entry,
+                origin,
+                reason,
+            } => write!(
+                f,
+                "'kubernetes-labels' entry '{entry}' ({origin}) is not a valid label: {reason}"
             ),
             MissingEndpoint => f.write_str(
                 "the Semaphore endpoint was not specified \
@@ -327,6 +356,7 @@ impl Config {
         let env_vars = env_vars(raw)?;
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
+        let kubernetes = kubernetes::kubernetes_config(raw, env)?;
 
         let mut warnings = Vec::new();
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
@@ -360,6 +390,7 @@ impl Config {
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
             warnings,
+            kubernetes,
         })
     }
 
@@ -406,8 +437,44 @@ impl Config {
                 self.interruption_grace_period.to_string(),
             ),
         ];
+        let k = self.kubernetes.clone();
+        let kube = |f: &dyn Fn(&crate::kubernetes::KubernetesConfig) -> String| {
+            k.as_ref().map_or_else(String::new, f)
+        };
+        let kube_lines = [
+            (
+                "kubernetes-executor",
+                kube(&|k| format!("true (namespace {})", k.namespace)),
+            ),
+            (
+                "kubernetes-pod-spec",
+                kube(&|k| k.pod_spec.clone().unwrap_or_default()),
+            ),
+            (
+                "kubernetes-allowed-images",
+                kube(&|k| k.allowed_images.join(", ")),
+            ),
+            (
+                "kubernetes-pod-start-timeout",
+                kube(&|k| k.pod_start_timeout.as_secs().to_string()),
+            ),
+            (
+                "kubernetes-labels",
+                kube(&|k| {
+                    k.labels
+                        .iter()
+                        .map(|(a, b)| format!("{a}={b}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            ),
+            (
+                "kubernetes-default-image",
+                kube(&|k| k.default_image.clone().unwrap_or_default()),
+            ),
+        ];
         let mut out = String::new();
-        for (key, value) in lines {
+        for (key, value) in lines.into_iter().chain(kube_lines) {
             out.push_str(key);
             out.push_str(": ");
             out.push_str(if value.is_empty() { "(none)" } else { &value });

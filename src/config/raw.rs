@@ -92,12 +92,12 @@ define_keys! {
     UploadJobLogs / upload_job_logs = "upload-job-logs": Str, true;
     FailOnPreJobHookError / fail_on_pre_job_hook_error = "fail-on-pre-job-hook-error": Bool, true;
     SourcePreJobHook / source_pre_job_hook = "source-pre-job-hook": Bool, true;
-    KubernetesExecutor / kubernetes_executor = "kubernetes-executor": Bool, false;
-    KubernetesPodSpec / kubernetes_pod_spec = "kubernetes-pod-spec": Str, false;
-    KubernetesAllowedImages / kubernetes_allowed_images = "kubernetes-allowed-images": List, false;
-    KubernetesPodStartTimeout / kubernetes_pod_start_timeout = "kubernetes-pod-start-timeout": Int, false;
-    KubernetesLabels / kubernetes_labels = "kubernetes-labels": List, false;
-    KubernetesDefaultImage / kubernetes_default_image = "kubernetes-default-image": Str, false;
+    KubernetesExecutor / kubernetes_executor = "kubernetes-executor": Bool, true;
+    KubernetesPodSpec / kubernetes_pod_spec = "kubernetes-pod-spec": Str, true;
+    KubernetesAllowedImages / kubernetes_allowed_images = "kubernetes-allowed-images": List, true;
+    KubernetesPodStartTimeout / kubernetes_pod_start_timeout = "kubernetes-pod-start-timeout": Int, true;
+    KubernetesLabels / kubernetes_labels = "kubernetes-labels": List, true;
+    KubernetesDefaultImage / kubernetes_default_image = "kubernetes-default-image": Str, true;
 }
 
 /// The Go agent accepts `config-file` inside the file itself (and ignores
