@@ -11,9 +11,11 @@
 //! order of steps.
 //!
 //! [`create`] picks the executor for a job from the request's `executor`
-//! field and the agent's [`Settings`].
+//! field and the agent's [`Settings`]: with `--kubernetes-executor`, every
+//! job runs in its own pod (`kubernetes`).
 
 mod bash;
+mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use crate::request::{File, JobRequest};
 use crate::unix_now;
 
 pub use bash::BashExecutor;
+pub use kubernetes::KubernetesExecutor;
 
 /// The exit status logged for a command interrupted by a stop.
 pub const STOPPED_EXIT_CODE: i32 = 1;
@@ -77,6 +80,12 @@ pub struct Settings {
     pub home: PathBuf,
     /// Where executors put their scratch files (command and env files).
     pub tmp_dir: PathBuf,
+    /// The agent's `--env-vars`, which win over the job's (the Kubernetes
+    /// executor puts them into the pod's env file before the job starts).
+    pub env_vars: Vec<(String, String)>,
+    /// `--kubernetes-executor`: every job runs in its own pod, whatever
+    /// its `executor`.
+    pub kubernetes: Option<Arc<crate::kubernetes::KubernetesConfig>>,
 }
 
 /// The job's log as an executor and the lifecycle write it: directives
@@ -244,6 +253,11 @@ pub fn create(
     settings: &Settings,
     stop: &Stop,
 ) -> Result<Box<dyn Executor>, String> {
+    if let Some(config) = &settings.kubernetes {
+        return Ok(Box::new(KubernetesExecutor::new(
+            request, settings, config, stop,
+        )));
+    }
     let executor = request.executor();
     match executor {
         "shell" => Ok(Box::new(BashExecutor::new(settings, stop))),
