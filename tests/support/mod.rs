@@ -72,11 +72,19 @@ pub fn b64_bytes(bytes: &[u8]) -> String {
     semaphore_agent::job::request::encode_base64(bytes)
 }
 
+/// Standard base64 decoded as text (lossy), for reading what the agent
+/// sent.
+pub fn b64_decode(text: &str) -> String {
+    let bytes = semaphore_agent::request::decode_base64(text).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Whether `path` exists; for readability in asserts.
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
 
 pub mod agent;
+pub mod kube;
 pub mod logserver;
 pub mod tls;
