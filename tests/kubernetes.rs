@@ -76,7 +76,10 @@ impl Cluster {
 }
 
 fn commands(list: &[&str]) -> Value {
-    json!(list.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>())
+    json!(list
+        .iter()
+        .map(|c| json!({"directive": c}))
+        .collect::<Vec<_>>())
 }
 
 /// `directive` of each `cmd_started`, with the `cmd_output`s between it
@@ -118,7 +121,8 @@ fn kubernetes_validate() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("KUBERNETES_VALIDATE") {
         return Some(PathBuf::from(path));
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kubernetes-validate/bin/kubernetes-validate");
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/kubernetes-validate/bin/kubernetes-validate");
     if venv.is_file() {
         return Some(venv);
     }
@@ -137,13 +141,19 @@ fn assert_objects_valid(kube: &FakeKube, at_least: usize) {
         .expect("objects dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    assert!(files.len() >= at_least, "only {} objects: {files:?}", files.len());
+    assert!(
+        files.len() >= at_least,
+        "only {} objects: {files:?}",
+        files.len()
+    );
     let Some(validate) = kubernetes_validate() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "kubernetes-validate is required with CI=true (run .ci/kubernetes.sh)"
         );
-        eprintln!("SKIPPED schema validation: kubernetes-validate not installed (run .ci/kubernetes.sh)");
+        eprintln!(
+            "SKIPPED schema validation: kubernetes-validate not installed (run .ci/kubernetes.sh)"
+        );
         return;
     };
     let out = Command::new(&validate)
@@ -219,7 +229,10 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     );
     let (_, out, _) = step(&steps, "echo \"$GREETING|$FROM_AGENT\"");
     assert_eq!(out, "it's a \"test\" $HOME|agent value\n");
-    let (_, out, _) = step(&steps, "cat ~/'notes/a b.txt'; stat -c %a ~/'notes/a b.txt'");
+    let (_, out, _) = step(
+        &steps,
+        "cat ~/'notes/a b.txt'; stat -c %a ~/'notes/a b.txt'",
+    );
     assert_eq!(out, "hello file\n640\n");
 
     // The objects, their order and their cleanup.
@@ -228,7 +241,9 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     let calls = c.kube.calls();
     assert_eq!(calls[0], format!("POST {base}/secrets"));
     assert_eq!(calls[1], format!("POST {base}/pods"));
-    assert!(calls[2..].iter().any(|c| c == &format!("GET {base}/pods/{pod}")));
+    assert!(calls[2..]
+        .iter()
+        .any(|c| c == &format!("GET {base}/pods/{pod}")));
     let tail = &calls[calls.len() - 2..];
     assert_eq!(
         tail,
@@ -243,14 +258,23 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
         .requests()
         .iter()
         .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {KUBE_TOKEN}"))));
-    let secret = c.kube.created("secrets", &format!("{pod}-secret")).expect("secret");
+    let secret = c
+        .kube
+        .created("secrets", &format!("{pod}-secret"))
+        .expect("secret");
     assert_eq!(secret["immutable"], true);
     assert_eq!(secret["type"], "Opaque");
     assert_eq!(secret["metadata"]["labels"]["example.com/team"], "ci");
     let env = support::b64_decode(secret["data"][".env"].as_str().unwrap_or(""));
-    assert!(env.contains("export FROM_AGENT=") && env.contains("export GREETING="), "{env}");
+    assert!(
+        env.contains("export FROM_AGENT=") && env.contains("export GREETING="),
+        "{env}"
+    );
     let created = c.kube.created("pods", pod).expect("pod");
-    assert_eq!(created["spec"]["containers"][0]["image"], "registry.example.com/ci:1");
+    assert_eq!(
+        created["spec"]["containers"][0]["image"],
+        "registry.example.com/ci:1"
+    );
     assert_eq!(created["metadata"]["labels"]["app"], "semaphore");
     assert_eq!(
         c.kubectl_calls(),
@@ -260,7 +284,10 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
 
     // The secret's values never reach the agent's own log.
     let log = agent.log();
-    assert!(!log.contains("agent value") && !log.contains(KUBE_TOKEN), "{log}");
+    assert!(
+        !log.contains("agent value") && !log.contains(KUBE_TOKEN),
+        "{log}"
+    );
     c.hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }
@@ -330,10 +357,9 @@ fn sidecars_a_decorator_and_pull_credentials_shape_the_pod() {
     .expect("docker config JSON");
     assert_eq!(config["auths"]["docker.io"]["username"], "user");
     assert_eq!(config["auths"]["docker.io"]["password"], "secret-pw");
-    assert!(c
-        .kube
-        .calls()
-        .contains(&format!("GET /api/v1/namespaces/{NAMESPACE}/configmaps/semaphore-pod-spec")));
+    assert!(c.kube.calls().contains(&format!(
+        "GET /api/v1/namespaces/{NAMESPACE}/configmaps/semaphore-pod-spec"
+    )));
     assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
     assert_objects_valid(&c.kube, 3);
     assert!(!agent.log().contains("secret-pw"));
@@ -419,7 +445,8 @@ fn a_pod_that_never_gets_ready_times_out() {
     let (_, out, code) = step(&steps(&events), "Starting shell session...").clone();
     assert_eq!(code, 1);
     assert!(
-        out.contains("Failed to create pod: pod 'semaphore-job-") && out.contains("was not ready within 1s"),
+        out.contains("Failed to create pod: pod 'semaphore-job-")
+            && out.contains("was not ready within 1s"),
         "{out}"
     );
     assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
@@ -434,7 +461,8 @@ fn a_stop_during_a_command_ends_the_job_and_deletes_the_pod() {
         "commands": commands(&["echo started; sleep 60", "echo never"]),
     }));
     assert!(
-        c.hub.wait_until(WAIT, |h| h.output(&id).contains("started")),
+        c.hub
+            .wait_until(WAIT, |h| h.output(&id).contains("started")),
         "{:#?}",
         c.hub.events(&id)
     );
@@ -499,5 +527,9 @@ fn a_one_shot_agent_runs_its_job_in_a_pod_and_exits() {
     assert_eq!(c.hub.result_of(&id).as_deref(), Some("passed"));
     assert!(c.hub.output(&id).contains("one shot\n"));
     assert_eq!(c.hub.register_body().expect("registered")["job_id"], id);
-    assert!(c.kube.live_objects().is_empty(), "{:?}", c.kube.live_objects());
+    assert!(
+        c.kube.live_objects().is_empty(),
+        "{:?}",
+        c.kube.live_objects()
+    );
 }

@@ -476,7 +476,11 @@ fn inline_commands_run_like_sourced_files() {
     let sh = &mut f.shell;
     assert_prints(sh, "echo hi", "hi\n");
     assert_prints(sh, "printf 'a\\tb'; echo \"it's\" \\\\", "a\tbit's \\\n");
-    assert_prints(sh, "cat <<END\nline 'one'\n\ttabbed é\nEND", "line 'one'\n\ttabbed é\n");
+    assert_prints(
+        sh,
+        "cat <<END\nline 'one'\n\ttabbed é\nEND",
+        "line 'one'\n\ttabbed é\n",
+    );
     assert_eq!(ok(sh, "return 7"), (String::new(), 7));
     assert_prints(sh, "X=kept; cd /", "");
     assert_prints(sh, "echo $X $PWD", "kept /\n");

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use super::{boolean, list, seconds, text, ConfigError, Key};
 use crate::config::RawConfig;
-use crate::kubernetes::{parse_label, KubernetesConfig, DEFAULT_NAMESPACE, DEFAULT_POD_START_TIMEOUT};
+use crate::kubernetes::{
+    parse_label, KubernetesConfig, DEFAULT_NAMESPACE, DEFAULT_POD_START_TIMEOUT,
+};
 
 /// `Some` when `kubernetes-executor` is on.
 pub(super) fn kubernetes_config(

@@ -332,12 +332,11 @@ fn kubernetes_settings_are_validated_and_typed() {
 #[test]
 fn bad_kubernetes_settings_are_named() {
     let msg = load_err(BASE, &[], &["--kubernetes-allowed-images", "ok,(unclosed"]);
-    assert_mentions(&msg, &["kubernetes-allowed-images", "(unclosed", "command line"]);
-    let msg = load_err(
-        &format!("{BASE}kubernetes-labels: [novalue]\n"),
-        &[],
-        &[],
+    assert_mentions(
+        &msg,
+        &["kubernetes-allowed-images", "(unclosed", "command line"],
     );
+    let msg = load_err(&format!("{BASE}kubernetes-labels: [novalue]\n"), &[], &[]);
     assert_mentions(&msg, &["kubernetes-labels", "novalue", "key=value"]);
     let env = [("SEMAPHORE_AGENT_KUBERNETES_POD_START_TIMEOUT", "-1")];
     let msg = load_err(BASE, &env, &[]);

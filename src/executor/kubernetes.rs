@@ -341,11 +341,9 @@ impl KubernetesExecutor {
             ));
         }
         let source = format!("{}/{}", self.injected_dir, kubernetes::file_key(&file.path));
-        let (output, outcome) = self.pty.output_of(&format!(
-            "cp {} {}",
-            shell_quote(&source),
-            bash_path(&dest)
-        ));
+        let (output, outcome) =
+            self.pty
+                .output_of(&format!("cp {} {}", shell_quote(&source), bash_path(&dest)));
         if !outcome.passed() {
             return Err(fail(
                 outcome,
@@ -539,8 +537,7 @@ mod tests {
             job_id: "j".into(),
             ..JobRequest::default()
         };
-        let mut executor =
-            KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
         stop.stop();
         assert!(executor.cancelled());
         let mut events = Vec::new();

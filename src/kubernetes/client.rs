@@ -136,10 +136,7 @@ impl Client {
     pub fn discover(namespace: &str) -> Result<Client, KubeError> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let dir = service_account_dir();
-        if let (Some(host), true) = (
-            env("KUBERNETES_SERVICE_HOST"),
-            dir.join("token").is_file(),
-        ) {
+        if let (Some(host), true) = (env("KUBERNETES_SERVICE_HOST"), dir.join("token").is_file()) {
             let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
             return Client::in_cluster(&dir, &host, &port, namespace);
         }
@@ -257,7 +254,8 @@ impl Client {
         let key = data_or_file(&user.client_key_data, &user.client_key, "client-key")?;
         let client_cert = match (cert, key) {
             (Some(cert), Some(key)) => {
-                let chain = pem_certs(&cert).map_err(|e| bad(format!("client-certificate: {e}")))?;
+                let chain =
+                    pem_certs(&cert).map_err(|e| bad(format!("client-certificate: {e}")))?;
                 let key = ureq::tls::PrivateKey::from_pem(&key)
                     .map_err(|e| bad(format!("client-key: {e}")))?
                     .to_owned();
@@ -615,9 +613,6 @@ mod tests {
         )
         .unwrap();
         let err = Client::from_kubeconfig(&path, "default").unwrap_err();
-        assert!(
-            err.to_string().contains("certificate-authority"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("certificate-authority"), "{err}");
     }
 }

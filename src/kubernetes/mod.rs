@@ -128,7 +128,15 @@ mod tests {
         );
         assert!(parse_label("example.com/team=ci").is_ok());
         assert!(parse_label("empty=").is_ok());
-        for bad in ["novalue", "a=b=c", "=x", "-a=b", "a=b c", "Bad_Prefix/x=y", "a=-b"] {
+        for bad in [
+            "novalue",
+            "a=b=c",
+            "=x",
+            "-a=b",
+            "a=b c",
+            "Bad_Prefix/x=y",
+            "a=-b",
+        ] {
             assert!(parse_label(bad).is_err(), "{bad} accepted");
         }
     }

@@ -22,17 +22,35 @@ pub const ENV_VOLUME: &str = "environment";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodSpecError {
     NoContainers,
-    ImageNotAllowed { image: String },
+    ImageNotAllowed {
+        image: String,
+    },
     /// A container's `user` is not a numeric `UID[:GID]`, which is all a
     /// pod's securityContext can express.
-    BadUser { container: String, user: String },
+    BadUser {
+        container: String,
+        user: String,
+    },
     /// A container's `command` or `entrypoint` has an unclosed quote.
-    BadCommand { container: String, field: &'static str },
-    BadEnvVar { container: String, name: String },
-    BadFile { path: String, message: String },
+    BadCommand {
+        container: String,
+        field: &'static str,
+    },
+    BadEnvVar {
+        container: String,
+        name: String,
+    },
+    BadFile {
+        path: String,
+        message: String,
+    },
     /// The path's secret key would be longer than Kubernetes allows.
-    PathTooLong { path: String },
-    BadCredentials { message: String },
+    PathTooLong {
+        path: String,
+    },
+    BadCredentials {
+        message: String,
+    },
 }
 
 impl std::fmt::Display for PodSpecError {
@@ -221,8 +239,9 @@ impl Decorator {
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            let value: Value = serde_yaml_ng::from_str(text)
-                .map_err(|e| format!("error unmarshaling {key} spec from configmap '{name}': {e}"))?;
+            let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+                format!("error unmarshaling {key} spec from configmap '{name}': {e}")
+            })?;
             match value {
                 Value::Object(map) => Ok(Some(map)),
                 Value::Null => Ok(None),
@@ -402,9 +421,7 @@ fn sidecar_container(
             None => (user, None),
         };
         let uid: i64 = uid.parse().map_err(|_| bad())?;
-        let gid: Option<i64> = gid
-            .map(|g| g.parse().map_err(|_| bad()))
-            .transpose()?;
+        let gid: Option<i64> = gid.map(|g| g.parse().map_err(|_| bad())).transpose()?;
         let context = sidecar
             .entry("securityContext")
             .or_insert_with(|| json!({}));
@@ -806,8 +823,7 @@ mod tests {
             ],
             files: Vec::new(),
         };
-        let config: Value =
-            serde_json::from_slice(&docker_config_json(&[creds]).unwrap()).unwrap();
+        let config: Value = serde_json::from_slice(&docker_config_json(&[creds]).unwrap()).unwrap();
         assert_eq!(
             config,
             json!({"auths": {"registry.example.com": {"username": "u", "password": "p", "auth": b64(b"u:p")}}})
@@ -828,7 +844,9 @@ mod tests {
     #[test]
     fn pod_status_is_read_like_go() {
         let pending = json!({"metadata": {"name": "p"}, "status": {"phase": "Pending"}});
-        assert!(matches!(pod_progress(&pending), PodProgress::Waiting(m) if m.starts_with("pod in pending state")));
+        assert!(
+            matches!(pod_progress(&pending), PodProgress::Waiting(m) if m.starts_with("pod in pending state"))
+        );
         let pulling = json!({"metadata": {"name": "p"}, "status": {"phase": "Pending", "containerStatuses": [
             {"name": "main", "image": "nope:1", "ready": false, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}}}]}});
         assert_eq!(
@@ -837,11 +855,16 @@ mod tests {
                 "failed to pull image for 'main': [container 'nope:1' waiting - reason='ImagePullBackOff', message='back-off']".into()
             )
         );
-        let done = json!({"metadata": {"name": "p"}, "status": {"phase": "Failed", "reason": "Evicted"}});
-        assert!(matches!(pod_progress(&done), PodProgress::Failed(m) if m.contains("already finished with status Failed - reason: 'Evicted'")));
+        let done =
+            json!({"metadata": {"name": "p"}, "status": {"phase": "Failed", "reason": "Evicted"}});
+        assert!(
+            matches!(pod_progress(&done), PodProgress::Failed(m) if m.contains("already finished with status Failed - reason: 'Evicted'"))
+        );
         let starting = json!({"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": [
             {"name": "main", "image": "r", "ready": false, "state": {"running": {"startedAt": "t"}}}]}});
-        assert!(matches!(pod_progress(&starting), PodProgress::Waiting(m) if m.starts_with("container 'main' is not ready yet")));
+        assert!(
+            matches!(pod_progress(&starting), PodProgress::Waiting(m) if m.starts_with("container 'main' is not ready yet"))
+        );
         let ready = json!({"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": [
             {"name": "main", "image": "r", "ready": true, "state": {"running": {"startedAt": "t"}}}]}});
         assert_eq!(pod_progress(&ready), PodProgress::Ready);

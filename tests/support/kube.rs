@@ -95,11 +95,7 @@ impl FakeKube {
         std::fs::write(service_account.join("namespace"), namespace).expect("write namespace");
 
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake kube"));
-        let port = server
-            .server_addr()
-            .to_ip()
-            .expect("an IP address")
-            .port();
+        let port = server.server_addr().to_ip().expect("an IP address").port();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 requests: Vec::new(),
@@ -177,7 +173,10 @@ impl FakeKube {
                 "SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR".into(),
                 self.injected_dir().display().to_string(),
             ),
-            ("SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS".into(), "100".into()),
+            (
+                "SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS".into(),
+                "100".into(),
+            ),
         ]
     }
 
@@ -296,12 +295,24 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     });
     if authorization.as_deref() != Some(&format!("Bearer {}", s.token)) {
         drop(s);
-        return respond(request, 401, status_body(401, "Unauthorized", "Unauthorized"));
+        return respond(
+            request,
+            401,
+            status_body(401, "Unauthorized", "Unauthorized"),
+        );
     }
     let prefix = format!("/api/v1/namespaces/{}/", shared.namespace);
     let Some(rest) = path.strip_prefix(&prefix) else {
         drop(s);
-        return respond(request, 404, status_body(404, "NotFound", "the server could not find the requested resource"));
+        return respond(
+            request,
+            404,
+            status_body(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
     };
     let (kind, name) = match rest.split_once('/') {
         Some((kind, name)) => (kind.to_string(), Some(name.to_string())),
@@ -323,7 +334,11 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
         return respond(
             request,
             code,
-            status_body(code, reason, &format!("injected {code} for {method} {kind}")),
+            status_body(
+                code,
+                reason,
+                &format!("injected {code} for {method} {kind}"),
+            ),
         );
     }
     let (code, answer) = match (method.as_str(), name) {
@@ -337,10 +352,16 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
             };
             match removed {
                 Some(object) => (200, object.to_string()),
-                None => (404, status_body(404, "NotFound", &format!("{kind} \"{name}\" not found"))),
+                None => (
+                    404,
+                    status_body(404, "NotFound", &format!("{kind} \"{name}\" not found")),
+                ),
             }
         }
-        _ => (405, status_body(405, "MethodNotAllowed", "not supported by the fake")),
+        _ => (
+            405,
+            status_body(405, "MethodNotAllowed", "not supported by the fake"),
+        ),
     };
     drop(s);
     respond(request, code, answer)
@@ -350,12 +371,18 @@ fn create(shared: &Shared, s: &mut State, kind: &str, body: Option<Value>) -> (u
     let Some(object) = body else {
         return (400, status_body(400, "BadRequest", "no JSON body"));
     };
-    let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     s.objects_written += 1;
     let file = shared
         .objects_dir
         .join(format!("{:03}-{kind}-{name}.json", s.objects_written));
-    let _ = std::fs::write(file, serde_json::to_string_pretty(&object).unwrap_or_default());
+    let _ = std::fs::write(
+        file,
+        serde_json::to_string_pretty(&object).unwrap_or_default(),
+    );
     let exists = match kind {
         "pods" => s.pods.contains_key(&name),
         "secrets" => s.secrets.contains_key(&name),
@@ -364,7 +391,11 @@ fn create(shared: &Shared, s: &mut State, kind: &str, body: Option<Value>) -> (u
     if exists {
         return (
             409,
-            status_body(409, "AlreadyExists", &format!("{kind} \"{name}\" already exists")),
+            status_body(
+                409,
+                "AlreadyExists",
+                &format!("{kind} \"{name}\" already exists"),
+            ),
         );
     }
     if kind == "secrets" {
@@ -379,7 +410,10 @@ fn create(shared: &Shared, s: &mut State, kind: &str, body: Option<Value>) -> (u
 /// What the kubelet would mount: the pod's `environment` secret volume,
 /// decoded into the injected dir.
 fn materialize_secret(shared: &Shared, s: &State, pod: &Value) {
-    let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let Some(secret_name) = volumes
         .iter()
         .find(|v| v["name"] == "environment")
@@ -401,7 +435,12 @@ fn materialize_secret(shared: &Shared, s: &State, pod: &Value) {
 }
 
 fn get(s: &mut State, kind: &str, name: &str) -> (u16, String) {
-    let not_found = || (404, status_body(404, "NotFound", &format!("{kind} \"{name}\" not found")));
+    let not_found = || {
+        (
+            404,
+            status_body(404, "NotFound", &format!("{kind} \"{name}\" not found")),
+        )
+    };
     match kind {
         "configmaps" => s
             .config_maps
@@ -426,11 +465,16 @@ fn get(s: &mut State, kind: &str, name: &str) -> (u16, String) {
 }
 
 fn pod_status(pod: &Value, behaviour: PodBehaviour, gets: u32) -> Value {
-    let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let statuses = |state: Value, ready: bool| -> Vec<Value> {
         containers
             .iter()
-            .map(|c| json!({"name": c["name"], "image": c["image"], "ready": ready, "state": state}))
+            .map(
+                |c| json!({"name": c["name"], "image": c["image"], "ready": ready, "state": state}),
+            )
             .collect()
     };
     match behaviour {
