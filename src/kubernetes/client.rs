@@ -285,7 +285,7 @@ impl Client {
     }
 
     fn new(server: String, namespace: &str, auth: Auth, tls: ureq::tls::TlsConfig) -> Client {
-        let agent = crate::api::http_config(&server)
+        let agent = crate::net::http_config(&server)
             .tls_config(tls)
             .http_status_as_error(false)
             .user_agent(format!("semaphore-agent/{}", crate::VERSION))
@@ -458,7 +458,7 @@ fn tls_config(
     let roots = match roots {
         Some(certs) => ureq::tls::RootCerts::new_with_certs(&certs),
         // No CA in the kubeconfig: the roots every other call trusts.
-        None => crate::api::tls_config().root_certs().clone(),
+        None => crate::net::tls_config().root_certs().clone(),
     };
     ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)

@@ -9,19 +9,16 @@
 //! pull error, start timeout, API errors), a stop during a command, and
 //! that nothing of a job is left in the namespace afterwards.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::Hub;
-use support::kube::{kubectl_stand_in, FakeKube, PodBehaviour, KUBE_TOKEN};
-use support::{b64, Sandbox};
 
-const WAIT: Duration = Duration::from_secs(30);
+use crate::support::agent::Agent;
+use crate::support::hub::Hub;
+use crate::support::kube::{kubectl_stand_in, FakeKube, PodBehaviour, KUBE_TOKEN};
+use crate::support::{self, b64, Sandbox, WAIT};
+
 const NAMESPACE: &str = "ci-jobs";
 
 /// Everything one test needs: a sandbox, the hub, the fake cluster and the
@@ -411,11 +408,11 @@ fn no_containers_and_no_default_image_is_go_s_error() {
 fn an_image_pull_error_fails_fast_and_cleans_up() {
     let c = Cluster::new();
     c.kube.set_behaviour(PodBehaviour::PullError);
+    // With the default 300 s start timeout, a result within WAIT shows the
+    // pull error was not waited out.
     let _agent = c.agent(&["--kubernetes-default-image", "nope:404"]);
-    let started = std::time::Instant::now();
     let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
     assert_eq!(result, "failed");
-    assert!(started.elapsed() < Duration::from_secs(15));
     let steps = steps(&events);
     let (_, out, code) = step(&steps, "Starting shell session...");
     assert_eq!(*code, 1);
@@ -438,10 +435,8 @@ fn a_pod_that_never_gets_ready_times_out() {
         "--kubernetes-pod-start-timeout",
         "1",
     ]);
-    let started = std::time::Instant::now();
     let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
     assert_eq!(result, "failed");
-    assert!(started.elapsed() < Duration::from_secs(15));
     let (_, out, code) = step(&steps(&events), "Starting shell session...").clone();
     assert_eq!(code, 1);
     assert!(
