@@ -362,8 +362,7 @@ impl Config {
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
             if let Some(setting) = raw.get(key).filter(|s| !key.is_default(s)) {
                 warnings.push(format!(
-                    "option '{}' ({}) is ignored: this agent has no Kubernetes executor \
-                     and runs jobs in the shell or with docker compose",
+                    "option '{}' ({}) is accepted for compatibility and ignored",
                     key.name(),
                     setting.origin
                 ));

@@ -15,6 +15,7 @@
 //! job runs in its own pod (`kubernetes`).
 
 mod bash;
+#[cfg(unix)]
 mod kubernetes;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use crate::request::{File, JobRequest};
 use crate::unix_now;
 
 pub use bash::BashExecutor;
+#[cfg(unix)]
 pub use kubernetes::KubernetesExecutor;
 
 /// The exit status logged for a command interrupted by a stop.
@@ -254,9 +256,16 @@ pub fn create(
     stop: &Stop,
 ) -> Result<Box<dyn Executor>, String> {
     if let Some(config) = &settings.kubernetes {
+        #[cfg(unix)]
         return Ok(Box::new(KubernetesExecutor::new(
             request, settings, config, stop,
         )));
+        // The executor drives `kubectl exec` through a PTY.
+        #[cfg(not(unix))]
+        {
+            let _ = config;
+            return Err("The Kubernetes executor is not supported on Windows\n".to_string());
+        }
     }
     let executor = request.executor();
     match executor {

@@ -47,7 +47,11 @@ impl Cluster {
     /// The agent with `--kubernetes-executor` and `extra`, in the fake
     /// cluster, with the kubectl stand-in first on PATH.
     fn agent(&self, extra: &[&str]) -> Agent {
-        let mut env = self.kube.agent_env();
+        self.agent_with(extra, self.kube.agent_env())
+    }
+
+    /// [`Cluster::agent`] with `env` for reaching the cluster.
+    fn agent_with(&self, extra: &[&str], mut env: Vec<(String, String)>) -> Agent {
         env.extend(kubectl_stand_in(
             &self.sandbox.path("bin"),
             NAMESPACE,
@@ -526,5 +530,70 @@ fn a_one_shot_agent_runs_its_job_in_a_pod_and_exits() {
         c.kube.live_objects().is_empty(),
         "{:?}",
         c.kube.live_objects()
+    );
+}
+
+#[test]
+fn a_stop_while_the_pod_starts_ends_the_wait_and_cleans_up() {
+    let c = Cluster::new();
+    c.kube.set_behaviour(PodBehaviour::Stuck);
+    let _agent = c.agent(&["--kubernetes-default-image", "img:1"]);
+    let id = c
+        .hub
+        .queue_job(json!({"commands": commands(&["echo never"])}));
+    assert!(
+        c.hub
+            .wait_until(WAIT, |h| h.output(&id).contains("pod in pending state")),
+        "{:#?}",
+        c.hub.events(&id)
+    );
+    c.hub.stop_job(&id);
+    // The start timeout is 300 s: a result within WAIT means the stop
+    // ended the wait.
+    assert_eq!(c.hub.wait_for_result(&id, WAIT).as_deref(), Some("stopped"));
+    assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
+    assert!(c.kubectl_calls().is_empty());
+}
+
+#[test]
+fn a_kubeconfig_reaches_the_cluster_outside_a_pod() {
+    let c = Cluster::new();
+    // No service account: KUBECONFIG with the CA as a file next to it and
+    // a bearer token; the namespace still comes from KUBERNETES_NAMESPACE.
+    let dir = c.sandbox.path("kubeconfig");
+    std::fs::create_dir_all(&dir).expect("kubeconfig dir");
+    std::fs::copy(c.kube.service_account.join("ca.crt"), dir.join("ca.crt")).expect("copy CA");
+    let config = dir.join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             contexts:\n- name: fake\n  context: {{cluster: fake, user: agent}}\n\
+             clusters:\n- name: fake\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: ca.crt\n\
+             users:\n- name: agent\n  user:\n    token: {KUBE_TOKEN}\n",
+            c.kube.port()
+        ),
+    )
+    .expect("write kubeconfig");
+    let env: Vec<(String, String)> = c
+        .kube
+        .agent_env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("KUBERNETES_SERVICE_") && !k.contains("SERVICE_ACCOUNT"))
+        .chain([("KUBECONFIG".to_string(), config.display().to_string())])
+        .collect();
+    let _agent = c.agent_with(&["--kubernetes-default-image", "img:1"], env);
+    let (result, events) = c.run(json!({"commands": commands(&["echo via kubeconfig"])}));
+    assert_eq!(result, "passed", "{:#?}", steps(&events));
+    assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
+    // A kubeconfig that names no usable user credentials fails the job
+    // with the file and the reason.
+    std::fs::write(&config, "current-context: missing\n").expect("break kubeconfig");
+    let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let (_, out, _) = step(&steps(&events), "Creating Kubernetes resources for job...").clone();
+    assert!(
+        out.contains("Failed to create the Kubernetes client") && out.contains("'missing'"),
+        "{out}"
     );
 }
