@@ -106,6 +106,14 @@ impl KubernetesExecutor {
 
     /// Creates the secrets and the pod; the error is the job log's line.
     fn create_resources(&mut self) -> Result<(), String> {
+        // The name goes into API paths: anything but a DNS name would be
+        // refused by the API at best, or address another object.
+        if !is_object_name(&format!("{}-image-pull-secret", self.pod_name)) {
+            return Err(format!(
+                "Failed to create pod: job id '{}' cannot be part of a Kubernetes object name",
+                self.request.job_id
+            ));
+        }
         let client = Client::discover(&self.config.namespace)
             .map_err(|e| format!("Failed to create the Kubernetes client: {e}"))?;
         let decorator = match &self.config.pod_spec {
@@ -486,6 +494,18 @@ fn bash_path(path: &str) -> String {
     }
 }
 
+/// A DNS subdomain as Kubernetes names objects: at most 253 lower-case
+/// letters, digits, `-` and `.`, starting and ending with an alphanumeric.
+fn is_object_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.len() <= 253
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -527,6 +547,31 @@ mod tests {
         assert_eq!(bash_path("~/a b/c"), "~/'a b/c'");
         assert_eq!(bash_path("~"), "~");
         assert_eq!(bash_path("/etc/x y"), "'/etc/x y'");
+    }
+
+    #[test]
+    fn job_ids_must_make_object_names() {
+        assert!(is_object_name(
+            "semaphore-job-4e1a0c9e-0000-4000-8000-000000000000-secret"
+        ));
+        for bad in [
+            "semaphore-job-x/exec",
+            "semaphore-job-X",
+            "semaphore-job-",
+            "a b",
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+        let config = Arc::new(KubernetesConfig::default());
+        let request = JobRequest {
+            job_id: "../../secrets/x".into(),
+            ..JobRequest::default()
+        };
+        let stop = Stop::new();
+        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let err = executor.create_resources().unwrap_err();
+        assert!(err.contains("'../../secrets/x'"), "{err}");
+        assert!(executor.client.is_none());
     }
 
     #[test]
