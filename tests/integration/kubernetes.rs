@@ -490,6 +490,16 @@ fn api_errors_fail_the_job_with_the_api_s_message_or_are_waited_out() {
     let (_, out, _) = step(&steps(&events), "Starting shell session...").clone();
     assert_eq!(result, "passed", "{out}");
     assert!(out.contains("HTTP 503: injected 503 for GET pods"), "{out}");
+    // The pod gone while the agent waits (404) will not come back: the
+    // job fails at once, naming the pod.
+    c.kube.fail_next("GET", "pods", 404);
+    let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let (_, out, _) = step(&steps(&events), "Starting shell session...").clone();
+    assert!(
+        out.contains("Failed to create pod: getting pod 'semaphore-job-job-3' in namespace 'ci-jobs' failed: HTTP 404"),
+        "{out}"
+    );
     // A creation error after the secret: the secret is still deleted.
     c.kube.fail_next("POST", "pods", 500);
     let (result, _) = c.run(json!({"commands": commands(&["echo never"])}));
@@ -595,5 +605,28 @@ fn a_kubeconfig_reaches_the_cluster_outside_a_pod() {
     assert!(
         out.contains("Failed to create the Kubernetes client") && out.contains("'missing'"),
         "{out}"
+    );
+}
+
+#[test]
+fn a_missing_decorator_config_map_fails_the_job_naming_it() {
+    let c = Cluster::new();
+    let _agent = c.agent(&[
+        "--kubernetes-default-image",
+        "img:1",
+        "--kubernetes-pod-spec",
+        "no-such-map",
+    ]);
+    let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let (_, out, _) = step(&steps(&events), "Creating Kubernetes resources for job...").clone();
+    assert!(
+        out.starts_with("Failed to load pod spec: error finding configmap 'no-such-map': getting configmap 'no-such-map' in namespace 'ci-jobs' failed: HTTP 404"),
+        "{out}"
+    );
+    assert!(
+        c.kube.live_objects().is_empty(),
+        "{:?}",
+        c.kube.live_objects()
     );
 }
