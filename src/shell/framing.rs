@@ -140,7 +140,13 @@ pub(super) struct Framer {
     /// Before the start: the last bytes, which may begin the start marker.
     /// In the body: a possible beginning of the end marker (under 40 bytes).
     carry: Vec<u8>,
+    /// The last bytes skipped before the start marker (at most
+    /// `SKIPPED_KEEP`): what a launcher said before it gave up.
+    skipped: Vec<u8>,
 }
+
+/// How much of the output before the start marker a framer keeps.
+const SKIPPED_KEEP: usize = 2048;
 
 impl Framer {
     pub(super) fn new(nonce: &str) -> Framer {
@@ -157,7 +163,14 @@ impl Framer {
             end_prefix: marker(b'E'),
             phase: Phase::AwaitStart,
             carry: Vec::new(),
+            skipped: Vec::new(),
         }
+    }
+
+    /// The last output seen before the start marker, for an error message
+    /// when the start never came (a launcher such as `kubectl` failed).
+    pub(super) fn skipped(&self) -> &[u8] {
+        &self.skipped
     }
 
     /// The status, once the end marker was seen.
@@ -175,6 +188,10 @@ impl Framer {
         match self.phase {
             Phase::Done(status) => Some(status),
             Phase::AwaitStart => {
+                self.skipped.extend_from_slice(data);
+                if self.skipped.len() > SKIPPED_KEEP {
+                    self.skipped.drain(..self.skipped.len() - SKIPPED_KEEP);
+                }
                 self.carry.extend_from_slice(data);
                 match find(&self.carry, &self.start) {
                     Some(at) => {

@@ -328,12 +328,25 @@ impl Shell {
         let line = framing::init_line(&nonce, cd);
         let mut discard = |_: &str| {};
         let deadline = Instant::now() + START_TIMEOUT;
-        match shell.exchange(&line, Framer::new(&nonce), &mut discard, Some(deadline)) {
+        let mut framer = Framer::new(&nonce);
+        match shell.exchange(&line, &mut framer, &mut discard, Some(deadline)) {
             Ok(_) => {}
             Err(ShellError::Exited { status }) => {
-                return Err(ShellError::Start {
-                    message: format!("bash exited with status {status} while starting"),
-                })
+                // A launcher's own complaint (kubectl: forbidden, pod not
+                // found) is the useful part of its failure.
+                let said = String::from_utf8_lossy(framer.skipped()).trim().to_string();
+                let message = match launch {
+                    Some(_) if !said.is_empty() => format!(
+                        "{} exited with status {status} while starting: {said}",
+                        program.to_string_lossy()
+                    ),
+                    Some(_) => format!(
+                        "{} exited with status {status} while starting",
+                        program.to_string_lossy()
+                    ),
+                    None => format!("bash exited with status {status} while starting"),
+                };
+                return Err(ShellError::Start { message });
             }
             Err(ShellError::Io { action, source }) => return Err(start_err(action, &source)),
             Err(err) => return Err(start_err("waiting for bash to start", &err)),
@@ -383,7 +396,7 @@ impl Shell {
                 source,
             })?;
         }
-        self.exchange(&line, Framer::new(&nonce), on_output, None)
+        self.exchange(&line, &mut Framer::new(&nonce), on_output, None)
     }
 
     /// A handle that stops the job from another thread.
@@ -492,7 +505,7 @@ impl Shell {
     fn exchange(
         &mut self,
         line: &str,
-        mut framer: Framer,
+        framer: &mut Framer,
         on_output: &mut dyn FnMut(&str),
         deadline: Option<Instant>,
     ) -> Result<i32, ShellError> {
@@ -502,7 +515,7 @@ impl Shell {
                 source: std::io::Error::other("the shell is closed"),
             });
         };
-        let result = self.exchange_with(&rx, line, &mut framer, on_output, deadline);
+        let result = self.exchange_with(&rx, line, framer, on_output, deadline);
         self.rx = Some(rx);
         result
     }

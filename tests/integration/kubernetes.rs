@@ -630,3 +630,28 @@ fn a_missing_decorator_config_map_fails_the_job_naming_it() {
         c.kube.live_objects()
     );
 }
+
+#[test]
+fn a_refused_kubectl_exec_fails_the_job_with_kubectl_s_words() {
+    let c = Cluster::new();
+    let mut env = c.kube.agent_env();
+    env.push((
+        "KUBECTL_STAND_IN_FAIL".into(),
+        "Error from server (Forbidden): pods \"x\" is forbidden: cannot create resource \"pods/exec\"".into(),
+    ));
+    let _agent = c.agent_with(&["--kubernetes-default-image", "img:1"], env);
+    let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let (_, out, code) = step(&steps(&events), "Starting shell session...").clone();
+    assert_eq!(code, 1);
+    assert!(out.contains("Pod is ready.\n"), "{out}");
+    assert!(
+        out.contains("Failed to start shell in kubernetes container\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("kubectl exited with status 1 while starting: Error from server (Forbidden)"),
+        "{out}"
+    );
+    assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
+}

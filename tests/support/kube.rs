@@ -499,7 +499,8 @@ fn pod_status(pod: &Value, behaviour: PodBehaviour, gets: u32) -> Value {
 /// needs: a script named `kubectl` that is NOT kubectl. It accepts only
 /// `exec -it -n <namespace> semaphore-job-<id> -c main -- bash --login`,
 /// records the arguments, and starts a local login bash with a clean
-/// environment in `pod_home` in place of the pod's container.
+/// environment in `pod_home` in place of the pod's container (or, with
+/// `KUBECTL_STAND_IN_FAIL` set, prints it and exits 1 as a refused exec).
 pub fn kubectl_stand_in(bin: &Path, namespace: &str, pod_home: &Path) -> Vec<(String, String)> {
     std::fs::create_dir_all(bin).expect("create the stand-in bin dir");
     std::fs::create_dir_all(pod_home).expect("create the stand-in pod home");
@@ -518,6 +519,10 @@ if [ $# -ne 10 ] || [ "$1" != exec ] || [ "$2" != -it ] || [ "$3" != -n ] \
     exit 2
 fi
 [ -t 0 ] || { echo "kubectl stand-in: -it needs a terminal" >&2; exit 3; }
+if [ -n "$KUBECTL_STAND_IN_FAIL" ]; then
+    echo "$KUBECTL_STAND_IN_FAIL" >&2
+    exit 1
+fi
 cd "$KUBECTL_STAND_IN_POD_HOME" || exit 4
 exec env -i HOME="$KUBECTL_STAND_IN_POD_HOME" PATH=/usr/local/bin:/usr/bin:/bin TERM=xterm bash --login
 "#,
