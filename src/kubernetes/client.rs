@@ -615,4 +615,50 @@ mod tests {
         let err = Client::from_kubeconfig(&path, "default").unwrap_err();
         assert!(err.to_string().contains("certificate-authority"), "{err}");
     }
+
+    #[test]
+    fn a_kubeconfig_with_a_client_certificate_builds_a_client() {
+        use base64::Engine;
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["agent".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        let config = |user: String| {
+            format!(
+                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:6443/', \
+                 certificate-authority-data: '{}'}}}}]\nusers: [{{name: u, user: {user}}}]\n",
+                b64(&cert.pem())
+            )
+        };
+        std::fs::write(
+            &path,
+            config(format!(
+                "{{client-certificate-data: '{}', client-key: key.pem}}",
+                b64(&cert.pem())
+            )),
+        )
+        .unwrap();
+        let client = Client::from_kubeconfig(&path, "ns").unwrap();
+        assert_eq!(client.server, "https://127.0.0.1:6443");
+        assert_eq!(
+            client.url("pods", Some("p")),
+            "https://127.0.0.1:6443/api/v1/namespaces/ns/pods/p"
+        );
+        std::fs::write(
+            &path,
+            config(format!(
+                "{{client-certificate-data: '{}'}}",
+                b64(&cert.pem())
+            )),
+        )
+        .unwrap();
+        let err = Client::from_kubeconfig(&path, "ns").unwrap_err();
+        assert!(err.to_string().contains("client-key"), "{err}");
+    }
 }
