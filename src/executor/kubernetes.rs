@@ -7,7 +7,13 @@
 //! the job has credentials, and the pod; `start` waits for the pod and
 //! opens `kubectl exec -it -n <ns> <pod> -c main -- bash --login` in a PTY
 //! with the host shell's marker protocol, every command typed inline
-//! (`Shell::start_inline`: bash in the pod cannot read our files); env
+//! (`Shell::start_inline`: bash in the pod cannot read our files). Bash
+//! runs as Go runs it, `--login` with readline on: the typed lines are
+//! short printable ASCII without tabs, so readline neither completes nor
+//! meets the terminal's line limit, and its echo of them comes before each
+//! command's start marker and is dropped; `--noediting` would leave the
+//! pod's terminal echoing instead, to the same effect, so the Go agent's
+//! command line is kept. Env
 //! export sources the mounted `.env` and file injection copies from the
 //! mount. `close` cancels a wait, ends the PTY and deletes the pod and the
 //! secrets, whatever happened before. It must not decide the job's result
