@@ -84,6 +84,8 @@ macro_rules! config_keys {
             UploadJobLogs, upload_job_logs, "upload-job-logs", Str, true, Public, "never", "upload the job log as an artifact: never, always or when-trimmed";
             FailOnPreJobHookError, fail_on_pre_job_hook_error, "fail-on-pre-job-hook-error", Bool, true, Public, "false", "fail the job if the pre-job hook fails";
             SourcePreJobHook, source_pre_job_hook, "source-pre-job-hook", Bool, true, Public, "false", "run the pre-job hook with `source` in the job shell instead of `bash`";
+            HealthAddress, health_address, "health-address", Str, true, Public, "", "serve /healthz and /metrics on this HOST:PORT (off by default; keep it on loopback)";
+            LogFormat, log_format, "log-format", Str, true, Public, "text", "format of the agent log: text (default) or json (one object per line)";
             KubernetesExecutor, kubernetes_executor, "kubernetes-executor", Bool, true, Public, "false", "run every job in its own Kubernetes pod";
             KubernetesPodSpec, kubernetes_pod_spec, "kubernetes-pod-spec", Str, true, Public, "", "the ConfigMap decorating job pods (keys pod, mainContainer, sidecarContainers)";
             KubernetesAllowedImages, kubernetes_allowed_images, "kubernetes-allowed-images", List, true, Public, "", "regexes of the images Kubernetes jobs may use (repeatable, comma-separated; default all)";

@@ -24,7 +24,8 @@ enum Failure {
     Local(LocalError),
     /// `run`: the job ran and failed or was stopped.
     JobNotPassed(JobResult),
-    /// `start`: the control plane never took the registration.
+    /// `start`: the control plane never took the registration, or the
+    /// health server could not start.
     Listener(ListenerError),
     /// `start`: the agent shut itself down without being asked to
     /// (`UNABLE_TO_SYNC`).
@@ -131,7 +132,7 @@ fn run_local(args: &RunArgs) -> Result<(), Failure> {
 fn start(args: &StartArgs) -> Result<(), Failure> {
     let env = |name: &str| std::env::var(name).ok();
     let config = config::load_start_config(args, &env).map_err(Failure::Config)?;
-    listener::init_logging().map_err(Failure::AgentLog)?;
+    listener::init_logging(config.log_format).map_err(Failure::AgentLog)?;
     for warning in &config.warnings {
         log::warn!("{warning}");
     }

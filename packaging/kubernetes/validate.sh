@@ -85,6 +85,14 @@ def common(kind, spec):
     tgps = pod["terminationGracePeriodSeconds"]
     assert tgps >= grace + 30, f"{kind}: terminationGracePeriodSeconds {tgps} < grace period {grace} + 30"
     assert "lifecycle" not in c, f"{kind}: must not have a preStop/lifecycle hook (SIGTERM -> interrupted_at)"
+    port = int(env["SEMAPHORE_AGENT_HEALTH_ADDRESS"]["value"].rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz", f"{kind}: {probe} does not ask /healthz"
+        assert ports.get(get["port"], get["port"]) == port, f"{kind}: {probe} port is not the health address's {port}"
+    live = c["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 600, f"{kind}: liveness gives up before the agent's own 10-minute sync limit"
     return pod, c, env
 
 dep = load("deployment.yaml")
@@ -100,7 +108,7 @@ args = c["args"]
 assert "--disconnect-after-job" in args, "Job: no --disconnect-after-job"
 i = args.index("--job-id")
 assert args[i + 1] == "$(SEMAPHORE_JOB_ID)" and "SEMAPHORE_JOB_ID" in env, "Job: --job-id not from SEMAPHORE_JOB_ID"
-print("token from Secret, name from pod name, grace < terminationGracePeriodSeconds, no preStop; Job: backoffLimit 0, Never, --disconnect-after-job --job-id")
+print("token from Secret, name from pod name, grace < terminationGracePeriodSeconds, no preStop, probes on /healthz; Job: backoffLimit 0, Never, --disconnect-after-job --job-id")
 
 # The Kubernetes executor: the Role grants what the executor calls, bound
 # to the ServiceAccount the one-shot Job runs as.

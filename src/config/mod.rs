@@ -57,11 +57,44 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
+    /// `HOST:PORT` of the health and metrics server; `None` = off.
+    pub health_address: Option<String>,
+    /// The agent log's line format.
+    pub log_format: LogFormat,
     /// Messages about accepted-but-ignored settings (none today; kept
     /// for keys accepted only for compatibility).
     pub warnings: Vec<String>,
     /// `--kubernetes-executor` and its settings; `None` when off.
     pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
+}
+
+/// The agent log's line format (`log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// The Go agent's line format.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub const ALLOWED: &'static [&'static str] = &["text", "json"];
+
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// The validated settings of `run`.
@@ -161,6 +194,14 @@ pub enum ConfigError {
         origin: Origin,
         reason: String,
     },
+    InvalidLogFormat {
+        value: String,
+        origin: Origin,
+    },
+    InvalidHealthAddress {
+        value: String,
+        origin: Origin,
+    },
     MissingEndpoint,
     MissingToken,
 }
@@ -258,6 +299,15 @@ impl fmt::Display for ConfigError {
             } => write!(
                 f,
                 "'kubernetes-labels' entry '{entry}' ({origin}) is not a valid label: {reason}"
+            ),
+            InvalidLogFormat { value, origin } => write!(
+                f,
+                "unsupported value '{value}' for 'log-format' ({origin}); allowed values are: {}",
+                LogFormat::ALLOWED.join(", ")
+            ),
+            InvalidHealthAddress { value, origin } => write!(
+                f,
+                "'health-address' ({origin}) must be HOST:PORT with a port from 1 to 65535, not '{value}'"
             ),
             MissingEndpoint => f.write_str(
                 "the Semaphore endpoint was not specified \
@@ -358,6 +408,16 @@ impl Config {
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
         let kubernetes = kubernetes::kubernetes_config(raw, env)?;
+        let log_format = match text(raw, Key::LogFormat)? {
+            None => LogFormat::parse(Key::LogFormat.default_text()).unwrap_or_default(),
+            Some((value, origin)) => {
+                LogFormat::parse(&value).ok_or_else(|| ConfigError::InvalidLogFormat {
+                    value: value.clone(),
+                    origin: origin.clone(),
+                })?
+            }
+        };
+        let health_address = health_address(raw)?;
 
         let mut warnings = Vec::new();
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
@@ -389,6 +449,8 @@ impl Config {
             fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
+            health_address,
+            log_format,
             warnings,
             kubernetes,
         })
@@ -421,7 +483,7 @@ impl Config {
     }
 
     /// The validated value of `key`, unredacted, for the summary; `None`
-    /// for a key `Config` does not keep (the ignored Kubernetes keys). A
+    /// for a key `Config` does not keep (none today). A
     /// new supported key needs an arm here: a unit test checks that every
     /// supported key is in the summary.
     fn summary_value(&self, key: Key) -> Option<Shown> {
@@ -480,6 +542,8 @@ impl Config {
             Key::KubernetesDefaultImage => {
                 one(&kube(|k| k.default_image.clone().unwrap_or_default()))
             }
+            Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
+            Key::LogFormat => one(&self.log_format.as_str()),
         }
     }
 }
@@ -629,6 +693,31 @@ fn files(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(items)
+}
+
+/// `HOST:PORT` (`[v6]:PORT` too) with a port that can be scraped (not 0).
+/// The host is resolved when the server binds, not here: config does not
+/// touch the network.
+fn health_address(raw: &RawConfig) -> Result<Option<String>, ConfigError> {
+    let Some((value, origin)) = text(raw, Key::HealthAddress)? else {
+        return Ok(None);
+    };
+    let ok = match value.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.chars().any(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(Some(value))
+    } else {
+        Err(ConfigError::InvalidHealthAddress {
+            value,
+            origin: origin.clone(),
+        })
+    }
 }
 
 /// `name` if set, else the variable named by `name-from-env`, else random.

@@ -152,6 +152,8 @@ fn every_key_reads_its_env_var() {
         ("SEMAPHORE_AGENT_UPLOAD_JOB_LOGS", "when-trimmed"),
         ("SEMAPHORE_AGENT_FAIL_ON_PRE_JOB_HOOK_ERROR", "T"),
         ("SEMAPHORE_AGENT_SOURCE_PRE_JOB_HOOK", "True"),
+        ("SEMAPHORE_AGENT_HEALTH_ADDRESS", "[::1]:9464"),
+        ("SEMAPHORE_AGENT_LOG_FORMAT", "json"),
     ];
     let c = load_ok("", &env, &[]);
     let expected = Config {
@@ -173,6 +175,8 @@ fn every_key_reads_its_env_var() {
         fail_on_pre_job_hook_error: true,
         source_pre_job_hook: true,
         interruption_grace_period: 7,
+        health_address: Some("[::1]:9464".into()),
+        log_format: LogFormat::Json,
         warnings: vec![],
         kubernetes: None,
     };
@@ -804,4 +808,36 @@ fn secret_keys_from_the_table_are_redacted_everywhere() {
     );
     assert!(!c.redacted_summary().contains("hidden-value-2"));
     assert!(!c.redacted_summary().contains(TOKEN));
+}
+
+#[test]
+fn health_address_and_log_format_are_checked() {
+    let env = env_of(&[
+        ("SEMAPHORE_AGENT_ENDPOINT", "e.example.com"),
+        ("SEMAPHORE_AGENT_TOKEN", "t"),
+    ]);
+    match load_start_config(&start_args(&["--health-address", "127.0.0.1:9090"]), &env) {
+        Ok(c) => {
+            assert_eq!(c.health_address.as_deref(), Some("127.0.0.1:9090"));
+            assert_eq!(c.log_format, LogFormat::Text);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    match load_start_config(&start_args(&["--log-format", "JSON"]), &env) {
+        Ok(c) => {
+            assert_eq!(c.health_address, None);
+            assert_eq!(c.log_format, LogFormat::Json);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for bad in ["9090", "localhost:", ":9090", "h:0", "h:70000", "h:x"] {
+        match load_start_config(&start_args(&["--health-address", bad]), &env) {
+            Ok(_) => panic!("{bad} accepted"),
+            Err(e) => assert!(e.to_string().contains(&format!("'{bad}'")), "{e}"),
+        }
+    }
+    match load_start_config(&start_args(&["--log-format", "xml"]), &env) {
+        Ok(_) => panic!("xml accepted"),
+        Err(e) => assert!(e.to_string().contains("'xml'") && e.to_string().contains("json")),
+    }
 }

@@ -2,9 +2,11 @@
 //!
 //! Owns where agent log lines go (`SEMAPHORE_AGENT_LOG_FILE_PATH`, default
 //! `<tmp>/agent_log`), their level (`SEMAPHORE_AGENT_LOG_LEVEL`, default
-//! info) and their format, which mirrors the Go agent's
-//! (`Jan _2 15:04:05.000 <name> : message`, UTC). Must not decide what is
-//! logged: callers are responsible for never passing a token.
+//! info) and their format: by default the Go agent's
+//! (`Jan _2 15:04:05.000 <name> : message`, UTC), or with `log-format: json`
+//! one JSON object per line (`time`, `level`, `agent`, `msg`, and `job_id`
+//! while a job is live) for log shippers. Must not decide what is logged:
+//! callers are responsible for never passing a token.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -13,8 +15,12 @@ use std::sync::Mutex;
 
 use log::LevelFilter;
 
+use crate::config::LogFormat;
+
 /// The agent name shown on every line; set once registered.
 static LOG_NAME: Mutex<String> = Mutex::new(String::new());
+/// The live job's id, for the JSON lines' `job_id`; empty when idle.
+static LOG_JOB: Mutex<String> = Mutex::new(String::new());
 
 /// Why the agent log could not be set up.
 #[derive(Debug)]
@@ -49,9 +55,10 @@ impl std::fmt::Display for AgentLogError {
 
 impl std::error::Error for AgentLogError {}
 
-/// Sets up the agent log for `start`; returns the file path in use. Safe to
-/// call twice (the second call only reopens nothing and returns the path).
-pub fn init_logging() -> Result<PathBuf, AgentLogError> {
+/// Sets up the agent log for `start` in `format`; returns the file path in
+/// use. Safe to call twice (the second call only reopens nothing and
+/// returns the path).
+pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
     let level = parse_level(&std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_default())?;
     let path = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
@@ -75,8 +82,19 @@ pub fn init_logging() -> Result<PathBuf, AgentLogError> {
         .filter_level(others)
         .filter_module("semaphore_agent", level)
         .target(env_logger::Target::Pipe(Box::new(Tee { file })))
-        .format(|buf, record| {
+        .format(move |buf, record| {
             let name = LOG_NAME.lock().map(|n| n.clone()).unwrap_or_default();
+            if format == LogFormat::Json {
+                let job = LOG_JOB.lock().map(|j| j.clone()).unwrap_or_default();
+                let line = json_line(
+                    std::time::SystemTime::now(),
+                    record.level(),
+                    &name,
+                    &record.args().to_string(),
+                    &job,
+                );
+                return writeln!(buf, "{line}");
+            }
             let stamp = stamp_milli(std::time::SystemTime::now());
             if name.is_empty() {
                 writeln!(buf, "{stamp} : {}", record.args())
@@ -98,6 +116,60 @@ pub fn set_log_name(name: &str) {
     if let Ok(mut current) = LOG_NAME.lock() {
         *current = shown;
     }
+}
+
+/// Sets (or with `None` clears) the job id the JSON lines carry.
+pub fn set_log_job(job_id: Option<&str>) {
+    if let Ok(mut current) = LOG_JOB.lock() {
+        *current = job_id.unwrap_or_default().to_string();
+    }
+}
+
+/// One JSON log line: logrus-style lower-case level, RFC 3339 UTC time.
+fn json_line(
+    now: std::time::SystemTime,
+    level: log::Level,
+    agent: &str,
+    msg: &str,
+    job_id: &str,
+) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
+    let level = match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    };
+    let mut line = format!(
+        "{{\"time\":{},\"level\":\"{level}\",\"agent\":{},\"msg\":{}",
+        quote(&rfc3339_milli(now)),
+        quote(agent),
+        quote(msg)
+    );
+    if !job_id.is_empty() {
+        line.push_str(",\"job_id\":");
+        line.push_str(&quote(job_id));
+    }
+    line.push('}');
+    line
+}
+
+/// `2006-01-02T15:04:05.000Z`.
+fn rfc3339_milli(now: std::time::SystemTime) -> String {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        since.subsec_millis()
+    )
 }
 
 fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
@@ -184,6 +256,22 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(stamp_milli(t), "Feb 29 00:00:00.000");
         assert_eq!(stamp_milli(UNIX_EPOCH), "Jan  1 00:00:00.000");
+    }
+
+    #[test]
+    fn json_lines_are_objects_with_the_facts() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        let line = json_line(t, log::Level::Warn, "agent-1", "say \"hi\"\n", "job-9");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.042Z");
+        assert_eq!(v["level"], "warning");
+        assert_eq!(v["agent"], "agent-1");
+        assert_eq!(v["msg"], "say \"hi\"\n");
+        assert_eq!(v["job_id"], "job-9");
+        assert!(!line.contains('\n'), "{line}");
+        let idle = json_line(t, log::Level::Info, "", "m", "");
+        let v: serde_json::Value = serde_json::from_str(&idle).expect("valid JSON");
+        assert!(v.get("job_id").is_none(), "{idle}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod agent_log;
 mod host;
+mod ops;
 mod shutdown;
 mod state;
 
@@ -26,6 +27,8 @@ use crate::config::Config;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
+use crate::metrics::Request;
+use ops::Ops;
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -178,6 +181,8 @@ pub enum ListenerError {
     /// Registration failed every attempt; the last error. Already logged,
     /// in the Go agent's words, when this is returned.
     Register { attempts: u32, error: ApiError },
+    /// The `--health-address` server could not start. Already logged.
+    Health(crate::health::HealthError),
 }
 
 impl std::fmt::Display for ListenerError {
@@ -186,6 +191,7 @@ impl std::fmt::Display for ListenerError {
             ListenerError::Register { attempts, error } => {
                 write!(f, "registration failed after {attempts} attempts: {error}")
             }
+            ListenerError::Health(error) => write!(f, "{error}"),
         }
     }
 }
@@ -198,6 +204,13 @@ impl std::error::Error for ListenerError {}
 pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason, ListenerError> {
     let started = Instant::now();
     log::info!("Starting Agent");
+    let mut ops = match Ops::start(&config, &options) {
+        Ok(ops) => ops,
+        Err(e) => {
+            log::error!("{e}");
+            return Err(ListenerError::Health(e));
+        }
+    };
     let name = agent_name(&config);
     set_log_name(&name);
 
@@ -225,7 +238,10 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         options.register_attempts,
         options.register_delay,
         &|| false,
-        || api.register(&request),
+        || {
+            api.register(&request)
+                .inspect_err(|_| ops::failed(Request::Register))
+        },
     );
     let answer = match registered {
         Ok(answer) => answer,
@@ -257,8 +273,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     install_signal_handler(tx.clone(), Arc::clone(&interrupted_at));
 
     log::info!("Starting to poll for jobs");
+    let machine = Machine::new();
+    ops.registered(&name, &machine);
     let mut listener = Listener {
-        machine: Machine::new(),
+        machine,
+        ops,
         api,
         config,
         options,
@@ -327,6 +346,7 @@ struct JobThread {
 
 struct Listener {
     machine: Machine,
+    ops: Ops,
     api: Api,
     config: Config,
     options: ListenerOptions,
@@ -351,6 +371,7 @@ impl Listener {
             let wait = match self.api.sync(&request) {
                 Ok(response) => {
                     self.last_successful_sync = Instant::now();
+                    self.ops.synced();
                     log_sync_response(&response);
                     match self.machine.apply(&request, &response) {
                         Effect::Nothing => {}
@@ -362,12 +383,14 @@ impl Listener {
                             return reason;
                         }
                     }
+                    self.ops.state(&self.machine);
                     sync_wait(response.next_sync_after, self.options.max_sync_wait, || {
                         self.default_interval()
                     })
                 }
                 Err(e) => {
                     log::error!("[SYNC ERR] Failed to sync with API: {e}");
+                    ops::failed(Request::Sync);
                     if self.last_successful_sync.elapsed() >= self.options.unable_to_sync_after {
                         log::error!(
                             "Unable to sync with Semaphore for over {:?}.",
@@ -378,6 +401,7 @@ impl Listener {
                     self.default_interval()
                 }
             };
+            self.ops.planned_wait(wait);
             log::info!("Waiting {wait:?} for next sync...");
             self.wait_for_next_sync(Instant::now() + wait);
         }
@@ -408,8 +432,12 @@ impl Listener {
         match wake {
             Wake::Signal => {}
             Wake::JobRunning => self.machine.job_running(),
-            Wake::JobFinished(result) => self.machine.job_finished(result),
+            Wake::JobFinished(result) => {
+                self.ops.job_finished(result);
+                self.machine.job_finished(result);
+            }
         }
+        self.ops.state(&self.machine);
     }
 
     fn default_interval(&self) -> Duration {
@@ -419,6 +447,7 @@ impl Listener {
     fn spawn_job(&mut self, job_id: String) {
         // A finished job the control plane did not tell us to forget.
         self.join_job();
+        self.ops.job_started(&job_id);
         let stop = JobStop::new();
         let work = JobWork {
             api: self.api.clone(),
@@ -454,6 +483,7 @@ impl Listener {
             }
             Err(e) => {
                 log::error!("Could not start a thread for job {job_id}: {e}");
+                self.ops.job_finished(JobResult::Failed);
                 self.machine.job_finished(JobResult::Failed);
             }
         }
@@ -470,6 +500,7 @@ impl Listener {
     /// JobFinished; the bound only guards against a bug).
     fn join_job(&mut self) {
         if let Some(job) = self.job.take() {
+            self.ops.job_forgotten();
             let deadline = Instant::now() + Duration::from_secs(5);
             while !job.handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -487,6 +518,7 @@ impl Listener {
 
     /// Stops a live job, disconnects, runs the hook.
     fn shutdown(&mut self, reason: ShutdownReason) {
+        self.ops.stopping(reason);
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;
@@ -515,7 +547,11 @@ impl Listener {
             attempts,
             self.options.disconnect_delay,
             &|| false,
-            || self.api.disconnect(),
+            || {
+                self.api
+                    .disconnect()
+                    .inspect_err(|_| ops::failed(Request::Disconnect))
+            },
         ) {
             Ok(()) => log::info!("Disconnected."),
             Err(e) => {
@@ -557,7 +593,11 @@ impl JobWork {
             self.get_job_attempts,
             self.get_job_delay,
             &|| stop.is_stopped(),
-            || self.api.get_job(&self.job_id),
+            || {
+                self.api
+                    .get_job(&self.job_id)
+                    .inspect_err(|_| ops::failed(Request::GetJob))
+            },
         );
         let request = match fetched {
             Ok(request) => request,
@@ -600,7 +640,10 @@ struct ApiRefresher {
 impl TokenRefresher for ApiRefresher {
     fn refresh(&mut self) -> Result<String, String> {
         log::info!("Refreshing token for current job logs...");
-        let token = self.api.refresh().map_err(|e| e.to_string())?;
+        let token = self.api.refresh().map_err(|e| {
+            ops::failed(Request::Refresh);
+            e.to_string()
+        })?;
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
     }

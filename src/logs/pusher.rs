@@ -497,6 +497,7 @@ impl Flusher {
             let (total_events, total_bytes) = st.writer.total();
             let pending_events = total_events.saturating_sub(self.acked_events);
             let pending_bytes = total_bytes.saturating_sub(self.acked_bytes);
+            crate::metrics::global().set_log_backlog(pending_events);
             let finish_by = st.finish_by;
             if let Some(deadline) = finish_by {
                 if now >= deadline && pending_events > 0 {
@@ -559,6 +560,8 @@ impl Flusher {
                 }
             }
         }
+        // Whatever is left will not be sent any more.
+        crate::metrics::global().set_log_backlog(0);
         log::info!("Stopped pushing logs.");
         FlusherEnd {
             delivered: self.acked_events,
@@ -596,6 +599,7 @@ impl Flusher {
             timeout,
         ) {
             Ok(200) => {
+                crate::metrics::global().log_pushed(batch.events, batch.body.len() as u64);
                 self.acked_events += batch.events;
                 self.acked_bytes += batch.body.len() as u64;
                 self.inflight = None;
@@ -608,6 +612,7 @@ impl Flusher {
                 );
                 self.trimmed = true;
                 self.inflight = None;
+                failed_push();
                 Outcome::Failed
             }
             Ok(401) => match self.refresher.refresh() {
@@ -626,6 +631,7 @@ impl Flusher {
                     "Pushing logs to {} (start_from={start_from}) failed with status {status}; will retry",
                     self.url
                 );
+                failed_push();
                 Outcome::Failed
             }
             Err(e) => {
@@ -634,10 +640,17 @@ impl Flusher {
                     self.url,
                     crate::net::describe_transport(&e)
                 );
+                failed_push();
                 Outcome::Failed
             }
         }
     }
+}
+
+/// Counts a push the log server did not accept (a 401 is a refresh, not a
+/// failure).
+fn failed_push() {
+    crate::metrics::global().request_failed(crate::metrics::Request::Logs);
 }
 
 /// One `POST <url>?start_from=<n>`; the status code, or the transport error.

@@ -29,6 +29,7 @@ mod hostile_input;
 mod https;
 mod job_logs;
 mod kubernetes;
+mod operations;
 mod run_jobs;
 mod shell;
 mod timing;
