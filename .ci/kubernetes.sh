@@ -12,7 +12,10 @@ if [ -x "$VENV/bin/kubernetes-validate" ]; then
 fi
 if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     rm -rf "$VENV"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null || {
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    }
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
