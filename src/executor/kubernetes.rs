@@ -191,10 +191,13 @@ impl KubernetesExecutor {
         if self.cancel.load(Ordering::SeqCst) {
             return Err(stopped());
         }
+        // Recorded before the call: an answer lost to a timeout may still
+        // have created the object, and deleting one that is not there
+        // costs a 404.
+        self.created.push(("secrets", env_secret));
         client
             .create("secrets", &secret)
             .map_err(|e| format!("Failed to create environment secret: {e}"))?;
-        self.created.push(("secrets", env_secret));
         if let Some(docker_config) = docker_config {
             let secret = kubernetes::pull_secret(
                 &pull_secret,
@@ -202,18 +205,18 @@ impl KubernetesExecutor {
                 &self.config.labels,
                 &docker_config,
             );
+            self.created.push(("secrets", pull_secret));
             client
                 .create("secrets", &secret)
                 .map_err(|e| format!("Failed to create temporary image pull secret: {e}"))?;
-            self.created.push(("secrets", pull_secret));
         }
         if self.cancel.load(Ordering::SeqCst) {
             return Err(stopped());
         }
+        self.created.push(("pods", self.pod_name.clone()));
         client
             .create("pods", &pod)
             .map_err(|e| format!("Failed to create pod: {e}"))?;
-        self.created.push(("pods", self.pod_name.clone()));
         Ok(())
     }
 
