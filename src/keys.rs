@@ -84,6 +84,7 @@ macro_rules! config_keys {
             UploadJobLogs, upload_job_logs, "upload-job-logs", Str, true, Public, "never", "upload the job log as an artifact: never, always or when-trimmed";
             FailOnPreJobHookError, fail_on_pre_job_hook_error, "fail-on-pre-job-hook-error", Bool, true, Public, "false", "fail the job if the pre-job hook fails";
             SourcePreJobHook, source_pre_job_hook, "source-pre-job-hook", Bool, true, Public, "false", "run the pre-job hook with `source` in the job shell instead of `bash`";
+            RedactEnvVars, redact_env_vars, "redact-env-vars", List, true, Public, "*_PASSWORD,*_SECRET,*_TOKEN,*_ACCESS_KEY,*_SECRET_KEY,*_PRIVATE_KEY,*_API_KEY,*_CONNECTION_STRING", "env var name globs whose values are masked in job logs (repeatable, comma-separated; '' turns it off)";
             HealthAddress, health_address, "health-address", Str, true, Public, "", "serve /healthz and /metrics on this HOST:PORT (off by default; keep it on loopback)";
             LogFormat, log_format, "log-format", Str, true, Public, "text", "format of the agent log: text (default) or json (one object per line)";
             KubernetesExecutor, kubernetes_executor, "kubernetes-executor", Bool, true, Public, "false", "run every job in its own Kubernetes pod";

@@ -10,10 +10,18 @@ const LAYERS: &[&[&str]] = &[
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
     &[
-        "random", "events", "request", "output", "net", "keys", "notify",
+        "random",
+        "events",
+        "request",
+        "output",
+        "net",
+        "keys",
+        "notify",
+        "child_env",
     ],
-    // The operations registry the listener and the log flusher update.
-    &["metrics"],
+    // The agent's private temp dir and file creation; job log masking; the
+    // operations registry the listener and the log flusher update.
+    &["private_tmp", "mask", "metrics"],
     // The PTY shell; the health and metrics HTTP server; the Kubernetes
     // API client and objects.
     &["shell", "health", "kubernetes"],

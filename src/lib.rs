@@ -5,6 +5,7 @@
 //! `ARCHITECTURE.md` for the threads, the data flow and which module owns what.
 
 pub mod api;
+pub mod child_env;
 pub mod cli;
 pub mod config;
 pub mod events;
@@ -16,10 +17,12 @@ pub mod kubernetes;
 pub mod listener;
 pub mod local;
 pub mod logs;
+pub mod mask;
 pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod output;
+pub mod private_tmp;
 pub mod random;
 pub mod request;
 pub mod shell;

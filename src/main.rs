@@ -73,6 +73,11 @@ impl std::fmt::Display for Failure {
 }
 
 fn main() {
+    // Before anything reads a token: a job of the same user must not be
+    // able to read the agent's memory or environment through /proc.
+    if !semaphore_agent::child_env::make_undumpable() {
+        eprintln!("semaphore-agent: warning: cannot make the process non-dumpable");
+    }
     let outcome = match Cli::from_env() {
         Ok(cli) => run(cli.cmd),
         Err(CliExit::Help(help)) => {
@@ -136,7 +141,11 @@ fn start(args: &StartArgs) -> Result<(), Failure> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    log::debug!("Configuration:\n{}", config.redacted_summary());
+    // One line per setting: the agent log escapes line breaks.
+    log::debug!("Configuration:");
+    for line in config.redacted_summary().lines() {
+        log::debug!("  {line}");
+    }
     let reason = listener::start(config, listener::ListenerOptions::from_env())
         .map_err(Failure::Listener)?;
     shutdown_outcome(reason)

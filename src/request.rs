@@ -107,7 +107,8 @@ pub struct Command {
     pub alias: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` shows the name only: the value may be a secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct EnvVar {
     #[serde(deserialize_with = "nullable")]
@@ -117,7 +118,8 @@ pub struct EnvVar {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` shows the path and mode only: the content may be a secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct File {
     #[serde(deserialize_with = "nullable")]
@@ -130,7 +132,8 @@ pub struct File {
     pub mode: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` hides the token.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Logger {
     #[serde(deserialize_with = "nullable")]
@@ -141,6 +144,39 @@ pub struct Logger {
     pub token: String,
     #[serde(deserialize_with = "nullable")]
     pub max_size_in_bytes: i64,
+}
+
+/// What `Debug` shows instead of a secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvVar")
+            .field("name", &self.name)
+            .field("value", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .field("content", &REDACTED)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logger")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("token", &REDACTED)
+            .field("max_size_in_bytes", &self.max_size_in_bytes)
+            .finish()
+    }
 }
 
 /// Why a job file could not be loaded.

@@ -57,6 +57,9 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
+    /// Env var name globs whose values are masked in job logs; empty turns
+    /// masking of env vars off (the agent's tokens are always masked).
+    pub redact_env_vars: Vec<String>,
     /// `HOST:PORT` of the health and metrics server; `None` = off.
     pub health_address: Option<String>,
     /// The agent log's line format.
@@ -399,9 +402,7 @@ impl Config {
         let endpoint = text(raw, Key::Endpoint)?
             .map(|(s, _)| s)
             .ok_or(ConfigError::MissingEndpoint)?;
-        let token = text(raw, Key::Token)?
-            .map(|(s, _)| s)
-            .ok_or(ConfigError::MissingToken)?;
+        let (token, token_origin) = text(raw, Key::Token)?.ok_or(ConfigError::MissingToken)?;
         let disconnect_after_idle_timeout = seconds(raw, Key::DisconnectAfterIdleTimeout)?;
         let interruption_grace_period = seconds(raw, Key::InterruptionGracePeriod)?;
         let env_vars = env_vars(raw)?;
@@ -420,6 +421,15 @@ impl Config {
         let health_address = health_address(raw)?;
 
         let mut warnings = Vec::new();
+        if *token_origin == Origin::Flag {
+            // Every local user sees a command line in `ps`.
+            warnings.push(
+                "the registration token was given with --token, which every local user can \
+                 read in the process list; set SEMAPHORE_AGENT_TOKEN or 'token' in the \
+                 --config-file instead"
+                    .to_string(),
+            );
+        }
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
             if let Some(setting) = raw.get(key).filter(|s| !raw::is_default(key, s)) {
                 warnings.push(format!(
@@ -449,6 +459,10 @@ impl Config {
             fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
+            redact_env_vars: match list(raw, Key::RedactEnvVars) {
+                None => split_list_string(Key::RedactEnvVars.default_text()),
+                Some((items, _)) => items.into_iter().filter(|p| !p.is_empty()).collect(),
+            },
             health_address,
             log_format,
             warnings,
@@ -542,6 +556,7 @@ impl Config {
             Key::KubernetesDefaultImage => {
                 one(&kube(|k| k.default_image.clone().unwrap_or_default()))
             }
+            Key::RedactEnvVars => Some(Shown::Many(self.redact_env_vars.clone())),
             Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
             Key::LogFormat => one(&self.log_format.as_str()),
         }

@@ -175,6 +175,10 @@ fn every_key_reads_its_env_var() {
         fail_on_pre_job_hook_error: true,
         source_pre_job_hook: true,
         interruption_grace_period: 7,
+        redact_env_vars: crate::mask::DEFAULT_PATTERNS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
         health_address: Some("[::1]:9464".into()),
         log_format: LogFormat::Json,
         warnings: vec![],
@@ -808,6 +812,37 @@ fn secret_keys_from_the_table_are_redacted_everywhere() {
     );
     assert!(!c.redacted_summary().contains("hidden-value-2"));
     assert!(!c.redacted_summary().contains(TOKEN));
+}
+
+// ---- the token on the command line --------------------------------------
+
+#[test]
+fn a_token_flag_warns_and_points_to_the_env_var_without_showing_it() {
+    let c = load_ok("endpoint: e.example.com\n", &[], &["--token", TOKEN]);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_mentions(
+        &c.warnings[0],
+        &["--token", "SEMAPHORE_AGENT_TOKEN", "config-file"],
+    );
+    assert!(!c.warnings[0].contains(TOKEN), "{}", c.warnings[0]);
+    let env = [("SEMAPHORE_AGENT_TOKEN", TOKEN)];
+    let c = load_ok("endpoint: e.example.com\n", &env, &[]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// ---- redact-env-vars ------------------------------------------------------
+
+#[test]
+fn redact_env_vars_defaults_to_the_buildkite_like_patterns_and_can_be_emptied() {
+    let c = load_ok(BASE, &[], &[]);
+    assert_eq!(c.redact_env_vars, crate::mask::DEFAULT_PATTERNS);
+    let c = load_ok(&format!("{BASE}redact-env-vars: []\n"), &[], &[]);
+    assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
+    let env = [("SEMAPHORE_AGENT_REDACT_ENV_VARS", "MY_*,OTHER")];
+    let c = load_ok(&format!("{BASE}redact-env-vars: [A]\n"), &env, &[]);
+    assert_eq!(c.redact_env_vars, ["MY_*", "OTHER"]);
+    let c = load_ok(BASE, &env, &["--redact-env-vars", ""]);
+    assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
 }
 
 #[test]

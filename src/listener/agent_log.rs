@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use log::LevelFilter;
@@ -60,21 +60,17 @@ impl std::error::Error for AgentLogError {}
 /// returns the path).
 pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
     let level = parse_level(&std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_default())?;
-    let path = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => std::env::temp_dir().join("agent_log"),
+    let (path, shared) = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
+        Some(p) if !p.is_empty() => (PathBuf::from(p), false),
+        _ => (std::env::temp_dir().join("agent_log"), true),
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(parent);
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| AgentLogError::OpenFile {
-            path: path.clone(),
-            source,
-        })?;
+    let file = open_log_file(&path, shared).map_err(|source| AgentLogError::OpenFile {
+        path: path.clone(),
+        source,
+    })?;
     // Other crates (ureq, rustls) stay at warn or quieter: their debug
     // output is noise for an operator and not ours to vouch for.
     let others = level.min(LevelFilter::Warn);
@@ -96,14 +92,54 @@ pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
                 return writeln!(buf, "{line}");
             }
             let stamp = stamp_milli(std::time::SystemTime::now());
+            // One record, one line: what the control plane or a hook sent
+            // cannot start a line of its own.
+            let message = escape_controls(&record.args().to_string());
             if name.is_empty() {
-                writeln!(buf, "{stamp} : {}", record.args())
+                writeln!(buf, "{stamp} : {message}")
             } else {
-                writeln!(buf, "{stamp} {name} : {}", record.args())
+                writeln!(buf, "{stamp} {name} : {message}")
             }
         })
         .try_init();
     Ok(path)
+}
+
+/// Opens the log file for appending, created 0600. In a `shared` temp dir
+/// (the default `<tmp>/agent_log`, a fixed name any user could create
+/// first) a symlink is not followed, a file of another user is refused,
+/// and an existing file of ours is made 0600.
+fn open_log_file(path: &Path, shared: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut options = OpenOptions::new();
+    options.create(true).append(true).mode(0o600);
+    if shared {
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    }
+    let file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other(format!(
+                "{e}: it is a symlink, which the agent does not follow in a shared \
+                 directory; remove it or set SEMAPHORE_AGENT_LOG_FILE_PATH"
+            ))
+        } else {
+            e
+        }
+    })?;
+    if shared {
+        let meta = file.metadata()?;
+        if meta.uid() != crate::private_tmp::euid() || !meta.is_file() {
+            return Err(std::io::Error::other(format!(
+                "it is owned by uid {} or not a regular file; remove it or set \
+                 SEMAPHORE_AGENT_LOG_FILE_PATH",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(file)
 }
 
 /// Sets the name shown on each line. A URL name shows its host, as the Go
@@ -114,8 +150,34 @@ pub fn set_log_name(name: &str) {
         None => name.to_string(),
     };
     if let Ok(mut current) = LOG_NAME.lock() {
-        *current = shown;
+        *current = escape_controls(&shown);
     }
+}
+
+/// `text` with every control character (and the Unicode line and
+/// paragraph separators) written as an escape, so it stays on one line and
+/// cannot move the cursor of a terminal showing the log: `\n`, `\r`,
+/// `\t`, else `\u{..}`.
+pub fn escape_controls(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Sets (or with `None` clears) the job id the JSON lines carry.
@@ -284,5 +346,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("loud"));
+    }
+
+    #[test]
+    fn the_shared_default_log_file_is_private_and_never_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent_log");
+        drop(open_log_file(&path, true).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_log_file(&path, true).unwrap());
+        assert_eq!(mode(&path), 0o600, "an existing log is made private");
+
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("linked_log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = open_log_file(&link, true).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        // A path the operator chose may be a link.
+        drop(open_log_file(&link, false).unwrap());
+
+        if crate::private_tmp::euid() == 0 {
+            let foreign = dir.path().join("foreign_log");
+            std::fs::write(&foreign, "").unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+            let err = open_log_file(&foreign, true).unwrap_err().to_string();
+            assert!(err.contains("uid 65534"), "{err}");
+        } else {
+            println!("skipped the foreign-owner case: chown needs root");
+        }
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_line() {
+        let forged = "job-1\nNov 29 22:00:00.000 agent : Job passed\r\u{1b}[2K\u{2028}x";
+        let escaped = escape_controls(forged);
+        assert_eq!(
+            escaped,
+            "job-1\\nNov 29 22:00:00.000 agent : Job passed\\r\\u{1b}[2K\\u{2028}x"
+        );
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert_eq!(escape_controls("plain text"), "plain text");
+        set_log_name("evil\nname");
+        assert_eq!(*LOG_NAME.lock().unwrap(), "evil\\nname");
+        set_log_name("");
     }
 }

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
+use crate::mask::Masker;
 use crate::metrics::Request;
 use ops::Ops;
 
@@ -204,6 +205,7 @@ impl std::error::Error for ListenerError {}
 pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason, ListenerError> {
     let started = Instant::now();
     log::info!("Starting Agent");
+    crate::child_env::forbid_value(&config.token);
     let mut ops = match Ops::start(&config, &options) {
         Ok(ops) => ops,
         Err(e) => {
@@ -256,6 +258,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
             });
         }
     };
+    crate::child_env::forbid_value(&answer.token);
     api.set_access_token(&answer.token);
     let name = if answer.name.is_empty() {
         name
@@ -469,6 +472,7 @@ impl Listener {
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
             upload: self.config.upload_job_logs,
+            redact_env_vars: self.config.redact_env_vars.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -575,6 +579,8 @@ struct JobWork {
     get_job_attempts: u32,
     get_job_delay: Duration,
     upload: UploadPolicy,
+    /// The `redact-env-vars` globs.
+    redact_env_vars: Vec<String>,
 }
 
 impl JobWork {
@@ -613,9 +619,20 @@ impl JobWork {
         let refresher = Box::new(ApiRefresher {
             api: self.api.clone(),
         });
+        // The spool (and the plain-text log for the artifact CLI) goes to
+        // the agent's private temp dir.
+        let spool_dir = match crate::private_tmp::dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                log::error!(
+                    "Could not construct job {}: no private temp dir: {e}",
+                    self.job_id
+                );
+                return JobResult::Failed;
+            }
+        };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logs = match JobLogs::start(&request, refresher, &self.options.tmp_dir, self.upload)
-        {
+        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.upload) {
             Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
@@ -624,8 +641,19 @@ impl JobWork {
         };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
+        // Secrets are masked before anything reaches the spool, so the
+        // pushed log and the uploaded artifact log are both masked.
+        let secrets = crate::mask::secrets_for(
+            &request,
+            &self.options.env_vars,
+            &self.redact_env_vars,
+            &crate::child_env::tokens(),
+        );
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, &mut logs, stop);
+        let result = {
+            let mut masked = Masker::new(&mut logs, secrets);
+            run_job(&request, &self.options, &mut masked, stop)
+        };
         logs.finish(&request);
         result
     }
@@ -644,6 +672,7 @@ impl TokenRefresher for ApiRefresher {
             ops::failed(Request::Refresh);
             e.to_string()
         })?;
+        crate::child_env::forbid_value(&token);
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
     }

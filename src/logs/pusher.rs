@@ -93,6 +93,11 @@ pub struct PushOptions {
     /// Where the spool file is created (and the upload's temporary files).
     pub spool_dir: PathBuf,
     pub user_agent: String,
+    /// Keep spooling the whole log after a 422 and past the logger's
+    /// `max_size_in_bytes`, for an `artifact` upload of the full log (as
+    /// the Go agent's log file does). Without it the spool stops growing
+    /// at either bound, so a job cannot fill the disk.
+    pub keep_full_log: bool,
 }
 
 impl Default for PushOptions {
@@ -109,6 +114,7 @@ impl Default for PushOptions {
             request_timeout: Duration::from_secs(30),
             spool_dir: std::env::temp_dir(),
             user_agent: format!("SemaphoreAgent/{}", crate::VERSION),
+            keep_full_log: false,
         }
     }
 }
@@ -233,6 +239,15 @@ struct State {
     finish_by: Option<Instant>,
     /// Set by drop: stop now.
     abort: bool,
+    /// The spool takes no more events: the server answered 422 or the
+    /// logger's size bound was reached (without `keep_full_log`).
+    closed: bool,
+    /// The spool size bound in bytes (the logger's `max_size_in_bytes`).
+    limit: Option<u64>,
+    /// The bound was reached: the log is trimmed.
+    over_limit: bool,
+    /// Events not spooled because it was closed.
+    discarded: u64,
 }
 
 impl State {
@@ -298,6 +313,12 @@ impl PushLogger {
                 wake_at: None,
                 finish_by: None,
                 abort: false,
+                closed: false,
+                limit: u64::try_from(logger.max_size_in_bytes)
+                    .ok()
+                    .filter(|&n| n > 0 && !options.keep_full_log),
+                over_limit: false,
+                discarded: 0,
             }),
             wake: Condvar::new(),
         });
@@ -324,6 +345,7 @@ impl PushLogger {
             acked_bytes: 0,
             inflight: None,
             trimmed: false,
+            keep_full_log: options.keep_full_log,
             requests: 0,
             rng: XorShift::seeded(),
         };
@@ -362,10 +384,13 @@ impl PushLogger {
         }
         self.shared.wake.notify_all();
         let end = self.join();
-        let (total, dropped) = {
+        let (total, dropped, over_limit, discarded) = {
             let st = lock(&self.shared);
-            (st.writer.total().0, st.dropped)
+            (st.writer.total().0, st.dropped, st.over_limit, st.discarded)
         };
+        if discarded > 0 {
+            log::info!("{discarded} job log events were not kept: the log was trimmed");
+        }
         let gave_up = end.gave_up || (!end.trimmed && end.delivered < total);
         if gave_up {
             log::error!(
@@ -392,7 +417,7 @@ impl PushLogger {
             delivered: end.delivered,
             total,
             dropped,
-            trimmed: end.trimmed,
+            trimmed: end.trimmed || over_limit,
             gave_up,
             requests: end.requests,
             upload,
@@ -417,6 +442,19 @@ impl PushLogger {
 impl EventSink for PushLogger {
     fn emit(&mut self, event: Event) {
         let mut st = lock(&self.shared);
+        if !st.closed {
+            if let Some(limit) = st.limit.filter(|&l| st.writer.total().1 >= l) {
+                log::warn!(
+                    "The job's log reached its size bound of {limit} bytes; later output is not kept"
+                );
+                st.closed = true;
+                st.over_limit = true;
+            }
+        }
+        if st.closed {
+            st.discarded += 1;
+            return;
+        }
         if let Err(f) = st.writer.append(&event) {
             st.note_loss(f);
         }
@@ -478,6 +516,7 @@ struct Flusher {
     /// resends the same events from the same index.
     inflight: Option<Batch>,
     trimmed: bool,
+    keep_full_log: bool,
     requests: u64,
     rng: XorShift,
 }
@@ -553,6 +592,10 @@ impl Flusher {
                         self.send(finish_by)
                     };
                     if self.trimmed {
+                        if !self.keep_full_log {
+                            // Nothing more will be pushed: stop spooling.
+                            lock(&self.shared).closed = true;
+                        }
                         break;
                     }
                     let r = self.rng.next_unit();

@@ -20,7 +20,7 @@
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,12 +71,23 @@ const QUEUE_DEPTH: usize = 64;
 /// How often the reader thread looks at its quit flag while the PTY is idle.
 const READER_POLL_MS: libc::c_int = 100;
 
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows the variables' names only.
+#[derive(Clone, Default)]
 pub struct ShellOptions {
     /// The job's working directory and HOME.
     pub home: PathBuf,
     /// Extra environment for bash, on top of the agent's own.
     pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ShellOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ShellOptions")
+            .field("home", &self.home)
+            .field("env (values redacted)", &names)
+            .finish()
+    }
 }
 
 /// How the PTY's bash is reached when it is not the host's login bash: a
@@ -192,6 +203,10 @@ pub struct Shell {
     /// instead of being written to a file: bash runs where our files are
     /// not (a pod).
     inline: bool,
+    /// Where a new scratch directory goes if a job removes or opens up the
+    /// current one: the launcher's shared volume, or `None` for the
+    /// agent's private temp dir.
+    scratch_parent: Option<PathBuf>,
     /// The PTY's terminal side (`/dev/pts/N`), to find processes holding it.
     tty: Option<PathBuf>,
     stop_grace: Duration,
@@ -239,9 +254,11 @@ impl Shell {
         set_termios(&pty, &termios).map_err(|e| start_err("turning the PTY echo off", &e))?;
         let tty = tty_path(&pty);
 
-        let scratch_parent = match launch {
-            Some(launch) => launch.scratch_parent.clone(),
-            None => std::env::temp_dir(),
+        let launch_parent = launch.map(|l| l.scratch_parent.clone());
+        let scratch_parent = match &launch_parent {
+            Some(parent) => parent.clone(),
+            None => crate::private_tmp::dir()
+                .map_err(|e| start_err("creating the agent's temp directory", &e))?,
         };
         let scratch = if inline {
             None
@@ -267,6 +284,8 @@ impl Shell {
             return Err(start_err("starting the job's shell", &"empty command"));
         };
         let child = Command::new(program)
+            .env_clear()
+            .envs(crate::child_env::vars())
             .args(args)
             .current_dir(&opts.home)
             .env("HOME", &opts.home)
@@ -310,6 +329,7 @@ impl Shell {
             ended: None,
             termios: None,
             scratch,
+            scratch_parent: launch_parent,
             inline,
             tty,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -470,31 +490,37 @@ impl Shell {
             action: "writing the command file",
             source,
         };
-        let dir = match &self.scratch {
+        let mut dir = match &self.scratch {
             Some(dir) => dir.clone(),
             None => {
                 return Err(io_err(std::io::Error::other("the shell is closed")));
             }
         };
-        // A job may have emptied the temp dir; bring ours back if so.
-        if !dir.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_err)?;
+        // A job may have removed the temp dir (and someone else may have
+        // made one at that name since): never reuse it, make a new private
+        // one with a new random name.
+        if !crate::private_tmp::is_private_dir(&dir) {
+            let parent = match &self.scratch_parent {
+                Some(parent) => {
+                    std::fs::create_dir_all(parent).map_err(io_err)?;
+                    parent.clone()
+                }
+                None => crate::private_tmp::dir().map_err(io_err)?,
+            };
+            dir = make_scratch_dir(&parent).map_err(io_err)?;
+            self.scratch = Some(dir.clone());
         }
         let file = dir.join("command");
         let mut text = String::with_capacity(cmd.len() + 1);
         text.push_str(cmd);
         // A heredoc delimiter on the last line needs its newline.
         text.push('\n');
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&file)
+        // Created anew each time, exclusive and no-follow, 0600 at open.
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(e)),
+            _ => {}
+        }
+        crate::private_tmp::create_private(&file, 0o600)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(io_err)?;
         Ok(file)

@@ -31,5 +31,6 @@ mod job_logs;
 mod kubernetes;
 mod operations;
 mod run_jobs;
+mod security;
 mod shell;
 mod timing;
