@@ -23,8 +23,9 @@ const LAYERS: &[&[&str]] = &[
     // The agent's private temp dir and file creation; job log masking; the
     // operations registry the listener and the log flusher update.
     &["private_tmp", "mask", "metrics"],
-    // The PTY shell; the health and metrics HTTP server.
-    &["shell", "health"],
+    // The PTY shell; the health and metrics HTTP server; the Kubernetes
+    // API client and objects.
+    &["shell", "health", "kubernetes"],
     // How a job's commands run; where its events go.
     &["executor", "logs"],
     // The job lifecycle; the control-plane client; the raw CLI.

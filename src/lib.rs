@@ -13,6 +13,7 @@ pub mod executor;
 pub mod health;
 pub mod job;
 pub mod keys;
+pub mod kubernetes;
 pub mod listener;
 pub mod local;
 pub mod logs;

@@ -127,6 +127,7 @@ fn run_local(args: &RunArgs) -> Result<(), Failure> {
             source_pre_job_hook: run.source_pre_job_hook,
             fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
             post_job_hook_path: run.post_job_hook_path,
+            kubernetes: None,
         },
     })
     .map_err(Failure::Local)?;

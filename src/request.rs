@@ -43,6 +43,59 @@ pub struct JobRequest {
     pub ssh_public_keys: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub logger: Logger,
+    /// The job's containers (docker compose and Kubernetes executors).
+    #[serde(deserialize_with = "nullable")]
+    pub compose: Compose,
+}
+
+/// The `compose` section: the job's containers, the first one being where
+/// the commands run, and how to pull their images.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Compose {
+    #[serde(deserialize_with = "nullable")]
+    pub containers: Vec<Container>,
+    #[serde(deserialize_with = "nullable")]
+    pub image_pull_credentials: Vec<ImagePullCredentials>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub image: String,
+    #[serde(deserialize_with = "nullable")]
+    pub command: String,
+    #[serde(deserialize_with = "nullable")]
+    pub entrypoint: String,
+    #[serde(deserialize_with = "nullable")]
+    pub user: String,
+    #[serde(deserialize_with = "nullable")]
+    pub env_vars: Vec<EnvVar>,
+}
+
+/// One registry login: `DOCKER_CREDENTIAL_TYPE` and its variables (base64
+/// values, like the job's env vars), plus files some types need.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ImagePullCredentials {
+    #[serde(deserialize_with = "nullable")]
+    pub env_vars: Vec<EnvVar>,
+    #[serde(deserialize_with = "nullable")]
+    pub files: Vec<File>,
+}
+
+impl ImagePullCredentials {
+    /// The decoded value of `name`, if present and valid.
+    pub fn find_env_var(&self, name: &str) -> Option<String> {
+        self.env_vars
+            .iter()
+            .rev()
+            .find(|v| v.name == name)
+            .and_then(|v| v.decode().ok())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

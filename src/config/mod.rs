@@ -9,6 +9,7 @@
 //! `Config`'s `Debug` is redacted for the same reason. It does not check that
 //! hook scripts exist: they are looked up when a job runs, as in Go.
 
+mod kubernetes;
 mod name;
 mod raw;
 
@@ -63,9 +64,11 @@ pub struct Config {
     pub health_address: Option<String>,
     /// The agent log's line format.
     pub log_format: LogFormat,
-    /// Messages about accepted-but-ignored settings (the Kubernetes
-    /// executor's keys set to something other than their default).
+    /// Messages about accepted-but-ignored settings (none today; kept
+    /// for keys accepted only for compatibility).
     pub warnings: Vec<String>,
+    /// `--kubernetes-executor` and its settings; `None` when off.
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 /// The agent log's line format (`log-format`).
@@ -184,6 +187,16 @@ pub enum ConfigError {
         entry: String,
         origin: Origin,
     },
+    InvalidKubernetesImageRegex {
+        value: String,
+        origin: Origin,
+        message: String,
+    },
+    InvalidKubernetesLabel {
+        entry: String,
+        origin: Origin,
+        reason: String,
+    },
     InvalidLogFormat {
         value: String,
         origin: Origin,
@@ -273,6 +286,22 @@ impl fmt::Display for ConfigError {
             InvalidFileInjection { entry, origin } => write!(
                 f,
                 "'files' entry '{entry}' ({origin}) is not host-path:destination"
+            ),
+            InvalidKubernetesImageRegex {
+                value,
+                origin,
+                message,
+            } => write!(
+                f,
+                "'kubernetes-allowed-images' entry '{value}' ({origin}) is not a valid regex: {message}"
+            ),
+            InvalidKubernetesLabel {
+                entry,
+                origin,
+                reason,
+            } => write!(
+                f,
+                "'kubernetes-labels' entry '{entry}' ({origin}) is not a valid label: {reason}"
             ),
             InvalidLogFormat { value, origin } => write!(
                 f,
@@ -379,6 +408,7 @@ impl Config {
         let env_vars = env_vars(raw)?;
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
+        let kubernetes = kubernetes::kubernetes_config(raw, env)?;
         let log_format = match text(raw, Key::LogFormat)? {
             None => LogFormat::parse(Key::LogFormat.default_text()).unwrap_or_default(),
             Some((value, origin)) => {
@@ -403,8 +433,7 @@ impl Config {
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
             if let Some(setting) = raw.get(key).filter(|s| !raw::is_default(key, s)) {
                 warnings.push(format!(
-                    "option '{}' ({}) is ignored: this agent has no Kubernetes executor \
-                     and runs jobs in the shell or with docker compose",
+                    "option '{}' ({}) is accepted for compatibility and ignored",
                     key.name(),
                     setting.origin
                 ));
@@ -437,6 +466,7 @@ impl Config {
             health_address,
             log_format,
             warnings,
+            kubernetes,
         })
     }
 
@@ -467,7 +497,7 @@ impl Config {
     }
 
     /// The validated value of `key`, unredacted, for the summary; `None`
-    /// for a key `Config` does not keep (the ignored Kubernetes keys). A
+    /// for a key `Config` does not keep (none today). A
     /// new supported key needs an arm here: a unit test checks that every
     /// supported key is in the summary.
     fn summary_value(&self, key: Key) -> Option<Shown> {
@@ -478,6 +508,10 @@ impl Config {
             )
         }
         let one = |v: &dyn ToString| Some(Shown::One(v.to_string()));
+        // The Kubernetes settings are shown only when the executor is on.
+        let kube = |f: fn(&crate::kubernetes::KubernetesConfig) -> String| {
+            self.kubernetes.as_ref().map_or_else(String::new, f)
+        };
         match key {
             Key::Name => one(&self.name),
             Key::NameFromEnv => one(&self.name_from_env),
@@ -502,10 +536,29 @@ impl Config {
             Key::UploadJobLogs => one(&self.upload_job_logs.as_str()),
             Key::FailOnPreJobHookError => one(&self.fail_on_pre_job_hook_error),
             Key::SourcePreJobHook => one(&self.source_pre_job_hook),
+            Key::KubernetesExecutor => one(&self.kubernetes.is_some()),
+            Key::KubernetesPodSpec => one(&kube(|k| k.pod_spec.clone().unwrap_or_default())),
+            Key::KubernetesAllowedImages => Some(Shown::Many(
+                self.kubernetes
+                    .as_ref()
+                    .map(|k| k.allowed_images.clone())
+                    .unwrap_or_default(),
+            )),
+            Key::KubernetesPodStartTimeout => {
+                one(&kube(|k| k.pod_start_timeout.as_secs().to_string()))
+            }
+            Key::KubernetesLabels => Some(Shown::Many(
+                self.kubernetes
+                    .as_ref()
+                    .map(|k| k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect())
+                    .unwrap_or_default(),
+            )),
+            Key::KubernetesDefaultImage => {
+                one(&kube(|k| k.default_image.clone().unwrap_or_default()))
+            }
             Key::RedactEnvVars => Some(Shown::Many(self.redact_env_vars.clone())),
             Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
             Key::LogFormat => one(&self.log_format.as_str()),
-            _ => None,
         }
     }
 }

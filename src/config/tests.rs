@@ -182,6 +182,7 @@ fn every_key_reads_its_env_var() {
         health_address: Some("[::1]:9464".into()),
         log_format: LogFormat::Json,
         warnings: vec![],
+        kubernetes: None,
     };
     assert_eq!(c, expected);
 }
@@ -310,24 +311,44 @@ fn string_values_from_yaml_scalars() {
     assert_eq!(c.name, "123456789");
 }
 
-// ---- unsupported keys -------------------------------------------------
+// ---- kubernetes ---------------------------------------------------------
 
 #[test]
-fn unsupported_keys_warn_only_when_not_default() {
+fn kubernetes_settings_are_validated_and_typed() {
     let file = format!(
         "{BASE}kubernetes-executor: true\nkubernetes-pod-start-timeout: 60\n\
-         kubernetes-labels: [a=b]\nkubernetes-default-image: ''\n"
+         kubernetes-labels: [a=b, example.com/team=ci]\nkubernetes-default-image: ''\n\
+         kubernetes-allowed-images: ['^registry\\.io/']\nkubernetes-pod-spec: deco\n"
     );
-    let c = load_ok(&file, &[], &[]);
-    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
-    assert_mentions(&c.warnings[0], &["kubernetes-executor", "config.yaml"]);
-    assert_mentions(&c.warnings[1], &["kubernetes-pod-start-timeout"]);
-    assert_mentions(&c.warnings[2], &["kubernetes-labels"]);
-    let c = load_ok(BASE, &[], &["--kubernetes-pod-spec", "spec"]);
-    assert_mentions(&c.warnings[0], &["kubernetes-pod-spec", "command line"]);
-    let env = [("SEMAPHORE_AGENT_KUBERNETES_EXECUTOR", "true")];
-    let c = load_ok(BASE, &env, &[]);
-    assert_mentions(&c.warnings[0], &["SEMAPHORE_AGENT_KUBERNETES_EXECUTOR"]);
+    let c = load_ok(&file, &[("KUBERNETES_NAMESPACE", "jobs")], &[]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let k = c.kubernetes.expect("kubernetes on");
+    assert_eq!(k.namespace, "jobs");
+    assert_eq!(k.pod_start_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(k.labels, pairs(&[("a", "b"), ("example.com/team", "ci")]));
+    assert_eq!(k.default_image, None);
+    assert_eq!(k.allowed_images, vec!["^registry\\.io/".to_string()]);
+    assert_eq!(k.pod_spec.as_deref(), Some("deco"));
+
+    let c = load_ok(BASE, &[], &["--kubernetes-executor"]);
+    let k = c.kubernetes.expect("kubernetes on");
+    assert_eq!(k.namespace, "default");
+    assert_eq!(k.pod_start_timeout, std::time::Duration::from_secs(300));
+    assert!(load_ok(BASE, &[], &[]).kubernetes.is_none());
+}
+
+#[test]
+fn bad_kubernetes_settings_are_named() {
+    let msg = load_err(BASE, &[], &["--kubernetes-allowed-images", "ok,(unclosed"]);
+    assert_mentions(
+        &msg,
+        &["kubernetes-allowed-images", "(unclosed", "command line"],
+    );
+    let msg = load_err(&format!("{BASE}kubernetes-labels: [novalue]\n"), &[], &[]);
+    assert_mentions(&msg, &["kubernetes-labels", "novalue", "key=value"]);
+    let env = [("SEMAPHORE_AGENT_KUBERNETES_POD_START_TIMEOUT", "-1")];
+    let msg = load_err(BASE, &env, &[]);
+    assert_mentions(&msg, &["kubernetes-pod-start-timeout", "-1"]);
 }
 
 // ---- every validation error -------------------------------------------

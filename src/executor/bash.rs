@@ -85,6 +85,36 @@ impl PtyCommands {
         value
     }
 
+    /// What `command` printed (at most 4 KiB) and how it ended, without
+    /// logging either: for the executor's own probes and steps (`whoami`,
+    /// `cp`), whose output only matters when they fail.
+    pub fn output_of(&mut self, command: &str) -> (String, Outcome) {
+        let Some(shell) = self.shell.as_mut() else {
+            return (String::new(), Outcome::ShellDied(1));
+        };
+        let mut value = String::new();
+        let result = shell.run(command, &mut |chunk| {
+            if value.len() < 4096 {
+                value.push_str(chunk);
+            }
+        });
+        let outcome = match result {
+            Ok(code) => Outcome::Exited(code),
+            Err(ShellError::Stopped) => Outcome::Stopped,
+            Err(ShellError::Exited { status }) => {
+                Outcome::ShellDied(if status == 0 { 1 } else { status })
+            }
+            Err(err) => {
+                log::error!("The job's shell failed: {err}");
+                Outcome::ShellDied(1)
+            }
+        };
+        if !outcome.usable() {
+            self.shell = None;
+        }
+        (value, outcome)
+    }
+
     /// Ends the shell and what it started; safe to call twice.
     pub fn close(&mut self) {
         if let Some(mut shell) = self.shell.take() {
@@ -531,6 +561,7 @@ mod tests {
         let settings = Settings {
             home: dir.path().to_path_buf(),
             tmp_dir: dir.path().to_path_buf(),
+            ..Settings::default()
         };
         let mut executor = BashExecutor::new(&settings, &stop);
         let mut events: Vec<Event> = Vec::new();

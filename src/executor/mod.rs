@@ -11,12 +11,15 @@
 //! order of steps.
 //!
 //! [`create`] picks the executor for a job from the request's `executor`
-//! field and the agent's [`Settings`].
+//! field and the agent's [`Settings`]: with `--kubernetes-executor`, every
+//! job runs in its own pod (`kubernetes`).
 
 #[cfg(unix)]
 mod bash;
 // Compiled everywhere so its pure parts (script text, dump, paths) are
 // tested on Linux; only Windows creates one.
+#[cfg(unix)]
+mod kubernetes;
 #[cfg_attr(not(windows), allow(dead_code))]
 mod powershell;
 #[cfg(windows)]
@@ -33,6 +36,8 @@ use crate::unix_now;
 
 #[cfg(unix)]
 pub use bash::BashExecutor;
+#[cfg(unix)]
+pub use kubernetes::KubernetesExecutor;
 pub use powershell::PowerShellExecutor;
 
 /// The exit status logged for a command interrupted by a stop: 1, and 0 on
@@ -87,6 +92,12 @@ pub struct Settings {
     pub home: PathBuf,
     /// Where executors put their scratch files (command and env files).
     pub tmp_dir: PathBuf,
+    /// The agent's `--env-vars`, which win over the job's (the Kubernetes
+    /// executor puts them into the pod's env file before the job starts).
+    pub env_vars: Vec<(String, String)>,
+    /// `--kubernetes-executor`: every job runs in its own pod, whatever
+    /// its `executor`.
+    pub kubernetes: Option<Arc<crate::kubernetes::KubernetesConfig>>,
 }
 
 /// The job's log as an executor and the lifecycle write it: directives
@@ -254,6 +265,18 @@ pub fn create(
     settings: &Settings,
     stop: &Stop,
 ) -> Result<Box<dyn Executor>, String> {
+    if let Some(config) = &settings.kubernetes {
+        #[cfg(unix)]
+        return Ok(Box::new(KubernetesExecutor::new(
+            request, settings, config, stop,
+        )));
+        // The executor drives `kubectl exec` through a PTY.
+        #[cfg(not(unix))]
+        {
+            let _ = config;
+            return Err("The Kubernetes executor is not supported on Windows\n".to_string());
+        }
+    }
     let executor = request.executor();
     match executor {
         #[cfg(unix)]

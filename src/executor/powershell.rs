@@ -731,6 +731,7 @@ mod tests {
             &Settings {
                 home: dir.to_path_buf(),
                 tmp_dir: dir.to_path_buf(),
+                ..Settings::default()
             },
             &Stop::new(),
         )

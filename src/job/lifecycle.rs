@@ -48,6 +48,8 @@ pub struct JobOptions {
     pub source_pre_job_hook: bool,
     pub fail_on_pre_job_hook_error: bool,
     pub post_job_hook_path: Option<PathBuf>,
+    /// `--kubernetes-executor` and its settings.
+    pub kubernetes: Option<std::sync::Arc<crate::kubernetes::KubernetesConfig>>,
 }
 
 impl std::fmt::Debug for JobOptions {
@@ -73,6 +75,8 @@ impl JobOptions {
         Settings {
             home: self.home.clone(),
             tmp_dir: self.tmp_dir.clone(),
+            env_vars: self.env_vars.clone(),
+            kubernetes: self.kubernetes.clone(),
         }
     }
 }

@@ -465,6 +465,7 @@ impl Listener {
                 source_pre_job_hook: self.config.source_pre_job_hook,
                 fail_on_pre_job_hook_error: self.config.fail_on_pre_job_hook_error,
                 post_job_hook_path: self.config.post_job_hook_path.clone(),
+                kubernetes: self.config.kubernetes.clone().map(std::sync::Arc::new),
             },
             stop: stop.clone(),
             tx: self.tx.clone(),

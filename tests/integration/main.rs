@@ -28,6 +28,7 @@ mod control_plane;
 mod hostile_input;
 mod https;
 mod job_logs;
+mod kubernetes;
 mod operations;
 mod run_jobs;
 mod security;
