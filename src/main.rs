@@ -31,6 +31,7 @@ fn main() {
                         source_pre_job_hook: run.source_pre_job_hook,
                         fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
                         post_job_hook_path: run.post_job_hook_path,
+                        ..JobOptions::default()
                     },
                 }),
                 Err(err) => {

@@ -43,6 +43,50 @@ pub struct JobRequest {
     pub ssh_public_keys: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub logger: Logger,
+    /// The containers of a `dockercompose` job.
+    #[serde(deserialize_with = "nullable")]
+    pub compose: Compose,
+}
+
+/// The `compose` section of a `dockercompose` job.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Compose {
+    /// The first is the main container, where the job's commands run.
+    #[serde(deserialize_with = "nullable")]
+    pub containers: Vec<Container>,
+    #[serde(deserialize_with = "nullable")]
+    pub image_pull_credentials: Vec<ImagePullCredentials>,
+    /// Run on the host, with `bash -c`, before anything else.
+    #[serde(deserialize_with = "nullable")]
+    pub host_setup_commands: Vec<Command>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub image: String,
+    #[serde(deserialize_with = "nullable")]
+    pub command: String,
+    #[serde(deserialize_with = "nullable")]
+    pub entrypoint: String,
+    #[serde(deserialize_with = "nullable")]
+    pub user: String,
+    #[serde(deserialize_with = "nullable")]
+    pub env_vars: Vec<EnvVar>,
+}
+
+/// One registry login: `DOCKER_CREDENTIAL_TYPE` among `env_vars` picks how.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ImagePullCredentials {
+    #[serde(deserialize_with = "nullable")]
+    pub env_vars: Vec<EnvVar>,
+    #[serde(deserialize_with = "nullable")]
+    pub files: Vec<File>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -257,6 +301,28 @@ mod tests {
             JobRequest::from_json(r#"{"logger":null,"env_vars":[{"name":"A","value":null}]}"#)
                 .unwrap();
         assert_eq!(job.env_vars[0].decode().unwrap(), "");
+    }
+
+    #[test]
+    fn compose_section_tolerates_nulls_and_missing_fields() {
+        let job = JobRequest::from_json(
+            r#"{"executor":"dockercompose","compose":{"containers":[
+                 {"name":"main","image":"img","command":null,"env_vars":[{"name":"A","value":"aGk="}]},
+                 {"name":"db","image":"pg","user":"postgres","entrypoint":null,"env_vars":null}],
+               "image_pull_credentials":[{"env_vars":null,"files":null}],
+               "host_setup_commands":null}}"#,
+        )
+        .unwrap();
+        let compose = &job.compose;
+        assert_eq!(compose.containers.len(), 2);
+        assert_eq!(compose.containers[0].command, "");
+        assert_eq!(compose.containers[0].env_vars[0].decode().unwrap(), "hi");
+        assert_eq!(compose.containers[1].user, "postgres");
+        assert!(compose.containers[1].env_vars.is_empty());
+        assert!(compose.image_pull_credentials[0].files.is_empty());
+        assert!(compose.host_setup_commands.is_empty());
+        let job = JobRequest::from_json(r#"{"compose":{"containers":null}}"#).unwrap();
+        assert!(job.compose.containers.is_empty());
     }
 
     #[test]

@@ -394,6 +394,7 @@ mod tests {
         let settings = Settings {
             home: dir.path().to_path_buf(),
             tmp_dir: dir.path().to_path_buf(),
+            ..Settings::default()
         };
         let mut executor = BashExecutor::new(&settings, &stop);
         let mut events: Vec<Event> = Vec::new();

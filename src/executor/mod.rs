@@ -14,6 +14,8 @@
 //! field and the agent's [`Settings`].
 
 mod bash;
+#[cfg(unix)]
+mod compose;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +79,12 @@ pub struct Settings {
     pub home: PathBuf,
     /// Where executors put their scratch files (command and env files).
     pub tmp_dir: PathBuf,
+    /// The agent's `--files` (`host:dest`), mounted into a compose job's
+    /// main container.
+    pub files: Vec<String>,
+    /// `--fail-on-missing-files`: a missing `--files` host path fails the
+    /// job instead of being skipped with a warning.
+    pub fail_on_missing_files: bool,
 }
 
 /// The job's log as an executor and the lifecycle write it: directives
@@ -247,9 +255,13 @@ pub fn create(
     let executor = request.executor();
     match executor {
         "shell" => Ok(Box::new(BashExecutor::new(settings, stop))),
+        #[cfg(unix)]
+        "dockercompose" => compose::ComposeExecutor::new(request, settings, stop)
+            .map(|e| Box::new(e) as Box<dyn Executor>)
+            .map_err(|e| format!("{e}\n")),
         other => Err(format!(
-            "Executor '{other}' is not supported by this agent: only 'shell' is \
-             (docker compose jobs are not supported yet)\n"
+            "Executor '{other}' is not supported by this agent: only 'shell' and \
+             'dockercompose' are\n"
         )),
     }
 }
