@@ -41,6 +41,10 @@
 #[path = "../tests/support/hub.rs"]
 #[allow(dead_code)]
 mod hub;
+#[path = "../tests/support/procs.rs"]
+mod procs;
+#[path = "../tests/support/wait.rs"]
+mod wait;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -241,7 +245,7 @@ fn idle_rows(bin: &Path, hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
     cmd.env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "60000");
     let mut unregistered = Proc::spawn(cmd);
     let log = sandbox.path("agent_log");
-    wait_for(WAIT, || {
+    wait::until(WAIT, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Register"))
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -357,20 +361,20 @@ fn stop_rows(hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
     let mut tracked = 0;
     let mut survivors = 0;
     let mut orphan_zombies = 0;
-    let mut previous: Vec<ProcInfo> = Vec::new();
+    let mut previous: Vec<procs::Proc> = Vec::new();
     for _ in 0..STOP_RUNS {
         let id = hub.queue_job(json!({ "commands": [{ "directive": "sleep infinity" }] }));
         // Stop only once `sleep` itself runs, so the stop has a process to end.
-        let sleeping = wait_for(WAIT, || {
-            descendants(agent.pid())
+        let sleeping = wait::until(WAIT, || {
+            procs::descendants(agent.pid() as u32)
                 .iter()
-                .any(|p| p.comm == "sleep" && p.state != 'Z' && !previous.iter().any(|q| q.same(p)))
+                .any(|p| p.comm == "sleep" && !p.is_zombie() && !previous.iter().any(|q| q.same(p)))
         });
         if !sleeping {
             results.push("never started".to_string());
             continue;
         }
-        let job_processes = descendants(agent.pid());
+        let job_processes = procs::descendants(agent.pid() as u32);
         tracked += job_processes.len();
         hub.stop_job(&id);
         let result = hub
@@ -380,10 +384,10 @@ fn stop_rows(hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
         // (or a subreaper) and stays a zombie until that one reaps it: dead,
         // holding only its pid, and nothing the agent can wait for. Any
         // other leftover (running, or a zombie of the agent) is a survivor.
-        let agent_pid = agent.pid();
-        for p in job_processes.iter().filter_map(ProcInfo::current) {
+        let agent_pid = agent.pid() as u32;
+        for p in job_processes.iter().filter_map(procs::Proc::current) {
             let adopted = !job_processes.iter().any(|q| q.pid == p.ppid) && p.ppid != agent_pid;
-            if p.state == 'Z' && adopted {
+            if p.is_zombie() && adopted {
                 orphan_zombies += 1;
             } else {
                 survivors += 1;
@@ -399,7 +403,7 @@ fn stop_rows(hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
         }
         results.push(result);
         // Back to waiting, so the next job is handed out.
-        wait_for(WAIT, || {
+        wait::until(WAIT, || {
             hub.syncs()
                 .last()
                 .is_some_and(|s| s["state"] == "waiting-for-jobs")
@@ -449,66 +453,6 @@ fn stop_rows(hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
             "+ {orphan_zombies} killed, zombie under pid 1 until it reaps"
         )),
     ]
-}
-
-/// One process as /proc/<pid>/stat shows it.
-#[derive(Debug, Clone)]
-struct ProcInfo {
-    pid: i32,
-    ppid: i32,
-    comm: String,
-    state: char,
-    /// Start time in clock ticks since boot: with the pid, names a process
-    /// even after its pid is reused.
-    start: u64,
-}
-
-impl ProcInfo {
-    fn read(pid: i32) -> Option<ProcInfo> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // comm is in parentheses and may contain spaces; fields follow the last ')'.
-        let open = stat.find('(')?;
-        let close = stat.rfind(')')?;
-        let comm = stat.get(open + 1..close)?.to_string();
-        let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-        Some(ProcInfo {
-            pid,
-            ppid: rest.get(1)?.parse().ok()?,
-            comm,
-            state: rest.first()?.chars().next()?,
-            start: rest.get(19)?.parse().ok()?,
-        })
-    }
-
-    /// The same process (its state may have changed).
-    fn same(&self, other: &ProcInfo) -> bool {
-        self.pid == other.pid && self.start == other.start
-    }
-
-    /// The process as it is now, if it still exists (zombies included).
-    fn current(&self) -> Option<ProcInfo> {
-        ProcInfo::read(self.pid).filter(|now| now.same(self))
-    }
-}
-
-/// Every process below `root`.
-fn descendants(root: i32) -> Vec<ProcInfo> {
-    let all: Vec<ProcInfo> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(ProcInfo::read)
-        .collect();
-    let mut found = Vec::new();
-    let mut parents = vec![root];
-    while let Some(parent) = parents.pop() {
-        for p in all.iter().filter(|p| p.ppid == parent) {
-            parents.push(p.pid);
-            found.push(p.clone());
-        }
-    }
-    found
 }
 
 // ---------------------------------------------------------------- 5. size
@@ -906,17 +850,6 @@ fn proc_status_kb(pid: i32, key: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn wait_for(timeout: Duration, ready: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ready() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    ready()
 }
 
 fn median(values: &[Duration]) -> Option<Duration> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::events::JobResult;
+use crate::net::{describe_transport, http_agent};
 use crate::request::JobRequest;
 
 /// How long to wait to connect and for each response; the Go agent uses a
@@ -326,195 +327,6 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// Builds the HTTP agent used for every call to `url`'s host: certificate
-/// verification always on (system roots, else bundled Mozilla roots), the
-/// proxy chosen from the environment the way Go's net/http does, and
-/// `timeout` for connecting and for each answer. The log pusher builds its
-/// client from [`http_config`], so it follows the same TLS and proxy rules.
-pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
-    let config = http_config(url)
-        .http_status_as_error(false)
-        .user_agent(format!("SemaphoreAgent/{}", crate::VERSION))
-        .timeout_connect(Some(timeout))
-        .timeout_recv_response(Some(timeout))
-        .timeout_recv_body(Some(timeout))
-        .timeout_send_body(Some(timeout))
-        // A bound on the whole call, so a server trickling bytes cannot hold
-        // the sync loop forever.
-        .timeout_global(Some(timeout * 2))
-        .build();
-    config.new_agent()
-}
-
-/// The settings every HTTP client of the agent shares, whoever it talks
-/// to at `url` (the control plane, the log server): certificate checks
-/// against the system roots (SSL_CERT_FILE / SSL_CERT_DIR when set) else
-/// the bundled Mozilla roots, and the proxy picked by [`proxy_for`]. Without
-/// this, ureq's defaults would ignore SSL_CERT_FILE and proxy loopback.
-pub fn http_config(url: &str) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
-    let mut builder = ureq::Agent::config_builder();
-    // Reading the system's roots takes tens of milliseconds; plain http
-    // (`--no-https`) never needs them.
-    if url.starts_with("https://") {
-        builder = builder.tls_config(tls_config());
-    }
-    builder
-        .proxy(proxy_for(url, &|name| std::env::var(name).ok()))
-        // A redirect is answered as the error it is: following one would
-        // turn a POST into a GET and drop the Authorization header, and the
-        // resulting 401 would blame the token instead of the endpoint.
-        .max_redirects(0)
-}
-
-/// The TLS settings, built once per process: reading the system's roots
-/// costs tens of milliseconds, and every job's log pusher needs them too.
-fn tls_config() -> ureq::tls::TlsConfig {
-    static CONFIG: std::sync::OnceLock<ureq::tls::TlsConfig> = std::sync::OnceLock::new();
-    CONFIG.get_or_init(load_tls_config).clone()
-}
-
-fn load_tls_config() -> ureq::tls::TlsConfig {
-    let native = rustls_native_certs::load_native_certs();
-    let roots: Vec<ureq::tls::Certificate<'static>> = native
-        .certs
-        .iter()
-        .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
-        .collect();
-    let root_certs = if roots.is_empty() {
-        log::debug!("No system root certificates found; using the bundled Mozilla roots");
-        ureq::tls::RootCerts::WebPki
-    } else {
-        ureq::tls::RootCerts::new_with_certs(&roots)
-    };
-    ureq::tls::TlsConfig::builder()
-        .provider(ureq::tls::TlsProvider::Rustls)
-        .root_certs(root_certs)
-        .build()
-}
-
-/// Picks the proxy for `url` like Go's `http.ProxyFromEnvironment`:
-/// `HTTPS_PROXY` for https, `HTTP_PROXY` for http (upper case first), none
-/// for loopback hosts or hosts matched by `NO_PROXY`. ureq's own
-/// `Proxy::try_from_env` would also use `ALL_PROXY`, use `HTTP_PROXY` for
-/// https, and match `NO_PROXY` entries without their subdomains.
-fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<ureq::Proxy> {
-    let (scheme, rest) = url.split_once("://")?;
-    let names: &[&str] = match scheme {
-        "https" => &["HTTPS_PROXY", "https_proxy"],
-        "http" => &["HTTP_PROXY", "http_proxy"],
-        _ => return None,
-    };
-    let proxy = names
-        .iter()
-        .find_map(|n| env(n).filter(|v| !v.is_empty()))?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let (host, port) = split_host_port(authority);
-    let default_port = if scheme == "https" { "443" } else { "80" };
-    let port = port.unwrap_or(default_port);
-    if is_loopback(&host) {
-        return None;
-    }
-    let no_proxy = env("NO_PROXY")
-        .or_else(|| env("no_proxy"))
-        .unwrap_or_default();
-    if no_proxy_matches(&no_proxy, &host, port) {
-        return None;
-    }
-    match ureq::Proxy::new(&proxy) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            // The proxy URL may hold credentials: say which variable, not its value.
-            log::warn!(
-                "Ignoring the proxy from {}: not a valid proxy URL ({e})",
-                names[0]
-            );
-            None
-        }
-    }
-}
-
-/// Splits `host:port` / `[v6]:port`; the host comes back lower case without brackets.
-fn split_host_port(authority: &str) -> (String, Option<&str>) {
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, after)) = rest.split_once(']') {
-            return (host.to_ascii_lowercase(), after.strip_prefix(':'));
-        }
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => (host.to_ascii_lowercase(), Some(port)),
-        _ => (authority.to_ascii_lowercase(), None),
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-}
-
-/// Go's NO_PROXY rules: `*` matches all; `example.com` and `.example.com`
-/// match the host and its subdomains; an entry may carry a port; an IP
-/// matches exactly and a CIDR matches the addresses inside it.
-fn no_proxy_matches(no_proxy: &str, host: &str, port: &str) -> bool {
-    let host_ip = host.parse::<std::net::IpAddr>().ok();
-    no_proxy
-        .split(',')
-        .map(|entry| entry.trim().to_ascii_lowercase())
-        .filter(|entry| !entry.is_empty())
-        .any(|entry| {
-            if entry == "*" {
-                return true;
-            }
-            if let Some((net, bits)) = entry.split_once('/') {
-                return match (
-                    host_ip,
-                    net.parse::<std::net::IpAddr>(),
-                    bits.parse::<u32>(),
-                ) {
-                    (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip, net, bits),
-                    _ => false,
-                };
-            }
-            let (entry_host, entry_port) = split_host_port(&entry);
-            if entry_port.is_some_and(|p| p != port) {
-                return false;
-            }
-            if let Some(ip) = host_ip {
-                return entry_host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|e| e == ip);
-            }
-            let bare = entry_host.trim_start_matches("*.").trim_start_matches('.');
-            host == bare || host.ends_with(&format!(".{bare}"))
-        })
-}
-
-fn in_cidr(ip: std::net::IpAddr, net: std::net::IpAddr, bits: u32) -> bool {
-    use std::net::IpAddr;
-    match (ip, net) {
-        (IpAddr::V4(ip), IpAddr::V4(net)) if bits <= 32 => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(ip) & mask == u32::from(net) & mask
-        }
-        (IpAddr::V6(ip), IpAddr::V6(net)) if bits <= 128 => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(ip) & mask == u128::from(net) & mask
-        }
-        _ => false,
-    }
-}
-
 /// What of an answer that does not parse an [`ApiError`] may quote.
 #[derive(Clone, Copy)]
 enum Quote {
@@ -796,44 +608,6 @@ fn unquote(message: &str) -> String {
     out
 }
 
-/// What a transport error means. Certificate problems get a hint on what
-/// to do, because "invalid peer certificate: UnknownIssuer" alone does not
-/// tell an operator that a private CA needs SSL_CERT_FILE.
-pub fn describe_transport(e: &ureq::Error) -> String {
-    use rustls::CertificateError as C;
-    let tls = match e {
-        ureq::Error::Rustls(inner) => Some(inner),
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        _ => None,
-    };
-    let Some(tls) = tls else {
-        return e.to_string();
-    };
-    let hint = match tls {
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => {
-                "the server's TLS certificate is not trusted: if it is issued by a private CA \
-                 (or a TLS-inspecting proxy), point SSL_CERT_FILE at a PEM file with that CA"
-            }
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                "the server's TLS certificate is not valid for the host in --endpoint"
-            }
-            C::Expired
-            | C::ExpiredContext { .. }
-            | C::NotValidYet
-            | C::NotValidYetContext { .. } => {
-                "the server's TLS certificate is expired or not yet valid: check it and this \
-                 machine's clock"
-            }
-            _ => "the server's TLS certificate was rejected",
-        },
-        _ => "TLS failed",
-    };
-    format!("{hint} ({tls})")
-}
-
 /// Percent-encodes a job id for use as one URL path segment, so an odd id
 /// from the control plane cannot change which path is requested.
 fn encode_path_segment(segment: &str) -> String {
@@ -986,38 +760,6 @@ mod tests {
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
-    }
-
-    #[test]
-    fn proxy_is_chosen_like_go() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let https_only = env(&[("HTTPS_PROXY", "http://proxy:3128")]);
-        assert!(proxy_for("https://s.semaphoreci.com/api", &https_only).is_some());
-        assert!(proxy_for("http://s.semaphoreci.com/api", &https_only).is_none());
-        assert!(proxy_for("https://127.0.0.1:8000/api", &https_only).is_none());
-        assert!(proxy_for("https://localhost/api", &https_only).is_none());
-
-        let with_no_proxy = env(&[
-            ("HTTPS_PROXY", "http://proxy:3128"),
-            ("NO_PROXY", "semaphoreci.com,10.0.0.0/8"),
-        ]);
-        assert!(proxy_for("https://org.semaphoreci.com/api", &with_no_proxy).is_none());
-        assert!(proxy_for("https://semaphoreci.com/api", &with_no_proxy).is_none());
-        assert!(proxy_for("https://10.1.2.3:443/api", &with_no_proxy).is_none());
-        assert!(proxy_for("https://example.com/api", &with_no_proxy).is_some());
-
-        let ported = env(&[
-            ("HTTPS_PROXY", "http://proxy:3128"),
-            ("NO_PROXY", "example.com:8443"),
-        ]);
-        assert!(proxy_for("https://example.com:8443/x", &ported).is_none());
-        assert!(proxy_for("https://example.com/x", &ported).is_some());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod job;
 pub mod listener;
 pub mod local;
 pub mod logs;
+pub mod net;
 pub mod output;
 pub mod random;
 pub mod request;
@@ -20,6 +21,8 @@ pub mod shell;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod layers;
 
 /// The agent's version, sent as `SemaphoreAgent/<version>` and on register.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

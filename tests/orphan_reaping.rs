@@ -1,16 +1,22 @@
 //! When the agent is a container's PID 1 (or a child subreaper), a job's
 //! orphans are re-parented to it; once the job ends they must not stay
 //! behind as zombies. This test binary makes itself a subreaper, which is
-//! why it is a file of its own: the setting applies to the whole process.
+//! why it is a test binary of its own (not a module of
+//! tests/integration/): the setting applies to the whole process, and
+//! orphans of every other test would become its children. It takes only
+//! the `/proc` scanner and the bounded wait from tests/support/.
 
-use std::time::{Duration, Instant};
+#[path = "support/procs.rs"]
+mod procs;
+#[path = "support/wait.rs"]
+mod wait;
+
+use std::time::Duration;
 
 use semaphore_agent::shell::{Shell, ShellOptions};
 
 fn state_of(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit(')').next()?.trim_start().to_string();
-    after.split_whitespace().next().map(str::to_string)
+    procs::get(pid).map(|p| p.state)
 }
 
 #[test]
@@ -42,25 +48,8 @@ fn orphans_of_a_job_are_reaped_when_the_agent_is_their_reaper() {
     shell.close();
 
     // Killed and reaped: the pid is gone, not a zombie of ours.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while state_of(pid).is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until(Duration::from_secs(5), || state_of(pid).is_none());
     assert_eq!(state_of(pid), None, "pid {pid} was left behind");
-    let me = std::process::id().to_string();
-    let zombies: Vec<String> = std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str())
-        })
-        .collect();
+    let zombies = procs::zombie_children_of(std::process::id());
     assert!(zombies.is_empty(), "zombie children left: {zombies:?}");
 }

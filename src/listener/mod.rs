@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
 use crate::config::Config;
+use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
-use crate::logs::{
-    FinishOptions, FlushReport, JobResult, PushLogger, PushOptions, TokenRefresher, UploadOutcome,
-    UploadPolicy,
-};
+use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -249,6 +247,17 @@ fn install_signal_handler(tx: SyncSender<Wake>, interrupted_at: Arc<AtomicU64>) 
     }
 }
 
+/// A random wait in `(low, high)`, both ends included, to the millisecond:
+/// the sync interval when the control plane names none. An empty or
+/// inverted range is `low`.
+fn random_between((low, high): (Duration, Duration)) -> Duration {
+    if high <= low {
+        return low;
+    }
+    let span = (high - low).as_millis() as u64;
+    low + Duration::from_millis(crate::random::u64() % (span + 1))
+}
+
 /// The job thread and how to stop it.
 struct JobThread {
     job_id: String,
@@ -344,12 +353,7 @@ impl Listener {
     }
 
     fn default_interval(&self) -> Duration {
-        let (low, high) = self.options.sync_interval;
-        if high <= low {
-            return low;
-        }
-        let span = (high - low).as_millis() as u64;
-        low + Duration::from_millis(crate::random::u64() % (span + 1))
+        random_between(self.options.sync_interval)
     }
 
     fn spawn_job(&mut self, job_id: String) {
@@ -511,14 +515,10 @@ impl JobWork {
         let refresher = Box::new(ApiRefresher {
             api: self.api.clone(),
         });
-        let push = PushOptions {
-            spool_dir: self.options.tmp_dir.clone(),
-            flush_timeout: crate::logs::flush_timeout_from_env(&crate::logs::process_env),
-            ..PushOptions::default()
-        };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logger = match PushLogger::start(&request.logger, refresher, push) {
-            Ok(logger) => logger,
+        let mut logs = match JobLogs::start(&request, refresher, &self.options.tmp_dir, self.upload)
+        {
+            Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
                 return JobResult::Failed;
@@ -527,9 +527,8 @@ impl JobWork {
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, &mut logger, stop);
-        let report = logger.finish(&FinishOptions::new(&request, self.upload));
-        log_flush_report(&self.job_id, &report);
+        let result = run_job(&request, &self.options, &mut logs, stop);
+        logs.finish(&request);
         result
     }
 }
@@ -546,30 +545,6 @@ impl TokenRefresher for ApiRefresher {
         let token = self.api.refresh().map_err(|e| e.to_string())?;
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
-    }
-}
-
-fn log_flush_report(job_id: &str, report: &FlushReport) {
-    if report.trimmed {
-        log::warn!("Logs of job {job_id} were trimmed: the job used all its log space");
-    }
-    if report.dropped > 0 {
-        log::error!(
-            "{} log events of job {job_id} could not be written to the spool",
-            report.dropped
-        );
-    }
-    match &report.upload {
-        UploadOutcome::NotRequested => {}
-        UploadOutcome::Skipped { reason } => {
-            log::warn!("Job logs of {job_id} not uploaded: {reason}")
-        }
-        UploadOutcome::Uploaded { destination } => {
-            log::info!("Job logs of {job_id} uploaded as artifact {destination}")
-        }
-        UploadOutcome::Failed { reason } => {
-            log::error!("Uploading the job logs of {job_id} failed: {reason}")
-        }
     }
 }
 
@@ -730,9 +705,33 @@ mod tests {
 
     #[test]
     fn default_interval_stays_in_range() {
-        for _ in 0..100 {
-            let v = crate::random::u64() % 3001;
-            assert!(v <= 3000);
+        let (low, high) = ListenerOptions::default().sync_interval;
+        assert_eq!(
+            (low, high),
+            (Duration::from_secs(3), Duration::from_secs(6))
+        );
+        let waits: Vec<Duration> = (0..1000).map(|_| random_between((low, high))).collect();
+        for w in &waits {
+            assert!(low <= *w && *w <= high, "{w:?} outside {low:?}..={high:?}");
         }
+        // Spread over the range, not stuck at one end: with 1000 draws from
+        // 3001 values, a miss of either outer sixth is practically impossible.
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*min < Duration::from_millis(3500), "never below {min:?}");
+        assert!(*max > Duration::from_millis(5500), "never above {max:?}");
+        // Whole milliseconds.
+        assert!(waits.iter().all(|w| w.subsec_nanos() % 1_000_000 == 0));
+        // Both ends come up, and nothing beyond them: in a range of three
+        // values, 1000 draws miss one with a chance of about 1e-176.
+        let small = (Duration::from_millis(10), Duration::from_millis(12));
+        let seen: std::collections::BTreeSet<u128> = (0..1000)
+            .map(|_| random_between(small).as_millis())
+            .collect();
+        assert_eq!(seen, [10, 11, 12].into());
+        // A fixed interval (the tests' SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS)
+        // and an inverted range are the low end.
+        let d = Duration::from_millis(100);
+        assert_eq!(random_between((d, d)), d);
+        assert_eq!(random_between((d, d / 2)), d);
     }
 }

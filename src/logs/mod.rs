@@ -5,11 +5,13 @@
 //! log. This module must not know about shells or the control plane's
 //! sync loop.
 
+mod job;
 mod pusher;
 mod spool;
 mod upload;
 
 pub use crate::events::{Event, EventSink, JobResult};
+pub use job::JobLogs;
 pub use pusher::{
     flush_timeout_from_env, FinishOptions, FlushReport, LogError, PushLogger, PushOptions,
     TokenRefresher, DEFAULT_FLUSH_TIMEOUT, FLUSH_TIMEOUT_VAR, MAX_BATCH_EVENTS,

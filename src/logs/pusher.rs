@@ -301,7 +301,7 @@ impl PushLogger {
             }),
             wake: Condvar::new(),
         });
-        let agent = crate::api::http_config(&logger.url)
+        let agent = crate::net::http_config(&logger.url)
             .http_status_as_error(false)
             .user_agent(options.user_agent.as_str())
             .timeout_connect(Some(options.request_timeout.min(Duration::from_secs(10))))
@@ -632,7 +632,7 @@ impl Flusher {
                 log::warn!(
                     "Pushing logs to {} (start_from={start_from}) failed: {}; will retry",
                     self.url,
-                    crate::api::describe_transport(&e)
+                    crate::net::describe_transport(&e)
                 );
                 Outcome::Failed
             }

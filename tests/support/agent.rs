@@ -4,10 +4,10 @@
 //! printed when a test fails.
 
 use std::process::{Child, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::hub::REGISTRATION_TOKEN;
-use super::Sandbox;
+use super::{wait, Sandbox};
 
 /// A running agent.
 pub struct Agent {
@@ -80,20 +80,15 @@ impl Agent {
     /// The exit code, or None if still running after `timeout` (or killed
     /// by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status {
-                return status.code();
+        wait::until(timeout, || {
+            if self.status.is_none() {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    self.status = Some(status);
+                }
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.status = Some(status);
-                continue;
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            self.status.is_some()
+        });
+        self.status.and_then(|s| s.code())
     }
 
     /// The exit status once it exited (None while running).

@@ -1,10 +1,24 @@
-//! Shared test support: the real binary, isolated homes, job files.
+//! Shared test support: the real binary, isolated homes, job files, the
+//! fake control plane (`hub`), the fake log server (`logserver`), TLS
+//! fronts (`tls`), the agent as a child process (`agent`), the `/proc`
+//! scanner (`procs`) and the bounded poll (`wait`). One copy of each, used
+//! by every module of `tests/integration/` (and `procs`/`wait` by
+//! `tests/orphan_reaping.rs`). It must stay test-only: nothing here reaches
+//! the agent binary.
 #![allow(dead_code)]
 
 pub mod hub;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// The bound of every wait for something that should take well under a
+/// second (a sync, a job result, an exit): generous, so a slow machine
+/// only makes a failing test slower, never a passing one fail.
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The agent binary cargo built for these tests.
 pub fn agent_bin() -> PathBuf {
@@ -77,6 +91,18 @@ pub fn exists(path: &Path) -> bool {
     path.exists()
 }
 
+/// A job request running `commands` one after the other.
+pub fn job(commands: &[&str]) -> Value {
+    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
+}
+
+/// A predicate on a sync request body: its `state` is `state`.
+pub fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |s: &Value| s["state"] == state
+}
+
 pub mod agent;
 pub mod logserver;
+pub mod procs;
 pub mod tls;
+pub mod wait;

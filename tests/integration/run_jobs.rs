@@ -1,17 +1,17 @@
 //! Real jobs run by the real binary (`run --json`), asserting the exact
-//! event sequence the control plane would receive.
-
-mod support;
+//! event sequence the control plane would receive. (How fast a stop or
+//! Ctrl-C ends a job is a promise of `timing`.)
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{b64, b64_bytes, Sandbox};
+
+use crate::support::{b64, b64_bytes, Sandbox};
 
 /// One event with the timestamps left out; consecutive outputs merged.
 #[derive(Debug, Clone, PartialEq)]
-enum Step {
+pub(crate) enum Step {
     Started(String),
     Output(String),
     Finished(String, i64),
@@ -20,7 +20,7 @@ enum Step {
 
 use Step::{Finished, Job, Output, Started};
 
-fn started(d: &str) -> Step {
+pub(crate) fn started(d: &str) -> Step {
     Started(d.to_string())
 }
 fn out(o: &str) -> Step {
@@ -29,7 +29,7 @@ fn out(o: &str) -> Step {
 fn finished(d: &str, code: i64) -> Step {
     Finished(d.to_string(), code)
 }
-fn job(r: &str) -> Step {
+pub(crate) fn job(r: &str) -> Step {
     Job(r.to_string())
 }
 
@@ -66,7 +66,7 @@ fn run_job_in(sandbox: Sandbox, job: Value, args: &[&str]) -> Run {
     }
 }
 
-fn parse_steps(stdout: &str) -> Vec<Step> {
+pub(crate) fn parse_steps(stdout: &str) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let mut saw_job_started = false;
     for line in stdout.lines() {
@@ -124,7 +124,7 @@ fn result_export() -> Vec<Step> {
     ]
 }
 
-fn commands(list: &[&str]) -> Value {
+pub(crate) fn commands(list: &[&str]) -> Value {
     Value::Array(list.iter().map(|c| json!({ "directive": c })).collect())
 }
 
@@ -692,185 +692,4 @@ fn output_of_binary_bytes_is_replaced_not_lost() {
     // 128 bytes that are not UTF-8 on their own, each replaced.
     assert_eq!(text.matches('\u{FFFD}').count(), 128, "{text:?}");
     assert_eq!(run.steps.last(), Some(&job("passed")));
-}
-
-/// Stops a job from another thread through the library API, as the
-/// listener does on `stop-job`.
-fn stop_job_after(
-    commands_list: &[&str],
-    wait_for: &str,
-) -> (Vec<semaphore_agent::logs::Event>, Duration, Sandbox) {
-    use semaphore_agent::job::{run_job, JobOptions, JobRequest, JobStop};
-    use semaphore_agent::logs::{Event, EventSink};
-    use std::sync::{Arc, Mutex};
-
-    /// Shares events with the test thread while the job runs.
-    struct Shared(Arc<Mutex<Vec<Event>>>);
-    impl EventSink for Shared {
-        fn emit(&mut self, event: Event) {
-            self.0.lock().unwrap().push(event);
-        }
-    }
-
-    let sandbox = Sandbox::new();
-    let request: JobRequest =
-        serde_json::from_value(json!({ "commands": commands(commands_list) })).unwrap();
-    let options = JobOptions {
-        home: sandbox.home(),
-        tmp_dir: sandbox.tmp(),
-        ..JobOptions::default()
-    };
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let stop = JobStop::new();
-    let handle = {
-        let (events, stop) = (events.clone(), stop.clone());
-        std::thread::spawn(move || run_job(&request, &options, &mut Shared(events), &stop))
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = events
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::CmdStarted { directive, .. } if directive == wait_for));
-        if seen {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job never reached {wait_for}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let stop_at = Instant::now();
-    stop.stop();
-    let result = handle.join().expect("job thread");
-    let took = stop_at.elapsed();
-    assert_eq!(result, semaphore_agent::logs::JobResult::Stopped);
-    let events = std::mem::take(&mut *events.lock().unwrap());
-    (events, took, sandbox)
-}
-
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // A zombie is dead, only not yet reaped by its new parent.
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-#[test]
-fn stop_ends_sleep_infinity_within_2s_and_leaves_nothing() {
-    use semaphore_agent::logs::{Event, JobResult};
-    let (events, took, sandbox) = stop_job_after(
-        &[
-            "sleep 1000 & echo $! > bg.pid",
-            "sleep infinity",
-            "echo never",
-        ],
-        "sleep infinity",
-    );
-    assert!(took < Duration::from_secs(2), "stop took {took:?}");
-    let finished: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::CmdFinished {
-                directive,
-                exit_code,
-                ..
-            } => Some((directive.clone(), *exit_code)),
-            _ => None,
-        })
-        .collect();
-    let last = finished
-        .last()
-        .expect("a cmd_finished for the stopped command");
-    assert_eq!(last.0, "sleep infinity");
-    assert_ne!(last.1, 0);
-    assert!(!events
-        .iter()
-        .any(|e| matches!(e, Event::CmdStarted { directive, .. } if directive == "echo never")));
-    assert!(matches!(
-        events.last(),
-        Some(Event::JobFinished {
-            result: JobResult::Stopped,
-            ..
-        })
-    ));
-    assert_ended_soon(&sandbox.home().join("bg.pid"));
-}
-
-/// The process whose pid the job wrote into `pid_file` is gone (or a zombie)
-/// within 3 s.
-#[track_caller]
-fn assert_ended_soon(pid_file: &std::path::Path) {
-    let pid: u32 = std::fs::read_to_string(pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while process_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        !process_alive(pid),
-        "background process {pid} outlived the job"
-    );
-}
-
-#[test]
-fn ctrl_c_stops_a_local_job_and_everything_it_started() {
-    let sandbox = Sandbox::new();
-    let path = sandbox.write(
-        "job.json",
-        &json!({ "commands": commands(&["sleep 1000 & echo $! > bg.pid", "sleep infinity", "echo never"]) })
-            .to_string(),
-    );
-    let mut child = sandbox
-        .agent()
-        .arg("run")
-        .arg(&path)
-        .arg("--json")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the agent");
-    let pid_file = sandbox.home().join("bg.pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pid_file.exists() {
-        assert!(Instant::now() < deadline, "the job never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let signalled = Instant::now();
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the agent") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the agent did not stop the job");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(
-        signalled.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        signalled.elapsed()
-    );
-    assert_eq!(status.code(), Some(1));
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    let steps = parse_steps(&stdout);
-    assert!(!steps.contains(&started("echo never")));
-    assert_eq!(steps.last(), Some(&job("stopped")));
-    assert_ended_soon(&pid_file);
 }

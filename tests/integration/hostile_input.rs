@@ -3,20 +3,11 @@
 //! must never panic or hang; a bad job fails with a reason, a bad answer is
 //! an error that is retried or given up on clearly, and the agent goes on.
 
-mod support;
+use serde_json::json;
 
-use std::time::Duration;
-
-use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN};
-use support::{b64, b64_bytes, Sandbox};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn job(commands: &[&str]) -> Value {
-    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
-}
+use crate::support::agent::Agent;
+use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN};
+use crate::support::{b64, b64_bytes, job, Sandbox, WAIT};
 
 fn start(sandbox: &Sandbox, hub: &Hub, env: &[(&str, &str)]) -> Agent {
     Agent::start(sandbox, &hub.endpoint(), &["--no-https"], env)

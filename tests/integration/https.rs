@@ -4,21 +4,14 @@
 //! refusing an untrusted or misnamed certificate with a clear error, and the
 //! HTTPS_PROXY / NO_PROXY choice with a recording CONNECT proxy.
 
-mod support;
-
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::Hub;
-use support::tls::{self_signed, ConnectProxy, TestCa, TlsFront};
-use support::Sandbox;
+use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
-    move |s: &Value| s["state"] == state
-}
+use crate::support::agent::Agent;
+use crate::support::hub::Hub;
+use crate::support::tls::{self_signed, ConnectProxy, TestCa, TlsFront};
+use crate::support::{is_state, wait, Sandbox, WAIT};
 
 /// Registers, syncs, runs one job (logs go to the hub over plain HTTP) and
 /// shuts down cleanly.
@@ -104,11 +97,11 @@ fn assert_refused(hub: &Hub, front: &TlsFront, agent: &mut Agent, why: &[&str]) 
     }
     // The server side saw the client abort every handshake. Its thread may
     // record the last one just after the agent exited, so wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while front.handshakes().len() < 30 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let handshakes = front.handshakes();
+    let handshakes = wait::value(
+        Duration::from_secs(5),
+        || front.handshakes(),
+        |h| h.len() >= 30,
+    );
     assert_eq!(handshakes.len(), 30, "{handshakes:?}");
     assert!(handshakes.iter().all(Result::is_err), "{handshakes:?}");
 }

@@ -2,18 +2,14 @@
 //! the real binary, a cleared environment, its own HOME and TMPDIR, and the
 //! retry delays shrunk through the test-only SEMAPHORE_AGENT_TEST_* variables.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
-use support::Sandbox;
+use serde_json::json;
 
-/// The bound of every wait for something that should take well under a second.
-const WAIT: Duration = Duration::from_secs(20);
+use crate::support::agent::Agent;
+use crate::support::hub::{Endpoint, Fault, Hub, ACCESS_TOKEN, REGISTRATION_TOKEN};
+use crate::support::{self, is_state, job, procs, wait, Sandbox, WAIT};
 
 /// The agent against `hub` over plain HTTP, with `extra` arguments.
 fn start(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
@@ -46,10 +42,6 @@ fn assert_no_secrets(sandbox: &Sandbox) {
             assert!(!text.contains(secret), "{what} leaks {secret}:\n{text}");
         }
     }
-}
-
-fn job(commands: &[&str]) -> Value {
-    json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })
 }
 
 /// A sandbox and a fake control plane, nothing started yet.
@@ -89,49 +81,16 @@ fn hook_reason(file: &Path) -> String {
     std::fs::read_to_string(file).unwrap().trim().to_string()
 }
 
-/// Pids of processes whose command line contains `needle` (NUL-separated).
-fn processes_with(needle: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.trim_end() == needle {
-                found.push(pid);
-            }
-        }
-    }
-    found
+/// Whether a process with the command line `cmdline` shows up within [`WAIT`].
+fn appears(cmdline: &str) -> bool {
+    wait::until(WAIT, || !procs::running_exactly(cmdline).is_empty())
 }
 
-fn wait_for(timeout: Duration, ready: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ready() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ready()
-}
-
-/// Whether a process with the command line `needle` shows up within [`WAIT`].
-fn appears(needle: &str) -> bool {
-    wait_for(WAIT, || !processes_with(needle).is_empty())
-}
-
-/// Whether every process with the command line `needle` is gone within 5 s.
-fn gone(needle: &str) -> bool {
-    wait_for(Duration::from_secs(5), || processes_with(needle).is_empty())
-}
-
-fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
-    move |s: &Value| s["state"] == state
+/// Whether every process with the command line `cmdline` is gone within 5 s.
+fn gone(cmdline: &str) -> bool {
+    wait::until(Duration::from_secs(5), || {
+        procs::running_exactly(cmdline).is_empty()
+    })
 }
 
 #[test]
@@ -302,9 +261,11 @@ fn stop_job_ends_a_sleeping_job_and_everything_it_started() {
     }
 
     assert!(
-        wait_for(Duration::from_secs(5), || processes_with("sleep 7100001")
-            .is_empty()
-            && processes_with("sleep 7100002").is_empty()),
+        wait::until(Duration::from_secs(5), || procs::running_exactly(
+            "sleep 7100001"
+        )
+        .is_empty()
+            && procs::running_exactly("sleep 7100002").is_empty()),
         "job processes outlived the stop"
     );
     assert!(!sandbox.home().join("after-stop").exists());
@@ -730,8 +691,25 @@ fn only_a_finished_job_or_the_first_signal_forces_a_sync() {
     assert!(hub.wait_for_sync(WAIT, |s| s["interrupted_at"].as_u64().unwrap_or(0) > 0));
     let count = hub.requests_to("/sync").len();
     agent.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(600));
+    // The agent took the second signal (it says so) and had not synced for it...
+    assert!(
+        wait::until(WAIT, || agent
+            .log()
+            .contains("Termination signal received again")),
+        "the second signal was never handled:\n{}",
+        agent.log()
+    );
     assert_eq!(hub.requests_to("/sync").len(), count, "{:?}", hub.syncs());
+    // ...nor did it afterwards: the next sync is the regular one, due 2 s
+    // after the one that reported the first signal.
+    assert!(hub.wait_until(WAIT, |h| h.requests_to("/sync").len() > count));
+    let syncs = hub.requests_to("/sync");
+    let gap = syncs[count].at - syncs[count - 1].at;
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "synced {gap:?} after reporting the first signal: {:?}",
+        hub.syncs()
+    );
 
     hub.stop_job(&id);
     assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("stopped"));

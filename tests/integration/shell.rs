@@ -1,17 +1,21 @@
 //! The job's PTY shell, through the library API: output and exit statuses
 //! of commands, state kept between commands, and stopping/closing leaving
-//! no process behind. Each test has its own temporary HOME.
+//! no process behind. Each test has its own temporary HOME. (How fast a
+//! stop ends a command, and output streaming, are promises of `timing`.)
 
 use std::time::{Duration, Instant};
 
 use semaphore_agent::shell::{Shell, ShellError, ShellOptions};
 
-struct Fixture {
-    shell: Shell,
+use crate::support::procs::{self, unique_sleep, Proc};
+use crate::support::wait;
+
+pub(crate) struct Fixture {
+    pub(crate) shell: Shell,
     home: tempfile::TempDir,
 }
 
-fn start() -> Fixture {
+pub(crate) fn start() -> Fixture {
     start_with_env(Vec::new())
 }
 
@@ -26,13 +30,13 @@ fn start_with_env(env: Vec<(String, String)>) -> Fixture {
 }
 
 /// Runs `cmd`, returning everything it printed and its result.
-fn run(shell: &mut Shell, cmd: &str) -> (String, Result<i32, ShellError>) {
+pub(crate) fn run(shell: &mut Shell, cmd: &str) -> (String, Result<i32, ShellError>) {
     let mut out = String::new();
     let result = shell.run(cmd, &mut |chunk| out.push_str(chunk));
     (out, result)
 }
 
-fn ok(shell: &mut Shell, cmd: &str) -> (String, i32) {
+pub(crate) fn ok(shell: &mut Shell, cmd: &str) -> (String, i32) {
     match run(shell, cmd) {
         (out, Ok(status)) => (out, status),
         (out, Err(err)) => panic!("{cmd:?} failed: {err} (output {out:?})"),
@@ -45,87 +49,19 @@ fn assert_prints(shell: &mut Shell, cmd: &str, expected: &str) {
     assert_eq!(ok(shell, cmd), (expected.to_string(), 0));
 }
 
-/// Stops `shell` from another thread 300 ms from now; the thread answers
-/// when it did.
-fn stop_soon(shell: &Shell) -> std::thread::JoinHandle<Instant> {
-    let stopper = shell.stopper();
-    std::thread::Builder::new()
-        .name("test-stopper".into())
-        .spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            stopper.stop();
-            Instant::now()
-        })
-        .expect("thread")
-}
-
-/// Live (not zombie) processes whose session is `sid`.
-fn session_processes(sid: u32) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.len() > 3 && fields[3] == sid.to_string() && fields[0] != "Z" {
-            found.push(stat);
-        }
-    }
-    found
-}
-
-/// A `sleep` duration no other process on the machine uses, so the test can
-/// find its sleeps by command line (`sleep 1000.<pid><n>`).
-fn unique_sleep(n: u32) -> String {
-    format!("1000.{}{n}", std::process::id())
-}
-
-/// Live processes whose command line contains `needle`.
-fn processes_running(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|fields| fields.trim_start().starts_with('Z'))
-        });
-        if cmdline.contains(needle) && !zombie {
-            found.push(cmdline);
-        }
-    }
-    found
-}
-
 /// Waits (bounded, 2 s) until `count` processes run `needle`: background
 /// starts race with the test. Returns how many run.
-fn wait_for_running(needle: &str, count: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let running = processes_running(needle).len();
-        if running == count || Instant::now() >= deadline {
-            return running;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub(crate) fn wait_for_running(needle: &str, count: usize) -> usize {
+    wait::value(
+        Duration::from_secs(2),
+        || procs::running_containing(needle).len(),
+        |running| *running == count,
+    )
 }
 
 /// Waits (bounded) for the session to be empty; returns what is left.
-fn session_left_after(sid: u32, limit: Duration) -> Vec<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = session_processes(sid);
-        if left.is_empty() || Instant::now() >= deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn session_left_after(sid: u32, limit: Duration) -> Vec<Proc> {
+    wait::value(limit, || procs::in_session(sid), Vec::is_empty)
 }
 
 #[test]
@@ -268,9 +204,9 @@ fn exit_with_a_background_job_does_not_hang() {
     assert!(began.elapsed() < Duration::from_secs(5));
     assert_eq!(
         session_left_after(sid, Duration::from_secs(2)),
-        Vec::<String>::new()
+        Vec::<Proc>::new()
     );
-    assert_eq!(processes_running(&s), Vec::<String>::new());
+    assert_eq!(procs::running_containing(&s), Vec::<Proc>::new());
 }
 
 #[test]
@@ -308,57 +244,6 @@ fn seq_output_is_byte_exact() {
     );
 }
 
-/// Starts `setup` (if any), then `sleep infinity`, stops the job from
-/// another thread and checks it ended fast, with nothing left: not in the
-/// session, and no process whose command line holds `needle`.
-fn assert_stop_ends_everything(setup: Option<(&str, usize)>, needle: &str) {
-    let mut f = start();
-    f.shell.set_stop_grace(Duration::from_millis(300));
-    let sid = f.shell.pid();
-    if let Some((setup, count)) = setup {
-        ok(&mut f.shell, setup);
-        assert_eq!(wait_for_running(needle, count), count, "{setup}");
-    }
-    let stopping = stop_soon(&f.shell);
-    let (out, result) = run(&mut f.shell, "echo started; sleep infinity");
-    let returned = Instant::now();
-    let stopped_at = stopping.join().expect("stopper thread");
-    assert!(matches!(result, Err(ShellError::Stopped)), "{result:?}");
-    assert_eq!(out, "started\n");
-    let took = returned.duration_since(stopped_at);
-    assert!(took < Duration::from_secs(2), "stop took {took:?}");
-    assert!(f.shell.stopper().is_stopped());
-    // Nothing of the job may remain, already now.
-    assert_eq!(session_processes(sid), Vec::<String>::new());
-    assert_eq!(processes_running(needle), Vec::<String>::new());
-    assert!(matches!(
-        run(&mut f.shell, "echo no").1,
-        Err(ShellError::Stopped)
-    ));
-    f.shell.close();
-}
-
-#[test]
-fn stop_ends_a_running_command() {
-    // `sleep infinity` itself is found through the session.
-    assert_stop_ends_everything(None, &unique_sleep(0));
-}
-
-#[test]
-fn stop_ends_background_jobs_too() {
-    let s = unique_sleep(1);
-    let setup =
-        format!("sleep {s} & (sleep {s} &) ; setsid sleep {s} & nohup sleep {s} >/dev/null 2>&1 &");
-    assert_stop_ends_everything(Some((&setup, 4)), &s);
-}
-
-#[test]
-fn stop_ends_processes_that_ignore_sigterm() {
-    let s = unique_sleep(2);
-    let setup = format!("(trap '' TERM; sleep {s}) &");
-    assert_stop_ends_everything(Some((&setup, 1)), &s);
-}
-
 #[test]
 fn close_ends_what_the_job_left_running() {
     let mut f = start();
@@ -370,8 +255,8 @@ fn close_ends_what_the_job_left_running() {
     ok(&mut f.shell, &format!("setsid sleep {s} &"));
     assert_eq!(wait_for_running(&s, 3), 3);
     f.shell.close();
-    assert_eq!(session_processes(sid), Vec::<String>::new());
-    assert_eq!(processes_running(&s), Vec::<String>::new());
+    assert_eq!(procs::in_session(sid), Vec::<Proc>::new());
+    assert_eq!(procs::running_containing(&s), Vec::<Proc>::new());
     f.shell.close(); // twice is fine
     assert!(run(&mut f.shell, "echo hi").1.is_err());
 }
@@ -386,43 +271,8 @@ fn drop_closes_the_shell() {
         ok(&mut f.shell, &format!("sleep {s} &"));
         assert_eq!(wait_for_running(&s, 1), 1);
     }
-    assert_eq!(session_processes(sid), Vec::<String>::new());
-    assert_eq!(processes_running(&s), Vec::<String>::new());
-}
-
-#[test]
-fn output_streams_while_a_command_runs() {
-    let mut f = start();
-    let began = Instant::now();
-    let mut first_chunk_at = None;
-    let result = f.shell.run("echo early; sleep 1; echo late", &mut |chunk| {
-        if first_chunk_at.is_none() && chunk.contains("early") {
-            first_chunk_at = Some(began.elapsed());
-        }
-    });
-    assert_eq!(result.ok(), Some(0));
-    let first = first_chunk_at.expect("saw the early line");
-    assert!(
-        first < Duration::from_millis(800),
-        "first chunk after {first:?}"
-    );
-}
-
-#[test]
-fn stop_during_a_flood_of_output_is_fast() {
-    let mut f = start();
-    f.shell.set_stop_grace(Duration::from_millis(300));
-    let sid = f.shell.pid();
-    let stopping = stop_soon(&f.shell);
-    let mut bytes = 0usize;
-    let result = f.shell.run("yes", &mut |chunk| bytes += chunk.len());
-    let returned = Instant::now();
-    let stopped_at = stopping.join().expect("stopper thread");
-    assert!(matches!(result, Err(ShellError::Stopped)), "{result:?}");
-    assert!(bytes > 0);
-    let took = returned.duration_since(stopped_at);
-    assert!(took < Duration::from_secs(2), "stop took {took:?}");
-    assert_eq!(session_processes(sid), Vec::<String>::new());
+    assert_eq!(procs::in_session(sid), Vec::<Proc>::new());
+    assert_eq!(procs::running_containing(&s), Vec::<Proc>::new());
 }
 
 #[test]

@@ -1,0 +1,82 @@
+//! One job's log transport as `start` runs it: the spool and pusher with
+//! the production settings, the end-of-job flush bound from the
+//! environment, and what the agent log says about the delivery afterwards.
+//!
+//! The listener only says "start logging this job" and "finish"; every
+//! decision about how a job's log travels is made here. It must not run
+//! the job or talk to the control plane itself (tokens come through a
+//! [`TokenRefresher`]).
+
+use std::path::Path;
+
+use super::pusher::{flush_timeout_from_env, FinishOptions, FlushReport, LogError, PushLogger};
+use super::pusher::{PushOptions, TokenRefresher};
+use super::upload::{process_env, UploadOutcome, UploadPolicy};
+use crate::events::{Event, EventSink};
+use crate::request::JobRequest;
+
+/// The log of one job under `start`; an [`EventSink`] while the job runs.
+pub struct JobLogs {
+    pusher: PushLogger,
+    upload: UploadPolicy,
+}
+
+impl JobLogs {
+    /// Creates the job's spool in `spool_dir` and starts pushing to the
+    /// job's log server. An error means the job must not run (as with the
+    /// Go agent).
+    pub fn start(
+        request: &JobRequest,
+        refresher: Box<dyn TokenRefresher>,
+        spool_dir: &Path,
+        upload: UploadPolicy,
+    ) -> Result<JobLogs, LogError> {
+        let options = PushOptions {
+            spool_dir: spool_dir.to_path_buf(),
+            flush_timeout: flush_timeout_from_env(&process_env),
+            ..PushOptions::default()
+        };
+        let pusher = PushLogger::start(&request.logger, refresher, options)?;
+        Ok(JobLogs { pusher, upload })
+    }
+
+    /// Delivers what is left (bounded), uploads the plain-text log when
+    /// asked to, and says in the agent log what went wrong, if anything.
+    pub fn finish(self, request: &JobRequest) -> FlushReport {
+        let report = self
+            .pusher
+            .finish(&FinishOptions::new(request, self.upload));
+        log_flush_report(&request.job_id, &report);
+        report
+    }
+}
+
+impl EventSink for JobLogs {
+    fn emit(&mut self, event: Event) {
+        self.pusher.emit(event);
+    }
+}
+
+fn log_flush_report(job_id: &str, report: &FlushReport) {
+    if report.trimmed {
+        log::warn!("Logs of job {job_id} were trimmed: the job used all its log space");
+    }
+    if report.dropped > 0 {
+        log::error!(
+            "{} log events of job {job_id} could not be written to the spool",
+            report.dropped
+        );
+    }
+    match &report.upload {
+        UploadOutcome::NotRequested => {}
+        UploadOutcome::Skipped { reason } => {
+            log::warn!("Job logs of {job_id} not uploaded: {reason}")
+        }
+        UploadOutcome::Uploaded { destination } => {
+            log::info!("Job logs of {job_id} uploaded as artifact {destination}")
+        }
+        UploadOutcome::Failed { reason } => {
+            log::error!("Uploading the job logs of {job_id} failed: {reason}")
+        }
+    }
+}
