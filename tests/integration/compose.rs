@@ -8,17 +8,16 @@
 //! or those binaries the tests print why they were skipped and pass, unless
 //! `CI=true`, where they must run.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::agent::Agent;
-use support::hub::Hub;
-use support::{b64, Sandbox};
+
+use crate::support::agent::Agent;
+use crate::support::hub::Hub;
+use crate::support::{b64, Sandbox};
 
 /// The bound of one compose job (pull, start, commands, `compose down`).
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -694,4 +693,26 @@ fn login_failures_show_gos_command_line_and_never_the_password() {
         )]
     );
     assert_nothing_left(&agent, &sandbox);
+}
+
+/// Needs no Docker: the request is refused before anything runs.
+#[test]
+fn a_compose_job_without_containers_fails_with_a_reason() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let _agent = agent(&sandbox, &hub, &[]);
+    let id = hub.queue_job(compose_job(json!(null), &["echo never"]));
+    assert_eq!(
+        hub.wait_for_result(&id, crate::support::WAIT).as_deref(),
+        Some("failed")
+    );
+    let (got, _) = steps(&hub.events(&id));
+    assert_eq!(
+        got,
+        vec![step(
+            "Preparing the executor",
+            "the job's compose section has no containers\n",
+            1
+        )]
+    );
 }
