@@ -135,7 +135,10 @@ fn agent(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
 }
 
 fn commands(list: &[&str]) -> Value {
-    json!(list.iter().map(|c| json!({ "directive": c })).collect::<Vec<_>>())
+    json!(list
+        .iter()
+        .map(|c| json!({ "directive": c }))
+        .collect::<Vec<_>>())
 }
 
 fn compose_job(containers: Value, list: &[&str]) -> Value {
@@ -181,7 +184,10 @@ fn step(directive: &str, output: &str, exit_code: i64) -> Step {
 /// The job log as steps, checking that it starts with `job_started`, ends
 /// with `job_finished` and that every `cmd_started` is finished.
 fn steps(events: &[Value]) -> (Vec<Step>, String) {
-    assert_eq!(events.first().map(|e| &e["event"]), Some(&json!("job_started")));
+    assert_eq!(
+        events.first().map(|e| &e["event"]),
+        Some(&json!("job_started"))
+    );
     let last = events.last().expect("events");
     assert_eq!(last["event"], "job_finished", "{events:#?}");
     let mut out = Vec::new();
@@ -307,7 +313,10 @@ fn hello_world_shows_gos_event_stream_and_leaves_nothing() {
         .iter()
         .position(|e| e["directive"] == "Starting the docker image...")
         .expect("start step");
-    assert_eq!(events[start + 1]["output"], "Starting a new bash session.\n");
+    assert_eq!(
+        events[start + 1]["output"],
+        "Starting a new bash session.\n"
+    );
     assert_eq!(events[start + 2]["event"], "cmd_finished");
     assert_nothing_left(&agent, &sandbox);
 }
@@ -461,7 +470,10 @@ fn a_stop_during_a_command_ends_the_job_and_removes_its_containers() {
         .iter()
         .any(|e| e["directive"] == "sleep 3600")));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!containers_of(agent.pid()).is_empty(), "no containers while running");
+    assert!(
+        !containers_of(agent.pid()).is_empty(),
+        "no containers while running"
+    );
     hub.stop_job(&id);
     assert_eq!(
         hub.wait_for_result(&id, JOB_TIMEOUT).as_deref(),
@@ -672,7 +684,10 @@ fn login_failures_show_gos_command_line_and_never_the_password() {
         "{got:#?}"
     );
     for (what, text) in [("job log", hub.output(&id)), ("agent log", agent.log())] {
-        assert!(!text.contains(password), "{what} leaks the password:\n{text}");
+        assert!(
+            !text.contains(password),
+            "{what} leaks the password:\n{text}"
+        );
     }
 
     let mut job = main_only(&["echo never"]);

@@ -86,7 +86,9 @@ pub fn strategy(credential: &ImagePullCredentials) -> Result<Strategy, Credentia
 }
 
 /// The credential's variables, decoded, for the login's environment.
-pub fn env_vars(credential: &ImagePullCredentials) -> Result<Vec<(String, String)>, CredentialError> {
+pub fn env_vars(
+    credential: &ImagePullCredentials,
+) -> Result<Vec<(String, String)>, CredentialError> {
     credential
         .env_vars
         .iter()
@@ -269,7 +271,10 @@ mod tests {
     #[test]
     fn ecr_with_aws_cli_v1_uses_get_login_with_or_without_registry_ids() {
         let (dir, path) = fake_aws("1.18.69");
-        let c = credential(&[("DOCKER_CREDENTIAL_TYPE", "AWS_ECR"), ("AWS_REGION", "eu-west-1")]);
+        let c = credential(&[
+            ("DOCKER_CREDENTIAL_TYPE", "AWS_ECR"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
         assert_eq!(
             login_command(&c, Strategy::Ecr, &path).unwrap(),
             "$(aws ecr get-login --no-include-email --region $AWS_REGION)"

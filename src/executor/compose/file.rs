@@ -17,11 +17,19 @@ use crate::request::Container;
 pub enum ComposeFileError {
     NoContainers,
     /// Not `[A-Za-z0-9._-]+`.
-    BadName { name: String },
+    BadName {
+        name: String,
+    },
     /// A field of container `name` holds a line break.
-    MultiLine { name: String, field: &'static str },
+    MultiLine {
+        name: String,
+        field: &'static str,
+    },
     /// An env var of container `name` whose value is not base64.
-    BadEnvVar { name: String, var: String },
+    BadEnvVar {
+        name: String,
+        var: String,
+    },
 }
 
 impl std::fmt::Display for ComposeFileError {
@@ -125,7 +133,10 @@ fn service(out: &mut String, c: &Container) -> Result<(), ComposeFileError> {
                 name: c.name.clone(),
                 var: var.name.clone(),
             })?;
-            out.push_str(&format!("      - {}\n", quote(&format!("{}={value}", var.name))));
+            out.push_str(&format!(
+                "      - {}\n",
+                quote(&format!("{}={value}", var.name))
+            ));
         }
     }
     Ok(())

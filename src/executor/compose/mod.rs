@@ -24,7 +24,8 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -219,8 +220,7 @@ impl ComposeExecutor {
                         "Host setup command '{}' failed: {output}",
                         command.directive
                     );
-                    let message =
-                        format!("Host setup command failed: {}\n", command.directive);
+                    let message = format!("Host setup command failed: {}\n", command.directive);
                     log.failed_step(HOST_SETUP_DIRECTIVE, &message);
                     return Err(message.trim_end().to_string());
                 }
@@ -238,7 +238,9 @@ impl ComposeExecutor {
     /// whether it succeeded and what it printed.
     fn run_host(&self, mut cmd: Command, timeout: Duration) -> Result<(bool, String), String> {
         let program = format!("{:?}", cmd.get_program());
-        let out_path = self.dir().join(format!("host-output-{}", crate::unix_nanos()));
+        let out_path = self
+            .dir()
+            .join(format!("host-output-{}", crate::unix_nanos()));
         let out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -319,7 +321,10 @@ impl ComposeExecutor {
                 match self.run_host(cmd, TOOL_TIMEOUT) {
                     Ok((true, out)) => parse_version(&out, "docker-compose version ", Some(','))
                         .ok_or_else(|| {
-                            format!("cannot read the docker-compose version from '{}'", out.trim())
+                            format!(
+                                "cannot read the docker-compose version from '{}'",
+                                out.trim()
+                            )
                         })?,
                     Ok((false, out)) => {
                         return Err(format!("docker-compose --version failed: {}", out.trim()))
@@ -348,7 +353,9 @@ impl ComposeExecutor {
         let mut mounts = Vec::new();
         for entry in &self.settings.files {
             let Some((host, dest)) = entry.split_once(':') else {
-                return Err(format!("'files' entry '{entry}' is not host-path:destination"));
+                return Err(format!(
+                    "'files' entry '{entry}' is not host-path:destination"
+                ));
             };
             match std::fs::metadata(host) {
                 Ok(_) => mounts.push(Mount {
@@ -700,7 +707,10 @@ impl Executor for ComposeExecutor {
             return outcome;
         }
         self.run_quiet(
-            &format!("echo {} >> ~/.bash_profile", shell_quote(&format!("source {quoted}"))),
+            &format!(
+                "echo {} >> ~/.bash_profile",
+                shell_quote(&format!("source {quoted}"))
+            ),
             log,
         )
     }
@@ -882,19 +892,14 @@ fn run_in_pty(
         running.kill();
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
-    let reader = std::thread::Builder::new()
-        .name("compose-pull-pty".into())
-        .spawn(move || {
-            let mut pty = pty;
-            let mut buf = [0u8; 4096];
-            // Ends when every writer is gone (EIO) or the receiver is.
-            while let Ok(n) = pty.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| format!("Failed to start a reader thread: {e}"))?;
+    let quit = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let quit = Arc::clone(&quit);
+        std::thread::Builder::new()
+            .name("compose-pull-pty".into())
+            .spawn(move || read_until_closed(pty, &tx, &quit))
+            .map_err(|e| format!("Failed to start a reader thread: {e}"))?
+    };
     let deadline = Instant::now() + HOST_COMMAND_TIMEOUT;
     let mut pending: Vec<u8> = Vec::new();
     let flush = |pending: &mut Vec<u8>, all: bool, on_line: &mut dyn FnMut(String)| {
@@ -945,11 +950,53 @@ fn run_in_pty(
                 .map_err(|e| format!("Failed to wait for {what}: {e}"))?
         }
     };
-    // The reader ends by itself once the PTY closes; a grandchild that
-    // keeps it open must not hold the job up, so it is not joined.
+    // A leftover process holding the PTY open must not hold the job up:
+    // the reader looks at `quit` at least every 100 ms.
+    quit.store(true, Ordering::SeqCst);
     drop(rx);
-    drop(reader);
+    if reader.join().is_err() {
+        log::warn!("the compose pull reader thread panicked");
+    }
     Ok(status.success())
+}
+
+/// Sends what the PTY prints to `tx` until every writer closed it, the
+/// receiver is gone or `quit` is raised.
+fn read_until_closed(
+    mut pty: pty_process::blocking::Pty,
+    tx: &SyncSender<Vec<u8>>,
+    quit: &AtomicBool,
+) {
+    use std::os::fd::AsRawFd as _;
+    let mut buf = [0u8; 4096];
+    while !quit.load(Ordering::SeqCst) {
+        let mut fds = libc::pollfd {
+            fd: pty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, the count passed is 1, and the fd is
+        // the PTY master this thread owns for the whole call.
+        let ready = unsafe { libc::poll(&mut fds, 1, 100) };
+        if ready == 0
+            || (ready < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+        {
+            continue;
+        }
+        // Data, a hangup or an error: a read tells which (EIO once the
+        // last writer is gone).
+        match pty.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -959,7 +1006,11 @@ mod tests {
     #[test]
     fn compose_versions_are_read_like_go() {
         assert_eq!(
-            parse_version("Docker Compose version v2.24.1\n", "Docker Compose version ", None),
+            parse_version(
+                "Docker Compose version v2.24.1\n",
+                "Docker Compose version ",
+                None
+            ),
             Some("v2.24.1".into())
         );
         assert_eq!(
