@@ -731,3 +731,71 @@ fn a_compose_job_without_containers_fails_with_a_reason() {
         )]
     );
 }
+
+#[test]
+fn unicode_broken_bytes_stty_echo_and_the_docker_socket() {
+    if !docker() {
+        return;
+    }
+    let job = main_only(&[
+        "echo 'Привет, 世界 ✓'",
+        "printf 'a\\377b\\n'",
+        "stty echo",
+        "echo after-stty",
+        "test -S /var/run/docker.sock && echo socket-mounted",
+    ]);
+    let (result, hub, sandbox, agent, id) = run(job, &[]);
+    assert_eq!(result, "passed", "{}", hub.output(&id));
+    let (got, _) = steps_without_pull_output(&hub.events(&id));
+    let outputs: Vec<(&str, &str)> = got[4..got.len() - 1]
+        .iter()
+        .map(|s| (s.directive.as_str(), s.output.as_str()))
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![
+            ("echo 'Привет, 世界 ✓'", "Привет, 世界 ✓\n"),
+            ("printf 'a\\377b\\n'", "a\u{FFFD}b\n"),
+            ("stty echo", ""),
+            ("echo after-stty", "after-stty\n"),
+            (
+                "test -S /var/run/docker.sock && echo socket-mounted",
+                "socket-mounted\n"
+            ),
+        ]
+    );
+    assert_nothing_left(&agent, &sandbox);
+}
+
+#[test]
+fn a_stop_during_an_epilogue_ends_the_job() {
+    if !docker() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let agent = agent(&sandbox, &hub, &[]);
+    let mut job = main_only(&["echo main-done"]);
+    job["epilogue_always_commands"] = commands(&["sleep 3600", "echo never"]);
+    let id = hub.queue_job(job);
+    assert!(
+        hub.wait_until(JOB_TIMEOUT, |h| h
+            .events(&id)
+            .iter()
+            .any(|e| e["directive"] == "sleep 3600")),
+        "the epilogue never started:\n{}",
+        hub.output(&id)
+    );
+    hub.stop_job(&id);
+    assert_eq!(
+        hub.wait_for_result(&id, JOB_TIMEOUT).as_deref(),
+        Some("stopped"),
+        "{}",
+        hub.output(&id)
+    );
+    let (got, result) = steps_without_pull_output(&hub.events(&id));
+    assert_eq!(result, "stopped");
+    assert_eq!(got.last(), Some(&step("sleep 3600", "", 1)));
+    assert!(!hub.output(&id).contains("never"));
+    assert_nothing_left(&agent, &sandbox);
+}
