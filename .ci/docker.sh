@@ -4,7 +4,9 @@
 # starts dockerd in the background with a private data root and socket, and
 # exports DOCKER_HOST for the tests. bash-static and busybox-static give the
 # static binaries the tests build their images from (`docker import`, no
-# registry needed). The engine is left running: CI machines are thrown away.
+# registry needed); docker-registry and apache2-utils (htpasswd) give the
+# private registry on 127.0.0.1 of the login test. The engine is left
+# running: CI machines are thrown away.
 
 semaphore_ci_docker() {
   local dir=/var/tmp/semaphore-ci-docker
@@ -14,6 +16,8 @@ semaphore_ci_docker() {
   command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || pkgs+=(docker-compose)
   [ -x /bin/bash-static ] || pkgs+=(bash-static)
   [ -x /bin/busybox ] || pkgs+=(busybox-static)
+  command -v docker-registry >/dev/null 2>&1 || pkgs+=(docker-registry)
+  command -v htpasswd >/dev/null 2>&1 || pkgs+=(apache2-utils)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     echo "== installing ${pkgs[*]}"
     apt-get update -qq

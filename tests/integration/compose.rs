@@ -799,3 +799,195 @@ fn a_stop_during_an_epilogue_ends_the_job() {
     assert!(!hub.output(&id).contains("never"));
     assert_nothing_left(&agent, &sandbox);
 }
+
+/// A private registry on 127.0.0.1 (Debian's `docker-registry` with an
+/// htpasswd user), holding the bash image as `private/bash:1`; killed when
+/// dropped.
+struct Registry {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    host: String,
+}
+
+const REGISTRY_USER: &str = "ci-user";
+const REGISTRY_PASSWORD: &str = "ci-pass-93b1f";
+
+impl Registry {
+    fn start() -> Result<Registry, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let htpasswd = Command::new("htpasswd")
+            .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
+            .output()
+            .map_err(|e| format!("htpasswd (Debian package apache2-utils): {e}"))?;
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).map_err(|e| e.to_string())?;
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {0}/data\n\
+             http:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: test\n    path: {0}/htpasswd\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).map_err(|e| e.to_string())?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("docker-registry (Debian package docker-registry): {e}"))?;
+        let registry = Registry {
+            child,
+            _dir: dir,
+            host,
+        };
+        let up = crate::support::wait::until(crate::support::WAIT, || {
+            std::net::TcpStream::connect(&registry.host).is_ok()
+        });
+        if !up {
+            return Err("the registry did not listen in time".into());
+        }
+        registry.push_bash_image()?;
+        Ok(registry)
+    }
+
+    fn image(&self) -> String {
+        format!("{}/private/bash:1", self.host)
+    }
+
+    /// Pushes the bash image with a login of its own, then untags it so a
+    /// job has to pull it.
+    fn push_bash_image(&self) -> Result<(), String> {
+        let config = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let script = format!(
+            "set -e; export DOCKER_CONFIG='{}'\n\
+             echo '{REGISTRY_PASSWORD}' | docker login -u {REGISTRY_USER} --password-stdin {host} >/dev/null\n\
+             docker tag {BASH_IMAGE} {image}\ndocker push {image} >/dev/null\ndocker rmi {image} >/dev/null\n",
+            config.path().display(),
+            host = self.host,
+            image = self.image()
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "pushing to the test registry failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the pulled image again, so the next job pulls too.
+    fn forget_pulled_image(&self) {
+        let _ = Command::new("docker").args(["rmi", &self.image()]).output();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn generic_login(host: &str, password: &str) -> Value {
+    json!([{ "env_vars": [
+        { "name": "DOCKER_CREDENTIAL_TYPE", "value": b64("GenericDocker") },
+        { "name": "DOCKER_USERNAME", "value": b64(REGISTRY_USER) },
+        { "name": "DOCKER_PASSWORD", "value": b64(password) },
+        { "name": "DOCKER_URL", "value": b64(host) },
+    ]}])
+}
+
+#[test]
+fn private_images_pull_with_the_jobs_own_login_only() {
+    if !docker() {
+        return;
+    }
+    let registry = match Registry::start() {
+        Ok(registry) => registry,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("the registry test must run in CI, but: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: the private registry test: {why}");
+            return;
+        }
+    };
+    let private_job = |credentials: Value| {
+        let mut job = compose_job(
+            json!([{ "name": "main", "image": registry.image() }]),
+            &["echo in-the-private-image"],
+        );
+        job["compose"]["image_pull_credentials"] = credentials;
+        job
+    };
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let agent = agent(&sandbox, &hub, &[]);
+    let mut ids = Vec::new();
+
+    // The right password: the login and the pull work.
+    let id = hub.queue_job(private_job(generic_login(
+        &registry.host,
+        REGISTRY_PASSWORD,
+    )));
+    assert_eq!(
+        hub.wait_for_result(&id, JOB_TIMEOUT).as_deref(),
+        Some("passed"),
+        "{}",
+        hub.output(&id)
+    );
+    let (got, _) = steps(&hub.events(&id));
+    assert_eq!(got[0].directive, "Setting up image pull credentials");
+    assert_eq!(got[0].exit_code, 0);
+    assert!(
+        got[0].output.starts_with(
+            "Setting up credentials for Docker\n\
+             docker login -u \"$DOCKER_USERNAME\" -p \"$DOCKER_PASSWORD\" $DOCKER_URL\n"
+        ),
+        "{got:#?}"
+    );
+    assert!(got[0].output.contains("Login Succeeded"), "{got:#?}");
+    assert!(hub.output(&id).contains("in-the-private-image\n"));
+    registry.forget_pulled_image();
+    ids.push(id);
+
+    // A wrong password: the login fails, the job stops there.
+    let id = hub.queue_job(private_job(generic_login(&registry.host, "wrong-pw")));
+    assert_eq!(
+        hub.wait_for_result(&id, JOB_TIMEOUT).as_deref(),
+        Some("failed")
+    );
+    let (got, _) = steps(&hub.events(&id));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].exit_code, 1);
+    ids.push(id);
+
+    // No credentials: the first job's login did not outlive it.
+    let id = hub.queue_job(private_job(json!(null)));
+    assert_eq!(
+        hub.wait_for_result(&id, JOB_TIMEOUT).as_deref(),
+        Some("failed")
+    );
+    let (got, _) = steps(&hub.events(&id));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].directive, "Pulling docker images...");
+    assert_eq!(got[0].exit_code, 1);
+    ids.push(id);
+
+    let logs = ids.iter().map(|id| hub.output(id));
+    for text in logs.chain([agent.log()]) {
+        assert!(
+            !text.contains(REGISTRY_PASSWORD),
+            "a password leaks:\n{text}"
+        );
+    }
+    assert_nothing_left(&agent, &sandbox);
+}
