@@ -22,8 +22,10 @@ use crate::support::{b64, Sandbox};
 /// The bound of one compose job (pull, start, commands, `compose down`).
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
-const BASH_IMAGE: &str = "semaphore-agent-test/bash:1";
-const NO_BASH_IMAGE: &str = "semaphore-agent-test/nobash:1";
+/// The test images; the tag changes whenever what `import_image` puts in
+/// them does, as an image that exists is not made again.
+const BASH_IMAGE: &str = "semaphore-agent-test/bash:2";
+const NO_BASH_IMAGE: &str = "semaphore-agent-test/nobash:2";
 
 /// Whether the Docker tests can run here; builds the test images once per
 /// test process. Without Docker: prints why and returns false, or panics
@@ -78,6 +80,13 @@ fn import_image(
     bash: Option<&std::path::Path>,
     busybox: &std::path::Path,
 ) -> Result<(), String> {
+    let exists = Command::new("docker")
+        .args(["image", "inspect", tag])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if exists {
+        return Ok(());
+    }
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let r = root.path();
     for dir in ["bin", "root", "tmp", "etc"] {
