@@ -241,9 +241,9 @@ fn idle_rows(bin: &Path, hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
         .and_then(|l| l.local_addr())
         .map(|a| a.to_string())
         .unwrap_or_else(|e| fail(&format!("cannot pick a free port: {e}")));
-    let mut cmd = sandbox.agent(bin, &start_args(&closed));
-    cmd.env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "60000");
-    let mut unregistered = Proc::spawn(cmd);
+    // A release binary ignores the test-only knobs, so it retries with its
+    // own 1 s register delay (30 attempts): time enough for this reading.
+    let mut unregistered = Proc::spawn(sandbox.agent(bin, &start_args(&closed)));
     let log = sandbox.path("agent_log");
     wait::until(WAIT, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Register"))
@@ -716,15 +716,13 @@ impl Sandbox {
         cmd
     }
 
-    /// The agent with `args` and the test-only knobs that shrink its
-    /// retry delays (the hub itself asks for a sync every 100 ms).
+    /// The agent with `args`, as shipped: a release build does not honour
+    /// the `SEMAPHORE_AGENT_TEST_*` knobs, and needs none here (the hub
+    /// asks for a sync every 100 ms with `next_sync_after`; the retry
+    /// delays only matter when a call fails).
     fn agent(&self, bin: &Path, args: &[String]) -> Command {
         let mut cmd = self.command(bin);
-        cmd.args(args)
-            .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "20")
-            .env("SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "100");
+        cmd.args(args);
         cmd
     }
 }

@@ -1,8 +1,12 @@
 //! Command-line surface: the argh structs for `start`, `run` and `version`,
 //! and a small pre-pass that accepts the Go agent's `--flag=value` forms.
 //!
+//! `start`'s options are generated from the key table in `crate::keys` (one
+//! row per key gives the field, its argh kind and its help line); only
+//! `--config-file` and the hidden `--switch-off` are written out here.
+//!
 //! This module only describes and parses arguments; it must not interpret
-//! them. Merging flags with the environment and the config file, and every
+//! them, nor exit the process (`main` decides every exit code). Merging flags with the environment and the config file, and every
 //! check on a value, belongs to `config`, so that a value is validated the
 //! same way whichever source it came from.
 //!
@@ -21,6 +25,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use argh::FromArgs;
+
+use crate::keys::Key;
 
 /// Semaphore self-hosted agent.
 #[derive(FromArgs, Debug, PartialEq)]
@@ -41,144 +47,120 @@ pub enum Command {
     Version(VersionArgs),
 }
 
-/// Register with Semaphore and run the jobs it sends.
-#[derive(FromArgs, PartialEq, Default)]
-#[argh(
-    subcommand,
-    name = "start",
-    note = "Every option can also be set in the --config-file YAML (the key is the \
-            flag name) or in the environment as SEMAPHORE_AGENT_<NAME_IN_UPPER_SNAKE>. \
-            Precedence: flag > environment > file. --flag=value also works."
-)]
-pub struct StartArgs {
-    /// YAML config file whose keys are the flag names
-    #[argh(option)]
-    pub config_file: Option<PathBuf>,
-    /// name for the agent (8-80 characters or a URL); random if unset
-    #[argh(option)]
-    pub name: Option<String>,
-    /// read the agent name from this environment variable
-    #[argh(option)]
-    pub name_from_env: Option<String>,
-    /// the Semaphore endpoint where agents register (e.g. org.semaphoreci.com)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// agent type registration token
-    #[argh(option)]
-    pub token: Option<String>,
-    /// use http instead of https to talk to the endpoint
-    #[argh(switch)]
-    pub no_https: bool,
-    /// script run when the agent shuts down
-    #[argh(option)]
-    pub shutdown_hook_path: Option<String>,
-    /// script run before every job
-    #[argh(option)]
-    pub pre_job_hook_path: Option<String>,
-    /// script run after every job
-    #[argh(option)]
-    pub post_job_hook_path: Option<String>,
-    /// disconnect after running one job
-    #[argh(switch)]
-    pub disconnect_after_job: bool,
-    /// request this specific job (needs --disconnect-after-job)
-    #[argh(option)]
-    pub job_id: Option<String>,
-    /// disconnect after this many idle seconds (0 = never)
-    #[argh(option)]
-    pub disconnect_after_idle_timeout: Option<String>,
-    /// seconds to wait for the running job after SIGTERM/SIGINT
-    #[argh(option)]
-    pub interruption_grace_period: Option<String>,
-    /// NAME=VALUE exported in every job (repeatable, comma-separated)
-    #[argh(option)]
-    pub env_vars: Vec<String>,
-    /// host:dest files injected into docker compose jobs (repeatable, comma-separated)
-    #[argh(option)]
-    pub files: Vec<String>,
-    /// fail the job if a --files host path is missing
-    #[argh(switch)]
-    pub fail_on_missing_files: bool,
-    /// upload the job log as an artifact: never, always or when-trimmed
-    #[argh(option)]
-    pub upload_job_logs: Option<String>,
-    /// fail the job if the pre-job hook fails
-    #[argh(switch)]
-    pub fail_on_pre_job_hook_error: bool,
-    /// run the pre-job hook with `source` in the job shell instead of `bash`
-    #[argh(switch)]
-    pub source_pre_job_hook: bool,
-    /// accepted for compatibility; the Kubernetes executor is not supported
-    #[argh(switch)]
-    pub kubernetes_executor: bool,
-    /// accepted for compatibility; ignored
-    #[argh(option)]
-    pub kubernetes_pod_spec: Option<String>,
-    /// accepted for compatibility; ignored
-    #[argh(option)]
-    pub kubernetes_allowed_images: Vec<String>,
-    /// accepted for compatibility; ignored
-    #[argh(option)]
-    pub kubernetes_pod_start_timeout: Option<String>,
-    /// accepted for compatibility; ignored
-    #[argh(option)]
-    pub kubernetes_labels: Vec<String>,
-    /// accepted for compatibility; ignored
-    #[argh(option)]
-    pub kubernetes_default_image: Option<String>,
-    /// switches explicitly turned off with `--switch=false` (set by the
-    /// `--flag=value` pre-pass)
-    #[argh(option, long = "switch-off", hidden_help)]
-    pub switch_off: Vec<String>,
+/// Makes `StartArgs` (the argh struct of `start`), its redacted `Debug`
+/// and [`StartArgs::flag_values`] from the key table in `crate::keys`: one
+/// field per key, typed by the key's kind (`Str` and `Int`:
+/// `Option<String>`, `Bool`: a switch, `List`: a repeatable option), with
+/// the key's help line as its doc. The rows are munched one at a time
+/// because a macro cannot expand to a single struct field.
+macro_rules! define_start_args {
+    (@fields [$($done:tt)*] $field:ident Str $help:tt; $($rest:tt)*) => {
+        define_start_args!(@fields [$($done)* #[doc = $help] #[argh(option)] pub $field: Option<String>,] $($rest)*);
+    };
+    (@fields [$($done:tt)*] $field:ident Int $help:tt; $($rest:tt)*) => {
+        define_start_args!(@fields [$($done)* #[doc = $help] #[argh(option)] pub $field: Option<String>,] $($rest)*);
+    };
+    (@fields [$($done:tt)*] $field:ident Bool $help:tt; $($rest:tt)*) => {
+        define_start_args!(@fields [$($done)* #[doc = $help] #[argh(switch)] pub $field: bool,] $($rest)*);
+    };
+    (@fields [$($done:tt)*] $field:ident List $help:tt; $($rest:tt)*) => {
+        define_start_args!(@fields [$($done)* #[doc = $help] #[argh(option)] pub $field: Vec<String>,] $($rest)*);
+    };
+    (@fields [$($done:tt)*]) => {
+        /// Register with Semaphore and run the jobs it sends.
+        #[derive(FromArgs, PartialEq, Default)]
+        #[argh(
+            subcommand,
+            name = "start",
+            note = "Every option can also be set in the --config-file YAML (the key is the \
+                    flag name) or in the environment as SEMAPHORE_AGENT_<NAME_IN_UPPER_SNAKE>. \
+                    Precedence: flag > environment > file. --flag=value also works."
+        )]
+        pub struct StartArgs {
+            /// YAML config file whose keys are the flag names
+            #[argh(option)]
+            pub config_file: Option<PathBuf>,
+            $($done)*
+            /// switches explicitly turned off with `--switch=false` (set by the
+            /// `--flag=value` pre-pass)
+            #[argh(option, long = "switch-off", hidden_help)]
+            pub switch_off: Vec<String>,
+        }
+    };
+    ($($variant:ident, $field:ident, $name:tt, $kind:ident, $supported:tt, $secrecy:ident,
+       $default:tt, $help:tt;)*) => {
+        define_start_args!(@fields [] $($field $kind $help;)*);
+
+        impl StartArgs {
+            /// Every key's flag as given (or not) on the command line, in
+            /// table order.
+            pub fn flag_values(&self) -> Vec<(Key, FlagValue<'_>)> {
+                vec![$((Key::$variant, FlagValue::from(&self.$field)),)*]
+            }
+        }
+
+        /// Redacted as the key table says: the token and env var values
+        /// must not reach a log through `{:?}`.
+        impl fmt::Debug for StartArgs {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct("StartArgs")
+                    .field("config_file", &self.config_file)
+                    $(.field(stringify!($field), &Redacted(Key::$variant, FlagValue::from(&self.$field))))*
+                    .field("switch_off", &self.switch_off)
+                    .finish()
+            }
+        }
+    };
 }
 
-/// Redacted: the token and env var values must not reach a log through
-/// `{:?}`.
-impl fmt::Debug for StartArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[REDACTED]");
-        f.debug_struct("StartArgs")
-            .field("config_file", &self.config_file)
-            .field("name", &self.name)
-            .field("name_from_env", &self.name_from_env)
-            .field("endpoint", &self.endpoint)
-            .field("token", &redacted(&self.token))
-            .field("no_https", &self.no_https)
-            .field("shutdown_hook_path", &self.shutdown_hook_path)
-            .field("pre_job_hook_path", &self.pre_job_hook_path)
-            .field("post_job_hook_path", &self.post_job_hook_path)
-            .field("disconnect_after_job", &self.disconnect_after_job)
-            .field("job_id", &self.job_id)
-            .field(
-                "disconnect_after_idle_timeout",
-                &self.disconnect_after_idle_timeout,
-            )
-            .field("interruption_grace_period", &self.interruption_grace_period)
-            .field("env_vars", &env_var_names(&self.env_vars))
-            .field("files", &self.files)
-            .field("fail_on_missing_files", &self.fail_on_missing_files)
-            .field("upload_job_logs", &self.upload_job_logs)
-            .field(
-                "fail_on_pre_job_hook_error",
-                &self.fail_on_pre_job_hook_error,
-            )
-            .field("source_pre_job_hook", &self.source_pre_job_hook)
-            .field("kubernetes_executor", &self.kubernetes_executor)
-            .field("switch_off", &self.switch_off)
-            .finish_non_exhaustive()
+crate::keys::config_keys!(define_start_args);
+
+/// One key's flag in `StartArgs`, whatever its kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FlagValue<'a> {
+    /// A `Str` or `Int` option; `None` if not given.
+    Text(&'a Option<String>),
+    /// A switch: true if given (`--x=false` shows in `switch_off` instead).
+    Switch(bool),
+    /// A repeatable option: every value given, each maybe comma-separated.
+    List(&'a [String]),
+}
+
+impl<'a> From<&'a Option<String>> for FlagValue<'a> {
+    fn from(v: &'a Option<String>) -> Self {
+        FlagValue::Text(v)
     }
 }
 
-/// The names in `NAME=VALUE` list-flag values, each value replaced.
-fn env_var_names(values: &[String]) -> Vec<String> {
-    values
-        .iter()
-        .flat_map(|v| split_csv(v))
-        .map(|e| match e.split_once('=') {
-            Some((name, _)) => format!("{name}=[REDACTED]"),
-            None => "[REDACTED]".to_string(),
-        })
-        .collect()
+impl<'a> From<&'a bool> for FlagValue<'a> {
+    fn from(v: &'a bool) -> Self {
+        FlagValue::Switch(*v)
+    }
+}
+
+impl<'a> From<&'a Vec<String>> for FlagValue<'a> {
+    fn from(v: &'a Vec<String>) -> Self {
+        FlagValue::List(v)
+    }
+}
+
+/// A flag's value for `{:?}`, redacted as its key says.
+struct Redacted<'a>(Key, FlagValue<'a>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Redacted(key, value) = *self;
+        match value {
+            FlagValue::Text(v) => v.as_ref().map(|v| key.shown(v)).fmt(f),
+            FlagValue::Switch(on) => on.fmt(f),
+            FlagValue::List(values) => values
+                .iter()
+                .flat_map(|v| split_csv(v))
+                .map(|item| key.shown(&item))
+                .collect::<Vec<_>>()
+                .fmt(f),
+        }
+    }
 }
 
 /// Run one job locally from a job file, without a control plane.
@@ -216,7 +198,10 @@ impl fmt::Debug for RunArgs {
         f.debug_struct("RunArgs")
             .field("job_file", &self.job_file)
             .field("json", &self.json)
-            .field("env_vars", &env_var_names(&self.env_vars))
+            .field(
+                "env_vars",
+                &Redacted(Key::EnvVars, FlagValue::List(&self.env_vars)),
+            )
             .field("pre_job_hook_path", &self.pre_job_hook_path)
             .field("post_job_hook_path", &self.post_job_hook_path)
             .field(
@@ -234,18 +219,15 @@ impl fmt::Debug for RunArgs {
 #[argh(subcommand, name = "version")]
 pub struct VersionArgs {}
 
-/// Every boolean switch of every subcommand, without the leading `--`. The
-/// `--flag=value` pre-pass needs them to turn `--x=false` into an override
-/// rather than into a value argh would reject.
-const SWITCHES: &[&str] = &[
-    "no-https",
-    "disconnect-after-job",
-    "fail-on-missing-files",
-    "fail-on-pre-job-hook-error",
-    "source-pre-job-hook",
-    "kubernetes-executor",
-    "json",
-];
+/// The switches of `run` that are not `start` keys. With the table's
+/// `Bool` keys, these are every switch the `--flag=value` pre-pass must
+/// know, to turn `--x=false` into an override rather than into a value argh
+/// would reject.
+const RUN_ONLY_SWITCHES: &[&str] = &["json"];
+
+fn is_switch(name: &str) -> bool {
+    Key::is_switch(name) || RUN_ONLY_SWITCHES.contains(&name)
+}
 
 /// Parses Go's `strconv.ParseBool` spellings, which is what the Go agent
 /// accepts for a boolean given as text.
@@ -280,7 +262,7 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
             continue;
         };
         let name = &flag[2..];
-        if SWITCHES.contains(&name) {
+        if is_switch(name) {
             match parse_bool(value) {
                 Some(true) => out.push(flag.to_string()),
                 Some(false) => {
@@ -313,9 +295,10 @@ impl Cli {
         <Cli as FromArgs>::from_args(&[command], &strs)
     }
 
-    /// Parses the process arguments. On `--help` prints the help and exits
-    /// 0; on a bad argument prints the error and exits 1 (argh's convention).
-    pub fn from_env() -> Cli {
+    /// Parses the process arguments. `Err` is an early exit: `--help`
+    /// (whose text goes to stdout) or a bad command line (a message for
+    /// stderr); `main` decides the exit code of each.
+    pub fn from_env() -> Result<Cli, CliExit> {
         let mut argv = std::env::args_os().map(|a| a.into_string());
         let program = match argv.next() {
             Some(Ok(p)) => p,
@@ -331,28 +314,30 @@ impl Cli {
             match arg {
                 Ok(a) => args.push(a),
                 Err(bad) => {
-                    eprintln!("Invalid UTF-8 argument: {}", bad.to_string_lossy());
-                    std::process::exit(1);
+                    return Err(CliExit::Invalid(format!(
+                        "Invalid UTF-8 argument: {}",
+                        bad.to_string_lossy()
+                    )))
                 }
             }
         }
-        match Cli::parse(&command, &args) {
-            Ok(cli) => cli,
-            Err(exit) => match exit.status {
-                Ok(()) => {
-                    println!("{}", exit.output);
-                    std::process::exit(0)
-                }
-                Err(()) => {
-                    eprintln!(
-                        "{}\nRun {command} --help for more information.",
-                        exit.output
-                    );
-                    std::process::exit(1)
-                }
-            },
-        }
+        Cli::parse(&command, &args).map_err(|exit| match exit.status {
+            Ok(()) => CliExit::Help(exit.output),
+            Err(()) => CliExit::Invalid(format!(
+                "{}\nRun {command} --help for more information.",
+                exit.output
+            )),
+        })
     }
+}
+
+/// Why parsing the command line ended the program before it ran anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliExit {
+    /// `--help` (or `help`) was asked for; the text is the help.
+    Help(String),
+    /// The command line is wrong; the message says how.
+    Invalid(String),
 }
 
 /// Splits one list-flag value the way pflag's string slices do: on commas,
@@ -567,6 +552,42 @@ mod tests {
         let help = help.unwrap_or_default();
         assert!(help.contains("--disconnect-after-idle-timeout"));
         assert!(!help.contains("--switch-off"), "hidden option shown");
+    }
+
+    /// `run`'s struct is written by hand (its own order and help): every
+    /// option it shares with `start` must be a key of the table with the
+    /// same shape, so that `config` reads it the same way.
+    #[test]
+    fn run_options_agree_with_the_key_table() {
+        let help = parse(&["run", "--help"]).err().map(|e| e.output);
+        let help = help.unwrap_or_default();
+        let usage = help.lines().next().unwrap_or_default();
+        let mut checked = 0;
+        for part in usage.split('[').skip(1) {
+            let part = part.split(']').next().unwrap_or_default();
+            let Some(flag) = part.strip_prefix("--").filter(|f| !f.is_empty()) else {
+                continue;
+            };
+            let (name, switch) = match flag.split_once(' ') {
+                Some((name, _)) => (name, false),
+                None => (flag, true),
+            };
+            if RUN_ONLY_SWITCHES.contains(&name) {
+                continue;
+            }
+            let key = Key::from_name(name);
+            assert!(key.is_some(), "run --{name} is not in the key table");
+            assert_eq!(
+                key.map(|k| k.kind() == crate::keys::Kind::Bool),
+                Some(switch),
+                "{name}"
+            );
+            if let Some(key) = key {
+                assert_eq!(is_switch(key.name()), switch);
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 5, "{usage}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ const LAYERS: &[&[&str]] = &[
     // The test-only mutation fuzzer the parsers' tests use.
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
-    &["random", "events", "request", "output", "net"],
+    &["random", "events", "request", "output", "net", "keys"],
     // The PTY shell.
     &["shell"],
     // How a job's commands run; where its events go.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod events;
 pub mod executor;
 pub mod job;
+pub mod keys;
 pub mod listener;
 pub mod local;
 pub mod logs;

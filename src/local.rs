@@ -1,17 +1,15 @@
 //! The `run` subcommand: one job from a file, on this machine, no control
 //! plane. Events go to stdout (for people, or JSON lines with `--json`).
 //!
-//! Owns the exit codes of `run`: 0 passed, 1 failed or stopped, 2 a job
-//! file that cannot be read or parsed. Must not touch the network.
+//! Returns the job's result, or why the job file could not be loaded; the
+//! exit code of each is `main`'s to decide. Must not touch the network.
 
 use std::path::PathBuf;
 
+use crate::events::{EventSink, JobResult};
 use crate::job::{run_job, JobOptions, JobRequest, JobStop};
 use crate::logs::console::{Human, JsonLines};
-use crate::logs::{EventSink, JobResult};
-
-/// Exit code for a job file that cannot be loaded.
-pub const EXIT_BAD_JOB_FILE: i32 = 2;
+use crate::request::LoadError;
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -21,15 +19,26 @@ pub struct LocalRun {
     pub options: JobOptions,
 }
 
-/// Runs the job and returns the process exit code.
-pub fn run(local: LocalRun) -> i32 {
-    let request = match JobRequest::load(&local.job_file) {
-        Ok(request) => request,
-        Err(err) => {
-            eprintln!("semaphore-agent: {err}");
-            return EXIT_BAD_JOB_FILE;
+/// What can keep `run` from running the job.
+#[derive(Debug)]
+pub enum LocalError {
+    /// The job file cannot be read or parsed (the error names the path).
+    LoadJobFile(LoadError),
+}
+
+impl std::fmt::Display for LocalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalError::LoadJobFile(err) => err.fmt(f),
         }
-    };
+    }
+}
+
+impl std::error::Error for LocalError {}
+
+/// Runs the job and returns its result.
+pub fn run(local: LocalRun) -> Result<JobResult, LocalError> {
+    let request = JobRequest::load(&local.job_file).map_err(LocalError::LoadJobFile)?;
     // Ctrl-C stops the job the way a `stop-job` would: everything the job
     // started is ended and the result is `stopped`.
     let stop = JobStop::new();
@@ -43,8 +52,5 @@ pub fn run(local: LocalRun) -> i32 {
     } else {
         Box::new(Human::new(std::io::BufWriter::new(stdout)))
     };
-    match run_job(&request, &local.options, sink.as_mut(), &stop) {
-        JobResult::Passed => 0,
-        JobResult::Failed | JobResult::Stopped => 1,
-    }
+    Ok(run_job(&request, &local.options, sink.as_mut(), &stop))
 }

@@ -1,69 +1,164 @@
-//! The binary: parse the command line, build the config, run, and map the
-//! outcome to an exit code, all in one place.
+//! The binary: parse the command line, build the config, run, and turn the
+//! outcome into an exit code. Every exit code of the agent is decided here,
+//! in [`Failure::code`]; the library returns typed results and errors and
+//! never exits the process itself.
 
-use semaphore_agent::cli::{Cli, Command};
-use semaphore_agent::config;
+use semaphore_agent::cli::{Cli, CliExit, Command, RunArgs, StartArgs};
+use semaphore_agent::config::{self, ConfigError};
+use semaphore_agent::events::JobResult;
 use semaphore_agent::job::JobOptions;
-use semaphore_agent::listener;
-use semaphore_agent::local::{self, LocalRun};
+use semaphore_agent::listener::{self, AgentLogError, ListenerError, ShutdownReason};
+use semaphore_agent::local::{self, LocalError, LocalRun};
 
-/// Exit code for a configuration the agent cannot run with.
-const EXIT_BAD_CONFIG: i32 = 2;
+/// Everything that makes the agent exit with a non-zero code.
+#[derive(Debug)]
+enum Failure {
+    /// The command line cannot be parsed (argh's message, or an argument
+    /// that is not UTF-8).
+    Usage(String),
+    /// A configuration the agent cannot run with.
+    Config(ConfigError),
+    /// The agent log (`SEMAPHORE_AGENT_LOG_*`) cannot be set up.
+    AgentLog(AgentLogError),
+    /// `run`: the job file cannot be loaded.
+    Local(LocalError),
+    /// `run`: the job ran and failed or was stopped.
+    JobNotPassed(JobResult),
+    /// `start`: the control plane never took the registration.
+    Listener(ListenerError),
+    /// `start`: the agent shut itself down without being asked to
+    /// (`UNABLE_TO_SYNC`).
+    SelfShutdown(ShutdownReason),
+}
+
+impl Failure {
+    /// The process exit code: 1 for a bad command line (argh's convention),
+    /// a failed job or a give-up; 2 for a configuration, agent log or job
+    /// file the agent cannot work with.
+    fn code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) => 1,
+            Failure::Config(_) | Failure::AgentLog(_) | Failure::Local(_) => 2,
+            Failure::JobNotPassed(_) => 1,
+            Failure::Listener(_) | Failure::SelfShutdown(_) => 1,
+        }
+    }
+
+    /// What goes to stderr. A failed job, a registration give-up and a
+    /// self-shutdown print nothing more: the job's output and the agent log
+    /// already said why.
+    fn message(&self) -> Option<String> {
+        match self {
+            Failure::Usage(_) | Failure::Config(_) | Failure::AgentLog(_) | Failure::Local(_) => {
+                Some(self.to_string())
+            }
+            Failure::JobNotPassed(_) | Failure::Listener(_) | Failure::SelfShutdown(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(message) => f.write_str(message),
+            Failure::Config(err) => write!(f, "semaphore-agent: {err}"),
+            Failure::AgentLog(err) => write!(f, "semaphore-agent: {err}"),
+            Failure::Local(err) => write!(f, "semaphore-agent: {err}"),
+            Failure::JobNotPassed(result) => write!(f, "semaphore-agent: the job {result}"),
+            Failure::Listener(err) => write!(f, "semaphore-agent: {err}"),
+            Failure::SelfShutdown(reason) => write!(f, "semaphore-agent: shut down: {reason}"),
+        }
+    }
+}
 
 fn main() {
-    let cli = Cli::from_env();
-    let code = match cli.cmd {
+    let outcome = match Cli::from_env() {
+        Ok(cli) => run(cli.cmd),
+        Err(CliExit::Help(help)) => {
+            println!("{help}");
+            Ok(())
+        }
+        Err(CliExit::Invalid(message)) => Err(Failure::Usage(message)),
+    };
+    std::process::exit(exit_code(outcome));
+}
+
+/// Prints the failure's message, if any, and returns the exit code.
+fn exit_code(outcome: Result<(), Failure>) -> i32 {
+    match outcome {
+        Ok(()) => 0,
+        Err(failure) => {
+            if let Some(message) = failure.message() {
+                eprintln!("{message}");
+            }
+            failure.code()
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<(), Failure> {
+    match cmd {
         Command::Version(_) => {
             println!("{}", semaphore_agent::VERSION);
-            0
+            Ok(())
         }
-        Command::Run(args) => {
-            init_stderr_logging();
-            match config::load_run_config(&args) {
-                Ok(run) => local::run(LocalRun {
-                    job_file: run.job_file,
-                    json: run.json,
-                    options: JobOptions {
-                        home: home_dir(),
-                        tmp_dir: std::env::temp_dir(),
-                        env_vars: run.env_vars,
-                        pre_job_hook_path: run.pre_job_hook_path,
-                        source_pre_job_hook: run.source_pre_job_hook,
-                        fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
-                        post_job_hook_path: run.post_job_hook_path,
-                        ..JobOptions::default()
-                    },
-                }),
-                Err(err) => {
-                    eprintln!("semaphore-agent: {err}");
-                    EXIT_BAD_CONFIG
-                }
-            }
-        }
-        Command::Start(args) => {
-            let env = |name: &str| std::env::var(name).ok();
-            match config::load_start_config(&args, &env) {
-                Ok(config) => match listener::init_logging() {
-                    Ok(_) => {
-                        for warning in &config.warnings {
-                            log::warn!("{warning}");
-                        }
-                        log::debug!("Configuration:\n{}", config.redacted_summary());
-                        listener::start(config, listener::ListenerOptions::from_env())
-                    }
-                    Err(err) => {
-                        eprintln!("semaphore-agent: {err}");
-                        EXIT_BAD_CONFIG
-                    }
-                },
-                Err(err) => {
-                    eprintln!("semaphore-agent: {err}");
-                    EXIT_BAD_CONFIG
-                }
-            }
-        }
-    };
-    std::process::exit(code);
+        Command::Run(args) => run_local(&args),
+        Command::Start(args) => start(&args),
+    }
+}
+
+fn run_local(args: &RunArgs) -> Result<(), Failure> {
+    init_stderr_logging();
+    let run = config::load_run_config(args).map_err(Failure::Config)?;
+    let result = local::run(LocalRun {
+        job_file: run.job_file,
+        json: run.json,
+        options: JobOptions {
+            home: home_dir(),
+            tmp_dir: std::env::temp_dir(),
+            env_vars: run.env_vars,
+            pre_job_hook_path: run.pre_job_hook_path,
+            source_pre_job_hook: run.source_pre_job_hook,
+            fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
+            post_job_hook_path: run.post_job_hook_path,
+            ..JobOptions::default()
+        },
+    })
+    .map_err(Failure::Local)?;
+    job_outcome(result)
+}
+
+fn start(args: &StartArgs) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let config = config::load_start_config(args, &env).map_err(Failure::Config)?;
+    listener::init_logging().map_err(Failure::AgentLog)?;
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+    log::debug!("Configuration:\n{}", config.redacted_summary());
+    let reason = listener::start(config, listener::ListenerOptions::from_env())
+        .map_err(Failure::Listener)?;
+    shutdown_outcome(reason)
+}
+
+/// Only a passed job makes `run` succeed.
+fn job_outcome(result: JobResult) -> Result<(), Failure> {
+    match result {
+        JobResult::Passed => Ok(()),
+        JobResult::Failed | JobResult::Stopped => Err(Failure::JobNotPassed(result)),
+    }
+}
+
+/// Only a shutdown the control plane did not ask for is a failure.
+fn shutdown_outcome(reason: ShutdownReason) -> Result<(), Failure> {
+    match reason {
+        ShutdownReason::UnableToSync => Err(Failure::SelfShutdown(reason)),
+        ShutdownReason::Idle
+        | ShutdownReason::JobFinished
+        | ShutdownReason::Requested
+        | ShutdownReason::Interrupted
+        | ShutdownReason::Unknown => Ok(()),
+    }
 }
 
 /// The user's home directory: `$HOME`, else the current directory.
@@ -81,4 +176,53 @@ fn init_stderr_logging() {
         .parse_env("SEMAPHORE_AGENT_LOG_LEVEL")
         .target(env_logger::Target::Stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(outcome: Result<(), Failure>) -> i32 {
+        match outcome {
+            Ok(()) => 0,
+            Err(failure) => failure.code(),
+        }
+    }
+
+    #[test]
+    fn shutdown_reasons_and_exit_codes() {
+        assert_eq!(code(shutdown_outcome(ShutdownReason::UnableToSync)), 1);
+        for reason in [
+            ShutdownReason::Idle,
+            ShutdownReason::JobFinished,
+            ShutdownReason::Requested,
+            ShutdownReason::Interrupted,
+            ShutdownReason::Unknown,
+        ] {
+            assert_eq!(code(shutdown_outcome(reason)), 0, "{reason}");
+        }
+    }
+
+    #[test]
+    fn job_results_and_exit_codes() {
+        assert_eq!(code(job_outcome(JobResult::Passed)), 0);
+        assert_eq!(code(job_outcome(JobResult::Failed)), 1);
+        assert_eq!(code(job_outcome(JobResult::Stopped)), 1);
+    }
+
+    #[test]
+    fn bad_input_codes_and_messages() {
+        let usage = Failure::Usage("Unrecognized argument: --bogus".into());
+        assert_eq!(usage.code(), 1);
+        assert_eq!(
+            usage.message().as_deref(),
+            Some("Unrecognized argument: --bogus")
+        );
+        let config = Failure::Config(ConfigError::MissingToken);
+        assert_eq!(config.code(), 2);
+        assert!(config
+            .message()
+            .is_some_and(|m| m.starts_with("semaphore-agent: ") && m.contains("token")));
+        assert_eq!(Failure::JobNotPassed(JobResult::Failed).message(), None);
+    }
 }

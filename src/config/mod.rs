@@ -15,8 +15,9 @@ mod raw;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use crate::keys::{Key, Kind, Secrecy, ENV_PREFIX};
 pub use name::{is_request_uri, is_valid_name, random_name};
-pub use raw::{split_list_string, Key, Kind, Origin, RawConfig, RawSetting, RawValue, ENV_PREFIX};
+pub use raw::{split_list_string, Origin, RawConfig, RawSetting, RawValue};
 
 use crate::cli::{parse_bool, RunArgs, StartArgs};
 
@@ -305,7 +306,7 @@ impl Config {
             None => String::new(),
         };
         let upload_job_logs = match text(raw, Key::UploadJobLogs)? {
-            None => UploadJobLogs::Never,
+            None => UploadJobLogs::parse(Key::UploadJobLogs.default_text()).unwrap_or_default(),
             Some((value, origin)) => match UploadJobLogs::parse(&value) {
                 Some(u) => u,
                 None => {
@@ -330,7 +331,7 @@ impl Config {
 
         let mut warnings = Vec::new();
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
-            if let Some(setting) = raw.get(key).filter(|s| !key.is_default(s)) {
+            if let Some(setting) = raw.get(key).filter(|s| !raw::is_default(key, s)) {
                 warnings.push(format!(
                     "option '{}' ({}) is ignored: this agent has no Kubernetes executor \
                      and runs jobs in the shell or with docker compose",
@@ -363,61 +364,80 @@ impl Config {
         })
     }
 
-    /// Every setting, one `key: value` per line (`(none)` for an empty
-    /// one), with the token shown as `[REDACTED]` and env var values
-    /// redacted (names shown).
+    /// Every supported setting in table order, one `key: value` per line
+    /// (`(none)` for an empty one), redacted as the key table says: the
+    /// token shown as `[REDACTED]`, env var names shown but not values.
     pub fn redacted_summary(&self) -> String {
-        fn path(p: &Option<PathBuf>) -> String {
-            p.as_ref()
-                .map_or_else(String::new, |p| p.display().to_string())
-        }
-        let lines = [
-            ("endpoint", self.endpoint.clone()),
-            ("token", REDACTED.to_string()),
-            ("name", self.name.clone()),
-            ("name-from-env", self.name_from_env.clone()),
-            ("no-https", self.no_https.to_string()),
-            ("shutdown-hook-path", path(&self.shutdown_hook_path)),
-            ("pre-job-hook-path", path(&self.pre_job_hook_path)),
-            ("post-job-hook-path", path(&self.post_job_hook_path)),
-            (
-                "disconnect-after-job",
-                self.disconnect_after_job.to_string(),
-            ),
-            ("job-id", self.job_id.clone()),
-            (
-                "disconnect-after-idle-timeout",
-                self.disconnect_after_idle_timeout.to_string(),
-            ),
-            ("env-vars", redacted_env_vars(&self.env_vars)),
-            ("files", self.files.join(", ")),
-            (
-                "fail-on-missing-files",
-                self.fail_on_missing_files.to_string(),
-            ),
-            ("upload-job-logs", self.upload_job_logs.as_str().to_string()),
-            (
-                "fail-on-pre-job-hook-error",
-                self.fail_on_pre_job_hook_error.to_string(),
-            ),
-            ("source-pre-job-hook", self.source_pre_job_hook.to_string()),
-            (
-                "interruption-grace-period",
-                self.interruption_grace_period.to_string(),
-            ),
-        ];
         let mut out = String::new();
-        for (key, value) in lines {
-            out.push_str(key);
+        for &key in Key::ALL {
+            let Some(value) = self.summary_value(key) else {
+                continue;
+            };
+            let shown = match value {
+                Shown::One(v) if v.is_empty() => String::new(),
+                Shown::One(v) => key.shown(&v),
+                Shown::Many(items) => items
+                    .iter()
+                    .map(|item| key.shown(item))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            out.push_str(key.name());
             out.push_str(": ");
-            out.push_str(if value.is_empty() { "(none)" } else { &value });
+            out.push_str(if shown.is_empty() { "(none)" } else { &shown });
             out.push('\n');
         }
         out
     }
+
+    /// The validated value of `key`, unredacted, for the summary; `None`
+    /// for a key `Config` does not keep (the ignored Kubernetes keys). A
+    /// new supported key needs an arm here: a unit test checks that every
+    /// supported key is in the summary.
+    fn summary_value(&self, key: Key) -> Option<Shown> {
+        fn path(p: &Option<PathBuf>) -> Shown {
+            Shown::One(
+                p.as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+            )
+        }
+        let one = |v: &dyn ToString| Some(Shown::One(v.to_string()));
+        match key {
+            Key::Name => one(&self.name),
+            Key::NameFromEnv => one(&self.name_from_env),
+            Key::Endpoint => one(&self.endpoint),
+            Key::Token => one(&self.token),
+            Key::NoHttps => one(&self.no_https),
+            Key::ShutdownHookPath => Some(path(&self.shutdown_hook_path)),
+            Key::PreJobHookPath => Some(path(&self.pre_job_hook_path)),
+            Key::PostJobHookPath => Some(path(&self.post_job_hook_path)),
+            Key::DisconnectAfterJob => one(&self.disconnect_after_job),
+            Key::JobId => one(&self.job_id),
+            Key::DisconnectAfterIdleTimeout => one(&self.disconnect_after_idle_timeout),
+            Key::InterruptionGracePeriod => one(&self.interruption_grace_period),
+            Key::EnvVars => Some(Shown::Many(
+                self.env_vars
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect(),
+            )),
+            Key::Files => Some(Shown::Many(self.files.clone())),
+            Key::FailOnMissingFiles => one(&self.fail_on_missing_files),
+            Key::UploadJobLogs => one(&self.upload_job_logs.as_str()),
+            Key::FailOnPreJobHookError => one(&self.fail_on_pre_job_hook_error),
+            Key::SourcePreJobHook => one(&self.source_pre_job_hook),
+            _ => None,
+        }
+    }
 }
 
-const REDACTED: &str = "[REDACTED]";
+/// A setting's value in the summary, before redaction.
+enum Shown {
+    One(String),
+    Many(Vec<String>),
+}
+
+const REDACTED: &str = crate::keys::REDACTED;
 
 fn redacted_env_vars(vars: &[(String, String)]) -> String {
     vars.iter()
@@ -473,7 +493,7 @@ fn text(raw: &RawConfig, key: Key) -> Result<Option<(String, &Origin)>, ConfigEr
 
 fn boolean(raw: &RawConfig, key: Key) -> Result<bool, ConfigError> {
     match text(raw, key)? {
-        None => Ok(false),
+        None => Ok(parse_bool(key.default_text()).unwrap_or(false)),
         Some((value, origin)) => parse_bool(&value).ok_or_else(|| ConfigError::NotABool {
             key: key.name(),
             value,
@@ -484,7 +504,7 @@ fn boolean(raw: &RawConfig, key: Key) -> Result<bool, ConfigError> {
 
 fn seconds(raw: &RawConfig, key: Key) -> Result<u64, ConfigError> {
     let Some((value, origin)) = text(raw, key)? else {
-        return Ok(0);
+        return Ok(key.default_text().parse().unwrap_or(0));
     };
     let trimmed = value.trim();
     match trimmed.parse::<i64>() {

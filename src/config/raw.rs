@@ -7,131 +7,39 @@
 //! name?) — that is `Config::validate`'s job, so a value is checked the same
 //! way whichever source it came from. The one exception is the file's keys:
 //! an unknown key is rejected here, because only here do we still see it.
+//! Which keys exist, their environment names and their flags all come from
+//! the one table in `crate::keys`; nothing here lists keys by hand.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
 use super::ConfigError;
-use crate::cli::{split_csv, RunArgs, StartArgs};
+use crate::cli::{parse_bool, split_csv, FlagValue, RunArgs, StartArgs};
+use crate::keys::{Key, Kind};
 
-/// The type a key's value must have once validated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Str,
-    Bool,
-    Int,
-    List,
-}
-
-/// Prefix of the environment variables that configure `start`.
-pub const ENV_PREFIX: &str = "SEMAPHORE_AGENT_";
-
-/// Generates the key table and the raw struct from one list, so that a key
-/// cannot be added to one and forgotten in the other.
-macro_rules! define_keys {
-    ($($variant:ident / $field:ident = $name:literal : $kind:ident, $supported:literal;)*) => {
-        /// Every configuration key the Go agent's `start` knows, spelled as
-        /// in its YAML file and flags.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum Key { $($variant,)* }
-
-        impl Key {
-            /// All keys, in the order the Go agent declares its flags.
-            pub const ALL: &'static [Key] = &[$(Key::$variant,)*];
-
-            /// The kebab-case name used in the file and as the flag.
-            pub fn name(self) -> &'static str {
-                match self { $(Key::$variant => $name,)* }
-            }
-
-            pub fn kind(self) -> Kind {
-                match self { $(Key::$variant => Kind::$kind,)* }
-            }
-
-            /// False for keys accepted only so a Go-agent config keeps
-            /// working (the Kubernetes executor).
-            pub fn is_supported(self) -> bool {
-                match self { $(Key::$variant => $supported,)* }
-            }
-        }
-
-        /// One source's settings; `None` where the source says nothing.
-        #[derive(Clone, Default)]
-        pub struct RawConfig { $(pub $field: Option<RawSetting>,)* }
-
-        impl RawConfig {
-            pub fn get(&self, key: Key) -> Option<&RawSetting> {
-                match key { $(Key::$variant => self.$field.as_ref(),)* }
-            }
-
-            pub fn slot_mut(&mut self, key: Key) -> &mut Option<RawSetting> {
-                match key { $(Key::$variant => &mut self.$field,)* }
-            }
-        }
-    };
-}
-
-define_keys! {
-    Name / name = "name": Str, true;
-    NameFromEnv / name_from_env = "name-from-env": Str, true;
-    Endpoint / endpoint = "endpoint": Str, true;
-    Token / token = "token": Str, true;
-    NoHttps / no_https = "no-https": Bool, true;
-    ShutdownHookPath / shutdown_hook_path = "shutdown-hook-path": Str, true;
-    PreJobHookPath / pre_job_hook_path = "pre-job-hook-path": Str, true;
-    PostJobHookPath / post_job_hook_path = "post-job-hook-path": Str, true;
-    DisconnectAfterJob / disconnect_after_job = "disconnect-after-job": Bool, true;
-    JobId / job_id = "job-id": Str, true;
-    DisconnectAfterIdleTimeout / disconnect_after_idle_timeout = "disconnect-after-idle-timeout": Int, true;
-    InterruptionGracePeriod / interruption_grace_period = "interruption-grace-period": Int, true;
-    EnvVars / env_vars = "env-vars": List, true;
-    Files / files = "files": List, true;
-    FailOnMissingFiles / fail_on_missing_files = "fail-on-missing-files": Bool, true;
-    UploadJobLogs / upload_job_logs = "upload-job-logs": Str, true;
-    FailOnPreJobHookError / fail_on_pre_job_hook_error = "fail-on-pre-job-hook-error": Bool, true;
-    SourcePreJobHook / source_pre_job_hook = "source-pre-job-hook": Bool, true;
-    KubernetesExecutor / kubernetes_executor = "kubernetes-executor": Bool, false;
-    KubernetesPodSpec / kubernetes_pod_spec = "kubernetes-pod-spec": Str, false;
-    KubernetesAllowedImages / kubernetes_allowed_images = "kubernetes-allowed-images": List, false;
-    KubernetesPodStartTimeout / kubernetes_pod_start_timeout = "kubernetes-pod-start-timeout": Int, false;
-    KubernetesLabels / kubernetes_labels = "kubernetes-labels": List, false;
-    KubernetesDefaultImage / kubernetes_default_image = "kubernetes-default-image": Str, false;
+/// One source's settings; a key is absent where the source says nothing.
+#[derive(Clone, Default)]
+pub struct RawConfig {
+    settings: BTreeMap<Key, RawSetting>,
 }
 
 /// The Go agent accepts `config-file` inside the file itself (and ignores
 /// it), so a file that has it must keep loading.
 const IGNORED_FILE_KEYS: &[&str] = &["config-file"];
 
-impl Key {
-    /// Finds a key by its kebab-case name. The Go agent's viper lower-cases
-    /// file keys, so `Endpoint:` works there and must work here.
-    pub fn from_name(name: &str) -> Option<Key> {
-        let lower = name.to_ascii_lowercase();
-        Key::ALL.iter().copied().find(|k| k.name() == lower)
-    }
-
-    /// `SEMAPHORE_AGENT_<NAME_IN_UPPER_SNAKE>`.
-    pub fn env_var(self) -> String {
-        format!(
-            "{ENV_PREFIX}{}",
-            self.name().replace('-', "_").to_ascii_uppercase()
-        )
-    }
-
-    /// Whether `setting` is what the Go agent would use with the key unset;
-    /// used to warn only about unsupported keys that actually ask for
-    /// something.
-    pub(crate) fn is_default(self, setting: &RawSetting) -> bool {
-        match (&setting.value, self.kind()) {
-            (RawValue::List(items), _) => items.is_empty(),
-            (RawValue::Scalar(s), Kind::Bool) => crate::cli::parse_bool(s) == Some(false),
-            (RawValue::Scalar(s), Kind::Int) => {
-                self != Key::KubernetesPodStartTimeout || s.trim() == "300"
-            }
-            (RawValue::Scalar(s), _) => s.is_empty(),
-        }
+/// Whether `setting` is what the Go agent would use with `key` unset (its
+/// table default); used to warn only about unsupported keys that actually
+/// ask for something.
+pub(crate) fn is_default(key: Key, setting: &RawSetting) -> bool {
+    let default = key.default_text();
+    match (&setting.value, key.kind()) {
+        (RawValue::List(items), _) => items.is_empty(),
+        (RawValue::Scalar(s), Kind::Bool) => parse_bool(s) == parse_bool(default),
+        (RawValue::Scalar(s), Kind::Int) => s.trim() == default,
+        (RawValue::Scalar(s), _) => s == default,
     }
 }
 
@@ -184,12 +92,18 @@ impl RawConfig {
     /// Stacks `over` on top of `self`: every key `over` sets replaces ours.
     /// Lists are replaced, not appended, as in the Go agent.
     pub fn merge(mut self, over: RawConfig) -> RawConfig {
-        for &key in Key::ALL {
-            if let Some(setting) = over.get(key) {
-                *self.slot_mut(key) = Some(setting.clone());
-            }
-        }
+        self.settings.extend(over.settings);
         self
+    }
+
+    /// What this source says about `key`.
+    pub fn get(&self, key: Key) -> Option<&RawSetting> {
+        self.settings.get(&key)
+    }
+
+    /// Sets `key` (replacing what this source said before).
+    pub fn set(&mut self, key: Key, setting: RawSetting) {
+        self.settings.insert(key, setting);
     }
 
     /// Reads and parses a YAML config file.
@@ -265,7 +179,7 @@ impl RawConfig {
                     }
                 },
             };
-            *raw.slot_mut(key) = Some(RawSetting { value, origin });
+            raw.set(key, RawSetting { value, origin });
         }
         Ok(raw)
     }
@@ -283,10 +197,13 @@ impl RawConfig {
                 Kind::List => RawValue::List(split_list_string(&text)),
                 _ => RawValue::Scalar(text),
             };
-            *raw.slot_mut(key) = Some(RawSetting {
-                value,
-                origin: Origin::Env(var),
-            });
+            raw.set(
+                key,
+                RawSetting {
+                    value,
+                    origin: Origin::Env(var),
+                },
+            );
         }
         raw
     }
@@ -294,56 +211,13 @@ impl RawConfig {
     /// The settings given as `start` flags.
     pub fn from_start_args(args: &StartArgs) -> RawConfig {
         let mut raw = RawConfig::default();
-        let strings = [
-            (Key::Name, &args.name),
-            (Key::NameFromEnv, &args.name_from_env),
-            (Key::Endpoint, &args.endpoint),
-            (Key::Token, &args.token),
-            (Key::ShutdownHookPath, &args.shutdown_hook_path),
-            (Key::PreJobHookPath, &args.pre_job_hook_path),
-            (Key::PostJobHookPath, &args.post_job_hook_path),
-            (Key::JobId, &args.job_id),
-            (
-                Key::DisconnectAfterIdleTimeout,
-                &args.disconnect_after_idle_timeout,
-            ),
-            (
-                Key::InterruptionGracePeriod,
-                &args.interruption_grace_period,
-            ),
-            (Key::UploadJobLogs, &args.upload_job_logs),
-            (Key::KubernetesPodSpec, &args.kubernetes_pod_spec),
-            (
-                Key::KubernetesPodStartTimeout,
-                &args.kubernetes_pod_start_timeout,
-            ),
-            (Key::KubernetesDefaultImage, &args.kubernetes_default_image),
-        ];
-        for (key, value) in strings {
-            if let Some(v) = value {
-                raw.set_flag(key, RawValue::Scalar(v.clone()));
+        for (key, value) in args.flag_values() {
+            match value {
+                FlagValue::Text(Some(v)) => raw.set_flag(key, RawValue::Scalar(v.clone())),
+                FlagValue::Text(None) => {}
+                FlagValue::Switch(on) => raw.set_switches(&[(key, on)], &args.switch_off),
+                FlagValue::List(values) => raw.set_flag_list(key, values),
             }
-        }
-        let switches = [
-            (Key::NoHttps, args.no_https),
-            (Key::DisconnectAfterJob, args.disconnect_after_job),
-            (Key::FailOnMissingFiles, args.fail_on_missing_files),
-            (Key::FailOnPreJobHookError, args.fail_on_pre_job_hook_error),
-            (Key::SourcePreJobHook, args.source_pre_job_hook),
-            (Key::KubernetesExecutor, args.kubernetes_executor),
-        ];
-        raw.set_switches(&switches, &args.switch_off);
-        let lists = [
-            (Key::EnvVars, &args.env_vars),
-            (Key::Files, &args.files),
-            (
-                Key::KubernetesAllowedImages,
-                &args.kubernetes_allowed_images,
-            ),
-            (Key::KubernetesLabels, &args.kubernetes_labels),
-        ];
-        for (key, values) in lists {
-            raw.set_flag_list(key, values);
         }
         raw
     }
@@ -367,10 +241,13 @@ impl RawConfig {
     }
 
     fn set_flag(&mut self, key: Key, value: RawValue) {
-        *self.slot_mut(key) = Some(RawSetting {
-            value,
-            origin: Origin::Flag,
-        });
+        self.set(
+            key,
+            RawSetting {
+                value,
+                origin: Origin::Flag,
+            },
+        );
     }
 
     /// A switch that was given sets true; one turned off with `--x=false`

@@ -636,3 +636,151 @@ fn mutated_config_files_never_panic() {
         }
     });
 }
+
+// ---- the key table ----------------------------------------------------
+
+/// A value of the right shape for `key`, distinct per key.
+fn sample_value(key: Key) -> RawValue {
+    match key.kind() {
+        Kind::Str => RawValue::Scalar(format!("value-of-{}", key.name())),
+        Kind::Int => RawValue::Scalar("17".into()),
+        Kind::Bool => RawValue::Scalar("true".into()),
+        Kind::List => RawValue::List(vec![format!("{}=1", key.field()), "B=2".into()]),
+    }
+}
+
+/// Every row of the key table is a flag, an environment variable and a
+/// YAML key, read as the same raw value with the right origin: a key added
+/// to the table is covered here without touching this test.
+#[test]
+fn every_table_key_is_read_from_flag_env_and_file() {
+    let help = Cli::parse("semaphore-agent", &["start".into(), "--help".into()])
+        .err()
+        .map(|e| e.output)
+        .unwrap_or_default();
+    let file_path = Path::new("/etc/agent/config.yaml");
+    for &key in Key::ALL {
+        let expected = sample_value(key);
+        let text = match &expected {
+            RawValue::Scalar(s) => s.clone(),
+            RawValue::List(items) => items.join(","),
+        };
+
+        let flag = format!("--{}", key.name());
+        assert!(help.contains(&flag), "{flag} missing from start --help");
+        let args = match key.kind() {
+            Kind::Bool => start_args(&[&flag]),
+            _ => start_args(&[&flag, &text]),
+        };
+        let from_flag = RawConfig::from_start_args(&args);
+        assert!(
+            from_flag.get(key)
+                == Some(&RawSetting {
+                    value: expected.clone(),
+                    origin: Origin::Flag
+                }),
+            "{key} not read from {flag}"
+        );
+
+        let var = key.env_var();
+        assert_eq!(
+            var,
+            format!("SEMAPHORE_AGENT_{}", key.field().to_ascii_uppercase())
+        );
+        let env = env_of(&[(var.as_str(), text.as_str())]);
+        let from_env = RawConfig::from_env(&env);
+        assert!(
+            from_env.get(key)
+                == Some(&RawSetting {
+                    value: expected.clone(),
+                    origin: Origin::Env(var.clone())
+                }),
+            "{key} not read from {var}"
+        );
+
+        let from_file = RawConfig::from_yaml(&format!("{}: \"{text}\"\n", key.name()), file_path);
+        let from_file = match from_file {
+            Ok(raw) => raw,
+            Err(e) => panic!("{key} in YAML: {e}"),
+        };
+        assert!(
+            from_file.get(key)
+                == Some(&RawSetting {
+                    value: expected.clone(),
+                    origin: Origin::File(file_path.to_path_buf())
+                }),
+            "{key} not read from the YAML file"
+        );
+
+        // No other key picks the value up.
+        for raw in [&from_flag, &from_env, &from_file] {
+            for &other in Key::ALL.iter().filter(|&&k| k != key) {
+                assert!(raw.get(other).is_none(), "{key} also set {other}");
+            }
+        }
+    }
+}
+
+/// Each switch of the table can be turned off with `--x=false` over the
+/// environment, which needs the pre-pass to know it from the table.
+#[test]
+fn every_table_switch_takes_an_explicit_false() {
+    for &key in Key::ALL.iter().filter(|k| k.kind() == Kind::Bool) {
+        let flag = format!("--{}=false", key.name());
+        let raw = RawConfig::from_env(&env_of(&[(key.env_var().as_str(), "true")]))
+            .merge(RawConfig::from_start_args(&start_args(&[&flag])));
+        assert!(
+            raw.get(key)
+                == Some(&RawSetting {
+                    value: RawValue::Scalar("false".into()),
+                    origin: Origin::Flag
+                }),
+            "{flag}"
+        );
+    }
+}
+
+/// A key's table default is valid for its kind and is what an unset key
+/// validates to.
+#[test]
+fn table_defaults_are_valid_and_used() {
+    for &key in Key::ALL {
+        let default = key.default_text();
+        match key.kind() {
+            Kind::Bool => assert!(crate::cli::parse_bool(default).is_some(), "{key}"),
+            Kind::Int => assert!(default.parse::<u64>().is_ok(), "{key}"),
+            Kind::Str | Kind::List => {}
+        }
+    }
+    let c = load_ok(BASE, &[], &[]);
+    assert_eq!(c.upload_job_logs, UploadJobLogs::Never);
+    assert_eq!(c.interruption_grace_period, 0);
+    assert!(!c.no_https);
+    // The warning for an ignored key compares with the table default.
+    assert!(load_ok(
+        BASE,
+        &[("SEMAPHORE_AGENT_KUBERNETES_POD_START_TIMEOUT", "300")],
+        &[]
+    )
+    .warnings
+    .is_empty());
+}
+
+/// A secret key's value does not reach the summary nor `{:?}` of the flags,
+/// whatever the key: redaction comes from the table.
+#[test]
+fn secret_keys_from_the_table_are_redacted_everywhere() {
+    for &key in Key::ALL.iter().filter(|k| k.secrecy() != Secrecy::Public) {
+        let flag = format!("--{}", key.name());
+        let args = start_args(&[&flag, "K=hidden-value-1"]);
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("hidden-value-1"), "{debug}");
+    }
+    let c = load_ok(
+        BASE,
+        &[("SEMAPHORE_AGENT_ENV_VARS", "K=hidden-value-2")],
+        &[],
+    );
+    assert!(!c.redacted_summary().contains("hidden-value-2"));
+    assert!(!c.redacted_summary().contains(TOKEN));
+}

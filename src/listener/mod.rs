@@ -5,7 +5,7 @@
 //! state machine ([`state`]), the wait between syncs (woken early by the job
 //! thread and by SIGTERM/SIGINT over one bounded channel), the job thread
 //! (fetch the job, run it, report the result), and shutdown (stop the job,
-//! disconnect, shutdown hook, exit code). Must not know how a job runs
+//! disconnect, shutdown hook; `main` picks the exit code). Must not know how a job runs
 //! (that is `crate::job`) nor how logs travel (`crate::logs`), and must never
 //! log a token.
 
@@ -78,10 +78,38 @@ impl Default for ListenerOptions {
     }
 }
 
+/// Whether this build honours the `SEMAPHORE_AGENT_TEST_*` knobs: builds
+/// for tests only, i.e. the dev profile (`cargo test` builds the binary in
+/// it) or the `test-knobs` cargo feature. A release build ignores them, so
+/// nothing in a user's environment can shrink the agent's retries.
+pub const TEST_KNOBS_HONOURED: bool = cfg!(any(debug_assertions, feature = "test-knobs"));
+
+/// Prefix of the test-only knobs.
+const TEST_KNOB_PREFIX: &str = "SEMAPHORE_AGENT_TEST_";
+
+/// The largest value a test knob may take, in milliseconds (one hour):
+/// far above what a test needs and far below what would overflow a
+/// `Duration` sum or an `Instant` deadline.
+pub const MAX_TEST_KNOB_MS: u64 = 60 * 60 * 1000;
+
+/// The knobs, by the part of their name between the prefix and `_MS`.
+const TEST_KNOBS: &[&str] = &[
+    "REGISTER_DELAY",
+    "GET_JOB_DELAY",
+    "DISCONNECT_DELAY",
+    "SYNC_INTERVAL",
+    "MAX_SYNC_WAIT",
+    "UNABLE_TO_SYNC_AFTER",
+    "HTTP_TIMEOUT",
+];
+
 impl ListenerOptions {
-    /// The defaults, with test-only overrides read from the environment.
-    /// These variables are for the integration tests (so they need not
-    /// sleep through real retry delays); they are not a supported interface:
+    /// The defaults, with test-only overrides read from the environment in
+    /// builds that honour them ([`TEST_KNOBS_HONOURED`]). These variables
+    /// are for the integration tests (so they need not sleep through real
+    /// retry delays); they are not a supported interface. Each is whole
+    /// milliseconds from 0 to [`MAX_TEST_KNOB_MS`]; another value is logged
+    /// (naming it) and ignored.
     ///
     /// - `SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS`
     /// - `SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS`
@@ -91,36 +119,43 @@ impl ListenerOptions {
     /// - `SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS`
     /// - `SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS`
     pub fn from_env() -> ListenerOptions {
-        Self::from_lookup(&|name| std::env::var(name).ok())
+        Self::from_lookup(&|name| std::env::var(name).ok(), TEST_KNOBS_HONOURED)
     }
 
-    fn from_lookup(env: &dyn Fn(&str) -> Option<String>) -> ListenerOptions {
-        let ms = |name: &str| {
-            env(&format!("SEMAPHORE_AGENT_TEST_{name}_MS"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_millis)
-        };
+    fn from_lookup(env: &dyn Fn(&str) -> Option<String>, honoured: bool) -> ListenerOptions {
         let mut o = ListenerOptions::default();
-        if let Some(d) = ms("REGISTER_DELAY") {
-            o.register_delay = d;
-        }
-        if let Some(d) = ms("GET_JOB_DELAY") {
-            o.get_job_delay = d;
-        }
-        if let Some(d) = ms("DISCONNECT_DELAY") {
-            o.disconnect_delay = d;
-        }
-        if let Some(d) = ms("SYNC_INTERVAL") {
-            o.sync_interval = (d, d);
-        }
-        if let Some(d) = ms("MAX_SYNC_WAIT") {
-            o.max_sync_wait = d;
-        }
-        if let Some(d) = ms("UNABLE_TO_SYNC_AFTER") {
-            o.unable_to_sync_after = d;
-        }
-        if let Some(d) = ms("HTTP_TIMEOUT") {
-            o.http_timeout = d;
+        for &knob in TEST_KNOBS {
+            let var = format!("{TEST_KNOB_PREFIX}{knob}_MS");
+            let Some(text) = env(&var) else {
+                continue;
+            };
+            if !honoured {
+                log::warn!(
+                    "Ignoring {var}: test-only settings are not honoured by a release build"
+                );
+                continue;
+            }
+            let ms = match text.trim().parse::<u64>() {
+                Ok(ms) if ms <= MAX_TEST_KNOB_MS => ms,
+                _ => {
+                    log::error!(
+                        "Ignoring {var}='{text}': expected whole milliseconds from 0 to \
+                         {MAX_TEST_KNOB_MS}"
+                    );
+                    continue;
+                }
+            };
+            let d = Duration::from_millis(ms);
+            match knob {
+                "REGISTER_DELAY" => o.register_delay = d,
+                "GET_JOB_DELAY" => o.get_job_delay = d,
+                "DISCONNECT_DELAY" => o.disconnect_delay = d,
+                "SYNC_INTERVAL" => o.sync_interval = (d, d),
+                "MAX_SYNC_WAIT" => o.max_sync_wait = d,
+                "UNABLE_TO_SYNC_AFTER" => o.unable_to_sync_after = d,
+                "HTTP_TIMEOUT" => o.http_timeout = d,
+                _ => {}
+            }
         }
         o
     }
@@ -137,9 +172,30 @@ enum Wake {
     JobFinished(JobResult),
 }
 
-/// Runs `start` until the control plane (or a give-up) ends it; returns
-/// the process exit code. Call [`init_logging`] first.
-pub fn start(config: Config, options: ListenerOptions) -> i32 {
+/// Why `start` ended without the control plane ever taking the agent.
+#[derive(Debug)]
+pub enum ListenerError {
+    /// Registration failed every attempt; the last error. Already logged,
+    /// in the Go agent's words, when this is returned.
+    Register { attempts: u32, error: ApiError },
+}
+
+impl std::fmt::Display for ListenerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerError::Register { attempts, error } => {
+                write!(f, "registration failed after {attempts} attempts: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ListenerError {}
+
+/// Runs `start` until the control plane (or a give-up) ends it; returns why
+/// the agent shut down (`main` turns that into the exit code). Call
+/// [`init_logging`] first.
+pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason, ListenerError> {
     let started = Instant::now();
     log::info!("Starting Agent");
     let name = agent_name(&config);
@@ -178,7 +234,10 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
                 "Failed to register agent: [Register] failed after [{}] attempts - giving up: {e}",
                 options.register_attempts
             );
-            return 1;
+            return Err(ListenerError::Register {
+                attempts: options.register_attempts,
+                error: e,
+            });
         }
     };
     api.set_access_token(&answer.token);
@@ -210,7 +269,8 @@ pub fn start(config: Config, options: ListenerOptions) -> i32 {
         last_successful_sync: Instant::now(),
     };
     let reason = listener.sync_loop();
-    listener.shutdown(reason)
+    listener.shutdown(reason);
+    Ok(reason)
 }
 
 /// The name `Config::validate` settled on (flag, `--name-from-env` or a
@@ -426,8 +486,8 @@ impl Listener {
         }
     }
 
-    /// Stops a live job, disconnects, runs the hook; returns the exit code.
-    fn shutdown(&mut self, reason: ShutdownReason) -> i32 {
+    /// Stops a live job, disconnects, runs the hook.
+    fn shutdown(&mut self, reason: ShutdownReason) {
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;
@@ -467,7 +527,6 @@ impl Listener {
             shutdown::run_hook(hook, reason, self.options.shutdown_hook_timeout);
         }
         log::info!("Agent shutting down due to: {reason}");
-        reason.exit_code()
     }
 }
 
@@ -643,12 +702,15 @@ mod tests {
 
     #[test]
     fn test_overrides_come_from_the_environment() {
-        let o = ListenerOptions::from_lookup(&|name| match name {
-            "SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS" => Some("5".into()),
-            "SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS" => Some("200".into()),
-            "SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS" => Some("junk".into()),
-            _ => None,
-        });
+        let o = ListenerOptions::from_lookup(
+            &|name| match name {
+                "SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS" => Some("5".into()),
+                "SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS" => Some("200".into()),
+                "SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS" => Some("junk".into()),
+                _ => None,
+            },
+            true,
+        );
         assert_eq!(o.register_delay, Duration::from_millis(5));
         assert_eq!(
             o.sync_interval,
@@ -657,6 +719,59 @@ mod tests {
         assert_eq!(o.get_job_delay, Duration::from_secs(3));
         assert_eq!(o.register_attempts, 30);
         assert_eq!(o.disconnect_attempts, 100);
+    }
+
+    /// Every knob set to the largest `u64`, to one past the bound, or to
+    /// the bound itself: nothing overflows when the options are used the
+    /// way the listener uses them (deadlines, the HTTP client's timeouts).
+    #[test]
+    fn huge_test_knob_values_are_refused_and_nothing_overflows() {
+        let defaults = ListenerOptions::default();
+        let past = (MAX_TEST_KNOB_MS + 1).to_string();
+        for value in [u64::MAX.to_string(), past, "-1".into()] {
+            let o = ListenerOptions::from_lookup(
+                &|name| name.starts_with(TEST_KNOB_PREFIX).then(|| value.clone()),
+                true,
+            );
+            assert_eq!(o.http_timeout, defaults.http_timeout, "{value}");
+            assert_eq!(o.register_delay, defaults.register_delay, "{value}");
+            assert_eq!(o.sync_interval, defaults.sync_interval, "{value}");
+            assert_eq!(o.unable_to_sync_after, defaults.unable_to_sync_after);
+        }
+        let max = MAX_TEST_KNOB_MS.to_string();
+        let o = ListenerOptions::from_lookup(
+            &|name| name.starts_with(TEST_KNOB_PREFIX).then(|| max.clone()),
+            true,
+        );
+        let bound = Duration::from_millis(MAX_TEST_KNOB_MS);
+        assert_eq!(o.http_timeout, bound);
+        assert_eq!(o.sync_interval, (bound, bound));
+        let now = Instant::now();
+        for d in [
+            o.register_delay,
+            o.get_job_delay,
+            o.disconnect_delay,
+            o.max_sync_wait,
+            o.unable_to_sync_after,
+            o.http_timeout * 2,
+            sync_wait(u64::MAX, o.max_sync_wait, || o.sync_interval.1),
+        ] {
+            assert!(now.checked_add(d).is_some(), "{d:?}");
+        }
+        let _ = crate::net::http_agent("http://127.0.0.1:1", o.http_timeout);
+    }
+
+    #[test]
+    fn a_release_build_ignores_the_test_knobs() {
+        let o = ListenerOptions::from_lookup(
+            &|name| name.starts_with(TEST_KNOB_PREFIX).then(|| "5".to_string()),
+            false,
+        );
+        let defaults = ListenerOptions::default();
+        assert_eq!(o.register_delay, defaults.register_delay);
+        assert_eq!(o.sync_interval, defaults.sync_interval);
+        assert_eq!(o.http_timeout, defaults.http_timeout);
+        assert_eq!(o.unable_to_sync_after, defaults.unable_to_sync_after);
     }
 
     #[test]
@@ -696,7 +811,8 @@ mod tests {
         assert_eq!(sync_wait(300_001, max, default), max);
         assert_eq!(
             ListenerOptions::from_lookup(
-                &|n| (n == "SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS").then(|| "250".to_string())
+                &|n| (n == "SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS").then(|| "250".to_string()),
+                true,
             )
             .max_sync_wait,
             Duration::from_millis(250)

@@ -1,8 +1,7 @@
 //! Why the agent shuts down, and the shutdown hook.
 //!
 //! Owns the mapping from the control plane's reason words to the names the
-//! hook sees in `SEMAPHORE_AGENT_SHUTDOWN_REASON`, the exit code per reason,
-//! and running the hook (`bash <path>`) with its output copied into the
+//! hook sees in `SEMAPHORE_AGENT_SHUTDOWN_REASON`, and running the hook (`bash <path>`) with its output copied into the
 //! agent log. Must not talk to the control plane.
 
 use std::path::Path;
@@ -42,15 +41,6 @@ impl ShutdownReason {
             ShutdownReason::Interrupted => "INTERRUPTED",
             ShutdownReason::Unknown => "UNKNOWN",
             ShutdownReason::UnableToSync => "UNABLE_TO_SYNC",
-        }
-    }
-
-    /// The process exit code: only a shutdown the control plane did not ask
-    /// for is a failure.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            ShutdownReason::UnableToSync => 1,
-            _ => 0,
         }
     }
 }
@@ -136,14 +126,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_exit_codes() {
+    fn names() {
         assert_eq!(
             ShutdownReason::from_api("job-finished").as_str(),
             "JOB_FINISHED"
         );
         assert_eq!(ShutdownReason::from_api("nope"), ShutdownReason::Unknown);
-        assert_eq!(ShutdownReason::UnableToSync.exit_code(), 1);
-        assert_eq!(ShutdownReason::Interrupted.exit_code(), 0);
+        assert_eq!(ShutdownReason::UnableToSync.as_str(), "UNABLE_TO_SYNC");
     }
 
     #[test]

@@ -281,3 +281,41 @@ fn log_server_redirects_and_odd_answers_lose_nothing() {
     );
     stop(&hub, agent);
 }
+
+/// A test-only duration knob at the largest `u64` used to overflow the HTTP
+/// timeout and abort the agent; now it is refused with a line naming the
+/// variable and the value, and the agent registers and syncs as usual.
+#[test]
+fn an_overflowing_duration_in_the_environment_is_refused_not_fatal() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let huge = u64::MAX.to_string();
+    let agent = start(
+        &sandbox,
+        &hub,
+        &[
+            ("SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS", huge.as_str()),
+            (
+                "SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS",
+                huge.as_str(),
+            ),
+        ],
+    );
+    assert!(
+        hub.wait_until(WAIT, |h| h.requests_to("/sync").len() >= 2),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!(
+            "Ignoring SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS='{huge}'"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS"),
+        "{log}"
+    );
+    stop(&hub, agent);
+}
