@@ -24,8 +24,8 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The test images; the tag changes whenever what `import_image` puts in
 /// them does, as an image that exists is not made again.
-const BASH_IMAGE: &str = "semaphore-agent-test/bash:2";
-const NO_BASH_IMAGE: &str = "semaphore-agent-test/nobash:2";
+const BASH_IMAGE: &str = "semaphore-agent-test/bash:3";
+const NO_BASH_IMAGE: &str = "semaphore-agent-test/nobash:3";
 
 /// Whether the Docker tests can run here; builds the test images once per
 /// test process. Without Docker: prints why and returns false, or panics
@@ -74,7 +74,8 @@ fn find_binary(candidates: &[&str]) -> Option<std::path::PathBuf> {
 }
 
 /// A one-layer image from a rootfs of busybox (and bash when given), root's
-/// HOME `/root`, built with `docker import`.
+/// HOME `/root`, an anonymous volume at `/data` (as many service images
+/// have), built with `docker import`.
 fn import_image(
     tag: &str,
     bash: Option<&std::path::Path>,
@@ -118,7 +119,7 @@ fn import_image(
     let status = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "tar -C '{}' -c . | docker import -c 'ENV PATH=/bin' - '{tag}' >/dev/null",
+            "tar -C '{}' -c . | docker import -c 'ENV PATH=/bin' -c 'VOLUME /data' - '{tag}' >/dev/null",
             r.display()
         ))
         .status()
@@ -478,11 +479,12 @@ fn a_stop_during_a_command_ends_the_job_and_removes_its_containers() {
         .events(&id)
         .iter()
         .any(|e| e["directive"] == "sleep 3600")));
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
         !containers_of(agent.pid()).is_empty(),
         "no containers while running"
     );
+    let volumes = volumes_of(agent.pid());
+    assert!(!volumes.is_empty(), "the job's containers have no volume");
     hub.stop_job(&id);
     assert_eq!(
         hub.wait_for_result(&id, JOB_TIMEOUT).as_deref(),
@@ -497,6 +499,40 @@ fn a_stop_during_a_command_ends_the_job_and_removes_its_containers() {
     assert_eq!(last.exit_code, 1);
     assert!(!hub.output(&id).contains("never"));
     assert_nothing_left(&agent, &sandbox);
+    for volume in volumes {
+        let inspect = Command::new("docker")
+            .args(["volume", "inspect", &volume])
+            .output()
+            .expect("docker volume inspect");
+        assert!(!inspect.status.success(), "volume {volume} was left behind");
+    }
+}
+
+/// The anonymous volumes of the agent's running job containers.
+fn volumes_of(pid: i32) -> Vec<String> {
+    let ids = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name=semaphore-{pid}-")])
+        .output()
+        .expect("docker ps");
+    let ids = String::from_utf8_lossy(&ids.stdout).to_string();
+    let mut volumes = Vec::new();
+    for id in ids.split_whitespace() {
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
+                id,
+            ])
+            .output()
+            .expect("docker inspect");
+        volumes.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+    }
+    volumes
 }
 
 #[test]

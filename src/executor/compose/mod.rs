@@ -609,6 +609,9 @@ impl ComposeExecutor {
         }
     }
 
+    /// `compose down`: every container and network of the job, and the
+    /// anonymous volumes of its containers (`-v`; the file declares no
+    /// named volume), which Go leaves behind on the host.
     fn down(&mut self) {
         if !self.compose_used {
             return;
@@ -619,6 +622,7 @@ impl ComposeExecutor {
             &[
                 "down".into(),
                 "--remove-orphans".into(),
+                "-v".into(),
                 "-t".into(),
                 DOWN_GRACE_SECONDS.into(),
             ],
