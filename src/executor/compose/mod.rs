@@ -35,7 +35,7 @@ use crate::request::{Command as JobCommand, Container, File, ImagePullCredential
 use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
 use file::Mount;
 
-use credentials::Strategy;
+use credentials::{CredentialError, Strategy};
 pub use file::ComposeFileError;
 
 const CREDENTIALS_DIRECTIVE: &str = "Setting up image pull credentials";
@@ -50,7 +50,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Seconds `compose down` gives a container's processes before killing
 /// them: the job is over, nothing in it needs a graceful end.
 const DOWN_GRACE_SECONDS: &str = "2";
-/// How often a waiting host command looks at the stop flag.
+/// How often a waiting host command is checked for its exit.
 const POLL: Duration = Duration::from_millis(50);
 
 /// Why a compose executor could not be built for a request.
@@ -424,6 +424,10 @@ impl ComposeExecutor {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
         let vars = match credentials::env_vars(credential) {
             Ok(vars) => vars,
+            Err(CredentialError::BadValue { name }) => {
+                log.output(format!("Failed to decode {name}\n"));
+                return false;
+            }
             Err(e) => {
                 log.output(format!("{e}\n"));
                 return false;
