@@ -1036,3 +1036,72 @@ fn private_images_pull_with_the_jobs_own_login_only() {
     }
     assert_nothing_left(&agent, &sandbox);
 }
+
+/// A container has terminals of its own (`/dev/pts/0`, ... of its own
+/// devpts); a host job whose PTY has the same number must not take their
+/// holders for its own processes when it ends. The container holds many
+/// terminal numbers, so the host job's PTY surely matches one of them
+/// (unless the host has more than that many PTYs open, said in the log).
+#[test]
+fn a_host_job_ending_leaves_container_processes_on_their_own_terminals_alone() {
+    if !docker() {
+        return;
+    }
+    const TERMINALS: usize = 24;
+    let name = format!("semaphore-agent-test-pts-{}", std::process::id());
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().expect("docker");
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    /// Removes the container however the test ends.
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _remove = Remove(name.clone());
+    docker(&[
+        "run", "-d", "-t", "--name", &name, BASH_IMAGE, "sleep", "3600",
+    ]);
+    for _ in 1..TERMINALS {
+        docker(&["exec", "-d", "-t", &name, "sleep", "3601"]);
+    }
+    // A container whose first process was killed is gone: 0 then.
+    let sleepers = || {
+        Command::new("docker")
+            .args(["top", &name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("sleep 360"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = crate::support::wait::value(crate::support::WAIT, sleepers, |n| *n == TERMINALS);
+    let sandbox = Sandbox::new();
+    let job = sandbox.write(
+        "job.json",
+        &json!({ "commands": commands(&["tty", "sleep 0.2"]) }).to_string(),
+    );
+    let out = sandbox
+        .agent()
+        .args(["run", &job.display().to_string()])
+        .output()
+        .expect("run the agent");
+    let after = sleepers();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    eprintln!(
+        "the host job's terminal: {:?}",
+        stdout.lines().find(|l| l.starts_with("/dev/"))
+    );
+    assert_eq!(before, TERMINALS);
+    assert_eq!(
+        after, TERMINALS,
+        "the host job's end killed container processes"
+    );
+}
