@@ -23,6 +23,8 @@
 //!    for a few seconds. Baselines: VmRSS of `sleep` (a minimal C process)
 //!    and the VmHWM of the same binary started against a closed port,
 //!    waiting in its register retry (what the sync loop adds on top).
+//!    Then the same with `--health-address` on and `/metrics` and
+//!    `/healthz` scraped every 100 ms; baseline: the idle agent without it.
 //! 3. stop latency: the hub answers `stop-job` while the job runs `sleep
 //!    infinity`; time from that answer to the `finished-job` sync (result
 //!    `stopped`). Baseline: SIGTERM to a `sleep infinity` child until it is
@@ -95,6 +97,8 @@ fn main() {
         fail_with_log(&scratch, "the agent never synced");
     }
     rows.extend(idle_rows(&bin, &hub, &agent));
+    let plain_rss = proc_status_kb(agent.pid(), "VmRSS").unwrap_or(0);
+    rows.extend(health_rows(&bin, plain_rss));
     rows.extend(line_rows(&hub, &clock));
     rows.extend(stop_rows(&hub, &agent));
     if let Some(hwm) = proc_status_kb(agent.pid(), "VmHWM") {
@@ -271,6 +275,52 @@ fn idle_rows(bin: &Path, hub: &hub::Hub, agent: &Proc) -> Vec<Row> {
             Some(target),
         ),
     ]
+}
+
+/// Idle RSS of a second agent with the health server on, scraped while it
+/// idles (the scrapes start its per-connection threads).
+fn health_rows(bin: &Path, plain_rss: u64) -> Vec<Row> {
+    let sandbox = Sandbox::new();
+    let hub = hub::Hub::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| fail(&format!("cannot pick a free port: {e}")));
+    let mut args = start_args(&hub.endpoint());
+    args.extend(["--health-address".to_string(), format!("127.0.0.1:{port}")]);
+    let mut agent = Proc::spawn(sandbox.agent(bin, &args));
+    if !hub.wait_until(WAIT, |h| !h.syncs().is_empty()) {
+        fail_with_log(&sandbox, "the agent with a health server never synced");
+    }
+    let scrape = |path: &str| -> Option<usize> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).ok()?;
+        body.starts_with(b"HTTP/1.1 200").then_some(body.len())
+    };
+    let until = Instant::now() + IDLE;
+    let (mut scrapes, mut ok) = (0, 0);
+    while Instant::now() < until {
+        for path in ["/metrics", "/healthz"] {
+            scrapes += 1;
+            ok += usize::from(scrape(path).is_some());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss = proc_status_kb(agent.pid(), "VmRSS").unwrap_or(0);
+    agent.kill();
+    vec![Row::kb(
+        "idle VmRSS, health server on",
+        rss,
+        plain_rss,
+        "idle VmRSS without it",
+        Some(5 * 1024),
+    )
+    .note(&format!("{ok}/{scrapes} scrapes answered 200"))
+    .verdict(rss < 5 * 1024 && ok == scrapes)]
 }
 
 // ---------------------------------------------------------------- 3. lines

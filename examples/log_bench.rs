@@ -13,6 +13,9 @@
 //! - `PushLogger alone`: the file emitted straight into a `PushLogger` (no
 //!   shell), one event per line or per 4 KiB, to separate the logger's cost
 //!   from the PTY's
+//! - `(masked)`: the same through the job log `Masker` with five secrets
+//!   (one of which the output holds every 1000 lines), as `start` runs jobs;
+//!   the target is masked throughput >= 0.9x unmasked
 
 #[path = "../tests/support/logserver.rs"]
 #[allow(dead_code)]
@@ -28,6 +31,7 @@ use semaphore_agent::job::{run_job, JobOptions, JobStop};
 use semaphore_agent::logs::{
     Event, EventSink, FinishOptions, PushLogger, PushOptions, UploadPolicy,
 };
+use semaphore_agent::mask::Masker;
 
 const TOKEN: &str = "bench-token";
 
@@ -52,20 +56,20 @@ fn main() {
         events: None,
         note: String::new(),
     }];
-    for mode in ["job", "logger", "logger4k"] {
+    for mode in ["job", "job-masked", "logger", "logger4k", "logger4k-masked"] {
         rows.push(agent_row(mode, &file, dir.path()));
     }
 
     println!();
     println!(
-        "{:<34} {:>8} {:>9} {:>9} {:>10} {:>10}  note",
+        "{:<42} {:>8} {:>9} {:>9} {:>10} {:>10}  note",
         "path", "secs", "MB/s", "ratio", "peak RSS", "requests"
     );
     for r in &rows {
         let mbps = mbytes / r.secs;
         let ratio = bare / r.secs;
         println!(
-            "{:<34} {:>8.2} {:>9.1} {:>9.2} {:>10} {:>10}  {}{}",
+            "{:<42} {:>8.2} {:>9.1} {:>9.2} {:>10} {:>10}  {}{}",
             r.name,
             r.secs,
             mbps,
@@ -82,6 +86,32 @@ fn main() {
     }
     println!();
     println!("ratio = bare PTY time / path time (target >= 0.8); peak RSS target < 20 MB");
+    let secs_of = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.secs);
+    for (plain, masked) in [
+        (
+            "job via PTY + PushLogger",
+            "job via PTY + PushLogger (masked)",
+        ),
+        (
+            "PushLogger alone (4 KiB events)",
+            "PushLogger alone (4 KiB events) (masked)",
+        ),
+    ] {
+        if let (Some(p), Some(m)) = (secs_of(plain), secs_of(masked)) {
+            println!(
+                "masked / unmasked throughput, {plain}: {:.2} (target >= 0.9)",
+                p / m
+            );
+        }
+    }
+    let (plain, masked) = masker_alone(&file);
+    println!(
+        "Masker alone (4 KiB events into a counting sink, CPU only): {:.0} MB/s masked, \
+         {:.0} MB/s passed through: masking costs {:.1} ms per 100 MB",
+        mbytes / masked,
+        mbytes / plain,
+        (masked - plain) * 1000.0 * 100.0 / mbytes
+    );
     let latencies = line_latencies(dir.path(), 5);
     println!(
         "latency of one line printed by an idle job to the server (5 tries): max {:.0} ms, \
@@ -123,6 +153,59 @@ fn line_latencies(dir: &Path, tries: usize) -> Vec<f64> {
     let job = JobRequest::default();
     push.finish(&FinishOptions::new(&job, UploadPolicy::Never));
     out
+}
+
+/// The secrets of the masked rows; the last one is in every thousandth
+/// line of the output.
+fn bench_secrets() -> Vec<String> {
+    [
+        "ghp-0123456789abcdefghij",
+        "AKIA-not-in-the-output-1",
+        "postgres://user:pw@db/x",
+        "bench-token",
+        "999 the quick brown",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Seconds to emit the file as 4 KiB events into a sink that only counts,
+/// (passed through, through the `Masker`); the best of three runs each.
+fn masker_alone(file: &Path) -> (f64, f64) {
+    struct Count(usize);
+    impl EventSink for Count {
+        fn emit(&mut self, event: Event) {
+            if let Event::CmdOutput { output, .. } = event {
+                self.0 += output.len();
+            }
+        }
+    }
+    let bytes = std::fs::read(file).expect("read output file");
+    let chunks: Vec<String> = bytes
+        .chunks(4096)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let run = |secrets: Vec<String>| {
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let mut count = Count(0);
+            let started = Instant::now();
+            {
+                let mut masker = Masker::new(&mut count, secrets.clone());
+                for chunk in &chunks {
+                    masker.emit(Event::CmdOutput {
+                        timestamp: 1,
+                        output: chunk.clone(),
+                    });
+                }
+            }
+            best = best.min(started.elapsed().as_secs_f64());
+            assert!(count.0 > 0);
+        }
+        best
+    };
+    (run(Vec::new()), run(bench_secrets()))
 }
 
 struct Row {
@@ -218,11 +301,16 @@ fn agent_row(mode: &str, file: &Path, dir: &Path) -> Row {
     if server.count() != total || delivered != total {
         note.push_str(" INCOMPLETE");
     }
+    let base = match mode.trim_end_matches("-masked") {
+        "job" => "job via PTY + PushLogger",
+        "logger4k" => "PushLogger alone (4 KiB events)",
+        _ => "PushLogger alone (line events)",
+    };
     Row {
-        name: match mode {
-            "job" => "job via PTY + PushLogger".into(),
-            "logger4k" => "PushLogger alone (4 KiB events)".into(),
-            _ => "PushLogger alone (line events)".into(),
+        name: if mode.ends_with("-masked") {
+            format!("{base} (masked)")
+        } else {
+            base.to_string()
         },
         secs,
         rss_kb,
@@ -269,7 +357,14 @@ fn agent_child(args: &[String]) -> i32 {
     };
     let mut job_secs = 0.0;
     let mut result = "n/a".to_string();
-    match mode.as_str() {
+    let secrets = if mode.ends_with("-masked") {
+        bench_secrets()
+    } else {
+        Vec::new()
+    };
+    let mut masker = Masker::new(&mut push, secrets);
+    let sink: &mut dyn EventSink = &mut masker;
+    match mode.trim_end_matches("-masked") {
         "job" => {
             let home = dir.join("home");
             let _ = std::fs::create_dir_all(&home);
@@ -278,7 +373,7 @@ fn agent_child(args: &[String]) -> i32 {
                 tmp_dir: dir.clone(),
                 ..JobOptions::default()
             };
-            result = run_job(&job, &opts, &mut push, &JobStop::new()).to_string();
+            result = run_job(&job, &opts, sink, &JobStop::new()).to_string();
             job_secs = started.elapsed().as_secs_f64();
         }
         "logger4k" => {
@@ -290,7 +385,7 @@ fn agent_child(args: &[String]) -> i32 {
                 if n == 0 {
                     break;
                 }
-                push.emit(Event::CmdOutput {
+                sink.emit(Event::CmdOutput {
                     timestamp: 1,
                     output: String::from_utf8_lossy(&buf[..n]).into_owned(),
                 });
@@ -300,13 +395,15 @@ fn agent_child(args: &[String]) -> i32 {
             let reader = BufReader::with_capacity(64 * 1024, std::fs::File::open(&file).unwrap());
             for line in reader.lines() {
                 let Ok(line) = line else { break };
-                push.emit(Event::CmdOutput {
+                sink.emit(Event::CmdOutput {
                     timestamp: 1,
                     output: line + "\n",
                 });
             }
         }
     }
+    // Passes on what the masker still holds.
+    drop(masker);
     let emit_secs = started.elapsed().as_secs_f64();
     let mut finish = FinishOptions::new(&job, UploadPolicy::Never);
     finish.timeout = Some(Duration::from_secs(120));

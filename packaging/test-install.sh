@@ -97,6 +97,9 @@ grep -qx 'ExecStart=/opt/semaphore/agent/semaphore-agent start --config-file /op
     grep -qx 'TimeoutStopSec=660' "$unit" &&
     pass "unit: ExecStart, Restart=always, User, TimeoutStopSec = grace + 60" ||
     fail "unit content: $(grep -E '^(ExecStart|Restart|User|TimeoutStopSec)=' "$unit" | tr '\n' ' ')"
+grep -qx 'Type=notify' "$unit" && grep -qx 'WatchdogSec=15min' "$unit" &&
+    pass "unit: Type=notify with WatchdogSec=15min (READY=1 on register, WATCHDOG=1 per sync)" ||
+    fail "unit notify settings: $(grep -E '^(Type|WatchdogSec)=' "$unit" | tr '\n' ' ')"
 
 # --- 3. idempotence ---------------------------------------------------------
 snapshot() { (cd "$D" && find . -printf '%p %m %s %T@ %l\n' | sort && find . -type f -exec md5sum {} + | sort); }

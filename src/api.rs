@@ -73,11 +73,21 @@ pub struct RegisterRequest {
 }
 
 /// `POST /register` answer. Either field may be missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `Debug` hides the token.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegisterResponse {
     pub name: String,
     /// The access token for every later call; never log it.
     pub token: String,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("name", &self.name)
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// `POST /sync` body: empty strings and 0 when a field does not apply.

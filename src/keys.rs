@@ -84,12 +84,15 @@ macro_rules! config_keys {
             UploadJobLogs, upload_job_logs, "upload-job-logs", Str, true, Public, "never", "upload the job log as an artifact: never, always or when-trimmed";
             FailOnPreJobHookError, fail_on_pre_job_hook_error, "fail-on-pre-job-hook-error", Bool, true, Public, "false", "fail the job if the pre-job hook fails";
             SourcePreJobHook, source_pre_job_hook, "source-pre-job-hook", Bool, true, Public, "false", "run the pre-job hook with `source` in the job shell instead of `bash`";
-            KubernetesExecutor, kubernetes_executor, "kubernetes-executor", Bool, false, Public, "false", "accepted for compatibility; the Kubernetes executor is not supported";
-            KubernetesPodSpec, kubernetes_pod_spec, "kubernetes-pod-spec", Str, false, Public, "", "accepted for compatibility; ignored";
-            KubernetesAllowedImages, kubernetes_allowed_images, "kubernetes-allowed-images", List, false, Public, "", "accepted for compatibility; ignored";
-            KubernetesPodStartTimeout, kubernetes_pod_start_timeout, "kubernetes-pod-start-timeout", Int, false, Public, "300", "accepted for compatibility; ignored";
-            KubernetesLabels, kubernetes_labels, "kubernetes-labels", List, false, Public, "", "accepted for compatibility; ignored";
-            KubernetesDefaultImage, kubernetes_default_image, "kubernetes-default-image", Str, false, Public, "", "accepted for compatibility; ignored";
+            RedactEnvVars, redact_env_vars, "redact-env-vars", List, true, Public, "*_PASSWORD,*_SECRET,*_TOKEN,*_ACCESS_KEY,*_SECRET_KEY,*_PRIVATE_KEY,*_API_KEY,*_CONNECTION_STRING", "env var name globs whose values are masked in job logs (repeatable, comma-separated; '' turns it off)";
+            HealthAddress, health_address, "health-address", Str, true, Public, "", "serve /healthz and /metrics on this HOST:PORT (off by default; keep it on loopback)";
+            LogFormat, log_format, "log-format", Str, true, Public, "text", "format of the agent log: text (default) or json (one object per line)";
+            KubernetesExecutor, kubernetes_executor, "kubernetes-executor", Bool, true, Public, "false", "run every job in its own Kubernetes pod";
+            KubernetesPodSpec, kubernetes_pod_spec, "kubernetes-pod-spec", Str, true, Public, "", "the ConfigMap decorating job pods (keys pod, mainContainer, sidecarContainers)";
+            KubernetesAllowedImages, kubernetes_allowed_images, "kubernetes-allowed-images", List, true, Public, "", "regexes of the images Kubernetes jobs may use (repeatable, comma-separated; default all)";
+            KubernetesPodStartTimeout, kubernetes_pod_start_timeout, "kubernetes-pod-start-timeout", Int, true, Public, "300", "seconds to wait for a job pod to be ready";
+            KubernetesLabels, kubernetes_labels, "kubernetes-labels", List, true, Public, "", "key=value labels of the objects made for a Kubernetes job (repeatable, comma-separated)";
+            KubernetesDefaultImage, kubernetes_default_image, "kubernetes-default-image", Str, true, Public, "", "image of Kubernetes jobs that name no containers";
         }
     };
 }

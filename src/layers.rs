@@ -9,9 +9,22 @@ const LAYERS: &[&[&str]] = &[
     // The test-only mutation fuzzer the parsers' tests use.
     &["fuzz"],
     // Vocabulary and leaf utilities: they know nothing of the agent.
-    &["random", "events", "request", "output", "net", "keys"],
-    // The PTY shell.
-    &["shell"],
+    &[
+        "random",
+        "events",
+        "request",
+        "output",
+        "net",
+        "keys",
+        "notify",
+        "child_env",
+    ],
+    // The agent's private temp dir and file creation; job log masking; the
+    // operations registry the listener and the log flusher update.
+    &["private_tmp", "mask", "metrics"],
+    // The PTY shell; the health and metrics HTTP server; the Kubernetes
+    // API client and objects.
+    &["shell", "health", "kubernetes"],
     // How a job's commands run; where its events go.
     &["executor", "logs"],
     // The job lifecycle; the control-plane client; the raw CLI.

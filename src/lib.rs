@@ -5,17 +5,24 @@
 //! `ARCHITECTURE.md` for the threads, the data flow and which module owns what.
 
 pub mod api;
+pub mod child_env;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod executor;
+pub mod health;
 pub mod job;
 pub mod keys;
+pub mod kubernetes;
 pub mod listener;
 pub mod local;
 pub mod logs;
+pub mod mask;
+pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod output;
+pub mod private_tmp;
 pub mod random;
 pub mod request;
 pub mod shell;

@@ -24,7 +24,8 @@ enum Failure {
     Local(LocalError),
     /// `run`: the job ran and failed or was stopped.
     JobNotPassed(JobResult),
-    /// `start`: the control plane never took the registration.
+    /// `start`: the control plane never took the registration, or the
+    /// health server could not start.
     Listener(ListenerError),
     /// `start`: the agent shut itself down without being asked to
     /// (`UNABLE_TO_SYNC`).
@@ -72,6 +73,11 @@ impl std::fmt::Display for Failure {
 }
 
 fn main() {
+    // Before anything reads a token: a job of the same user must not be
+    // able to read the agent's memory or environment through /proc.
+    if !semaphore_agent::child_env::make_undumpable() {
+        eprintln!("semaphore-agent: warning: cannot make the process non-dumpable");
+    }
     let outcome = match Cli::from_env() {
         Ok(cli) => run(cli.cmd),
         Err(CliExit::Help(help)) => {
@@ -121,7 +127,9 @@ fn run_local(args: &RunArgs) -> Result<(), Failure> {
             source_pre_job_hook: run.source_pre_job_hook,
             fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
             post_job_hook_path: run.post_job_hook_path,
-            ..JobOptions::default()
+            kubernetes: None,
+            files: Vec::new(),
+            fail_on_missing_files: false,
         },
     })
     .map_err(Failure::Local)?;
@@ -131,11 +139,15 @@ fn run_local(args: &RunArgs) -> Result<(), Failure> {
 fn start(args: &StartArgs) -> Result<(), Failure> {
     let env = |name: &str| std::env::var(name).ok();
     let config = config::load_start_config(args, &env).map_err(Failure::Config)?;
-    listener::init_logging().map_err(Failure::AgentLog)?;
+    listener::init_logging(config.log_format).map_err(Failure::AgentLog)?;
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    log::debug!("Configuration:\n{}", config.redacted_summary());
+    // One line per setting: the agent log escapes line breaks.
+    log::debug!("Configuration:");
+    for line in config.redacted_summary().lines() {
+        log::debug!("  {line}");
+    }
     let reason = listener::start(config, listener::ListenerOptions::from_env())
         .map_err(Failure::Listener)?;
     shutdown_outcome(reason)

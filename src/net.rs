@@ -50,7 +50,7 @@ pub fn http_config(url: &str) -> ureq::config::ConfigBuilder<ureq::typestate::Ag
 
 /// The TLS settings, built once per process: reading the system's roots
 /// costs tens of milliseconds, and every job's log pusher needs them too.
-fn tls_config() -> ureq::tls::TlsConfig {
+pub(crate) fn tls_config() -> ureq::tls::TlsConfig {
     static CONFIG: std::sync::OnceLock<ureq::tls::TlsConfig> = std::sync::OnceLock::new();
     CONFIG.get_or_init(load_tls_config).clone()
 }

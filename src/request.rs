@@ -43,16 +43,16 @@ pub struct JobRequest {
     pub ssh_public_keys: Vec<String>,
     #[serde(deserialize_with = "nullable")]
     pub logger: Logger,
-    /// The containers of a `dockercompose` job.
+    /// The job's containers (docker compose and Kubernetes executors).
     #[serde(deserialize_with = "nullable")]
     pub compose: Compose,
 }
 
-/// The `compose` section of a `dockercompose` job.
+/// The `compose` section: the job's containers, the first one being where
+/// the commands run, and how to pull their images.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Compose {
-    /// The first is the main container, where the job's commands run.
     #[serde(deserialize_with = "nullable")]
     pub containers: Vec<Container>,
     #[serde(deserialize_with = "nullable")]
@@ -79,7 +79,8 @@ pub struct Container {
     pub env_vars: Vec<EnvVar>,
 }
 
-/// One registry login: `DOCKER_CREDENTIAL_TYPE` among `env_vars` picks how.
+/// One registry login: `DOCKER_CREDENTIAL_TYPE` and its variables (base64
+/// values, like the job's env vars), plus files some types need.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ImagePullCredentials {
@@ -87,6 +88,17 @@ pub struct ImagePullCredentials {
     pub env_vars: Vec<EnvVar>,
     #[serde(deserialize_with = "nullable")]
     pub files: Vec<File>,
+}
+
+impl ImagePullCredentials {
+    /// The decoded value of `name`, if present and valid.
+    pub fn find_env_var(&self, name: &str) -> Option<String> {
+        self.env_vars
+            .iter()
+            .rev()
+            .find(|v| v.name == name)
+            .and_then(|v| v.decode().ok())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,7 +110,8 @@ pub struct Command {
     pub alias: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` shows the name only: the value may be a secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct EnvVar {
     #[serde(deserialize_with = "nullable")]
@@ -108,7 +121,8 @@ pub struct EnvVar {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` shows the path and mode only: the content may be a secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct File {
     #[serde(deserialize_with = "nullable")]
@@ -121,7 +135,8 @@ pub struct File {
     pub mode: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `Debug` hides the token.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Logger {
     #[serde(deserialize_with = "nullable")]
@@ -132,6 +147,39 @@ pub struct Logger {
     pub token: String,
     #[serde(deserialize_with = "nullable")]
     pub max_size_in_bytes: i64,
+}
+
+/// What `Debug` shows instead of a secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvVar")
+            .field("name", &self.name)
+            .field("value", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("path", &self.path)
+            .field("content", &REDACTED)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logger")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("token", &REDACTED)
+            .field("max_size_in_bytes", &self.max_size_in_bytes)
+            .finish()
+    }
 }
 
 /// Why a job file could not be loaded.

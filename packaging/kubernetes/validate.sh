@@ -85,6 +85,14 @@ def common(kind, spec):
     tgps = pod["terminationGracePeriodSeconds"]
     assert tgps >= grace + 30, f"{kind}: terminationGracePeriodSeconds {tgps} < grace period {grace} + 30"
     assert "lifecycle" not in c, f"{kind}: must not have a preStop/lifecycle hook (SIGTERM -> interrupted_at)"
+    port = int(env["SEMAPHORE_AGENT_HEALTH_ADDRESS"]["value"].rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz", f"{kind}: {probe} does not ask /healthz"
+        assert ports.get(get["port"], get["port"]) == port, f"{kind}: {probe} port is not the health address's {port}"
+    live = c["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 600, f"{kind}: liveness gives up before the agent's own 10-minute sync limit"
     return pod, c, env
 
 dep = load("deployment.yaml")
@@ -100,7 +108,25 @@ args = c["args"]
 assert "--disconnect-after-job" in args, "Job: no --disconnect-after-job"
 i = args.index("--job-id")
 assert args[i + 1] == "$(SEMAPHORE_JOB_ID)" and "SEMAPHORE_JOB_ID" in env, "Job: --job-id not from SEMAPHORE_JOB_ID"
-print("token from Secret, name from pod name, grace < terminationGracePeriodSeconds, no preStop; Job: backoffLimit 0, Never, --disconnect-after-job --job-id")
+print("token from Secret, name from pod name, grace < terminationGracePeriodSeconds, no preStop, probes on /healthz; Job: backoffLimit 0, Never, --disconnect-after-job --job-id")
+
+# The Kubernetes executor: the Role grants what the executor calls, bound
+# to the ServiceAccount the one-shot Job runs as.
+with open(os.path.join(d, "kubernetes-executor.yaml")) as f:
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(f)}
+grants = {(r, v) for rule in docs["Role"]["rules"] for r in rule["resources"] for v in rule["verbs"]}
+needed = {("configmaps", "get"), ("secrets", "create"), ("secrets", "delete"), ("pods", "create"),
+          ("pods", "get"), ("pods", "delete"), ("pods/exec", "create")}
+assert needed <= grants, f"Role misses {needed - grants}"
+sa = docs["ServiceAccount"]["metadata"]["name"]
+binding = docs["RoleBinding"]
+assert binding["roleRef"]["name"] == docs["Role"]["metadata"]["name"], "RoleBinding: wrong Role"
+assert {"kind": "ServiceAccount", "name": sa} in binding["subjects"], "RoleBinding: wrong subject"
+pod, c, env = common("executor Job", docs["Job"]["spec"])
+assert pod["serviceAccountName"] == sa, "executor Job: not run as the bound ServiceAccount"
+assert "--kubernetes-executor" in c["args"], "executor Job: no --kubernetes-executor"
+assert env["KUBERNETES_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "executor Job: namespace not its own"
+print("kubernetes executor: Role grants configmaps get, secrets create/delete, pods create/get/delete, pods/exec create to the Job's ServiceAccount")
 EOF
 if out=$("$PY" "$WORK/props.py" "$HERE" 2>&1); then
     pass "$out"

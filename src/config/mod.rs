@@ -9,6 +9,7 @@
 //! `Config`'s `Debug` is redacted for the same reason. It does not check that
 //! hook scripts exist: they are looked up when a job runs, as in Go.
 
+mod kubernetes;
 mod name;
 mod raw;
 
@@ -56,9 +57,47 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Seconds.
     pub interruption_grace_period: u64,
-    /// Messages about accepted-but-ignored settings (the Kubernetes
-    /// executor's keys set to something other than their default).
+    /// Env var name globs whose values are masked in job logs; empty turns
+    /// masking of env vars off (the agent's tokens are always masked).
+    pub redact_env_vars: Vec<String>,
+    /// `HOST:PORT` of the health and metrics server; `None` = off.
+    pub health_address: Option<String>,
+    /// The agent log's line format.
+    pub log_format: LogFormat,
+    /// Messages about accepted-but-ignored settings (none today; kept
+    /// for keys accepted only for compatibility).
     pub warnings: Vec<String>,
+    /// `--kubernetes-executor` and its settings; `None` when off.
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
+}
+
+/// The agent log's line format (`log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// The Go agent's line format.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub const ALLOWED: &'static [&'static str] = &["text", "json"];
+
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// The validated settings of `run`.
@@ -148,6 +187,24 @@ pub enum ConfigError {
         entry: String,
         origin: Origin,
     },
+    InvalidKubernetesImageRegex {
+        value: String,
+        origin: Origin,
+        message: String,
+    },
+    InvalidKubernetesLabel {
+        entry: String,
+        origin: Origin,
+        reason: String,
+    },
+    InvalidLogFormat {
+        value: String,
+        origin: Origin,
+    },
+    InvalidHealthAddress {
+        value: String,
+        origin: Origin,
+    },
     MissingEndpoint,
     MissingToken,
 }
@@ -229,6 +286,31 @@ impl fmt::Display for ConfigError {
             InvalidFileInjection { entry, origin } => write!(
                 f,
                 "'files' entry '{entry}' ({origin}) is not host-path:destination"
+            ),
+            InvalidKubernetesImageRegex {
+                value,
+                origin,
+                message,
+            } => write!(
+                f,
+                "'kubernetes-allowed-images' entry '{value}' ({origin}) is not a valid regex: {message}"
+            ),
+            InvalidKubernetesLabel {
+                entry,
+                origin,
+                reason,
+            } => write!(
+                f,
+                "'kubernetes-labels' entry '{entry}' ({origin}) is not a valid label: {reason}"
+            ),
+            InvalidLogFormat { value, origin } => write!(
+                f,
+                "unsupported value '{value}' for 'log-format' ({origin}); allowed values are: {}",
+                LogFormat::ALLOWED.join(", ")
+            ),
+            InvalidHealthAddress { value, origin } => write!(
+                f,
+                "'health-address' ({origin}) must be HOST:PORT with a port from 1 to 65535, not '{value}'"
             ),
             MissingEndpoint => f.write_str(
                 "the Semaphore endpoint was not specified \
@@ -320,21 +402,38 @@ impl Config {
         let endpoint = text(raw, Key::Endpoint)?
             .map(|(s, _)| s)
             .ok_or(ConfigError::MissingEndpoint)?;
-        let token = text(raw, Key::Token)?
-            .map(|(s, _)| s)
-            .ok_or(ConfigError::MissingToken)?;
+        let (token, token_origin) = text(raw, Key::Token)?.ok_or(ConfigError::MissingToken)?;
         let disconnect_after_idle_timeout = seconds(raw, Key::DisconnectAfterIdleTimeout)?;
         let interruption_grace_period = seconds(raw, Key::InterruptionGracePeriod)?;
         let env_vars = env_vars(raw)?;
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
+        let kubernetes = kubernetes::kubernetes_config(raw, env)?;
+        let log_format = match text(raw, Key::LogFormat)? {
+            None => LogFormat::parse(Key::LogFormat.default_text()).unwrap_or_default(),
+            Some((value, origin)) => {
+                LogFormat::parse(&value).ok_or_else(|| ConfigError::InvalidLogFormat {
+                    value: value.clone(),
+                    origin: origin.clone(),
+                })?
+            }
+        };
+        let health_address = health_address(raw)?;
 
         let mut warnings = Vec::new();
+        if *token_origin == Origin::Flag {
+            // Every local user sees a command line in `ps`.
+            warnings.push(
+                "the registration token was given with --token, which every local user can \
+                 read in the process list; set SEMAPHORE_AGENT_TOKEN or 'token' in the \
+                 --config-file instead"
+                    .to_string(),
+            );
+        }
         for &key in Key::ALL.iter().filter(|k| !k.is_supported()) {
             if let Some(setting) = raw.get(key).filter(|s| !raw::is_default(key, s)) {
                 warnings.push(format!(
-                    "option '{}' ({}) is ignored: this agent has no Kubernetes executor \
-                     and runs jobs in the shell or with docker compose",
+                    "option '{}' ({}) is accepted for compatibility and ignored",
                     key.name(),
                     setting.origin
                 ));
@@ -360,7 +459,14 @@ impl Config {
             fail_on_pre_job_hook_error: boolean(raw, Key::FailOnPreJobHookError)?,
             source_pre_job_hook: boolean(raw, Key::SourcePreJobHook)?,
             interruption_grace_period,
+            redact_env_vars: match list(raw, Key::RedactEnvVars) {
+                None => split_list_string(Key::RedactEnvVars.default_text()),
+                Some((items, _)) => items.into_iter().filter(|p| !p.is_empty()).collect(),
+            },
+            health_address,
+            log_format,
             warnings,
+            kubernetes,
         })
     }
 
@@ -391,7 +497,7 @@ impl Config {
     }
 
     /// The validated value of `key`, unredacted, for the summary; `None`
-    /// for a key `Config` does not keep (the ignored Kubernetes keys). A
+    /// for a key `Config` does not keep (none today). A
     /// new supported key needs an arm here: a unit test checks that every
     /// supported key is in the summary.
     fn summary_value(&self, key: Key) -> Option<Shown> {
@@ -402,6 +508,10 @@ impl Config {
             )
         }
         let one = |v: &dyn ToString| Some(Shown::One(v.to_string()));
+        // The Kubernetes settings are shown only when the executor is on.
+        let kube = |f: fn(&crate::kubernetes::KubernetesConfig) -> String| {
+            self.kubernetes.as_ref().map_or_else(String::new, f)
+        };
         match key {
             Key::Name => one(&self.name),
             Key::NameFromEnv => one(&self.name_from_env),
@@ -426,7 +536,29 @@ impl Config {
             Key::UploadJobLogs => one(&self.upload_job_logs.as_str()),
             Key::FailOnPreJobHookError => one(&self.fail_on_pre_job_hook_error),
             Key::SourcePreJobHook => one(&self.source_pre_job_hook),
-            _ => None,
+            Key::KubernetesExecutor => one(&self.kubernetes.is_some()),
+            Key::KubernetesPodSpec => one(&kube(|k| k.pod_spec.clone().unwrap_or_default())),
+            Key::KubernetesAllowedImages => Some(Shown::Many(
+                self.kubernetes
+                    .as_ref()
+                    .map(|k| k.allowed_images.clone())
+                    .unwrap_or_default(),
+            )),
+            Key::KubernetesPodStartTimeout => {
+                one(&kube(|k| k.pod_start_timeout.as_secs().to_string()))
+            }
+            Key::KubernetesLabels => Some(Shown::Many(
+                self.kubernetes
+                    .as_ref()
+                    .map(|k| k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect())
+                    .unwrap_or_default(),
+            )),
+            Key::KubernetesDefaultImage => {
+                one(&kube(|k| k.default_image.clone().unwrap_or_default()))
+            }
+            Key::RedactEnvVars => Some(Shown::Many(self.redact_env_vars.clone())),
+            Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
+            Key::LogFormat => one(&self.log_format.as_str()),
         }
     }
 }
@@ -576,6 +708,31 @@ fn files(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(items)
+}
+
+/// `HOST:PORT` (`[v6]:PORT` too) with a port that can be scraped (not 0).
+/// The host is resolved when the server binds, not here: config does not
+/// touch the network.
+fn health_address(raw: &RawConfig) -> Result<Option<String>, ConfigError> {
+    let Some((value, origin)) = text(raw, Key::HealthAddress)? else {
+        return Ok(None);
+    };
+    let ok = match value.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.chars().any(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(Some(value))
+    } else {
+        Err(ConfigError::InvalidHealthAddress {
+            value,
+            origin: origin.clone(),
+        })
+    }
 }
 
 /// `name` if set, else the variable named by `name-from-env`, else random.

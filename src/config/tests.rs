@@ -152,6 +152,8 @@ fn every_key_reads_its_env_var() {
         ("SEMAPHORE_AGENT_UPLOAD_JOB_LOGS", "when-trimmed"),
         ("SEMAPHORE_AGENT_FAIL_ON_PRE_JOB_HOOK_ERROR", "T"),
         ("SEMAPHORE_AGENT_SOURCE_PRE_JOB_HOOK", "True"),
+        ("SEMAPHORE_AGENT_HEALTH_ADDRESS", "[::1]:9464"),
+        ("SEMAPHORE_AGENT_LOG_FORMAT", "json"),
     ];
     let c = load_ok("", &env, &[]);
     let expected = Config {
@@ -173,7 +175,14 @@ fn every_key_reads_its_env_var() {
         fail_on_pre_job_hook_error: true,
         source_pre_job_hook: true,
         interruption_grace_period: 7,
+        redact_env_vars: crate::mask::DEFAULT_PATTERNS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        health_address: Some("[::1]:9464".into()),
+        log_format: LogFormat::Json,
         warnings: vec![],
+        kubernetes: None,
     };
     assert_eq!(c, expected);
 }
@@ -302,24 +311,44 @@ fn string_values_from_yaml_scalars() {
     assert_eq!(c.name, "123456789");
 }
 
-// ---- unsupported keys -------------------------------------------------
+// ---- kubernetes ---------------------------------------------------------
 
 #[test]
-fn unsupported_keys_warn_only_when_not_default() {
+fn kubernetes_settings_are_validated_and_typed() {
     let file = format!(
         "{BASE}kubernetes-executor: true\nkubernetes-pod-start-timeout: 60\n\
-         kubernetes-labels: [a=b]\nkubernetes-default-image: ''\n"
+         kubernetes-labels: [a=b, example.com/team=ci]\nkubernetes-default-image: ''\n\
+         kubernetes-allowed-images: ['^registry\\.io/']\nkubernetes-pod-spec: deco\n"
     );
-    let c = load_ok(&file, &[], &[]);
-    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
-    assert_mentions(&c.warnings[0], &["kubernetes-executor", "config.yaml"]);
-    assert_mentions(&c.warnings[1], &["kubernetes-pod-start-timeout"]);
-    assert_mentions(&c.warnings[2], &["kubernetes-labels"]);
-    let c = load_ok(BASE, &[], &["--kubernetes-pod-spec", "spec"]);
-    assert_mentions(&c.warnings[0], &["kubernetes-pod-spec", "command line"]);
-    let env = [("SEMAPHORE_AGENT_KUBERNETES_EXECUTOR", "true")];
-    let c = load_ok(BASE, &env, &[]);
-    assert_mentions(&c.warnings[0], &["SEMAPHORE_AGENT_KUBERNETES_EXECUTOR"]);
+    let c = load_ok(&file, &[("KUBERNETES_NAMESPACE", "jobs")], &[]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let k = c.kubernetes.expect("kubernetes on");
+    assert_eq!(k.namespace, "jobs");
+    assert_eq!(k.pod_start_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(k.labels, pairs(&[("a", "b"), ("example.com/team", "ci")]));
+    assert_eq!(k.default_image, None);
+    assert_eq!(k.allowed_images, vec!["^registry\\.io/".to_string()]);
+    assert_eq!(k.pod_spec.as_deref(), Some("deco"));
+
+    let c = load_ok(BASE, &[], &["--kubernetes-executor"]);
+    let k = c.kubernetes.expect("kubernetes on");
+    assert_eq!(k.namespace, "default");
+    assert_eq!(k.pod_start_timeout, std::time::Duration::from_secs(300));
+    assert!(load_ok(BASE, &[], &[]).kubernetes.is_none());
+}
+
+#[test]
+fn bad_kubernetes_settings_are_named() {
+    let msg = load_err(BASE, &[], &["--kubernetes-allowed-images", "ok,(unclosed"]);
+    assert_mentions(
+        &msg,
+        &["kubernetes-allowed-images", "(unclosed", "command line"],
+    );
+    let msg = load_err(&format!("{BASE}kubernetes-labels: [novalue]\n"), &[], &[]);
+    assert_mentions(&msg, &["kubernetes-labels", "novalue", "key=value"]);
+    let env = [("SEMAPHORE_AGENT_KUBERNETES_POD_START_TIMEOUT", "-1")];
+    let msg = load_err(BASE, &env, &[]);
+    assert_mentions(&msg, &["kubernetes-pod-start-timeout", "-1"]);
 }
 
 // ---- every validation error -------------------------------------------
@@ -783,4 +812,67 @@ fn secret_keys_from_the_table_are_redacted_everywhere() {
     );
     assert!(!c.redacted_summary().contains("hidden-value-2"));
     assert!(!c.redacted_summary().contains(TOKEN));
+}
+
+// ---- the token on the command line --------------------------------------
+
+#[test]
+fn a_token_flag_warns_and_points_to_the_env_var_without_showing_it() {
+    let c = load_ok("endpoint: e.example.com\n", &[], &["--token", TOKEN]);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_mentions(
+        &c.warnings[0],
+        &["--token", "SEMAPHORE_AGENT_TOKEN", "config-file"],
+    );
+    assert!(!c.warnings[0].contains(TOKEN), "{}", c.warnings[0]);
+    let env = [("SEMAPHORE_AGENT_TOKEN", TOKEN)];
+    let c = load_ok("endpoint: e.example.com\n", &env, &[]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// ---- redact-env-vars ------------------------------------------------------
+
+#[test]
+fn redact_env_vars_defaults_to_the_buildkite_like_patterns_and_can_be_emptied() {
+    let c = load_ok(BASE, &[], &[]);
+    assert_eq!(c.redact_env_vars, crate::mask::DEFAULT_PATTERNS);
+    let c = load_ok(&format!("{BASE}redact-env-vars: []\n"), &[], &[]);
+    assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
+    let env = [("SEMAPHORE_AGENT_REDACT_ENV_VARS", "MY_*,OTHER")];
+    let c = load_ok(&format!("{BASE}redact-env-vars: [A]\n"), &env, &[]);
+    assert_eq!(c.redact_env_vars, ["MY_*", "OTHER"]);
+    let c = load_ok(BASE, &env, &["--redact-env-vars", ""]);
+    assert!(c.redact_env_vars.is_empty(), "{:?}", c.redact_env_vars);
+}
+
+#[test]
+fn health_address_and_log_format_are_checked() {
+    let env = env_of(&[
+        ("SEMAPHORE_AGENT_ENDPOINT", "e.example.com"),
+        ("SEMAPHORE_AGENT_TOKEN", "t"),
+    ]);
+    match load_start_config(&start_args(&["--health-address", "127.0.0.1:9090"]), &env) {
+        Ok(c) => {
+            assert_eq!(c.health_address.as_deref(), Some("127.0.0.1:9090"));
+            assert_eq!(c.log_format, LogFormat::Text);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    match load_start_config(&start_args(&["--log-format", "JSON"]), &env) {
+        Ok(c) => {
+            assert_eq!(c.health_address, None);
+            assert_eq!(c.log_format, LogFormat::Json);
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for bad in ["9090", "localhost:", ":9090", "h:0", "h:70000", "h:x"] {
+        match load_start_config(&start_args(&["--health-address", bad]), &env) {
+            Ok(_) => panic!("{bad} accepted"),
+            Err(e) => assert!(e.to_string().contains(&format!("'{bad}'")), "{e}"),
+        }
+    }
+    match load_start_config(&start_args(&["--log-format", "xml"]), &env) {
+        Ok(_) => panic!("xml accepted"),
+        Err(e) => assert!(e.to_string().contains("'xml'") && e.to_string().contains("json")),
+    }
 }

@@ -85,6 +85,36 @@ impl PtyCommands {
         value
     }
 
+    /// What `command` printed (at most 4 KiB) and how it ended, without
+    /// logging either: for the executor's own probes and steps (`whoami`,
+    /// `cp`), whose output only matters when they fail.
+    pub fn output_of(&mut self, command: &str) -> (String, Outcome) {
+        let Some(shell) = self.shell.as_mut() else {
+            return (String::new(), Outcome::ShellDied(1));
+        };
+        let mut value = String::new();
+        let result = shell.run(command, &mut |chunk| {
+            if value.len() < 4096 {
+                value.push_str(chunk);
+            }
+        });
+        let outcome = match result {
+            Ok(code) => Outcome::Exited(code),
+            Err(ShellError::Stopped) => Outcome::Stopped,
+            Err(ShellError::Exited { status }) => {
+                Outcome::ShellDied(if status == 0 { 1 } else { status })
+            }
+            Err(err) => {
+                log::error!("The job's shell failed: {err}");
+                Outcome::ShellDied(1)
+            }
+        };
+        if !outcome.usable() {
+            self.shell = None;
+        }
+        (value, outcome)
+    }
+
     /// Ends the shell and what it started; safe to call twice.
     pub fn close(&mut self) {
         if let Some(mut shell) = self.shell.take() {
@@ -139,12 +169,9 @@ impl BashExecutor {
     fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
         let nanos = crate::unix_nanos();
         let path = self.settings.tmp_dir.join(format!(".env-{nanos}"));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
+        // Exclusive and no-follow: the shared temp dir may hold a planted
+        // link; 0600 from the first moment.
+        let written = crate::private_tmp::create_private(&path, 0o600)
             .and_then(|mut file| file.write_all(&env_file_content(vars)));
         match written {
             Ok(()) => Ok(path),
@@ -294,36 +321,102 @@ fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
                 )
             })?;
     }
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(dest)
-        .map_err(|e| {
-            (
-                1,
-                format!(
-                    "Failed to create destination path '{}': {e}",
-                    dest.display()
-                ),
-            )
-        })?;
-    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
-    drop(out);
-    let mode = file
-        .parse_mode()
-        .map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+    let create_err = |why: String| {
         (
             1,
             format!(
-                "Failed to set file mode '{}' for '{}': {e}",
-                file.mode,
+                "Failed to create destination path '{}': {why}",
                 dest.display()
             ),
         )
-    })
+    };
+    check_target(dest).map_err(create_err)?;
+    let mode = file.parse_mode();
+    // Never truncated or written before it is known to be a regular file;
+    // non-blocking so a FIFO swapped in after the check cannot hang the
+    // job; a new file gets its final mode (0600 when the mode is bad) at
+    // open, an existing one before the content goes in.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(mode.as_ref().map_or(0o600, |m| *m))
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dest)
+        .map_err(|e| create_err(e.to_string()))?;
+    let kind = out
+        .metadata()
+        .map(|m| file_kind(&m))
+        .map_err(|e| create_err(e.to_string()))?;
+    if kind != "regular file" {
+        return Err(create_err(format!("it is a {kind}, not a regular file")));
+    }
+    let set_mode = |out: &std::fs::File, mode: u32| {
+        out.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| {
+                (
+                    1,
+                    format!(
+                        "Failed to set file mode '{}' for '{}': {e}",
+                        file.mode,
+                        dest.display()
+                    ),
+                )
+            })
+    };
+    if let Ok(mode) = mode {
+        set_mode(&out, mode)?;
+    }
+    out.set_len(0).map_err(|e| (255, e.to_string()))?;
+    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
+    let mode = mode.map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
+    // Again after writing: what Go's order (content, then chmod) leaves.
+    set_mode(&out, mode)
+}
+
+/// What is at `dest` must be safe to open for writing: nothing, a regular
+/// file, or a symlink the agent's own user made (as the kernel's
+/// `protected_symlinks` rule, a link another user planted is not
+/// followed); never a FIFO, socket or device, which would block the job
+/// or write somewhere else.
+fn check_target(dest: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let link = match std::fs::symlink_metadata(dest) {
+        Ok(meta) => meta,
+        Err(_) => return Ok(()),
+    };
+    if link.file_type().is_symlink() {
+        let me = crate::private_tmp::euid();
+        if link.uid() != me {
+            return Err(format!(
+                "it is a symlink owned by another user (uid {}), which the agent does not follow",
+                link.uid()
+            ));
+        }
+    }
+    match std::fs::metadata(dest) {
+        Ok(meta) if !meta.is_file() => {
+            Err(format!("it is a {}, not a regular file", file_kind(&meta)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else {
+        "special file"
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +447,80 @@ mod tests {
             normalize_path("../../../x", home).display().to_string(),
             "/x"
         );
+    }
+
+    fn job_file(path: &Path, content: &str, mode: &str) -> File {
+        File {
+            path: path.display().to_string(),
+            content: crate::request::encode_base64(content.as_bytes()),
+            mode: mode.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_fifo_at_the_target_fails_that_file_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let file = job_file(&fifo, "x", "0644");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(write_file(&file, &fifo));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("writing a job file onto a FIFO blocked");
+        let (code, line) = result.unwrap_err();
+        assert_eq!(code, 1);
+        assert!(line.contains("FIFO") && line.contains("fifo"), "{line}");
+    }
+
+    #[test]
+    fn a_symlink_planted_by_another_user_is_not_followed() {
+        if crate::private_tmp::euid() != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root"
+            );
+            println!("skipped: making a symlink owned by another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        let (code, line) = write_file(&job_file(&link, "evil", "0644"), &link).unwrap_err();
+        assert_eq!(code, 1);
+        assert!(line.contains("symlink owned by another user"), "{line}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+
+        // The agent's own link is followed, as before.
+        std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+        write_file(&job_file(&link, "new", "0600"), &link).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "new");
+    }
+
+    #[test]
+    fn an_existing_file_gets_its_new_mode_before_its_new_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(&job_file(&path, "new-secret", "0600"), &path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new-secret");
+        // A bad mode: the content is written, the file is not left open to
+        // others, and the error names the mode.
+        let other = dir.path().join("bad-mode");
+        let (code, line) = write_file(&job_file(&other, "c", "9z"), &other).unwrap_err();
+        assert_eq!((code, line.contains("9z")), (1, true), "{line}");
+        let meta = std::fs::metadata(&other).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "readable by others");
     }
 
     #[test]

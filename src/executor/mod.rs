@@ -11,11 +11,13 @@
 //! order of steps.
 //!
 //! [`create`] picks the executor for a job from the request's `executor`
-//! field and the agent's [`Settings`].
+//! field and the agent's [`Settings`]: with `--kubernetes-executor`, every
+//! job runs in its own pod (`kubernetes`).
 
 mod bash;
 #[cfg(unix)]
 mod compose;
+mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,8 @@ use crate::request::{File, JobRequest};
 use crate::unix_now;
 
 pub use bash::BashExecutor;
+#[cfg(unix)]
+pub use kubernetes::KubernetesExecutor;
 
 /// The exit status logged for a command interrupted by a stop.
 pub const STOPPED_EXIT_CODE: i32 = 1;
@@ -85,6 +89,12 @@ pub struct Settings {
     /// `--fail-on-missing-files`: a missing `--files` host path fails the
     /// job instead of being skipped with a warning.
     pub fail_on_missing_files: bool,
+    /// The agent's `--env-vars`, which win over the job's (the Kubernetes
+    /// executor puts them into the pod's env file before the job starts).
+    pub env_vars: Vec<(String, String)>,
+    /// `--kubernetes-executor`: every job runs in its own pod, whatever
+    /// its `executor`.
+    pub kubernetes: Option<Arc<crate::kubernetes::KubernetesConfig>>,
 }
 
 /// The job's log as an executor and the lifecycle write it: directives
@@ -252,6 +262,18 @@ pub fn create(
     settings: &Settings,
     stop: &Stop,
 ) -> Result<Box<dyn Executor>, String> {
+    if let Some(config) = &settings.kubernetes {
+        #[cfg(unix)]
+        return Ok(Box::new(KubernetesExecutor::new(
+            request, settings, config, stop,
+        )));
+        // The executor drives `kubectl exec` through a PTY.
+        #[cfg(not(unix))]
+        {
+            let _ = config;
+            return Err("The Kubernetes executor is not supported on Windows\n".to_string());
+        }
+    }
     let executor = request.executor();
     match executor {
         "shell" => Ok(Box::new(BashExecutor::new(settings, stop))),

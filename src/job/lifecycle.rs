@@ -34,7 +34,9 @@ const SELF_STOP_EXIT_CODE: i32 = 130;
 
 /// How the agent runs jobs; everything here comes from the agent's config,
 /// nothing from the job request.
-#[derive(Debug, Clone, Default)]
+///
+/// `Debug` shows the `env_vars` names only.
+#[derive(Clone, Default)]
 pub struct JobOptions {
     /// The job's HOME and starting directory.
     pub home: PathBuf,
@@ -49,6 +51,28 @@ pub struct JobOptions {
     /// The agent's `--files` (`host:dest`), for compose jobs.
     pub files: Vec<String>,
     pub fail_on_missing_files: bool,
+    /// `--kubernetes-executor` and its settings.
+    pub kubernetes: Option<std::sync::Arc<crate::kubernetes::KubernetesConfig>>,
+}
+
+impl std::fmt::Debug for JobOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env_vars.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("JobOptions")
+            .field("home", &self.home)
+            .field("tmp_dir", &self.tmp_dir)
+            .field("env_vars (values redacted)", &names)
+            .field("pre_job_hook_path", &self.pre_job_hook_path)
+            .field("source_pre_job_hook", &self.source_pre_job_hook)
+            .field(
+                "fail_on_pre_job_hook_error",
+                &self.fail_on_pre_job_hook_error,
+            )
+            .field("post_job_hook_path", &self.post_job_hook_path)
+            .field("files", &self.files)
+            .field("fail_on_missing_files", &self.fail_on_missing_files)
+            .finish()
+    }
 }
 
 impl JobOptions {
@@ -58,6 +82,8 @@ impl JobOptions {
             tmp_dir: self.tmp_dir.clone(),
             files: self.files.clone(),
             fail_on_missing_files: self.fail_on_missing_files,
+            env_vars: self.env_vars.clone(),
+            kubernetes: self.kubernetes.clone(),
         }
     }
 }

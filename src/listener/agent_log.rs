@@ -2,19 +2,25 @@
 //!
 //! Owns where agent log lines go (`SEMAPHORE_AGENT_LOG_FILE_PATH`, default
 //! `<tmp>/agent_log`), their level (`SEMAPHORE_AGENT_LOG_LEVEL`, default
-//! info) and their format, which mirrors the Go agent's
-//! (`Jan _2 15:04:05.000 <name> : message`, UTC). Must not decide what is
-//! logged: callers are responsible for never passing a token.
+//! info) and their format: by default the Go agent's
+//! (`Jan _2 15:04:05.000 <name> : message`, UTC), or with `log-format: json`
+//! one JSON object per line (`time`, `level`, `agent`, `msg`, and `job_id`
+//! while a job is live) for log shippers. Must not decide what is logged:
+//! callers are responsible for never passing a token.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use log::LevelFilter;
 
+use crate::config::LogFormat;
+
 /// The agent name shown on every line; set once registered.
 static LOG_NAME: Mutex<String> = Mutex::new(String::new());
+/// The live job's id, for the JSON lines' `job_id`; empty when idle.
+static LOG_JOB: Mutex<String> = Mutex::new(String::new());
 
 /// Why the agent log could not be set up.
 #[derive(Debug)]
@@ -49,25 +55,22 @@ impl std::fmt::Display for AgentLogError {
 
 impl std::error::Error for AgentLogError {}
 
-/// Sets up the agent log for `start`; returns the file path in use. Safe to
-/// call twice (the second call only reopens nothing and returns the path).
-pub fn init_logging() -> Result<PathBuf, AgentLogError> {
+/// Sets up the agent log for `start` in `format`; returns the file path in
+/// use. Safe to call twice (the second call only reopens nothing and
+/// returns the path).
+pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
     let level = parse_level(&std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_default())?;
-    let path = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => std::env::temp_dir().join("agent_log"),
+    let (path, shared) = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
+        Some(p) if !p.is_empty() => (PathBuf::from(p), false),
+        _ => (std::env::temp_dir().join("agent_log"), true),
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(parent);
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| AgentLogError::OpenFile {
-            path: path.clone(),
-            source,
-        })?;
+    let file = open_log_file(&path, shared).map_err(|source| AgentLogError::OpenFile {
+        path: path.clone(),
+        source,
+    })?;
     // Other crates (ureq, rustls) stay at warn or quieter: their debug
     // output is noise for an operator and not ours to vouch for.
     let others = level.min(LevelFilter::Warn);
@@ -75,17 +78,68 @@ pub fn init_logging() -> Result<PathBuf, AgentLogError> {
         .filter_level(others)
         .filter_module("semaphore_agent", level)
         .target(env_logger::Target::Pipe(Box::new(Tee { file })))
-        .format(|buf, record| {
+        .format(move |buf, record| {
             let name = LOG_NAME.lock().map(|n| n.clone()).unwrap_or_default();
+            if format == LogFormat::Json {
+                let job = LOG_JOB.lock().map(|j| j.clone()).unwrap_or_default();
+                let line = json_line(
+                    std::time::SystemTime::now(),
+                    record.level(),
+                    &name,
+                    &record.args().to_string(),
+                    &job,
+                );
+                return writeln!(buf, "{line}");
+            }
             let stamp = stamp_milli(std::time::SystemTime::now());
+            // One record, one line: what the control plane or a hook sent
+            // cannot start a line of its own.
+            let message = escape_controls(&record.args().to_string());
             if name.is_empty() {
-                writeln!(buf, "{stamp} : {}", record.args())
+                writeln!(buf, "{stamp} : {message}")
             } else {
-                writeln!(buf, "{stamp} {name} : {}", record.args())
+                writeln!(buf, "{stamp} {name} : {message}")
             }
         })
         .try_init();
     Ok(path)
+}
+
+/// Opens the log file for appending, created 0600. In a `shared` temp dir
+/// (the default `<tmp>/agent_log`, a fixed name any user could create
+/// first) a symlink is not followed, a file of another user is refused,
+/// and an existing file of ours is made 0600.
+fn open_log_file(path: &Path, shared: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut options = OpenOptions::new();
+    options.create(true).append(true).mode(0o600);
+    if shared {
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    }
+    let file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other(format!(
+                "{e}: it is a symlink, which the agent does not follow in a shared \
+                 directory; remove it or set SEMAPHORE_AGENT_LOG_FILE_PATH"
+            ))
+        } else {
+            e
+        }
+    })?;
+    if shared {
+        let meta = file.metadata()?;
+        if meta.uid() != crate::private_tmp::euid() || !meta.is_file() {
+            return Err(std::io::Error::other(format!(
+                "it is owned by uid {} or not a regular file; remove it or set \
+                 SEMAPHORE_AGENT_LOG_FILE_PATH",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(file)
 }
 
 /// Sets the name shown on each line. A URL name shows its host, as the Go
@@ -96,8 +150,88 @@ pub fn set_log_name(name: &str) {
         None => name.to_string(),
     };
     if let Ok(mut current) = LOG_NAME.lock() {
-        *current = shown;
+        *current = escape_controls(&shown);
     }
+}
+
+/// `text` with every control character (and the Unicode line and
+/// paragraph separators) written as an escape, so it stays on one line and
+/// cannot move the cursor of a terminal showing the log: `\n`, `\r`,
+/// `\t`, else `\u{..}`.
+pub fn escape_controls(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Sets (or with `None` clears) the job id the JSON lines carry.
+pub fn set_log_job(job_id: Option<&str>) {
+    if let Ok(mut current) = LOG_JOB.lock() {
+        *current = job_id.unwrap_or_default().to_string();
+    }
+}
+
+/// One JSON log line: logrus-style lower-case level, RFC 3339 UTC time.
+fn json_line(
+    now: std::time::SystemTime,
+    level: log::Level,
+    agent: &str,
+    msg: &str,
+    job_id: &str,
+) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
+    let level = match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    };
+    let mut line = format!(
+        "{{\"time\":{},\"level\":\"{level}\",\"agent\":{},\"msg\":{}",
+        quote(&rfc3339_milli(now)),
+        quote(agent),
+        quote(msg)
+    );
+    if !job_id.is_empty() {
+        line.push_str(",\"job_id\":");
+        line.push_str(&quote(job_id));
+    }
+    line.push('}');
+    line
+}
+
+/// `2006-01-02T15:04:05.000Z`.
+fn rfc3339_milli(now: std::time::SystemTime) -> String {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        since.subsec_millis()
+    )
 }
 
 fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
@@ -187,6 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn json_lines_are_objects_with_the_facts() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        let line = json_line(t, log::Level::Warn, "agent-1", "say \"hi\"\n", "job-9");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.042Z");
+        assert_eq!(v["level"], "warning");
+        assert_eq!(v["agent"], "agent-1");
+        assert_eq!(v["msg"], "say \"hi\"\n");
+        assert_eq!(v["job_id"], "job-9");
+        assert!(!line.contains('\n'), "{line}");
+        let idle = json_line(t, log::Level::Info, "", "m", "");
+        let v: serde_json::Value = serde_json::from_str(&idle).expect("valid JSON");
+        assert!(v.get("job_id").is_none(), "{idle}");
+    }
+
+    #[test]
     fn levels_accept_logrus_names() {
         assert_eq!(parse_level("").unwrap(), LevelFilter::Info);
         assert_eq!(parse_level("DEBUG").unwrap(), LevelFilter::Debug);
@@ -196,5 +346,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("loud"));
+    }
+
+    #[test]
+    fn the_shared_default_log_file_is_private_and_never_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent_log");
+        drop(open_log_file(&path, true).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_log_file(&path, true).unwrap());
+        assert_eq!(mode(&path), 0o600, "an existing log is made private");
+
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("linked_log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = open_log_file(&link, true).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        // A path the operator chose may be a link.
+        drop(open_log_file(&link, false).unwrap());
+
+        if crate::private_tmp::euid() == 0 {
+            let foreign = dir.path().join("foreign_log");
+            std::fs::write(&foreign, "").unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+            let err = open_log_file(&foreign, true).unwrap_err().to_string();
+            assert!(err.contains("uid 65534"), "{err}");
+        } else {
+            println!("skipped the foreign-owner case: chown needs root");
+        }
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_line() {
+        let forged = "job-1\nNov 29 22:00:00.000 agent : Job passed\r\u{1b}[2K\u{2028}x";
+        let escaped = escape_controls(forged);
+        assert_eq!(
+            escaped,
+            "job-1\\nNov 29 22:00:00.000 agent : Job passed\\r\\u{1b}[2K\\u{2028}x"
+        );
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert_eq!(escape_controls("plain text"), "plain text");
+        set_log_name("evil\nname");
+        assert_eq!(*LOG_NAME.lock().unwrap(), "evil\\nname");
+        set_log_name("");
     }
 }

@@ -11,6 +11,7 @@
 
 mod agent_log;
 mod host;
+mod ops;
 mod shutdown;
 mod state;
 
@@ -26,6 +27,9 @@ use crate::config::Config;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
+use crate::mask::Masker;
+use crate::metrics::Request;
+use ops::Ops;
 
 pub use agent_log::{init_logging, set_log_name, AgentLogError};
 pub use shutdown::ShutdownReason;
@@ -178,6 +182,8 @@ pub enum ListenerError {
     /// Registration failed every attempt; the last error. Already logged,
     /// in the Go agent's words, when this is returned.
     Register { attempts: u32, error: ApiError },
+    /// The `--health-address` server could not start. Already logged.
+    Health(crate::health::HealthError),
 }
 
 impl std::fmt::Display for ListenerError {
@@ -186,6 +192,7 @@ impl std::fmt::Display for ListenerError {
             ListenerError::Register { attempts, error } => {
                 write!(f, "registration failed after {attempts} attempts: {error}")
             }
+            ListenerError::Health(error) => write!(f, "{error}"),
         }
     }
 }
@@ -198,6 +205,14 @@ impl std::error::Error for ListenerError {}
 pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason, ListenerError> {
     let started = Instant::now();
     log::info!("Starting Agent");
+    crate::child_env::forbid_value(&config.token);
+    let mut ops = match Ops::start(&config, &options) {
+        Ok(ops) => ops,
+        Err(e) => {
+            log::error!("{e}");
+            return Err(ListenerError::Health(e));
+        }
+    };
     let name = agent_name(&config);
     set_log_name(&name);
 
@@ -225,7 +240,10 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         options.register_attempts,
         options.register_delay,
         &|| false,
-        || api.register(&request),
+        || {
+            api.register(&request)
+                .inspect_err(|_| ops::failed(Request::Register))
+        },
     );
     let answer = match registered {
         Ok(answer) => answer,
@@ -240,6 +258,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
             });
         }
     };
+    crate::child_env::forbid_value(&answer.token);
     api.set_access_token(&answer.token);
     let name = if answer.name.is_empty() {
         name
@@ -257,8 +276,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     install_signal_handler(tx.clone(), Arc::clone(&interrupted_at));
 
     log::info!("Starting to poll for jobs");
+    let machine = Machine::new();
+    ops.registered(&name, &machine);
     let mut listener = Listener {
-        machine: Machine::new(),
+        machine,
+        ops,
         api,
         config,
         options,
@@ -327,6 +349,7 @@ struct JobThread {
 
 struct Listener {
     machine: Machine,
+    ops: Ops,
     api: Api,
     config: Config,
     options: ListenerOptions,
@@ -351,6 +374,7 @@ impl Listener {
             let wait = match self.api.sync(&request) {
                 Ok(response) => {
                     self.last_successful_sync = Instant::now();
+                    self.ops.synced();
                     log_sync_response(&response);
                     match self.machine.apply(&request, &response) {
                         Effect::Nothing => {}
@@ -362,12 +386,14 @@ impl Listener {
                             return reason;
                         }
                     }
+                    self.ops.state(&self.machine);
                     sync_wait(response.next_sync_after, self.options.max_sync_wait, || {
                         self.default_interval()
                     })
                 }
                 Err(e) => {
                     log::error!("[SYNC ERR] Failed to sync with API: {e}");
+                    ops::failed(Request::Sync);
                     if self.last_successful_sync.elapsed() >= self.options.unable_to_sync_after {
                         log::error!(
                             "Unable to sync with Semaphore for over {:?}.",
@@ -378,6 +404,7 @@ impl Listener {
                     self.default_interval()
                 }
             };
+            self.ops.planned_wait(wait);
             log::info!("Waiting {wait:?} for next sync...");
             self.wait_for_next_sync(Instant::now() + wait);
         }
@@ -408,8 +435,12 @@ impl Listener {
         match wake {
             Wake::Signal => {}
             Wake::JobRunning => self.machine.job_running(),
-            Wake::JobFinished(result) => self.machine.job_finished(result),
+            Wake::JobFinished(result) => {
+                self.ops.job_finished(result);
+                self.machine.job_finished(result);
+            }
         }
+        self.ops.state(&self.machine);
     }
 
     fn default_interval(&self) -> Duration {
@@ -419,6 +450,7 @@ impl Listener {
     fn spawn_job(&mut self, job_id: String) {
         // A finished job the control plane did not tell us to forget.
         self.join_job();
+        self.ops.job_started(&job_id);
         let stop = JobStop::new();
         let work = JobWork {
             api: self.api.clone(),
@@ -435,12 +467,14 @@ impl Listener {
                 post_job_hook_path: self.config.post_job_hook_path.clone(),
                 files: self.config.files.clone(),
                 fail_on_missing_files: self.config.fail_on_missing_files,
+                kubernetes: self.config.kubernetes.clone().map(std::sync::Arc::new),
             },
             stop: stop.clone(),
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
             upload: self.config.upload_job_logs,
+            redact_env_vars: self.config.redact_env_vars.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -455,6 +489,7 @@ impl Listener {
             }
             Err(e) => {
                 log::error!("Could not start a thread for job {job_id}: {e}");
+                self.ops.job_finished(JobResult::Failed);
                 self.machine.job_finished(JobResult::Failed);
             }
         }
@@ -471,6 +506,7 @@ impl Listener {
     /// JobFinished; the bound only guards against a bug).
     fn join_job(&mut self) {
         if let Some(job) = self.job.take() {
+            self.ops.job_forgotten();
             let deadline = Instant::now() + Duration::from_secs(5);
             while !job.handle.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -488,6 +524,7 @@ impl Listener {
 
     /// Stops a live job, disconnects, runs the hook.
     fn shutdown(&mut self, reason: ShutdownReason) {
+        self.ops.stopping(reason);
         if self.machine.has_live_job() {
             self.stop_job();
             let deadline = Instant::now() + self.options.job_stop_timeout;
@@ -516,7 +553,11 @@ impl Listener {
             attempts,
             self.options.disconnect_delay,
             &|| false,
-            || self.api.disconnect(),
+            || {
+                self.api
+                    .disconnect()
+                    .inspect_err(|_| ops::failed(Request::Disconnect))
+            },
         ) {
             Ok(()) => log::info!("Disconnected."),
             Err(e) => {
@@ -540,6 +581,8 @@ struct JobWork {
     get_job_attempts: u32,
     get_job_delay: Duration,
     upload: UploadPolicy,
+    /// The `redact-env-vars` globs.
+    redact_env_vars: Vec<String>,
 }
 
 impl JobWork {
@@ -558,7 +601,11 @@ impl JobWork {
             self.get_job_attempts,
             self.get_job_delay,
             &|| stop.is_stopped(),
-            || self.api.get_job(&self.job_id),
+            || {
+                self.api
+                    .get_job(&self.job_id)
+                    .inspect_err(|_| ops::failed(Request::GetJob))
+            },
         );
         let request = match fetched {
             Ok(request) => request,
@@ -574,9 +621,20 @@ impl JobWork {
         let refresher = Box::new(ApiRefresher {
             api: self.api.clone(),
         });
+        // The spool (and the plain-text log for the artifact CLI) goes to
+        // the agent's private temp dir.
+        let spool_dir = match crate::private_tmp::dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                log::error!(
+                    "Could not construct job {}: no private temp dir: {e}",
+                    self.job_id
+                );
+                return JobResult::Failed;
+            }
+        };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logs = match JobLogs::start(&request, refresher, &self.options.tmp_dir, self.upload)
-        {
+        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.upload) {
             Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
@@ -585,8 +643,19 @@ impl JobWork {
         };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
+        // Secrets are masked before anything reaches the spool, so the
+        // pushed log and the uploaded artifact log are both masked.
+        let secrets = crate::mask::secrets_for(
+            &request,
+            &self.options.env_vars,
+            &self.redact_env_vars,
+            &crate::child_env::tokens(),
+        );
         // run_job logs the result and duration itself.
-        let result = run_job(&request, &self.options, &mut logs, stop);
+        let result = {
+            let mut masked = Masker::new(&mut logs, secrets);
+            run_job(&request, &self.options, &mut masked, stop)
+        };
         logs.finish(&request);
         result
     }
@@ -601,7 +670,11 @@ struct ApiRefresher {
 impl TokenRefresher for ApiRefresher {
     fn refresh(&mut self) -> Result<String, String> {
         log::info!("Refreshing token for current job logs...");
-        let token = self.api.refresh().map_err(|e| e.to_string())?;
+        let token = self.api.refresh().map_err(|e| {
+            ops::failed(Request::Refresh);
+            e.to_string()
+        })?;
+        crate::child_env::forbid_value(&token);
         log::info!("Successfully refreshed token for current job logs.");
         Ok(token)
     }

@@ -5,7 +5,7 @@
 //! agent log. Must not talk to the control plane.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +61,18 @@ pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
     log::info!("Executing shutdown hook from {}", hook.display());
     // The output goes to a file, not a pipe: a background process left by
     // the hook could hold a pipe open forever, a file it cannot.
-    let out_path = std::env::temp_dir().join(format!(
-        "semaphore-agent-shutdown-hook-{}.log",
-        std::process::id()
-    ));
-    let spawned = std::fs::File::create(&out_path).and_then(|out| {
+    // In the private temp dir, created exclusively: never a fixed name in
+    // a shared directory, where another user could plant a symlink.
+    let out_path = match crate::private_tmp::dir() {
+        Ok(dir) => dir.join(format!("shutdown-hook-{}.log", crate::unix_nanos())),
+        Err(e) => {
+            log::error!("Error executing shutdown hook {}: {e}", hook.display());
+            return;
+        }
+    };
+    let spawned = crate::private_tmp::create_private(&out_path, 0o600).and_then(|out| {
         let err = out.try_clone()?;
-        Command::new("bash")
+        crate::child_env::command("bash")
             .arg(hook)
             .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
             .stdin(Stdio::null())
@@ -155,5 +160,24 @@ mod tests {
         let started = Instant::now();
         run_hook(&hook, ShutdownReason::Idle, Duration::from_millis(200));
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_hook_output_never_goes_through_a_planted_symlink() {
+        // The fixed name older versions used in the shared temp dir.
+        let planted = std::env::temp_dir().join(format!(
+            "semaphore-agent-shutdown-hook-{}.log",
+            std::process::id()
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, "echo hook-output\n").unwrap();
+        run_hook(&hook, ShutdownReason::Idle, Duration::from_secs(10));
+        let _ = std::fs::remove_file(&planted);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     }
 }

@@ -34,8 +34,10 @@ impl JobLogs {
         let options = PushOptions {
             spool_dir: spool_dir.to_path_buf(),
             flush_timeout: flush_timeout_from_env(&process_env),
+            keep_full_log: upload != UploadPolicy::Never,
             ..PushOptions::default()
         };
+        crate::child_env::forbid_value(&request.logger.token);
         let pusher = PushLogger::start(&request.logger, refresher, options)?;
         Ok(JobLogs { pusher, upload })
     }

@@ -93,6 +93,11 @@ pub struct PushOptions {
     /// Where the spool file is created (and the upload's temporary files).
     pub spool_dir: PathBuf,
     pub user_agent: String,
+    /// Keep spooling the whole log after a 422 and past the logger's
+    /// `max_size_in_bytes`, for an `artifact` upload of the full log (as
+    /// the Go agent's log file does). Without it the spool stops growing
+    /// at either bound, so a job cannot fill the disk.
+    pub keep_full_log: bool,
 }
 
 impl Default for PushOptions {
@@ -109,6 +114,7 @@ impl Default for PushOptions {
             request_timeout: Duration::from_secs(30),
             spool_dir: std::env::temp_dir(),
             user_agent: format!("SemaphoreAgent/{}", crate::VERSION),
+            keep_full_log: false,
         }
     }
 }
@@ -233,6 +239,15 @@ struct State {
     finish_by: Option<Instant>,
     /// Set by drop: stop now.
     abort: bool,
+    /// The spool takes no more events: the server answered 422 or the
+    /// logger's size bound was reached (without `keep_full_log`).
+    closed: bool,
+    /// The spool size bound in bytes (the logger's `max_size_in_bytes`).
+    limit: Option<u64>,
+    /// The bound was reached: the log is trimmed.
+    over_limit: bool,
+    /// Events not spooled because it was closed.
+    discarded: u64,
 }
 
 impl State {
@@ -298,6 +313,12 @@ impl PushLogger {
                 wake_at: None,
                 finish_by: None,
                 abort: false,
+                closed: false,
+                limit: u64::try_from(logger.max_size_in_bytes)
+                    .ok()
+                    .filter(|&n| n > 0 && !options.keep_full_log),
+                over_limit: false,
+                discarded: 0,
             }),
             wake: Condvar::new(),
         });
@@ -324,6 +345,7 @@ impl PushLogger {
             acked_bytes: 0,
             inflight: None,
             trimmed: false,
+            keep_full_log: options.keep_full_log,
             requests: 0,
             rng: XorShift::seeded(),
         };
@@ -362,10 +384,13 @@ impl PushLogger {
         }
         self.shared.wake.notify_all();
         let end = self.join();
-        let (total, dropped) = {
+        let (total, dropped, over_limit, discarded) = {
             let st = lock(&self.shared);
-            (st.writer.total().0, st.dropped)
+            (st.writer.total().0, st.dropped, st.over_limit, st.discarded)
         };
+        if discarded > 0 {
+            log::info!("{discarded} job log events were not kept: the log was trimmed");
+        }
         let gave_up = end.gave_up || (!end.trimmed && end.delivered < total);
         if gave_up {
             log::error!(
@@ -392,7 +417,7 @@ impl PushLogger {
             delivered: end.delivered,
             total,
             dropped,
-            trimmed: end.trimmed,
+            trimmed: end.trimmed || over_limit,
             gave_up,
             requests: end.requests,
             upload,
@@ -417,6 +442,19 @@ impl PushLogger {
 impl EventSink for PushLogger {
     fn emit(&mut self, event: Event) {
         let mut st = lock(&self.shared);
+        if !st.closed {
+            if let Some(limit) = st.limit.filter(|&l| st.writer.total().1 >= l) {
+                log::warn!(
+                    "The job's log reached its size bound of {limit} bytes; later output is not kept"
+                );
+                st.closed = true;
+                st.over_limit = true;
+            }
+        }
+        if st.closed {
+            st.discarded += 1;
+            return;
+        }
         if let Err(f) = st.writer.append(&event) {
             st.note_loss(f);
         }
@@ -478,6 +516,7 @@ struct Flusher {
     /// resends the same events from the same index.
     inflight: Option<Batch>,
     trimmed: bool,
+    keep_full_log: bool,
     requests: u64,
     rng: XorShift,
 }
@@ -497,6 +536,7 @@ impl Flusher {
             let (total_events, total_bytes) = st.writer.total();
             let pending_events = total_events.saturating_sub(self.acked_events);
             let pending_bytes = total_bytes.saturating_sub(self.acked_bytes);
+            crate::metrics::global().set_log_backlog(pending_events);
             let finish_by = st.finish_by;
             if let Some(deadline) = finish_by {
                 if now >= deadline && pending_events > 0 {
@@ -552,6 +592,10 @@ impl Flusher {
                         self.send(finish_by)
                     };
                     if self.trimmed {
+                        if !self.keep_full_log {
+                            // Nothing more will be pushed: stop spooling.
+                            lock(&self.shared).closed = true;
+                        }
                         break;
                     }
                     let r = self.rng.next_unit();
@@ -559,6 +603,8 @@ impl Flusher {
                 }
             }
         }
+        // Whatever is left will not be sent any more.
+        crate::metrics::global().set_log_backlog(0);
         log::info!("Stopped pushing logs.");
         FlusherEnd {
             delivered: self.acked_events,
@@ -596,6 +642,7 @@ impl Flusher {
             timeout,
         ) {
             Ok(200) => {
+                crate::metrics::global().log_pushed(batch.events, batch.body.len() as u64);
                 self.acked_events += batch.events;
                 self.acked_bytes += batch.body.len() as u64;
                 self.inflight = None;
@@ -608,6 +655,7 @@ impl Flusher {
                 );
                 self.trimmed = true;
                 self.inflight = None;
+                failed_push();
                 Outcome::Failed
             }
             Ok(401) => match self.refresher.refresh() {
@@ -626,6 +674,7 @@ impl Flusher {
                     "Pushing logs to {} (start_from={start_from}) failed with status {status}; will retry",
                     self.url
                 );
+                failed_push();
                 Outcome::Failed
             }
             Err(e) => {
@@ -634,10 +683,17 @@ impl Flusher {
                     self.url,
                     crate::net::describe_transport(&e)
                 );
+                failed_push();
                 Outcome::Failed
             }
         }
     }
+}
+
+/// Counts a push the log server did not accept (a 401 is a refresh, not a
+/// failure).
+fn failed_push() {
+    crate::metrics::global().request_failed(crate::metrics::Request::Logs);
 }
 
 /// One `POST <url>?start_from=<n>`; the status code, or the transport error.

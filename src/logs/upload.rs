@@ -8,9 +8,9 @@
 //! becomes an [`UploadOutcome`] and a log line.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -240,7 +240,7 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
     } else {
         ARTIFACT_DESTINATION.to_string()
     };
-    let mut command = Command::new(&artifact);
+    let mut command = crate::child_env::command(&artifact);
     command
         .arg("push")
         .arg("job")
@@ -286,11 +286,7 @@ fn unique_name(prefix: &str) -> String {
 }
 
 fn create_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    crate::private_tmp::create_private(path, 0o600)
 }
 
 /// Writes the plain text and, at or above the threshold, gzips it. A gzip

@@ -49,6 +49,56 @@ pub(super) fn command_line(nonce: &str, file: &str) -> String {
     ) + "\n"
 }
 
+/// The shell variable that holds an inline command while it is typed.
+const INLINE_VAR: &str = "__SEMAPHORE_AGENT_CMD";
+
+/// The longest escaped text typed on one line for an inline command: far
+/// below the terminal's 4096-byte line limit (canonical mode drops what
+/// goes beyond it), and short enough for readline to redraw cheaply.
+const INLINE_CHUNK: usize = 768;
+
+/// The lines typed into bash to run `cmd` when bash cannot read a file of
+/// ours (it runs in a pod): the command is put into a shell variable in
+/// `$'...'` pieces of at most [`INLINE_CHUNK`] characters of printable
+/// ASCII (so no tab reaches readline's completion and no line outgrows the
+/// terminal), then `source`d from a process substitution fed by the
+/// `printf` builtin, so `return N` and the shell state behave as with a
+/// file and nothing outside bash (no `base64` in the image) is needed.
+pub(super) fn inline_command_lines(nonce: &str, cmd: &str) -> String {
+    let mut text = cmd.as_bytes().to_vec();
+    // A heredoc delimiter on the last line needs its newline.
+    text.push(b'\n');
+    let mut lines = String::new();
+    let mut piece = String::new();
+    let mut first = true;
+    let flush = |piece: &mut String, lines: &mut String, first: &mut bool| {
+        let op = if *first { "=" } else { "+=" };
+        lines.push_str(&format!("{INLINE_VAR}{op}$'{piece}'\n"));
+        piece.clear();
+        *first = false;
+    };
+    for &byte in &text {
+        let escaped = match byte {
+            b'\'' => "\\'".to_string(),
+            b'\\' => "\\\\".to_string(),
+            0x20..=0x7e => (byte as char).to_string(),
+            other => format!("\\x{other:02x}"),
+        };
+        if piece.len() + escaped.len() > INLINE_CHUNK {
+            flush(&mut piece, &mut lines, &mut first);
+        }
+        piece.push_str(&escaped);
+    }
+    flush(&mut piece, &mut lines, &mut first);
+    lines.push_str(&format!(
+        r#"{}; \builtin source <(\builtin printf '%s' "${INLINE_VAR}"); {}; \builtin unset -v {INLINE_VAR}"#,
+        print_start(nonce),
+        print_end(nonce, r#""$?""#)
+    ));
+    lines.push('\n');
+    lines
+}
+
 /// The first line typed into a new shell: silences every prompt, keeps the
 /// typed lines (and so the nonces) out of the history, goes to `cd` if
 /// given, and frames an empty output with status 0 to say the shell is
@@ -90,7 +140,13 @@ pub(super) struct Framer {
     /// Before the start: the last bytes, which may begin the start marker.
     /// In the body: a possible beginning of the end marker (under 40 bytes).
     carry: Vec<u8>,
+    /// The last bytes skipped before the start marker (at most
+    /// `SKIPPED_KEEP`): what a launcher said before it gave up.
+    skipped: Vec<u8>,
 }
+
+/// How much of the output before the start marker a framer keeps.
+const SKIPPED_KEEP: usize = 2048;
 
 impl Framer {
     pub(super) fn new(nonce: &str) -> Framer {
@@ -107,7 +163,14 @@ impl Framer {
             end_prefix: marker(b'E'),
             phase: Phase::AwaitStart,
             carry: Vec::new(),
+            skipped: Vec::new(),
         }
+    }
+
+    /// The last output seen before the start marker, for an error message
+    /// when the start never came (a launcher such as `kubectl` failed).
+    pub(super) fn skipped(&self) -> &[u8] {
+        &self.skipped
     }
 
     /// The status, once the end marker was seen.
@@ -125,6 +188,10 @@ impl Framer {
         match self.phase {
             Phase::Done(status) => Some(status),
             Phase::AwaitStart => {
+                self.skipped.extend_from_slice(data);
+                if self.skipped.len() > SKIPPED_KEEP {
+                    self.skipped.drain(..self.skipped.len() - SKIPPED_KEEP);
+                }
                 self.carry.extend_from_slice(data);
                 match find(&self.carry, &self.start) {
                     Some(at) => {
@@ -360,5 +427,17 @@ mod tests {
         let line = command_line(NONCE, "/tmp/x");
         assert!(!line.as_bytes().contains(&MARK));
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+    }
+
+    #[test]
+    fn inline_commands_are_typed_as_short_printable_lines() {
+        let cmd = format!("echo 'it''s'\tdone \\ é\n{}", "x".repeat(3000));
+        let lines = inline_command_lines(NONCE, &cmd);
+        for line in lines.lines() {
+            assert!(line.len() < 1024, "{} bytes", line.len());
+            assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line}");
+        }
+        assert!(lines.ends_with("__SEMAPHORE_AGENT_CMD\n"), "{lines}");
+        assert!(lines.lines().count() > 3, "{lines}");
     }
 }

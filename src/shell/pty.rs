@@ -20,7 +20,7 @@
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,12 +71,23 @@ const QUEUE_DEPTH: usize = 64;
 /// How often the reader thread looks at its quit flag while the PTY is idle.
 const READER_POLL_MS: libc::c_int = 100;
 
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows the variables' names only.
+#[derive(Clone, Default)]
 pub struct ShellOptions {
     /// The job's working directory and HOME.
     pub home: PathBuf,
     /// Extra environment for bash, on top of the agent's own.
     pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ShellOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ShellOptions")
+            .field("home", &self.home)
+            .field("env (values redacted)", &names)
+            .finish()
+    }
 }
 
 /// How the PTY's bash is reached when it is not the host's login bash: a
@@ -188,6 +199,14 @@ pub struct Shell {
     termios: Option<libc::termios>,
     /// Private directory (0700) for the command file.
     scratch: Option<PathBuf>,
+    /// Commands are typed inline (`framing::inline_command_lines`)
+    /// instead of being written to a file: bash runs where our files are
+    /// not (a pod).
+    inline: bool,
+    /// Where a new scratch directory goes if a job removes or opens up the
+    /// current one: the launcher's shared volume, or `None` for the
+    /// agent's private temp dir.
+    scratch_parent: Option<PathBuf>,
     /// The PTY's terminal side (`/dev/pts/N`), to find processes holding it.
     tty: Option<PathBuf>,
     stop_grace: Duration,
@@ -205,6 +224,22 @@ impl Shell {
     /// login scripts' output; a launcher that exits first is
     /// `ShellError::Start` with its status.
     pub fn start_with(opts: &ShellOptions, launch: Option<&Launch>) -> Result<Shell, ShellError> {
+        Shell::start_framed(opts, launch, false)
+    }
+
+    /// Like [`Shell::start_with`] for a bash that cannot read files of ours
+    /// (`kubectl exec` into a pod): every command is typed inline in short
+    /// printable lines, and no scratch directory is made
+    /// (`launch.scratch_parent` is not used).
+    pub fn start_inline(opts: &ShellOptions, launch: &Launch) -> Result<Shell, ShellError> {
+        Shell::start_framed(opts, Some(launch), true)
+    }
+
+    fn start_framed(
+        opts: &ShellOptions,
+        launch: Option<&Launch>,
+        inline: bool,
+    ) -> Result<Shell, ShellError> {
         let start_err = |what: &str, err: &dyn std::fmt::Display| ShellError::Start {
             message: format!("{what}: {err}"),
         };
@@ -219,12 +254,25 @@ impl Shell {
         set_termios(&pty, &termios).map_err(|e| start_err("turning the PTY echo off", &e))?;
         let tty = tty_path(&pty);
 
-        let scratch_parent = match launch {
-            Some(launch) => launch.scratch_parent.clone(),
-            None => std::env::temp_dir(),
+        let launch_parent = launch.map(|l| l.scratch_parent.clone());
+        let scratch_parent = match &launch_parent {
+            Some(parent) => parent.clone(),
+            None => crate::private_tmp::dir()
+                .map_err(|e| start_err("creating the agent's temp directory", &e))?,
         };
-        let scratch = make_scratch_dir(&scratch_parent)
-            .map_err(|e| start_err("creating a scratch directory", &e))?;
+        let scratch = if inline {
+            None
+        } else {
+            Some(
+                make_scratch_dir(&scratch_parent)
+                    .map_err(|e| start_err("creating a scratch directory", &e))?,
+            )
+        };
+        let remove_scratch = |scratch: &Option<PathBuf>| {
+            if let Some(dir) = scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        };
         let login_bash = [
             OsString::from("bash"),
             "--login".into(),
@@ -232,10 +280,12 @@ impl Shell {
         ];
         let argv = launch.map_or(&login_bash[..], |l| &l.argv[..]);
         let Some((program, args)) = argv.split_first() else {
-            let _ = std::fs::remove_dir_all(&scratch);
+            remove_scratch(&scratch);
             return Err(start_err("starting the job's shell", &"empty command"));
         };
         let child = Command::new(program)
+            .env_clear()
+            .envs(crate::child_env::vars())
             .args(args)
             .current_dir(&opts.home)
             .env("HOME", &opts.home)
@@ -244,7 +294,7 @@ impl Shell {
         let child = match child {
             Ok(child) => child,
             Err(err) => {
-                let _ = std::fs::remove_dir_all(&scratch);
+                remove_scratch(&scratch);
                 return Err(start_err(
                     &format!(
                         "starting {} in {}",
@@ -278,7 +328,9 @@ impl Shell {
             stopper: Stopper::default(),
             ended: None,
             termios: None,
-            scratch: Some(scratch),
+            scratch,
+            scratch_parent: launch_parent,
+            inline,
             tty,
             stop_grace: DEFAULT_STOP_GRACE,
         };
@@ -296,12 +348,25 @@ impl Shell {
         let line = framing::init_line(&nonce, cd);
         let mut discard = |_: &str| {};
         let deadline = Instant::now() + START_TIMEOUT;
-        match shell.exchange(&line, Framer::new(&nonce), &mut discard, Some(deadline)) {
+        let mut framer = Framer::new(&nonce);
+        match shell.exchange(&line, &mut framer, &mut discard, Some(deadline)) {
             Ok(_) => {}
             Err(ShellError::Exited { status }) => {
-                return Err(ShellError::Start {
-                    message: format!("bash exited with status {status} while starting"),
-                })
+                // A launcher's own complaint (kubectl: forbidden, pod not
+                // found) is the useful part of its failure.
+                let said = String::from_utf8_lossy(framer.skipped()).trim().to_string();
+                let message = match launch {
+                    Some(_) if !said.is_empty() => format!(
+                        "{} exited with status {status} while starting: {said}",
+                        program.to_string_lossy()
+                    ),
+                    Some(_) => format!(
+                        "{} exited with status {status} while starting",
+                        program.to_string_lossy()
+                    ),
+                    None => format!("bash exited with status {status} while starting"),
+                };
+                return Err(ShellError::Start { message });
             }
             Err(ShellError::Io { action, source }) => return Err(start_err(action, &source)),
             Err(err) => return Err(start_err("waiting for bash to start", &err)),
@@ -338,16 +403,20 @@ impl Shell {
         if let Some(status) = self.ended {
             return Err(ShellError::Exited { status });
         }
-        let file = self.write_command_file(cmd)?;
+        let nonce = framing::new_nonce();
+        let line = if self.inline {
+            framing::inline_command_lines(&nonce, cmd)
+        } else {
+            let file = self.write_command_file(cmd)?;
+            framing::command_line(&nonce, &file.to_string_lossy())
+        };
         if let (Some(pty), Some(termios)) = (self.pty_ref(), self.termios.as_ref()) {
             set_termios(pty, termios).map_err(|source| ShellError::Io {
                 action: "resetting the terminal settings",
                 source,
             })?;
         }
-        let nonce = framing::new_nonce();
-        let line = framing::command_line(&nonce, &file.to_string_lossy());
-        self.exchange(&line, Framer::new(&nonce), on_output, None)
+        self.exchange(&line, &mut Framer::new(&nonce), on_output, None)
     }
 
     /// A handle that stops the job from another thread.
@@ -421,31 +490,37 @@ impl Shell {
             action: "writing the command file",
             source,
         };
-        let dir = match &self.scratch {
+        let mut dir = match &self.scratch {
             Some(dir) => dir.clone(),
             None => {
                 return Err(io_err(std::io::Error::other("the shell is closed")));
             }
         };
-        // A job may have emptied the temp dir; bring ours back if so.
-        if !dir.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_err)?;
+        // A job may have removed the temp dir (and someone else may have
+        // made one at that name since): never reuse it, make a new private
+        // one with a new random name.
+        if !crate::private_tmp::is_private_dir(&dir) {
+            let parent = match &self.scratch_parent {
+                Some(parent) => {
+                    std::fs::create_dir_all(parent).map_err(io_err)?;
+                    parent.clone()
+                }
+                None => crate::private_tmp::dir().map_err(io_err)?,
+            };
+            dir = make_scratch_dir(&parent).map_err(io_err)?;
+            self.scratch = Some(dir.clone());
         }
         let file = dir.join("command");
         let mut text = String::with_capacity(cmd.len() + 1);
         text.push_str(cmd);
         // A heredoc delimiter on the last line needs its newline.
         text.push('\n');
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&file)
+        // Created anew each time, exclusive and no-follow, 0600 at open.
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(e)),
+            _ => {}
+        }
+        crate::private_tmp::create_private(&file, 0o600)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(io_err)?;
         Ok(file)
@@ -456,7 +531,7 @@ impl Shell {
     fn exchange(
         &mut self,
         line: &str,
-        mut framer: Framer,
+        framer: &mut Framer,
         on_output: &mut dyn FnMut(&str),
         deadline: Option<Instant>,
     ) -> Result<i32, ShellError> {
@@ -466,7 +541,7 @@ impl Shell {
                 source: std::io::Error::other("the shell is closed"),
             });
         };
-        let result = self.exchange_with(&rx, line, &mut framer, on_output, deadline);
+        let result = self.exchange_with(&rx, line, framer, on_output, deadline);
         self.rx = Some(rx);
         result
     }

@@ -212,6 +212,28 @@ fn an_expired_token_is_refreshed_once_and_the_new_one_used() {
 }
 
 #[test]
+fn the_spool_honours_the_loggers_max_size_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LogServer::spawn(TOKEN);
+    let mut bounded = logger(&server.url);
+    bounded.max_size_in_bytes = 10_000;
+    let mut pl = PushLogger::start(&bounded, no_refresh(), fast_options(dir.path())).unwrap();
+    let mut digest = Digest::default();
+    emit_numbers(&mut pl, 0, 5000, &mut digest);
+    let report = finish(pl, &JobRequest::default(), None);
+    server.assert_no_errors();
+    assert!(report.trimmed, "{report:?}");
+    assert!(!report.gave_up, "{report:?}");
+    // Each event is about 50 bytes of JSON: the bound keeps about 200.
+    assert!(
+        (100..=400).contains(&report.total),
+        "{} events kept",
+        report.total
+    );
+    assert_eq!(server.count(), report.total);
+}
+
+#[test]
 fn start_rejects_a_missing_or_odd_url_and_bad_options() {
     use semaphore_agent::logs::LogError;
     let dir = tempfile::tempdir().unwrap();

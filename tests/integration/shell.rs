@@ -300,3 +300,43 @@ fn the_stopper_can_be_shared_across_threads() {
     other.stop();
     assert!(stopper.is_stopped());
 }
+
+/// A bash reached through another program that cannot read our files (as
+/// in a pod): here `bash --login` with readline on, started directly, so
+/// the typed inline lines go through readline as they do after
+/// `kubectl exec -it`.
+fn start_inline() -> Fixture {
+    let home = tempfile::tempdir().expect("temp HOME");
+    let opts = ShellOptions {
+        home: home.path().to_path_buf(),
+        env: Vec::new(),
+    };
+    let launch = semaphore_agent::shell::Launch {
+        argv: vec!["bash".into(), "--login".into()],
+        scratch_parent: std::path::PathBuf::from("/nonexistent"),
+        cd: None,
+    };
+    let shell = Shell::start_inline(&opts, &launch).expect("inline shell starts");
+    Fixture { shell, home }
+}
+
+#[test]
+fn inline_commands_run_like_sourced_files() {
+    let mut f = start_inline();
+    let sh = &mut f.shell;
+    assert_prints(sh, "echo hi", "hi\n");
+    assert_prints(sh, "printf 'a\\tb'; echo \"it's\" \\\\", "a\tbit's \\\n");
+    assert_prints(
+        sh,
+        "cat <<END\nline 'one'\n\ttabbed é\nEND",
+        "line 'one'\n\ttabbed é\n",
+    );
+    assert_eq!(ok(sh, "return 7"), (String::new(), 7));
+    assert_prints(sh, "X=kept; cd /", "");
+    assert_prints(sh, "echo $X $PWD", "kept /\n");
+    let long = "y".repeat(20_000);
+    assert_prints(sh, &format!("echo {long} | wc -c"), "20001\n");
+    // The variable holding the command is not exported to what it runs.
+    assert_prints(sh, "env | grep -c __SEMAPHORE_AGENT || true", "0\n");
+    f.shell.close();
+}

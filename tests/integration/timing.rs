@@ -405,7 +405,9 @@ fn a_422_stops_pushing_and_finish_returns_promptly_as_trimmed() {
     assert!(report.trimmed);
     assert!(!report.gave_up);
     assert_eq!(report.delivered, 120);
-    assert_eq!(report.total, 6000);
+    // The spool stopped growing at the 422 (issue 9): the last 1000 events
+    // were not kept.
+    assert!(report.total <= 5000, "{report:?}");
     assert_eq!(server.count(), 120);
     // Nothing was pushed after the 422, while the 1000 later events waited
     // nor when finish flushed: finish has joined the flusher, so no request

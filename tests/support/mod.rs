@@ -1,6 +1,7 @@
 //! Shared test support: the real binary, isolated homes, job files, the
 //! fake control plane (`hub`), the fake log server (`logserver`), TLS
-//! fronts (`tls`), the agent as a child process (`agent`), the `/proc`
+//! fronts (`tls`), the fake Kubernetes API and kubectl stand-in (`kube`),
+//! the agent as a child process (`agent`), the `/proc`
 //! scanner (`procs`) and the bounded poll (`wait`). One copy of each, used
 //! by every module of `tests/integration/` (and `procs`/`wait` by
 //! `tests/orphan_reaping.rs`). It must stay test-only: nothing here reaches
@@ -86,6 +87,13 @@ pub fn b64_bytes(bytes: &[u8]) -> String {
     semaphore_agent::job::request::encode_base64(bytes)
 }
 
+/// Standard base64 decoded as text (lossy), for reading what the agent
+/// sent.
+pub fn b64_decode(text: &str) -> String {
+    let bytes = semaphore_agent::request::decode_base64(text).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Whether `path` exists; for readability in asserts.
 pub fn exists(path: &Path) -> bool {
     path.exists()
@@ -102,6 +110,7 @@ pub fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
 }
 
 pub mod agent;
+pub mod kube;
 pub mod logserver;
 pub mod procs;
 pub mod tls;

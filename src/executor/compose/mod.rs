@@ -211,7 +211,7 @@ impl ComposeExecutor {
         let commands = self.host_setup.clone();
         for command in &commands {
             log::info!("Executing host setup command: {}", command.directive);
-            let mut cmd = Command::new("bash");
+            let mut cmd = crate::child_env::command("bash");
             cmd.arg("-c").arg(&command.directive);
             match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
                 Ok((true, output)) => log::info!("Host setup command output: {output}"),
@@ -233,7 +233,8 @@ impl ComposeExecutor {
         Ok(())
     }
 
-    /// Runs `cmd` in its own process group, its stdout and stderr into one
+    /// Runs `cmd` (made with `child_env::command`, or with an environment of
+    /// its own) in its own process group, its stdout and stderr into one
     /// private file, bounded by `timeout` and killed by a stop. Returns
     /// whether it succeeded and what it printed.
     fn run_host(&self, mut cmd: Command, timeout: Duration) -> Result<(bool, String), String> {
@@ -305,7 +306,7 @@ impl ComposeExecutor {
     /// version starting with `v` means the plugin.
     fn detect_tool(&mut self) -> Result<String, String> {
         let plugin = {
-            let mut cmd = Command::new("docker");
+            let mut cmd = crate::child_env::command("docker");
             cmd.args(["compose", "version"]);
             self.run_host(cmd, TOOL_TIMEOUT)
         };
@@ -316,7 +317,7 @@ impl ComposeExecutor {
         let version = match version {
             Some(v) => v,
             None => {
-                let mut cmd = Command::new("docker-compose");
+                let mut cmd = crate::child_env::command("docker-compose");
                 cmd.arg("--version");
                 match self.run_host(cmd, TOOL_TIMEOUT) {
                     Ok((true, out)) => parse_version(&out, "docker-compose version ", Some(','))
@@ -634,7 +635,7 @@ impl ComposeExecutor {
         let Some((program, args)) = argv.split_first() else {
             return;
         };
-        let mut cmd = Command::new(program);
+        let mut cmd = crate::child_env::command(program);
         cmd.args(args).envs(self.docker_env());
         log::info!("Cleaning up docker resources");
         // A stop may have come: `down` must run anyway, so it is not
@@ -887,6 +888,8 @@ fn run_in_pty(
         pty_process::blocking::open().map_err(|e| format!("Failed to open a PTY: {e}"))?;
     let _ = pty.resize(pty_process::Size::new(24, 80));
     let mut child = pty_process::blocking::Command::new(program)
+        .env_clear()
+        .envs(crate::child_env::vars())
         .args(args)
         .current_dir(cwd)
         .envs(env.iter().map(|(k, v)| (k, v)))

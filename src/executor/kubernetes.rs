@@ -1,0 +1,603 @@
+//! The Kubernetes executor (`--kubernetes-executor`): each job in its own
+//! pod, its commands in a login bash reached with `kubectl exec`.
+//!
+//! Owns the job's objects in the cluster and their order, as in the Go
+//! agent: `prepare` creates the job's secret (the `.env` with the job's
+//! env vars and `--env-vars`, and every file), the image pull secret when
+//! the job has credentials, and the pod; `start` waits for the pod and
+//! opens `kubectl exec -it -n <ns> <pod> -c main -- bash --login` in a PTY
+//! with the host shell's marker protocol, every command typed inline
+//! (`Shell::start_inline`: bash in the pod cannot read our files). Bash
+//! runs as Go runs it, `--login` with readline on: the typed lines are
+//! short printable ASCII without tabs, so readline neither completes nor
+//! meets the terminal's line limit, and its echo of them comes before each
+//! command's start marker and is dropped; `--noediting` would leave the
+//! pod's terminal echoing instead, to the same effect, so the Go agent's
+//! command line is kept. Env
+//! export sources the mounted `.env` and file injection copies from the
+//! mount. `close` cancels a wait, ends the PTY and deletes the pod and the
+//! secrets, whatever happened before. It must not decide the job's result
+//! or the order of steps (the lifecycle does).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bash::{env_file_content, hook_command, PtyCommands, JOB_RESULT_COMMAND};
+use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
+use crate::request::{File, JobRequest};
+use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
+
+/// Directive of `prepare`.
+pub const PREPARE_DIRECTIVE: &str = "Creating Kubernetes resources for job...";
+/// Directive of `start`.
+pub const START_DIRECTIVE: &str = "Starting shell session...";
+
+/// How often the pod is looked at while it starts.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest a stop waits to be seen while the executor sleeps between
+/// polls.
+const CANCEL_TICK: Duration = Duration::from_millis(50);
+
+pub struct KubernetesExecutor {
+    request: JobRequest,
+    settings: Settings,
+    config: Arc<KubernetesConfig>,
+    stop: Stop,
+    /// Raised by a stop: ends the wait for the pod.
+    cancel: Arc<AtomicBool>,
+    client: Option<Client>,
+    pod_name: String,
+    /// What was created, in order (`resource`, name), deleted at `close`.
+    created: Vec<(&'static str, String)>,
+    /// The env vars written into the pod's `.env`; the first export of the
+    /// same vars sources that file instead of typing the values.
+    initial_env: Option<BTreeMap<String, Vec<u8>>>,
+    pty: PtyCommands,
+    injected_dir: String,
+}
+
+impl KubernetesExecutor {
+    pub fn new(
+        request: &JobRequest,
+        settings: &Settings,
+        config: &Arc<KubernetesConfig>,
+        stop: &Stop,
+    ) -> KubernetesExecutor {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        stop.on_stop(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        KubernetesExecutor {
+            request: request.clone(),
+            settings: settings.clone(),
+            config: Arc::clone(config),
+            stop: stop.clone(),
+            cancel,
+            client: None,
+            pod_name: format!("semaphore-job-{}", request.job_id),
+            created: Vec::new(),
+            initial_env: None,
+            pty: PtyCommands::default(),
+            injected_dir: injected_dir(),
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// The job's env vars and `--env-vars` (which win), as the lifecycle
+    /// will export them; names that are not shell identifiers or values
+    /// that are not base64 are left out here, as the lifecycle fails the
+    /// job on them before anything sources the file.
+    fn job_env(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut vars = BTreeMap::new();
+        for var in &self.request.env_vars {
+            if !is_identifier(&var.name) {
+                continue;
+            }
+            if let Ok(value) = var.decode_bytes() {
+                vars.insert(var.name.clone(), value);
+            }
+        }
+        for (name, value) in &self.settings.env_vars {
+            vars.insert(name.clone(), value.clone().into_bytes());
+        }
+        vars
+    }
+
+    /// Creates the secrets and the pod; the error is the job log's line.
+    fn create_resources(&mut self) -> Result<(), String> {
+        // The name goes into API paths: anything but a DNS name would be
+        // refused by the API at best, or address another object.
+        if !is_object_name(&format!("{}-image-pull-secret", self.pod_name)) {
+            return Err(format!(
+                "Failed to create pod: job id '{}' cannot be part of a Kubernetes object name",
+                self.request.job_id
+            ));
+        }
+        let client = Client::discover(&self.config.namespace)
+            .map_err(|e| format!("Failed to create the Kubernetes client: {e}"))?;
+        let decorator = match &self.config.pod_spec {
+            Some(name) => {
+                let config_map = client.get_config_map(name).map_err(|e| {
+                    format!("Failed to load pod spec: error finding configmap '{name}': {e}")
+                })?;
+                Decorator::from_config_map(name, &config_map)
+                    .map_err(|e| format!("Failed to load pod spec: {e}"))?
+            }
+            None => Decorator::default(),
+        };
+        let env_secret = format!("{}-secret", self.pod_name);
+        let pull_secret = format!("{}-image-pull-secret", self.pod_name);
+        let has_credentials = !self.request.compose.image_pull_credentials.is_empty();
+        let allowed: Vec<regex_lite::Regex> = self
+            .config
+            .allowed_images
+            .iter()
+            .filter_map(|r| regex_lite::Regex::new(r).ok())
+            .collect();
+        // The pod is built (and its images checked) before anything is
+        // created, so a refused job leaves nothing behind; the message is
+        // the one Go shows after its own attempt.
+        let pod = kubernetes::pod(
+            &self.pod_name,
+            &self.config.namespace,
+            &self.config.labels,
+            &decorator,
+            &self.request.compose.containers,
+            self.config.default_image.as_deref(),
+            &allowed,
+            &env_secret,
+            has_credentials.then_some(pull_secret.as_str()),
+            &self.injected_dir,
+        )
+        .map_err(|e| {
+            format!(
+                "Failed to create pod: error building pod spec: \
+                 error building containers for pod spec: {e}"
+            )
+        })?;
+        let docker_config = if has_credentials {
+            Some(
+                kubernetes::docker_config_json(&self.request.compose.image_pull_credentials)
+                    .map_err(|e| {
+                        format!(
+                            "Failed to create temporary image pull secret: error building image \
+                             pull secret spec for '{pull_secret}': {e}"
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
+        let vars = self.job_env();
+        let secret = kubernetes::env_secret(
+            &env_secret,
+            &self.config.namespace,
+            &self.config.labels,
+            &env_file_content(&vars),
+            &self.request.files,
+        )
+        .map_err(|e| format!("Failed to create environment secret: {e}"))?;
+        self.initial_env = Some(vars);
+        let client = self.client.insert(client);
+
+        let stopped = || "the job was stopped".to_string();
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(stopped());
+        }
+        // Recorded before the call: an answer lost to a timeout may still
+        // have created the object, and deleting one that is not there
+        // costs a 404.
+        self.created.push(("secrets", env_secret));
+        client
+            .create("secrets", &secret)
+            .map_err(|e| format!("Failed to create environment secret: {e}"))?;
+        if let Some(docker_config) = docker_config {
+            let secret = kubernetes::pull_secret(
+                &pull_secret,
+                &self.config.namespace,
+                &self.config.labels,
+                &docker_config,
+            );
+            self.created.push(("secrets", pull_secret));
+            client
+                .create("secrets", &secret)
+                .map_err(|e| format!("Failed to create temporary image pull secret: {e}"))?;
+        }
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(stopped());
+        }
+        self.created.push(("pods", self.pod_name.clone()));
+        client
+            .create("pods", &pod)
+            .map_err(|e| format!("Failed to create pod: {e}"))?;
+        Ok(())
+    }
+
+    /// Polls the pod until it is ready, logging why it is not yet; the
+    /// error is what the job log shows after "Failed to create pod: ".
+    fn wait_for_pod(&self, log: &mut JobLog<'_>) -> Result<(), String> {
+        let Some(client) = self.client.as_ref() else {
+            return Err("no Kubernetes client".to_string());
+        };
+        let timeout = self.config.pod_start_timeout;
+        let deadline = Instant::now() + timeout;
+        let interval = poll_interval();
+        let mut last;
+        loop {
+            if self.cancelled() {
+                return Err("the job was stopped".to_string());
+            }
+            match client.get_pod(&self.pod_name) {
+                Ok(pod) => match kubernetes::pod_progress(&pod) {
+                    PodProgress::Ready => return Ok(()),
+                    PodProgress::Failed(why) => return Err(why),
+                    PodProgress::Waiting(why) => {
+                        log.output(format!("{why}\n"));
+                        log::info!("{why}");
+                        last = why;
+                    }
+                },
+                // Access denied or the pod gone will not get better.
+                Err(e) if matches!(e.status(), Some(401 | 403 | 404)) => return Err(e.to_string()),
+                Err(e) => {
+                    let why = e.to_string();
+                    log.output(format!("{why}\n"));
+                    log::warn!("{why}");
+                    last = why;
+                }
+            }
+            let next = Instant::now() + interval;
+            if next > deadline {
+                return Err(format!(
+                    "pod '{}' was not ready within {}s - giving up: {last}",
+                    self.pod_name,
+                    timeout.as_secs()
+                ));
+            }
+            while Instant::now() < next {
+                if self.cancelled() {
+                    return Err("the job was stopped".to_string());
+                }
+                std::thread::sleep(CANCEL_TICK.min(next.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    /// Waits for the pod and opens the shell in it, logging each step;
+    /// `Err` is the reason for the agent log.
+    fn open_session(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        if let Err(why) = self.wait_for_pod(log) {
+            log::error!("Failed to create pod: {why}");
+            log.output(format!("Failed to create pod: {why}\n"));
+            return Err(format!("pod {} did not start: {why}", self.pod_name));
+        }
+        log.output("Pod is ready.\n");
+        log.output("Starting a new bash session in the pod...\n");
+        let launch = Launch {
+            argv: [
+                "kubectl",
+                "exec",
+                "-it",
+                "-n",
+                &self.config.namespace,
+                &self.pod_name,
+                "-c",
+                "main",
+                "--",
+                "bash",
+                "--login",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect(),
+            scratch_parent: self.settings.tmp_dir.clone(),
+            cd: None,
+        };
+        let options = ShellOptions {
+            home: self.settings.home.clone(),
+            env: Vec::new(),
+        };
+        match Shell::start_inline(&options, &launch) {
+            Ok(shell) => self.pty.attach(shell, &self.stop),
+            Err(err) => {
+                log::error!("Failed to start shell: {err}");
+                log.output("Failed to start shell in kubernetes container\n");
+                log.output(format!("{err}\n"));
+                return Err(format!("kubectl exec into {} failed: {err}", self.pod_name));
+            }
+        }
+        log.output("Shell session is ready.\n");
+        for (command, label, what) in [
+            ("whoami", "User", "user"),
+            ("id", "User identity", "user identity"),
+            ("pwd", "Working directory", "working directory"),
+        ] {
+            let (output, outcome) = self.pty.output_of(command);
+            if !outcome.passed() {
+                log.output(format!("Failed to determine {what}\n"));
+                log.output(format!("exit code {} - {output}\n", outcome.code()));
+                return Err(format!("'{command}' failed in pod {}", self.pod_name));
+            }
+            let line = format!("{label}: {}", with_newline(&output));
+            log::info!("{}", line.trim_end());
+            log.output(line);
+        }
+        Ok(())
+    }
+
+    /// Moves one job file from the mount to its place; the error is the
+    /// step's exit code and line.
+    fn inject_file(&mut self, file: &File) -> Result<(), (i32, String)> {
+        let dest = if file.path.starts_with('/') || file.path.starts_with('~') {
+            file.path.clone()
+        } else {
+            format!("~/{}", file.path)
+        };
+        let parent = match dest.rfind('/') {
+            Some(0) => "/".to_string(),
+            Some(at) => dest[..at].to_string(),
+            None => dest.clone(),
+        };
+        let fail = |outcome: Outcome, message: String| (outcome.code().max(1), message);
+        let (output, outcome) = self
+            .pty
+            .output_of(&format!("mkdir -p {}", bash_path(&parent)));
+        if !outcome.passed() {
+            return Err(fail(
+                outcome,
+                format!(
+                    "Error injecting file {dest}: failed to created parent directory {parent}: {output}"
+                ),
+            ));
+        }
+        let source = format!("{}/{}", self.injected_dir, kubernetes::file_key(&file.path));
+        let (output, outcome) =
+            self.pty
+                .output_of(&format!("cp {} {}", shell_quote(&source), bash_path(&dest)));
+        if !outcome.passed() {
+            return Err(fail(
+                outcome,
+                format!("Error injecting file {dest}: {output}"),
+            ));
+        }
+        let mode = file.parse_mode().map_err(|e| {
+            (
+                1,
+                format!(
+                    "Error injecting file {dest}: error setting file mode {}: {e}",
+                    file.mode
+                ),
+            )
+        })?;
+        let (output, outcome) = self
+            .pty
+            .output_of(&format!("chmod {mode:o} {}", bash_path(&dest)));
+        if !outcome.passed() {
+            return Err(fail(
+                outcome,
+                format!(
+                    "Error injecting file {dest}: error setting file mode {}: {output}",
+                    file.mode
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes what `prepare` created, the pod first (as Go does); errors
+    /// are logged, as there is nobody left to tell.
+    fn delete_resources(&mut self) {
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        let mut created = std::mem::take(&mut self.created);
+        // The pod, then the secrets in the order they were made.
+        created.sort_by_key(|(resource, _)| *resource != "pods");
+        for (resource, name) in created {
+            match client.delete(resource, &name) {
+                Ok(()) => log::info!("Deleted {resource}/{name}"),
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => log::error!("Error deleting {resource} '{name}': {e}"),
+            }
+        }
+    }
+}
+
+impl Executor for KubernetesExecutor {
+    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        let started_at = log.started(PREPARE_DIRECTIVE);
+        let result = self.create_resources();
+        if let Err(message) = &result {
+            log::error!("{message}");
+            log.output(format!("{message}\n"));
+        }
+        log.finished(PREPARE_DIRECTIVE, i32::from(result.is_err()), started_at);
+        result
+    }
+
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        let started_at = log.started(START_DIRECTIVE);
+        let result = self.open_session(log);
+        log.finished(START_DIRECTIVE, i32::from(result.is_err()), started_at);
+        result
+    }
+
+    /// The first export of the job's own vars sources the `.env` mounted
+    /// from the job's secret, so the values never cross the PTY; later
+    /// ones (`SEMAPHORE_JOB_RESULT`) are typed as `export` lines.
+    fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
+        if self.initial_env.take().as_ref() == Some(vars) {
+            let command = format!("source {}/{}", self.injected_dir, kubernetes::ENV_KEY);
+            return self.pty.run(&command, log, false);
+        }
+        let content = env_file_content(vars);
+        let command = String::from_utf8_lossy(&content);
+        self.pty.run(&command, log, false)
+    }
+
+    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
+        for file in files {
+            log.output(format!(
+                "Injecting {} with file mode {}\n",
+                file.path, file.mode
+            ));
+            if let Err((code, message)) = self.inject_file(file) {
+                log::error!("{message}");
+                log.output(format!("{message}\n"));
+                return code;
+            }
+        }
+        0
+    }
+
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+        self.pty.run(command, log, logged)
+    }
+
+    fn hook_command(&self, path: &Path, hook: Hook) -> String {
+        hook_command(path, hook)
+    }
+
+    fn job_result(&mut self) -> String {
+        self.pty.capture(JOB_RESULT_COMMAND)
+    }
+
+    fn close(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.pty.close();
+        self.delete_resources();
+    }
+}
+
+impl Drop for KubernetesExecutor {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn with_newline(text: &str) -> String {
+    if text.ends_with('\n') {
+        text.to_string()
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// A job file path for bash: a leading `~` or `~/` stays unquoted so bash
+/// expands it to the pod user's home; the rest is quoted.
+fn bash_path(path: &str) -> String {
+    if path == "~" {
+        return "~".to_string();
+    }
+    match path.strip_prefix("~/") {
+        Some("") => "~/".to_string(),
+        Some(rest) => format!("~/{}", shell_quote(rest)),
+        None => shell_quote(path),
+    }
+}
+
+/// A DNS subdomain as Kubernetes names objects: at most 253 lower-case
+/// letters, digits, `-` and `.`, starting and ending with an alphanumeric.
+fn is_object_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.len() <= 253
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Where the job's secret is mounted in the main container; debug builds
+/// let tests move it (`SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR`), as
+/// their stand-in "pod" is a local bash that cannot have `/tmp/injected`.
+fn injected_dir() -> String {
+    #[cfg(debug_assertions)]
+    if let Ok(dir) = std::env::var("SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR") {
+        return dir;
+    }
+    kubernetes::INJECTED_DIR.to_string()
+}
+
+/// The time between looks at a starting pod; debug builds let tests
+/// shorten it (`SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS`).
+fn poll_interval() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    POLL_INTERVAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_paths_keep_the_tilde_unquoted() {
+        assert_eq!(bash_path("~/a b/c"), "~/'a b/c'");
+        assert_eq!(bash_path("~"), "~");
+        assert_eq!(bash_path("/etc/x y"), "'/etc/x y'");
+    }
+
+    #[test]
+    fn job_ids_must_make_object_names() {
+        assert!(is_object_name(
+            "semaphore-job-4e1a0c9e-0000-4000-8000-000000000000-secret"
+        ));
+        for bad in [
+            "semaphore-job-x/exec",
+            "semaphore-job-X",
+            "semaphore-job-",
+            "a b",
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+        let config = Arc::new(KubernetesConfig::default());
+        let request = JobRequest {
+            job_id: "../../secrets/x".into(),
+            ..JobRequest::default()
+        };
+        let stop = Stop::new();
+        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let err = executor.create_resources().unwrap_err();
+        assert!(err.contains("'../../secrets/x'"), "{err}");
+        assert!(executor.client.is_none());
+    }
+
+    #[test]
+    fn a_stop_before_prepare_creates_nothing() {
+        let stop = Stop::new();
+        let config = Arc::new(KubernetesConfig::default());
+        let request = JobRequest {
+            job_id: "j".into(),
+            ..JobRequest::default()
+        };
+        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        stop.stop();
+        assert!(executor.cancelled());
+        let mut events = Vec::new();
+        let mut log = JobLog::new(&mut events);
+        assert!(executor.wait_for_pod(&mut log).is_err());
+        assert!(executor.created.is_empty());
+        executor.close();
+    }
+}

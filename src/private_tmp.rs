@@ -1,0 +1,200 @@
+//! The agent's private temp directory and how the agent creates files.
+//!
+//! Owns the one directory (mode 0700, random name, owned by the agent's
+//! user) under the system temp dir where the agent keeps command files,
+//! spools and hook output, and [`create_private`], the only way the agent
+//! creates a file of its own: create-exclusive, no-follow, final mode at
+//! open. If a job deletes the directory, or it no longer looks like ours
+//! (another owner, a symlink, group or other access), a new one with a new
+//! random name is made; a path someone else made is never reused. Must not
+//! decide what goes in the files, nor remove files it did not make.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A private directory under `parent`, re-made when it stops being ours.
+pub struct PrivateDir {
+    parent: PathBuf,
+    current: Option<PathBuf>,
+}
+
+impl PrivateDir {
+    pub const fn new(parent: PathBuf) -> PrivateDir {
+        PrivateDir {
+            parent,
+            current: None,
+        }
+    }
+
+    /// The directory, checked on every call: made anew (with a new random
+    /// name) when it is gone or not private to the agent's user any more.
+    pub fn path(&mut self) -> io::Result<PathBuf> {
+        if let Some(dir) = &self.current {
+            if is_private_dir(dir) {
+                return Ok(dir.clone());
+            }
+            if dir.exists() {
+                log::warn!(
+                    "The agent's temp directory {} is no longer private; using a new one",
+                    dir.display()
+                );
+            }
+        }
+        let dir = make_private_dir(&self.parent)?;
+        self.current = Some(dir.clone());
+        Ok(dir)
+    }
+}
+
+/// The process-wide private directory under the system temp dir.
+static AGENT_DIR: Mutex<Option<PrivateDir>> = Mutex::new(None);
+
+/// The agent's private temp directory (see the module comment).
+pub fn dir() -> io::Result<PathBuf> {
+    let mut guard = AGENT_DIR
+        .lock()
+        .map_err(|_| io::Error::other("the temp directory lock is poisoned"))?;
+    guard
+        .get_or_insert_with(|| PrivateDir::new(std::env::temp_dir()))
+        .path()
+}
+
+/// Whether `dir` is a real directory (not a symlink), owned by the agent's
+/// user, with no access for group or others.
+pub fn is_private_dir(dir: &Path) -> bool {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta.is_dir() && meta.uid() == euid() && meta.mode() & 0o077 == 0,
+        Err(_) => false,
+    }
+}
+
+/// `parent/semaphore-agent-<random>`, 0700. `mkdir` fails if the name
+/// exists, so a directory (or link) planted there is never used.
+fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
+    let mut last = None;
+    for _ in 0..8 {
+        let dir = parent.join(format!("semaphore-agent-{:016x}", crate::random::u64()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                // The umask can only take bits away; make sure of 0700.
+                std::fs::set_permissions(
+                    &dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free name")))
+}
+
+/// Creates `path` for writing: it must not exist (no file, no symlink),
+/// and it gets `mode` at creation, so it is never readable by others, not
+/// even for a moment. Fails with `AlreadyExists` for anything planted.
+pub fn create_private(path: &Path, mode: u32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // The umask may have taken bits away; the mode asked for is exact.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(file)
+}
+
+/// The agent's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_dir_is_private_and_remade_when_deleted_or_opened_up() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut private = PrivateDir::new(parent.path().to_path_buf());
+        let first = private.path().unwrap();
+        assert_eq!(mode(&first), 0o700);
+        assert_eq!(private.path().unwrap(), first, "kept while private");
+
+        std::fs::remove_dir_all(&first).unwrap();
+        let second = private.path().unwrap();
+        assert_ne!(second, first, "a deleted dir gets a new name");
+        assert_eq!(mode(&second), 0o700);
+
+        std::fs::set_permissions(&second, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let third = private.path().unwrap();
+        assert_ne!(third, second, "an opened-up dir is not used again");
+        assert_eq!(mode(&third), 0o700);
+
+        // A symlink planted at the remembered name is not followed.
+        std::fs::remove_dir_all(&third).unwrap();
+        let elsewhere = parent.path().join("elsewhere");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&elsewhere)
+            .unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &third).unwrap();
+        let fourth = private.path().unwrap();
+        assert_ne!(fourth, third);
+        assert!(is_private_dir(&fourth));
+    }
+
+    #[test]
+    fn a_dir_made_by_another_user_is_never_used() {
+        if euid() != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root"
+            );
+            println!("skipped: changing a directory's owner needs root");
+            return;
+        }
+        let parent = tempfile::tempdir().unwrap();
+        let mut private = PrivateDir::new(parent.path().to_path_buf());
+        let first = private.path().unwrap();
+        std::fs::remove_dir(&first).unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&first)
+            .unwrap();
+        std::os::unix::fs::chown(&first, Some(65534), Some(65534)).unwrap();
+        let second = private.path().unwrap();
+        assert_ne!(second, first, "someone else's dir was reused");
+    }
+
+    #[test]
+    fn files_are_created_exclusively_with_their_mode_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(create_private(&dir.path().join("a"), 0o600).unwrap());
+        assert_eq!(mode(&dir.path().join("a")), 0o600);
+
+        assert!(
+            create_private(&dir.path().join("a"), 0o600).is_err(),
+            "reused"
+        );
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("link")).unwrap();
+        assert!(create_private(&dir.path().join("link"), 0o600).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    }
+}
