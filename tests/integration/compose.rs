@@ -1058,7 +1058,9 @@ fn a_host_job_ending_leaves_container_processes_on_their_own_terminals_alone() {
     struct Remove(String);
     impl Drop for Remove {
         fn drop(&mut self) {
-            let _ = Command::new("docker").args(["rm", "-f", "-v", &self.0]).output();
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v", &self.0])
+                .output();
         }
     }
     let _remove = Remove(name.clone());
