@@ -128,6 +128,8 @@ fn run_local(args: &RunArgs) -> Result<(), Failure> {
             fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
             post_job_hook_path: run.post_job_hook_path,
             kubernetes: None,
+            files: Vec::new(),
+            fail_on_missing_files: false,
         },
     })
     .map_err(Failure::Local)?;

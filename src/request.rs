@@ -57,6 +57,9 @@ pub struct Compose {
     pub containers: Vec<Container>,
     #[serde(deserialize_with = "nullable")]
     pub image_pull_credentials: Vec<ImagePullCredentials>,
+    /// Run on the host, with `bash -c`, before anything else.
+    #[serde(deserialize_with = "nullable")]
+    pub host_setup_commands: Vec<Command>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -346,6 +349,28 @@ mod tests {
             JobRequest::from_json(r#"{"logger":null,"env_vars":[{"name":"A","value":null}]}"#)
                 .unwrap();
         assert_eq!(job.env_vars[0].decode().unwrap(), "");
+    }
+
+    #[test]
+    fn compose_section_tolerates_nulls_and_missing_fields() {
+        let job = JobRequest::from_json(
+            r#"{"executor":"dockercompose","compose":{"containers":[
+                 {"name":"main","image":"img","command":null,"env_vars":[{"name":"A","value":"aGk="}]},
+                 {"name":"db","image":"pg","user":"postgres","entrypoint":null,"env_vars":null}],
+               "image_pull_credentials":[{"env_vars":null,"files":null}],
+               "host_setup_commands":null}}"#,
+        )
+        .unwrap();
+        let compose = &job.compose;
+        assert_eq!(compose.containers.len(), 2);
+        assert_eq!(compose.containers[0].command, "");
+        assert_eq!(compose.containers[0].env_vars[0].decode().unwrap(), "hi");
+        assert_eq!(compose.containers[1].user, "postgres");
+        assert!(compose.containers[1].env_vars.is_empty());
+        assert!(compose.image_pull_credentials[0].files.is_empty());
+        assert!(compose.host_setup_commands.is_empty());
+        let job = JobRequest::from_json(r#"{"compose":{"containers":null}}"#).unwrap();
+        assert!(job.compose.containers.is_empty());
     }
 
     #[test]

@@ -16,10 +16,12 @@
 
 #[cfg(unix)]
 mod bash;
-// Compiled everywhere so its pure parts (script text, dump, paths) are
-// tested on Linux; only Windows creates one.
+#[cfg(unix)]
+mod compose;
 #[cfg(unix)]
 mod kubernetes;
+// Compiled everywhere so its pure parts (script text, dump, paths) are
+// tested on Linux; only Windows creates one.
 #[cfg_attr(not(windows), allow(dead_code))]
 mod powershell;
 #[cfg(windows)]
@@ -92,6 +94,12 @@ pub struct Settings {
     pub home: PathBuf,
     /// Where executors put their scratch files (command and env files).
     pub tmp_dir: PathBuf,
+    /// The agent's `--files` (`host:dest`), mounted into a compose job's
+    /// main container.
+    pub files: Vec<String>,
+    /// `--fail-on-missing-files`: a missing `--files` host path fails the
+    /// job instead of being skipped with a warning.
+    pub fail_on_missing_files: bool,
     /// The agent's `--env-vars`, which win over the job's (the Kubernetes
     /// executor puts them into the pod's env file before the job starts).
     pub env_vars: Vec<(String, String)>,
@@ -285,9 +293,13 @@ pub fn create(
         "shell" => Ok(Box::new(PowerShellExecutor::new(settings, stop))),
         #[cfg(windows)]
         "dockercompose" => Err("docker-compose executor is not supported in Windows\n".into()),
+        #[cfg(unix)]
+        "dockercompose" => compose::ComposeExecutor::new(request, settings, stop)
+            .map(|e| Box::new(e) as Box<dyn Executor>)
+            .map_err(|e| format!("{e}\n")),
         other => Err(format!(
-            "Executor '{other}' is not supported by this agent: only 'shell' is \
-             (docker compose jobs are not supported yet)\n"
+            "Executor '{other}' is not supported by this agent: only 'shell' and \
+             'dockercompose' are\n"
         )),
     }
 }

@@ -48,6 +48,9 @@ pub struct JobOptions {
     pub source_pre_job_hook: bool,
     pub fail_on_pre_job_hook_error: bool,
     pub post_job_hook_path: Option<PathBuf>,
+    /// The agent's `--files` (`host:dest`), for compose jobs.
+    pub files: Vec<String>,
+    pub fail_on_missing_files: bool,
     /// `--kubernetes-executor` and its settings.
     pub kubernetes: Option<std::sync::Arc<crate::kubernetes::KubernetesConfig>>,
 }
@@ -66,6 +69,8 @@ impl std::fmt::Debug for JobOptions {
                 &self.fail_on_pre_job_hook_error,
             )
             .field("post_job_hook_path", &self.post_job_hook_path)
+            .field("files", &self.files)
+            .field("fail_on_missing_files", &self.fail_on_missing_files)
             .finish()
     }
 }
@@ -75,6 +80,8 @@ impl JobOptions {
         Settings {
             home: self.home.clone(),
             tmp_dir: self.tmp_dir.clone(),
+            files: self.files.clone(),
+            fail_on_missing_files: self.fail_on_missing_files,
             env_vars: self.env_vars.clone(),
             kubernetes: self.kubernetes.clone(),
         }
@@ -482,7 +489,7 @@ mod tests {
     #[test]
     fn unsupported_executor_fails_the_job_with_a_reason() {
         let request = JobRequest {
-            executor: "dockercompose".into(),
+            executor: "firecracker".into(),
             ..JobRequest::default()
         };
         let mut events: Vec<Event> = Vec::new();
@@ -500,7 +507,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(text.contains("'dockercompose' is not supported"), "{text}");
+        assert!(text.contains("'firecracker' is not supported"), "{text}");
         assert!(matches!(
             events.last(),
             Some(Event::JobFinished {

@@ -465,6 +465,8 @@ impl Listener {
                 source_pre_job_hook: self.config.source_pre_job_hook,
                 fail_on_pre_job_hook_error: self.config.fail_on_pre_job_hook_error,
                 post_job_hook_path: self.config.post_job_hook_path.clone(),
+                files: self.config.files.clone(),
+                fail_on_missing_files: self.config.fail_on_missing_files,
                 kubernetes: self.config.kubernetes.clone().map(std::sync::Arc::new),
             },
             stop: stop.clone(),

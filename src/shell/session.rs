@@ -83,12 +83,23 @@ pub(crate) fn snapshot(tty: Option<&Path>) -> Vec<ProcInfo> {
 }
 
 /// Whether the process whose `/proc` directory is `proc_dir` has `file` open.
+/// The path alone is not enough: a process in a container sees its own
+/// devpts, where `/dev/pts/0` is another terminal than the host's
+/// `/dev/pts/0` (a compose job's container, or any `docker run -t`), so
+/// the file system and device numbers must match too.
 fn holds(proc_dir: &Path, file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else {
         return false;
     };
-    fds.flatten()
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file))
+    let Ok(wanted) = std::fs::metadata(file) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| target == file)
+            && std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.dev() == wanted.dev() && m.rdev() == wanted.rdev())
+    })
 }
 
 /// The live processes of the job led by `leader`, from a snapshot.

@@ -24,6 +24,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod compose;
 mod control_plane;
 mod hostile_input;
 mod https;

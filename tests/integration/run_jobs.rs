@@ -629,7 +629,7 @@ fn failing_pre_job_hook_can_fail_the_job() {
 
 #[test]
 fn unsupported_executor_fails_with_a_reason() {
-    let run = run_job(json!({ "executor": "dockercompose", "commands": commands(&["echo x"]) }));
+    let run = run_job(json!({ "executor": "firecracker", "commands": commands(&["echo x"]) }));
     let text: String = run
         .steps
         .iter()
@@ -638,7 +638,7 @@ fn unsupported_executor_fails_with_a_reason() {
             _ => None,
         })
         .collect();
-    assert!(text.contains("'dockercompose' is not supported"), "{text}");
+    assert!(text.contains("'firecracker' is not supported"), "{text}");
     assert_eq!(run.steps.last(), Some(&job("failed")));
     assert_eq!(run.status, 1);
 }

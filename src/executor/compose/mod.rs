@@ -1,0 +1,1051 @@
+//! The `dockercompose` executor (Unix): the job's bash runs in the main
+//! container of a compose project, reached through `compose run ... bash`
+//! in a PTY with the same marker protocol as the host shell.
+//!
+//! Owns everything of one compose job on the host: a private (0700) job
+//! directory under the agent's temp dir holding the compose file, the
+//! docker client config of its registry logins and a `shared` directory
+//! mounted read-only into the main container at the same path (command
+//! files, the `.env` file, files being injected); the compose project
+//! (named per job, so several agents on one host never share a file,
+//! project or container name); the host setup commands, the logins, the
+//! pull, and `compose down` at the end. It must not decide the order of
+//! the job's steps or its result, and never logs a credential: logins run
+//! with only their credential's variables and only Go's command lines are
+//! shown.
+
+mod credentials;
+mod file;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bash::{env_file_content, hook_command, PtyCommands, JOB_RESULT_COMMAND};
+use super::{Executor, Hook, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
+use crate::request::{Command as JobCommand, Container, File, ImagePullCredentials, JobRequest};
+use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
+use file::Mount;
+
+use credentials::{CredentialError, Strategy};
+pub use file::ComposeFileError;
+
+const CREDENTIALS_DIRECTIVE: &str = "Setting up image pull credentials";
+const PULL_DIRECTIVE: &str = "Pulling docker images...";
+const START_DIRECTIVE: &str = "Starting the docker image...";
+const HOST_SETUP_DIRECTIVE: &str = "Running the host setup commands";
+
+/// The longest a host setup command, a login or the pull may run.
+const HOST_COMMAND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest `compose version` and `compose down` may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Seconds `compose down` gives a container's processes before killing
+/// them: the job is over, nothing in it needs a graceful end.
+const DOWN_GRACE_SECONDS: &str = "2";
+/// How often a waiting host command is checked for its exit.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Why a compose executor could not be built for a request.
+#[derive(Debug)]
+pub enum ComposeError {
+    File(ComposeFileError),
+}
+
+impl std::fmt::Display for ComposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComposeError::File(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for ComposeError {}
+
+/// `docker compose` (v2 plugin) or `docker-compose` (v1), as Go picks it.
+#[derive(Debug, Clone)]
+struct Tool {
+    program: &'static str,
+    prefix: Vec<&'static str>,
+}
+
+/// The pid (also process group) of the host process the job waits for,
+/// 0 when none; a stop kills its group.
+#[derive(Clone, Default)]
+struct Running(Arc<AtomicI32>);
+
+impl Running {
+    fn kill(&self) {
+        let pid = self.0.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) with a negative pid signals a process group
+            // we created (the child is its leader); it touches no memory.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+pub struct ComposeExecutor {
+    settings: Settings,
+    stop: Stop,
+    running: Running,
+    containers: Vec<Container>,
+    credentials: Vec<ImagePullCredentials>,
+    host_setup: Vec<JobCommand>,
+    /// The compose project and the prefix of its container names.
+    project: String,
+    /// The private job directory, once made.
+    dir: Option<PathBuf>,
+    tool: Option<Tool>,
+    /// Whether compose may have created anything (`down` is needed).
+    compose_used: bool,
+    /// Whether registry logins wrote a docker config of the job's own.
+    docker_config: Option<PathBuf>,
+    pty: PtyCommands,
+    /// Every variable exported so far (the `.env` file holds them all).
+    exported: BTreeMap<String, Vec<u8>>,
+}
+
+impl ComposeExecutor {
+    pub fn new(
+        request: &JobRequest,
+        settings: &Settings,
+        stop: &Stop,
+    ) -> Result<ComposeExecutor, ComposeError> {
+        // Checked now, so a bad request fails before anything runs.
+        file::render(&request.compose.containers, &[]).map_err(ComposeError::File)?;
+        let running = Running::default();
+        let killer = running.clone();
+        stop.on_stop(Box::new(move || killer.kill()));
+        let mut random = [0u8; 6];
+        crate::random::fill(&mut random);
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(ComposeExecutor {
+            settings: settings.clone(),
+            stop: stop.clone(),
+            running,
+            containers: request.compose.containers.clone(),
+            credentials: request.compose.image_pull_credentials.clone(),
+            host_setup: request.compose.host_setup_commands.clone(),
+            project: format!("semaphore-{}-{hex}", std::process::id()),
+            dir: None,
+            tool: None,
+            compose_used: false,
+            docker_config: None,
+            pty: PtyCommands::default(),
+            exported: BTreeMap::new(),
+        })
+    }
+
+    fn main_name(&self) -> &str {
+        self.containers.first().map_or("main", |c| c.name.as_str())
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_default()
+    }
+
+    fn shared(&self) -> PathBuf {
+        self.dir().join("shared")
+    }
+
+    fn compose_file(&self) -> PathBuf {
+        self.dir().join("docker-compose.yml")
+    }
+
+    /// The compose command with the project and file, then `args`.
+    fn compose_argv(&self, ansi: bool, args: &[OsString]) -> Vec<OsString> {
+        let tool = self.tool.clone().unwrap_or(Tool {
+            program: "docker-compose",
+            prefix: Vec::new(),
+        });
+        let mut argv: Vec<OsString> = vec![tool.program.into()];
+        argv.extend(tool.prefix.iter().map(OsString::from));
+        if ansi {
+            argv.extend(["--ansi".into(), "never".into()]);
+        }
+        argv.extend([
+            "-p".into(),
+            self.project.clone().into(),
+            "-f".into(),
+            self.compose_file().into(),
+        ]);
+        argv.extend(args.iter().cloned());
+        argv
+    }
+
+    /// Environment every compose and docker command of the job gets on top
+    /// of the agent's: the job's own docker config after a login.
+    fn docker_env(&self) -> Vec<(String, String)> {
+        match &self.docker_config {
+            Some(dir) => vec![("DOCKER_CONFIG".into(), dir.display().to_string())],
+            None => Vec::new(),
+        }
+    }
+
+    fn make_dirs(&mut self) -> Result<(), String> {
+        let dir = self
+            .settings
+            .tmp_dir
+            .join(format!("semaphore-compose-{}", self.project));
+        let shared = dir.join("shared");
+        let made = std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&shared));
+        self.dir = Some(dir.clone());
+        made.map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))
+    }
+
+    /// Host setup commands with `bash -c`; output to the agent log.
+    fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        let commands = self.host_setup.clone();
+        for command in &commands {
+            log::info!("Executing host setup command: {}", command.directive);
+            let mut cmd = crate::child_env::command("bash");
+            cmd.arg("-c").arg(&command.directive);
+            match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
+                Ok((true, output)) => log::info!("Host setup command output: {output}"),
+                Ok((false, output)) => {
+                    log::error!(
+                        "Host setup command '{}' failed: {output}",
+                        command.directive
+                    );
+                    let message = format!("Host setup command failed: {}\n", command.directive);
+                    log.failed_step(HOST_SETUP_DIRECTIVE, &message);
+                    return Err(message.trim_end().to_string());
+                }
+                Err(e) => {
+                    log.failed_step(HOST_SETUP_DIRECTIVE, &format!("{e}\n"));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` (made with `child_env::command`, or with an environment of
+    /// its own) in its own process group, its stdout and stderr into one
+    /// private file, bounded by `timeout` and killed by a stop. Returns
+    /// whether it succeeded and what it printed.
+    fn run_host(&self, mut cmd: Command, timeout: Duration) -> Result<(bool, String), String> {
+        let program = format!("{:?}", cmd.get_program());
+        let out_path = self
+            .dir()
+            .join(format!("host-output-{}", crate::unix_nanos()));
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&out_path)
+            .map_err(|e| format!("Failed to create {}: {e}", out_path.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("Failed to create {}: {e}", out_path.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .current_dir(&self.settings.home)
+            .process_group(0);
+        let result = (|| {
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("Failed to run {program}: {e}"))?;
+            self.running
+                .0
+                .store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
+            if self.stop.is_stopped() {
+                self.running.kill();
+            }
+            let deadline = Instant::now() + timeout;
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() >= deadline => {
+                        self.running.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                    Ok(None) => std::thread::sleep(POLL),
+                    Err(e) => {
+                        self.running.kill();
+                        let _ = child.wait();
+                        return Err(format!("Failed to wait for {program}: {e}"));
+                    }
+                }
+            };
+            self.running.0.store(0, Ordering::SeqCst);
+            let mut text = String::new();
+            if let Ok(mut f) = std::fs::File::open(&out_path) {
+                let mut bytes = Vec::new();
+                let _ = f.read_to_end(&mut bytes);
+                text = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            match status {
+                Some(status) => Ok((status.success(), text)),
+                None => Err(format!(
+                    "{program} did not finish within {}s",
+                    timeout.as_secs()
+                )),
+            }
+        })();
+        let _ = std::fs::remove_file(&out_path);
+        result
+    }
+
+    /// `docker compose version`, else `docker-compose --version`; a
+    /// version starting with `v` means the plugin.
+    fn detect_tool(&mut self) -> Result<String, String> {
+        let plugin = {
+            let mut cmd = crate::child_env::command("docker");
+            cmd.args(["compose", "version"]);
+            self.run_host(cmd, TOOL_TIMEOUT)
+        };
+        let version = match plugin {
+            Ok((true, out)) => parse_version(&out, "Docker Compose version ", None),
+            _ => None,
+        };
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let mut cmd = crate::child_env::command("docker-compose");
+                cmd.arg("--version");
+                match self.run_host(cmd, TOOL_TIMEOUT) {
+                    Ok((true, out)) => parse_version(&out, "docker-compose version ", Some(','))
+                        .ok_or_else(|| {
+                            format!(
+                                "cannot read the docker-compose version from '{}'",
+                                out.trim()
+                            )
+                        })?,
+                    Ok((false, out)) => {
+                        return Err(format!("docker-compose --version failed: {}", out.trim()))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.tool = Some(if version.starts_with('v') {
+            Tool {
+                program: "docker",
+                prefix: vec!["compose"],
+            }
+        } else {
+            Tool {
+                program: "docker-compose",
+                prefix: Vec::new(),
+            }
+        });
+        Ok(version)
+    }
+
+    /// The agent's `--files` whose host path exists; a missing one is a
+    /// warning, or an error with `--fail-on-missing-files`.
+    fn mounts(&self) -> Result<Vec<Mount>, String> {
+        let mut mounts = Vec::new();
+        for entry in &self.settings.files {
+            let Some((host, dest)) = entry.split_once(':') else {
+                return Err(format!(
+                    "'files' entry '{entry}' is not host-path:destination"
+                ));
+            };
+            match std::fs::metadata(host) {
+                Ok(_) => mounts.push(Mount {
+                    host: host.to_string(),
+                    dest: dest.to_string(),
+                }),
+                Err(e) if self.settings.fail_on_missing_files => {
+                    return Err(format!("Error injecting file {host}: {e}"));
+                }
+                Err(e) => log::warn!("Error injecting file {host} - ignoring it: {e}"),
+            }
+        }
+        Ok(mounts)
+    }
+
+    fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), String> {
+        let text = file::render(&self.containers, mounts).map_err(|e| e.to_string())?;
+        let path = self.compose_file();
+        write_private(&path, text.as_bytes())
+            .map_err(|e| format!("Error writing the compose file {}: {e}", path.display()))
+    }
+
+    /// "Setting up image pull credentials": one login per credential, in a
+    /// docker config of the job's own.
+    fn log_in(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        if self.credentials.is_empty() {
+            return Ok(());
+        }
+        let started_at = log.started(CREDENTIALS_DIRECTIVE);
+        let config = self.dir().join("docker-config");
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&config) {
+            log.output(format!("Failed to create {}: {e}\n", config.display()));
+            log.finished(CREDENTIALS_DIRECTIVE, 1, started_at);
+            return Err("Failed to set up image pull credentials".into());
+        }
+        self.docker_config = Some(config.clone());
+        let mut exit_code = 0;
+        for credential in self.credentials.clone() {
+            if !self.log_in_once(&credential, &config, log) {
+                exit_code = 1;
+                break;
+            }
+        }
+        log.finished(CREDENTIALS_DIRECTIVE, exit_code, started_at);
+        if exit_code == 0 {
+            Ok(())
+        } else {
+            Err("Failed to set up image pull credentials".into())
+        }
+    }
+
+    fn log_in_once(
+        &self,
+        credential: &ImagePullCredentials,
+        config: &Path,
+        log: &mut JobLog<'_>,
+    ) -> bool {
+        let strategy = match credentials::strategy(credential) {
+            Ok(s) => s,
+            Err(e) => {
+                log.output(format!("Failed to resolve docker login strategy: {e}\n"));
+                return false;
+            }
+        };
+        log.output(strategy.banner());
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+        let vars = match credentials::env_vars(credential) {
+            Ok(vars) => vars,
+            Err(CredentialError::BadValue { name }) => {
+                log.output(format!("Failed to decode {name}\n"));
+                return false;
+            }
+            Err(e) => {
+                log.output(format!("{e}\n"));
+                return false;
+            }
+        };
+        let mut key_files = Vec::new();
+        if strategy == Strategy::Gcr {
+            for f in &credential.files {
+                match self.write_host_file(f) {
+                    Ok(path) => key_files.push(path),
+                    Err(message) => {
+                        log.output(format!("{message}\n"));
+                        remove_all(&key_files);
+                        return false;
+                    }
+                }
+            }
+        }
+        let line = match credentials::login_command(credential, strategy, &path) {
+            Ok(line) => line,
+            Err(e) => {
+                log.output(format!("Failed to determine docker login command: {e}\n"));
+                remove_all(&key_files);
+                return false;
+            }
+        };
+        log.output(format!("{line}\n"));
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(&line)
+            .env_clear()
+            .env("PATH", &path)
+            .env("DOCKER_CONFIG", config)
+            .envs(vars.iter().map(|(k, v)| (k, v)));
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", host);
+        }
+        let result = self.run_host(cmd, HOST_COMMAND_TIMEOUT);
+        remove_all(&key_files);
+        match result {
+            Ok((ok, output)) => {
+                for out_line in output.lines() {
+                    log.output(format!("{out_line}\n"));
+                }
+                ok
+            }
+            Err(e) => {
+                log.output(format!("{e}\n"));
+                false
+            }
+        }
+    }
+
+    /// A credential file (the GCR key) at its path on the host, for the
+    /// login to read; removed right after the login.
+    fn write_host_file(&self, f: &File) -> Result<PathBuf, String> {
+        let content = f
+            .decode()
+            .map_err(|_| "Failed to decode the content of the file.".to_string())?;
+        let dest = super::bash::normalize_path(&f.path, &self.settings.home);
+        if let Some(parent) = dest.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| {
+                    format!("Failed to create destination path {}: {e}", dest.display())
+                })?;
+        }
+        write_private(&dest, &content)
+            .map_err(|e| format!("Failed to write {}: {e}", dest.display()))?;
+        Ok(dest)
+    }
+
+    /// "Pulling docker images...": `compose run --rm <main> true` in a PTY,
+    /// its lines logged.
+    fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        let started_at = log.started(PULL_DIRECTIVE);
+        self.compose_used = true;
+        let argv = self.compose_argv(
+            true,
+            &[
+                "run".into(),
+                "--rm".into(),
+                self.main_name().into(),
+                "true".into(),
+            ],
+        );
+        let result = run_in_pty(
+            &argv,
+            &self.settings.home,
+            &self.docker_env(),
+            &self.running,
+            &self.stop,
+            &mut |line| log.output(line),
+        );
+        let exit_code = match &result {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                log.output(format!("{e}\n"));
+                1
+            }
+        };
+        log.finished(PULL_DIRECTIVE, exit_code, started_at);
+        if exit_code == 0 {
+            Ok(())
+        } else {
+            Err("Failed to pull images".into())
+        }
+    }
+
+    /// "Starting the docker image...": bash in the main container, reached
+    /// through `compose run` in the job's PTY.
+    fn start_bash(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        let started_at = log.started(START_DIRECTIVE);
+        log.output("Starting a new bash session.\n");
+        let shared = self.shared();
+        let errors = self.dir().join("compose-errors");
+        let mut args: Vec<OsString> = vec![
+            "run".into(),
+            "--rm".into(),
+            "--name".into(),
+            format!("{}-{}", self.project, self.main_name()).into(),
+        ];
+        if let Some(socket) = docker_socket() {
+            args.push("-v".into());
+            args.push(format!("{}:/var/run/docker.sock", socket.display()).into());
+        }
+        args.push("-v".into());
+        args.push(format!("{0}:{0}:ro", shared.display()).into());
+        args.push(self.main_name().into());
+        args.push("bash".into());
+        // Compose's own messages (and why the container did not start) go
+        // to a file, so they can be shown when bash never answers.
+        let mut argv: Vec<OsString> = vec![
+            "bash".into(),
+            "-c".into(),
+            "exec \"$@\" 2>>\"$0\"".into(),
+            errors.clone().into(),
+        ];
+        argv.extend(self.compose_argv(true, &args));
+        let launch = Launch {
+            argv,
+            scratch_parent: shared,
+            cd: None,
+        };
+        let options = ShellOptions {
+            home: self.settings.home.clone(),
+            env: self.docker_env(),
+        };
+        match Shell::start_with(&options, Some(&launch)) {
+            Ok(shell) => {
+                self.pty.attach(shell, &self.stop);
+                // Go starts jobs in the container user's HOME.
+                let outcome = self.pty.run("cd ~", log, false);
+                let exit_code = if outcome.usable() { 0 } else { outcome.code() };
+                log.finished(START_DIRECTIVE, exit_code, started_at);
+                if exit_code == 0 {
+                    Ok(())
+                } else {
+                    Err("The job's shell ended while starting".into())
+                }
+            }
+            Err(err) => {
+                log::error!("Failed to start the docker image: {err}");
+                log.output("Failed to start the docker image\n");
+                let text = std::fs::read_to_string(&errors).unwrap_or_default();
+                let mut why: Vec<&str> = text.lines().filter(|l| l.contains("rror")).collect();
+                if why.is_empty() {
+                    why = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                    why = why.split_off(why.len().saturating_sub(5));
+                }
+                let message = if why.is_empty() {
+                    err.to_string()
+                } else {
+                    why.join("\n")
+                };
+                log.output(format!("{message}\n"));
+                log.finished(START_DIRECTIVE, 1, started_at);
+                Err(format!("Failed to start the docker image: {err}"))
+            }
+        }
+    }
+
+    /// `compose down`: every container and network of the job, and the
+    /// anonymous volumes of its containers (`-v`; the file declares no
+    /// named volume), which Go leaves behind on the host.
+    fn down(&mut self) {
+        if !self.compose_used {
+            return;
+        }
+        self.compose_used = false;
+        let argv = self.compose_argv(
+            false,
+            &[
+                "down".into(),
+                "--remove-orphans".into(),
+                "-v".into(),
+                "-t".into(),
+                DOWN_GRACE_SECONDS.into(),
+            ],
+        );
+        let Some((program, args)) = argv.split_first() else {
+            return;
+        };
+        let mut cmd = crate::child_env::command(program);
+        cmd.args(args).envs(self.docker_env());
+        log::info!("Cleaning up docker resources");
+        // A stop may have come: `down` must run anyway, so it is not
+        // registered as the job's running process.
+        let running = std::mem::take(&mut self.running);
+        let stop = std::mem::take(&mut self.stop);
+        match self.run_host(cmd, TOOL_TIMEOUT) {
+            Ok((true, _)) => {}
+            Ok((false, output)) => log::error!("Error removing docker resources: {output}"),
+            Err(e) => log::error!("Error removing docker resources: {e}"),
+        }
+        self.running = running;
+        self.stop = stop;
+    }
+
+    /// Runs `command` in the container without logging it; its exit code.
+    fn run_quiet(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        self.pty.run(command, log, false)
+    }
+}
+
+impl Executor for ComposeExecutor {
+    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        if let Err(message) = self.make_dirs() {
+            log.failed_step(PREPARE_DIRECTIVE, &message);
+            return Err(message);
+        }
+        self.run_host_setup(log)?;
+        match self.detect_tool() {
+            Ok(version) => log::info!("Using Docker Compose version {version}"),
+            Err(e) => {
+                let message = format!("Error finding docker compose: {e}\n");
+                log.failed_step(PREPARE_DIRECTIVE, &message);
+                return Err(message);
+            }
+        }
+        let written = self
+            .mounts()
+            .and_then(|mounts| self.write_compose_file(&mounts));
+        if let Err(message) = written {
+            log.failed_step(PREPARE_DIRECTIVE, &format!("{message}\n"));
+            return Err(message);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+        self.log_in(log)?;
+        if self.stop.is_stopped() {
+            return Err("stopped".into());
+        }
+        self.pull(log)?;
+        if self.stop.is_stopped() {
+            return Err("stopped".into());
+        }
+        self.start_bash(log)
+    }
+
+    /// One `.env` in the shared directory with every variable so far,
+    /// sourced now and by every login shell of the container (debug
+    /// sessions), as Go does.
+    fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
+        let first = self.exported.is_empty();
+        for (name, value) in vars {
+            self.exported.insert(name.clone(), value.clone());
+        }
+        let path = self.shared().join(".env");
+        if let Err(e) = write_private(&path, &env_file_content(&self.exported)) {
+            log.output(format!(
+                "Failed to write the environment file {}: {e}\n",
+                path.display()
+            ));
+            return Outcome::Exited(255);
+        }
+        let quoted = shell_quote(&path.to_string_lossy());
+        let outcome = self.run_quiet(&format!("source {quoted}"), log);
+        if !outcome.passed() || !first {
+            return outcome;
+        }
+        self.run_quiet(
+            &format!(
+                "echo {} >> ~/.bash_profile",
+                shell_quote(&format!("source {quoted}"))
+            ),
+            log,
+        )
+    }
+
+    /// Each file goes to the shared directory, then `mkdir -p`, `cp` and
+    /// `chmod` in the container, with Go's lines.
+    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
+        let staged = self.shared().join("file");
+        for f in files {
+            log.output(format!("Injecting {} with file mode {}\n", f.path, f.mode));
+            let Ok(content) = f.decode() else {
+                log.output("Failed to decode the content of the file.\n");
+                return 1;
+            };
+            if let Err(e) = write_private(&staged, &content) {
+                log.output(format!("{e}\n"));
+                return 255;
+            }
+            let dest = if f.path.starts_with('/') || f.path.starts_with('~') {
+                f.path.clone()
+            } else {
+                format!("~/{}", f.path)
+            };
+            let staged_q = shell_quote(&staged.to_string_lossy());
+            let steps = [
+                (
+                    format!("mkdir -p {}", container_path(&dirname(&dest))),
+                    format!("Failed to create destination path {dest}"),
+                ),
+                (
+                    format!("cp {staged_q} {}", container_path(&dest)),
+                    format!(
+                        "Failed to move to destination path {} {dest}",
+                        staged.display()
+                    ),
+                ),
+                (
+                    format!("chmod {} {}", shell_quote(&f.mode), container_path(&dest)),
+                    format!("Failed to set file mode to {}", f.mode),
+                ),
+            ];
+            for (command, failure) in steps {
+                let outcome = self.run_quiet(&command, log);
+                if !outcome.passed() {
+                    log.output(format!("{failure}\n"));
+                    let _ = std::fs::remove_file(&staged);
+                    return outcome.code().max(1);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&staged);
+        0
+    }
+
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+        self.pty.run(command, log, logged)
+    }
+
+    fn hook_command(&self, path: &Path, hook: Hook) -> String {
+        hook_command(path, hook)
+    }
+
+    fn job_result(&mut self) -> String {
+        self.pty.capture(JOB_RESULT_COMMAND)
+    }
+
+    fn close(&mut self) {
+        self.pty.close();
+        self.down();
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("Could not remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ComposeExecutor {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The version after `prefix` on the first line that has it, up to `end`.
+fn parse_version(output: &str, prefix: &str, end: Option<char>) -> Option<String> {
+    output.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix(prefix)?;
+        let version = match end {
+            Some(end) => rest.split_once(end)?.0,
+            None => rest,
+        };
+        (!version.is_empty()).then(|| version.to_string())
+    })
+}
+
+/// The engine's socket on the host, mounted at `/var/run/docker.sock` for
+/// docker-in-docker: the one `DOCKER_HOST` names, else the default; none
+/// when it does not exist (so docker does not create a directory there).
+fn docker_socket() -> Option<PathBuf> {
+    let path = match std::env::var("DOCKER_HOST") {
+        Ok(host) => PathBuf::from(host.strip_prefix("unix://")?),
+        Err(_) => PathBuf::from("/var/run/docker.sock"),
+    };
+    path.exists().then_some(path)
+}
+
+/// `path.Dir` of a slash path: `~/a` → `~`, `/a` → `/`, `a` → `.`.
+fn dirname(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some(("", _)) => "/".to_string(),
+        Some((dir, _)) => dir.to_string(),
+        None if trimmed.is_empty() && path.starts_with('/') => "/".to_string(),
+        None => ".".to_string(),
+    }
+}
+
+/// A container path for bash: quoted, except a leading `~` which must
+/// expand to the container user's HOME.
+fn container_path(path: &str) -> String {
+    if path == "~" {
+        return "~".to_string();
+    }
+    match path.strip_prefix("~/") {
+        Some(rest) => format!("~/{}", shell_quote(rest)),
+        None => shell_quote(path),
+    }
+}
+
+fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(content)
+}
+
+fn remove_all(paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("Could not remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// Runs `argv` with a PTY as its terminal (so compose prints its progress
+/// as it would to a user), each output line to `on_line`; whether it
+/// exited with 0. Bounded by `HOST_COMMAND_TIMEOUT`; a stop kills it.
+fn run_in_pty(
+    argv: &[OsString],
+    cwd: &Path,
+    env: &[(String, String)],
+    running: &Running,
+    stop: &Stop,
+    on_line: &mut dyn FnMut(String),
+) -> Result<bool, String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let what = program.to_string_lossy().into_owned();
+    let (pty, pts) =
+        pty_process::blocking::open().map_err(|e| format!("Failed to open a PTY: {e}"))?;
+    let _ = pty.resize(pty_process::Size::new(24, 80));
+    let mut child = pty_process::blocking::Command::new(program)
+        .env_clear()
+        .envs(crate::child_env::vars())
+        .args(args)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .spawn(pts)
+        .map_err(|e| format!("Failed to run {what}: {e}"))?;
+    // The child leads its own session, so its pid is its process group.
+    running
+        .0
+        .store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
+    if stop.is_stopped() {
+        running.kill();
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+    let quit = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let quit = Arc::clone(&quit);
+        std::thread::Builder::new()
+            .name("compose-pull-pty".into())
+            .spawn(move || read_until_closed(pty, &tx, &quit))
+            .map_err(|e| format!("Failed to start a reader thread: {e}"))?
+    };
+    let deadline = Instant::now() + HOST_COMMAND_TIMEOUT;
+    let mut pending: Vec<u8> = Vec::new();
+    let flush = |pending: &mut Vec<u8>, all: bool, on_line: &mut dyn FnMut(String)| {
+        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=at).collect();
+            let text = String::from_utf8_lossy(&line).replace('\r', "");
+            on_line(text);
+        }
+        if all && !pending.is_empty() {
+            let text = String::from_utf8_lossy(pending).replace('\r', "");
+            pending.clear();
+            on_line(text + "\n");
+        }
+    };
+    let mut status = None;
+    let mut exited_at: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(bytes) => {
+                pending.extend_from_slice(&bytes);
+                flush(&mut pending, false, on_line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if status.is_none() {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+                exited_at = Some(Instant::now());
+            } else if Instant::now() >= deadline {
+                running.kill();
+            }
+        }
+        // Output still buffered when the child ended is read for a moment
+        // more; a grandchild holding the PTY open is not waited for.
+        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
+            break;
+        }
+    }
+    flush(&mut pending, true, on_line);
+    running.0.store(0, Ordering::SeqCst);
+    let status = match status {
+        Some(s) => s,
+        None => {
+            running.kill();
+            child
+                .wait()
+                .map_err(|e| format!("Failed to wait for {what}: {e}"))?
+        }
+    };
+    // A leftover process holding the PTY open must not hold the job up:
+    // the reader looks at `quit` at least every 100 ms.
+    quit.store(true, Ordering::SeqCst);
+    drop(rx);
+    if reader.join().is_err() {
+        log::warn!("the compose pull reader thread panicked");
+    }
+    Ok(status.success())
+}
+
+/// Sends what the PTY prints to `tx` until every writer closed it, the
+/// receiver is gone or `quit` is raised.
+fn read_until_closed(
+    mut pty: pty_process::blocking::Pty,
+    tx: &SyncSender<Vec<u8>>,
+    quit: &AtomicBool,
+) {
+    use std::os::fd::AsRawFd as _;
+    let mut buf = [0u8; 4096];
+    while !quit.load(Ordering::SeqCst) {
+        let mut fds = libc::pollfd {
+            fd: pty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, the count passed is 1, and the fd is
+        // the PTY master this thread owns for the whole call.
+        let ready = unsafe { libc::poll(&mut fds, 1, 100) };
+        if ready == 0
+            || (ready < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+        {
+            continue;
+        }
+        // Data, a hangup or an error: a read tells which (EIO once the
+        // last writer is gone).
+        match pty.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_versions_are_read_like_go() {
+        assert_eq!(
+            parse_version(
+                "Docker Compose version v2.24.1\n",
+                "Docker Compose version ",
+                None
+            ),
+            Some("v2.24.1".into())
+        );
+        assert_eq!(
+            parse_version(
+                "docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\n",
+                "docker-compose version ",
+                Some(',')
+            ),
+            Some("1.29.2".into())
+        );
+        assert_eq!(
+            parse_version("nonsense", "docker-compose version ", Some(',')),
+            None
+        );
+    }
+
+    #[test]
+    fn container_paths_keep_home_expansion_and_quote_the_rest() {
+        assert_eq!(container_path("~/a b/c"), "~/'a b/c'");
+        assert_eq!(container_path("~"), "~");
+        assert_eq!(container_path("/tmp/$x"), "'/tmp/$x'");
+        assert_eq!(dirname("~/test.txt"), "~");
+        assert_eq!(dirname("/a/b/c"), "/a/b");
+        assert_eq!(dirname("/a"), "/");
+        assert_eq!(dirname("a"), ".");
+    }
+}
