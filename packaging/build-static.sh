@@ -46,28 +46,10 @@ declare -A NEED=(
     [file]=/usr/bin/file
     [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
 )
-missing=()
-for pkg in "${!NEED[@]}"; do
-    [ -e "${NEED[$pkg]}" ] || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    [ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
-for pkg in "${!NEED[@]}"; do
-    [ -e "${NEED[$pkg]}" ] || die "package $pkg installed but ${NEED[$pkg]} is missing"
-done
-
-# build-std needs std's source of exactly the compiler's version.
-rustc_ver=$($RUSTC -V | awk '{print $2}')
-src_ver=$(dpkg-query -W -f='${Version}' rust-web-src 2>/dev/null || true)
-case "$src_ver" in
-    "$rustc_ver"*) ;;
-    *) die "rust-web-src $src_ver does not match $RUSTC $rustc_ver" ;;
-esac
+# shellcheck source=packaging/debian-rust.sh
+source "$ROOT/packaging/debian-rust.sh"
+debian_rust_install_needed
+debian_rust_check_std_source
 log "toolchain: $($RUSTC -V)"
 
 # --- 2. the link directory --------------------------------------------------
