@@ -30,6 +30,7 @@ fn orphans_of_a_job_are_reaped_when_the_agent_is_their_reaper() {
     let mut shell = Shell::start(&ShellOptions {
         home: home.path().to_path_buf(),
         env: Vec::new(),
+        ..ShellOptions::default()
     })
     .expect("start the shell");
     let mut out = String::new();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
 use crate::events::Event;
 use crate::request::File;
-use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions};
+use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
 use crate::unix_now;
 
 /// A bash in a PTY that runs one command at a time, mapped onto the
@@ -30,7 +30,18 @@ pub struct PtyCommands {
 }
 
 impl PtyCommands {
-    /// Takes over a started shell and connects its stop flag to `stop`.
+    /// The stop flag for a shell about to start (`ShellOptions::stopper`),
+    /// already connected to `stop`, so a stop while it starts ends it.
+    pub fn stopper(stop: &Stop) -> Stopper {
+        let stopper = Stopper::default();
+        let flag = stopper.clone();
+        stop.on_stop(Box::new(move || flag.stop()));
+        stopper
+    }
+
+    /// Takes over a started shell and connects its stop flag to `stop`
+    /// (again, if it came from [`PtyCommands::stopper`]: raising a flag
+    /// twice is harmless).
     pub fn attach(&mut self, shell: Shell, stop: &Stop) {
         let stopper = shell.stopper();
         stop.on_stop(Box::new(move || stopper.stop()));
@@ -188,6 +199,7 @@ impl Executor for BashExecutor {
         match Shell::start(&ShellOptions {
             home: self.settings.home.clone(),
             env: Vec::new(),
+            stopper: PtyCommands::stopper(&self.stop),
         }) {
             Ok(shell) => {
                 self.pty.attach(shell, &self.stop);

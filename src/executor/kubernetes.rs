@@ -303,6 +303,7 @@ impl KubernetesExecutor {
         let options = ShellOptions {
             home: self.settings.home.clone(),
             env: Vec::new(),
+            stopper: PtyCommands::stopper(&self.stop),
         };
         match Shell::start_inline(&options, &launch) {
             Ok(shell) => self.pty.attach(shell, &self.stop),

@@ -33,7 +33,10 @@
 //!   within 50 ms, ends the job's processes (below) and returns
 //!   `Err(ShellError::Stopped)` after delivering the output seen, within
 //!   ~1 s of `stop()` with the default grace. Every later `run` returns
-//!   `Stopped` at once; `close()` still has to be called (or drop).
+//!   `Stopped` at once; `close()` still has to be called (or drop). The
+//!   same flag can be made before the shell (`ShellOptions::stopper`): a
+//!   stop while `start` waits for bash ends the start within 50 ms with
+//!   `ShellError::Start`.
 //! - Ending the job's processes: bash is frozen (SIGSTOP), every other
 //!   process of the job gets SIGTERM + SIGCONT, and after a grace
 //!   (`set_stop_grace`, default 500 ms) everything left, bash included,

@@ -78,6 +78,11 @@ pub struct ShellOptions {
     pub home: PathBuf,
     /// Extra environment for bash, on top of the agent's own.
     pub env: Vec<(String, String)>,
+    /// The shell's stop flag, given before it starts so that a stop while
+    /// it starts (a slow login script, a container or pod coming up) ends
+    /// the start within 50 ms instead of waiting for bash to answer.
+    /// `Shell::stopper` hands out the same flag.
+    pub stopper: Stopper,
 }
 
 impl std::fmt::Debug for ShellOptions {
@@ -325,7 +330,7 @@ impl Shell {
             reader: None,
             reader_quit,
             pty_closed: false,
-            stopper: Stopper::default(),
+            stopper: opts.stopper.clone(),
             ended: None,
             termios: None,
             scratch,

@@ -276,6 +276,7 @@ fn debug_output_never_shows_a_secret() {
             ShellOptions {
                 home: "/h".into(),
                 env: vec![("VISIBLE_NAME".into(), SECRET.into())],
+                ..ShellOptions::default()
             }
         ),
     ];

@@ -24,6 +24,7 @@ fn start_with_env(env: Vec<(String, String)>) -> Fixture {
     let opts = ShellOptions {
         home: home.path().to_path_buf(),
         env,
+        ..ShellOptions::default()
     };
     let shell = Shell::start(&opts).expect("shell starts");
     Fixture { shell, home }
@@ -281,6 +282,7 @@ fn a_missing_home_fails_to_start() {
     let opts = ShellOptions {
         home: base.path().join("missing"),
         env: Vec::new(),
+        ..ShellOptions::default()
     };
     match Shell::start(&opts) {
         Err(ShellError::Start { message }) => assert!(message.contains("missing"), "{message}"),
@@ -310,6 +312,7 @@ fn start_inline() -> Fixture {
     let opts = ShellOptions {
         home: home.path().to_path_buf(),
         env: Vec::new(),
+        ..ShellOptions::default()
     };
     let launch = semaphore_agent::shell::Launch {
         argv: vec!["bash".into(), "--login".into()],

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use semaphore_agent::job::request::JobRequest;
 use semaphore_agent::logs::{EventSink, PushLogger, PushOptions};
-use semaphore_agent::shell::{Shell, ShellError};
+use semaphore_agent::shell::{Launch, Shell, ShellError, ShellOptions};
 use serde_json::json;
 
 use crate::job_logs::{
@@ -121,6 +121,47 @@ fn stop_ends_processes_that_ignore_sigterm() {
     let s = unique_sleep(2);
     let setup = format!("(trap '' TERM; sleep {s}) &");
     assert_stop_ends_everything(Some((&setup, 1)), &s);
+}
+
+#[test]
+fn a_stop_while_the_shell_starts_ends_the_start() {
+    // A launcher that takes long to reach bash, as `compose run` does while
+    // a container comes up: a stop must not wait for it to answer.
+    let s = unique_sleep(6);
+    let home = tempfile::tempdir().expect("temp HOME");
+    let opts = ShellOptions {
+        home: home.path().to_path_buf(),
+        ..ShellOptions::default()
+    };
+    let launch = Launch {
+        argv: vec![
+            "bash".into(),
+            "-c".into(),
+            format!("sleep {s}; exec bash --noediting").into(),
+        ],
+        scratch_parent: home.path().to_path_buf(),
+        cd: None,
+    };
+    let stopper = opts.stopper.clone();
+    let stopping = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stopper.stop();
+        Instant::now()
+    });
+    let result = Shell::start_with(&opts, Some(&launch));
+    let ended = Instant::now();
+    let stopped_at = stopping.join().expect("stopper thread");
+    assert!(
+        result.is_err(),
+        "the start was stopped, yet a shell came back"
+    );
+    let took = ended.saturating_duration_since(stopped_at);
+    assert!(
+        took < limit(Duration::from_secs(2)),
+        "the start ended {took:?} after the stop"
+    );
+    wait::until(WAIT, || procs::running_containing(&s).is_empty());
+    assert_eq!(procs::running_containing(&s), Vec::<Proc>::new());
 }
 
 #[test]

@@ -579,6 +579,7 @@ impl ComposeExecutor {
         let options = ShellOptions {
             home: self.settings.home.clone(),
             env: self.docker_env(),
+            stopper: PtyCommands::stopper(&self.stop),
         };
         match Shell::start_with(&options, Some(&launch)) {
             Ok(shell) => {
