@@ -565,29 +565,54 @@ mod tests {
         assert!(lines[1].starts_with("export B="), "{text}");
     }
 
+    fn executor_in(dir: &Path, stop: &Stop) -> BashExecutor {
+        let settings = Settings {
+            home: dir.to_path_buf(),
+            tmp_dir: dir.to_path_buf(),
+            ..Settings::default()
+        };
+        BashExecutor::new(&settings, stop)
+    }
+
+    fn printed(events: &[Event], text: &str) -> bool {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::CmdOutput { output, .. } if output.contains(text)))
+    }
+
     #[test]
-    fn a_stop_before_start_reaches_the_shell_once_it_is_attached() {
+    fn a_stop_before_start_ends_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let stop = Stop::new();
         stop.stop();
-        let settings = Settings {
-            home: dir.path().to_path_buf(),
-            tmp_dir: dir.path().to_path_buf(),
-            ..Settings::default()
-        };
-        let mut executor = BashExecutor::new(&settings, &stop);
+        let mut executor = executor_in(dir.path(), &stop);
+        let mut events: Vec<Event> = Vec::new();
+        let mut log = JobLog::new(&mut events);
+        assert!(
+            executor.start(&mut log).is_err(),
+            "a stopped job's shell started"
+        );
+        assert_eq!(
+            executor.run("echo never", &mut log, true),
+            Outcome::ShellDied(1)
+        );
+        executor.close();
+        assert!(!printed(&events, "never"), "{events:?}");
+    }
+
+    #[test]
+    fn a_stop_after_start_reaches_the_attached_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Stop::new();
+        let mut executor = executor_in(dir.path(), &stop);
         let mut events: Vec<Event> = Vec::new();
         let mut log = JobLog::new(&mut events);
         executor.start(&mut log).expect("bash starts");
+        stop.stop();
         let outcome = executor.run("echo never", &mut log, true);
         assert_eq!(outcome, Outcome::Stopped);
         assert!(executor.pty.shell.is_none(), "a stopped shell is dropped");
         executor.close();
-        assert!(
-            !events
-                .iter()
-                .any(|e| matches!(e, Event::CmdOutput { output, .. } if output.contains("never"))),
-            "{events:?}"
-        );
+        assert!(!printed(&events, "never"), "{events:?}");
     }
 }
