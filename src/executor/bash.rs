@@ -39,12 +39,9 @@ impl PtyCommands {
         stopper
     }
 
-    /// Takes over a started shell and connects its stop flag to `stop`
-    /// (again, if it came from [`PtyCommands::stopper`]: raising a flag
-    /// twice is harmless).
-    pub fn attach(&mut self, shell: Shell, stop: &Stop) {
-        let stopper = shell.stopper();
-        stop.on_stop(Box::new(move || stopper.stop()));
+    /// Takes over a shell started with [`PtyCommands::stopper`] as its
+    /// stop flag, so the job's stop already reaches it.
+    pub fn attach(&mut self, shell: Shell) {
         self.shell = Some(shell);
     }
 
@@ -202,7 +199,7 @@ impl Executor for BashExecutor {
             stopper: PtyCommands::stopper(&self.stop),
         }) {
             Ok(shell) => {
-                self.pty.attach(shell, &self.stop);
+                self.pty.attach(shell);
                 Ok(())
             }
             Err(err) => {

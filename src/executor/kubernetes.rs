@@ -306,7 +306,7 @@ impl KubernetesExecutor {
             stopper: PtyCommands::stopper(&self.stop),
         };
         match Shell::start_inline(&options, &launch) {
-            Ok(shell) => self.pty.attach(shell, &self.stop),
+            Ok(shell) => self.pty.attach(shell),
             Err(err) => {
                 log::error!("Failed to start shell: {err}");
                 log.output("Failed to start shell in kubernetes container\n");

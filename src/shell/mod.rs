@@ -58,5 +58,7 @@ mod pty;
 mod quote;
 mod session;
 
-pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
+pub use pty::{
+    read_pty, Launch, ReadEvent, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE,
+};
 pub use quote::{quote_bytes, shell_quote};

@@ -172,7 +172,7 @@ impl Stopper {
 }
 
 /// What the reader thread hands over.
-enum ReadEvent {
+pub enum ReadEvent {
     Data(Vec<u8>),
     /// Every writer of the PTY is gone (or reading failed for good).
     Closed,
@@ -687,7 +687,7 @@ impl Drop for Shell {
 
 /// The reader thread: PTY bytes into the bounded queue until the PTY closes,
 /// `quit` is set, or nobody listens any more.
-fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
+pub fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut reader = pty;
     while !quit.load(Ordering::SeqCst) {

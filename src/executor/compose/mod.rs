@@ -25,14 +25,13 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bash::{env_file_content, hook_command, PtyCommands, JOB_RESULT_COMMAND};
 use super::{Executor, Hook, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
 use crate::request::{Command as JobCommand, Container, File, ImagePullCredentials, JobRequest};
-use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
+use crate::shell::{read_pty, shell_quote, Launch, ReadEvent, Shell, ShellOptions};
 use file::Mount;
 
 use credentials::{CredentialError, Strategy};
@@ -583,7 +582,7 @@ impl ComposeExecutor {
         };
         match Shell::start_with(&options, Some(&launch)) {
             Ok(shell) => {
-                self.pty.attach(shell, &self.stop);
+                self.pty.attach(shell);
                 // Go starts jobs in the container user's HOME.
                 let outcome = self.pty.run("cd ~", log, false);
                 let exit_code = if outcome.usable() { 0 } else { outcome.code() };
@@ -903,13 +902,13 @@ fn run_in_pty(
     if stop.is_stopped() {
         running.kill();
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadEvent>(64);
     let quit = Arc::new(AtomicBool::new(false));
     let reader = {
         let quit = Arc::clone(&quit);
         std::thread::Builder::new()
             .name("compose-pull-pty".into())
-            .spawn(move || read_until_closed(pty, &tx, &quit))
+            .spawn(move || read_pty(&pty, &tx, &quit))
             .map_err(|e| format!("Failed to start a reader thread: {e}"))?
     };
     let deadline = Instant::now() + HOST_COMMAND_TIMEOUT;
@@ -930,11 +929,11 @@ fn run_in_pty(
     let mut exited_at: Option<Instant> = None;
     loop {
         match rx.recv_timeout(POLL) {
-            Ok(bytes) => {
+            Ok(ReadEvent::Data(bytes)) => {
                 pending.extend_from_slice(&bytes);
                 flush(&mut pending, false, on_line);
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(ReadEvent::Closed) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         if status.is_none() {
@@ -970,45 +969,6 @@ fn run_in_pty(
         log::warn!("the compose pull reader thread panicked");
     }
     Ok(status.success())
-}
-
-/// Sends what the PTY prints to `tx` until every writer closed it, the
-/// receiver is gone or `quit` is raised.
-fn read_until_closed(
-    mut pty: pty_process::blocking::Pty,
-    tx: &SyncSender<Vec<u8>>,
-    quit: &AtomicBool,
-) {
-    use std::os::fd::AsRawFd as _;
-    let mut buf = [0u8; 4096];
-    while !quit.load(Ordering::SeqCst) {
-        let mut fds = libc::pollfd {
-            fd: pty.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, the count passed is 1, and the fd is
-        // the PTY master this thread owns for the whole call.
-        let ready = unsafe { libc::poll(&mut fds, 1, 100) };
-        if ready == 0
-            || (ready < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
-        {
-            continue;
-        }
-        // Data, a hangup or an error: a read tells which (EIO once the
-        // last writer is gone).
-        match pty.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
 }
 
 #[cfg(test)]
