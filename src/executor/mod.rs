@@ -42,6 +42,14 @@ pub use bash::BashExecutor;
 pub use kubernetes::KubernetesExecutor;
 pub use powershell::PowerShellExecutor;
 
+/// Where a job file goes (on Unix, and on Windows), reachable only for the
+/// fuzz targets (`fuzz/`).
+#[doc(hidden)]
+#[cfg(unix)]
+pub use bash::normalize_path;
+#[doc(hidden)]
+pub use powershell::{is_absolute as windows_is_absolute, normalize_path as windows_normalize_path};
+
 /// The exit status logged for a command interrupted by a stop: 1, and 0 on
 /// Windows, as the Go agent logs them.
 pub const STOPPED_EXIT_CODE: i32 = if cfg!(windows) { 0 } else { 1 };

@@ -132,8 +132,9 @@ enum EndMatch {
 }
 
 /// Splits the PTY bytes of one command into its output and its status.
+/// (Public, hidden, only for the fuzz targets in `fuzz/`.)
 #[derive(Debug)]
-pub(super) struct Framer {
+pub struct Framer {
     start: Vec<u8>,
     end_prefix: Vec<u8>,
     phase: Phase,
@@ -149,7 +150,7 @@ pub(super) struct Framer {
 const SKIPPED_KEEP: usize = 2048;
 
 impl Framer {
-    pub(super) fn new(nonce: &str) -> Framer {
+    pub fn new(nonce: &str) -> Framer {
         let marker = |kind: u8| {
             let mut m = vec![MARK];
             m.extend_from_slice(nonce.as_bytes());
@@ -169,12 +170,12 @@ impl Framer {
 
     /// The last output seen before the start marker, for an error message
     /// when the start never came (a launcher such as `kubectl` failed).
-    pub(super) fn skipped(&self) -> &[u8] {
+    pub fn skipped(&self) -> &[u8] {
         &self.skipped
     }
 
     /// The status, once the end marker was seen.
-    pub(super) fn status(&self) -> Option<i32> {
+    pub fn status(&self) -> Option<i32> {
         match self.phase {
             Phase::Done(status) => Some(status),
             _ => None,
@@ -184,7 +185,7 @@ impl Framer {
     /// Takes the next bytes read from the PTY, passes the command's output
     /// in them to `body`, and returns the status once the end marker is
     /// complete. Bytes after the end marker are dropped.
-    pub(super) fn feed(&mut self, data: &[u8], body: &mut dyn FnMut(&[u8])) -> Option<i32> {
+    pub fn feed(&mut self, data: &[u8], body: &mut dyn FnMut(&[u8])) -> Option<i32> {
         match self.phase {
             Phase::Done(status) => Some(status),
             Phase::AwaitStart => {
@@ -220,7 +221,7 @@ impl Framer {
 
     /// The output ended without an end marker (the shell died or was
     /// stopped): bytes held back as a possible marker are output after all.
-    pub(super) fn finish(&mut self, body: &mut dyn FnMut(&[u8])) {
+    pub fn finish(&mut self, body: &mut dyn FnMut(&[u8])) {
         if self.phase == Phase::Body && !self.carry.is_empty() {
             body(&self.carry);
         }

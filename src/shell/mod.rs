@@ -62,3 +62,7 @@ pub use pty::{
     read_pty, Launch, ReadEvent, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE,
 };
 pub use quote::{quote_bytes, shell_quote};
+
+/// The command framer, reachable only for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub use framing::Framer;
