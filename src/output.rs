@@ -91,6 +91,11 @@ impl Chunker {
                 }
             }
         }
+        // A cut that emptied `pending` cleared the deadline: what this read
+        // left after it arrived now and must not wait for the next read.
+        if self.oldest.is_none() && !self.pending.is_empty() {
+            self.oldest = Some(now);
+        }
     }
 
     /// When the pending output must be emitted, if there is any that can be.
@@ -238,6 +243,32 @@ mod tests {
         // Cap 8: byte 8 is `\r`, byte 9 is `\n`.
         let chunks = chunks_of(&mut small(), &[b"1234567\r\n89"]);
         assert_eq!(chunks, vec!["1234567", "\n89"]);
+    }
+
+    #[test]
+    fn the_rest_of_a_read_after_a_full_chunk_keeps_a_deadline() {
+        // Found by the `chunker` fuzz target: a cut that emptied the buffer
+        // dropped the deadline, so the rest of the read waited for the next
+        // read or the end of the command, however long that took.
+        let mut chunker = small();
+        let now = Instant::now();
+        let mut chunks = Vec::new();
+        chunker.push(b"12345678tail", now, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunks, vec!["12345678"]);
+        assert_eq!(chunker.deadline(), Some(now + FLUSH_AFTER));
+        chunker.poll(now + FLUSH_AFTER, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunks, vec!["12345678", "tail"]);
+        // The rest's deadline counts from its own read; bytes added while
+        // it waits do not push the deadline back.
+        let later = now + Duration::from_millis(30);
+        chunker.push(b"ab", now, &mut |c| chunks.push(c.to_string()));
+        chunker.push(b"cdefgh-rest", later, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunks.last().map(String::as_str), Some("abcdefgh"));
+        assert_eq!(chunker.deadline(), Some(later + FLUSH_AFTER));
+        chunker.push(b"!", later + FLUSH_AFTER / 2, &mut |c| {
+            chunks.push(c.to_string())
+        });
+        assert_eq!(chunker.deadline(), Some(later + FLUSH_AFTER));
     }
 
     #[test]

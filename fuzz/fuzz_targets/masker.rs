@@ -100,19 +100,29 @@ fn text(u: &mut Unstructured<'_>, secrets: &[String]) -> Result<String> {
 
 /// The events the masker passed on, as (non-output events, output text
 /// between them).
-fn segments(events: &[Event]) -> (Vec<String>, Vec<String>) {
+fn segments(events: &[Event]) -> (Vec<&Event>, Vec<String>) {
     let mut others = Vec::new();
     let mut texts = vec![String::new()];
     for e in events {
         match e {
             Event::CmdOutput { output, .. } => texts.last_mut().unwrap().push_str(output),
             other => {
-                others.push(format!("{other:?}"));
+                others.push(other);
                 texts.push(String::new());
             }
         }
     }
     (others, texts)
+}
+
+/// The directive of an event, if it has one.
+fn directive(event: &Event) -> Option<&str> {
+    match event {
+        Event::CmdStarted { directive, .. } | Event::CmdFinished { directive, .. } => {
+            Some(directive)
+        }
+        _ => None,
+    }
 }
 
 fn run(u: &mut Unstructured<'_>) -> Result<()> {
@@ -185,7 +195,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     got.sort();
     assert_eq!(got, want, "secrets_for");
     assert!(
-        all_secrets.windows(2).all(|w| w[0].len() >= w[1].len() && w[0] != w[1]),
+        all_secrets
+            .windows(2)
+            .all(|w| w[0].len() >= w[1].len() && w[0] != w[1]),
         "not longest first, once each: {all_secrets:?}"
     );
 
@@ -242,20 +254,28 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         if !secrets.iter().any(|s| text_in.contains(s.as_str())) {
             assert_eq!(text_out, text_in, "output without secrets changed");
         }
-        if let [secret] = secrets.as_slice() {
-            assert_eq!(
+        // (With brackets, a replacement and the text after it can form the
+        // secret again, which a later chunk then masks too.)
+        match secrets.as_slice() {
+            [secret] if checkable(secret) => assert_eq!(
                 *text_out,
                 text_in.replace(secret.as_str(), REDACTED),
                 "single secret {secret:?}"
-            );
+            ),
+            _ => {}
         }
     }
     for (a, b) in in_others.iter().zip(&out_others) {
-        for secret in secrets.iter().filter(|s| checkable(s)) {
-            assert!(!b.contains(secret.as_str()), "{secret:?} shown in {b}");
-        }
-        if !secrets.iter().any(|s| a.contains(s.as_str())) {
-            assert_eq!(a, b, "an event without secrets changed");
+        match (directive(a), directive(b)) {
+            (Some(a), Some(b)) => {
+                for secret in secrets.iter().filter(|s| checkable(s)) {
+                    assert!(!b.contains(secret.as_str()), "{secret:?} shown in {b:?}");
+                }
+                if !secrets.iter().any(|s| a.contains(s.as_str())) {
+                    assert_eq!(a, b, "a directive without secrets changed");
+                }
+            }
+            _ => assert_eq!(format!("{a:?}"), format!("{b:?}"), "an event changed"),
         }
     }
     Ok(())

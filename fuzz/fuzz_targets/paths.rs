@@ -69,13 +69,20 @@ fn check_unix(home: &str, p: &str) {
     let again = normalize_path(&result.to_string_lossy(), Path::new(home));
     assert_eq!(again, result, "normalising {p:?} twice");
     if p.starts_with('~') {
-        assert!(result.starts_with(home), "{p:?} -> {result:?} is not under {home}");
+        assert!(
+            result.starts_with(home),
+            "{p:?} -> {result:?} is not under {home}"
+        );
     } else if !p.starts_with('/') {
         let model = unix_model(home, p);
         assert_eq!(result.to_string_lossy(), model, "{p:?} under {home}");
         // Extra `./` and repeated slashes do not change where it goes.
         let padded = format!("./{}", p.replace('/', "//./"));
-        assert_eq!(normalize_path(&padded, Path::new(home)), result, "{padded:?}");
+        assert_eq!(
+            normalize_path(&padded, Path::new(home)),
+            result,
+            "{padded:?}"
+        );
     }
 }
 
@@ -108,7 +115,11 @@ fn check_windows(home: &str, p: &str) {
             "{p:?} -> {result:?} is not under {home}"
         );
     } else if !semaphore_agent::executor::windows_is_absolute(&backslashed) {
-        assert_eq!(result, windows_model(home, &backslashed), "{p:?} under {home}");
+        assert_eq!(
+            result,
+            windows_model(home, &backslashed),
+            "{p:?} under {home}"
+        );
     }
 }
 

@@ -47,12 +47,19 @@ fn job_file(ext: &str) -> PathBuf {
     dir.join(format!("job.{ext}"))
 }
 
-/// Loads `text` as a job file with extension `ext`.
-fn load(text: &[u8], ext: &str) -> Option<std::result::Result<JobRequest, String>> {
+/// Loads `text` as a job file with extension `ext`; with `secrets_inside`,
+/// checks that an error does not show the sentinel.
+fn load(
+    text: &[u8],
+    ext: &str,
+    secrets_inside: bool,
+) -> Option<std::result::Result<JobRequest, String>> {
     let path = job_file(ext);
     std::fs::write(&path, text).ok()?;
     Some(JobRequest::load(&path).map_err(|e| {
-        check_error("LoadError", &e);
+        if secrets_inside {
+            check_error("LoadError", &e);
+        }
         e.to_string()
     }))
 }
@@ -65,28 +72,38 @@ fn exercise(job: &JobRequest, secrets_inside: bool) {
         .env_vars
         .iter()
         .chain(job.compose.containers.iter().flat_map(|c| &c.env_vars))
-        .chain(job.compose.image_pull_credentials.iter().flat_map(|c| &c.env_vars));
+        .chain(
+            job.compose
+                .image_pull_credentials
+                .iter()
+                .flat_map(|c| &c.env_vars),
+        );
     for var in vars {
         match (var.decode(), var.decode_bytes()) {
             (Ok(text), Ok(bytes)) => assert_eq!(text, String::from_utf8_lossy(&bytes)),
             (Err(a), Err(b)) => {
                 assert_eq!(a, b);
-                check_error("EnvVar::decode", &a);
+                if secrets_inside {
+                    check_error("EnvVar::decode", &a);
+                }
             }
             (a, b) => panic!("decode and decode_bytes disagree: {a:?} {b:?}"),
         }
     }
-    let files = job
-        .files
-        .iter()
-        .chain(job.compose.image_pull_credentials.iter().flat_map(|c| &c.files));
+    let files = job.files.iter().chain(
+        job.compose
+            .image_pull_credentials
+            .iter()
+            .flat_map(|c| &c.files),
+    );
     for file in files {
-        if let Err(e) = file.decode() {
+        if let (Err(e), true) = (file.decode(), secrets_inside) {
             check_error("File::decode", &e);
         }
         match file.parse_mode() {
             Ok(mode) => assert!(mode <= 0o7777, "mode {mode:o} from {:?}", file.mode),
-            Err(e) => check_error("File::parse_mode", &e),
+            Err(e) if secrets_inside => check_error("File::parse_mode", &e),
+            Err(_) => {}
         }
     }
     if secrets_inside {
@@ -102,7 +119,7 @@ fn raw(data: &[u8]) {
         let _ = decode_base64(text);
     }
     for ext in ["json", "yml"] {
-        if let Some(Ok(job)) = load(data, ext) {
+        if let Some(Ok(job)) = load(data, ext, false) {
             exercise(&job, false);
         }
     }
@@ -135,7 +152,11 @@ fn any_value(u: &mut Unstructured<'_>, depth: u32) -> Result<Value> {
         4 => Value::String(short_string(u, 24)?),
         5 => {
             let n = u.int_in_range(0..=3)?;
-            Value::Array((0..n).map(|_| any_value(u, depth - 1)).collect::<Result<_>>()?)
+            Value::Array(
+                (0..n)
+                    .map(|_| any_value(u, depth - 1))
+                    .collect::<Result<_>>()?,
+            )
         }
         _ => {
             let mut map = Map::new();
@@ -173,7 +194,10 @@ fn list(
 
 /// An object with some of `fields` (in the fuzzer's order) and maybe an
 /// unknown field.
-fn object(u: &mut Unstructured<'_>, fields: &[(&str, fn(&mut Unstructured<'_>) -> Result<Value>)]) -> Result<Value> {
+fn object(
+    u: &mut Unstructured<'_>,
+    fields: &[(&str, fn(&mut Unstructured<'_>) -> Result<Value>)],
+) -> Result<Value> {
     let mut map = Map::new();
     for (name, make) in fields {
         if u.ratio(3, 4)? {
@@ -191,7 +215,10 @@ fn command(u: &mut Unstructured<'_>) -> Result<Value> {
 }
 
 fn env_var(u: &mut Unstructured<'_>) -> Result<Value> {
-    object(u, &[("name", text), ("value", |u| Ok(Value::String(secret(u)?)))])
+    object(
+        u,
+        &[("name", text), ("value", |u| Ok(Value::String(secret(u)?)))],
+    )
 }
 
 fn file(u: &mut Unstructured<'_>) -> Result<Value> {
@@ -238,7 +265,13 @@ fn container(u: &mut Unstructured<'_>) -> Result<Value> {
 }
 
 fn credentials(u: &mut Unstructured<'_>) -> Result<Value> {
-    object(u, &[("env_vars", |u| list(u, env_var)), ("files", |u| list(u, file))])
+    object(
+        u,
+        &[
+            ("env_vars", |u| list(u, env_var)),
+            ("files", |u| list(u, file)),
+        ],
+    )
 }
 
 fn compose(u: &mut Unstructured<'_>) -> Result<Value> {
@@ -264,7 +297,9 @@ fn request(u: &mut Unstructured<'_>) -> Result<Value> {
             ("epilogue_on_fail_commands", |u| list(u, command)),
             ("env_vars", |u| list(u, env_var)),
             ("files", |u| list(u, file)),
-            ("ssh_public_keys", |u| list(u, |u| Ok(Value::String(short_string(u, 24)?)))),
+            ("ssh_public_keys", |u| {
+                list(u, |u| Ok(Value::String(short_string(u, 24)?)))
+            }),
             ("logger", logger),
             ("compose", compose),
         ],
@@ -297,7 +332,7 @@ fn shaped(u: &mut Unstructured<'_>) -> Result<()> {
         }
     }
     for (text, ext) in [(json, "json"), (yaml, "yml"), (json, "yaml")] {
-        if let Some(Ok(job)) = load(text, ext) {
+        if let Some(Ok(job)) = load(text, ext, true) {
             exercise(&job, true);
         }
     }

@@ -48,7 +48,9 @@ pub use powershell::PowerShellExecutor;
 #[cfg(unix)]
 pub use bash::normalize_path;
 #[doc(hidden)]
-pub use powershell::{is_absolute as windows_is_absolute, normalize_path as windows_normalize_path};
+pub use powershell::{
+    is_absolute as windows_is_absolute, normalize_path as windows_normalize_path,
+};
 
 /// The exit status logged for a command interrupted by a stop: 1, and 0 on
 /// Windows, as the Go agent logs them.
