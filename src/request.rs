@@ -29,6 +29,62 @@ where
     Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
+thread_local! {
+    /// Set while [`JobRequest::from_json_reader`] parses on this thread:
+    /// `big_string` may then read its value as a `serde_json` raw value,
+    /// which no other format (YAML) can give.
+    static READING_JSON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets `READING_JSON` for as long as it lives.
+struct ReadingJson(bool);
+
+impl ReadingJson {
+    fn start() -> ReadingJson {
+        ReadingJson(READING_JSON.with(|flag| flag.replace(true)))
+    }
+}
+
+impl Drop for ReadingJson {
+    fn drop(&mut self) {
+        READING_JSON.with(|flag| flag.set(self.0));
+    }
+}
+
+/// [`nullable`] for a string that may be most of a request (a file's
+/// content), read from a JSON reader without a second copy. `serde_json`
+/// hands a string read from a reader to the visitor as a borrowed slice of
+/// its own buffer, so a `String` would cost the string twice at the peak;
+/// a raw value is handed over as the buffer itself. An unescaped JSON
+/// string (base64 always is) then loses its quotes in place; anything else
+/// (null, escapes, a wrong type) is parsed again from the raw text, with
+/// the error a `String` field gives (placed after the value, not at it).
+fn big_string<'de, D>(deserializer: D) -> Result<String, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    if !READING_JSON.with(std::cell::Cell::get) {
+        return nullable(deserializer);
+    }
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    let mut text = Box::<str>::from(raw).into_string();
+    let plain =
+        text.len() >= 2 && text.starts_with('"') && text.ends_with('"') && !text.contains('\\');
+    if plain {
+        text.pop();
+        text.remove(0);
+        return Ok(text);
+    }
+    serde_json::from_str::<Option<String>>(&text)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            // The outer parser adds where in the request this was.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            serde::de::Error::custom(message)
+        })
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct JobRequest {
@@ -137,7 +193,7 @@ pub struct File {
     #[serde(deserialize_with = "nullable")]
     pub path: String,
     /// Base64 of the content.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "big_string")]
     pub content: String,
     /// Octal permission bits, e.g. "0644".
     #[serde(deserialize_with = "nullable")]
@@ -235,6 +291,7 @@ impl JobRequest {
     /// `serde_json` error of category `Io`; wrap the reader in a
     /// [`ReadErrors`] to get the original.
     pub fn from_json_reader(reader: impl Read) -> Result<JobRequest, serde_json::Error> {
+        let _raw_strings = ReadingJson::start();
         serde_json::from_reader(reader)
     }
 
@@ -734,6 +791,53 @@ mod tests {
         assert!(matches!(err, LoadError::Read { .. }), "{err}");
         let err = JobRequest::load(&dir.path().join("missing.json")).unwrap_err();
         assert!(matches!(err, LoadError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn reading_json_from_a_reader_gives_what_parsing_the_text_gives() {
+        let seeds = [
+            r#"{"files":[{"path":"a","content":"aGk=","mode":"0644"},{"content":null},{}]}"#,
+            r#"{"files":[{"content":"a\/b\u0041\n"}],"compose":{"image_pull_credentials":[{"files":[{"content":"eA=="}]}]}}"#,
+            r#"{"files":[{"content":5}]}"#,
+            r#"{"files":[{"content":{"a":1}}]}"#,
+            r#"{"files":[{"content":"é"}],"env_vars":[{"name":"A","value":"aGk="}]}"#,
+            r#"{"files":[{"content":""}]}"#,
+        ];
+        crate::fuzz::run(&seeds, 3000, |text| {
+            let from_text = JobRequest::from_json(text);
+            let from_reader =
+                JobRequest::from_json_reader(text.as_bytes()).map_err(|e| e.to_string());
+            match (&from_text, &from_reader) {
+                (Ok(a), Ok(b)) => {
+                    let contents = |j: &JobRequest| {
+                        let mut all: Vec<String> =
+                            j.files.iter().map(|f| f.content.clone()).collect();
+                        for c in &j.compose.image_pull_credentials {
+                            all.extend(c.files.iter().map(|f| f.content.clone()));
+                        }
+                        all
+                    };
+                    assert_eq!(contents(a), contents(b), "{text:?}");
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "{text:?}");
+                }
+                // Both refused; a mistyped `content` is read whole before
+                // it is refused, so a broken document after it may be
+                // reported instead (messages are compared below).
+                (Err(_), Err(_)) => {}
+                _ => panic!("{text:?}: {from_text:?} but {from_reader:?}"),
+            }
+        });
+        // Whole documents get the same message (placed after a mistyped
+        // `content` rather than at it).
+        let message = |e: String| e.split(" at line ").next().unwrap_or("").to_string();
+        for text in seeds.iter().skip(2).take(2) {
+            let a = JobRequest::from_json(text).unwrap_err();
+            let b = JobRequest::from_json_reader(text.as_bytes()).unwrap_err();
+            assert_eq!(message(a), message(b.to_string()), "{text}");
+        }
+        // The raw reading is for JSON readers only; YAML still reads.
+        let job = serde_yaml_ng::from_str::<JobRequest>("files:\n  - content: aGk=\n").unwrap();
+        assert_eq!(job.files[0].content, "aGk=");
     }
 
     #[test]
