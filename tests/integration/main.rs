@@ -25,6 +25,7 @@
 mod support;
 
 mod compose;
+mod containment;
 mod control_plane;
 mod hostile_input;
 mod https;
