@@ -430,7 +430,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 const BASE64_CHUNK: usize = 64 * 1024;
 
 /// What `u8::is_ascii_whitespace` accepts.
-const WHITESPACE: [u8; 5] = [b' ', b'\t', b'\n', b'\x0c', b'\r'];
+const WHITESPACE: [u8; 5] = [b'\t', b'\n', b'\x0c', b'\r', b' '];
 
 /// Why [`decode_base64_chunked`] stopped.
 #[derive(Debug)]
