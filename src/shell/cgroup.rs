@@ -270,6 +270,8 @@ fn parse_cpu_stat(text: &str) -> (u64, u64) {
 /// One job's cgroup. Removed (killed first if need be) on drop.
 pub(crate) struct JobCgroup {
     dir: PathBuf,
+    /// The directory's name, unique to this agent and job.
+    name: String,
     /// `cgroup.procs` as a C string, for the child to join between fork and
     /// exec, where nothing may allocate.
     procs: CString,
@@ -288,7 +290,8 @@ impl JobCgroup {
         };
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-        let dir = parent.join(format!("semaphore-job-{}-{seq}", std::process::id()));
+        let name = format!("semaphore-job-{}-{seq}", std::process::id());
+        let dir = parent.join(&name);
         if let Err(e) = std::fs::create_dir(&dir) {
             log::warn!(
                 "Cannot create the job's cgroup {}: {e}; using the process tree",
@@ -302,7 +305,7 @@ impl JobCgroup {
                 .into_encoded_bytes(),
         );
         match procs {
-            Ok(procs) => Some(JobCgroup { dir, procs }),
+            Ok(procs) => Some(JobCgroup { dir, name, procs }),
             Err(_) => {
                 let _ = std::fs::remove_dir(&dir);
                 None
@@ -322,6 +325,17 @@ impl JobCgroup {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect()
+    }
+
+    /// Whether process `pid` (a zombie too: it keeps its cgroup until it is
+    /// reaped) was in this cgroup.
+    pub(crate) fn had(&self, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+            own_path(&text).is_some_and(|path| {
+                path.strip_suffix(self.name.as_str())
+                    .is_some_and(|rest| rest.ends_with('/'))
+            })
+        })
     }
 
     /// Whether any process of the cgroup is still alive.

@@ -491,7 +491,7 @@ impl Shell {
         let cgroup = self.cgroup.as_ref();
         let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
         self.reap();
-        session::reap_orphans(self.pid, &members);
+        session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
         if self.report_usage {
             log::info!("{}", self.usage_line());
         }

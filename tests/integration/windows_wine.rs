@@ -382,7 +382,10 @@ fn start_registers_as_windows_runs_jobs_stops_one_and_shuts_down() {
     assert_eq!(hub.log_violations(), Vec::<String>::new());
     // The agent log names the containment and what the job used.
     let log = setup.agent_log();
-    assert!(log.contains("Job processes run in a Windows Job Object"), "{log}");
+    assert!(
+        log.contains("Job processes run in a Windows Job Object"),
+        "{log}"
+    );
     assert!(
         log.lines()
             .any(|l| l.contains("Job used ") && l.contains("; Job Object)")),
