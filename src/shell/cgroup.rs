@@ -170,12 +170,59 @@ fn probe(own: &Path) -> Containment {
     };
     let _ = std::fs::remove_dir(&dir);
     match verdict {
-        Ok(()) => Containment::Cgroup {
-            parent: own.to_path_buf(),
-            memory: enable_memory(own),
-        },
+        Ok(()) => {
+            remove_leftovers(own);
+            Containment::Cgroup {
+                parent: own.to_path_buf(),
+                memory: enable_memory(own),
+            }
+        }
         Err(why) => Containment::ProcessTree { why },
     }
+}
+
+/// The agent pid in a job cgroup's name (`semaphore-job-<pid>-<n>`).
+fn agent_of(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("semaphore-job-")?;
+    let (pid, seq) = rest.split_once('-')?;
+    seq.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Kills and removes the job cgroups left by agents that are gone (killed
+/// or crashed while a job ran): what those jobs left running ends now.
+fn remove_leftovers(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(agent_of) else {
+            continue;
+        };
+        if pid <= 0 || pid_exists(pid) {
+            continue;
+        }
+        let leftover = JobCgroup {
+            dir: entry.path(),
+            name: name.to_string_lossy().into_owned(),
+            procs: CString::default(),
+        };
+        let had = leftover.pids().len();
+        log::info!(
+            "Removing the job cgroup {} of agent {pid}, which is gone ({had} process(es) left in it)",
+            leftover.dir.display()
+        );
+        // Dropping it kills what is left and removes the directory.
+        drop(leftover);
+    }
+}
+
+/// Whether process `pid` exists (also when it is another user's).
+fn pid_exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that `pid` exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn writable(file: &Path) -> Result<(), String> {
@@ -270,6 +317,8 @@ fn parse_cpu_stat(text: &str) -> (u64, u64) {
 /// One job's cgroup. Removed (killed first if need be) on drop.
 pub(crate) struct JobCgroup {
     dir: PathBuf,
+    /// The directory's name, unique to this agent and job.
+    name: String,
     /// `cgroup.procs` as a C string, for the child to join between fork and
     /// exec, where nothing may allocate.
     procs: CString,
@@ -288,7 +337,8 @@ impl JobCgroup {
         };
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-        let dir = parent.join(format!("semaphore-job-{}-{seq}", std::process::id()));
+        let name = format!("semaphore-job-{}-{seq}", std::process::id());
+        let dir = parent.join(&name);
         if let Err(e) = std::fs::create_dir(&dir) {
             log::warn!(
                 "Cannot create the job's cgroup {}: {e}; using the process tree",
@@ -302,7 +352,7 @@ impl JobCgroup {
                 .into_encoded_bytes(),
         );
         match procs {
-            Ok(procs) => Some(JobCgroup { dir, procs }),
+            Ok(procs) => Some(JobCgroup { dir, name, procs }),
             Err(_) => {
                 let _ = std::fs::remove_dir(&dir);
                 None
@@ -322,6 +372,17 @@ impl JobCgroup {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect()
+    }
+
+    /// Whether process `pid` (a zombie too: it keeps its cgroup until it is
+    /// reaped) was in this cgroup.
+    pub(crate) fn had(&self, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+            own_path(&text).is_some_and(|path| {
+                path.strip_suffix(self.name.as_str())
+                    .is_some_and(|rest| rest.ends_with('/'))
+            })
+        })
     }
 
     /// Whether any process of the cgroup is still alive.
@@ -437,6 +498,15 @@ mod tests {
         );
         assert!(own_dir(point, "/docker/x", "/docker/xy").is_err());
         assert!(own_dir(point, "/", "/../..").is_err());
+    }
+
+    #[test]
+    fn only_job_cgroup_names_give_an_agent() {
+        assert_eq!(agent_of("semaphore-job-1234-7"), Some(1234));
+        assert_eq!(agent_of("semaphore-job-1234"), None);
+        assert_eq!(agent_of("semaphore-job-x-1"), None);
+        assert_eq!(agent_of("semaphore-agent-probe-9"), None);
+        assert_eq!(agent_of("docker"), None);
     }
 
     #[test]

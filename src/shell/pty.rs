@@ -491,7 +491,7 @@ impl Shell {
         let cgroup = self.cgroup.as_ref();
         let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
         self.reap();
-        session::reap_orphans(self.pid, &members);
+        session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
         if self.report_usage {
             log::info!("{}", self.usage_line());
         }
@@ -501,40 +501,35 @@ impl Shell {
     /// The agent-log line of what the job used: from its cgroup where there
     /// is one (every process it started, daemons included), else from what
     /// bash and the processes it waited for used.
-    fn usage_line(&self) -> String {
+    fn usage_line(&self) -> crate::usage::Usage {
+        use crate::usage::{Memory, Usage};
         let micros = |t: libc::timeval| {
             u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
         };
-        let (user, system) = self
-            .rusage
-            .map(|r| (micros(r.ru_utime), micros(r.ru_stime)))
-            .unwrap_or((0, 0));
+        let cgroup = self.cgroup.as_ref().map(|c| c.usage());
+        let (user_usec, system_usec, source) = match (cgroup, self.rusage) {
+            (Some(c), _) => (c.user_usec, c.system_usec, "cgroup"),
+            (None, Some(r)) => (
+                micros(r.ru_utime),
+                micros(r.ru_stime),
+                "bash and the processes it waited for",
+            ),
+            (None, None) => (0, 0, "unknown: bash was not reaped"),
+        };
         // ru_maxrss is in KiB on Linux.
         let largest = self
             .rusage
-            .map(|r| u64::try_from(r.ru_maxrss).unwrap_or(0) * 1024);
-        let cgroup = self.cgroup.as_ref().map(|c| c.usage());
-        let (user, system, source) = match cgroup {
-            Some(c) => (c.user_usec, c.system_usec, "cgroup"),
-            None => (user, system, "bash and the processes it waited for"),
-        };
-        let mut line = format!(
-            "Job used {} CPU (user {}, system {}; {source})",
-            secs(user + system),
-            secs(user),
-            secs(system)
-        );
-        match (cgroup.and_then(|c| c.memory_peak), largest) {
-            (Some(peak), _) => line.push_str(&format!(", peak memory {}", mib(peak))),
-            (None, Some(rss)) => line.push_str(&format!(", largest process {} resident", mib(rss))),
-            (None, None) => {}
+            .map(|r| Memory::LargestProcess(u64::try_from(r.ru_maxrss).unwrap_or(0) * 1024));
+        Usage {
+            user_usec,
+            system_usec,
+            source,
+            memory: cgroup
+                .and_then(|c| c.memory_peak)
+                .map(Memory::Peak)
+                .or(largest),
+            processes: self.forks.count(),
         }
-        match self.forks.count() {
-            Some((n, false)) => line.push_str(&format!(", {n} processes started")),
-            Some((n, true)) => line.push_str(&format!(", at least {n} processes started")),
-            None => {}
-        }
-        line
     }
 
     /// Collects bash's exit status; bounded, as bash was killed or exited.
@@ -855,20 +850,6 @@ fn type_line(pty: &Pty, mut bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Microseconds as seconds, for the usage line.
-fn secs(micros: u64) -> String {
-    format!("{}.{:03} s", micros / 1_000_000, micros % 1_000_000 / 1000)
-}
-
-/// Bytes as MiB, for the usage line.
-fn mib(bytes: u64) -> String {
-    format!(
-        "{}.{} MiB",
-        bytes / (1 << 20),
-        bytes % (1 << 20) * 10 / (1 << 20)
-    )
 }
 
 /// Bash's exit status if it has ended, without reaping it (`WNOWAIT`), so

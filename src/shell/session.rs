@@ -228,8 +228,10 @@ pub(crate) fn terminate(
 /// status) and never anything else: other children of the agent (hooks, the
 /// artifact CLI) are waited for by the code that started them. `signalled`
 /// are the processes `terminate` killed (daemons that left the session
-/// included). Returns how many were reaped.
-pub(crate) fn reap_orphans(leader: i32, signalled: &[i32]) -> usize {
+/// included); a zombie that was in the job's `cgroup` is the job's too
+/// (one forked just before the cgroup was killed). Returns how many were
+/// reaped.
+pub(crate) fn reap_orphans(leader: i32, signalled: &[i32], cgroup: Option<&JobCgroup>) -> usize {
     let Ok(me) = i32::try_from(std::process::id()) else {
         return 0;
     };
@@ -239,7 +241,11 @@ pub(crate) fn reap_orphans(leader: i32, signalled: &[i32]) -> usize {
         if !(p.gone && p.ppid == me && p.pid != leader) {
             continue;
         }
-        if p.sid != leader && p.pgrp != leader && !signalled.contains(&p.pid) {
+        let ours = p.sid == leader
+            || p.pgrp == leader
+            || signalled.contains(&p.pid)
+            || cgroup.is_some_and(|c| c.had(p.pid));
+        if !ours {
             continue;
         }
         let mut status: libc::c_int = 0;

@@ -263,3 +263,126 @@ fn without_cgroups_the_process_tree_rules_stay() {
     assert!(!log.contains(CGROUP_MODE), "{log}");
     assert!(survivors.is_empty(), "{survivors:?}");
 }
+
+/// This process's cgroup v2 directory (the agent it starts inherits it),
+/// from `/proc/self/mountinfo` and `/proc/self/cgroup`.
+fn own_cgroup_dir() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let point = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then_some(())?;
+        let mut fields = left.split_whitespace();
+        (fields.nth(3)? == "/").then_some(())?;
+        fields.next().map(std::path::PathBuf::from)
+    })?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(point.join(path.trim_start_matches('/')))
+}
+
+/// An agent killed while its job ran leaves the job's cgroup, and whatever
+/// the job started, behind; the next agent kills and removes it. The agent
+/// under test runs in a cgroup of this test's own, so no other test's agent
+/// (they share this process's cgroup) sees the planted leftover.
+#[test]
+fn a_gone_agents_job_cgroup_is_killed_and_removed() {
+    let sandbox = Sandbox::new();
+    let s = unique("4");
+    // A pid that no longer exists: a child that ended and was reaped.
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("run `true`");
+    let gone = child.id();
+    child.wait().expect("reap `true`");
+    let private = own_cgroup_dir()
+        .map(|dir| dir.join(format!("semaphore-test-{}-gone-agent", std::process::id())))
+        .filter(|dir| std::fs::create_dir(dir).is_ok());
+    let planted = private
+        .as_ref()
+        .map(|dir| dir.join(format!("semaphore-job-{gone}-1")))
+        .filter(|dir| std::fs::create_dir(dir).is_ok());
+    let mut sleeper = None;
+    if let Some(dir) = &planted {
+        let child = std::process::Command::new("sleep")
+            .arg(&s)
+            .spawn()
+            .expect("spawn sleep");
+        let moved = std::fs::write(dir.join("cgroup.procs"), child.id().to_string());
+        sleeper = Some(child);
+        assert!(moved.is_ok(), "cannot move sleep into {}", dir.display());
+    }
+    let hub = Hub::start();
+    let procs_file = private.as_ref().map(|dir| {
+        std::ffi::CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("a path without NUL")
+    });
+    let args = [
+        "start",
+        "--endpoint",
+        &hub.endpoint(),
+        "--no-https",
+        "--token",
+        crate::support::hub::REGISTRATION_TOKEN,
+        "--name",
+        "agent-under-test",
+    ];
+    let mut agent = Agent::spawn_with(&sandbox, &args, &[], |cmd| {
+        if let Some(procs) = procs_file {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only raw syscalls between fork and exec, on a path
+            // made before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if n == 1 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other("cannot join the test's cgroup"))
+                    }
+                });
+            }
+        }
+    });
+    let removed = wait::until(WAIT, || agent.log().contains("Removing the job cgroup"));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", agent.log());
+    let log = agent.log();
+    let killed = sleeper.as_mut().map(|child| {
+        let ended = wait::until(WAIT, || child.try_wait().ok().flatten().is_some());
+        if !ended {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        ended
+    });
+    let dir_left = planted.as_ref().is_some_and(|d| d.exists());
+    for dir in planted.iter().chain(private.iter()) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if !cgroups_here(&log, "a_gone_agents_job_cgroup_is_killed_and_removed") {
+        return;
+    }
+    assert!(private.is_some(), "no cgroup of the test's own");
+    assert_eq!(
+        killed,
+        Some(true),
+        "the leftover job's process survived\n{log}"
+    );
+    assert!(removed, "no line about the leftover cgroup:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "of agent {gone}, which is gone (1 process(es) left in it)"
+        )),
+        "{log}"
+    );
+    assert!(!dir_left, "the leftover cgroup is still there");
+}
