@@ -286,8 +286,9 @@ impl JobRequest {
     }
 
     /// Parses a job from JSON read from `reader`, without a copy of the
-    /// whole text: the peak is the parsed job plus its longest string.
-    /// `reader` should be buffered. A read error comes back as the
+    /// whole text: the peak is the parsed job plus its longest string that
+    /// is not a file's content (that one is taken over from the parser's
+    /// buffer, see `big_string`). `reader` should be buffered. A read error comes back as the
     /// `serde_json` error of category `Io`; wrap the reader in a
     /// [`ReadErrors`] to get the original.
     pub fn from_json_reader(reader: impl Read) -> Result<JobRequest, serde_json::Error> {
