@@ -23,7 +23,7 @@ use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JobObjectBasicAccountingInformation,
     JobObjectExtendedLimitInformation, QueryInformationJobObject, SetInformationJobObject,
-    TerminateJobObject, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION,
+    TerminateJobObject, JOBOBJECTINFOCLASS, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 use windows_sys::Win32::System::Pipes::CreatePipe;
@@ -99,38 +99,44 @@ impl JobObject {
         Ok(())
     }
 
-    /// What the job's processes used so far: CPU time, the peak of their
-    /// memory together, and how many were started.
-    fn usage(&self) -> std::io::Result<crate::usage::Usage> {
-        // SAFETY: plain integers, for which zero is valid.
-        let mut basic: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
-        // SAFETY: the handle is live; pointer and size describe `basic`.
+    /// One information class of the job, into a `T` of plain integers.
+    ///
+    /// # Safety
+    /// `T` must be the structure Windows fills for `class`, and all-zero
+    /// must be a valid `T`.
+    unsafe fn query<T>(&self, class: JOBOBJECTINFOCLASS) -> std::io::Result<T> {
+        // SAFETY: the caller promises that zero is a valid `T`.
+        let mut info: T = unsafe { std::mem::zeroed() };
+        // SAFETY: the handle is live; pointer and size describe `info`, the
+        // structure the caller promises `class` fills.
         let ok = unsafe {
             QueryInformationJobObject(
                 self.0,
-                JobObjectBasicAccountingInformation,
-                (&mut basic as *mut JOBOBJECT_BASIC_ACCOUNTING_INFORMATION).cast(),
-                std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+                class,
+                (&mut info as *mut T).cast(),
+                std::mem::size_of::<T>() as u32,
                 std::ptr::null_mut(),
             )
         };
         if ok == 0 {
             return Err(std::io::Error::last_os_error());
         }
+        Ok(info)
+    }
+
+    /// What the job's processes used so far: CPU time, the peak of their
+    /// memory together, and how many were started.
+    fn usage(&self) -> std::io::Result<crate::usage::Usage> {
+        // SAFETY: each class with its own structure of plain integers.
+        let basic: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION =
+            unsafe { self.query(JobObjectBasicAccountingInformation)? };
         // SAFETY: as above.
-        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
-        // SAFETY: the handle is live; pointer and size describe `limits`.
-        let ok = unsafe {
-            QueryInformationJobObject(
-                self.0,
-                JobObjectExtendedLimitInformation,
-                (&mut limits as *mut JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast(),
-                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
-                std::ptr::null_mut(),
-            )
-        };
-        let memory = (ok != 0 && limits.PeakJobMemoryUsed > 0)
-            .then_some(crate::usage::Memory::Peak(limits.PeakJobMemoryUsed as u64));
+        let limits: Option<JOBOBJECT_EXTENDED_LIMIT_INFORMATION> =
+            unsafe { self.query(JobObjectExtendedLimitInformation).ok() };
+        let memory = limits
+            .map(|l| l.PeakJobMemoryUsed as u64)
+            .filter(|&peak| peak > 0)
+            .map(crate::usage::Memory::Peak);
         // 100 ns ticks.
         let usec = |ticks: i64| u64::try_from(ticks).unwrap_or(0) / 10;
         Ok(crate::usage::Usage {

@@ -47,8 +47,9 @@
 //!   it before it runs, so a proper daemon (left the session, closed the
 //!   terminal) is caught too, and after the grace the cgroup is killed
 //!   whole with `cgroup.kill`. Without a cgroup such a daemon is out of
-//!   reach. At the end of a host job (no launcher) one agent-log line says
-//!   what the job used (CPU time, memory, processes started: `forks`).
+//!   reach. At the end of every shell one agent-log line says what the job
+//!   used (CPU time, memory, processes started: `forks`); behind a launcher
+//!   that is only the launcher's share, and the line says so.
 //! - `Shell::close()` ends bash and whatever the job left running, reaps
 //!   bash, joins the reader thread and removes the scratch directory; safe
 //!   to call twice, also done on drop. After it, `run` returns an error.

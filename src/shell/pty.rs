@@ -218,9 +218,9 @@ pub struct Shell {
     /// The job's own cgroup v2, when the machine allows one
     /// (`cgroup::containment`); `None` means the process-tree rules.
     cgroup: Option<super::cgroup::JobCgroup>,
-    /// Whether the end of the job logs what it used (a host job; for a
-    /// launcher it would only be the launcher's share).
-    report_usage: bool,
+    /// Bash runs behind a launcher (`docker compose run`, `kubectl exec`),
+    /// so what the cgroup counts is only the launcher's share.
+    launched: bool,
     /// What bash and the descendants it waited for used (`wait4`).
     rusage: Option<libc::rusage>,
     /// How many processes the job started.
@@ -364,7 +364,7 @@ impl Shell {
             tty,
             stop_grace: DEFAULT_STOP_GRACE,
             cgroup,
-            report_usage: launch.is_none(),
+            launched: launch.is_some(),
             forks,
             rusage: None,
         };
@@ -492,9 +492,7 @@ impl Shell {
         let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
         self.reap();
         session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
-        if self.report_usage {
-            log::info!("{}", self.usage_line());
-        }
+        log::info!("{}", self.usage_line());
         drop(self.cgroup.take());
     }
 
@@ -507,14 +505,24 @@ impl Shell {
             u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
         };
         let cgroup = self.cgroup.as_ref().map(|c| c.usage());
-        let (user_usec, system_usec, source) = match (cgroup, self.rusage) {
-            (Some(c), _) => (c.user_usec, c.system_usec, "cgroup"),
-            (None, Some(r)) => (
+        let (user_usec, system_usec, source) = match (cgroup, self.rusage, self.launched) {
+            (Some(c), _, false) => (c.user_usec, c.system_usec, "cgroup"),
+            (Some(c), _, true) => (
+                c.user_usec,
+                c.system_usec,
+                "cgroup of the launcher only; the job ran in a container or pod",
+            ),
+            (None, Some(r), false) => (
                 micros(r.ru_utime),
                 micros(r.ru_stime),
                 "bash and the processes it waited for",
             ),
-            (None, None) => (0, 0, "unknown: bash was not reaped"),
+            (None, Some(r), true) => (
+                micros(r.ru_utime),
+                micros(r.ru_stime),
+                "the launcher only; the job ran in a container or pod",
+            ),
+            (None, None, _) => (0, 0, "unknown: bash was not reaped"),
         };
         // ru_maxrss is in KiB on Linux.
         let largest = self
