@@ -6,10 +6,11 @@
 //! times the request's size. Linux only: it reads /proc.
 //!
 //! Why 100 MB and not the 200 MB: these tests run the dev build,
-//! where parsing and decoding cost about 0.15 s per MB (a 200 MB request
+//! where parsing and decoding cost about 0.1 s per MB (a 200 MB request
 //! takes half a minute; the release build does it in about two seconds).
 //! The ratio does not depend on the size: an agent that holds two copies
-//! of the file's text fails at either size (the last one did: 2.8x).
+//! of the file's text fails at either size (the agent before this test
+//! peaked at 2.8x here).
 //! `examples/agent_bench.rs` measures 200 MB on the release build.
 
 use std::time::Duration;
