@@ -39,6 +39,12 @@
 //!    packaging/build-static.sh built it, the static musl binary. There is
 //!    no baseline binary to build here; the ratio column is against the
 //!    target.
+//! 6. big job request: peak RSS (VmHWM) of an agent that fetched and ran a
+//!    200 MB job request (a 150 MB base64 file, 160 000 commands, 500 env
+//!    vars), against the request's size (target: under 2.5 times it).
+//!    Baseline: the VmHWM of a fresh process (this program with
+//!    `--parse FILE`) that reads the same bytes and parses them into a
+//!    `serde_json::Value`, the plain way to read a request.
 
 #[path = "../tests/support/hub.rs"]
 #[allow(dead_code)]
@@ -72,6 +78,9 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--probe") {
         std::process::exit(probe(args.get(2).map(String::as_str).unwrap_or("")));
     }
+    if args.get(1).map(String::as_str) == Some("--parse") {
+        std::process::exit(parse_probe(args.get(2).map(String::as_str).unwrap_or("")));
+    }
     let bin = match agent_binary() {
         Ok(bin) => bin,
         Err(message) => {
@@ -86,10 +95,10 @@ fn main() {
     let clock = Clock::now();
     let mut rows = Vec::new();
 
-    println!("1/5 start → registered ({START_RUNS} runs each)...");
+    println!("1/6 start → registered ({START_RUNS} runs each)...");
     rows.extend(start_rows(&bin));
 
-    println!("2/5 idle RSS, 3/5 line latency, 4/5 stop latency (one agent)...");
+    println!("2/6 idle RSS, 3/6 line latency, 4/6 stop latency (one agent)...");
     let scratch = Sandbox::new();
     let hub = hub::Hub::start();
     let mut agent = Proc::spawn(scratch.agent(&bin, &start_args(&hub.endpoint())));
@@ -109,8 +118,11 @@ fn main() {
     }
     agent.kill();
 
-    println!("5/5 binary size...");
+    println!("5/6 binary size...");
     rows.extend(size_rows(&bin));
+
+    println!("6/6 a 200 MB job request...");
+    rows.extend(big_job_rows(&bin));
 
     print_table(&rows);
 }
@@ -718,6 +730,104 @@ fn start_args(endpoint: &str) -> Vec<String> {
 
 fn path_var() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+}
+
+// ------------------------------------------------------ 6. big job request
+
+/// A valid job request of about 200 MB as JSON text: a 150 MB base64 file,
+/// 160 000 commands (the epilogue of a failed job, which never runs) and
+/// 500 env vars of 2 KB.
+fn big_job_text() -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // A 48 KiB pattern: its base64 has no padding, so it can be repeated.
+    let pattern: Vec<u8> = (0..48 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let unit = b64(&pattern);
+    let content = unit.repeat((150 << 20) / unit.len());
+    let commands: Vec<String> = (0..160_000)
+        .map(|i| {
+            format!(
+                r#"{{"directive":"echo {i} {}","alias":""}}"#,
+                "x".repeat(280)
+            )
+        })
+        .collect();
+    let env_vars: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"name":"VAR_{i}","value":"{}"}}"#, b64(&[b'v'; 1536])))
+        .collect();
+    format!(
+        r#"{{"commands":[{{"directive":"ls -l big.bin","alias":""}}],"epilogue_on_fail_commands":[{}],"env_vars":[{}],"files":[{{"path":"big.bin","content":"{content}","mode":"0644"}}]}}"#,
+        commands.join(","),
+        env_vars.join(",")
+    )
+}
+
+fn big_job_rows(bin: &Path) -> Vec<Row> {
+    let text = big_job_text();
+    let size_kb = text.len() as u64 / 1024;
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("job.json");
+    if let Err(e) = std::fs::write(&file, &text) {
+        fail(&format!("cannot write {}: {e}", file.display()));
+    }
+
+    let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| "agent_bench".into()));
+    cmd.arg("--parse").arg(&file).stdout(Stdio::piped());
+    let naive_kb = cmd
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&file);
+
+    let hub = hub::Hub::start();
+    hub.set_next_sync_after(100);
+    let id = hub.queue_job_text(text);
+    let mut agent = Proc::spawn(sandbox.agent(bin, &start_args(&hub.endpoint())));
+    let started = Instant::now();
+    let result = hub.wait_for_result(&id, Duration::from_secs(120));
+    let took = started.elapsed();
+    let peak_kb = proc_status_kb(agent.pid(), "VmHWM").unwrap_or(0);
+    agent.kill();
+    if result.as_deref() != Some("passed") {
+        fail_with_log(&sandbox, &format!("the 200 MB job ended {result:?}"));
+    }
+    vec![
+        Row::kb(
+            "200 MB job: agent VmHWM",
+            peak_kb,
+            size_kb,
+            "the request's size",
+            Some(size_kb * 5 / 2),
+        )
+        .note(&format!("fetched and run in {:.1} s", took.as_secs_f64())),
+        Row::kb(
+            "200 MB job: read + parse to Value",
+            naive_kb,
+            size_kb,
+            "the request's size",
+            None,
+        )
+        .note("baseline: a fresh process, serde_json::from_slice"),
+    ]
+}
+
+/// The `--parse FILE` child: reads FILE, parses it into a
+/// `serde_json::Value` and prints its own VmHWM in kB.
+fn parse_probe(path: &str) -> i32 {
+    let Ok(bytes) = std::fs::read(path) else {
+        return 1;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return 1;
+    };
+    let hwm = proc_status_kb(std::process::id() as i32, "VmHWM").unwrap_or(0);
+    drop((bytes, value));
+    println!("{hwm}");
+    0
 }
 
 /// A private HOME and TMPDIR per child, removed when dropped.

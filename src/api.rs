@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::events::JobResult;
 use crate::net::{describe_transport, http_agent};
-use crate::request::JobRequest;
+use crate::request::{JobRequest, ReadErrors};
 
 /// How long to wait to connect and for each response; the Go agent uses a
 /// 30 s client timeout for every control-plane call.
@@ -422,12 +422,27 @@ impl Api {
             job_id: job_id.to_string(),
             failure,
         };
-        let text = self
-            .call("GET", &url, &self.access_token, None, MAX_JOB_BYTES)
+        let mut response = self
+            .send("GET", &url, &self.access_token, None)
             .map_err(err)?;
+        // Parsed as it arrives: a job can be hundreds of megabytes, and the
+        // text and the parsed job must not both be held.
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_JOB_BYTES)
+            .reader();
+        let mut errors = ReadErrors::new(body);
+        let parsed = JobRequest::from_json_reader(std::io::BufReader::new(&mut errors));
+        if let Some(e) = errors.first_error() {
+            return Err(err(Failure::Transport(format!(
+                "reading the answer: {}",
+                self.redact(&e.to_string())
+            ))));
+        }
         // The job carries secrets (env vars, files, the log token): never
         // quote it, only say where parsing stopped.
-        serde_json::from_str::<JobRequest>(&text).map_err(|e| {
+        parsed.map_err(|e| {
             err(Failure::BadAnswer {
                 reason: describe_bad_job(&e),
                 body: String::new(),
@@ -489,6 +504,33 @@ impl Api {
         json: Option<String>,
         limit: u64,
     ) -> Result<String, Failure> {
+        let mut response = self.send(method, url, token, json)?;
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| {
+                Failure::Transport(format!(
+                    "reading the answer: {}",
+                    self.redact(&e.to_string())
+                ))
+            })?;
+        String::from_utf8(bytes).map_err(|_| Failure::BadAnswer {
+            reason: "the answer is not UTF-8".to_string(),
+            body: String::new(),
+        })
+    }
+
+    /// One request; a 2xx answer with its body unread, anything else a
+    /// [`Failure`].
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        token: &str,
+        json: Option<String>,
+    ) -> Result<ureq::http::Response<ureq::Body>, Failure> {
         let auth = format!("Token {token}");
         let sent = match (method, json) {
             ("GET", _) => self.agent.get(url).header("Authorization", &auth).call(),
@@ -534,21 +576,7 @@ impl Api {
                 body: self.excerpt(&String::from_utf8_lossy(&head)),
             });
         }
-        let bytes = response
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| {
-                Failure::Transport(format!(
-                    "reading the answer: {}",
-                    self.redact(&e.to_string())
-                ))
-            })?;
-        String::from_utf8(bytes).map_err(|_| Failure::BadAnswer {
-            reason: "the answer is not UTF-8".to_string(),
-            body: String::new(),
-        })
+        Ok(response)
     }
 
     /// The start of `text`, on one line, with our tokens cut out.

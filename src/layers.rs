@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "notify",
         "child_env",
         "platform",
+        "usage",
     ],
     // The agent's private temp dir and file creation; job log masking; the
     // operations registry the listener and the log flusher update.

@@ -28,6 +28,7 @@ pub mod random;
 pub mod request;
 #[cfg(unix)]
 pub mod shell;
+pub mod usage;
 
 #[cfg(test)]
 mod fuzz;

@@ -39,6 +39,7 @@ impl std::error::Error for LocalError {}
 /// Runs the job and returns its result.
 pub fn run(local: LocalRun) -> Result<JobResult, LocalError> {
     let request = JobRequest::load(&local.job_file).map_err(LocalError::LoadJobFile)?;
+    log::info!("{}", crate::executor::containment());
     // Ctrl-C stops the job the way a `stop-job` would: everything the job
     // started is ended and the result is `stopped`.
     let stop = JobStop::new();

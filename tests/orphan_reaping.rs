@@ -53,4 +53,42 @@ fn orphans_of_a_job_are_reaped_when_the_agent_is_their_reaper() {
     assert_eq!(state_of(pid), None, "pid {pid} was left behind");
     let zombies = procs::zombie_children_of(std::process::id());
     assert!(zombies.is_empty(), "zombie children left: {zombies:?}");
+
+    // Daemons that left the job's session (only its cgroup knows them),
+    // made while the job ends: killed with the cgroup, and reaped too.
+    if !matches!(
+        semaphore_agent::shell::containment(),
+        semaphore_agent::shell::Containment::Cgroup { .. }
+    ) {
+        let why = semaphore_agent::shell::containment().describe();
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{why}");
+        eprintln!("skipped the daemon part: {why}");
+        return;
+    }
+    let mut shell = Shell::start(&ShellOptions {
+        home: home.path().to_path_buf(),
+        env: Vec::new(),
+        ..ShellOptions::default()
+    })
+    .expect("start the second shell");
+    let storm = "for i in $(seq 2000); do setsid sleep 1003 </dev/null >/dev/null 2>&1 & done &";
+    shell
+        .run(storm, &mut |_| {})
+        .expect("start the storm of daemons");
+    wait::until(Duration::from_secs(5), || {
+        procs::running_containing("sleep 1003").len() >= 20
+    });
+    shell.close();
+    let left = procs::running_containing("sleep 1003");
+    assert!(left.is_empty(), "{} daemons outlived the job", left.len());
+    wait::until(Duration::from_secs(5), || {
+        procs::zombie_children_of(std::process::id()).is_empty()
+    });
+    let zombies = procs::zombie_children_of(std::process::id());
+    assert!(
+        zombies.is_empty(),
+        "{} zombie children left, e.g. {:?}",
+        zombies.len(),
+        zombies.first()
+    );
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
 use crate::events::Event;
-use crate::request::File;
+use crate::request::{ContentError, File};
 use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
 use crate::unix_now;
 
@@ -147,12 +147,23 @@ pub fn hook_command(path: &Path, hook: Hook) -> String {
 /// byte for byte.
 pub fn env_file_content(vars: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
     let mut content = Vec::new();
-    for (name, value) in vars {
-        content.extend_from_slice(format!("export {name}=").as_bytes());
-        content.extend_from_slice(&quote_bytes(value));
-        content.push(b'\n');
-    }
+    // Writing to a Vec cannot fail.
+    let _ = write_env_file_content(vars, &mut content);
     content
+}
+
+/// [`env_file_content`] written to `out` a line at a time, so a file
+/// never needs the whole text in memory besides the values.
+pub fn write_env_file_content(
+    vars: &BTreeMap<String, Vec<u8>>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    for (name, value) in vars {
+        out.write_all(format!("export {name}=").as_bytes())?;
+        out.write_all(&quote_bytes(value))?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// The host executor.
@@ -179,8 +190,11 @@ impl BashExecutor {
         let path = self.settings.tmp_dir.join(format!(".env-{nanos}"));
         // Exclusive and no-follow: the shared temp dir may hold a planted
         // link; 0600 from the first moment.
-        let written = crate::private_tmp::create_private(&path, 0o600)
-            .and_then(|mut file| file.write_all(&env_file_content(vars)));
+        let written = crate::private_tmp::create_private(&path, 0o600).and_then(|file| {
+            let mut out = std::io::BufWriter::new(file);
+            write_env_file_content(vars, &mut out)?;
+            out.flush()
+        });
         match written {
             Ok(()) => Ok(path),
             Err(e) => Err(format!(
@@ -314,10 +328,13 @@ fn clean(path: &Path) -> PathBuf {
 /// decode, parent directories (0750), content, then the mode (so a bad mode
 /// is reported after the content was written, as Go does). The error is the
 /// command's exit code and the output line.
+///
+/// The content is never held decoded: it is checked first (so a bad one
+/// fails before anything is created, as in Go), then decoded into the file
+/// a chunk at a time.
 fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
-    let content = file
-        .decode()
-        .map_err(|_| (1, "Failed to decode the content of the file.".to_string()))?;
+    let bad_content = || (1, "Failed to decode the content of the file.".to_string());
+    file.check_content().map_err(|_| bad_content())?;
     if let Some(parent) = dest.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -376,7 +393,10 @@ fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
         set_mode(&out, mode)?;
     }
     out.set_len(0).map_err(|e| (255, e.to_string()))?;
-    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
+    file.write_content(&mut out).map_err(|e| match e {
+        ContentError::Write(e) => (255, e.to_string()),
+        ContentError::BadBase64 { .. } => bad_content(),
+    })?;
     let mode = mode.map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
     // Again after writing: what Go's order (content, then chmod) leaves.
     set_mode(&out, mode)

@@ -314,6 +314,17 @@ pub fn create(
     }
 }
 
+/// The agent-log line that says how a job's processes are contained and
+/// ended on this machine (logged once when the agent starts).
+pub fn containment() -> String {
+    #[cfg(unix)]
+    return crate::shell::containment().describe();
+    #[cfg(windows)]
+    return "Job processes run in a Windows Job Object of their own; the job's end closes it \
+            and kills every process in it"
+        .to_string();
+}
+
 /// The directive of the step that fails when [`create`] refuses a job.
 pub const PREPARE_DIRECTIVE: &str = "Preparing the executor";
 

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
-    SetInformationJobObject, TerminateJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
-    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectBasicAccountingInformation,
+    JobObjectExtendedLimitInformation, QueryInformationJobObject, SetInformationJobObject,
+    TerminateJobObject, JOBOBJECTINFOCLASS, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION,
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 use windows_sys::Win32::System::Pipes::CreatePipe;
 use windows_sys::Win32::System::Threading::{CREATE_NEW_PROCESS_GROUP, CREATE_UNICODE_ENVIRONMENT};
@@ -98,6 +99,55 @@ impl JobObject {
         Ok(())
     }
 
+    /// One information class of the job, into a `T` of plain integers.
+    ///
+    /// # Safety
+    /// `T` must be the structure Windows fills for `class`, and all-zero
+    /// must be a valid `T`.
+    unsafe fn query<T>(&self, class: JOBOBJECTINFOCLASS) -> std::io::Result<T> {
+        // SAFETY: the caller promises that zero is a valid `T`.
+        let mut info: T = unsafe { std::mem::zeroed() };
+        // SAFETY: the handle is live; pointer and size describe `info`, the
+        // structure the caller promises `class` fills.
+        let ok = unsafe {
+            QueryInformationJobObject(
+                self.0,
+                class,
+                (&mut info as *mut T).cast(),
+                std::mem::size_of::<T>() as u32,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(info)
+    }
+
+    /// What the job's processes used so far: CPU time, the peak of their
+    /// memory together, and how many were started.
+    fn usage(&self) -> std::io::Result<crate::usage::Usage> {
+        // SAFETY: each class with its own structure of plain integers.
+        let basic: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION =
+            unsafe { self.query(JobObjectBasicAccountingInformation)? };
+        // SAFETY: as above.
+        let limits: Option<JOBOBJECT_EXTENDED_LIMIT_INFORMATION> =
+            unsafe { self.query(JobObjectExtendedLimitInformation).ok() };
+        let memory = limits
+            .map(|l| l.PeakJobMemoryUsed as u64)
+            .filter(|&peak| peak > 0)
+            .map(crate::usage::Memory::Peak);
+        // 100 ns ticks.
+        let usec = |ticks: i64| u64::try_from(ticks).unwrap_or(0) / 10;
+        Ok(crate::usage::Usage {
+            user_usec: usec(basic.TotalUserTime),
+            system_usec: usec(basic.TotalKernelTime),
+            source: "Job Object",
+            memory,
+            processes: Some((u64::from(basic.TotalProcesses), false)),
+        })
+    }
+
     /// Ends every process in the job; the handle stays usable.
     fn terminate(&self) {
         // SAFETY: the handle is live for the JobObject's lifetime.
@@ -143,6 +193,8 @@ pub struct Session {
     /// Readers still blocked on a pipe that a background process holds
     /// open; they end when `close` kills the job, and are joined there.
     readers: Vec<JoinHandle<()>>,
+    /// Whether the usage line was logged (once, at the first `close`).
+    reported: bool,
 }
 
 impl Session {
@@ -155,6 +207,7 @@ impl Session {
             program,
             job,
             readers: Vec::new(),
+            reported: false,
         })
     }
 
@@ -301,6 +354,12 @@ impl Session {
     /// Kills everything the job started and joins the readers it left
     /// (bounded: a reader still blocked after the kill is left behind).
     pub fn close(&mut self) {
+        if !std::mem::replace(&mut self.reported, true) {
+            match self.job.usage() {
+                Ok(usage) => log::info!("{usage}"),
+                Err(e) => log::debug!("cannot read the job's accounting: {e}"),
+            }
+        }
         self.job.terminate();
         let deadline = Instant::now() + STOP_WAIT;
         for reader in self.readers.drain(..) {

@@ -215,6 +215,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
+    log::info!("{}", crate::executor::containment());
 
     let mut api = Api::new(
         &config.endpoint,

@@ -42,8 +42,14 @@
 //!   (`set_stop_grace`, default 500 ms) everything left, bash included,
 //!   gets SIGKILL. "The job's processes" are bash's session, its process
 //!   group, any process still holding the job's PTY open (caught even after
-//!   `setsid`), and their descendants. A process that both left the session
-//!   and closed the terminal (a proper daemon) is out of reach.
+//!   `setsid`), and their descendants, and, where the machine allows a cgroup
+//!   v2 per job (`cgroup`), every process in the job's cgroup: bash joins
+//!   it before it runs, so a proper daemon (left the session, closed the
+//!   terminal) is caught too, and after the grace the cgroup is killed
+//!   whole with `cgroup.kill`. Without a cgroup such a daemon is out of
+//!   reach. At the end of every shell one agent-log line says what the job
+//!   used (CPU time, memory, processes started: `forks`); behind a launcher
+//!   that is only the launcher's share, and the line says so.
 //! - `Shell::close()` ends bash and whatever the job left running, reaps
 //!   bash, joins the reader thread and removes the scratch directory; safe
 //!   to call twice, also done on drop. After it, `run` returns an error.
@@ -53,11 +59,14 @@
 //! reaped here through its `Child`; a `waitpid(-1)` loop elsewhere would
 //! steal its status (the shell then reports status 1).
 
+mod cgroup;
+mod forks;
 mod framing;
 mod pty;
 mod quote;
 mod session;
 
+pub use cgroup::{containment, Containment};
 pub use pty::{
     read_pty, Launch, ReadEvent, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE,
 };

@@ -215,6 +215,16 @@ pub struct Shell {
     /// The PTY's terminal side (`/dev/pts/N`), to find processes holding it.
     tty: Option<PathBuf>,
     stop_grace: Duration,
+    /// The job's own cgroup v2, when the machine allows one
+    /// (`cgroup::containment`); `None` means the process-tree rules.
+    cgroup: Option<super::cgroup::JobCgroup>,
+    /// Bash runs behind a launcher (`docker compose run`, `kubectl exec`),
+    /// so what the cgroup counts is only the launcher's share.
+    launched: bool,
+    /// What bash and the descendants it waited for used (`wait4`).
+    rusage: Option<libc::rusage>,
+    /// How many processes the job started.
+    forks: super::forks::JobForks,
 }
 
 impl Shell {
@@ -288,7 +298,21 @@ impl Shell {
             remove_scratch(&scratch);
             return Err(start_err("starting the job's shell", &"empty command"));
         };
-        let child = Command::new(program)
+        let cgroup = super::cgroup::JobCgroup::create();
+        let command = Command::new(program);
+        let command = match &cgroup {
+            Some(cgroup) => {
+                let procs = cgroup.procs_path();
+                // SAFETY: the closure only makes raw syscalls
+                // (`cgroup::join_raw`) on a path made before the fork.
+                unsafe { command.pre_exec(move || super::cgroup::join_raw(&procs)) }
+            }
+            None => command,
+        };
+        // Held from before the fork until bash is followed, so no fork of
+        // bash's is read before bash is known.
+        let spawning = super::forks::Spawning::begin();
+        let child = command
             .env_clear()
             .envs(crate::child_env::vars())
             .args(args)
@@ -311,6 +335,7 @@ impl Shell {
             }
         };
         let pid = i32::try_from(child.id()).unwrap_or(-1);
+        let forks = spawning.track(pid);
 
         let pty = Arc::new(pty);
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
@@ -338,6 +363,10 @@ impl Shell {
             inline,
             tty,
             stop_grace: DEFAULT_STOP_GRACE,
+            cgroup,
+            launched: launch.is_some(),
+            forks,
+            rusage: None,
         };
         match reader {
             Ok(handle) => shell.reader = Some(handle),
@@ -459,9 +488,56 @@ impl Shell {
         if self.child.is_none() {
             return;
         }
-        session::terminate(self.pid, self.tty.as_deref(), self.stop_grace);
+        let cgroup = self.cgroup.as_ref();
+        let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
         self.reap();
-        session::reap_orphans(self.pid);
+        session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
+        log::info!("{}", self.usage_line());
+        drop(self.cgroup.take());
+    }
+
+    /// The agent-log line of what the job used: from its cgroup where there
+    /// is one (every process it started, daemons included), else from what
+    /// bash and the processes it waited for used.
+    fn usage_line(&self) -> crate::usage::Usage {
+        use crate::usage::{Memory, Usage};
+        let micros = |t: libc::timeval| {
+            u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+        };
+        let cgroup = self.cgroup.as_ref().map(|c| c.usage());
+        let (user_usec, system_usec, source) = match (cgroup, self.rusage, self.launched) {
+            (Some(c), _, false) => (c.user_usec, c.system_usec, "cgroup"),
+            (Some(c), _, true) => (
+                c.user_usec,
+                c.system_usec,
+                "cgroup of the launcher only; the job ran in a container or pod",
+            ),
+            (None, Some(r), false) => (
+                micros(r.ru_utime),
+                micros(r.ru_stime),
+                "bash and the processes it waited for",
+            ),
+            (None, Some(r), true) => (
+                micros(r.ru_utime),
+                micros(r.ru_stime),
+                "the launcher only; the job ran in a container or pod",
+            ),
+            (None, None, _) => (0, 0, "unknown: bash was not reaped"),
+        };
+        // ru_maxrss is in KiB on Linux.
+        let largest = self
+            .rusage
+            .map(|r| Memory::LargestProcess(u64::try_from(r.ru_maxrss).unwrap_or(0) * 1024));
+        Usage {
+            user_usec,
+            system_usec,
+            source,
+            memory: cgroup
+                .and_then(|c| c.memory_peak)
+                .map(Memory::Peak)
+                .or(largest),
+            processes: self.forks.count(),
+        }
     }
 
     /// Collects bash's exit status; bounded, as bash was killed or exited.
@@ -470,23 +546,37 @@ impl Shell {
         while peek_exit(self.pid).is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return;
         };
         if peek_exit(self.pid).is_none() {
             log::warn!("bash (pid {}) did not exit; leaving it", self.pid);
             return;
         }
-        let status = match child.wait() {
-            Ok(status) => status
+        let mut raw: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child, which has ended (peek_exit), so it
+        // does not block; `raw` and `usage` are valid and writable.
+        let rc = unsafe { libc::wait4(self.pid, &mut raw, 0, &mut usage) };
+        let status = if rc == self.pid {
+            self.rusage = Some(usage);
+            let status = std::process::ExitStatus::from_raw(raw);
+            status
                 .code()
                 .or_else(|| status.signal().map(|s| 128 + s))
-                .unwrap_or(1),
-            Err(err) => {
-                log::warn!("cannot reap bash (pid {}): {err}", self.pid);
-                1
-            }
+                .unwrap_or(1)
+        } else {
+            log::warn!(
+                "cannot reap bash (pid {}): {}",
+                self.pid,
+                std::io::Error::last_os_error()
+            );
+            1
         };
+        // Reaped above; the Child only has to go (dropping it waits for
+        // nothing).
+        drop(child);
         self.ended.get_or_insert(status);
     }
 
@@ -608,6 +698,10 @@ impl Shell {
     ) -> Outcome {
         let mut last_check = Instant::now();
         loop {
+            // First, so a stop that came before the answer always wins.
+            if self.stopper.is_stopped() {
+                return Outcome::Stopped;
+            }
             let mut wait = TICK;
             if let Some(due) = chunker.deadline() {
                 wait = wait.min(due.saturating_duration_since(Instant::now()));

@@ -15,6 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::cgroup::JobCgroup;
+
 /// How often the process table is read again while waiting for processes
 /// to end.
 const POLL: Duration = Duration::from_millis(10);
@@ -139,18 +141,35 @@ fn signal(pid: i32, sig: libc::c_int) {
 /// Ends every process of the job led by `leader`: the leader is frozen
 /// (SIGSTOP, so a script cannot run its next line once its current command
 /// dies), the others get SIGTERM (and SIGCONT, so stopped jobs see it),
-/// then after at most `grace` everything left, leader included, gets
-/// SIGKILL until nothing is left or `KILL_WAIT` passed. `tty` is the path of
-/// the job's terminal. Returns whether every process is gone.
-pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> bool {
+/// then after at most `grace` everything left, leader included, is killed:
+/// the whole `cgroup` at once where the job has one (a daemon that left the
+/// session and the terminal, or a fork bomb, cannot escape it), and by
+/// SIGKILL to every process found, until nothing is left or `KILL_WAIT`
+/// passed. `tty` is the path of the job's terminal. Returns every process
+/// it signalled, so their zombies can be reaped.
+pub(crate) fn terminate(
+    leader: i32,
+    tty: Option<&Path>,
+    grace: Duration,
+    cgroup: Option<&JobCgroup>,
+) -> Vec<i32> {
+    let mut signalled = Vec::new();
     if leader <= 1 {
-        return true;
+        return signalled;
     }
     let others = |procs: &[ProcInfo]| -> Vec<i32> {
-        job_processes(leader, procs)
-            .into_iter()
-            .filter(|&pid| pid != leader)
-            .collect()
+        let mut pids = job_processes(leader, procs);
+        if let Some(cgroup) = cgroup {
+            let me = i32::try_from(std::process::id()).unwrap_or(-1);
+            let gone: HashSet<i32> = procs.iter().filter(|p| p.gone).map(|p| p.pid).collect();
+            for pid in cgroup.pids() {
+                if pid > 1 && pid != me && !gone.contains(&pid) && !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids.retain(|&pid| pid != leader);
+        pids
     };
     signal(leader, libc::SIGSTOP);
     let first = others(&snapshot(tty));
@@ -158,6 +177,7 @@ pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> boo
         signal(pid, libc::SIGTERM);
         signal(pid, libc::SIGCONT);
     }
+    signalled.extend_from_slice(&first);
     if !first.is_empty() {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -166,6 +186,10 @@ pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> boo
                 break;
             }
         }
+    }
+    if let Some(cgroup) = cgroup {
+        signalled.extend(cgroup.pids());
+        cgroup.kill();
     }
     let deadline = Instant::now() + KILL_WAIT;
     loop {
@@ -177,17 +201,18 @@ pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> boo
             // zombie does nothing, so this is safe in every case.
             signal(leader, libc::SIGKILL);
             signal(-leader, libc::SIGKILL);
-            return true;
+            return signalled;
         }
         if Instant::now() >= deadline {
             log::warn!(
                 "{} process(es) of the job's session survived SIGKILL",
                 live.len()
             );
-            return false;
+            return signalled;
         }
         for pid in live {
             signal(pid, libc::SIGKILL);
+            signalled.push(pid);
         }
         std::thread::sleep(POLL / 2);
     }
@@ -201,18 +226,26 @@ pub(crate) fn terminate(leader: i32, tty: Option<&Path>, grace: Duration) -> boo
 /// them. Only zombies of the job led by `leader` (its session or process
 /// group) are reaped, never the leader itself (its caller collects bash's
 /// status) and never anything else: other children of the agent (hooks, the
-/// artifact CLI) are waited for by the code that started them. Returns how
-/// many were reaped.
-pub(crate) fn reap_orphans(leader: i32) -> usize {
+/// artifact CLI) are waited for by the code that started them. `signalled`
+/// are the processes `terminate` killed (daemons that left the session
+/// included); a zombie that was in the job's `cgroup` is the job's too
+/// (one forked just before the cgroup was killed). Returns how many were
+/// reaped.
+pub(crate) fn reap_orphans(leader: i32, signalled: &[i32], cgroup: Option<&JobCgroup>) -> usize {
     let Ok(me) = i32::try_from(std::process::id()) else {
         return 0;
     };
+    let signalled: HashSet<i32> = signalled.iter().copied().collect();
     let mut reaped = 0;
     for p in snapshot(None) {
         if !(p.gone && p.ppid == me && p.pid != leader) {
             continue;
         }
-        if p.sid != leader && p.pgrp != leader {
+        let ours = p.sid == leader
+            || p.pgrp == leader
+            || signalled.contains(&p.pid)
+            || cgroup.is_some_and(|c| c.had(p.pid));
+        if !ours {
             continue;
         }
         let mut status: libc::c_int = 0;

@@ -289,6 +289,12 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
         !log.contains("agent value") && !log.contains(KUBE_TOKEN),
         "{log}"
     );
+    // What the job used is only kubectl's share here, and the line says so.
+    assert!(
+        log.lines().any(|l| l.contains("Job used ")
+            && l.contains("launcher only; the job ran in a container or pod)")),
+        "{log}"
+    );
     c.hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }

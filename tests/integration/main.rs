@@ -25,11 +25,14 @@
 mod support;
 
 mod compose;
+mod containment;
 mod control_plane;
 mod hostile_input;
 mod https;
 mod job_logs;
 mod kubernetes;
+#[cfg(target_os = "linux")]
+mod memory;
 mod operations;
 mod run_jobs;
 mod security;

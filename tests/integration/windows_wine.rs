@@ -380,6 +380,17 @@ fn start_registers_as_windows_runs_jobs_stops_one_and_shuts_down() {
     );
     assert!(!output.contains('\r'), "CRLF reached the log: {output:?}");
     assert_eq!(hub.log_violations(), Vec::<String>::new());
+    // The agent log names the containment and what the job used.
+    let log = setup.agent_log();
+    assert!(
+        log.contains("Job processes run in a Windows Job Object"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Job used ") && l.contains("; Job Object)")),
+        "no usage line from the Job Object:\n{log}"
+    );
     // The file is read-only: wine maps that to no write bits on Linux.
     let written: Vec<PathBuf> = std::fs::read_dir(setup.wine.prefix.join("drive_c/users"))
         .unwrap()

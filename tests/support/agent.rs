@@ -37,6 +37,17 @@ impl Agent {
     /// config file, settings from `env`, or another token), shrunk delays
     /// and `env` added.
     pub fn spawn(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::spawn_with(sandbox, args, env, |_| {})
+    }
+
+    /// Like [`Agent::spawn`], with `configure` applied to the command last
+    /// (a `pre_exec`, say).
+    pub fn spawn_with(
+        sandbox: &Sandbox,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Agent {
         let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
         let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
         let mut cmd = sandbox.agent();
@@ -52,6 +63,7 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         Agent {
             child: cmd.spawn().expect("spawn the agent"),
             status: None,

@@ -87,6 +87,8 @@ struct State {
     requests: Vec<Recorded>,
     queue: VecDeque<String>,
     jobs: HashMap<String, Value>,
+    /// Jobs queued as text (`queue_job_text`), by id.
+    job_texts: HashMap<String, Arc<String>>,
     stop: HashSet<String>,
     shutdown: Option<String>,
     faults: HashMap<Endpoint, VecDeque<Fault>>,
@@ -212,6 +214,19 @@ impl Hub {
         };
         job["job_id"] = json!(id);
         s.jobs.insert(id.clone(), job);
+        s.queue.push_back(id.clone());
+        id
+    }
+
+    /// Queues a job given as the text of a JSON object without `job_id` and
+    /// `logger` (the hub puts both in front), served as it is: for requests
+    /// of hundreds of megabytes, which a `Value` would make slow to serve.
+    pub fn queue_job_text(&self, text: String) -> String {
+        assert!(text.starts_with('{'), "a job is a JSON object");
+        let mut s = self.lock();
+        let id = format!("job-{}", s.jobs.len() + 1);
+        s.jobs.insert(id.clone(), Value::Null);
+        s.job_texts.insert(id.clone(), Arc::new(text));
         s.queue.push_back(id.clone());
         id
     }
@@ -579,7 +594,7 @@ fn normal_answer(
                 .log_base
                 .clone()
                 .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
-            job["logger"] = json!({
+            let logger = json!({
                 "method": "push",
                 "url": format!("{base}/logs/{id}"),
                 "token": token,
@@ -588,6 +603,15 @@ fn normal_answer(
             if s.verbose {
                 println!("[hub] serving job {id}");
             }
+            if let Some(text) = s.job_texts.get(&id).cloned() {
+                drop(s);
+                let head = json!({"job_id": id, "logger": logger}).to_string();
+                let rest = text[1..].trim_start();
+                let glue = if rest.starts_with('}') { "" } else { "," };
+                let head = &head[..head.len() - 1];
+                return (200, format!("{head}{glue}{rest}"));
+            }
+            job["logger"] = logger;
             (200, job.to_string())
         }
         Some(Endpoint::Refresh) => {

@@ -28,9 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bash::{env_file_content, hook_command, PtyCommands, JOB_RESULT_COMMAND};
+use super::bash::{hook_command, write_env_file_content, PtyCommands, JOB_RESULT_COMMAND};
 use super::{Executor, Hook, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
-use crate::request::{Command as JobCommand, Container, File, ImagePullCredentials, JobRequest};
+use crate::request::{
+    Command as JobCommand, Container, ContentError, File, ImagePullCredentials, JobRequest,
+};
 use crate::shell::{read_pty, shell_quote, Launch, ReadEvent, Shell, ShellOptions};
 use file::Mount;
 
@@ -703,7 +705,12 @@ impl Executor for ComposeExecutor {
             self.exported.insert(name.clone(), value.clone());
         }
         let path = self.shared().join(".env");
-        if let Err(e) = write_private(&path, &env_file_content(&self.exported)) {
+        let written = write_private_with(&path, |file| {
+            let mut out = std::io::BufWriter::new(file);
+            write_env_file_content(&self.exported, &mut out)?;
+            out.flush()
+        });
+        if let Err(e) = written {
             log.output(format!(
                 "Failed to write the environment file {}: {e}\n",
                 path.display()
@@ -730,11 +737,19 @@ impl Executor for ComposeExecutor {
         let staged = self.shared().join("file");
         for f in files {
             log.output(format!("Injecting {} with file mode {}\n", f.path, f.mode));
-            let Ok(content) = f.decode() else {
+            // Checked, then decoded into the staged copy a chunk at a
+            // time: a big file is never held decoded.
+            if f.check_content().is_err() {
                 log.output("Failed to decode the content of the file.\n");
                 return 1;
-            };
-            if let Err(e) = write_private(&staged, &content) {
+            }
+            let written = write_private_with(&staged, |out| {
+                f.write_content(out).map(|_| ()).map_err(|e| match e {
+                    ContentError::Write(e) => e,
+                    bad => std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string()),
+                })
+            });
+            if let Err(e) = written {
                 log.output(format!("{e}\n"));
                 return 255;
             }
@@ -852,13 +867,21 @@ fn container_path(path: &str) -> String {
 }
 
 fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_private_with(path, |file| file.write_all(content))
+}
+
+/// [`write_private`] with the content written by `fill`.
+fn write_private_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    file.write_all(content)
+    fill(&mut file)
 }
 
 fn remove_all(paths: &[PathBuf]) {

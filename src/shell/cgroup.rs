@@ -1,0 +1,535 @@
+//! Containing a job in a cgroup v2 of its own (Linux).
+//!
+//! Owns finding a writable cgroup v2 hierarchy, making one child cgroup per
+//! job, putting the job's shell into it before bash runs (so everything it
+//! ever starts is inside, whatever it does with sessions and terminals),
+//! killing the whole cgroup with `cgroup.kill`, reading what it used, and
+//! removing it. Where no child cgroup can be made (a read-only cgroupfs in
+//! most containers, a cgroup v1-only host, a kernel without `cgroup.kill`)
+//! the mode is [`Containment::ProcessTree`] and `session` alone finds the
+//! job's processes. It must not decide when a job ends; `pty` does.
+
+use std::ffi::CString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How a job's processes are found and ended on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Containment {
+    /// Each job gets a child cgroup of `parent`; `memory` says whether the
+    /// memory controller is on for it (then its peak is reported).
+    Cgroup { parent: PathBuf, memory: bool },
+    /// The process tree, session and terminal rules of `session`; `why`
+    /// says what ruled out cgroups.
+    ProcessTree { why: String },
+}
+
+impl Containment {
+    /// The agent-log line that says which mode is in use.
+    pub fn describe(&self) -> String {
+        match self {
+            Containment::Cgroup { parent, memory } => format!(
+                "Job processes are contained in a cgroup v2 of their own under {} \
+                 (a stop or the job's end kills the whole cgroup; memory accounting {})",
+                parent.display(),
+                if *memory { "on" } else { "off" }
+            ),
+            Containment::ProcessTree { why } => format!(
+                "Job processes are found by session, terminal and process tree, \
+                 not by cgroup ({why}); a daemon that leaves both can outlive its job"
+            ),
+        }
+    }
+}
+
+/// The mode of this agent, found once (on first use).
+pub fn containment() -> &'static Containment {
+    static MODE: OnceLock<Containment> = OnceLock::new();
+    MODE.get_or_init(detect)
+}
+
+/// The test knob that turns cgroups off, so the process-tree mode can be
+/// tested on a machine that has them. Ignored by release builds.
+const TEST_KNOB: &str = "SEMAPHORE_AGENT_TEST_CGROUP";
+
+fn detect() -> Containment {
+    if cfg!(any(debug_assertions, feature = "test-knobs"))
+        && std::env::var(TEST_KNOB).is_ok_and(|v| v == "off")
+    {
+        return Containment::ProcessTree {
+            why: format!("turned off by {TEST_KNOB}"),
+        };
+    }
+    match find_own_cgroup() {
+        Ok(own) => probe(&own),
+        Err(why) => Containment::ProcessTree { why },
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy and the mount's root, from
+/// `/proc/self/mountinfo` text.
+fn cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_ascii_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = left.split_ascii_whitespace();
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        Some((PathBuf::from(unescape(point)), unescape(root)))
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if let Some(v) = bytes
+                .get(i + 1..i + 4)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// This process's cgroup v2 path, from `/proc/self/cgroup` text (the
+/// `0::` line).
+fn own_path(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|line| line.strip_prefix("0::"))
+}
+
+/// The directory of this process's own cgroup v2, or why there is none.
+fn find_own_cgroup() -> Result<PathBuf, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let (point, root) =
+        cgroup2_mount(&mountinfo).ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let path = own_path(&cgroup)
+        .ok_or_else(|| "this process is in no cgroup v2 (/proc/self/cgroup)".to_string())?;
+    own_dir(&point, &root, path)
+}
+
+/// Joins the mount point and the process's cgroup path, minding a mount of
+/// a sub-tree (root not `/`) and paths outside the mount (a cgroup
+/// namespace shows `/..`).
+fn own_dir(point: &Path, root: &str, path: &str) -> Result<PathBuf, String> {
+    let rel = if root == "/" {
+        path
+    } else {
+        path.strip_prefix(root)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .ok_or_else(|| format!("this process's cgroup {path} is outside the mount of {root}"))?
+    };
+    if rel.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "this process's cgroup {path} is outside this cgroup namespace"
+        ));
+    }
+    let rel = rel.trim_start_matches('/');
+    Ok(if rel.is_empty() {
+        point.to_path_buf()
+    } else {
+        point.join(rel)
+    })
+}
+
+/// Checks that a job cgroup can be made under `own` and killed, and turns
+/// on memory accounting for job cgroups where that is possible.
+fn probe(own: &Path) -> Containment {
+    let name = format!("semaphore-agent-probe-{}", std::process::id());
+    let dir = own.join(name);
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(e) = std::fs::create_dir(&dir) {
+        return Containment::ProcessTree {
+            why: format!("cannot create a cgroup in {}: {e}", own.display()),
+        };
+    }
+    let verdict = if !dir.join("cgroup.kill").exists() {
+        Err("the kernel has no cgroup.kill (Linux 5.14 or later needed)".to_string())
+    } else {
+        writable(&own.join("cgroup.procs"))
+            .and_then(|()| writable(&dir.join("cgroup.procs")))
+            .and_then(|()| writable(&dir.join("cgroup.kill")))
+    };
+    let _ = std::fs::remove_dir(&dir);
+    match verdict {
+        Ok(()) => {
+            remove_leftovers(own);
+            Containment::Cgroup {
+                parent: own.to_path_buf(),
+                memory: enable_memory(own),
+            }
+        }
+        Err(why) => Containment::ProcessTree { why },
+    }
+}
+
+/// The agent pid in a job cgroup's name (`semaphore-job-<pid>-<n>`).
+fn agent_of(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix("semaphore-job-")?;
+    let (pid, seq) = rest.split_once('-')?;
+    seq.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Kills and removes the job cgroups left by agents that are gone (killed
+/// or crashed while a job ran): what those jobs left running ends now.
+fn remove_leftovers(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(agent_of) else {
+            continue;
+        };
+        if pid <= 0 || pid_exists(pid) {
+            continue;
+        }
+        let leftover = JobCgroup {
+            dir: entry.path(),
+            name: name.to_string_lossy().into_owned(),
+            procs: CString::default(),
+        };
+        let had = leftover.pids().len();
+        log::info!(
+            "Removing the job cgroup {} of agent {pid}, which is gone ({had} process(es) left in it)",
+            leftover.dir.display()
+        );
+        // Dropping it kills what is left and removes the directory.
+        drop(leftover);
+    }
+}
+
+/// Whether process `pid` exists (also when it is another user's).
+fn pid_exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that `pid` exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn writable(file: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .map(drop)
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+}
+
+/// Turns the memory controller (and pids, where there) on for the children
+/// of `own`, so job cgroups report `memory.peak`. cgroup v2 allows that
+/// only when `own` holds no process itself (or is the root), so on
+/// `EBUSY` the agent moves itself into a leaf `own/agent` first, as a unit
+/// with `Delegate=yes` expects. Returns whether memory accounting is on.
+fn enable_memory(own: &Path) -> bool {
+    let controllers = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_ascii_whitespace().any(|c| c == "memory") {
+        return false;
+    }
+    let wanted: Vec<String> = ["memory", "pids"]
+        .iter()
+        .filter(|c| controllers.split_ascii_whitespace().any(|have| have == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    let enable = || std::fs::write(own.join("cgroup.subtree_control"), wanted.join(" "));
+    match enable() {
+        Ok(()) => return true,
+        Err(e) if e.raw_os_error() != Some(libc::EBUSY) => {
+            log::debug!("cannot turn on memory accounting in {}: {e}", own.display());
+            return false;
+        }
+        Err(_) => {}
+    }
+    let leaf = own.join("agent");
+    let moved = match std::fs::create_dir(&leaf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+    .and_then(|()| std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()));
+    match moved.and_then(|()| enable()) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("cannot turn on memory accounting in {}: {e}", own.display());
+            false
+        }
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs`. Only raw syscalls, so it is safe between fork and exec
+/// (`pre_exec`), where nothing may allocate.
+pub(crate) fn join_raw(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: `procs` is a valid NUL-terminated path; open, write and close
+    // are async-signal-safe and read only the one-byte static buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if written == 1 {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
+
+/// What a job's cgroup says it used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CgroupUsage {
+    pub user_usec: u64,
+    pub system_usec: u64,
+    pub memory_peak: Option<u64>,
+}
+
+/// Reads `user_usec` and `system_usec` from `cpu.stat` text.
+fn parse_cpu_stat(text: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("user_usec"), field("system_usec"))
+}
+
+/// One job's cgroup. Removed (killed first if need be) on drop.
+pub(crate) struct JobCgroup {
+    dir: PathBuf,
+    /// The directory's name, unique to this agent and job.
+    name: String,
+    /// `cgroup.procs` as a C string, for the child to join between fork and
+    /// exec, where nothing may allocate.
+    procs: CString,
+}
+
+/// The longest wait for a killed cgroup to empty.
+const EMPTY_WAIT: Duration = Duration::from_secs(2);
+
+impl JobCgroup {
+    /// A new cgroup for a job under the agent's, or `None` in process-tree
+    /// mode. A failure to make it is logged and also gives `None`: the job
+    /// then runs with the process-tree rules rather than not at all.
+    pub(crate) fn create() -> Option<JobCgroup> {
+        let Containment::Cgroup { parent, .. } = containment() else {
+            return None;
+        };
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("semaphore-job-{}-{seq}", std::process::id());
+        let dir = parent.join(&name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            log::warn!(
+                "Cannot create the job's cgroup {}: {e}; using the process tree",
+                dir.display()
+            );
+            return None;
+        }
+        let procs = CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        );
+        match procs {
+            Ok(procs) => Some(JobCgroup { dir, name, procs }),
+            Err(_) => {
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+
+    /// The path the shell's child writes itself into (see [`join_raw`]).
+    pub(crate) fn procs_path(&self) -> CString {
+        self.procs.clone()
+    }
+
+    /// The processes in the cgroup now.
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Whether process `pid` (a zombie too: it keeps its cgroup until it is
+    /// reaped) was in this cgroup.
+    pub(crate) fn had(&self, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+            own_path(&text).is_some_and(|path| {
+                path.strip_suffix(self.name.as_str())
+                    .is_some_and(|rest| rest.ends_with('/'))
+            })
+        })
+    }
+
+    /// Whether any process of the cgroup is still alive.
+    pub(crate) fn populated(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+            .unwrap_or(false)
+    }
+
+    /// SIGKILLs every process in the cgroup at once, forks in flight
+    /// included, and waits (bounded) until none is left. Returns whether
+    /// the cgroup emptied.
+    pub(crate) fn kill(&self) -> bool {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("cgroup.kill"))
+            .and_then(|mut f| f.write_all(b"1"))
+        {
+            log::warn!("cannot kill the job's cgroup {}: {e}", self.dir.display());
+            return !self.populated();
+        }
+        let deadline = Instant::now() + EMPTY_WAIT;
+        while self.populated() {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "the job's cgroup {} still has processes after cgroup.kill",
+                    self.dir.display()
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// What the job's processes used so far.
+    pub(crate) fn usage(&self) -> CgroupUsage {
+        let (user_usec, system_usec) = std::fs::read_to_string(self.dir.join("cpu.stat"))
+            .map(|t| parse_cpu_stat(&t))
+            .unwrap_or((0, 0));
+        let memory_peak = std::fs::read_to_string(self.dir.join("memory.peak"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        CgroupUsage {
+            user_usec,
+            system_usec,
+            memory_peak,
+        }
+    }
+}
+
+impl Drop for JobCgroup {
+    fn drop(&mut self) {
+        if self.populated() {
+            self.kill();
+        }
+        // rmdir fails while the kernel still tears down the last tasks.
+        let deadline = Instant::now() + EMPTY_WAIT;
+        loop {
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    log::warn!("cannot remove the job's cgroup {}: {e}", self.dir.display());
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_among_v1_ones() {
+        let text = "\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+32 30 0:28 / /sys/fs/cgroup/my\\040unified rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount(text),
+            Some((PathBuf::from("/sys/fs/cgroup/my unified"), "/".to_string()))
+        );
+        assert_eq!(cgroup2_mount("31 30 0:27 / /x rw - cgroup cgroup rw"), None);
+        assert_eq!(cgroup2_mount("garbage\n\n - "), None);
+    }
+
+    #[test]
+    fn own_path_is_the_v2_line() {
+        let text = "4:memory:/x\n0::/system.slice/agent.service\n";
+        assert_eq!(own_path(text), Some("/system.slice/agent.service"));
+        assert_eq!(own_path("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn own_dir_minds_sub_tree_mounts_and_namespaces() {
+        let point = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            own_dir(point, "/", "/"),
+            Ok(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            own_dir(point, "/", "/a.slice/b"),
+            Ok(PathBuf::from("/sys/fs/cgroup/a.slice/b"))
+        );
+        assert_eq!(
+            own_dir(point, "/docker/x", "/docker/x/y"),
+            Ok(PathBuf::from("/sys/fs/cgroup/y"))
+        );
+        assert!(own_dir(point, "/docker/x", "/docker/xy").is_err());
+        assert!(own_dir(point, "/", "/../..").is_err());
+    }
+
+    #[test]
+    fn only_job_cgroup_names_give_an_agent() {
+        assert_eq!(agent_of("semaphore-job-1234-7"), Some(1234));
+        assert_eq!(agent_of("semaphore-job-1234"), None);
+        assert_eq!(agent_of("semaphore-job-x-1"), None);
+        assert_eq!(agent_of("semaphore-agent-probe-9"), None);
+        assert_eq!(agent_of("docker"), None);
+    }
+
+    #[test]
+    fn cpu_stat_fields() {
+        let text = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nuser_usec_x 7\n";
+        assert_eq!(parse_cpu_stat(text), (1000, 500));
+        assert_eq!(parse_cpu_stat("junk"), (0, 0));
+    }
+
+    #[test]
+    fn both_modes_say_what_they_are() {
+        let on = Containment::Cgroup {
+            parent: PathBuf::from("/sys/fs/cgroup/unified"),
+            memory: false,
+        };
+        assert!(on
+            .describe()
+            .contains("cgroup v2 of their own under /sys/fs/cgroup/unified"));
+        let off = Containment::ProcessTree {
+            why: "no cgroup v2 hierarchy is mounted".into(),
+        };
+        assert!(off
+            .describe()
+            .contains("(no cgroup v2 hierarchy is mounted)"));
+    }
+}
