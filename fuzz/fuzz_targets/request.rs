@@ -97,9 +97,7 @@ fn exercise(job: &JobRequest, secrets_inside: bool) {
             .flat_map(|c| &c.files),
     );
     for file in files {
-        if let (Err(e), true) = (file.decode(), secrets_inside) {
-            check_error("File::decode", &e);
-        }
+        same_content(file, secrets_inside);
         match file.parse_mode() {
             Ok(mode) => assert!(mode <= 0o7777, "mode {mode:o} from {:?}", file.mode),
             Err(e) if secrets_inside => check_error("File::parse_mode", &e),
@@ -111,11 +109,95 @@ fn exercise(job: &JobRequest, secrets_inside: bool) {
     }
 }
 
-fn raw(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(job) = JobRequest::from_json(text) {
-            exercise(&job, false);
+/// `File::write_content` (decoding a chunk at a time) and `File::decode`
+/// (all at once) give the same bytes, or the same error.
+fn same_content(file: &File, secrets_inside: bool) {
+    let mut written = Vec::new();
+    let streamed = file.write_content(&mut written);
+    match (file.decode(), streamed) {
+        (Ok(whole), Ok(n)) => {
+            assert_eq!(n, whole.len() as u64, "write_content's count");
+            assert!(
+                whole == written,
+                "write_content wrote other bytes than decode"
+            );
         }
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b.to_string(), "decode and write_content errors differ");
+            if secrets_inside {
+                check_error("File::decode", &a);
+                check_error("File::write_content", &b);
+            }
+        }
+        (a, b) => panic!(
+            "decode and write_content disagree: {:?} vs {b:?}",
+            a.map(|v| v.len())
+        ),
+    }
+}
+
+/// Everything a request holds that `Debug` leaves out.
+fn secrets_of(job: &JobRequest) -> Vec<&str> {
+    let mut out = vec![job.logger.token.as_str()];
+    let vars = job
+        .env_vars
+        .iter()
+        .chain(job.compose.containers.iter().flat_map(|c| &c.env_vars))
+        .chain(
+            job.compose
+                .image_pull_credentials
+                .iter()
+                .flat_map(|c| &c.env_vars),
+        );
+    out.extend(vars.map(|v| v.value.as_str()));
+    let files = job.files.iter().chain(
+        job.compose
+            .image_pull_credentials
+            .iter()
+            .flat_map(|c| &c.files),
+    );
+    out.extend(files.map(|f| f.content.as_str()));
+    out
+}
+
+/// `from_json` (from a string) and `from_json_reader` (streaming, file
+/// contents taken over from the parser's buffer) agree.
+fn parse_json(json: &[u8], secrets_inside: bool) {
+    let streamed = JobRequest::from_json_reader(json);
+    if let Err(e) = &streamed {
+        if secrets_inside {
+            check_error("from_json_reader", e);
+        }
+    }
+    let Ok(text) = std::str::from_utf8(json) else {
+        return;
+    };
+    match (JobRequest::from_json(text), streamed) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(
+                format!("{a:?}"),
+                format!("{b:?}"),
+                "from_json_reader differs"
+            );
+            assert_eq!(secrets_of(&a), secrets_of(&b), "from_json_reader differs");
+            exercise(&a, secrets_inside);
+        }
+        (Err(e), Err(_)) => {
+            if secrets_inside {
+                check_error("from_json", &e);
+            }
+        }
+        (a, b) => panic!(
+            "from_json and from_json_reader disagree: {:?} vs {:?}",
+            a.err(),
+            b.err()
+        ),
+    }
+}
+
+fn raw(data: &[u8]) {
+    parse_json(data, false);
+    if let Ok(text) = std::str::from_utf8(data) {
         let _ = decode_base64(text);
     }
     for ext in ["json", "yml"] {
@@ -128,8 +210,15 @@ fn raw(data: &[u8]) {
 /// Where the sentinel goes in a secret field: as it is, in base64, or in
 /// base64 between bytes of the fuzzer's choice.
 fn secret(u: &mut Unstructured<'_>) -> Result<String> {
-    Ok(match u.int_in_range(0..=3u8)? {
+    Ok(match u.int_in_range(0..=4u8)? {
         0 => SENTINEL.to_string(),
+        4 => {
+            // Line breaks, as MIME base64 has: escaped in JSON.
+            let mut b64 = sentinel_base64();
+            let at = u.int_in_range(0..=b64.len())?;
+            b64.insert_str(at, if u.arbitrary()? { "\n" } else { "\r\n\t" });
+            b64
+        }
         1 => sentinel_base64(),
         2 => sentinel_base64().trim_end_matches('=').to_string(),
         _ => {
@@ -325,12 +414,7 @@ fn shaped(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         (&json.as_bytes()[..cut_json], &yaml.as_bytes()[..cut_yaml])
     };
-    if let Ok(text) = std::str::from_utf8(json) {
-        match JobRequest::from_json(text) {
-            Ok(job) => exercise(&job, true),
-            Err(e) => check_error("from_json", &e),
-        }
-    }
+    parse_json(json, true);
     for (text, ext) in [(json, "json"), (yaml, "yml"), (json, "yaml")] {
         if let Some(Ok(job)) = load(text, ext, true) {
             exercise(&job, true);
@@ -372,6 +456,30 @@ fn values(u: &mut Unstructured<'_>) -> Result<()> {
     assert_no_sentinel("Debug of File", &format!("{file:?}"));
     if let Err(e) = decode_base64(&value) {
         check_error("decode_base64", &e);
+    }
+    // Contents over the chunk size of `write_content` (64 KiB), with a
+    // few bytes changed anywhere: the same bytes or error as `decode`.
+    let unit_len = u.int_in_range(1..=48)?.min(u.len());
+    let unit = u.bytes(unit_len)?.to_vec();
+    if !unit.is_empty() {
+        let len: usize = u.int_in_range(40_000..=150_000)?;
+        let mut content = encode_base64(&unit.repeat(len / unit.len()));
+        for _ in 0..u.int_in_range(0..=4)? {
+            let at = u.int_in_range(0..=content.len())?;
+            let b = *u.choose(&[b' ', b'\n', b'=', b'!', b'A', b'-', b'\t'])?;
+            content.insert(at, char::from(b));
+        }
+        if u.arbitrary()? {
+            content.truncate(u.int_in_range(0..=content.len())?);
+        }
+        same_content(
+            &File {
+                path: "big".into(),
+                content,
+                mode: "0644".into(),
+            },
+            true,
+        );
     }
     // Base64 round trip, padded or not, with whitespace anywhere.
     let len = u.int_in_range(0..=64)?.min(u.len());
