@@ -17,6 +17,14 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(request framing chunker paths masker)
 started=$SECONDS
 
+# libfuzzer-sys compiles libFuzzer (C++): a fresh Debian machine with only
+# the Rust toolchain may lack a C++ compiler.
+if ! command -v c++ >/dev/null && command -v apt-get >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends g++ >/dev/null
+fi
+
 # cargo-fuzz, pinned, built into the fuzz crate's own target dir (so it is
 # cached with it and nothing lands in ~/.cargo/bin).
 version=0.13.2
@@ -81,6 +89,7 @@ for target in "${targets[@]}"; do
     ls -l "fuzz/artifacts/$target" 2>/dev/null || true
   fi
 done
+rm -rf fuzz/target/request-files # the job files the request target loads
 echo "== fuzz took $((SECONDS - started))s"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz targets failed: ${failed[*]}"

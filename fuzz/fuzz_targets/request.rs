@@ -41,8 +41,11 @@ fuzz_target!(|data: &[u8]| {
 
 /// A job file of this run (one per process: libFuzzer runs inputs one at
 /// a time), so `JobRequest::load` and its `LoadError` are what is tested.
+/// It lives in the fuzz crate's target dir, which `.ci/fuzz.sh` cleans.
 fn job_file(ext: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("semaphore-fuzz-request-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/request-files")
+        .join(std::process::id().to_string());
     let _ = std::fs::create_dir_all(&dir);
     dir.join(format!("job.{ext}"))
 }
