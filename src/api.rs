@@ -619,31 +619,9 @@ fn describe_bad_job(e: &serde_json::Error) -> String {
         Category::Data => {
             let message = e.to_string();
             let message = message.split(" at line").next().unwrap_or_default();
-            format!("not a job: {} ({at})", unquote(message))
+            format!("not a job: {} ({at})", crate::request::unquote(message))
         }
     }
-}
-
-/// `message` with every "..." and `...` span replaced by an ellipsis.
-fn unquote(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut open: Option<char> = None;
-    for c in message.chars() {
-        match open {
-            Some(q) if c == q => {
-                out.push(c);
-                open = None;
-            }
-            Some(_) => {}
-            None if c == '"' || c == '`' => {
-                out.push(c);
-                out.push('…');
-                open = Some(c);
-            }
-            None => out.push(c),
-        }
-    }
-    out
 }
 
 /// Percent-encodes a job id for use as one URL path segment, so an odd id
@@ -733,7 +711,10 @@ mod tests {
         let r = reason(r#"{"env_vars":{"k":"c2VjcmV0"}}"#);
         assert!(r.contains("expected a sequence"), "{r}");
         assert!(!r.contains("c2VjcmV0"), "{r}");
-        assert_eq!(unquote(r#"a "b" c `d` e "f"#), "a \"…\" c `…` e \"…");
+        assert_eq!(
+            crate::request::unquote(r#"a "b" c `d` e "f"#),
+            "a \"…\" c `…` e \"…"
+        );
     }
 
     #[test]

@@ -282,7 +282,7 @@ impl std::error::Error for LoadError {}
 impl JobRequest {
     /// Parses a job from JSON (the wire format).
     pub fn from_json(text: &str) -> Result<JobRequest, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+        serde_json::from_str(text).map_err(|e| unquote(&e.to_string()))
     }
 
     /// Parses a job from JSON read from `reader`, without a copy of the
@@ -311,12 +311,12 @@ impl JobRequest {
             if let Some(source) = errors.first_error() {
                 return Err(read_error(source));
             }
-            parsed.map_err(|e| e.to_string())
+            parsed.map_err(|e| unquote(&e.to_string()))
         } else {
             let text = std::fs::read_to_string(path).map_err(read_error)?;
             serde_yaml_ng::from_str::<Option<JobRequest>>(&text)
                 .map(Option::unwrap_or_default)
-                .map_err(|e| e.to_string())
+                .map_err(|e| unquote(&e.to_string()))
         };
         parsed.map_err(|message| LoadError::Parse {
             path: path.to_path_buf(),
@@ -423,6 +423,30 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     let trimmed: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let unpadded = trimmed.trim_end_matches('=');
     base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded)
+}
+
+/// `message` with every "..." and `...` span replaced by an ellipsis: a
+/// parser's error quotes the value it refused, and in a job that value may
+/// be a secret put in the wrong place (an env var list given as a string).
+pub fn unquote(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                out.push(c);
+                out.push('…');
+                open = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// How many base64 characters are decoded at a time: a multiple of 4, so
@@ -660,6 +684,29 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_in_the_wrong_place_is_not_quoted_by_the_parse_error() {
+        let secret = "SENTINEL-s3cr3t-9f2c";
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            format!(r#"{{"env_vars": "{secret}"}}"#),
+            format!(r#"{{"env_vars": [{{"name": "A", "value": ["{secret}"]}}]}}"#),
+            format!(r#"{{"files": [{{"path": "x", "content": 7, "mode": {{"{secret}": 1}}}}]}}"#),
+            format!(r#"{{"logger": "{secret}"}}"#),
+        ] {
+            let err = JobRequest::from_json(&text).unwrap_err();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("invalid type"), "{err}");
+            for name in ["job.json", "job.yaml"] {
+                let path = dir.path().join(name);
+                std::fs::write(&path, &text).unwrap();
+                let err = JobRequest::load(&path).unwrap_err();
+                assert!(!err.to_string().contains(secret), "{err}");
+                assert!(!format!("{err:?}").contains(secret), "{err:?}");
+            }
+        }
+    }
+
+    #[test]
     fn mutated_job_requests_never_panic() {
         let seeds = [
             r#"{"job_id":"j","executor":"shellprocess","commands":[{"directive":"echo hi","alias":"a"}],
@@ -828,12 +875,12 @@ mod tests {
             }
         });
         // Whole documents get the same message (placed after a mistyped
-        // `content` rather than at it).
+        // `content` rather than at it; values quoted only by the reader).
         let message = |e: String| e.split(" at line ").next().unwrap_or("").to_string();
         for text in seeds.iter().skip(2).take(2) {
             let a = JobRequest::from_json(text).unwrap_err();
             let b = JobRequest::from_json_reader(text.as_bytes()).unwrap_err();
-            assert_eq!(message(a), message(b.to_string()), "{text}");
+            assert_eq!(message(a), unquote(&message(b.to_string())), "{text}");
         }
         // The raw reading is for JSON readers only; YAML still reads.
         let job = serde_yaml_ng::from_str::<JobRequest>("files:\n  - content: aGk=\n").unwrap();
