@@ -255,17 +255,7 @@ impl Executor for BashExecutor {
         0
     }
 
-    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
-        self.pty.run(command, log, logged)
-    }
-
-    fn hook_command(&self, path: &Path, hook: Hook) -> String {
-        hook_command(path, hook)
-    }
-
-    fn job_result(&mut self) -> String {
-        self.pty.capture(JOB_RESULT_COMMAND)
-    }
+    pty_bash_steps!();
 
     fn close(&mut self) {
         self.pty.close();

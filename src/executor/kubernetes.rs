@@ -20,13 +20,12 @@
 //! or the order of steps (the lifecycle does).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bash::{env_file_content, hook_command, PtyCommands, JOB_RESULT_COMMAND};
-use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use super::bash::{env_file_content, PtyCommands};
+use super::{Executor, JobLog, Outcome, Settings, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
 use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
@@ -458,17 +457,7 @@ impl Executor for KubernetesExecutor {
         0
     }
 
-    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
-        self.pty.run(command, log, logged)
-    }
-
-    fn hook_command(&self, path: &Path, hook: Hook) -> String {
-        hook_command(path, hook)
-    }
-
-    fn job_result(&mut self) -> String {
-        self.pty.capture(JOB_RESULT_COMMAND)
-    }
+    pty_bash_steps!();
 
     fn close(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);

@@ -14,6 +14,31 @@
 //! field and the agent's [`Settings`]: with `--kubernetes-executor`, every
 //! job runs in its own pod (`kubernetes`).
 
+/// `run`, `hook_command` and `job_result` of an executor whose commands go
+/// to a login bash through `self.pty` (a `bash::PtyCommands`): the host
+/// shell, a compose container and a pod run their steps the same way.
+#[cfg(unix)]
+macro_rules! pty_bash_steps {
+    () => {
+        fn run(
+            &mut self,
+            command: &str,
+            log: &mut $crate::executor::JobLog<'_>,
+            logged: bool,
+        ) -> $crate::executor::Outcome {
+            self.pty.run(command, log, logged)
+        }
+
+        fn hook_command(&self, path: &std::path::Path, hook: $crate::executor::Hook) -> String {
+            $crate::executor::bash::hook_command(path, hook)
+        }
+
+        fn job_result(&mut self) -> String {
+            self.pty.capture($crate::executor::bash::JOB_RESULT_COMMAND)
+        }
+    };
+}
+
 #[cfg(unix)]
 mod bash;
 #[cfg(unix)]

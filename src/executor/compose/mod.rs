@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bash::{hook_command, write_env_file_content, PtyCommands, JOB_RESULT_COMMAND};
-use super::{Executor, Hook, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
+use super::bash::{write_env_file_content, PtyCommands};
+use super::{Executor, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
 use crate::request::{
     Command as JobCommand, Container, ContentError, File, ImagePullCredentials, JobRequest,
 };
@@ -789,17 +789,7 @@ impl Executor for ComposeExecutor {
         0
     }
 
-    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
-        self.pty.run(command, log, logged)
-    }
-
-    fn hook_command(&self, path: &Path, hook: Hook) -> String {
-        hook_command(path, hook)
-    }
-
-    fn job_result(&mut self) -> String {
-        self.pty.capture(JOB_RESULT_COMMAND)
-    }
+    pty_bash_steps!();
 
     fn close(&mut self) {
         self.pty.close();
