@@ -28,6 +28,7 @@ mod compose;
 mod containment;
 mod control_plane;
 mod hostile_input;
+mod hostile_paths;
 mod https;
 mod job_logs;
 mod kubernetes;
