@@ -449,7 +449,10 @@ mod tests {
         assert!(made.unwrap().success());
         for shared in [true, false] {
             let err = open_log_file(&fifo, shared).unwrap_err().to_string();
-            assert!(err.contains("FIFO") || err.contains("not a regular file"), "{err}");
+            assert!(
+                err.contains("FIFO") || err.contains("not a regular file"),
+                "{err}"
+            );
         }
     }
 

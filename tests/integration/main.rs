@@ -27,6 +27,8 @@ mod support;
 mod compose;
 mod containment;
 mod control_plane;
+#[cfg(target_os = "linux")]
+mod disk_full;
 mod hostile_input;
 mod hostile_paths;
 mod https;
