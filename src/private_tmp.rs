@@ -89,12 +89,53 @@ fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
     for _ in 0..8 {
         let dir = parent.join(format!("semaphore-agent-{:016x}", crate::random::u64()));
         match create_private_dir(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                mark_owner(&dir);
+                return Ok(dir);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no free name")))
+}
+
+/// Writes which agent made `dir` (`crate::liveness`), so the next agent
+/// on the host removes it should this one be killed. Best effort: without
+/// it the directory is only never cleaned up.
+fn mark_owner(dir: &Path) {
+    if let Some(me) = crate::liveness::me() {
+        let made = create_private(&dir.join(crate::liveness::OWNER_FILE), 0o600)
+            .and_then(|mut f| io::Write::write_all(&mut f, me.label().as_bytes()));
+        if let Err(e) = made {
+            log::debug!("Cannot mark {} as this agent's: {e}", dir.display());
+        }
+    }
+}
+
+/// Removes the private dirs (`semaphore-agent-*`) under `parent` of agents
+/// that are gone: only directories private to our user whose `owner` file
+/// names an agent of our pid namespace that is not running.
+pub fn remove_dirs_of_gone_agents(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("semaphore-agent-"));
+        if ours && is_private_dir(&path) && crate::liveness::dir_owner_is_gone(&path) {
+            log::info!(
+                "Removing {}, the temp dir of an agent that is gone",
+                path.display()
+            );
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                log::warn!("Could not remove {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// `mkdir dir`, 0700 on Unix (on Windows the parent's ACL applies).

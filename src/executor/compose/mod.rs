@@ -16,6 +16,9 @@
 
 mod credentials;
 mod file;
+mod leftovers;
+
+pub use leftovers::remove_leftovers;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -204,7 +207,11 @@ impl ComposeExecutor {
             .create(&dir)
             .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&shared));
         self.dir = Some(dir.clone());
-        made.map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))
+        made.map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))?;
+        // Which agent made it, so a later one removes it should this one
+        // be killed.
+        leftovers::mark_owner(&dir)
+            .map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))
     }
 
     /// Host setup commands with `bash -c`; output to the agent log.
@@ -374,7 +381,8 @@ impl ComposeExecutor {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), String> {
-        let text = file::render(&self.containers, mounts).map_err(|e| e.to_string())?;
+        let text = file::render_labelled(&self.containers, mounts, &leftovers::labels())
+            .map_err(|e| e.to_string())?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
             .map_err(|e| format!("Error writing the compose file {}: {e}", path.display()))
