@@ -241,7 +241,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let mut private = PrivateDir::new(parent.path().to_path_buf());
         let first = private.path().unwrap();
-        std::fs::remove_dir(&first).unwrap();
+        std::fs::remove_dir_all(&first).unwrap();
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&first)
@@ -249,6 +249,37 @@ mod tests {
         std::os::unix::fs::chown(&first, Some(65534), Some(65534)).unwrap();
         let second = private.path().unwrap();
         assert_ne!(second, first, "someone else's dir was reused");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_private_dirs_of_gone_agents_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let me = crate::liveness::me().unwrap().clone();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let make = |name: &str, owner: Option<String>, mode: u32| {
+            let dir = parent.path().join(name);
+            create_private_dir(&dir).unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(dir.join(crate::liveness::OWNER_FILE), owner).unwrap();
+            }
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            dir
+        };
+        let dead = format!("{}:{dead_pid}:1", me.pidns);
+        let gone = make("semaphore-agent-gone", Some(dead.clone()), 0o700);
+        let live = make("semaphore-agent-live", Some(me.label()), 0o700);
+        let foreign = make("semaphore-agent-ns", Some(format!("1:{dead_pid}:1")), 0o700);
+        let unmarked = make("semaphore-agent-old", None, 0o700);
+        let open = make("semaphore-agent-open", Some(dead.clone()), 0o755);
+        let other = make("something-else", Some(dead), 0o700);
+        remove_dirs_of_gone_agents(parent.path());
+        assert!(!gone.exists());
+        for kept in [&live, &foreign, &unmarked, &open, &other] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
     }
 
     #[test]
