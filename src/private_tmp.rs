@@ -113,6 +113,50 @@ fn mark_owner(dir: &Path) {
     }
 }
 
+/// The list, in the private dir, of files the agent made outside it.
+const SHARED_FILES: &str = "shared-files";
+
+/// Notes `path`, a file the agent made in a shared place (a job's
+/// `.env-<nanos>` in the temp dir, where Semaphore's debug sessions look
+/// for it), in its private dir: should the agent be killed, the next one
+/// removes it with the dir. Best effort.
+pub fn note_shared_file(path: &Path) {
+    let Ok(dir) = dir() else {
+        return;
+    };
+    let list = dir.join(SHARED_FILES);
+    let opened = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&list);
+    let line = format!("{}\n", path.display());
+    if let Err(e) = opened.and_then(|mut f| io::Write::write_all(&mut f, line.as_bytes())) {
+        log::debug!("Cannot note {} in {}: {e}", path.display(), list.display());
+    }
+}
+
+/// Removes the files a gone agent noted (only regular files of our user,
+/// never through a link).
+fn remove_noted_files(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join(SHARED_FILES)) else {
+        return;
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let path = Path::new(line);
+        let ours = std::fs::symlink_metadata(path).is_ok_and(|m| {
+            #[cfg(unix)]
+            let mine = m.uid() == euid();
+            #[cfg(not(unix))]
+            let mine = true;
+            m.file_type().is_file() && mine
+        });
+        if ours {
+            log::info!("Removing {}, left by an agent that is gone", path.display());
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Removes the private dirs (`semaphore-agent-*`) under `parent` of agents
 /// that are gone: only directories private to our user whose `owner` file
 /// names an agent of our pid namespace that is not running.
@@ -127,6 +171,7 @@ pub fn remove_dirs_of_gone_agents(parent: &Path) {
             .to_str()
             .is_some_and(|n| n.starts_with("semaphore-agent-"));
         if ours && is_private_dir(&path) && crate::liveness::dir_owner_is_gone(&path) {
+            remove_noted_files(&path);
             log::info!(
                 "Removing {}, the temp dir of an agent that is gone",
                 path.display()
@@ -275,8 +320,17 @@ mod tests {
         let unmarked = make("semaphore-agent-old", None, 0o700);
         let open = make("semaphore-agent-open", Some(dead.clone()), 0o755);
         let other = make("something-else", Some(dead), 0o700);
+        // Files they made in the shared dir, noted in their private dirs.
+        let env_gone = parent.path().join(".env-1");
+        let env_live = parent.path().join(".env-2");
+        for (file, dir) in [(&env_gone, &gone), (&env_live, &live)] {
+            std::fs::write(file, "SECRET=1").unwrap();
+            std::fs::write(dir.join(SHARED_FILES), format!("{}\n", file.display())).unwrap();
+        }
         remove_dirs_of_gone_agents(parent.path());
         assert!(!gone.exists());
+        assert!(!env_gone.exists(), "a gone agent's env file is left");
+        assert!(env_live.exists(), "a live agent's env file was removed");
         for kept in [&live, &foreign, &unmarked, &open, &other] {
             assert!(kept.exists(), "{} was removed", kept.display());
         }

@@ -24,6 +24,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chaos;
 mod compose;
 mod containment;
 mod control_plane;
