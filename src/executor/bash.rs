@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, Stop};
 use crate::events::Event;
 use crate::request::{ContentError, File};
 use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
@@ -45,8 +45,14 @@ impl PtyCommands {
         self.shell = Some(shell);
     }
 
-    /// Runs `command` in the shell, its output logged or not.
-    pub fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+    /// Runs `command` in the shell without logging its output (an
+    /// executor's own `source`, `cd`, `cp`); a broken shell is still
+    /// reported in `log`.
+    pub fn run_quiet(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        self.run_command(command, log, false)
+    }
+
+    fn run_command(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
         let Some(shell) = self.shell.as_mut() else {
             return Outcome::ShellDied(1);
         };
@@ -131,6 +137,22 @@ impl PtyCommands {
     }
 }
 
+/// The host shell, a compose container and a pod run their commands the
+/// same way: in this login bash.
+impl Commands for PtyCommands {
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        self.run_command(command, log, true)
+    }
+
+    fn hook_command(&self, path: &Path, hook: Hook) -> String {
+        hook_command(path, hook)
+    }
+
+    fn job_result(&mut self) -> String {
+        self.capture(JOB_RESULT_COMMAND)
+    }
+}
+
 /// The command that reads the job's result back.
 pub const JOB_RESULT_COMMAND: &str = "echo \"$SEMAPHORE_JOB_RESULT\"";
 
@@ -168,7 +190,7 @@ pub fn write_env_file_content(
 
 /// The host executor.
 pub struct BashExecutor {
-    settings: Settings,
+    settings: JobOptions,
     stop: Stop,
     pty: PtyCommands,
     /// Env files written for this job, removed at the end.
@@ -176,7 +198,7 @@ pub struct BashExecutor {
 }
 
 impl BashExecutor {
-    pub fn new(settings: &Settings, stop: &Stop) -> BashExecutor {
+    pub fn new(settings: &JobOptions, stop: &Stop) -> BashExecutor {
         BashExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
@@ -230,7 +252,7 @@ impl Executor for BashExecutor {
             Ok(path) => {
                 let command = format!("source {}", shell_quote(&path.to_string_lossy()));
                 self.env_files.push(path);
-                self.pty.run(&command, log, false)
+                self.pty.run_quiet(&command, log)
             }
             Err(message) => {
                 log.output(message);
@@ -239,23 +261,24 @@ impl Executor for BashExecutor {
         }
     }
 
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        for file in files {
-            let dest = normalize_path(&file.path, &self.settings.home);
-            log.output(format!(
-                "Injecting {} with file mode {}\n",
-                dest.display(),
-                file.mode
-            ));
-            if let Err((code, message)) = write_file(file, &dest) {
-                log.output(format!("{message}\n"));
-                return code;
-            }
-        }
-        0
+    fn file_destination(&self, path: &str) -> String {
+        normalize_path(path, &self.settings.home)
+            .display()
+            .to_string()
     }
 
-    pty_bash_steps!();
+    fn write_file(
+        &mut self,
+        file: &File,
+        dest: &str,
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        write_file(file, Path::new(dest))
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pty
+    }
 
     fn close(&mut self) {
         self.pty.close();
@@ -322,7 +345,7 @@ fn clean(path: &Path) -> PathBuf {
 /// The content is never held decoded: it is checked first (so a bad one
 /// fails before anything is created, as in Go), then decoded into the file
 /// a chunk at a time.
-fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
+fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
     let bad_content = || (1, "Failed to decode the content of the file.".to_string());
     file.check_content().map_err(|_| bad_content())?;
     if let Some(parent) = dest.parent() {
@@ -573,10 +596,10 @@ mod tests {
     }
 
     fn executor_in(dir: &Path, stop: &Stop) -> BashExecutor {
-        let settings = Settings {
+        let settings = JobOptions {
             home: dir.to_path_buf(),
             tmp_dir: dir.to_path_buf(),
-            ..Settings::default()
+            ..JobOptions::default()
         };
         BashExecutor::new(&settings, stop)
     }
@@ -600,7 +623,7 @@ mod tests {
             "a stopped job's shell started"
         );
         assert_eq!(
-            executor.run("echo never", &mut log, true),
+            executor.commands().run("echo never", &mut log),
             Outcome::ShellDied(1)
         );
         executor.close();
@@ -616,7 +639,7 @@ mod tests {
         let mut log = JobLog::new(&mut events);
         executor.start(&mut log).expect("bash starts");
         stop.stop();
-        let outcome = executor.run("echo never", &mut log, true);
+        let outcome = executor.commands().run("echo never", &mut log);
         assert_eq!(outcome, Outcome::Stopped);
         assert!(executor.pty.shell.is_none(), "a stopped shell is dropped");
         executor.close();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bash::{env_file_content, PtyCommands};
-use super::{Executor, JobLog, Outcome, Settings, Stop};
+use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
 use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
@@ -44,7 +44,7 @@ const CANCEL_TICK: Duration = Duration::from_millis(50);
 
 pub struct KubernetesExecutor {
     request: JobRequest,
-    settings: Settings,
+    settings: JobOptions,
     config: Arc<KubernetesConfig>,
     stop: Stop,
     /// Raised by a stop: ends the wait for the pod.
@@ -63,7 +63,7 @@ pub struct KubernetesExecutor {
 impl KubernetesExecutor {
     pub fn new(
         request: &JobRequest,
-        settings: &Settings,
+        settings: &JobOptions,
         config: &Arc<KubernetesConfig>,
         stop: &Stop,
     ) -> KubernetesExecutor {
@@ -334,7 +334,7 @@ impl KubernetesExecutor {
 
     /// Moves one job file from the mount to its place; the error is the
     /// step's exit code and line.
-    fn inject_file(&mut self, file: &File) -> Result<(), (i32, String)> {
+    fn inject_file(&mut self, file: &File) -> Result<(), FileFailure> {
         let dest = if file.path.starts_with('/') || file.path.starts_with('~') {
             file.path.clone()
         } else {
@@ -435,29 +435,31 @@ impl Executor for KubernetesExecutor {
     fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
         if self.initial_env.take().as_ref() == Some(vars) {
             let command = format!("source {}/{}", self.injected_dir, kubernetes::ENV_KEY);
-            return self.pty.run(&command, log, false);
+            return self.pty.run_quiet(&command, log);
         }
         let content = env_file_content(vars);
         let command = String::from_utf8_lossy(&content);
-        self.pty.run(&command, log, false)
+        self.pty.run_quiet(&command, log)
     }
 
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        for file in files {
-            log.output(format!(
-                "Injecting {} with file mode {}\n",
-                file.path, file.mode
-            ));
-            if let Err((code, message)) = self.inject_file(file) {
-                log::error!("{message}");
-                log.output(format!("{message}\n"));
-                return code;
-            }
-        }
-        0
+    /// As the request gives it: bash in the pod places it.
+    fn file_destination(&self, path: &str) -> String {
+        path.to_string()
     }
 
-    pty_bash_steps!();
+    fn write_file(
+        &mut self,
+        file: &File,
+        _dest: &str,
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        self.inject_file(file)
+            .inspect_err(|(_, message)| log::error!("{message}"))
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pty
+    }
 
     fn close(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
@@ -567,7 +569,8 @@ mod tests {
             ..JobRequest::default()
         };
         let stop = Stop::new();
-        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let mut executor =
+            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
         let err = executor.create_resources().unwrap_err();
         assert!(err.contains("'../../secrets/x'"), "{err}");
         assert!(executor.client.is_none());
@@ -581,7 +584,8 @@ mod tests {
             job_id: "j".into(),
             ..JobRequest::default()
         };
-        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let mut executor =
+            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
         stop.stop();
         assert!(executor.cancelled());
         let mut events = Vec::new();

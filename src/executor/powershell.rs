@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, Stop};
 use crate::request::File;
 
 /// The variables the script uses to hand back its exit status and
@@ -307,7 +307,7 @@ pub fn find_program(path_var: &str, exists: &dyn Fn(&Path) -> bool) -> Option<Pa
 /// Writes one job file with the Go agent's messages: decode, parent
 /// directories, content, then the mode (on Windows only "read-only or
 /// not" means anything). The error is the step's exit code and the line.
-fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
+fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
     let content = file
         .decode()
         .map_err(|_| (1, "Failed to decode the content of the file.".to_string()))?;
@@ -352,7 +352,7 @@ fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
 
 /// The PowerShell executor.
 pub struct PowerShellExecutor {
-    settings: Settings,
+    settings: JobOptions,
     stop: Stop,
     state: ShellState,
     /// The job's own scratch directory (script and dump), made by `start`.
@@ -364,7 +364,7 @@ pub struct PowerShellExecutor {
 }
 
 impl PowerShellExecutor {
-    pub fn new(settings: &Settings, stop: &Stop) -> PowerShellExecutor {
+    pub fn new(settings: &JobOptions, stop: &Stop) -> PowerShellExecutor {
         let env = std::env::vars_os().map(|(n, v)| {
             (
                 n.to_string_lossy().into_owned(),
@@ -414,7 +414,7 @@ impl PowerShellExecutor {
 
     /// Writes the script for `command`, runs it and replays its dump.
     #[cfg(windows)]
-    fn run_script(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+    fn run_script(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
         use super::windows_process::RunEnd;
         let (Some(session), Some(scratch)) = (self.session.as_mut(), self.scratch.as_ref()) else {
             return Outcome::ShellDied(1);
@@ -431,9 +431,7 @@ impl PowerShellExecutor {
             return Outcome::Exited(1);
         }
         let end = session.run(&script, &self.state, &self.stop, &mut |chunk| {
-            if logged {
-                log.output(chunk);
-            }
+            log.output(chunk)
         });
         match end {
             RunEnd::Exited(code) => {
@@ -455,7 +453,7 @@ impl PowerShellExecutor {
     }
 
     #[cfg(not(windows))]
-    fn run_script(&mut self, _command: &str, _log: &mut JobLog<'_>, _logged: bool) -> Outcome {
+    fn run_script(&mut self, _command: &str, _log: &mut JobLog<'_>) -> Outcome {
         Outcome::ShellDied(1)
     }
 
@@ -521,37 +519,21 @@ impl Executor for PowerShellExecutor {
         Outcome::Exited(0)
     }
 
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        let home = self.settings.home.to_string_lossy().into_owned();
-        for file in files {
-            let dest = normalize_path(&file.path, &home);
-            log.output(format!("Injecting {dest} with file mode {}\n", file.mode));
-            if let Err((code, message)) = write_file(file, Path::new(&dest)) {
-                log.output(format!("{message}\n"));
-                return code;
-            }
-        }
-        0
+    fn file_destination(&self, path: &str) -> String {
+        normalize_path(path, &self.settings.home.to_string_lossy())
     }
 
-    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
-        if self.stop.is_stopped() {
-            self.close_session();
-            return Outcome::Stopped;
-        }
-        self.run_script(command, log, logged)
+    fn write_file(
+        &mut self,
+        file: &File,
+        dest: &str,
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        write_file(file, Path::new(dest))
     }
 
-    fn hook_command(&self, path: &Path, _hook: Hook) -> String {
-        hook_command(&path.to_string_lossy())
-    }
-
-    /// Read from the state: a command's environment is the state after it.
-    fn job_result(&mut self) -> String {
-        self.state
-            .get("SEMAPHORE_JOB_RESULT")
-            .unwrap_or("")
-            .to_string()
+    fn commands(&mut self) -> &mut dyn Commands {
+        self
     }
 
     fn close(&mut self) {
@@ -564,6 +546,29 @@ impl Executor for PowerShellExecutor {
                 log::warn!("Could not remove {}: {e}", path.display());
             }
         }
+    }
+}
+
+/// Each command in a PowerShell process of its own, in the job's state.
+impl Commands for PowerShellExecutor {
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        if self.stop.is_stopped() {
+            self.close_session();
+            return Outcome::Stopped;
+        }
+        self.run_script(command, log)
+    }
+
+    fn hook_command(&self, path: &Path, _hook: Hook) -> String {
+        hook_command(&path.to_string_lossy())
+    }
+
+    /// Read from the state: a command's environment is the state after it.
+    fn job_result(&mut self) -> String {
+        self.state
+            .get("SEMAPHORE_JOB_RESULT")
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -728,10 +733,10 @@ mod tests {
 
     fn executor(dir: &Path) -> PowerShellExecutor {
         PowerShellExecutor::new(
-            &Settings {
+            &JobOptions {
                 home: dir.to_path_buf(),
                 tmp_dir: dir.to_path_buf(),
-                ..Settings::default()
+                ..JobOptions::default()
             },
             &Stop::new(),
         )

@@ -15,7 +15,6 @@ mod ops;
 mod shutdown;
 mod state;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -283,6 +282,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         machine,
         ops,
         api,
+        job_options: config.job_options(),
         config,
         options,
         job: None,
@@ -353,6 +353,8 @@ struct Listener {
     ops: Ops,
     api: Api,
     config: Config,
+    /// Every job's settings, built once from `config`.
+    job_options: JobOptions,
     options: ListenerOptions,
     job: Option<JobThread>,
     tx: SyncSender<Wake>,
@@ -456,20 +458,7 @@ impl Listener {
         let work = JobWork {
             api: self.api.clone(),
             job_id: job_id.clone(),
-            options: JobOptions {
-                home: crate::platform::home_var()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/")),
-                tmp_dir: std::env::temp_dir(),
-                env_vars: self.config.env_vars.clone(),
-                pre_job_hook_path: self.config.pre_job_hook_path.clone(),
-                source_pre_job_hook: self.config.source_pre_job_hook,
-                fail_on_pre_job_hook_error: self.config.fail_on_pre_job_hook_error,
-                post_job_hook_path: self.config.post_job_hook_path.clone(),
-                files: self.config.files.clone(),
-                fail_on_missing_files: self.config.fail_on_missing_files,
-                kubernetes: self.config.kubernetes.clone().map(std::sync::Arc::new),
-            },
+            options: self.job_options.clone(),
             stop: stop.clone(),
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,

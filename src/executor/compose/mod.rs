@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bash::{write_env_file_content, PtyCommands};
-use super::{Executor, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
+use super::{
+    Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, Stop, PREPARE_DIRECTIVE,
+};
 use crate::request::{
     Command as JobCommand, Container, ContentError, File, ImagePullCredentials, JobRequest,
 };
@@ -96,7 +98,7 @@ impl Running {
 }
 
 pub struct ComposeExecutor {
-    settings: Settings,
+    settings: JobOptions,
     stop: Stop,
     running: Running,
     containers: Vec<Container>,
@@ -119,7 +121,7 @@ pub struct ComposeExecutor {
 impl ComposeExecutor {
     pub fn new(
         request: &JobRequest,
-        settings: &Settings,
+        settings: &JobOptions,
         stop: &Stop,
     ) -> Result<ComposeExecutor, ComposeError> {
         // Checked now, so a bad request fails before anything runs.
@@ -586,7 +588,7 @@ impl ComposeExecutor {
             Ok(shell) => {
                 self.pty.attach(shell);
                 // Go starts jobs in the container user's HOME.
-                let outcome = self.pty.run("cd ~", log, false);
+                let outcome = self.pty.run_quiet("cd ~", log);
                 let exit_code = if outcome.usable() { 0 } else { outcome.code() };
                 log.finished(START_DIRECTIVE, exit_code, started_at);
                 if exit_code == 0 {
@@ -655,7 +657,60 @@ impl ComposeExecutor {
 
     /// Runs `command` in the container without logging it; its exit code.
     fn run_quiet(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
-        self.pty.run(command, log, false)
+        self.pty.run_quiet(command, log)
+    }
+
+    /// One job file through `staged` into its place in the container.
+    fn stage_and_copy(
+        &mut self,
+        f: &File,
+        staged: &Path,
+        log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        // Checked, then decoded into the staged copy a chunk at a time: a
+        // big file is never held decoded.
+        if f.check_content().is_err() {
+            return Err((1, "Failed to decode the content of the file.".to_string()));
+        }
+        let written = write_private_with(staged, |out| {
+            f.write_content(out).map(|_| ()).map_err(|e| match e {
+                ContentError::Write(e) => e,
+                bad => std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string()),
+            })
+        });
+        if let Err(e) = written {
+            return Err((255, e.to_string()));
+        }
+        let dest = if f.path.starts_with('/') || f.path.starts_with('~') {
+            f.path.clone()
+        } else {
+            format!("~/{}", f.path)
+        };
+        let staged_q = shell_quote(&staged.to_string_lossy());
+        let steps = [
+            (
+                format!("mkdir -p {}", container_path(&dirname(&dest))),
+                format!("Failed to create destination path {dest}"),
+            ),
+            (
+                format!("cp {staged_q} {}", container_path(&dest)),
+                format!(
+                    "Failed to move to destination path {} {dest}",
+                    staged.display()
+                ),
+            ),
+            (
+                format!("chmod {} {}", shell_quote(&f.mode), container_path(&dest)),
+                format!("Failed to set file mode to {}", f.mode),
+            ),
+        ];
+        for (command, failure) in steps {
+            let outcome = self.run_quiet(&command, log);
+            if !outcome.passed() {
+                return Err((outcome.code().max(1), failure));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -731,65 +786,29 @@ impl Executor for ComposeExecutor {
         )
     }
 
-    /// Each file goes to the shared directory, then `mkdir -p`, `cp` and
-    /// `chmod` in the container, with Go's lines.
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        let staged = self.shared().join("file");
-        for f in files {
-            log.output(format!("Injecting {} with file mode {}\n", f.path, f.mode));
-            // Checked, then decoded into the staged copy a chunk at a
-            // time: a big file is never held decoded.
-            if f.check_content().is_err() {
-                log.output("Failed to decode the content of the file.\n");
-                return 1;
-            }
-            let written = write_private_with(&staged, |out| {
-                f.write_content(out).map(|_| ()).map_err(|e| match e {
-                    ContentError::Write(e) => e,
-                    bad => std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string()),
-                })
-            });
-            if let Err(e) = written {
-                log.output(format!("{e}\n"));
-                return 255;
-            }
-            let dest = if f.path.starts_with('/') || f.path.starts_with('~') {
-                f.path.clone()
-            } else {
-                format!("~/{}", f.path)
-            };
-            let staged_q = shell_quote(&staged.to_string_lossy());
-            let steps = [
-                (
-                    format!("mkdir -p {}", container_path(&dirname(&dest))),
-                    format!("Failed to create destination path {dest}"),
-                ),
-                (
-                    format!("cp {staged_q} {}", container_path(&dest)),
-                    format!(
-                        "Failed to move to destination path {} {dest}",
-                        staged.display()
-                    ),
-                ),
-                (
-                    format!("chmod {} {}", shell_quote(&f.mode), container_path(&dest)),
-                    format!("Failed to set file mode to {}", f.mode),
-                ),
-            ];
-            for (command, failure) in steps {
-                let outcome = self.run_quiet(&command, log);
-                if !outcome.passed() {
-                    log.output(format!("{failure}\n"));
-                    let _ = std::fs::remove_file(&staged);
-                    return outcome.code().max(1);
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&staged);
-        0
+    /// As the request gives it: bash in the container places it.
+    fn file_destination(&self, path: &str) -> String {
+        path.to_string()
     }
 
-    pty_bash_steps!();
+    /// The file goes to the shared directory, then `mkdir -p`, `cp` and
+    /// `chmod` in the container, with Go's lines; the staged copy is
+    /// removed after each file.
+    fn write_file(
+        &mut self,
+        f: &File,
+        _dest: &str,
+        log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        let staged = self.shared().join("file");
+        let result = self.stage_and_copy(f, &staged, log);
+        let _ = std::fs::remove_file(&staged);
+        result
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pty
+    }
 
     fn close(&mut self) {
         self.pty.close();
