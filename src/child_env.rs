@@ -79,9 +79,17 @@ pub fn filter(
         .collect()
 }
 
-/// Whether `name` is one of the agent's settings (`SEMAPHORE_AGENT_*`).
+/// Whether `name` is one of the agent's settings (`SEMAPHORE_AGENT_*`;
+/// in any case on Windows, where names compare without it).
 pub fn is_agent_var(name: &OsStr) -> bool {
-    name.as_encoded_bytes().starts_with(AGENT_PREFIX.as_bytes())
+    let bytes = name.as_encoded_bytes();
+    if cfg!(windows) {
+        bytes
+            .get(..AGENT_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(AGENT_PREFIX.as_bytes()))
+    } else {
+        bytes.starts_with(AGENT_PREFIX.as_bytes())
+    }
 }
 
 fn holds_secret(value: &OsStr, secrets: &[Vec<u8>]) -> bool {

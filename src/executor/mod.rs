@@ -22,6 +22,7 @@
 mod bash;
 #[cfg(unix)]
 mod compose;
+mod job_file;
 #[cfg(unix)]
 mod kubernetes;
 // Compiled everywhere so its pure parts (script text, dump, paths) are
