@@ -30,6 +30,7 @@ const LAYERS: &[&[&str]] = &[
         "child_env",
         "platform",
         "usage",
+        "test_knobs",
     ],
     // The agent's private temp dir and file creation; job log masking; the
     // operations registry the listener and the log flusher update.

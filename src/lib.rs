@@ -28,6 +28,7 @@ pub mod random;
 pub mod request;
 #[cfg(unix)]
 pub mod shell;
+pub mod test_knobs;
 pub mod usage;
 
 #[cfg(test)]

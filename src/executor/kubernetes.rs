@@ -515,28 +515,18 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Where the job's secret is mounted in the main container; debug builds
+/// Where the job's secret is mounted in the main container; test builds
 /// let tests move it (`SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR`), as
 /// their stand-in "pod" is a local bash that cannot have `/tmp/injected`.
 fn injected_dir() -> String {
-    #[cfg(debug_assertions)]
-    if let Ok(dir) = std::env::var("SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR") {
-        return dir;
-    }
-    kubernetes::INJECTED_DIR.to_string()
+    crate::test_knobs::text("KUBERNETES_INJECTED_DIR")
+        .unwrap_or_else(|| kubernetes::INJECTED_DIR.to_string())
 }
 
-/// The time between looks at a starting pod; debug builds let tests
+/// The time between looks at a starting pod; test builds let tests
 /// shorten it (`SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS`).
 fn poll_interval() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Duration::from_millis(ms);
-    }
-    POLL_INTERVAL
+    crate::test_knobs::millis("KUBERNETES_POLL_MS").unwrap_or(POLL_INTERVAL)
 }
 
 #[cfg(test)]
