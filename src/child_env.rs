@@ -11,6 +11,9 @@
 //! `/proc/<pid>/environ`. Must not add job variables (the executors do that
 //! after this function) and must never log a value.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::{OsStr, OsString};
 use std::sync::Mutex;
 

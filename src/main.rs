@@ -3,6 +3,8 @@
 //! in [`Failure::code`]; the library returns typed results and errors and
 //! never exits the process itself.
 
+#![deny(unsafe_code)]
+
 use semaphore_agent::cli::{Cli, CliExit, Command, RunArgs, StartArgs};
 use semaphore_agent::config::{self, ConfigError};
 use semaphore_agent::events::JobResult;

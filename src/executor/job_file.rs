@@ -184,6 +184,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // mkfifo(3), to plant a FIFO.
     fn a_fifo_at_the_target_fails_that_file_instead_of_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");

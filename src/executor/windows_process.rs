@@ -10,6 +10,9 @@
 //! state or PowerShell; `powershell.rs` hands it the arguments, the
 //! directory and the environment (built from `child_env`) of each command.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};

@@ -9,6 +9,9 @@
 //! the mode is [`Containment::ProcessTree`] and `session` alone finds the
 //! job's processes. It must not decide when a job ends; `pty` does.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,9 @@
 //! is enough to keep commands out of the output even after a job ran
 //! `stty echo`.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;

@@ -14,6 +14,9 @@
 //! with only their credential's variables and only Go's command lines are
 //! shown.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 mod credentials;
 mod file;
 
