@@ -31,7 +31,6 @@ pub mod platform;
 pub mod private_tmp;
 pub mod random;
 pub mod request;
-#[cfg(unix)]
 pub mod shell;
 pub mod test_knobs;
 pub mod usage;

@@ -59,19 +59,28 @@
 //! reaped here through its `Child`; a `waitpid(-1)` loop elsewhere would
 //! steal its status (the shell then reports status 1).
 
+#[cfg(unix)]
 mod cgroup;
+#[cfg(unix)]
 mod forks;
+#[cfg(unix)]
 mod framing;
+pub mod host;
+#[cfg(unix)]
 mod pty;
+#[cfg(unix)]
 mod quote;
+#[cfg(unix)]
 mod session;
 
+#[cfg(unix)]
 pub use cgroup::{containment, Containment};
-pub use pty::{
-    read_pty, Launch, ReadEvent, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE,
-};
+#[cfg(unix)]
+pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
+#[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
 
 /// The command framer, reachable only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
+#[cfg(unix)]
 pub use framing::Framer;

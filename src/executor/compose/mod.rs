@@ -14,22 +14,15 @@
 //! with only their credential's variables and only Go's command lines are
 //! shown.
 
-// System calls (libc / Windows API); each `unsafe` says why it is sound.
-#![allow(unsafe_code)]
-
 mod credentials;
 mod file;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::bash::{write_env_file_content, PtyCommands};
 use super::{
@@ -38,7 +31,8 @@ use super::{
 use crate::request::{
     Command as JobCommand, Container, ContentError, File, ImagePullCredentials, JobRequest,
 };
-use crate::shell::{read_pty, shell_quote, Launch, ReadEvent, Shell, ShellOptions};
+use crate::shell::host::{self, Capture, HostCommand, HostError};
+use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
 use file::Mount;
 
 use credentials::{CredentialError, Strategy};
@@ -56,8 +50,6 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Seconds `compose down` gives a container's processes before killing
 /// them: the job is over, nothing in it needs a graceful end.
 const DOWN_GRACE_SECONDS: &str = "2";
-/// How often a waiting host command is checked for its exit.
-const POLL: Duration = Duration::from_millis(50);
 
 /// Why a compose executor could not be built for a request.
 #[derive(Debug)]
@@ -82,28 +74,9 @@ struct Tool {
     prefix: Vec<&'static str>,
 }
 
-/// The pid (also process group) of the host process the job waits for,
-/// 0 when none; a stop kills its group.
-#[derive(Clone, Default)]
-struct Running(Arc<AtomicI32>);
-
-impl Running {
-    fn kill(&self) {
-        let pid = self.0.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: kill(2) with a negative pid signals a process group
-            // we created (the child is its leader); it touches no memory.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 pub struct ComposeExecutor {
     settings: JobOptions,
     stop: Stop,
-    running: Running,
     containers: Vec<Container>,
     credentials: Vec<ImagePullCredentials>,
     host_setup: Vec<JobCommand>,
@@ -129,16 +102,12 @@ impl ComposeExecutor {
     ) -> Result<ComposeExecutor, ComposeError> {
         // Checked now, so a bad request fails before anything runs.
         file::render(&request.compose.containers, &[]).map_err(ComposeError::File)?;
-        let running = Running::default();
-        let killer = running.clone();
-        stop.on_stop(Box::new(move || killer.kill()));
         let mut random = [0u8; 6];
         crate::random::fill(&mut random);
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
         Ok(ComposeExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
-            running,
             containers: request.compose.containers.clone(),
             credentials: request.compose.image_pull_credentials.clone(),
             host_setup: request.compose.host_setup_commands.clone(),
@@ -217,8 +186,7 @@ impl ComposeExecutor {
         let commands = self.host_setup.clone();
         for command in &commands {
             log::info!("Executing host setup command: {}", command.directive);
-            let mut cmd = crate::child_env::command("bash");
-            cmd.arg("-c").arg(&command.directive);
+            let cmd = HostCommand::new("bash").arg("-c").arg(&command.directive);
             match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
                 Ok((true, output)) => log::info!("Host setup command output: {output}"),
                 Ok((false, output)) => {
@@ -232,90 +200,47 @@ impl ComposeExecutor {
                 }
                 Err(e) => {
                     log.failed_step(HOST_SETUP_DIRECTIVE, &format!("{e}\n"));
-                    return Err(e);
+                    return Err(e.to_string());
                 }
             }
         }
         Ok(())
     }
 
-    /// Runs `cmd` (made with `child_env::command`, or with an environment of
-    /// its own) in its own process group, its stdout and stderr into one
-    /// private file, bounded by `timeout` and killed by a stop. Returns
-    /// whether it succeeded and what it printed.
-    fn run_host(&self, mut cmd: Command, timeout: Duration) -> Result<(bool, String), String> {
-        let program = format!("{:?}", cmd.get_program());
-        let out_path = self
-            .dir()
-            .join(format!("host-output-{}", crate::unix_nanos()));
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&out_path)
-            .map_err(|e| format!("Failed to create {}: {e}", out_path.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("Failed to create {}: {e}", out_path.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .current_dir(&self.settings.home)
-            .process_group(0);
-        let result = (|| {
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| format!("Failed to run {program}: {e}"))?;
-            self.running
-                .0
-                .store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
-            if self.stop.is_stopped() {
-                self.running.kill();
-            }
-            let deadline = Instant::now() + timeout;
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() >= deadline => {
-                        self.running.kill();
-                        let _ = child.wait();
-                        break None;
-                    }
-                    Ok(None) => std::thread::sleep(POLL),
-                    Err(e) => {
-                        self.running.kill();
-                        let _ = child.wait();
-                        return Err(format!("Failed to wait for {program}: {e}"));
-                    }
-                }
-            };
-            self.running.0.store(0, Ordering::SeqCst);
-            let mut text = String::new();
-            if let Ok(mut f) = std::fs::File::open(&out_path) {
-                let mut bytes = Vec::new();
-                let _ = f.read_to_end(&mut bytes);
-                text = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            match status {
-                Some(status) => Ok((status.success(), text)),
-                None => Err(format!(
-                    "{program} did not finish within {}s",
-                    timeout.as_secs()
-                )),
-            }
-        })();
-        let _ = std::fs::remove_file(&out_path);
-        result
+    /// Runs `cmd` in the job's HOME (`shell::host`: its own process group,
+    /// its stdout and stderr into one private file in the job directory),
+    /// bounded by `timeout` and killed by a stop. Returns whether it
+    /// succeeded and what it printed.
+    fn run_host(&self, cmd: HostCommand, timeout: Duration) -> Result<(bool, String), HostError> {
+        let stop = &self.stop;
+        self.run_host_until(cmd, timeout, &|| stop.is_stopped())
+    }
+
+    /// [`ComposeExecutor::run_host`] ended by `stopped` instead of the
+    /// job's stop.
+    fn run_host_until(
+        &self,
+        cmd: HostCommand,
+        timeout: Duration,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<(bool, String), HostError> {
+        let dir = self.dir();
+        let limits = host::Limits {
+            timeout,
+            stopped,
+            scratch: Some(&dir),
+        };
+        let cmd = cmd.current_dir(&self.settings.home);
+        host::run(&cmd, Capture::Merged, &limits).map(|done| (done.status.success(), done.output))
     }
 
     /// `docker compose version`, else `docker-compose --version`; a
     /// version starting with `v` means the plugin.
     fn detect_tool(&mut self) -> Result<String, String> {
-        let plugin = {
-            let mut cmd = crate::child_env::command("docker");
-            cmd.args(["compose", "version"]);
-            self.run_host(cmd, TOOL_TIMEOUT)
-        };
+        let plugin = self.run_host(
+            HostCommand::new("docker").args(["compose", "version"]),
+            TOOL_TIMEOUT,
+        );
         let version = match plugin {
             Ok((true, out)) => parse_version(&out, "Docker Compose version ", None),
             _ => None,
@@ -323,8 +248,7 @@ impl ComposeExecutor {
         let version = match version {
             Some(v) => v,
             None => {
-                let mut cmd = crate::child_env::command("docker-compose");
-                cmd.arg("--version");
+                let cmd = HostCommand::new("docker-compose").arg("--version");
                 match self.run_host(cmd, TOOL_TIMEOUT) {
                     Ok((true, out)) => parse_version(&out, "docker-compose version ", Some(','))
                         .ok_or_else(|| {
@@ -336,7 +260,7 @@ impl ComposeExecutor {
                     Ok((false, out)) => {
                         return Err(format!("docker-compose --version failed: {}", out.trim()))
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         };
@@ -462,15 +386,14 @@ impl ComposeExecutor {
             }
         };
         log.output(format!("{line}\n"));
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
+        let mut cmd = HostCommand::with_only_env("bash")
+            .arg("-c")
             .arg(&line)
-            .env_clear()
             .env("PATH", &path)
             .env("DOCKER_CONFIG", config)
             .envs(vars.iter().map(|(k, v)| (k, v)));
         if let Ok(host) = std::env::var("DOCKER_HOST") {
-            cmd.env("DOCKER_HOST", host);
+            cmd = cmd.env("DOCKER_HOST", host);
         }
         let result = self.run_host(cmd, HOST_COMMAND_TIMEOUT);
         remove_all(&key_files);
@@ -523,14 +446,24 @@ impl ComposeExecutor {
                 "true".into(),
             ],
         );
-        let result = run_in_pty(
-            &argv,
-            &self.settings.home,
-            &self.docker_env(),
-            &self.running,
-            &self.stop,
-            &mut |line| log.output(line),
-        );
+        let stop = &self.stop;
+        let limits = host::Limits {
+            timeout: HOST_COMMAND_TIMEOUT,
+            stopped: &|| stop.is_stopped(),
+            scratch: None,
+        };
+        let result = match HostCommand::from_argv(&argv) {
+            Some(cmd) => host::run_in_pty(
+                &cmd.current_dir(&self.settings.home).envs(self.docker_env()),
+                &limits,
+                "compose-pull-pty",
+                &mut |line| log.output(line),
+            )
+            .map(|status| status.success()),
+            None => Err(HostError::Pty {
+                what: "empty command".into(),
+            }),
+        };
         let exit_code = match &result {
             Ok(true) => 0,
             Ok(false) => 1,
@@ -639,23 +572,17 @@ impl ComposeExecutor {
                 DOWN_GRACE_SECONDS.into(),
             ],
         );
-        let Some((program, args)) = argv.split_first() else {
+        let Some(cmd) = HostCommand::from_argv(&argv) else {
             return;
         };
-        let mut cmd = crate::child_env::command(program);
-        cmd.args(args).envs(self.docker_env());
+        let cmd = cmd.envs(self.docker_env());
         log::info!("Cleaning up docker resources");
-        // A stop may have come: `down` must run anyway, so it is not
-        // registered as the job's running process.
-        let running = std::mem::take(&mut self.running);
-        let stop = std::mem::take(&mut self.stop);
-        match self.run_host(cmd, TOOL_TIMEOUT) {
+        // A stop may have come: `down` must run anyway.
+        match self.run_host_until(cmd, TOOL_TIMEOUT, &|| false) {
             Ok((true, _)) => {}
             Ok((false, output)) => log::error!("Error removing docker resources: {output}"),
             Err(e) => log::error!("Error removing docker resources: {e}"),
         }
-        self.running = running;
-        self.stop = stop;
     }
 
     /// Runs `command` in the container without logging it; its exit code.
@@ -902,108 +829,6 @@ fn remove_all(paths: &[PathBuf]) {
             log::warn!("Could not remove {}: {e}", path.display());
         }
     }
-}
-
-/// Runs `argv` with a PTY as its terminal (so compose prints its progress
-/// as it would to a user), each output line to `on_line`; whether it
-/// exited with 0. Bounded by `HOST_COMMAND_TIMEOUT`; a stop kills it.
-fn run_in_pty(
-    argv: &[OsString],
-    cwd: &Path,
-    env: &[(String, String)],
-    running: &Running,
-    stop: &Stop,
-    on_line: &mut dyn FnMut(String),
-) -> Result<bool, String> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err("empty command".into());
-    };
-    let what = program.to_string_lossy().into_owned();
-    let (pty, pts) =
-        pty_process::blocking::open().map_err(|e| format!("Failed to open a PTY: {e}"))?;
-    let _ = pty.resize(pty_process::Size::new(24, 80));
-    let mut child = pty_process::blocking::Command::new(program)
-        .env_clear()
-        .envs(crate::child_env::vars())
-        .args(args)
-        .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .spawn(pts)
-        .map_err(|e| format!("Failed to run {what}: {e}"))?;
-    // The child leads its own session, so its pid is its process group.
-    running
-        .0
-        .store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
-    if stop.is_stopped() {
-        running.kill();
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadEvent>(64);
-    let quit = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let quit = Arc::clone(&quit);
-        std::thread::Builder::new()
-            .name("compose-pull-pty".into())
-            .spawn(move || read_pty(&pty, &tx, &quit))
-            .map_err(|e| format!("Failed to start a reader thread: {e}"))?
-    };
-    let deadline = Instant::now() + HOST_COMMAND_TIMEOUT;
-    let mut pending: Vec<u8> = Vec::new();
-    let flush = |pending: &mut Vec<u8>, all: bool, on_line: &mut dyn FnMut(String)| {
-        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=at).collect();
-            let text = String::from_utf8_lossy(&line).replace('\r', "");
-            on_line(text);
-        }
-        if all && !pending.is_empty() {
-            let text = String::from_utf8_lossy(pending).replace('\r', "");
-            pending.clear();
-            on_line(text + "\n");
-        }
-    };
-    let mut status = None;
-    let mut exited_at: Option<Instant> = None;
-    loop {
-        match rx.recv_timeout(POLL) {
-            Ok(ReadEvent::Data(bytes)) => {
-                pending.extend_from_slice(&bytes);
-                flush(&mut pending, false, on_line);
-            }
-            Ok(ReadEvent::Closed) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if status.is_none() {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-                exited_at = Some(Instant::now());
-            } else if Instant::now() >= deadline {
-                running.kill();
-            }
-        }
-        // Output still buffered when the child ended is read for a moment
-        // more; a grandchild holding the PTY open is not waited for.
-        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
-            break;
-        }
-    }
-    flush(&mut pending, true, on_line);
-    running.0.store(0, Ordering::SeqCst);
-    let status = match status {
-        Some(s) => s,
-        None => {
-            running.kill();
-            child
-                .wait()
-                .map_err(|e| format!("Failed to wait for {what}: {e}"))?
-        }
-    };
-    // A leftover process holding the PTY open must not hold the job up:
-    // the reader looks at `quit` at least every 100 ms.
-    quit.store(true, Ordering::SeqCst);
-    drop(rx);
-    if reader.join().is_err() {
-        log::warn!("the compose pull reader thread panicked");
-    }
-    Ok(status.success())
 }
 
 #[cfg(test)]
