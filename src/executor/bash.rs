@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, Stop};
+use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::events::Event;
 use crate::request::File;
 use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
@@ -227,7 +227,7 @@ impl BashExecutor {
 }
 
 impl Executor for BashExecutor {
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         match Shell::start(&ShellOptions {
             home: self.settings.home.clone(),
             env: Vec::new(),
@@ -239,7 +239,7 @@ impl Executor for BashExecutor {
             }
             Err(err) => {
                 log.failed_step("Starting the job shell", &format!("{err}\n"));
-                Err(format!("Job shell failed to start: {err}"))
+                Err(SetupError::Shell(err))
             }
         }
     }

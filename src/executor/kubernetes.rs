@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bash::{env_file_content, PtyCommands};
-use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, Stop};
+use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
 use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
@@ -411,7 +411,7 @@ impl KubernetesExecutor {
 }
 
 impl Executor for KubernetesExecutor {
-    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         let started_at = log.started(PREPARE_DIRECTIVE);
         let result = self.create_resources();
         if let Err(message) = &result {
@@ -419,14 +419,14 @@ impl Executor for KubernetesExecutor {
             log.output(format!("{message}\n"));
         }
         log.finished(PREPARE_DIRECTIVE, i32::from(result.is_err()), started_at);
-        result
+        result.map_err(SetupError::Kubernetes)
     }
 
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         let started_at = log.started(START_DIRECTIVE);
         let result = self.open_session(log);
         log.finished(START_DIRECTIVE, i32::from(result.is_err()), started_at);
-        result
+        result.map_err(SetupError::Kubernetes)
     }
 
     /// The first export of the job's own vars sources the `.env` mounted

@@ -57,6 +57,72 @@ pub use powershell::{
     is_absolute as windows_is_absolute, normalize_path as windows_normalize_path,
 };
 
+/// Why an executor could not set up or start a job, for the agent log: the
+/// job log already says what failed.
+#[derive(Debug)]
+pub enum SetupError {
+    /// A compose job's setup, logins, pull or shell.
+    #[cfg(unix)]
+    Compose(compose::ComposeError),
+    /// The host bash did not start.
+    #[cfg(unix)]
+    Shell(crate::shell::ShellError),
+    /// A step of the Kubernetes executor failed; its reason.
+    Kubernetes(String),
+    /// PowerShell could not start; the line the job log shows.
+    PowerShell(String),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(unix)]
+            SetupError::Compose(err) => write!(f, "{err}"),
+            #[cfg(unix)]
+            SetupError::Shell(err) => write!(f, "Job shell failed to start: {err}"),
+            SetupError::Kubernetes(why) | SetupError::PowerShell(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// Why [`create`] refuses a job; the message is the job log's line.
+#[derive(Debug)]
+pub enum CreateError {
+    /// No executor of that name in this agent.
+    Unsupported { executor: String },
+    /// `--kubernetes-executor` on Windows.
+    KubernetesOnWindows,
+    /// A `dockercompose` job on Windows.
+    ComposeOnWindows,
+    /// The compose request is not valid.
+    #[cfg(unix)]
+    Compose(compose::ComposeError),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Unsupported { executor } => write!(
+                f,
+                "Executor '{executor}' is not supported by this agent: only 'shell' and \
+                 'dockercompose' are"
+            ),
+            CreateError::KubernetesOnWindows => {
+                f.write_str("The Kubernetes executor is not supported on Windows")
+            }
+            CreateError::ComposeOnWindows => {
+                f.write_str("docker-compose executor is not supported in Windows")
+            }
+            #[cfg(unix)]
+            CreateError::Compose(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for CreateError {}
+
 /// The exit status logged for a command interrupted by a stop: 1, and 0 on
 /// Windows, as the Go agent logs them.
 pub const STOPPED_EXIT_CODE: i32 = if cfg!(windows) { 0 } else { 1 };
@@ -272,13 +338,13 @@ pub trait Executor: Send {
     /// Sets up what the job needs before its shell starts (a compose file,
     /// pods, pull credentials), logging its own steps. `Err` carries a
     /// reason for the agent log; the job log already says what failed.
-    fn prepare(&mut self, _log: &mut JobLog<'_>) -> Result<(), String> {
+    fn prepare(&mut self, _log: &mut JobLog<'_>) -> Result<(), SetupError> {
         Ok(())
     }
 
     /// Starts the job's shell, logging its own steps if it has any.
     /// `Err` as for `prepare`.
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String>;
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError>;
 
     /// Makes `vars` (already validated names, raw values) part of the
     /// environment of every later command. The lifecycle logs the
@@ -350,7 +416,7 @@ pub fn create(
     request: &JobRequest,
     options: &JobOptions,
     stop: &Stop,
-) -> Result<Box<dyn Executor>, String> {
+) -> Result<Box<dyn Executor>, CreateError> {
     if let Some(config) = &options.kubernetes {
         #[cfg(unix)]
         return Ok(Box::new(KubernetesExecutor::new(
@@ -360,7 +426,7 @@ pub fn create(
         #[cfg(not(unix))]
         {
             let _ = config;
-            return Err("The Kubernetes executor is not supported on Windows\n".to_string());
+            return Err(CreateError::KubernetesOnWindows);
         }
     }
     let executor = request.executor();
@@ -370,15 +436,14 @@ pub fn create(
         #[cfg(windows)]
         "shell" => Ok(Box::new(PowerShellExecutor::new(options, stop))),
         #[cfg(windows)]
-        "dockercompose" => Err("docker-compose executor is not supported in Windows\n".into()),
+        "dockercompose" => Err(CreateError::ComposeOnWindows),
         #[cfg(unix)]
         "dockercompose" => compose::ComposeExecutor::new(request, options, stop)
             .map(|e| Box::new(e) as Box<dyn Executor>)
-            .map_err(|e| format!("{e}\n")),
-        other => Err(format!(
-            "Executor '{other}' is not supported by this agent: only 'shell' and \
-             'dockercompose' are\n"
-        )),
+            .map_err(CreateError::Compose),
+        other => Err(CreateError::Unsupported {
+            executor: other.to_string(),
+        }),
     }
 }
 

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, Stop};
+use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::child_env::AGENT_PREFIX;
 use crate::request::File;
 
@@ -429,17 +429,17 @@ impl PowerShellExecutor {
 }
 
 impl Executor for PowerShellExecutor {
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         const DIRECTIVE: &str = "Starting the job shell";
         let path = self.state.get("PATH").unwrap_or("").to_string();
         let Some(program) = find_program(&path, &|p: &Path| p.is_file()) else {
             let line = "Neither powershell.exe nor pwsh.exe was found on PATH\n";
             log.failed_step(DIRECTIVE, line);
-            return Err(line.trim_end().to_string());
+            return Err(SetupError::PowerShell(line.trim_end().to_string()));
         };
         if let Err(line) = self.make_scratch() {
             log.failed_step(DIRECTIVE, &line);
-            return Err(line.trim_end().to_string());
+            return Err(SetupError::PowerShell(line.trim_end().to_string()));
         }
         #[cfg(windows)]
         {
@@ -451,7 +451,7 @@ impl Executor for PowerShellExecutor {
                 Err(e) => {
                     let line = format!("Failed to create the job's Job Object: {e}\n");
                     log.failed_step(DIRECTIVE, &line);
-                    Err(line.trim_end().to_string())
+                    Err(SetupError::PowerShell(line.trim_end().to_string()))
                 }
             }
         }
@@ -462,7 +462,7 @@ impl Executor for PowerShellExecutor {
                 program.display()
             );
             log.failed_step(DIRECTIVE, &line);
-            Err(line.trim_end().to_string())
+            Err(SetupError::PowerShell(line.trim_end().to_string()))
         }
     }
 
@@ -767,7 +767,7 @@ mod tests {
         ps.state.set("PATH", "");
         let mut events: Vec<Event> = Vec::new();
         let mut log = JobLog::new(&mut events);
-        let err = ps.start(&mut log).unwrap_err();
+        let err = ps.start(&mut log).unwrap_err().to_string();
         assert!(err.contains("powershell.exe nor pwsh.exe"), "{err}");
         assert!(
             events

@@ -96,8 +96,9 @@ impl Job<'_> {
     fn run(&mut self) -> JobResult {
         match executor::create(self.request, self.options, self.stop) {
             Ok(executor) => self.executor = Some(executor),
-            Err(message) => {
-                self.log.failed_step(executor::PREPARE_DIRECTIVE, &message);
+            Err(err) => {
+                self.log
+                    .failed_step(executor::PREPARE_DIRECTIVE, &format!("{err}\n"));
                 return JobResult::Failed;
             }
         }

@@ -26,13 +26,14 @@ use std::time::Duration;
 
 use super::bash::{write_env_file_content, PtyCommands};
 use super::{
-    Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, Stop, PREPARE_DIRECTIVE,
+    Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
+    PREPARE_DIRECTIVE,
 };
 use crate::request::{
     Command as JobCommand, Container, ContentError, File, ImagePullCredentials, JobRequest,
 };
 use crate::shell::host::{self, Capture, HostCommand, HostError};
-use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
+use crate::shell::{shell_quote, Launch, Shell, ShellError, ShellOptions};
 use file::Mount;
 
 use credentials::{CredentialError, Strategy};
@@ -51,16 +52,110 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// them: the job is over, nothing in it needs a graceful end.
 const DOWN_GRACE_SECONDS: &str = "2";
 
-/// Why a compose executor could not be built for a request.
+/// What went wrong setting up or starting a compose job; each message is
+/// the job log's (or, for a step that logged its own lines, the agent
+/// log's) line.
 #[derive(Debug)]
 pub enum ComposeError {
+    /// The request's containers make no valid compose file.
     File(ComposeFileError),
+    /// A directory of the job could not be made.
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A host setup command exited with a failure.
+    HostSetup { command: String },
+    /// A host process could not run to its end.
+    Host(HostError),
+    /// `docker-compose --version` printed no version.
+    UnreadableVersion { output: String },
+    /// `docker-compose --version` failed.
+    VersionFailed { output: String },
+    /// An agent `--files` entry without a `:`.
+    BadFilesEntry { entry: String },
+    /// An agent `--files` host path is missing (`--fail-on-missing-files`).
+    MissingFile {
+        host: String,
+        source: std::io::Error,
+    },
+    /// The compose file could not be written.
+    WriteComposeFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A credential file's content is not base64.
+    BadFileContent,
+    /// A credential file's directory could not be made.
+    CreateDestination {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A credential file could not be written.
+    WriteFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A registry login failed (the job log says how).
+    Login,
+    /// The pull failed (the job log shows compose's lines).
+    Pull,
+    /// The container's bash could not be reached.
+    StartImage(ShellError),
+    /// The container's bash ended while starting.
+    ShellEndedWhileStarting,
+    /// The job was stopped.
+    Stopped,
 }
 
 impl std::fmt::Display for ComposeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ComposeError::File(err) => write!(f, "{err}"),
+            ComposeError::CreateDir { path, source } => {
+                write!(f, "Failed to create {}: {source}", path.display())
+            }
+            ComposeError::HostSetup { command } => {
+                write!(f, "Host setup command failed: {command}")
+            }
+            ComposeError::Host(err) => write!(f, "{err}"),
+            ComposeError::UnreadableVersion { output } => write!(
+                f,
+                "cannot read the docker-compose version from '{}'",
+                output.trim()
+            ),
+            ComposeError::VersionFailed { output } => {
+                write!(f, "docker-compose --version failed: {}", output.trim())
+            }
+            ComposeError::BadFilesEntry { entry } => {
+                write!(f, "'files' entry '{entry}' is not host-path:destination")
+            }
+            ComposeError::MissingFile { host, source } => {
+                write!(f, "Error injecting file {host}: {source}")
+            }
+            ComposeError::WriteComposeFile { path, source } => write!(
+                f,
+                "Error writing the compose file {}: {source}",
+                path.display()
+            ),
+            ComposeError::BadFileContent => {
+                f.write_str("Failed to decode the content of the file.")
+            }
+            ComposeError::CreateDestination { path, source } => write!(
+                f,
+                "Failed to create destination path {}: {source}",
+                path.display()
+            ),
+            ComposeError::WriteFile { path, source } => {
+                write!(f, "Failed to write {}: {source}", path.display())
+            }
+            ComposeError::Login => f.write_str("Failed to set up image pull credentials"),
+            ComposeError::Pull => f.write_str("Failed to pull images"),
+            ComposeError::StartImage(err) => write!(f, "Failed to start the docker image: {err}"),
+            ComposeError::ShellEndedWhileStarting => {
+                f.write_str("The job's shell ended while starting")
+            }
+            ComposeError::Stopped => f.write_str("stopped"),
         }
     }
 }
@@ -167,7 +262,7 @@ impl ComposeExecutor {
         }
     }
 
-    fn make_dirs(&mut self) -> Result<(), String> {
+    fn make_dirs(&mut self) -> Result<(), ComposeError> {
         let dir = self
             .settings
             .tmp_dir
@@ -178,11 +273,11 @@ impl ComposeExecutor {
             .create(&dir)
             .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&shared));
         self.dir = Some(dir.clone());
-        made.map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))
+        made.map_err(|source| ComposeError::CreateDir { path: dir, source })
     }
 
     /// Host setup commands with `bash -c`; output to the agent log.
-    fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         let commands = self.host_setup.clone();
         for command in &commands {
             log::info!("Executing host setup command: {}", command.directive);
@@ -194,13 +289,15 @@ impl ComposeExecutor {
                         "Host setup command '{}' failed: {output}",
                         command.directive
                     );
-                    let message = format!("Host setup command failed: {}\n", command.directive);
-                    log.failed_step(HOST_SETUP_DIRECTIVE, &message);
-                    return Err(message.trim_end().to_string());
+                    let err = ComposeError::HostSetup {
+                        command: command.directive.clone(),
+                    };
+                    log.failed_step(HOST_SETUP_DIRECTIVE, &format!("{err}\n"));
+                    return Err(err);
                 }
                 Err(e) => {
                     log.failed_step(HOST_SETUP_DIRECTIVE, &format!("{e}\n"));
-                    return Err(e.to_string());
+                    return Err(ComposeError::Host(e));
                 }
             }
         }
@@ -236,7 +333,7 @@ impl ComposeExecutor {
 
     /// `docker compose version`, else `docker-compose --version`; a
     /// version starting with `v` means the plugin.
-    fn detect_tool(&mut self) -> Result<String, String> {
+    fn detect_tool(&mut self) -> Result<String, ComposeError> {
         let plugin = self.run_host(
             HostCommand::new("docker").args(["compose", "version"]),
             TOOL_TIMEOUT,
@@ -251,16 +348,9 @@ impl ComposeExecutor {
                 let cmd = HostCommand::new("docker-compose").arg("--version");
                 match self.run_host(cmd, TOOL_TIMEOUT) {
                     Ok((true, out)) => parse_version(&out, "docker-compose version ", Some(','))
-                        .ok_or_else(|| {
-                            format!(
-                                "cannot read the docker-compose version from '{}'",
-                                out.trim()
-                            )
-                        })?,
-                    Ok((false, out)) => {
-                        return Err(format!("docker-compose --version failed: {}", out.trim()))
-                    }
-                    Err(e) => return Err(e.to_string()),
+                        .ok_or(ComposeError::UnreadableVersion { output: out })?,
+                    Ok((false, out)) => return Err(ComposeError::VersionFailed { output: out }),
+                    Err(e) => return Err(ComposeError::Host(e)),
                 }
             }
         };
@@ -280,21 +370,24 @@ impl ComposeExecutor {
 
     /// The agent's `--files` whose host path exists; a missing one is a
     /// warning, or an error with `--fail-on-missing-files`.
-    fn mounts(&self) -> Result<Vec<Mount>, String> {
+    fn mounts(&self) -> Result<Vec<Mount>, ComposeError> {
         let mut mounts = Vec::new();
         for entry in &self.settings.files {
             let Some((host, dest)) = entry.split_once(':') else {
-                return Err(format!(
-                    "'files' entry '{entry}' is not host-path:destination"
-                ));
+                return Err(ComposeError::BadFilesEntry {
+                    entry: entry.clone(),
+                });
             };
             match std::fs::metadata(host) {
                 Ok(_) => mounts.push(Mount {
                     host: host.to_string(),
                     dest: dest.to_string(),
                 }),
-                Err(e) if self.settings.fail_on_missing_files => {
-                    return Err(format!("Error injecting file {host}: {e}"));
+                Err(source) if self.settings.fail_on_missing_files => {
+                    return Err(ComposeError::MissingFile {
+                        host: host.to_string(),
+                        source,
+                    });
                 }
                 Err(e) => log::warn!("Error injecting file {host} - ignoring it: {e}"),
             }
@@ -302,16 +395,16 @@ impl ComposeExecutor {
         Ok(mounts)
     }
 
-    fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), String> {
-        let text = file::render(&self.containers, mounts).map_err(|e| e.to_string())?;
+    fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
+        let text = file::render(&self.containers, mounts).map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
-            .map_err(|e| format!("Error writing the compose file {}: {e}", path.display()))
+            .map_err(|source| ComposeError::WriteComposeFile { path, source })
     }
 
     /// "Setting up image pull credentials": one login per credential, in a
     /// docker config of the job's own.
-    fn log_in(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn log_in(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         if self.credentials.is_empty() {
             return Ok(());
         }
@@ -320,7 +413,7 @@ impl ComposeExecutor {
         if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&config) {
             log.output(format!("Failed to create {}: {e}\n", config.display()));
             log.finished(CREDENTIALS_DIRECTIVE, 1, started_at);
-            return Err("Failed to set up image pull credentials".into());
+            return Err(ComposeError::Login);
         }
         self.docker_config = Some(config.clone());
         let mut exit_code = 0;
@@ -334,7 +427,7 @@ impl ComposeExecutor {
         if exit_code == 0 {
             Ok(())
         } else {
-            Err("Failed to set up image pull credentials".into())
+            Err(ComposeError::Login)
         }
     }
 
@@ -413,28 +506,29 @@ impl ComposeExecutor {
 
     /// A credential file (the GCR key) at its path on the host, for the
     /// login to read; removed right after the login.
-    fn write_host_file(&self, f: &File) -> Result<PathBuf, String> {
-        let content = f
-            .decode()
-            .map_err(|_| "Failed to decode the content of the file.".to_string())?;
+    fn write_host_file(&self, f: &File) -> Result<PathBuf, ComposeError> {
+        let content = f.decode().map_err(|_| ComposeError::BadFileContent)?;
         let dest = super::bash::normalize_path(&f.path, &self.settings.home);
         if let Some(parent) = dest.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .map_err(|e| {
-                    format!("Failed to create destination path {}: {e}", dest.display())
+                .map_err(|source| ComposeError::CreateDestination {
+                    path: dest.clone(),
+                    source,
                 })?;
         }
-        write_private(&dest, &content)
-            .map_err(|e| format!("Failed to write {}: {e}", dest.display()))?;
+        write_private(&dest, &content).map_err(|source| ComposeError::WriteFile {
+            path: dest.clone(),
+            source,
+        })?;
         Ok(dest)
     }
 
     /// "Pulling docker images...": `compose run --rm <main> true` in a PTY,
     /// its lines logged.
-    fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         let started_at = log.started(PULL_DIRECTIVE);
         self.compose_used = true;
         let argv = self.compose_argv(
@@ -476,13 +570,13 @@ impl ComposeExecutor {
         if exit_code == 0 {
             Ok(())
         } else {
-            Err("Failed to pull images".into())
+            Err(ComposeError::Pull)
         }
     }
 
     /// "Starting the docker image...": bash in the main container, reached
     /// through `compose run` in the job's PTY.
-    fn start_bash(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start_bash(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         let started_at = log.started(START_DIRECTIVE);
         log.output("Starting a new bash session.\n");
         let shared = self.shared();
@@ -530,7 +624,7 @@ impl ComposeExecutor {
                 if exit_code == 0 {
                     Ok(())
                 } else {
-                    Err("The job's shell ended while starting".into())
+                    Err(ComposeError::ShellEndedWhileStarting)
                 }
             }
             Err(err) => {
@@ -549,7 +643,7 @@ impl ComposeExecutor {
                 };
                 log.output(format!("{message}\n"));
                 log.finished(START_DIRECTIVE, 1, started_at);
-                Err(format!("Failed to start the docker image: {err}"))
+                Err(ComposeError::StartImage(err))
             }
         }
     }
@@ -588,6 +682,47 @@ impl ComposeExecutor {
     /// Runs `command` in the container without logging it; its exit code.
     fn run_quiet(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
         self.pty.run_quiet(command, log)
+    }
+
+    /// `prepare`: the job directory, the host setup commands, compose
+    /// detection and the compose file, each failure its own step.
+    fn set_up(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
+        if let Err(e) = self.make_dirs() {
+            log.failed_step(PREPARE_DIRECTIVE, &format!("{e}\n"));
+            return Err(e);
+        }
+        self.run_host_setup(log)?;
+        match self.detect_tool() {
+            Ok(version) => log::info!("Using Docker Compose version {version}"),
+            Err(e) => {
+                log.failed_step(
+                    PREPARE_DIRECTIVE,
+                    &format!("Error finding docker compose: {e}\n"),
+                );
+                return Err(e);
+            }
+        }
+        let written = self
+            .mounts()
+            .and_then(|mounts| self.write_compose_file(&mounts));
+        if let Err(e) = written {
+            log.failed_step(PREPARE_DIRECTIVE, &format!("{e}\n"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `start`: the logins, the pull and bash in the main container.
+    fn start_job_shell(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
+        self.log_in(log)?;
+        if self.stop.is_stopped() {
+            return Err(ComposeError::Stopped);
+        }
+        self.pull(log)?;
+        if self.stop.is_stopped() {
+            return Err(ComposeError::Stopped);
+        }
+        self.start_bash(log)
     }
 
     /// One job file through `staged` into its place in the container.
@@ -645,40 +780,12 @@ impl ComposeExecutor {
 }
 
 impl Executor for ComposeExecutor {
-    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
-        if let Err(message) = self.make_dirs() {
-            log.failed_step(PREPARE_DIRECTIVE, &message);
-            return Err(message);
-        }
-        self.run_host_setup(log)?;
-        match self.detect_tool() {
-            Ok(version) => log::info!("Using Docker Compose version {version}"),
-            Err(e) => {
-                let message = format!("Error finding docker compose: {e}\n");
-                log.failed_step(PREPARE_DIRECTIVE, &message);
-                return Err(message);
-            }
-        }
-        let written = self
-            .mounts()
-            .and_then(|mounts| self.write_compose_file(&mounts));
-        if let Err(message) = written {
-            log.failed_step(PREPARE_DIRECTIVE, &format!("{message}\n"));
-            return Err(message);
-        }
-        Ok(())
+    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
+        self.set_up(log).map_err(SetupError::Compose)
     }
 
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
-        self.log_in(log)?;
-        if self.stop.is_stopped() {
-            return Err("stopped".into());
-        }
-        self.pull(log)?;
-        if self.stop.is_stopped() {
-            return Err("stopped".into());
-        }
-        self.start_bash(log)
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
+        self.start_job_shell(log).map_err(SetupError::Compose)
     }
 
     /// One `.env` in the shared directory with every variable so far,
