@@ -84,18 +84,9 @@ pub enum ComposeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A credential file's content is not base64.
-    BadFileContent,
-    /// A credential file's directory could not be made.
-    CreateDestination {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// A credential file could not be written.
-    WriteFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// A credential file (the GCR key) could not be written; the job file
+    /// writer's line.
+    KeyFile { line: String },
     /// A registry login failed (the job log says how).
     Login,
     /// The pull failed (the job log shows compose's lines).
@@ -138,17 +129,7 @@ impl std::fmt::Display for ComposeError {
                 "Error writing the compose file {}: {source}",
                 path.display()
             ),
-            ComposeError::BadFileContent => {
-                f.write_str("Failed to decode the content of the file.")
-            }
-            ComposeError::CreateDestination { path, source } => write!(
-                f,
-                "Failed to create destination path {}: {source}",
-                path.display()
-            ),
-            ComposeError::WriteFile { path, source } => {
-                write!(f, "Failed to write {}: {source}", path.display())
-            }
+            ComposeError::KeyFile { line } => f.write_str(line),
             ComposeError::Login => f.write_str("Failed to set up image pull credentials"),
             ComposeError::Pull => f.write_str("Failed to pull images"),
             ComposeError::StartImage(err) => write!(f, "Failed to start the docker image: {err}"),
@@ -507,22 +488,15 @@ impl ComposeExecutor {
     /// A credential file (the GCR key) at its path on the host, for the
     /// login to read; removed right after the login.
     fn write_host_file(&self, f: &File) -> Result<PathBuf, ComposeError> {
-        let content = f.decode().map_err(|_| ComposeError::BadFileContent)?;
         let dest = super::bash::normalize_path(&f.path, &self.settings.home);
-        if let Some(parent) = dest.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|source| ComposeError::CreateDestination {
-                    path: dest.clone(),
-                    source,
-                })?;
-        }
-        write_private(&dest, &content).map_err(|source| ComposeError::WriteFile {
-            path: dest.clone(),
-            source,
-        })?;
+        // The hardened writer: the key's usual place is under the shared
+        // /tmp, where a planted link or FIFO must not take it elsewhere.
+        let private = File {
+            mode: "0600".to_string(),
+            ..f.clone()
+        };
+        super::job_file::write_file(&private, &dest)
+            .map_err(|(_, line)| ComposeError::KeyFile { line })?;
         Ok(dest)
     }
 
