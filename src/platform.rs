@@ -97,6 +97,7 @@ pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// afterwards): a spool that was already shipped needs no disk. Linux
 /// only (`fallocate` with `PUNCH_HOLE`); elsewhere, and on a file system
 /// that cannot, an `Unsupported` error.
+#[allow(unsafe_code)] // fallocate(2), the one system call here.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {

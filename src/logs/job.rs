@@ -60,20 +60,16 @@ impl EventSink for JobLogs {
     }
 }
 
-/// Test builds (and the `test-knobs` feature) shrink the memory queue
-/// and the stall limit from `SEMAPHORE_AGENT_TEST_LOG_MEMORY_BYTES` and
-/// `SEMAPHORE_AGENT_TEST_LOG_STALL_MS`, so a test can reach the point
-/// where output is lost; release builds ignore them.
+/// Test builds shrink the memory queue and the stall limit
+/// (`SEMAPHORE_AGENT_TEST_LOG_MEMORY_BYTES`, `..._LOG_STALL_MS`, through
+/// `crate::test_knobs`), so a test can reach the point where output is
+/// lost; release builds ignore them.
 fn test_knobs(mut options: PushOptions) -> PushOptions {
-    if !cfg!(any(debug_assertions, feature = "test-knobs")) {
-        return options;
+    if let Some(bytes) = crate::test_knobs::text("LOG_MEMORY_BYTES").and_then(|t| t.parse().ok()) {
+        options.memory_queue_bytes = bytes;
     }
-    let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
-    if let Some(bytes) = number("SEMAPHORE_AGENT_TEST_LOG_MEMORY_BYTES") {
-        options.memory_queue_bytes = bytes as usize;
-    }
-    if let Some(ms) = number("SEMAPHORE_AGENT_TEST_LOG_STALL_MS") {
-        options.stall_limit = std::time::Duration::from_millis(ms);
+    if let Some(stall) = crate::test_knobs::millis("LOG_STALL_MS") {
+        options.stall_limit = stall;
     }
     options
 }
