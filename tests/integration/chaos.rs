@@ -100,22 +100,10 @@ fn docker_of(pid: i32) -> Vec<String> {
     all
 }
 
-/// Whether the compose part can run (Docker, compose and the test image
-/// of `compose.rs`); CI=true must have it.
+/// Whether the compose part can run: Docker, compose and the test image
+/// of `compose.rs` (made there on first use); CI=true must have them.
 fn compose_ready() -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["image", "inspect", "semaphore-agent-test/bash:3"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "chaos: CI=true but Docker or the compose test image is missing \
-             (run the compose tests first, or .ci/docker.sh)"
-        );
-        println!("chaos: compose kills skipped: no Docker engine or test image");
-    }
-    ok
+    crate::compose::docker()
 }
 
 /// 50 SIGKILLs at random points of jobs (most on host jobs, one in ten on
@@ -154,8 +142,8 @@ fn fifty_sigkills_at_random_points_leave_nothing_behind() {
             json!({
                 "executor": "dockercompose",
                 "compose": { "containers": [
-                    { "name": "main", "image": "semaphore-agent-test/bash:3" },
-                    { "name": "db", "image": "semaphore-agent-test/bash:3", "command": "sleep 300" },
+                    { "name": "main", "image": crate::compose::BASH_IMAGE },
+                    { "name": "db", "image": crate::compose::BASH_IMAGE, "command": "sleep 300" },
                 ]},
                 "commands": commands,
             })

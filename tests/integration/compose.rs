@@ -24,13 +24,13 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The test images; the tag changes whenever what `import_image` puts in
 /// them does, as an image that exists is not made again.
-const BASH_IMAGE: &str = "semaphore-agent-test/bash:3";
+pub(crate) const BASH_IMAGE: &str = "semaphore-agent-test/bash:3";
 const NO_BASH_IMAGE: &str = "semaphore-agent-test/nobash:3";
 
 /// Whether the Docker tests can run here; builds the test images once per
 /// test process. Without Docker: prints why and returns false, or panics
 /// with `CI=true`.
-fn docker() -> bool {
+pub(crate) fn docker() -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     match READY.get_or_init(prepare_docker) {
         Ok(()) => true,

@@ -27,7 +27,7 @@ const PROJECT_PREFIX: &str = "semaphore-";
 /// The compose directory of a job: `<tmp>/semaphore-compose-<project>`.
 const DIR_PREFIX: &str = "semaphore-compose-";
 /// Bound of each docker command of the clean-up.
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The labels for the compose file: none where the agent's identity
 /// cannot be known (then nothing would be cleaned up either).
