@@ -909,17 +909,21 @@ impl Checker {
 
     fn when_condition(&mut self, v: &Value, path: &str) -> Option<Cond> {
         let m = self.mapping(v, path, &["when"])?;
-        let wp = at(path, "when");
-        let cond = match m.get("when") {
+        self.when_value(m.get("when"), &at(path, "when"))
+    }
+
+    /// A `when:` value: a boolean or a condition that parses.
+    fn when_value(&mut self, v: Option<&Value>, wp: &str) -> Option<Cond> {
+        let cond = match v {
             None => {
-                self.err(&wp, "required");
+                self.err(wp, "required");
                 return None;
             }
             Some(Value::Bool(b)) => Cond::Bool(*b),
             Some(Value::String(s)) if !s.trim().is_empty() => Cond::Expr(s.clone()),
             Some(other) => {
                 self.err(
-                    &wp,
+                    wp,
                     format!("must be true, false or a condition, not {}", show(other)),
                 );
                 return None;
@@ -927,7 +931,7 @@ impl Checker {
         };
         if let Cond::Expr(text) = &cond {
             if let Err(e) = super::when::parse(text) {
-                self.err(&wp, format!("{e} in {text:?}"));
+                self.err(wp, format!("{e} in {text:?}"));
             }
         }
         Some(cond)
@@ -962,11 +966,7 @@ impl Checker {
                 ),
                 None => self.err(&at(&ip, "value"), "required"),
             }
-            if !m.contains_key("when") {
-                self.err(&at(&ip, "when"), "required");
-            } else {
-                self.when_condition(item, &ip);
-            }
+            self.when_value(m.get("when"), &at(&ip, "when"));
         }
     }
 
@@ -1021,7 +1021,7 @@ impl Checker {
                 }
             }
             if m.contains_key("when") {
-                self.when_condition(item, &ip);
+                self.when_value(m.get("when"), &at(&ip, "when"));
             }
             let label = m
                 .get("name")
