@@ -97,6 +97,23 @@ fn json_lines(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A child process killed when the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGINT);
+            }
+            let _ = wait::until(WAIT, || self.0.try_wait().ok().flatten().is_some());
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 const VOLATILE_IDS: &[&str] = &[
     "SEMAPHORE_JOB_ID",
     "SEMAPHORE_WORKFLOW_ID",
@@ -258,9 +275,11 @@ fn blocks_run_in_order_dependents_of_a_failure_are_skipped_and_json_tags_every_e
 fn two_jobs_of_a_block_truly_run_at_once() {
     // Each job waits (bounded) for the other's marker: both pass only if
     // they run at the same time.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().display().to_string();
     let wait_for = |me: &str, other: &str| {
         format!(
-            "          commands:\n            - touch ~/../{me}.marker\n            - for i in $(seq 1 200); do [ -e ~/../{other}.marker ] && break; sleep 0.1; done\n            - test -e ~/../{other}.marker\n"
+            "          commands:\n            - touch {r}/{me}.marker\n            - for i in $(seq 1 200); do [ -e {r}/{other}.marker ] && break; sleep 0.1; done\n            - test -e {r}/{other}.marker\n"
         )
     };
     let pipeline = format!(
@@ -277,6 +296,9 @@ fn two_jobs_of_a_block_truly_run_at_once() {
     assert!(stdout.contains("Pipeline passed"), "{stdout}");
     // With one job at a time the same pipeline fails (the first job gives
     // up waiting), which shows the test can fail.
+    for m in ["left", "right"] {
+        std::fs::remove_file(root.path().join(format!("{m}.marker"))).unwrap();
+    }
     let pipeline_short = pipeline.replace("seq 1 200", "seq 1 5");
     let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline_short)]);
     let out = repo.run(&["--parallel", "1"]);
@@ -332,13 +354,16 @@ fn when_conditions_are_decided_against_the_local_git_state() {
     repo.write("lib/b.txt", "new");
     let out = repo.run(&["--json", "--block", "lib-changed", "--only"]);
     let last = json_lines(&text(&out).0).pop().unwrap();
-    assert_eq!(last["jobs"][3]["result"], "passed", "{last}");
+    assert_eq!(last["jobs"][0]["job"], "lib-changed-job", "{last}");
+    assert_eq!(last["jobs"][0]["result"], "passed", "{last}");
 }
 
 #[test]
 fn secrets_come_from_the_secrets_file_are_masked_and_a_missing_one_stops_the_run() {
+    let markers = tempfile::tempdir().unwrap();
+    let root = markers.path().display();
     let pipeline = format!(
-        "{HEAD}blocks:\n  - name: Deploy\n    task:\n      secrets:\n        - name: creds\n      jobs:\n        - name: deploy\n          commands:\n            - echo \"user=$DEPLOY_USER\"\n            - cat ~/.creds/file.txt\n            - touch ~/../deploy.marker\n"
+        "{HEAD}blocks:\n  - name: Deploy\n    task:\n      secrets:\n        - name: creds\n      jobs:\n        - name: deploy\n          commands:\n            - echo \"user=$DEPLOY_USER\"\n            - cat ~/.creds/file.txt\n            - touch {root}/deploy.marker\n"
     );
     let secrets = "metadata:\n  name: creds\ndata:\n  env_vars:\n    - name: DEPLOY_USER\n      value: s3cr3t-deployer\n  files:\n    - path: .creds/file.txt\n      content: ZmlsZS1jb250ZW50LWhlcmUK\n";
     let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
@@ -350,7 +375,7 @@ fn secrets_come_from_the_secrets_file_are_masked_and_a_missing_one_stops_the_run
     assert!(!stdout.contains("s3cr3t-deployer"), "{stdout}");
     assert!(stdout.contains("file-content-here"), "{stdout}");
 
-    std::fs::remove_file(repo.sandbox.dir.path().join("deploy.marker")).unwrap();
+    std::fs::remove_file(markers.path().join("deploy.marker")).unwrap();
     let out = repo.run(&[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -358,7 +383,7 @@ fn secrets_come_from_the_secrets_file_are_masked_and_a_missing_one_stops_the_run
         stderr.contains("blocks[0].task.secrets[0]: secret \"creds\" is not in the secrets file"),
         "{stderr}"
     );
-    assert!(!repo.sandbox.dir.path().join("deploy.marker").exists());
+    assert!(!markers.path().join("deploy.marker").exists());
 
     // Anyway: the job runs without the secret (and fails at the missing file).
     let out = repo.run(&["--allow-missing-secrets"]);
@@ -415,21 +440,25 @@ fn execution_time_limit_stops_the_job() {
 
 #[test]
 fn ctrl_c_stops_every_job_and_leaves_nothing_running() {
+    let markers = tempfile::tempdir().unwrap();
+    let root = markers.path().to_path_buf();
+    let r = root.display().to_string();
     let job = |name: &str| {
-        format!("        - name: {name}\n          commands:\n            - sleep 1000 & echo $! > ~/../{name}.pid\n            - sleep infinity\n")
+        format!("        - name: {name}\n          commands:\n            - sleep 1000 & echo $! > {r}/{name}.pid\n            - sleep infinity\n")
     };
     let pipeline = format!(
-        "{HEAD}blocks:\n  - name: Long\n    task:\n      jobs:\n{}{}  - name: Later\n    task:\n      jobs:\n        - name: later\n          commands: [touch ~/../later.marker]\n",
+        "{HEAD}blocks:\n  - name: Long\n    task:\n      jobs:\n{}{}  - name: Later\n    task:\n      jobs:\n        - name: later\n          commands: [touch {r}/later.marker]\n",
         job("a"),
         job("b")
     );
     let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
-    let mut child = repo
+    let child = repo
         .agent(&["--json", "--parallel", "2"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let root = repo.sandbox.dir.path().to_path_buf();
+    // Killed (with its jobs' sessions) if an assertion fails first.
+    let mut child = KillOnDrop(child);
     let pid_of = |name: &str| -> Option<u32> {
         std::fs::read_to_string(root.join(format!("{name}.pid")))
             .ok()
@@ -442,12 +471,13 @@ fn ctrl_c_stops_every_job_and_leaves_nothing_running() {
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.0.id() as i32, libc::SIGINT);
     }
-    let status = wait::value(WAIT, || child.try_wait().unwrap(), Option::is_some).expect("the agent did not stop");
+    let status = wait::value(WAIT, || child.0.try_wait().unwrap(), Option::is_some)
+        .expect("the agent did not stop");
     assert_eq!(status.code(), Some(1));
     let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut stdout).unwrap();
     let last = json_lines(&stdout).pop().unwrap();
     assert_eq!(last["result"], "stopped", "{last}");
     for name in ["a", "b"] {
@@ -458,7 +488,14 @@ fn ctrl_c_stops_every_job_and_leaves_nothing_running() {
         );
     }
     assert!(!root.join("later.marker").exists());
-    assert!(procs::running_containing(&root.display().to_string()).is_empty());
+    // No job shell is left either (their command files live in the run's
+    // temp dir, which is in the sandbox).
+    let tmp = repo.sandbox.tmp().display().to_string();
+    assert!(
+        wait::until(Duration::from_secs(5), || procs::running_containing(&tmp).is_empty()),
+        "{:?}",
+        procs::running_containing(&tmp)
+    );
 }
 
 #[test]
