@@ -81,19 +81,13 @@ struct Live {
     handle: std::thread::JoinHandle<()>,
 }
 
-/// One minute, shortened in test builds by
+/// One minute, shortened in test builds by the knob
 /// `SEMAPHORE_AGENT_TEST_PIPELINE_MINUTE_MS` so a time-limit test need
 /// not wait minutes.
 pub fn minute() -> Duration {
-    #[cfg(any(debug_assertions, feature = "test-knobs"))]
-    if let Some(ms) = std::env::var("SEMAPHORE_AGENT_TEST_PIPELINE_MINUTE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|ms| (1..=60_000).contains(ms))
-    {
-        return Duration::from_millis(ms);
-    }
-    Duration::from_secs(60)
+    crate::test_knobs::millis("PIPELINE_MINUTE_MS")
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(60))
 }
 
 /// Runs `jobs` (block by block as `blocks` says) and returns the rows of

@@ -169,7 +169,10 @@ fn corpus_list_json_matches_the_expected_expansions() {
                 std::fs::read_to_string(entry.path()).unwrap(),
             ));
         }
-        let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let repo = Repo::new(&refs);
         let mut args = vec!["--list", "--json"];
         let secrets = case.join("secrets.yml");
@@ -192,7 +195,11 @@ fn corpus_list_json_matches_the_expected_expansions() {
         let expected = std::fs::read_to_string(&expected_path)
             .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
         let expected: Vec<&str> = expected.lines().collect();
-        assert_eq!(got.len(), expected.len(), "{name}: number of jobs\n{stdout}");
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{name}: number of jobs\n{stdout}"
+        );
         for (g, e) in got.iter().zip(&expected) {
             let g: Value = serde_json::from_str(g).unwrap();
             let e: Value = serde_json::from_str(e).unwrap();
@@ -312,14 +319,26 @@ fn when_conditions_are_decided_against_the_local_git_state() {
     };
     let pipeline = format!(
         "{HEAD}blocks:\n{}{}{}{}{}{}{}{}",
-        block("skip-on-feature", "skip:\n      when: \"branch = 'feature/x'\""),
-        block("run-on-feat", "run:\n      when: \"branch =~ '^feature/' and tag !~ '.*'\""),
+        block(
+            "skip-on-feature",
+            "skip:\n      when: \"branch = 'feature/x'\""
+        ),
+        block(
+            "run-on-feat",
+            "run:\n      when: \"branch =~ '^feature/' and tag !~ '.*'\""
+        ),
         block("run-on-tag", "run:\n      when: \"tag =~ '^v'\""),
         block("lib-changed", "run:\n      when: \"change_in('/lib')\""),
-        block("docs-changed", "run:\n      when: \"change_in('/docs', {default_branch: 'main'})\""),
+        block(
+            "docs-changed",
+            "run:\n      when: \"change_in('/docs', {default_branch: 'main'})\""
+        ),
         block("unknowable", "run:\n      when: \"result = 'passed'\""),
         block("skip-false", "skip:\n      when: false"),
-        block("pr", "run:\n      when: \"pull_request =~ '.*' or branch = 'main'\""),
+        block(
+            "pr",
+            "run:\n      when: \"pull_request =~ '.*' or branch = 'main'\""
+        ),
     );
     let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline), ("lib/a.txt", "a")]);
     repo.git(&["checkout", "-q", "-b", "feature/x"]);
@@ -347,7 +366,11 @@ fn when_conditions_are_decided_against_the_local_git_state() {
     assert_eq!(result_of("skip-false-job"), "passed");
     assert_eq!(result_of("pr-job"), "skipped");
     // What cannot be decided is said once, on stderr under --json.
-    assert_eq!(stderr.matches("cannot be decided locally").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot be decided locally").count(),
+        1,
+        "{stderr}"
+    );
     assert!(stderr.contains("result is only known"), "{stderr}");
 
     // An uncommitted change counts for change_in; --base moves the base.
@@ -398,7 +421,10 @@ fn checkout_clones_the_local_repository_with_or_without_uncommitted_changes() {
     let pipeline = format!(
         "{HEAD}blocks:\n  - name: Check\n    task:\n      jobs:\n        - name: look\n          commands:\n            - checkout\n            - pwd\n            - cat committed.txt\n            - cat dirty.txt || echo no-dirty-file\n            - echo \"param=$MY_PARAM\"\n            - sem-version ruby 3.2\n"
     );
-    let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline), ("committed.txt", "in-the-commit")]);
+    let repo = Repo::new(&[
+        (".semaphore/semaphore.yml", &pipeline),
+        ("committed.txt", "in-the-commit"),
+    ]);
     repo.write("dirty.txt", "uncommitted-change");
     let out = repo.run(&["--env", "MY_PARAM=given"]);
     let (stdout, stderr) = text(&out);
@@ -492,7 +518,8 @@ fn ctrl_c_stops_every_job_and_leaves_nothing_running() {
     // temp dir, which is in the sandbox).
     let tmp = repo.sandbox.tmp().display().to_string();
     assert!(
-        wait::until(Duration::from_secs(5), || procs::running_containing(&tmp).is_empty()),
+        wait::until(Duration::from_secs(5), || procs::running_containing(&tmp)
+            .is_empty()),
         "{:?}",
         procs::running_containing(&tmp)
     );
@@ -514,8 +541,14 @@ fn selection_options_pick_blocks_and_jobs() {
             .map(|j| j["job"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(names(&["--block", "B"]), ["a", "b - 1/2", "b - 2/2", "other"]);
-    assert_eq!(names(&["--block", "B", "--only"]), ["b - 1/2", "b - 2/2", "other"]);
+    assert_eq!(
+        names(&["--block", "B"]),
+        ["a", "b - 1/2", "b - 2/2", "other"]
+    );
+    assert_eq!(
+        names(&["--block", "B", "--only"]),
+        ["b - 1/2", "b - 2/2", "other"]
+    );
     assert_eq!(names(&["--job", "b"]), ["b - 1/2", "b - 2/2"]);
     assert_eq!(names(&["--job", "b - 2/2"]), ["b - 2/2"]);
     let out = repo.run(&["--block", "Z"]);
