@@ -239,7 +239,7 @@ impl GitInfo {
         };
         changed.extend(uncommitted(top));
         let track = !matches!(option("pipeline_file"), Some(Arg::Str(s)) if s == "ignore");
-        if track && changed.iter().any(|f| *f == self.pipeline_file) {
+        if track && changed.contains(&self.pipeline_file) {
             return Ok(true);
         }
         let excludes = option("exclude").map(|a| a.strings()).unwrap_or_default();

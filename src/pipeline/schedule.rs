@@ -213,7 +213,7 @@ pub fn run(
                 }
             }
         }
-        settle_blocks(&job_state, &mut block_state, jobs, blocks);
+        settle_blocks(&job_state, &mut block_state, jobs);
         if !console.json {
             let line = progress(&job_state, &block_state, jobs, blocks);
             if line != last_progress {
@@ -397,14 +397,9 @@ fn fail_fast(
 }
 
 /// A running block whose jobs all ended becomes passed or failed.
-fn settle_blocks(
-    job_state: &[JobState],
-    block_state: &mut [BlockState],
-    jobs: &[PlannedJob],
-    blocks: &[BlockPlan],
-) {
-    for b in 0..blocks.len() {
-        if block_state[b] != BlockState::Running {
+fn settle_blocks(job_state: &[JobState], block_state: &mut [BlockState], jobs: &[PlannedJob]) {
+    for (b, state) in block_state.iter_mut().enumerate() {
+        if *state != BlockState::Running {
             continue;
         }
         let mine: Vec<&JobState> = jobs
@@ -422,7 +417,7 @@ fn settle_blocks(
         let passed = mine
             .iter()
             .all(|s| matches!(s, JobState::Done(JobResult::Passed, ..)));
-        block_state[b] = if passed {
+        *state = if passed {
             BlockState::Passed
         } else {
             BlockState::Failed
