@@ -555,3 +555,34 @@ fn selection_options_pick_blocks_and_jobs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("--block \"Z\": no such block"));
 }
+
+#[test]
+fn a_compose_agent_pipeline_runs_in_containers_with_the_redirected_image() {
+    let Some(image) = crate::compose::redirected_test_image() else {
+        return;
+    };
+    let short = image.trim_start_matches("registry.semaphoreci.com/");
+    let pipeline = format!(
+        "{HEAD}  containers:\n    - name: main\n      image: semaphoreci/{short}\n      env_vars:\n        - name: IN_CONTAINER\n          value: from-the-pipeline\nblocks:\n  - name: Containers\n    task:\n      jobs:\n        - name: inside\n          commands:\n            - test -f /.dockerenv && echo inside-docker\n            - echo \"var=$IN_CONTAINER\"\n"
+    );
+    let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
+    let mut cmd = repo.agent(&["--json"]);
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        cmd.env("DOCKER_HOST", host);
+    }
+    let child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let lines = json_lines(&stdout);
+    let output: String = lines
+        .iter()
+        .filter(|l| l["event"] == "cmd_output")
+        .map(|l| l["output"].as_str().unwrap_or_default())
+        .collect();
+    assert!(output.contains("inside-docker"), "{output}");
+    assert!(output.contains("var=from-the-pipeline"), "{output}");
+    assert_eq!(lines.last().unwrap()["result"], "passed");
+    assert_eq!(crate::compose::job_containers(pid), Vec::<String>::new());
+}
