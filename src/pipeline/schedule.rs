@@ -190,7 +190,20 @@ pub fn run(
             if let Ok(mut stops) = live_stops.lock() {
                 stops.insert(j, stop.clone());
             }
-            let handle = spawn_job(j, &jobs[j], settings, console, stop.clone(), tx.clone());
+            let extra = if blocks[b].always {
+                after_pipeline_vars(jobs, blocks, &job_state, started)
+            } else {
+                Vec::new()
+            };
+            let handle = spawn_job(
+                j,
+                &jobs[j],
+                extra,
+                settings,
+                console,
+                stop.clone(),
+                tx.clone(),
+            );
             match handle {
                 Ok(handle) => {
                     job_state[j] = JobState::Running;
@@ -462,14 +475,61 @@ fn progress(
     )
 }
 
+/// What an `after_pipeline` job learns about the pipeline that ran: its
+/// result (passed, failed or stopped), the reason (`test` for a failed
+/// job, `timeout` for a time limit), when it started and ended.
+fn after_pipeline_vars(
+    jobs: &[PlannedJob],
+    blocks: &[BlockPlan],
+    job_state: &[JobState],
+    started: Instant,
+) -> Vec<(String, String)> {
+    let mine = || {
+        jobs.iter()
+            .zip(job_state)
+            .filter(|(j, _)| !blocks[j.block_index].always)
+            .map(|(_, s)| s)
+    };
+    let timed_out = mine()
+        .any(|s| matches!(s, JobState::Done(_, _, note) if note.contains("execution_time_limit")));
+    let failed = mine().any(|s| {
+        matches!(s, JobState::Done(r, ..) if *r != JobResult::Passed)
+            || matches!(s, JobState::Skipped(why) if why.contains("did not pass") || why.contains("fail_fast"))
+    });
+    let (result, reason) = match (failed, timed_out) {
+        (_, true) => ("failed", "timeout"),
+        (true, false) => ("failed", "test"),
+        (false, false) => ("passed", "test"),
+    };
+    let now = crate::unix_now();
+    let ran = started.elapsed().as_secs();
+    vec![
+        ("SEMAPHORE_PIPELINE_RESULT".into(), result.into()),
+        ("SEMAPHORE_PIPELINE_RESULT_REASON".into(), reason.into()),
+        (
+            "SEMAPHORE_PIPELINE_STARTED_AT".into(),
+            now.saturating_sub(ran).to_string(),
+        ),
+        ("SEMAPHORE_PIPELINE_DONE_AT".into(), now.to_string()),
+        (
+            "SEMAPHORE_PIPELINE_RUNNING_DURATION".into(),
+            ran.to_string(),
+        ),
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_job(
     j: usize,
     job: &PlannedJob,
+    extra_env: Vec<(String, String)>,
     settings: &Settings,
     console: &Console,
     stop: JobStop,
     tx: std::sync::mpsc::SyncSender<(usize, JobResult)>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut job = job.clone();
+    job.env_vars.extend(extra_env);
     let request = job.request();
     let options = settings.options.get(j).cloned().unwrap_or_default();
     let mut secrets =

@@ -586,3 +586,42 @@ fn a_compose_agent_pipeline_runs_in_containers_with_the_redirected_image() {
     assert_eq!(lines.last().unwrap()["result"], "passed");
     assert_eq!(crate::compose::job_containers(pid), Vec::<String>::new());
 }
+
+#[test]
+fn fail_fast_stops_running_jobs_keep_going_runs_dependents_and_after_pipeline_always_runs() {
+    let pipeline = format!(
+        "{HEAD}fail_fast:\n  stop:\n    when: true\nblocks:\n  - name: Work\n    task:\n      jobs:\n        - name: fails\n          commands: [sleep 1, 'false']\n        - name: slow\n          commands: [sleep 60, echo never]\n  - name: Next\n    task:\n      jobs:\n        - name: next\n          commands: [echo next-ran]\nafter_pipeline:\n  task:\n    jobs:\n      - name: report\n        commands:\n          - echo \"result=$SEMAPHORE_PIPELINE_RESULT reason=$SEMAPHORE_PIPELINE_RESULT_REASON\"\n"
+    );
+    let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
+    let started = std::time::Instant::now();
+    let out = repo.run(&["--parallel", "2"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "fail_fast did not stop the slow job"
+    );
+    let row = |job: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(job))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("fails").contains("failed"), "{stdout}");
+    assert!(row("slow").contains("stopped"), "{stdout}");
+    assert!(row("next").contains("skipped"), "{stdout}");
+    assert!(row("report").contains("passed"), "{stdout}");
+    assert!(stdout.contains("result=failed reason=test"), "{stdout}");
+    assert!(!stdout.contains("next-ran"), "{stdout}");
+
+    // Without fail_fast, --keep-going runs the dependent block anyway.
+    let relaxed = pipeline
+        .replace("fail_fast:\n  stop:\n    when: true\n", "")
+        .replace("sleep 60", "sleep 0");
+    let repo = Repo::new(&[(".semaphore/semaphore.yml", &relaxed)]);
+    let out = repo.run(&["--keep-going"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("next-ran"), "{stdout}");
+}
