@@ -878,14 +878,16 @@ impl Checker {
 
     fn time_limit(&mut self, v: &Value, path: &str) -> Option<u64> {
         let m = self.mapping(v, path, &["minutes", "hours"])?;
+        // Semaphore's limits: at most 24 hours, or 1440 minutes.
         let number = |key: &str, c: &mut Checker| -> Option<u64> {
             let v = m.get(key)?;
+            let max = if key == "hours" { 24 } else { 1440 };
             match v.as_u64() {
-                Some(n) if n >= 1 => Some(n),
+                Some(n) if (1..=max).contains(&n) => Some(n),
                 _ => {
                     c.err(
                         &at(path, key),
-                        format!("must be a whole number of at least 1, not {}", show(v)),
+                        format!("must be a whole number from 1 to {max}, not {}", show(v)),
                     );
                     None
                 }
@@ -1183,7 +1185,7 @@ mod tests {
         let errs = errors(&yaml);
         let want = [
             "blocks[0]: has both skip and run",
-            "blocks[0].execution_time_limit.minutes: must be a whole number of at least 1, not 0",
+            "blocks[0].execution_time_limit.minutes: must be a whole number from 1 to 1440, not 0",
             "blocks[0].task.env_vars[0].name: \"1BAD\" is not a valid environment variable name",
             "blocks[0].task.env_vars[1].value: required",
             "blocks[0].task.jobs[0]: has both matrix and parallelism",
