@@ -609,3 +609,58 @@ fn bash_profile(top: Option<&Path>, commit: Option<&str>, real_home: Option<&Pat
     s.push_str("sem-service() {\n  echo \"sem-service $* skipped: it exists only on Semaphore's cloud machines; start the service yourself (or use agent.containers)\"\n}\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_profile_quotes_paths_and_defines_the_commands() {
+        let p = bash_profile(Some(Path::new("/src/it's here")), Some("abc123"), None);
+        assert!(
+            p.contains("git clone -q --no-checkout '/src/it'\\''s here' \"$dir\""),
+            "{p}"
+        );
+        assert!(
+            p.contains("checkout() {")
+                && p.contains("sem-version() {")
+                && p.contains("sem-service() {")
+        );
+        let none = bash_profile(None, None, None);
+        assert!(none.contains("not in a git repository"), "{none}");
+        assert!(!none.contains("git clone"));
+    }
+
+    #[test]
+    fn the_summary_says_what_was_done_with_cloud_only_parts() {
+        let yaml = "version: v1.0\nagent:\n  machine:\n    type: t\nauto_cancel:\n  running:\n    when: true\nqueue:\n  name: deploys\npromotions:\n  - name: Prod\n    pipeline_file: prod.yml\n    auto_promote:\n      when: \"branch = 'main'\"\nblocks:\n  - task:\n      jobs:\n        - commands: [a]\n";
+        let p = schema::parse(yaml, Path::new("p.yml")).unwrap_or_default();
+        let lines = summary(&p).join("\n");
+        assert!(
+            lines.contains("promotions are not started by a local run: Prod (prod.yml, auto)"),
+            "{lines}"
+        );
+        assert!(lines.contains("auto_cancel"), "{lines}");
+        assert!(lines.contains("queue deploys ignored"), "{lines}");
+    }
+
+    #[test]
+    fn only_a_mapping_with_version_and_blocks_is_a_pipeline() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            path
+        };
+        assert!(is_pipeline(&write("p.yml", "version: v1.0\nblocks: []\n")));
+        assert!(!is_pipeline(&write(
+            "j.yml",
+            "commands:\n  - directive: echo\n"
+        )));
+        assert!(!is_pipeline(&write(
+            "p.json",
+            "{\"version\": 1, \"blocks\": []}"
+        )));
+        assert!(!is_pipeline(&dir.path().join("missing.yml")));
+    }
+}

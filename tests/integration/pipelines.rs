@@ -444,24 +444,46 @@ fn checkout_clones_the_local_repository_with_or_without_uncommitted_changes() {
 }
 
 #[test]
-fn execution_time_limit_stops_the_job() {
-    let pipeline = format!(
-        "{HEAD}blocks:\n  - name: Slow\n    task:\n      jobs:\n        - name: sleeper\n          execution_time_limit:\n            minutes: 1\n          commands: [sleep 60, echo never]\n"
-    );
-    let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
-    let started = std::time::Instant::now();
-    // A test build's minute is 500 ms here.
-    let out = repo
-        .agent(&["--json"])
-        .env("SEMAPHORE_AGENT_TEST_PIPELINE_MINUTE_MS", "500")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(30));
-    let last = json_lines(&stdout).pop().unwrap();
-    assert_eq!(last["jobs"][0]["result"], "stopped", "{last}");
-    assert!(!stdout.contains("\"directive\":\"echo never\""));
+fn execution_time_limit_stops_the_job_at_job_block_and_pipeline_level() {
+    let limit = "execution_time_limit:\n  minutes: 1\n";
+    let indent =
+        |text: &str, by: &str| -> String { text.lines().map(|l| format!("{by}{l}\n")).collect() };
+    for (level, pipeline) in [
+        (
+            "job",
+            format!("{HEAD}blocks:\n  - name: Slow\n    task:\n      jobs:\n        - name: sleeper\n{}          commands: [sleep 60, echo never]\n", indent(limit, "          ")),
+        ),
+        (
+            "block",
+            format!("{HEAD}blocks:\n  - name: Slow\n{}    task:\n      jobs:\n        - name: sleeper\n          commands: [sleep 60, echo never]\n", indent(limit, "    ")),
+        ),
+        (
+            "pipeline",
+            format!("{HEAD}{limit}blocks:\n  - name: Slow\n    task:\n      jobs:\n        - name: sleeper\n          commands: [sleep 60, echo never]\n"),
+        ),
+    ] {
+        let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
+        let started = std::time::Instant::now();
+        // A test build's minute is 500 ms here.
+        let out = repo
+            .agent(&[])
+            .env("SEMAPHORE_AGENT_TEST_PIPELINE_MINUTE_MS", "500")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{level}: {stdout}\n{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{level}");
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with("Slow "))
+            .unwrap_or_default();
+        assert!(row.contains("stopped"), "{level}: {stdout}");
+        assert!(
+            row.contains(&format!("{level} execution_time_limit of 1 min reached")),
+            "{level}: {row}"
+        );
+        assert!(!stdout.contains("$ echo never"), "{level}: {stdout}");
+    }
 }
 
 #[test]
@@ -551,6 +573,12 @@ fn selection_options_pick_blocks_and_jobs() {
     );
     assert_eq!(names(&["--job", "b"]), ["b - 1/2", "b - 2/2"]);
     assert_eq!(names(&["--job", "b - 2/2"]), ["b - 2/2"]);
+    let out = repo.run(&["--list"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("block \"B\" after A\n  job \"b - 1/2\""),
+        "{stdout}"
+    );
     let out = repo.run(&["--block", "Z"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("--block \"Z\": no such block"));
