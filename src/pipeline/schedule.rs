@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::expand::PlannedJob;
-use super::output::{self, Console, JobSink, Row};
+use super::output::{Console, JobSink, Row};
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::mask::Masker;
@@ -555,9 +555,4 @@ fn spawn_job(
             // One slot per job: this never blocks.
             let _ = tx.send((j, result));
         })
-}
-
-/// The final table as text.
-pub fn table(rows: &[Row]) -> String {
-    output::table(rows)
 }
