@@ -373,6 +373,34 @@ fn when_conditions_are_decided_against_the_local_git_state() {
     );
     assert!(stderr.contains("result is only known"), "{stderr}");
 
+    // On a tag (HEAD detached on it) the tag is what conditions and the
+    // SEMAPHORE_GIT_* variables see.
+    repo.git(&["tag", "v1.2.3"]);
+    repo.git(&["checkout", "-q", "--detach", "v1.2.3"]);
+    let out = repo.run(&["--list", "--json", "--block", "run-on-tag", "--only"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let job = json_lines(&stdout).pop().unwrap();
+    let var = |name: &str| {
+        job["env_vars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(var("SEMAPHORE_GIT_REF_TYPE").as_deref(), Some("tag"));
+    assert_eq!(var("SEMAPHORE_GIT_TAG_NAME").as_deref(), Some("v1.2.3"));
+    assert_eq!(
+        var("SEMAPHORE_GIT_REF").as_deref(),
+        Some("refs/tags/v1.2.3")
+    );
+    assert_eq!(var("SEMAPHORE_GIT_WORKING_BRANCH"), None);
+    let out = repo.run(&["--json", "--block", "run-on-tag", "--only"]);
+    let last = json_lines(&text(&out).0).pop().unwrap();
+    assert_eq!(last["jobs"][0]["result"], "passed", "{last}");
+    repo.git(&["checkout", "-q", "feature/x"]);
+
     // An uncommitted change counts for change_in; --base moves the base.
     repo.write("lib/b.txt", "new");
     let out = repo.run(&["--json", "--block", "lib-changed", "--only"]);
