@@ -252,31 +252,44 @@ pub fn run(
             }
             continue;
         }
+        let mut ended: Vec<(usize, JobResult, String)> = Vec::new();
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((j, result)) => {
-                if let Some(l) = live.remove(&j) {
-                    let took = l.started.elapsed().as_secs_f64();
-                    let _ = l.handle.join();
-                    let note = timed_out.remove(&j).unwrap_or_default();
-                    job_state[j] = JobState::Done(result, took, note);
-                    if let Ok(mut stops) = live_stops.lock() {
-                        stops.remove(&j);
-                    }
-                    if result != JobResult::Passed && !pipeline_stopped {
-                        fail_fast(
-                            j,
-                            jobs,
-                            blocks,
-                            settings,
-                            &live,
-                            &mut job_state,
-                            &mut block_state,
-                        );
+            Ok((j, result)) => ended.push((j, result, String::new())),
+            Err(RecvTimeoutError::Timeout) => {
+                // A job thread sends before it ends, so one that ended
+                // without a result panicked: its job failed.
+                while let Ok((j, result)) = rx.try_recv() {
+                    ended.push((j, result, String::new()));
+                }
+                for (&j, l) in &live {
+                    if l.handle.is_finished() && !ended.iter().any(|(e, ..)| *e == j) {
+                        ended.push((j, JobResult::Failed, "the job's thread panicked".into()));
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        for (j, result, panic_note) in ended {
+            if let Some(l) = live.remove(&j) {
+                let took = l.started.elapsed().as_secs_f64();
+                let _ = l.handle.join();
+                let note = timed_out.remove(&j).unwrap_or(panic_note);
+                job_state[j] = JobState::Done(result, took, note);
+                if let Ok(mut stops) = live_stops.lock() {
+                    stops.remove(&j);
+                }
+                if result != JobResult::Passed && !pipeline_stopped {
+                    fail_fast(
+                        j,
+                        jobs,
+                        blocks,
+                        settings,
+                        &live,
+                        &mut job_state,
+                        &mut block_state,
+                    );
+                }
+            }
         }
         let now = Instant::now();
         for (&j, l) in &live {
