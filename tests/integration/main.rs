@@ -38,6 +38,7 @@ mod kubernetes;
 #[cfg(target_os = "linux")]
 mod memory;
 mod operations;
+mod pipelines;
 mod run_jobs;
 mod security;
 mod shell;
