@@ -6,8 +6,10 @@
 //! the first (measured after the first job, in the same run), as a ratio.
 //!
 //! Run with `cargo build --release && cargo run --release --example
-//! soak_bench [-- --jobs N]`. The agent is looked up next to this program
-//! (`target/<profile>/semaphore-agent`), as in `agent_bench`.
+//! soak_bench [-- --jobs N] [--agent PATH]`. The agent is looked up next
+//! to this program (`target/<profile>/semaphore-agent`), as in
+//! `agent_bench`, unless `--agent` names another binary (an older build,
+//! to compare two runs).
 
 #[path = "../tests/support/hub.rs"]
 #[allow(dead_code)]
@@ -21,6 +23,7 @@ use serde_json::json;
 
 fn main() {
     let mut jobs: usize = 1000;
+    let mut agent_path: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -28,14 +31,21 @@ fn main() {
                 Some(n) if n > 0 => jobs = n,
                 _ => fail("--jobs needs a number above zero"),
             },
+            "--agent" => match args.next() {
+                Some(p) => agent_path = Some(PathBuf::from(p)),
+                None => fail("--agent needs a path"),
+            },
             "-h" | "--help" => {
-                println!("usage: soak_bench [--jobs N]");
+                println!("usage: soak_bench [--jobs N] [--agent PATH]");
                 return;
             }
             other => fail(&format!("unknown argument '{other}'")),
         }
     }
-    let bin = agent_binary().unwrap_or_else(|e| fail(&e));
+    let bin = match agent_path {
+        Some(path) => path,
+        None => agent_binary().unwrap_or_else(|e| fail(&e)),
+    };
     let sandbox = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("temp dir: {e}")));
     let tmp = sandbox.path().join("tmp");
     let home = sandbox.path().join("home");
