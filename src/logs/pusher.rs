@@ -1305,6 +1305,163 @@ mod tests {
         assert_eq!(p.decide(t0 + ms(300), 5, 5, false), Step::Send);
     }
 
+    /// A log server on 127.0.0.1 for the memory-queue tests: keeps the
+    /// lines it accepted (by `start_from`, so a resend adds nothing) and
+    /// answers 500 while `refuse` is set.
+    struct Server {
+        url: String,
+        lines: Arc<Mutex<Vec<String>>>,
+        refuse: Arc<std::sync::atomic::AtomicBool>,
+        _thread: std::thread::JoinHandle<()>,
+    }
+
+    fn server() -> Server {
+        let http = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = http.server_addr().to_ip().unwrap().port();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, r) = (Arc::clone(&lines), Arc::clone(&refuse));
+        let thread = std::thread::Builder::new()
+            .name("test-log-server".into())
+            .spawn(move || {
+                for mut req in http.incoming_requests() {
+                    let mut body = String::new();
+                    let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+                    if r.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = req.respond(tiny_http::Response::empty(500));
+                        continue;
+                    }
+                    let from: usize = req
+                        .url()
+                        .split("start_from=")
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let mut have = l.lock().unwrap();
+                    let new: Vec<String> = body.lines().map(str::to_string).collect();
+                    let skip = have.len().saturating_sub(from);
+                    assert!(from <= have.len(), "gap: {from} > {}", have.len());
+                    have.extend(new.into_iter().skip(skip));
+                    drop(have);
+                    let _ = req.respond(tiny_http::Response::empty(200));
+                }
+            })
+            .unwrap();
+        Server {
+            url: format!("http://127.0.0.1:{port}/logs/job"),
+            lines,
+            refuse,
+            _thread: thread,
+        }
+    }
+
+    fn test_logger(url: &str, dir: &Path, stall: Duration) -> PushLogger {
+        let logger = Logger {
+            method: "push".into(),
+            url: url.into(),
+            token: "t".into(),
+            max_size_in_bytes: 0,
+        };
+        let options = PushOptions {
+            linger: ms(10),
+            idle_tick: ms(100),
+            retry_base: ms(5),
+            retry_max: ms(20),
+            flush_retry_max: ms(20),
+            flush_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(5),
+            spool_dir: dir.to_path_buf(),
+            memory_queue_bytes: 256 * 1024,
+            stall_limit: stall,
+            ..PushOptions::default()
+        };
+        let refresher: Box<dyn TokenRefresher> = Box::new(|| Err("none".to_string()));
+        PushLogger::start(&logger, refresher, options).unwrap()
+    }
+
+    fn line(i: usize) -> Event {
+        Event::CmdOutput {
+            timestamp: 1,
+            output: format!("line {i} {}\n", "x".repeat(200)),
+        }
+    }
+
+    fn full_disk() -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_full_spool_loses_nothing_the_output_waits_in_bounded_memory() {
+        let srv = server();
+        let dir = tempfile::tempdir().unwrap();
+        let mut pl = test_logger(&srv.url, dir.path(), Duration::from_secs(30));
+        let real = lock(&pl.shared).writer.replace_file(full_disk());
+        // 20,000 events (4.3 MB) through a 256 KiB queue while no write
+        // to the spool works.
+        let mut max_held = 0;
+        for i in 0..20_000 {
+            pl.emit(line(i));
+            max_held = max_held.max(lock(&pl.shared).writer.buffered_bytes());
+        }
+        assert!(max_held < 512 * 1024, "memory held {max_held}");
+        // Space returns: the spool is used again.
+        lock(&pl.shared).writer.replace_file(real);
+        for i in 20_000..21_000 {
+            pl.emit(line(i));
+        }
+        let job = JobRequest::default();
+        let report = pl.finish(&FinishOptions::new(&job, UploadPolicy::Never));
+        assert_eq!(
+            (report.dropped, report.delivered),
+            (0, 21_000),
+            "{report:?}"
+        );
+        let lines = srv.lines.lock().unwrap();
+        assert_eq!(lines.len(), 21_000);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(*l, line(i).to_json(), "event {i}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_lost_to_a_full_disk_and_a_silent_server_is_told_in_the_log() {
+        let srv = server();
+        let dir = tempfile::tempdir().unwrap();
+        let mut pl = test_logger(&srv.url, dir.path(), ms(200));
+        lock(&pl.shared).writer.replace_file(full_disk());
+        srv.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        for i in 0..5_000 {
+            pl.emit(line(i));
+        }
+        // The job waited once for the stall limit, not once per event.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        srv.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        let job = JobRequest::default();
+        let report = pl.finish(&FinishOptions::new(&job, UploadPolicy::Never));
+        assert!(report.dropped > 0, "{report:?}");
+        assert!(report.dropped_bytes > 0);
+        assert!(report
+            .drop_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("No space left"));
+        let lines = srv.lines.lock().unwrap();
+        let told = lines.last().unwrap();
+        assert!(
+            told.contains(&format!("{} chunks of this job", report.dropped))
+                && told.contains("No space left on device"),
+            "{told}"
+        );
+        assert_eq!(report.delivered as usize, lines.len());
+        assert_eq!(report.delivered + report.dropped, 5_001);
+    }
+
     #[test]
     fn jitter_source_stays_in_the_unit_interval() {
         let mut r = XorShift::seeded();

@@ -217,7 +217,7 @@ impl SpoolWriter {
     /// Test seam: the file replaced by another (`/dev/full` for a full
     /// disk), keeping every count.
     #[cfg(all(test, unix))]
-    fn replace_file(&mut self, file: File) -> File {
+    pub(super) fn replace_file(&mut self, file: File) -> File {
         std::mem::replace(&mut self.file, file)
     }
 }
