@@ -21,14 +21,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::bash::{env_file_content, PtyCommands};
 use super::{Executor, JobLog, Outcome, Settings, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
-use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
+use crate::shell::{shell_quote, Launch, Shell, ShellError, ShellOptions};
 
 /// Directive of `prepare`.
 pub const PREPARE_DIRECTIVE: &str = "Creating Kubernetes resources for job...";
@@ -131,6 +131,11 @@ impl KubernetesExecutor {
             }
             None => Decorator::default(),
         };
+        let labels = job_labels(&self.config);
+        let owner = owner_pod(&self.config.namespace);
+        if owner.is_none() {
+            delete_leftovers_once(&client, &self.config.agent_name);
+        }
         let env_secret = format!("{}-secret", self.pod_name);
         let pull_secret = format!("{}-image-pull-secret", self.pod_name);
         let has_credentials = !self.request.compose.image_pull_credentials.is_empty();
@@ -143,10 +148,10 @@ impl KubernetesExecutor {
         // The pod is built (and its images checked) before anything is
         // created, so a refused job leaves nothing behind; the message is
         // the one Go shows after its own attempt.
-        let pod = kubernetes::pod(
+        let mut pod = kubernetes::pod(
             &self.pod_name,
             &self.config.namespace,
-            &self.config.labels,
+            &labels,
             &decorator,
             &self.request.compose.containers,
             self.config.default_image.as_deref(),
@@ -175,14 +180,16 @@ impl KubernetesExecutor {
             None
         };
         let vars = self.job_env();
-        let secret = kubernetes::env_secret(
+        let mut secret = kubernetes::env_secret(
             &env_secret,
             &self.config.namespace,
-            &self.config.labels,
+            &labels,
             &env_file_content(&vars),
             &self.request.files,
         )
         .map_err(|e| format!("Failed to create environment secret: {e}"))?;
+        owned_by(&mut pod, owner);
+        owned_by(&mut secret, owner);
         self.initial_env = Some(vars);
         let client = self.client.insert(client);
 
@@ -198,12 +205,13 @@ impl KubernetesExecutor {
             .create("secrets", &secret)
             .map_err(|e| format!("Failed to create environment secret: {e}"))?;
         if let Some(docker_config) = docker_config {
-            let secret = kubernetes::pull_secret(
+            let mut secret = kubernetes::pull_secret(
                 &pull_secret,
                 &self.config.namespace,
-                &self.config.labels,
+                &labels,
                 &docker_config,
             );
+            owned_by(&mut secret, owner);
             self.created.push(("secrets", pull_secret));
             client
                 .create("secrets", &secret)
@@ -279,38 +287,43 @@ impl KubernetesExecutor {
         }
         log.output("Pod is ready.\n");
         log.output("Starting a new bash session in the pod...\n");
-        let launch = Launch {
-            argv: [
-                "kubectl",
-                "exec",
-                "-it",
-                "-n",
-                &self.config.namespace,
-                &self.pod_name,
-                "-c",
-                "main",
-                "--",
-                "bash",
-                "--login",
-            ]
-            .iter()
-            .map(Into::into)
-            .collect(),
-            scratch_parent: self.settings.tmp_dir.clone(),
-            cd: None,
-        };
         let options = ShellOptions {
             home: self.settings.home.clone(),
-            env: Vec::new(),
+            env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
         };
-        match Shell::start_inline(&options, &launch) {
+        let mut started = None;
+        #[cfg(unix)]
+        if let Some(launch) = self.launch_bridge() {
+            match Shell::start_inline(&options, &launch) {
+                Ok(shell) => started = Some(Ok(shell)),
+                Err(ShellError::Start { message }) if message.contains(kubernetes::REFUSED) => {
+                    let why = message
+                        .split(kubernetes::REFUSED)
+                        .nth(1)
+                        .unwrap_or("")
+                        .trim_start_matches(':')
+                        .trim();
+                    log::warn!(
+                        "The API server refused the exec WebSocket for pod {} ({why}): \
+                         falling back to kubectl exec",
+                        self.pod_name
+                    );
+                }
+                Err(err) => started = Some(Err(err)),
+            }
+        }
+        let started = match started {
+            Some(started) => started,
+            None => Shell::start_inline(&options, &self.launch_kubectl()),
+        };
+        match started {
             Ok(shell) => self.pty.attach(shell),
             Err(err) => {
                 log::error!("Failed to start shell: {err}");
                 log.output("Failed to start shell in kubernetes container\n");
                 log.output(format!("{err}\n"));
-                return Err(format!("kubectl exec into {} failed: {err}", self.pod_name));
+                return Err(format!("exec into {} failed: {err}", self.pod_name));
             }
         }
         log.output("Shell session is ready.\n");
@@ -330,6 +343,57 @@ impl KubernetesExecutor {
             log.output(line);
         }
         Ok(())
+    }
+
+    /// The agent's own exec bridge (`kubernetes::exec_bridge`: the pod's
+    /// exec subresource over WebSocket, no kubectl) in the shell's PTY;
+    /// `None` when the agent cannot find its own binary.
+    #[cfg(unix)]
+    fn launch_bridge(&self) -> Option<Launch> {
+        let exe = std::env::current_exe().ok()?;
+        let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), kubernetes::BRIDGE_ARG.into()];
+        argv.extend(
+            [
+                self.config.namespace.as_str(),
+                &self.pod_name,
+                "main",
+                "--",
+                "bash",
+                "--login",
+            ]
+            .iter()
+            .map(Into::into),
+        );
+        Some(Launch {
+            argv,
+            scratch_parent: self.settings.tmp_dir.clone(),
+            cd: None,
+        })
+    }
+
+    /// `kubectl exec -it` into the pod: the fallback for a server that
+    /// refuses the WebSocket.
+    fn launch_kubectl(&self) -> Launch {
+        Launch {
+            argv: [
+                "kubectl",
+                "exec",
+                "-it",
+                "-n",
+                &self.config.namespace,
+                &self.pod_name,
+                "-c",
+                "main",
+                "--",
+                "bash",
+                "--login",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect(),
+            scratch_parent: self.settings.tmp_dir.clone(),
+            cd: None,
+        }
     }
 
     /// Moves one job file from the mount to its place; the error is the
@@ -472,6 +536,73 @@ impl Drop for KubernetesExecutor {
     }
 }
 
+/// `--kubernetes-labels` and the agent's name ([`kubernetes::AGENT_LABEL`]).
+fn job_labels(config: &KubernetesConfig) -> Vec<(String, String)> {
+    let mut labels = config.labels.clone();
+    let value = kubernetes::agent_label_value(&config.agent_name);
+    if !value.is_empty() && !labels.iter().any(|(k, _)| k == kubernetes::AGENT_LABEL) {
+        labels.push((kubernetes::AGENT_LABEL.to_string(), value));
+    }
+    labels
+}
+
+/// The agent's own pod when it runs in one in `namespace` (looked up once
+/// per process): the owner of every job object, so Kubernetes deletes
+/// them when the agent's pod goes, however the agent died.
+fn owner_pod(namespace: &str) -> Option<&'static kubernetes::OwnerPod> {
+    static OWNER: OnceLock<Option<kubernetes::OwnerPod>> = OnceLock::new();
+    let owner = OWNER.get_or_init(|| {
+        let owner = kubernetes::OwnerPod::discover();
+        match &owner {
+            Some(pod) => log::info!(
+                "Running in pod {}/{}: job pods and secrets are owned by it",
+                pod.namespace,
+                pod.name
+            ),
+            None => log::info!("Not running in a pod: job pods and secrets have no owner"),
+        }
+        owner
+    });
+    match owner {
+        Some(pod) if pod.namespace == namespace => Some(pod),
+        Some(pod) => {
+            log::warn!(
+                "The agent's pod is in namespace {}, the job's in {namespace}: \
+                 the job's objects cannot be owned by it",
+                pod.namespace
+            );
+            None
+        }
+        None => None,
+    }
+}
+
+fn owned_by(object: &mut serde_json::Value, owner: Option<&kubernetes::OwnerPod>) {
+    if let Some(owner) = owner {
+        object["metadata"]["ownerReferences"] = serde_json::json!([owner.reference()]);
+    }
+}
+
+/// Once per process, before the first job's objects: deletes what an
+/// earlier run under the same agent name left (an agent outside a cluster
+/// has no owner to do it). That needs `list`, which the executor's Role
+/// does not grant; without it the agent says so once and goes on.
+fn delete_leftovers_once(client: &Client, agent: &str) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    if agent.is_empty() {
+        return;
+    }
+    DONE.call_once(|| match kubernetes::delete_leftovers(client, agent) {
+        Ok(0) => {}
+        Ok(n) => log::info!("Deleted {n} objects an earlier run of {agent} left"),
+        Err(e) if e.status() == Some(403) => log::info!(
+            "Not looking for objects an earlier run of {agent} left: \
+             the Role grants no list ({e})"
+        ),
+        Err(e) => log::warn!("Could not look for objects an earlier run of {agent} left: {e}"),
+    });
+}
+
 fn with_newline(text: &str) -> String {
     if text.ends_with('\n') {
         text.to_string()
@@ -522,6 +653,17 @@ fn injected_dir() -> String {
         return dir;
     }
     kubernetes::INJECTED_DIR.to_string()
+}
+
+/// What the exec bridge needs on top of the agent's filtered environment
+/// (which drops every `SEMAPHORE_AGENT_*`): debug builds pass on the test
+/// service account directory, so the bridge finds the same cluster.
+fn bridge_env() -> Vec<(String, String)> {
+    #[cfg(debug_assertions)]
+    if let Ok(dir) = std::env::var("SEMAPHORE_AGENT_TEST_SERVICE_ACCOUNT_DIR") {
+        return vec![("SEMAPHORE_AGENT_TEST_SERVICE_ACCOUNT_DIR".to_string(), dir)];
+    }
+    Vec::new()
 }
 
 /// The time between looks at a starting pod; debug builds let tests

@@ -259,7 +259,7 @@ impl Decorator {
 }
 
 /// The job's pod, named `name`: the decorator's pod spec with the job's
-/// containers (the first is `main`, kept alive by `sleep infinity`, with
+/// containers (the first is `main`, kept alive by [`MAIN_COMMAND`], with
 /// the job's secret mounted read-only at `injected_dir`), host aliases for
 /// the sidecars, the pull secret, `restartPolicy: Never` and the labels.
 /// `allowed` are the `--kubernetes-allowed-images` (empty allows all).
@@ -361,6 +361,12 @@ fn env_list(container: &Container) -> Result<Vec<Value>, PodSpecError> {
         .collect()
 }
 
+/// What keeps the main container alive: a `sleep` that ends at SIGTERM.
+/// A bare `sleep infinity` as PID 1 ignores SIGTERM (the kernel delivers
+/// no default action to a namespace's init), so every pod delete would wait
+/// out the whole grace period with nothing left to stop.
+pub const MAIN_COMMAND: &str = "trap 'exit 0' TERM; sleep infinity & wait";
+
 fn main_container(
     container: &Container,
     decorator: Option<&Map<String, Value>>,
@@ -372,7 +378,7 @@ fn main_container(
     for var in env_list(container)? {
         append(&mut main, "env", var);
     }
-    main.insert("command".into(), json!(["bash", "-c", "sleep infinity"]));
+    main.insert("command".into(), json!(["bash", "-c", MAIN_COMMAND]));
     append(
         &mut main,
         "volumeMounts",
@@ -625,7 +631,7 @@ mod tests {
         let main = &spec["containers"][0];
         assert_eq!(main["name"], "main");
         assert_eq!(main["image"], "default:1");
-        assert_eq!(main["command"], json!(["bash", "-c", "sleep infinity"]));
+        assert_eq!(main["command"], json!(["bash", "-c", MAIN_COMMAND]));
         assert_eq!(
             main["volumeMounts"],
             json!([{"name": "environment", "readOnly": true, "mountPath": "/tmp/injected"}])

@@ -240,9 +240,12 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     let pod = "semaphore-job-job-ok";
     let base = format!("/api/v1/namespaces/{NAMESPACE}");
     let calls = c.kube.calls();
-    assert_eq!(calls[0], format!("POST {base}/secrets"));
-    assert_eq!(calls[1], format!("POST {base}/pods"));
-    assert!(calls[2..]
+    // Outside a cluster, first a look for what an earlier run left, which
+    // the executor's Role (no list) refuses.
+    assert_eq!(calls[0], format!("GET {base}/pods"));
+    assert_eq!(calls[1], format!("POST {base}/secrets"));
+    assert_eq!(calls[2], format!("POST {base}/pods"));
+    assert!(calls[3..]
         .iter()
         .any(|c| c == &format!("GET {base}/pods/{pod}")));
     let tail = &calls[calls.len() - 2..];
@@ -278,6 +281,20 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     );
     assert_eq!(created["metadata"]["labels"]["app"], "semaphore");
     assert_eq!(
+        created["metadata"]["labels"]["semaphoreci.com/agent"],
+        "agent-under-test"
+    );
+    assert_eq!(
+        secret["metadata"]["labels"]["semaphoreci.com/agent"],
+        "agent-under-test"
+    );
+    assert!(created["metadata"].get("ownerReferences").is_none());
+    // The exec went to the WebSocket first; the fake refused the upgrade.
+    assert_eq!(
+        c.kube.upgrades(),
+        [format!("{base}/pods/{pod}/exec")]
+    );
+    assert_eq!(
         c.kubectl_calls(),
         format!("exec -it -n {NAMESPACE} {pod} -c main -- bash --login\n")
     );
@@ -287,6 +304,20 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     let log = agent.log();
     assert!(
         !log.contains("agent value") && !log.contains(KUBE_TOKEN),
+        "{log}"
+    );
+    assert!(
+        log.contains("Not looking for objects an earlier run of agent-under-test left: the Role grants no list"),
+        "{log}"
+    );
+    let fallback: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused the exec WebSocket"))
+        .collect();
+    assert_eq!(fallback.len(), 1, "{log}");
+    assert!(
+        fallback[0].contains("HTTP 400 the fake Kubernetes API does not upgrade to WebSocket")
+            && fallback[0].contains("falling back to kubectl exec"),
         "{log}"
     );
     // What the job used is only kubectl's share here, and the line says so.

@@ -1,0 +1,430 @@
+//! `semaphore-agent start --kubernetes-executor` on a REAL single-node
+//! Kubernetes (`.ci/k8s-cluster.sh up`: etcd, kube-apiserver with RBAC and
+//! NodeRestriction, controller-manager, scheduler, containerd, kubelet on
+//! 127.0.0.1; tests/support/cluster.rs), against the fake control plane
+//! (tests/support/hub.rs). The agent holds a real ServiceAccount token
+//! bound to exactly the Role of packaging/kubernetes/ (the Helm agent
+//! chart's), so the API's validation, defaulting, admission and RBAC, the
+//! kubelet and a real exec all take part. Each test has a namespace of its
+//! own; the cluster is started once for the whole run. Without a cluster
+//! the tests skip with a reason; with CI=true they fail.
+//!
+//! The fake API server (tests/integration/kubernetes.rs) stays for what a
+//! real server will not do on demand: 5xx answers, slow or garbage ones.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::agent::Agent;
+use crate::support::cluster::{role_rules, RealCluster, TestNamespace, JOB_IMAGE};
+use crate::support::hub::Hub;
+use crate::support::{b64, Sandbox};
+
+/// A job on a real pod: image present on the node, a pod Ready in about a
+/// second, but a loaded 2-core machine can take much longer.
+const JOB_WAIT: Duration = Duration::from_secs(120);
+
+/// How long deleting a job's objects may take (the pod's processes get
+/// SIGTERM and the kubelet reports them gone).
+const GONE_WAIT: Duration = Duration::from_secs(60);
+
+/// One test's world: its namespace on the real cluster, the hub, a sandbox.
+struct Run<'a> {
+    ns: TestNamespace<'a>,
+    hub: Hub,
+    sandbox: Sandbox,
+    kubeconfig: PathBuf,
+}
+
+impl<'a> Run<'a> {
+    fn new(cluster: &'a RealCluster, prefix: &str) -> Run<'a> {
+        let ns = TestNamespace::new(cluster, prefix);
+        let sandbox = Sandbox::new();
+        let kubeconfig = ns.agent_kubeconfig(sandbox.dir.path());
+        Run {
+            ns,
+            hub: Hub::start(),
+            sandbox,
+            kubeconfig,
+        }
+    }
+
+    /// The agent with `--kubernetes-executor` and `extra`, reaching the
+    /// cluster as the executor's ServiceAccount through a kubeconfig, with
+    /// the cluster's kubectl on PATH for the exec fallback.
+    fn agent(&self, extra: &[&str]) -> Agent {
+        let kubectl_dir = self
+            .ns
+            .cluster
+            .kubectl
+            .parent()
+            .expect("kubectl dir")
+            .display()
+            .to_string();
+        let path = format!(
+            "{kubectl_dir}:{}",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+        );
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let env = [
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("KUBERNETES_NAMESPACE", self.ns.name.as_str()),
+            ("PATH", path.as_str()),
+        ];
+        let mut args = vec!["--no-https", "--kubernetes-executor"];
+        args.extend(extra);
+        Agent::start(&self.sandbox, &self.hub.endpoint(), &args, &env)
+    }
+
+    fn run(&self, job: Value) -> (String, Vec<Value>, String) {
+        let id = self.hub.queue_job(job);
+        let result = self.hub.wait_for_result(&id, JOB_WAIT);
+        let events = self.hub.events(&id);
+        assert!(result.is_some(), "job never finished: {events:#?}");
+        (result.unwrap_or_default(), events, id)
+    }
+
+    /// No pod and no secret left in the namespace.
+    fn assert_nothing_left(&self) {
+        assert!(
+            self.ns.wait_until_empty(GONE_WAIT),
+            "left in {}: {:?}",
+            self.ns.name,
+            self.ns.objects()
+        );
+    }
+}
+
+fn commands(list: &[&str]) -> Value {
+    json!(list
+        .iter()
+        .map(|c| json!({"directive": c}))
+        .collect::<Vec<_>>())
+}
+
+/// `(directive, output, exit code)` of each command of the job log.
+fn steps(events: &[Value]) -> Vec<(String, String, i64)> {
+    let mut steps = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for e in events {
+        match e["event"].as_str() {
+            Some("cmd_started") => {
+                current = Some((e["directive"].as_str().unwrap_or("").into(), String::new()))
+            }
+            Some("cmd_output") => {
+                if let Some((_, out)) = current.as_mut() {
+                    out.push_str(e["output"].as_str().unwrap_or(""));
+                }
+            }
+            Some("cmd_finished") => {
+                if let Some((d, out)) = current.take() {
+                    steps.push((d, out, e["exit_code"].as_i64().unwrap_or(-1)));
+                }
+            }
+            _ => {}
+        }
+    }
+    steps
+}
+
+fn step<'s>(steps: &'s [(String, String, i64)], directive: &str) -> &'s (String, String, i64) {
+    steps
+        .iter()
+        .find(|(d, _, _)| d == directive)
+        .unwrap_or_else(|| panic!("no step {directive:?} in {steps:#?}"))
+}
+
+#[test]
+fn the_executor_role_is_the_helm_agent_chart_s() {
+    // renderedtext/helm-charts charts/agent: exactly these, nothing more.
+    assert_eq!(
+        role_rules(),
+        [
+            "configmaps:get",
+            "pods/exec:create",
+            "pods:create",
+            "pods:delete",
+            "pods:get",
+            "secrets:create",
+            "secrets:delete",
+        ]
+    );
+}
+
+#[test]
+fn a_job_runs_in_a_real_pod_with_env_files_unicode_and_exit_codes() {
+    let Some(cluster) = RealCluster::find("a_job_runs_in_a_real_pod") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-job");
+    let mut agent = r.agent(&[
+        "--kubernetes-default-image",
+        JOB_IMAGE,
+        "--kubernetes-labels",
+        "app=semaphore,example.com/team=ci",
+        "--env-vars",
+        "FROM_AGENT=agent value",
+    ]);
+    let quoted = "it's a \"test\" $HOME `x` \\n";
+    let (result, events, _) = r.run(json!({
+        "job_id": "real-ok",
+        "env_vars": [{"name": "GREETING", "value": b64(quoted)}],
+        "files": [
+            {"path": "notes/a b.txt", "content": b64("hello file\n"), "mode": "0640"},
+            {"path": "/tmp/run.sh", "content": b64("echo from script\n"), "mode": "0755"},
+        ],
+        "commands": commands(&[
+            "echo \"$GREETING|$FROM_AGENT\"",
+            "cat ~/'notes/a b.txt'; stat -c %a ~/'notes/a b.txt' /tmp/run.sh",
+            "/tmp/run.sh",
+            "echo 'héllo wörld ✓ 日本'",
+            "hostname",
+        ]),
+    }));
+    let steps = steps(&events);
+    assert_eq!(result, "passed", "{steps:#?}");
+    let (_, start, code) = step(&steps, "Starting shell session...");
+    assert_eq!(*code, 0, "{start}");
+    assert!(start.contains("Pod is ready.\n"), "{start}");
+    assert!(start.contains("User: root\n"), "{start}");
+    let (_, out, _) = step(&steps, "echo \"$GREETING|$FROM_AGENT\"");
+    assert_eq!(out, &format!("{quoted}|agent value\n"));
+    let (_, out, _) = step(
+        &steps,
+        "cat ~/'notes/a b.txt'; stat -c %a ~/'notes/a b.txt' /tmp/run.sh",
+    );
+    assert_eq!(out, "hello file\n640\n755\n");
+    assert_eq!(step(&steps, "/tmp/run.sh").1, "from script\n");
+    assert_eq!(
+        step(&steps, "echo 'héllo wörld ✓ 日本'").1,
+        "héllo wörld ✓ 日本\n"
+    );
+    // The commands really ran in the pod, not on this host.
+    assert_eq!(step(&steps, "hostname").1, "semaphore-job-real-ok\n");
+    r.assert_nothing_left();
+
+    // A failing command: its exit code, the job failed, nothing left.
+    let (result, events, _) = r.run(json!({
+        "job_id": "real-fail",
+        "commands": commands(&["echo before", "bash -c 'exit 7'", "echo never"]),
+    }));
+    assert_eq!(result, "failed");
+    let failed = self::steps(&events);
+    assert_eq!(step(&failed, "bash -c 'exit 7'").2, 7);
+    assert!(!failed.iter().any(|(d, _, _)| d == "echo never"));
+    r.assert_nothing_left();
+    let log = agent.log();
+    assert!(!log.contains("agent value"), "{log}");
+    r.hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn sidecars_are_reachable_by_name_in_a_real_pod() {
+    let Some(cluster) = RealCluster::find("sidecars_are_reachable_by_name") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-sidecar");
+    let _agent = r.agent(&[]);
+    let (result, events, _) = r.run(json!({
+        "job_id": "real-sidecar",
+        "compose": {"containers": [
+            {"name": "main", "image": JOB_IMAGE},
+            {"name": "web", "image": JOB_IMAGE, "command": "httpd -f -p 7070 -h /etc"},
+        ]},
+        "commands": commands(&[
+            "for i in $(seq 1 50); do wget -qO- http://web:7070/group && break; sleep 0.2; done",
+        ]),
+    }));
+    let steps = steps(&events);
+    assert_eq!(result, "passed", "{steps:#?}");
+    let (_, out, _) = &steps[steps.len() - 1];
+    assert!(out.contains("semaphore:x:1000:"), "{out}");
+    r.assert_nothing_left();
+}
+
+#[test]
+fn a_decorator_config_map_and_a_sourced_pre_job_hook_from_it() {
+    let Some(cluster) = RealCluster::find("a_decorator_config_map") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-decorator");
+    // As the Helm agent chart sets it up: the hook in a ConfigMap, mounted
+    // into the job pod by the pod-spec decorator.
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "agent-hooks"},
+               "data": {"pre-job-hook": "echo hook ran in $(hostname)\nexport FROM_HOOK=hooked\n"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "pod-spec"},
+               "data": {
+                   "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 0755}}]\nterminationGracePeriodSeconds: 5\n",
+                   "mainContainer": "volumeMounts: [{name: hooks, mountPath: /opt/semaphore/hooks}]\nenv: [{name: FROM_DECORATOR, value: decorated}]\n",
+               }}),
+    ];
+    let text: String = objects.iter().map(|o| format!("{o}\n")).collect();
+    cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&text));
+    let _agent = r.agent(&[
+        "--kubernetes-default-image",
+        JOB_IMAGE,
+        "--kubernetes-pod-spec",
+        "pod-spec",
+        "--pre-job-hook-path",
+        "/opt/semaphore/hooks/pre-job-hook",
+        "--source-pre-job-hook",
+    ]);
+    let (result, events, id) = r.run(json!({
+        "job_id": "real-hook",
+        "commands": commands(&["echo \"$FROM_HOOK $FROM_DECORATOR\""]),
+    }));
+    let steps = steps(&events);
+    assert_eq!(result, "passed", "{steps:#?}");
+    assert!(
+        r.hub.output(&id).contains("hook ran in semaphore-job-real-hook"),
+        "{steps:#?}"
+    );
+    assert_eq!(
+        step(&steps, "echo \"$FROM_HOOK $FROM_DECORATOR\"").1,
+        "hooked decorated\n"
+    );
+    r.assert_nothing_left();
+}
+
+#[test]
+fn refused_missing_and_never_ready_images_fail_the_job_with_the_reason() {
+    let Some(cluster) = RealCluster::find("refused_missing_and_never_ready_images") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-images");
+    let _agent = r.agent(&[
+        "--kubernetes-allowed-images",
+        "^docker\\.io/local/",
+        "--kubernetes-pod-start-timeout",
+        "20",
+    ]);
+    // Not allowed: refused before anything is created.
+    let (result, events, _) = r.run(json!({
+        "compose": {"containers": [{"name": "main", "image": "quay.io/evil:1"}]},
+        "commands": commands(&["echo never"]),
+    }));
+    assert_eq!(result, "failed");
+    let out = &steps(&events)[0].1;
+    assert!(
+        out.contains("image 'quay.io/evil:1' is not allowed"),
+        "{out}"
+    );
+    assert!(r.ns.objects().is_empty(), "{:?}", r.ns.objects());
+
+    // Allowed but not on the node (and no registry): the kubelet's pull
+    // error, well before the start timeout.
+    let started = std::time::Instant::now();
+    let (result, events, _) = r.run(json!({
+        "job_id": "real-nope",
+        "compose": {"containers": [{"name": "main", "image": "docker.io/local/does-not-exist:1"}]},
+        "commands": commands(&["echo never"]),
+    }));
+    assert_eq!(result, "failed");
+    let steps_ = steps(&events);
+    let (_, out, code) = step(&steps_, "Starting shell session...");
+    assert_eq!(*code, 1);
+    assert!(
+        out.contains("Failed to create pod: failed to pull image for 'main'")
+            || out.contains("ErrImageNeverPull"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("was not ready within"),
+        "waited out the start timeout: {out}"
+    );
+    assert!(started.elapsed() < JOB_WAIT);
+    r.assert_nothing_left();
+}
+
+#[test]
+fn a_pod_that_cannot_be_scheduled_meets_the_start_timeout() {
+    let Some(cluster) = RealCluster::find("a_pod_that_cannot_be_scheduled") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-timeout");
+    cluster.kubectl_in(
+        &["apply", "-n", &r.ns.name, "-f", "-"],
+        Some(
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nowhere"},
+                    "data": {"pod": "nodeSelector: {pool: no-such-pool}\n"}})
+            .to_string(),
+        ),
+    );
+    let _agent = r.agent(&[
+        "--kubernetes-default-image",
+        JOB_IMAGE,
+        "--kubernetes-pod-spec",
+        "nowhere",
+        "--kubernetes-pod-start-timeout",
+        "4",
+    ]);
+    let (result, events, _) = r.run(json!({
+        "job_id": "real-timeout",
+        "commands": commands(&["echo never"]),
+    }));
+    assert_eq!(result, "failed");
+    let (_, out, _) = step(&steps(&events), "Starting shell session...").clone();
+    assert!(
+        out.contains("pod 'semaphore-job-real-timeout' was not ready within 4s"),
+        "{out}"
+    );
+    assert!(out.contains("Unschedulable") || out.contains("pending"), "{out}");
+    r.assert_nothing_left();
+}
+
+#[test]
+fn a_stop_during_a_command_in_a_real_pod_leaves_nothing() {
+    let Some(cluster) = RealCluster::find("a_stop_during_a_command") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-stop");
+    let _agent = r.agent(&["--kubernetes-default-image", JOB_IMAGE]);
+    let id = r.hub.queue_job(json!({
+        "job_id": "real-stop",
+        "commands": commands(&["echo started; sleep 600", "echo never"]),
+    }));
+    assert!(
+        r.hub
+            .wait_until(JOB_WAIT, |h| h.output(&id).contains("started")),
+        "{:#?}",
+        r.hub.events(&id)
+    );
+    r.hub.stop_job(&id);
+    assert_eq!(
+        r.hub.wait_for_result(&id, JOB_WAIT).as_deref(),
+        Some("stopped")
+    );
+    assert!(!r.hub.output(&id).contains("never"));
+    r.assert_nothing_left();
+}
+
+#[test]
+fn ten_megabytes_of_output_from_a_real_pod_arrive_complete() {
+    let Some(cluster) = RealCluster::find("ten_megabytes_of_output") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-output");
+    let _agent = r.agent(&["--kubernetes-default-image", JOB_IMAGE]);
+    // 1 400 000 numbered lines: 10.4 MB, each line checkable.
+    let (result, events, _) = r.run(json!({
+        "job_id": "real-output",
+        "commands": commands(&["seq 1 1400000"]),
+    }));
+    assert_eq!(result, "passed");
+    let steps = steps(&events);
+    let out = &step(&steps, "seq 1 1400000").1;
+    assert!(out.len() > 10_000_000, "{} bytes", out.len());
+    let mut expected = 1u64;
+    for line in out.lines() {
+        assert_eq!(line, expected.to_string(), "line {expected}");
+        expected += 1;
+    }
+    assert_eq!(expected, 1_400_001);
+    r.assert_nothing_left();
+}
