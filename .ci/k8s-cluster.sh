@@ -13,6 +13,8 @@
 #   k8s-cluster.sh import NAME ROOTFS
 #                          import ROOTFS as the image NAME (fully qualified,
 #                          e.g. docker.io/local/agent:1) into the running node
+#   k8s-cluster.sh agent-image NAME BINARY
+#                          import an image with BINARY at /opt/semaphore/agent
 #
 # Kubernetes comes from the Go module proxy (k8s.io/kubernetes, built from a
 # wrapper module that points each staging module at its published version),
@@ -141,7 +143,7 @@ EOF
 
 # oci_archive ROOTFS NAME OUT: a single-layer OCI image archive of ROOTFS.
 oci_archive() {
-    local rootfs=$1 name=$2 out=$3 cmd=${4:-}
+    local rootfs=$1 name=$2 out=$3 cmd=${4:-} user=${5:-}
     local w
     w=$(mktemp -d "$K8S_HOME/oci.XXXXXX")
     mkdir -p "$w/blobs/sha256"
@@ -152,6 +154,7 @@ oci_archive() {
     mv "$w/layer.tar" "$w/blobs/sha256/$ldig"
     local cmdjson=''
     [ -n "$cmd" ] && cmdjson=",\"Cmd\":$cmd"
+    [ -n "$user" ] && cmdjson="$cmdjson,\"User\":\"$user\""
     printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
         "$cmdjson" "$ldig" > "$w/config.json"
     local cdig csize
@@ -216,4 +219,374 @@ cmd_build() {
     log "build done"
 }
 
-@@UPDOWN@@
+# ------------------------------------------------------------------- up ---
+
+# Paths the node writes outside $RUN (hard-wired in the kubelet, containerd
+# and CNI); `down` removes those that did not exist before `up`.
+NODE_PATHS="/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/netns /run/containerd/s /run/containerd"
+ADMIN_TOKEN_FILE=$RUN/pki/admin.token
+
+pki() {
+    local p=$RUN/pki
+    mkdir -p "$p"
+    (
+        cd "$p"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
+            -subj "/CN=semaphore-ci-k8s-ca" 2>/dev/null
+        # cert NAME SUBJECT [SANS]: a key and a certificate signed by the CA.
+        cert() {
+            openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+            if [ -n "${3:-}" ]; then
+                printf 'subjectAltName=%s\n' "$3" > "$1.ext"
+            else
+                : > "$1.ext"
+            fi
+            openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+                -out "$1.crt" -days 2 -extfile "$1.ext" 2>/dev/null
+        }
+        cert apiserver "/CN=kube-apiserver" \
+            "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
+        cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
+        cert kubelet-serving "/CN=$NODE_NAME" "IP:127.0.0.1,DNS:$NODE_NAME,DNS:localhost"
+        openssl genrsa -out sa.key 2048 2>/dev/null
+        openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+        head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > admin.token
+        printf '%s,admin,admin,system:masters\n' "$(cat admin.token)" > tokens.csv
+        chmod 600 ./*.key admin.token tokens.csv
+    )
+}
+
+# kubeconfig FILE [token|cert NAME]
+kubeconfig() {
+    local file=$1 how=$2 name=${3:-}
+    {
+        echo "apiVersion: v1"
+        echo "kind: Config"
+        echo "clusters: [{name: local, cluster: {server: 'https://127.0.0.1:6443', certificate-authority: '$RUN/pki/ca.crt'}}]"
+        echo "contexts: [{name: local, context: {cluster: local, user: u, namespace: default}}]"
+        echo "current-context: local"
+        if [ "$how" = token ]; then
+            echo "users: [{name: u, user: {token: '$(cat "$ADMIN_TOKEN_FILE")'}}]"
+        else
+            echo "users: [{name: u, user: {client-certificate: '$RUN/pki/$name.crt', client-key: '$RUN/pki/$name.key'}}]"
+        fi
+    } > "$file"
+    chmod 600 "$file"
+}
+
+# start NAME COMMAND...: runs it in the background, its output in
+# $RUN/log/NAME.log, its PID in $RUN/pids/NAME.
+start() {
+    local name=$1
+    shift
+    setsid "$@" > "$RUN/log/$name.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/pids/$name"
+}
+
+# wait_for WHAT SECONDS COMMAND...: bounded wait for COMMAND to succeed.
+wait_for() {
+    local what=$1 secs=$2
+    shift 2
+    local i
+    for ((i = 0; i < secs * 2; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    log "$what not ready within ${secs}s; the logs:"
+    tail -n 30 "$RUN"/log/*.log >&2 || true
+    return 1
+}
+
+kctl() { "$BIN/kubectl" --kubeconfig "$RUN/admin.kubeconfig" "$@"; }
+
+node_ready() {
+    [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+import_image() {
+    "$ROOT/usr/bin/ctr" -a "$RUN/containerd.sock" -n k8s.io images import "$1" >/dev/null
+}
+
+cmd_up() {
+    [ "$(id -u)" = 0 ] || die "the node needs root"
+    cmd_build
+    if [ -d "$RUN" ]; then
+        log "a previous cluster is still there: taking it down first"
+        cmd_down
+    fi
+    mkdir -p "$RUN/log" "$RUN/pids" "$RUN/etcd" "$RUN/kubelet" "$RUN/cni/net.d" "$RUN/containerd"
+    local p
+    for p in $NODE_PATHS; do
+        [ -e "$p" ] && echo "$p" >> "$RUN/preexisting"
+    done
+    for p in /run/containerd/s/* /run/netns/*; do
+        [ -e "$p" ] && echo "$p" >> "$RUN/preexisting"
+    done
+    touch "$RUN/preexisting"
+    echo "$NODE_NAME" > "$RUN/node-name"
+    pki
+    kubeconfig "$RUN/admin.kubeconfig" token
+    kubeconfig "$RUN/kubelet.kubeconfig" cert kubelet
+    local t0=$SECONDS
+
+    start etcd "$ROOT/usr/bin/etcd" --data-dir "$RUN/etcd" --unsafe-no-fsync \
+        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+        --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+        --initial-cluster default=http://127.0.0.1:2380 --name default
+    start kube-apiserver "$BIN/kube-apiserver" \
+        --etcd-servers http://127.0.0.1:2379 \
+        --secure-port 6443 --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+        --endpoint-reconciler-type=none \
+        --tls-cert-file "$RUN/pki/apiserver.crt" --tls-private-key-file "$RUN/pki/apiserver.key" \
+        --client-ca-file "$RUN/pki/ca.crt" --token-auth-file "$RUN/pki/tokens.csv" \
+        --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+        --service-account-issuer https://kubernetes.default.svc \
+        --service-account-key-file "$RUN/pki/sa.pub" \
+        --service-account-signing-key-file "$RUN/pki/sa.key" \
+        --api-audiences https://kubernetes.default.svc \
+        --service-cluster-ip-range 10.96.0.0/16 \
+        --kubelet-client-certificate "$RUN/pki/apiserver-kubelet-client.crt" \
+        --kubelet-client-key "$RUN/pki/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types=Hostname \
+        --allow-privileged=true --profiling=false
+    wait_for "etcd" 30 curl -sf http://127.0.0.1:2379/health
+    wait_for "kube-apiserver" 120 curl -sf --cacert "$RUN/pki/ca.crt" \
+        -H "Authorization: Bearer $(cat "$ADMIN_TOKEN_FILE")" https://127.0.0.1:6443/readyz
+    start kube-controller-manager "$BIN/kube-controller-manager" \
+        --kubeconfig "$RUN/admin.kubeconfig" --bind-address 127.0.0.1 \
+        --use-service-account-credentials \
+        --controllers='*,-nodeipam,-cloud-node-lifecycle' --leader-elect=false \
+        --root-ca-file "$RUN/pki/ca.crt" \
+        --service-account-private-key-file "$RUN/pki/sa.key" \
+        --cluster-signing-cert-file "$RUN/pki/ca.crt" --cluster-signing-key-file "$RUN/pki/ca.key"
+    start kube-scheduler "$BIN/kube-scheduler" \
+        --kubeconfig "$RUN/admin.kubeconfig" --bind-address 127.0.0.1 --leader-elect=false
+
+    cat > "$RUN/cni/net.d/10-semci.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "semci", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR"}]], "dataDir": "$RUN/cni/ipam"}}
+]}
+EOF
+    cat > "$RUN/containerd.toml" <<EOF
+version = 2
+root = "$RUN/containerd/root"
+state = "$RUN/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$RUN/containerd.sock"
+[ttrpc]
+  address = "$RUN/containerd.ttrpc.sock"
+[debug]
+  address = "$RUN/containerd.debug.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$RUN/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "docker.io/local/pause:1"
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "$ROOT/usr/sbin/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$ROOT/usr/lib/cni"
+    conf_dir = "$RUN/cni/net.d"
+EOF
+    start containerd env PATH="$ROOT/usr/bin:$ROOT/usr/sbin:$PATH" \
+        "$ROOT/usr/bin/containerd" --config "$RUN/containerd.toml"
+    wait_for "containerd" 30 "$ROOT/usr/bin/ctr" -a "$RUN/containerd.sock" version
+    local image
+    for image in "$IMAGES"/*.tar; do
+        import_image "$image"
+    done
+
+    cat > "$RUN/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+containerRuntimeEndpoint: unix://$RUN/containerd.sock
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+tlsCertFile: $RUN/pki/kubelet-serving.crt
+tlsPrivateKeyFile: $RUN/pki/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $RUN/pki/ca.crt}
+authorization: {mode: Webhook}
+evictionHard: {nodefs.available: "1%", imagefs.available: "1%", memory.available: "50Mi"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+podLogsDir: $RUN/pod-logs
+podCIDR: $POD_CIDR
+resolvConf: /etc/resolv.conf
+serializeImagePulls: false
+EOF
+    start kubelet "$BIN/kubelet" --config "$RUN/kubelet.yaml" \
+        --kubeconfig "$RUN/kubelet.kubeconfig" --root-dir "$RUN/kubelet" \
+        --hostname-override "$NODE_NAME"
+    wait_for "the node" 120 node_ready
+    wait_for "the default ServiceAccount" 60 kctl get serviceaccount default -n default
+    wait_for "kube-root-ca.crt" 60 kctl get configmap kube-root-ca.crt -n default
+    {
+        echo "K8S_HOME=$K8S_HOME"
+        echo "KUBECONFIG=$RUN/admin.kubeconfig"
+        echo "KUBECTL=$BIN/kubectl"
+        echo "K8S_CA=$RUN/pki/ca.crt"
+        echo "K8S_NODE=$NODE_NAME"
+    } > "$RUN/env"
+    log "cluster up in $((SECONDS - t0))s (node $NODE_NAME; env in $RUN/env)"
+}
+
+# ----------------------------------------------------------------- down ---
+
+# stop NAME: TERM, a bounded wait, then KILL, of the PID `start` recorded.
+stop() {
+    local f=$RUN/pids/$1 pid i
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    if kill -TERM "$pid" 2>/dev/null; then
+        for ((i = 0; i < 40; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.25
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+}
+
+# The PIDs in every cgroup the node made (its pods' processes).
+node_cgroup_pids() {
+    local d
+    for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/kubepods /sys/fs/cgroup/k8s.io; do
+        [ -d "$d" ] && find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
+    done | sort -u
+}
+
+# The PIDs of our containerd's shims (they leave containerd's process tree).
+shim_pids() {
+    local exe p
+    for p in /proc/[0-9]*; do
+        exe=$(readlink "$p/exe" 2>/dev/null) || continue
+        case "$exe" in "$ROOT"/usr/bin/containerd-shim*) echo "${p#/proc/}" ;; esac
+    done
+}
+
+preexisted() { grep -qxF "$1" "$RUN/preexisting" 2>/dev/null; }
+
+cmd_down() {
+    local i pids
+    if [ -d "$RUN" ]; then
+        stop kubelet
+        stop kube-scheduler
+        stop kube-controller-manager
+    fi
+    # The pods' processes, then the shims, then containerd.
+    for ((i = 0; i < 20; i++)); do
+        pids=$(node_cgroup_pids)
+        [ -z "$pids" ] && break
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        sleep 0.25
+    done
+    [ -d "$RUN" ] && stop containerd
+    pids=$(shim_pids)
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && { kill -KILL $pids 2>/dev/null || true; }
+    if [ -d "$RUN" ]; then
+        stop kube-apiserver
+        stop etcd
+    fi
+    # Mounts under the run dir (rootfs, shm, volumes) and the pods'
+    # network namespaces, deepest first.
+    local m
+    for ((i = 0; i < 5; i++)); do
+        m=$(awk -v run="$RUN" '$5 == run || index($5, run "/") == 1 {print $5}' /proc/self/mountinfo | sort -r)
+        [ -z "$m" ] && break
+        echo "$m" | while read -r p; do umount -l "$p" 2>/dev/null || true; done
+    done
+    for p in /run/netns/cni-*; do
+        [ -e "$p" ] || continue
+        preexisted "$p" && continue
+        umount -l "$p" 2>/dev/null || true
+        rm -f "$p"
+    done
+    for p in /run/containerd/s/*; do
+        [ -e "$p" ] || continue
+        preexisted "$p" || rm -f "$p"
+    done
+    ip link del "$BRIDGE" 2>/dev/null || true
+    local d
+    for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/kubepods /sys/fs/cgroup/k8s.io; do
+        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    if [ -d "$RUN" ]; then
+        for p in $NODE_PATHS; do
+            [ -e "$p" ] || continue
+            preexisted "$p" && continue
+            # A directory another program filled meanwhile stays.
+            case "$p" in
+                /run/netns | /run/containerd/s | /run/containerd) rmdir "$p" 2>/dev/null || true ;;
+                *) rm -rf "$p" ;;
+            esac
+        done
+        rm -rf "$RUN"
+    fi
+    log "down: nothing of the node left"
+}
+
+cmd_import() {
+    local name=${1:?image name} rootfs=${2:?rootfs dir}
+    [ -S "$RUN/containerd.sock" ] || die "the cluster is not up"
+    local out
+    out=$(mktemp "$K8S_HOME/import.XXXXXX.tar")
+    oci_archive "$rootfs" "$name" "$out"
+    import_image "$out"
+    rm -f "$out"
+}
+
+# agent-image NAME BINARY: the agent at /opt/semaphore/agent (with the
+# shared libraries it links, for a debug build) on static bash + busybox,
+# user semaphore (uid 1000), the image's default command the agent's.
+cmd_agent_image() {
+    local name=${1:?image name} binary=${2:?agent binary}
+    [ -S "$RUN/containerd.sock" ] || die "the cluster is not up"
+    local r
+    r=$(mktemp -d "$K8S_HOME/agent-rootfs.XXXXXX")
+    base_rootfs "$r"
+    mkdir -p "$r/opt/semaphore"
+    cp "$binary" "$r/opt/semaphore/agent"
+    local lib
+    for lib in $(ldd "$binary" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+        mkdir -p "$r$(dirname "$lib")"
+        cp -L "$lib" "$r$lib"
+    done
+    chown -R 1000:1000 "$r/opt/semaphore"
+    local out
+    out=$(mktemp "$K8S_HOME/import.XXXXXX.tar")
+    oci_archive "$r" "$name" "$out" '["/opt/semaphore/agent","start","--config-file","/opt/semaphore/semaphore-agent.yml"]' 1000
+    import_image "$out"
+    rm -rf "$r" "$out"
+}
+
+NODE_NAME=$(cat "$RUN/node-name" 2>/dev/null || hostname | tr "[:upper:]" "[:lower:]")
+
+case "${1:-}" in
+    build) cmd_build ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    import) shift; cmd_import "$@" ;;
+    agent-image) shift; cmd_agent_image "$@" ;;
+    *) echo "usage: $0 build|up|down|import NAME ROOTFS" >&2; exit 2 ;;
+esac

@@ -40,7 +40,10 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn new(cluster: &'a RealCluster, prefix: &str) -> Run<'a> {
-        let ns = TestNamespace::new(cluster, prefix);
+        Run::in_namespace(TestNamespace::new(cluster, prefix))
+    }
+
+    fn in_namespace(ns: TestNamespace<'a>) -> Run<'a> {
         let sandbox = Sandbox::new();
         let kubeconfig = ns.agent_kubeconfig(sandbox.dir.path());
         Run {
@@ -137,13 +140,15 @@ fn step<'s>(steps: &'s [(String, String, i64)], directive: &str) -> &'s (String,
 }
 
 #[test]
-fn the_executor_role_is_the_helm_agent_chart_s() {
-    // renderedtext/helm-charts charts/agent: exactly these, nothing more.
+fn the_executor_role_is_the_helm_agent_chart_s_and_get_for_the_exec_websocket() {
+    // renderedtext/helm-charts charts/agent: these, plus `get` on
+    // pods/exec, which the WebSocket upgrade (a GET) needs before 1.35.
     assert_eq!(
         role_rules(),
         [
             "configmaps:get",
             "pods/exec:create",
+            "pods/exec:get",
             "pods:create",
             "pods:delete",
             "pods:get",
@@ -217,6 +222,8 @@ fn a_job_runs_in_a_real_pod_with_env_files_unicode_and_exit_codes() {
     r.assert_nothing_left();
     let log = agent.log();
     assert!(!log.contains("agent value"), "{log}");
+    // The exec was the agent's own WebSocket, not kubectl.
+    assert!(!log.contains("falling back to kubectl"), "{log}");
     r.hub.shutdown("requested");
     assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
 }
@@ -226,8 +233,10 @@ fn sidecars_are_reachable_by_name_in_a_real_pod() {
     let Some(cluster) = RealCluster::find("sidecars_are_reachable_by_name") else {
         return;
     };
-    let r = Run::new(&cluster, "k8s-sidecar");
-    let _agent = r.agent(&[]);
+    // The Helm chart's Role exactly: the exec WebSocket is refused (no
+    // `get` on pods/exec), and the agent says so once and uses kubectl.
+    let r = Run::in_namespace(TestNamespace::helm_exact(&cluster, "k8s-sidecar"));
+    let agent = r.agent(&[]);
     let (result, events, _) = r.run(json!({
         "job_id": "real-sidecar",
         "compose": {"containers": [
@@ -240,9 +249,22 @@ fn sidecars_are_reachable_by_name_in_a_real_pod() {
     }));
     let steps = steps(&events);
     assert_eq!(result, "passed", "{steps:#?}");
-    let (_, out, _) = &steps[steps.len() - 1];
+    let (_, out, _) = step(
+        &steps,
+        "for i in $(seq 1 50); do wget -qO- http://web:7070/group && break; sleep 0.2; done",
+    );
     assert!(out.contains("semaphore:x:1000:"), "{out}");
     r.assert_nothing_left();
+    let log = agent.log();
+    let fallback: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("falling back to kubectl exec"))
+        .collect();
+    assert_eq!(fallback.len(), 1, "{log}");
+    assert!(
+        fallback[0].contains("HTTP 403") && fallback[0].contains("cannot get resource \"pods/exec\""),
+        "{log}"
+    );
 }
 
 #[test]
@@ -260,7 +282,7 @@ fn a_decorator_config_map_and_a_sourced_pre_job_hook_from_it() {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": "pod-spec"},
                "data": {
-                   "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 0755}}]\nterminationGracePeriodSeconds: 5\n",
+                   "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 493}}]\nterminationGracePeriodSeconds: 5\n",
                    "mainContainer": "volumeMounts: [{name: hooks, mountPath: /opt/semaphore/hooks}]\nenv: [{name: FROM_DECORATOR, value: decorated}]\n",
                }}),
     ];
@@ -427,4 +449,198 @@ fn ten_megabytes_of_output_from_a_real_pod_arrive_complete() {
     }
     assert_eq!(expected, 1_400_001);
     r.assert_nothing_left();
+}
+
+/// The agent image: this build's binary at /opt/semaphore/agent on static
+/// bash + busybox, imported into the node once per test run.
+fn agent_image(cluster: &RealCluster) -> &'static str {
+    static IMPORTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    const IMAGE: &str = "docker.io/local/semaphore-agent:test";
+    IMPORTED.get_or_init(|| cluster.import_agent_image(IMAGE, &crate::support::agent_bin()));
+    IMAGE
+}
+
+/// A Job as renderedtext/agent-k8s-controller makes one per Semaphore
+/// job: container `semaphore-agent`, `/opt/semaphore/agent start` with
+/// the controller's args, the agent's name and namespace from fieldRefs,
+/// the registration token from the agent type's secret. `hostNetwork` and
+/// KUBERNETES_SERVICE_HOST/PORT so it reaches the hub and the API on
+/// 127.0.0.1 (no kube-proxy here).
+fn controller_job(name: &str, image: &str, hub_port: u16, job_id: &str, extra_args: &[&str]) -> Value {
+    let mut args = vec![
+        "--endpoint".to_string(),
+        format!("127.0.0.1:{hub_port}"),
+        "--job-id".to_string(),
+        job_id.to_string(),
+        "--kubernetes-labels".to_string(),
+        "semaphoreci.com/agent-type=s1-test".to_string(),
+        "--kubernetes-executor".to_string(),
+        "--disconnect-after-job".to_string(),
+        "--no-https".to_string(),
+        "--kubernetes-default-image".to_string(),
+        JOB_IMAGE.to_string(),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let mut namespace = field("metadata.namespace");
+    namespace["name"] = json!("KUBERNETES_NAMESPACE");
+    let mut agent_name = field("metadata.name");
+    agent_name["name"] = json!("SEMAPHORE_AGENT_NAME");
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": {"app": "semaphore-agent"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 300,
+                    "serviceAccountName": crate::support::cluster::SERVICE_ACCOUNT,
+                    "hostNetwork": true,
+                    "containers": [{
+                        "name": "semaphore-agent",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["/opt/semaphore/agent", "start"],
+                        "args": args,
+                        "env": [
+                            namespace,
+                            agent_name,
+                            {"name": "SEMAPHORE_AGENT_LOG_LEVEL", "value": "debug"},
+                            {"name": "SEMAPHORE_AGENT_TOKEN", "valueFrom": {"secretKeyRef": {
+                                "name": "s1-test-token", "key": "registrationToken"}}},
+                            {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                            {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+                            {"name": "SEMAPHORE_AGENT_TEST_SYNC_INTERVAL_MS", "value": "200"},
+                            {"name": "SEMAPHORE_AGENT_TEST_DISCONNECT_DELAY_MS", "value": "10"},
+                        ],
+                    }],
+                },
+            },
+        },
+    })
+}
+
+fn registration_secret() -> String {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1-test-token"},
+           "stringData": {"registrationToken": crate::support::hub::REGISTRATION_TOKEN}})
+    .to_string()
+}
+
+#[test]
+fn the_agent_runs_as_the_controller_starts_it_and_the_job_completes() {
+    let Some(cluster) = RealCluster::find("the_agent_runs_as_the_controller_starts_it") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-controller");
+    let image = agent_image(&cluster);
+    let job_id = "ctrl-job-1";
+    r.hub.queue_job(json!({
+        "job_id": job_id,
+        "commands": commands(&["echo in $(hostname) as $(whoami)", "test ! -e /opt/semaphore/agent"]),
+    }));
+    let manifest = format!(
+        "{}\n{}\n",
+        registration_secret(),
+        controller_job("agent-job", image, r.hub.port(), job_id, &[])
+    );
+    cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&manifest));
+    let result = r.hub.wait_for_result(job_id, JOB_WAIT);
+    let events = r.hub.events(job_id);
+    let agent_log = || {
+        cluster
+            .try_kubectl(&["logs", "-n", &r.ns.name, "job/agent-job"], None)
+            .unwrap_or_else(|e| e)
+    };
+    assert_eq!(result.as_deref(), Some("passed"), "{events:#?}\n{}", agent_log());
+    let steps = steps(&events);
+    // The commands ran in the job pod (no agent binary there), not in the
+    // agent's.
+    assert_eq!(
+        step(&steps, "echo in $(hostname) as $(whoami)").1,
+        format!("in semaphore-job-{job_id} as root\n")
+    );
+    // The Job completes: the agent disconnected and exited 0.
+    let completed = crate::support::wait::until(JOB_WAIT, || {
+        cluster
+            .get_json(&r.ns.name, "job/agent-job")
+            .is_some_and(|j| j["status"]["succeeded"] == 1)
+    });
+    assert!(completed, "{:#?}\n{}", cluster.get_json(&r.ns.name, "job/agent-job"), agent_log());
+    assert!(r.hub.disconnects() >= 1);
+    let log = agent_log();
+    assert!(
+        !log.contains("falling back to kubectl"),
+        "the exec used kubectl: {log}"
+    );
+    assert!(!log.contains(crate::support::hub::REGISTRATION_TOKEN), "{log}");
+    // Only the agent's own pod (of the Job) and the token secret are left.
+    assert!(
+        r.ns.wait_until_empty_but(GONE_WAIT, &["pod/agent-job-", "secret/s1-test-token"]),
+        "{:?}",
+        r.ns.objects()
+    );
+}
+
+#[test]
+fn deleting_the_agent_s_pod_mid_job_deletes_the_job_s_pod_and_secrets() {
+    let Some(cluster) = RealCluster::find("deleting_the_agent_s_pod_mid_job") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-owner");
+    let image = agent_image(&cluster);
+    let job_id = "owned-job-1";
+    r.hub.queue_job(json!({
+        "job_id": job_id,
+        "commands": commands(&["echo started; sleep 600", "echo never"]),
+    }));
+    let manifest = format!(
+        "{}\n{}\n",
+        registration_secret(),
+        controller_job("agent-dies", image, r.hub.port(), job_id, &[])
+    );
+    cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&manifest));
+    assert!(
+        r.hub
+            .wait_until(JOB_WAIT, |h| h.output(job_id).contains("started")),
+        "{:#?}",
+        r.hub.events(job_id)
+    );
+    let job_pod = format!("semaphore-job-{job_id}");
+    let pod = cluster
+        .get_json(&r.ns.name, &format!("pod/{job_pod}"))
+        .expect("the job pod");
+    let owners = &pod["metadata"]["ownerReferences"];
+    assert_eq!(owners[0]["kind"], "Pod", "{pod:#?}");
+    let agent_pod = owners[0]["name"].as_str().unwrap_or("").to_string();
+    assert!(agent_pod.starts_with("agent-dies-"), "{owners}");
+    assert_eq!(
+        pod["metadata"]["labels"]["semaphoreci.com/agent"],
+        agent_pod.as_str()
+    );
+    let secret = cluster
+        .get_json(&r.ns.name, &format!("secret/{job_pod}-secret"))
+        .expect("the job secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], agent_pod.as_str());
+
+    // The agent dies with its pod, without a chance to clean up (grace 0:
+    // SIGKILL); the garbage collector removes what it owned.
+    cluster.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        &r.ns.name,
+        &agent_pod,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    let gone = crate::support::wait::until(GONE_WAIT, || {
+        let objects = r.ns.objects();
+        !objects.contains(&format!("pod/{job_pod}"))
+            && !objects.contains(&format!("secret/{job_pod}-secret"))
+    });
+    assert!(gone, "left: {:?}", r.ns.objects());
 }

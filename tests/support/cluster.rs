@@ -136,6 +136,22 @@ impl RealCluster {
         wait::until(timeout, || self.job_objects(namespace).is_empty())
     }
 
+    /// Imports an image `name` with `binary` at /opt/semaphore/agent.
+    pub fn import_agent_image(&self, name: &str, binary: &Path) {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .arg("agent-image")
+            .arg(name)
+            .arg(binary)
+            .output()
+            .expect("run k8s-cluster.sh agent-image");
+        assert!(
+            out.status.success(),
+            "importing {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Imports `rootfs` into the node as image `name` (fully qualified).
     pub fn import_image(&self, name: &str, rootfs: &Path) {
         let out = Command::new("bash")
@@ -164,7 +180,32 @@ pub struct TestNamespace<'a> {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl<'a> TestNamespace<'a> {
+    /// With the Role of packaging/kubernetes/ as it is.
     pub fn new(cluster: &'a RealCluster, prefix: &str) -> TestNamespace<'a> {
+        TestNamespace::with_rbac(cluster, prefix, &rbac_objects())
+    }
+
+    /// With the Helm agent chart's Role exactly: packaging's without `get`
+    /// on pods/exec, so the exec WebSocket is refused.
+    pub fn helm_exact(cluster: &'a RealCluster, prefix: &str) -> TestNamespace<'a> {
+        let objects: String = rbac_objects()
+            .lines()
+            .map(|line| {
+                let mut value: Value = serde_json::from_str(line).expect("json");
+                if value["kind"] == "Role" {
+                    for rule in value["rules"].as_array_mut().into_iter().flatten() {
+                        if rule["resources"] == serde_json::json!(["pods/exec"]) {
+                            rule["verbs"] = serde_json::json!(["create"]);
+                        }
+                    }
+                }
+                format!("{value}\n")
+            })
+            .collect();
+        TestNamespace::with_rbac(cluster, prefix, &objects)
+    }
+
+    fn with_rbac(cluster: &'a RealCluster, prefix: &str, rbac: &str) -> TestNamespace<'a> {
         let name = format!(
             "{prefix}-{}-{}",
             std::process::id(),
@@ -172,10 +213,7 @@ impl<'a> TestNamespace<'a> {
         );
         cluster.kubectl(&["create", "namespace", &name]);
         let ns = TestNamespace { cluster, name };
-        cluster.kubectl_in(
-            &["apply", "-n", &ns.name, "-f", "-"],
-            Some(&rbac_objects()),
-        );
+        cluster.kubectl_in(&["apply", "-n", &ns.name, "-f", "-"], Some(rbac));
         // The ServiceAccount admission needs the namespace's default
         // ServiceAccount, which the controller-manager makes.
         assert!(
@@ -230,6 +268,15 @@ impl<'a> TestNamespace<'a> {
 
     pub fn wait_until_empty(&self, timeout: Duration) -> bool {
         self.cluster.wait_until_empty(&self.name, timeout)
+    }
+
+    /// Waits until only objects starting with one of `kept` are left.
+    pub fn wait_until_empty_but(&self, timeout: Duration, kept: &[&str]) -> bool {
+        wait::until(timeout, || {
+            self.objects()
+                .iter()
+                .all(|o| kept.iter().any(|k| o.starts_with(k)))
+        })
     }
 }
 
