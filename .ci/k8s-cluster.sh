@@ -223,7 +223,7 @@ cmd_build() {
 
 # Paths the node writes outside $RUN (hard-wired in the kubelet, containerd
 # and CNI); `down` removes those that did not exist before `up`.
-NODE_PATHS="/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/netns /run/containerd/s /run/containerd"
+NODE_PATHS="/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/netns /run/containerd/s /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd"
 ADMIN_TOKEN_FILE=$RUN/pki/admin.token
 
 pki() {
@@ -470,7 +470,9 @@ stop() {
 node_cgroup_pids() {
     local d
     for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/kubepods /sys/fs/cgroup/k8s.io; do
-        [ -d "$d" ] && find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
+        if [ -d "$d" ]; then
+            find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+        fi
     done | sort -u
 }
 
@@ -529,7 +531,9 @@ cmd_down() {
     ip link del "$BRIDGE" 2>/dev/null || true
     local d
     for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/kubepods /sys/fs/cgroup/k8s.io; do
-        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+        if [ -d "$d" ]; then
+            find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+        fi
     done
     if [ -d "$RUN" ]; then
         for p in $NODE_PATHS; do
@@ -537,7 +541,10 @@ cmd_down() {
             preexisted "$p" && continue
             # A directory another program filled meanwhile stays.
             case "$p" in
-                /run/netns | /run/containerd/s | /run/containerd) rmdir "$p" 2>/dev/null || true ;;
+                /run/netns | /run/containerd/s | /run/containerd/runc) rmdir "$p" 2>/dev/null || true ;;
+                # Made by this node's containerd (its shims' and runc's
+                # state), whose processes are gone by now.
+                /run/containerd) rm -rf "$p" ;;
                 *) rm -rf "$p" ;;
             esac
         done
