@@ -44,10 +44,15 @@ mod bench {
 
     impl Cluster {
         fn find() -> Result<Cluster, String> {
-            let home = std::env::var("K8S_HOME").unwrap_or_else(|_| "/var/tmp/semaphore-ci-k8s".into());
+            let home =
+                std::env::var("K8S_HOME").unwrap_or_else(|_| "/var/tmp/semaphore-ci-k8s".into());
             let path = Path::new(&home).join("run/env");
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("no cluster ({}: {e}); run `bash .ci/k8s-cluster.sh up`", path.display()))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "no cluster ({}: {e}); run `bash .ci/k8s-cluster.sh up`",
+                    path.display()
+                )
+            })?;
             let get = |key: &str| {
                 text.lines()
                     .find_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -62,7 +67,9 @@ mod bench {
 
         fn kubectl(&self) -> Command {
             let mut cmd = Command::new(&self.kubectl);
-            cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(["-n", "default"]);
+            cmd.arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(["-n", "default"]);
             cmd
         }
 
@@ -87,7 +94,10 @@ mod bench {
             drop(child.stdin.take());
             let out = child.wait_with_output().map_err(|e| e.to_string())?;
             if !out.status.success() {
-                return Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+                return Err(format!(
+                    "kubectl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         }
@@ -159,21 +169,35 @@ mod bench {
 
     pub fn run() -> Result<(), String> {
         let cluster = Cluster::find()?;
-        let _ = cluster.run(&["delete", "pod", POD, "--ignore-not-found", "--wait=true"], None);
+        let _ = cluster.run(
+            &["delete", "pod", POD, "--ignore-not-found", "--wait=true"],
+            None,
+        );
         let pod = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{POD}"}},"spec":{{"terminationGracePeriodSeconds":1,"containers":[{{"name":"main","image":"docker.io/local/job:1","imagePullPolicy":"IfNotPresent","command":["sleep","infinity"]}}]}}}}"#
         );
         cluster.run(&["apply", "-f", "-"], Some(&pod))?;
         let result = (|| {
-            cluster.run(&["wait", "--for=condition=Ready", &format!("pod/{POD}"), "--timeout=120s"], None)?;
-            let client = Client::from_kubeconfig(&cluster.kubeconfig, "default").map_err(|e| e.to_string())?;
+            cluster.run(
+                &[
+                    "wait",
+                    "--for=condition=Ready",
+                    &format!("pod/{POD}"),
+                    "--timeout=120s",
+                ],
+                None,
+            )?;
+            let client = Client::from_kubeconfig(&cluster.kubeconfig, "default")
+                .map_err(|e| e.to_string())?;
             let mut ws = Vec::new();
             let mut kc = Vec::new();
             for round in 0..ROUNDS {
                 // Alternated, so a machine that slows down mid-run hits both.
                 let (bytes, secs) = websocket(&client)?;
                 if bytes != BYTES {
-                    return Err(format!("WebSocket round {round}: {bytes} bytes, not {BYTES}"));
+                    return Err(format!(
+                        "WebSocket round {round}: {bytes} bytes, not {BYTES}"
+                    ));
                 }
                 ws.push(bytes as f64 / secs / 1e6);
                 let (bytes, secs) = kubectl(&cluster)?;
@@ -189,7 +213,10 @@ mod bench {
             println!("  ratio WebSocket / kubectl: {:.2}", ws / kc);
             Ok(())
         })();
-        let _ = cluster.run(&["delete", "pod", POD, "--ignore-not-found", "--wait=false"], None);
+        let _ = cluster.run(
+            &["delete", "pod", POD, "--ignore-not-found", "--wait=false"],
+            None,
+        );
         result
     }
 }

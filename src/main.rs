@@ -81,7 +81,10 @@ fn main() {
     // The Kubernetes executor's exec bridge (its child in the job's PTY),
     // not a command of the agent's CLI.
     #[cfg(unix)]
-    if std::env::args_os().nth(1).is_some_and(|a| a == semaphore_agent::kubernetes::BRIDGE_ARG) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == semaphore_agent::kubernetes::BRIDGE_ARG)
+    {
         let args: Option<Vec<String>> = std::env::args_os()
             .skip(2)
             .map(|a| a.into_string().ok())

@@ -422,7 +422,11 @@ fn api_message(body: &[u8]) -> String {
             return message.to_string();
         }
     }
-    String::from_utf8_lossy(body).trim().chars().take(200).collect()
+    String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(200)
+        .collect()
 }
 
 /// The exec bridge: `agent __kubernetes-exec <namespace> <pod> <container>
@@ -493,7 +497,11 @@ fn pump(socket: &mut ExecSocket) -> i32 {
         }
         match socket.next() {
             Ok(Event::Output(data)) => {
-                if stdout.write_all(&data).and_then(|()| stdout.flush()).is_err() {
+                if stdout
+                    .write_all(&data)
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
                     // The PTY is gone: nobody is reading any more.
                     return 1;
                 }
@@ -573,7 +581,10 @@ mod tests {
             ("127.0.0.1".into(), 6443)
         );
         assert_eq!(split_host_port("[::1]:8443", 443), ("::1".into(), 8443));
-        assert_eq!(split_host_port("example.com", 443), ("example.com".into(), 443));
+        assert_eq!(
+            split_host_port("example.com", 443),
+            ("example.com".into(), 443)
+        );
         assert_eq!(url_encode("bash --login"), "bash%20--login");
         assert_eq!(url_encode("a&b=c/d"), "a%26b%3Dc%2Fd");
     }

@@ -21,12 +21,14 @@ use std::time::Duration;
 
 pub use client::{Client, KubeError};
 #[cfg(unix)]
-pub use exec::{bridge as exec_bridge, exit_status, Event, ExecError, ExecSocket, BRIDGE_ARG, REFUSED};
-pub use owner::{agent_label_value, delete_leftovers, OwnerPod, AGENT_LABEL};
+pub use exec::{
+    bridge as exec_bridge, exit_status, Event, ExecError, ExecSocket, BRIDGE_ARG, REFUSED,
+};
 pub use objects::{
     docker_config_json, env_secret, file_key, pod, pod_progress, pull_secret, Decorator,
     PodProgress, PodSpecError, ENV_KEY, ENV_VOLUME,
 };
+pub use owner::{agent_label_value, delete_leftovers, OwnerPod, AGENT_LABEL};
 
 /// The directory of the main container where the job's secret (the `.env`
 /// and the files) is mounted read-only, as in the Go agent.

@@ -262,7 +262,8 @@ fn sidecars_are_reachable_by_name_in_a_real_pod() {
         .collect();
     assert_eq!(fallback.len(), 1, "{log}");
     assert!(
-        fallback[0].contains("HTTP 403") && fallback[0].contains("cannot get resource \"pods/exec\""),
+        fallback[0].contains("HTTP 403")
+            && fallback[0].contains("cannot get resource \"pods/exec\""),
         "{log}"
     );
 }
@@ -280,11 +281,11 @@ fn a_decorator_config_map_and_a_sourced_pre_job_hook_from_it() {
                "metadata": {"name": "agent-hooks"},
                "data": {"pre-job-hook": "echo hook ran in $(hostname)\nexport FROM_HOOK=hooked\n"}}),
         json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "pod-spec"},
-               "data": {
-                   "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 493}}]\nterminationGracePeriodSeconds: 5\n",
-                   "mainContainer": "volumeMounts: [{name: hooks, mountPath: /opt/semaphore/hooks}]\nenv: [{name: FROM_DECORATOR, value: decorated}]\n",
-               }}),
+        "metadata": {"name": "pod-spec"},
+        "data": {
+            "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 493}}]\nterminationGracePeriodSeconds: 5\n",
+            "mainContainer": "volumeMounts: [{name: hooks, mountPath: /opt/semaphore/hooks}]\nenv: [{name: FROM_DECORATOR, value: decorated}]\n",
+        }}),
     ];
     let text: String = objects.iter().map(|o| format!("{o}\n")).collect();
     cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&text));
@@ -304,7 +305,9 @@ fn a_decorator_config_map_and_a_sourced_pre_job_hook_from_it() {
     let steps = steps(&events);
     assert_eq!(result, "passed", "{steps:#?}");
     assert!(
-        r.hub.output(&id).contains("hook ran in semaphore-job-real-hook"),
+        r.hub
+            .output(&id)
+            .contains("hook ran in semaphore-job-real-hook"),
         "{steps:#?}"
     );
     assert_eq!(
@@ -335,6 +338,18 @@ fn refused_missing_and_never_ready_images_fail_the_job_with_the_reason() {
     let out = &steps(&events)[0].1;
     assert!(
         out.contains("image 'quay.io/evil:1' is not allowed"),
+        "{out}"
+    );
+    assert!(r.ns.objects().is_empty(), "{:?}", r.ns.objects());
+
+    // No containers and no default image: Go's words, nothing created.
+    let (result, events, _) = r.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let out = &steps(&events)[0].1;
+    assert!(
+        out.ends_with(
+            "no containers specified in Semaphore YAML, and no default container is provided\n"
+        ),
         "{out}"
     );
     assert!(r.ns.objects().is_empty(), "{:?}", r.ns.objects());
@@ -378,7 +393,7 @@ fn a_pod_that_cannot_be_scheduled_meets_the_start_timeout() {
             .to_string(),
         ),
     );
-    let _agent = r.agent(&[
+    let agent = r.agent(&[
         "--kubernetes-default-image",
         JOB_IMAGE,
         "--kubernetes-pod-spec",
@@ -396,8 +411,32 @@ fn a_pod_that_cannot_be_scheduled_meets_the_start_timeout() {
         out.contains("pod 'semaphore-job-real-timeout' was not ready within 4s"),
         "{out}"
     );
-    assert!(out.contains("Unschedulable") || out.contains("pending"), "{out}");
+    assert!(
+        out.contains("Unschedulable") || out.contains("pending"),
+        "{out}"
+    );
     r.assert_nothing_left();
+    drop(agent);
+
+    // A decorator ConfigMap that is not there: the API's 404, named.
+    let _agent = r.agent(&[
+        "--kubernetes-default-image",
+        JOB_IMAGE,
+        "--kubernetes-pod-spec",
+        "no-such-map",
+    ]);
+    let (result, events, _) = r.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let out = &steps(&events)[0].1;
+    assert!(
+        out.starts_with(&format!(
+            "Failed to load pod spec: error finding configmap 'no-such-map': getting configmap \
+             'no-such-map' in namespace '{}' failed: HTTP 404: configmaps \"no-such-map\" not found",
+            r.ns.name
+        )),
+        "{out}"
+    );
+    assert!(r.ns.objects().is_empty(), "{:?}", r.ns.objects());
 }
 
 #[test]
@@ -466,7 +505,13 @@ fn agent_image(cluster: &RealCluster) -> &'static str {
 /// the registration token from the agent type's secret. `hostNetwork` and
 /// KUBERNETES_SERVICE_HOST/PORT so it reaches the hub and the API on
 /// 127.0.0.1 (no kube-proxy here).
-fn controller_job(name: &str, image: &str, hub_port: u16, job_id: &str, extra_args: &[&str]) -> Value {
+fn controller_job(
+    name: &str,
+    image: &str,
+    hub_port: u16,
+    job_id: &str,
+    extra_args: &[&str],
+) -> Value {
     let mut args = vec![
         "--endpoint".to_string(),
         format!("127.0.0.1:{hub_port}"),
@@ -554,7 +599,12 @@ fn the_agent_runs_as_the_controller_starts_it_and_the_job_completes() {
             .try_kubectl(&["logs", "-n", &r.ns.name, "job/agent-job"], None)
             .unwrap_or_else(|e| e)
     };
-    assert_eq!(result.as_deref(), Some("passed"), "{events:#?}\n{}", agent_log());
+    assert_eq!(
+        result.as_deref(),
+        Some("passed"),
+        "{events:#?}\n{}",
+        agent_log()
+    );
     let steps = steps(&events);
     // The commands ran in the job pod (no agent binary there), not in the
     // agent's.
@@ -568,14 +618,22 @@ fn the_agent_runs_as_the_controller_starts_it_and_the_job_completes() {
             .get_json(&r.ns.name, "job/agent-job")
             .is_some_and(|j| j["status"]["succeeded"] == 1)
     });
-    assert!(completed, "{:#?}\n{}", cluster.get_json(&r.ns.name, "job/agent-job"), agent_log());
+    assert!(
+        completed,
+        "{:#?}\n{}",
+        cluster.get_json(&r.ns.name, "job/agent-job"),
+        agent_log()
+    );
     assert!(r.hub.disconnects() >= 1);
     let log = agent_log();
     assert!(
         !log.contains("falling back to kubectl"),
         "the exec used kubectl: {log}"
     );
-    assert!(!log.contains(crate::support::hub::REGISTRATION_TOKEN), "{log}");
+    assert!(
+        !log.contains(crate::support::hub::REGISTRATION_TOKEN),
+        "{log}"
+    );
     // Only the agent's own pod (of the Job) and the token secret are left.
     assert!(
         r.ns.wait_until_empty_but(GONE_WAIT, &["pod/agent-job-", "secret/s1-test-token"]),
@@ -623,7 +681,10 @@ fn deleting_the_agent_s_pod_mid_job_deletes_the_job_s_pod_and_secrets() {
     let secret = cluster
         .get_json(&r.ns.name, &format!("secret/{job_pod}-secret"))
         .expect("the job secret");
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], agent_pod.as_str());
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["name"],
+        agent_pod.as_str()
+    );
 
     // The agent dies with its pod, without a chance to clean up (grace 0:
     // SIGKILL); the garbage collector removes what it owned.

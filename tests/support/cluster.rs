@@ -282,10 +282,9 @@ impl<'a> TestNamespace<'a> {
 
 impl Drop for TestNamespace<'_> {
     fn drop(&mut self) {
-        let _ = self.cluster.try_kubectl(
-            &["delete", "namespace", &self.name, "--wait=false"],
-            None,
-        );
+        let _ = self
+            .cluster
+            .try_kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }
 
@@ -293,7 +292,8 @@ impl Drop for TestNamespace<'_> {
 /// packaging/kubernetes/kubernetes-executor.yaml, as JSON lines for
 /// `kubectl apply` (its Job template is left out).
 pub fn rbac_objects() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kubernetes/kubernetes-executor.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kubernetes/kubernetes-executor.yaml");
     let text = std::fs::read_to_string(&path).expect("read kubernetes-executor.yaml");
     let mut out = String::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {

@@ -290,11 +290,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     // upgrades: the agent's exec WebSocket is refused (its body is the
     // raw connection, never read here), so the agent falls back to
     // `kubectl exec` (the stand-in).
-    if request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Upgrade"))
-    {
+    if request.headers().iter().any(|h| h.field.equiv("Upgrade")) {
         shared
             .state
             .lock()
@@ -304,7 +300,11 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
         return respond(
             request,
             400,
-            status_body(400, "BadRequest", "the fake Kubernetes API does not upgrade to WebSocket"),
+            status_body(
+                400,
+                "BadRequest",
+                "the fake Kubernetes API does not upgrade to WebSocket",
+            ),
         );
     }
     let authorization = request
