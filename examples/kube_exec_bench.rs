@@ -121,7 +121,7 @@ mod bench {
             if Instant::now() > deadline {
                 return Err("the WebSocket exec did not end within 300 s".into());
             }
-            match socket.next().map_err(|e| e.to_string())? {
+            match socket.next_event().map_err(|e| e.to_string())? {
                 Event::Output(data) => bytes += data.len(),
                 Event::Exited(Ok(0)) => {}
                 Event::Exited(other) => return Err(format!("the command ended with {other:?}")),

@@ -260,7 +260,7 @@ impl ExecSocket {
 
     /// The next event: output, the exit status, or `Idle` when nothing
     /// came within the socket tick.
-    pub fn next(&mut self) -> Result<Event, ExecError> {
+    pub fn next_event(&mut self) -> Result<Event, ExecError> {
         loop {
             match self.ws.read() {
                 Ok(Message::Binary(data)) => match data.split_first() {
@@ -291,7 +291,7 @@ impl ExecSocket {
     }
 }
 
-/// What [`ExecSocket::next`] saw.
+/// What [`ExecSocket::next_event`] saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
     Output(Vec<u8>),
@@ -495,7 +495,7 @@ fn pump(socket: &mut ExecSocket) -> i32 {
                 }
             }
         }
-        match socket.next() {
+        match socket.next_event() {
             Ok(Event::Output(data)) => {
                 if stdout
                     .write_all(&data)
