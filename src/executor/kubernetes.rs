@@ -1,23 +1,29 @@
 //! The Kubernetes executor (`--kubernetes-executor`): each job in its own
-//! pod, its commands in a login bash reached with `kubectl exec`.
+//! pod, its commands in a login bash reached through the pod's `exec`
+//! subresource.
 //!
 //! Owns the job's objects in the cluster and their order, as in the Go
 //! agent: `prepare` creates the job's secret (the `.env` with the job's
 //! env vars and `--env-vars`, and every file), the image pull secret when
-//! the job has credentials, and the pod; `start` waits for the pod and
-//! opens `kubectl exec -it -n <ns> <pod> -c main -- bash --login` in a PTY
-//! with the host shell's marker protocol, every command typed inline
-//! (`Shell::start_inline`: bash in the pod cannot read our files). Bash
-//! runs as Go runs it, `--login` with readline on: the typed lines are
-//! short printable ASCII without tabs, so readline neither completes nor
-//! meets the terminal's line limit, and its echo of them comes before each
-//! command's start marker and is dropped; `--noediting` would leave the
-//! pod's terminal echoing instead, to the same effect, so the Go agent's
-//! command line is kept. Env
-//! export sources the mounted `.env` and file injection copies from the
-//! mount. `close` cancels a wait, ends the PTY and deletes the pod and the
-//! secrets, whatever happened before. It must not decide the job's result
-//! or the order of steps (the lifecycle does).
+//! the job has credentials, and the pod, each labelled with the agent's
+//! name and, when the agent runs in a pod, owned by that pod (so the
+//! cluster deletes them if the agent dies); `start` waits for the pod and
+//! opens `bash --login` in its `main` container in a PTY with the host
+//! shell's marker protocol, every command typed inline
+//! (`Shell::start_inline`: bash in the pod cannot read our files). What
+//! runs in the PTY is the agent's own exec bridge (`kubernetes::exec`: the
+//! exec WebSocket, no kubectl); a server that refuses the WebSocket gets
+//! one agent-log line and `kubectl exec -it -n <ns> <pod> -c main -- bash
+//! --login` instead. Bash runs as Go runs it, `--login` with readline on:
+//! the typed lines are short printable ASCII without tabs, so readline
+//! neither completes nor meets the terminal's line limit, and its echo of
+//! them comes before each command's start marker and is dropped;
+//! `--noediting` would leave the pod's terminal echoing instead, to the
+//! same effect, so the Go agent's command line is kept. Env export sources
+//! the mounted `.env` and file injection copies from the mount. `close`
+//! cancels a wait, ends the PTY and deletes the pod and the secrets,
+//! whatever happened before. It must not decide the job's result or the
+//! order of steps (the lifecycle does).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -559,7 +565,10 @@ fn owner_pod(namespace: &str) -> Option<&'static kubernetes::OwnerPod> {
                 pod.namespace,
                 pod.name
             ),
-            None => log::info!("Not running in a pod: job pods and secrets have no owner"),
+            None => log::info!(
+                "Not running in a pod (no pod in a service account token): \
+                 job pods and secrets have no owner"
+            ),
         }
         owner
     });

@@ -112,8 +112,9 @@ enum Auth {
 }
 
 /// The TLS material of a client, kept for connections ureq does not make
-/// (the exec WebSocket, `exec.rs`).
+/// (the exec WebSocket, `exec.rs`, Unix only).
 #[derive(Clone, Default)]
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(super) struct TlsMaterial {
     /// DER certificates to trust; `None` trusts the system's roots.
     pub roots: Option<Vec<Vec<u8>>>,
@@ -337,16 +338,19 @@ impl Client {
     }
 
     /// `https://host:port` of the API.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(super) fn server(&self) -> &str {
         &self.server
     }
 
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(super) fn tls_material(&self) -> &TlsMaterial {
         &self.tls
     }
 
     /// The `Authorization` header's value, read now (a token file rotates);
     /// `Ok(None)` for a client certificate.
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(super) fn bearer(&self) -> Result<Option<String>, String> {
         match &self.auth {
             Auth::Token(token) => Ok(Some(format!("Bearer {token}"))),
