@@ -489,11 +489,15 @@ preexisted() { grep -qxF "$1" "$RUN/preexisting" 2>/dev/null; }
 
 cmd_down() {
     local i pids
-    if [ -d "$RUN" ]; then
-        stop kubelet
-        stop kube-scheduler
-        stop kube-controller-manager
+    # No run dir, no node of ours: in particular, the cgroups below would
+    # then be another kubelet's.
+    if [ ! -d "$RUN" ]; then
+        log "down: no cluster in $RUN"
+        return 0
     fi
+    stop kubelet
+    stop kube-scheduler
+    stop kube-controller-manager
     # The pods' processes, then the shims, then containerd.
     for ((i = 0; i < 20; i++)); do
         pids=$(node_cgroup_pids)
@@ -502,14 +506,12 @@ cmd_down() {
         kill -KILL $pids 2>/dev/null || true
         sleep 0.25
     done
-    [ -d "$RUN" ] && stop containerd
+    stop containerd
     pids=$(shim_pids)
     # shellcheck disable=SC2086
     [ -n "$pids" ] && { kill -KILL $pids 2>/dev/null || true; }
-    if [ -d "$RUN" ]; then
-        stop kube-apiserver
-        stop etcd
-    fi
+    stop kube-apiserver
+    stop etcd
     # Mounts under the run dir (rootfs, shm, volumes) and the pods'
     # network namespaces, deepest first.
     local m
@@ -535,21 +537,19 @@ cmd_down() {
             find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
         fi
     done
-    if [ -d "$RUN" ]; then
-        for p in $NODE_PATHS; do
-            [ -e "$p" ] || continue
-            preexisted "$p" && continue
-            # A directory another program filled meanwhile stays.
-            case "$p" in
-                /run/netns | /run/containerd/s | /run/containerd/runc) rmdir "$p" 2>/dev/null || true ;;
-                # Made by this node's containerd (its shims' and runc's
-                # state), whose processes are gone by now.
-                /run/containerd) rm -rf "$p" ;;
-                *) rm -rf "$p" ;;
-            esac
-        done
-        rm -rf "$RUN"
-    fi
+    for p in $NODE_PATHS; do
+        [ -e "$p" ] || continue
+        preexisted "$p" && continue
+        # A directory another program filled meanwhile stays.
+        case "$p" in
+            /run/netns | /run/containerd/s | /run/containerd/runc) rmdir "$p" 2>/dev/null || true ;;
+            # Made by this node's containerd (its shims' and runc's state),
+            # whose processes are gone by now.
+            /run/containerd) rm -rf "$p" ;;
+            *) rm -rf "$p" ;;
+        esac
+    done
+    rm -rf "$RUN"
     log "down: nothing of the node left"
 }
 
