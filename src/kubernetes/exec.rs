@@ -483,10 +483,13 @@ fn pump(socket: &mut ExecSocket) -> i32 {
     loop {
         if stdin_open && fd_readable(0) {
             match read_fd(0, &mut buf) {
-                Ok(0) | Err(_) => {
+                Ok(0) => {
                     stdin_open = false;
                     let _ = socket.close_stdin();
                 }
+                // The PTY's other side is gone (the agent died): a hangup,
+                // nobody is left to read the output.
+                Err(_) => return 129,
                 Ok(n) => {
                     if let Err(e) = socket.write_stdin(&buf[..n]) {
                         eprintln!("{e}");

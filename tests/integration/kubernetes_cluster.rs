@@ -705,3 +705,67 @@ fn deleting_the_agent_s_pod_mid_job_deletes_the_job_s_pod_and_secrets() {
     });
     assert!(gone, "left: {:?}", r.ns.objects());
 }
+
+#[test]
+fn an_agent_outside_the_cluster_deletes_what_its_killed_run_left() {
+    let Some(cluster) = RealCluster::find("an_agent_outside_the_cluster_deletes") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-leftovers");
+    // Credentials outside a cluster often may list; the executor's Role may
+    // not, so this namespace adds a Role for just that.
+    let sa = crate::support::cluster::SERVICE_ACCOUNT;
+    let lister = format!(
+        "{}\n{}\n",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "lister"},
+               "rules": [{"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["list"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "lister"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lister"},
+               "subjects": [{"kind": "ServiceAccount", "name": sa}]}),
+    );
+    cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&lister));
+    let mut first = r.agent(&["--kubernetes-default-image", JOB_IMAGE]);
+    let id = r.hub.queue_job(json!({
+        "job_id": "killed-run",
+        "commands": commands(&["echo started; sleep 600"]),
+    }));
+    assert!(
+        r.hub
+            .wait_until(JOB_WAIT, |h| h.output(&id).contains("started")),
+        "{:#?}",
+        r.hub.events(&id)
+    );
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(10));
+    assert!(first.status().is_some(), "the first agent survived SIGKILL");
+    let left = [
+        "pod/semaphore-job-killed-run",
+        "secret/semaphore-job-killed-run-secret",
+    ];
+    let objects = r.ns.objects();
+    assert!(
+        left.iter().all(|o| objects.iter().any(|x| x == o)),
+        "{objects:?}"
+    );
+
+    // The same agent name again: before its first job's objects it deletes
+    // the killed run's.
+    let second = r.agent(&["--kubernetes-default-image", JOB_IMAGE]);
+    let (result, _, _) = r.run(json!({"job_id": "next-run", "commands": commands(&["echo next"])}));
+    assert_eq!(result, "passed");
+    r.assert_nothing_left();
+    let log = second.log();
+    for object in [
+        "pods/semaphore-job-killed-run",
+        "secrets/semaphore-job-killed-run-secret",
+    ] {
+        assert!(
+            log.contains(&format!(
+                "Deleted {object}, left by an earlier run of agent-under-test"
+            )),
+            "{object}: {log}"
+        );
+    }
+}
