@@ -64,6 +64,9 @@ pub struct KubernetesExecutor {
     initial_env: Option<BTreeMap<String, Vec<u8>>>,
     pty: PtyCommands,
     injected_dir: String,
+    /// Outside a cluster: the names of `created`, on disk, for the next
+    /// run should this one be killed before `close`.
+    journal: Option<kubernetes::Journal>,
 }
 
 impl KubernetesExecutor {
@@ -88,6 +91,7 @@ impl KubernetesExecutor {
             initial_env: None,
             pty: PtyCommands::default(),
             injected_dir: injected_dir(),
+            journal: None,
         }
     }
 
@@ -140,7 +144,8 @@ impl KubernetesExecutor {
         let labels = job_labels(&self.config);
         let owner = owner_pod(&self.config.namespace);
         if owner.is_none() {
-            delete_leftovers_once(&client, &self.config.agent_name);
+            self.journal = kubernetes::Journal::for_agent(&self.config.agent_name);
+            delete_leftovers_once(&client, &self.config.agent_name, self.journal.as_ref());
         }
         let env_secret = format!("{}-secret", self.pod_name);
         let pull_secret = format!("{}-image-pull-secret", self.pod_name);
@@ -197,7 +202,7 @@ impl KubernetesExecutor {
         owned_by(&mut pod, owner);
         owned_by(&mut secret, owner);
         self.initial_env = Some(vars);
-        let client = self.client.insert(client);
+        self.client = Some(client);
 
         let stopped = || "the job was stopped".to_string();
         if self.cancel.load(Ordering::SeqCst) {
@@ -207,6 +212,8 @@ impl KubernetesExecutor {
         // have created the object, and deleting one that is not there
         // costs a 404.
         self.created.push(("secrets", env_secret));
+        self.record_created();
+        let client = self.client.as_ref().ok_or("no Kubernetes client")?;
         client
             .create("secrets", &secret)
             .map_err(|e| format!("Failed to create environment secret: {e}"))?;
@@ -219,6 +226,8 @@ impl KubernetesExecutor {
             );
             owned_by(&mut secret, owner);
             self.created.push(("secrets", pull_secret));
+            self.record_created();
+            let client = self.client.as_ref().ok_or("no Kubernetes client")?;
             client
                 .create("secrets", &secret)
                 .map_err(|e| format!("Failed to create temporary image pull secret: {e}"))?;
@@ -227,6 +236,8 @@ impl KubernetesExecutor {
             return Err(stopped());
         }
         self.created.push(("pods", self.pod_name.clone()));
+        self.record_created();
+        let client = self.client.as_ref().ok_or("no Kubernetes client")?;
         client
             .create("pods", &pod)
             .map_err(|e| format!("Failed to create pod: {e}"))?;
@@ -461,8 +472,22 @@ impl KubernetesExecutor {
         Ok(())
     }
 
+    /// Writes `created` to the journal (outside a cluster), before the
+    /// call that creates the newest: a run killed in between leaves a name
+    /// the next one deletes (a 404 then).
+    fn record_created(&self) {
+        if let Some(journal) = &self.journal {
+            let entries: Vec<(&str, &str)> =
+                self.created.iter().map(|(r, n)| (*r, n.as_str())).collect();
+            if let Err(e) = journal.write(&entries) {
+                log::warn!("Cannot record the job's Kubernetes objects for a later cleanup: {e}");
+            }
+        }
+    }
+
     /// Deletes what `prepare` created, the pod first (as Go does); errors
-    /// are logged, as there is nobody left to tell.
+    /// are logged, as there is nobody left to tell, and what could not be
+    /// deleted stays in the journal for the next run.
     fn delete_resources(&mut self) {
         let Some(client) = self.client.as_ref() else {
             return;
@@ -474,9 +499,13 @@ impl KubernetesExecutor {
             match client.delete(resource, &name) {
                 Ok(()) => log::info!("Deleted {resource}/{name}"),
                 Err(e) if e.status() == Some(404) => {}
-                Err(e) => log::error!("Error deleting {resource} '{name}': {e}"),
+                Err(e) => {
+                    log::error!("Error deleting {resource} '{name}': {e}");
+                    self.created.push((resource, name));
+                }
             }
         }
+        self.record_created();
     }
 }
 
@@ -596,12 +625,41 @@ fn owned_by(object: &mut serde_json::Value, owner: Option<&kubernetes::OwnerPod>
 /// earlier run under the same agent name left (an agent outside a cluster
 /// has no owner to do it). That needs `list`, which the executor's Role
 /// does not grant; without it the agent says so once and goes on.
-fn delete_leftovers_once(client: &Client, agent: &str) {
+fn delete_leftovers_once(client: &Client, agent: &str, journal: Option<&kubernetes::Journal>) {
     static DONE: std::sync::Once = std::sync::Once::new();
     if agent.is_empty() {
         return;
     }
-    DONE.call_once(|| match kubernetes::delete_leftovers(client, agent) {
+    DONE.call_once(|| {
+        if let Some(journal) = journal {
+            delete_journalled(client, agent, journal);
+        }
+        delete_labelled(client, agent);
+    });
+}
+
+/// Deletes the objects the journal names (no `list` needed).
+fn delete_journalled(client: &Client, agent: &str, journal: &kubernetes::Journal) {
+    let mut kept = Vec::new();
+    for (resource, name) in journal.read() {
+        match client.delete(&resource, &name) {
+            Ok(()) => log::info!("Deleted {resource}/{name}, left by an earlier run of {agent}"),
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => {
+                log::warn!("Could not delete {resource}/{name}, left by an earlier run: {e}");
+                kept.push((resource, name));
+            }
+        }
+    }
+    let kept: Vec<(&str, &str)> = kept.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect();
+    if let Err(e) = journal.write(&kept) {
+        log::warn!("Cannot update the record of earlier Kubernetes objects: {e}");
+    }
+}
+
+/// Deletes what carries the agent's label, where the RBAC lets it list.
+fn delete_labelled(client: &Client, agent: &str) {
+    match kubernetes::delete_leftovers(client, agent) {
         Ok(0) => {}
         Ok(n) => log::info!("Deleted {n} objects an earlier run of {agent} left"),
         Err(e) if e.status() == Some(403) => log::info!(
@@ -609,7 +667,7 @@ fn delete_leftovers_once(client: &Client, agent: &str) {
              the Role grants no list ({e})"
         ),
         Err(e) => log::warn!("Could not look for objects an earlier run of {agent} left: {e}"),
-    });
+    }
 }
 
 fn with_newline(text: &str) -> String {

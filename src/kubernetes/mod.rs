@@ -28,7 +28,7 @@ pub use objects::{
     docker_config_json, env_secret, file_key, pod, pod_progress, pull_secret, Decorator,
     PodProgress, PodSpecError, ENV_KEY, ENV_VOLUME,
 };
-pub use owner::{agent_label_value, delete_leftovers, OwnerPod, AGENT_LABEL};
+pub use owner::{agent_label_value, delete_leftovers, Journal, OwnerPod, AGENT_LABEL};
 
 /// The directory of the main container where the job's secret (the `.env`
 /// and the files) is mounted read-only, as in the Go agent.

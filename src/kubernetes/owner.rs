@@ -8,8 +8,12 @@
 //! is read from its own bound service account token (its `kubernetes.io`
 //! claims name the pod and its uid), so no `get` or `list` is needed and a
 //! name that merely looks like a pod's cannot point elsewhere. Outside a
-//! cluster, [`delete_leftovers`] removes what an earlier run of the same
-//! agent name left, where the RBAC lets it list. It must not log a token.
+//! cluster, the [`Journal`] names what a run made and has not deleted yet,
+//! so the next run of the same agent name deletes what a killed one left,
+//! and [`delete_leftovers`] removes the rest labelled with the name, where
+//! the RBAC lets it list. It must not log a token.
+
+use std::path::PathBuf;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -109,6 +113,77 @@ pub fn delete_leftovers(client: &Client, agent: &str) -> Result<usize, KubeError
     Ok(deleted)
 }
 
+/// The job objects an agent has made and not yet deleted, in a file of
+/// its own under `$HOME/.cache/semaphore-agent/`: the next run of the same
+/// agent name deletes what a killed run left, by name, with no `list`
+/// (which the executor's Role lacks). Only `pods` and `secrets` named
+/// `semaphore-job-...` are ever read back, so a planted file cannot make
+/// the agent delete anything else.
+pub struct Journal {
+    path: PathBuf,
+}
+
+impl Journal {
+    /// The journal of `agent`, or `None` without a HOME.
+    pub fn for_agent(agent: &str) -> Option<Journal> {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+        let label = agent_label_value(agent);
+        if label.is_empty() {
+            return None;
+        }
+        let dir = PathBuf::from(home).join(".cache").join("semaphore-agent");
+        Some(Journal {
+            path: dir.join(format!("kubernetes-{label}.objects")),
+        })
+    }
+
+    /// The `(resource, name)` pairs recorded; unreadable or foreign lines
+    /// are skipped.
+    pub fn read(&self) -> Vec<(String, String)> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(resource, name)| {
+                matches!(*resource, "pods" | "secrets") && is_job_object_name(name)
+            })
+            .map(|(r, n)| (r.to_string(), n.to_string()))
+            .collect()
+    }
+
+    /// Records exactly `entries` (none: the file goes).
+    pub fn write(&self, entries: &[(&str, &str)]) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut text = String::new();
+        for (resource, name) in entries {
+            text.push_str(&format!("{resource} {name}\n"));
+        }
+        let mut file = crate::private_tmp::create_private(&self.path, 0o600)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())
+    }
+}
+
+/// `semaphore-job-` and a DNS name, as the executor names job objects.
+fn is_job_object_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.starts_with("semaphore-job-")
+        && name.len() <= 253
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +220,40 @@ mod tests {
         assert_eq!(OwnerPod::from_token(&legacy), None);
         assert_eq!(OwnerPod::from_token("not a jwt"), None);
         assert_eq!(OwnerPod::from_token("a.!!!.b"), None);
+    }
+
+    #[test]
+    fn the_journal_reads_back_only_job_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal {
+            path: dir.path().join("sub").join("j.objects"),
+        };
+        assert!(journal.read().is_empty());
+        journal
+            .write(&[
+                ("pods", "semaphore-job-1"),
+                ("secrets", "semaphore-job-1-secret"),
+            ])
+            .unwrap();
+        assert_eq!(
+            journal.read(),
+            [
+                ("pods".to_string(), "semaphore-job-1".to_string()),
+                ("secrets".to_string(), "semaphore-job-1-secret".to_string())
+            ]
+        );
+        // Planted lines for other objects or kinds are not read back.
+        std::fs::write(
+            &journal.path,
+            "pods kube-apiserver\nconfigmaps semaphore-job-x\nsecrets semaphore-job-2/exec\npods semaphore-job-3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            journal.read(),
+            [("pods".to_string(), "semaphore-job-3".to_string())]
+        );
+        journal.write(&[]).unwrap();
+        assert!(!journal.path.exists());
     }
 
     #[test]

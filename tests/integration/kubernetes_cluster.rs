@@ -706,26 +706,30 @@ fn deleting_the_agent_s_pod_mid_job_deletes_the_job_s_pod_and_secrets() {
     assert!(gone, "left: {:?}", r.ns.objects());
 }
 
-#[test]
-fn an_agent_outside_the_cluster_deletes_what_its_killed_run_left() {
-    let Some(cluster) = RealCluster::find("an_agent_outside_the_cluster_deletes") else {
+/// An agent outside the cluster, SIGKILLed mid-job, then started again
+/// under the same name: before its first job's objects it deletes what
+/// the killed run left. With the executor's Role as it is (no `list`) the
+/// agent's journal names them; with `list` and no journal (another
+/// machine), the agent label finds them.
+fn killed_agent_leftovers(prefix: &str, with_list: bool) {
+    let Some(cluster) = RealCluster::find(prefix) else {
         return;
     };
-    let r = Run::new(&cluster, "k8s-leftovers");
-    // Credentials outside a cluster often may list; the executor's Role may
-    // not, so this namespace adds a Role for just that.
-    let sa = crate::support::cluster::SERVICE_ACCOUNT;
-    let lister = format!(
-        "{}\n{}\n",
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "lister"},
-               "rules": [{"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["list"]}]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "lister"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lister"},
-               "subjects": [{"kind": "ServiceAccount", "name": sa}]}),
-    );
-    cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&lister));
+    let r = Run::new(&cluster, prefix);
+    if with_list {
+        let sa = crate::support::cluster::SERVICE_ACCOUNT;
+        let lister = format!(
+            "{}\n{}\n",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "lister"},
+                   "rules": [{"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["list"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "lister"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lister"},
+                   "subjects": [{"kind": "ServiceAccount", "name": sa}]}),
+        );
+        cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&lister));
+    }
     let mut first = r.agent(&["--kubernetes-default-image", JOB_IMAGE]);
     let id = r.hub.queue_job(json!({
         "job_id": "killed-run",
@@ -749,9 +753,12 @@ fn an_agent_outside_the_cluster_deletes_what_its_killed_run_left() {
         left.iter().all(|o| objects.iter().any(|x| x == o)),
         "{objects:?}"
     );
+    let journal = r.sandbox.home().join(".cache/semaphore-agent");
+    assert!(journal.is_dir(), "no journal in {}", journal.display());
+    if with_list {
+        std::fs::remove_dir_all(&journal).expect("remove the journal");
+    }
 
-    // The same agent name again: before its first job's objects it deletes
-    // the killed run's.
     let second = r.agent(&["--kubernetes-default-image", JOB_IMAGE]);
     let (result, _, _) = r.run(json!({"job_id": "next-run", "commands": commands(&["echo next"])}));
     assert_eq!(result, "passed");
@@ -768,4 +775,20 @@ fn an_agent_outside_the_cluster_deletes_what_its_killed_run_left() {
             "{object}: {log}"
         );
     }
+    assert_eq!(log.contains("the Role grants no list"), !with_list, "{log}");
+    // Nothing is recorded once the job's objects are deleted.
+    assert!(
+        !journal.join("kubernetes-agent-under-test.objects").exists(),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_killed_agent_s_next_run_deletes_its_leftovers_from_its_journal() {
+    killed_agent_leftovers("k8s-journal", false);
+}
+
+#[test]
+fn a_killed_agent_s_next_run_finds_its_leftovers_by_label_given_list() {
+    killed_agent_leftovers("k8s-label", true);
 }
