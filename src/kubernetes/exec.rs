@@ -12,6 +12,8 @@
 //! API, a proxy, RBAC without the verb the upgrade needs) makes the bridge
 //! exit with [`REFUSED_EXIT`] after a line starting with [`REFUSED`], and
 //! the executor falls back to `kubectl exec`. It must not log a token.
+//! The bridge polls and reads its terminal with system calls, hence:
+#![allow(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
