@@ -192,6 +192,15 @@ impl ExecSocket {
                     message: format!("HTTP {status} {body}").trim_end().to_string(),
                 });
             }
+            // An upgrade without a channel protocol we offered: a server
+            // (or proxy) that does not speak Kubernetes' exec WebSocket.
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
+                e @ tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
+            ))) => {
+                return Err(ExecError::Refused {
+                    message: format!("no channel protocol: {e}"),
+                })
+            }
             Err(tungstenite::HandshakeError::Failure(e)) => {
                 return Err(transport(format!("WebSocket handshake: {e}")))
             }
@@ -577,6 +586,115 @@ mod tests {
         );
         let garbage = exit_status(b"<html>").unwrap_err();
         assert!(garbage.contains("<html>"), "{garbage}");
+    }
+
+    /// A one-connection WebSocket server on 127.0.0.1 standing in for the
+    /// API's exec endpoint: it picks `protocol`, records the request path
+    /// and the stdin it gets, sends "hello" on stdout and `status` on the
+    /// error channel, then closes.
+    fn exec_endpoint(
+        protocol: Option<&'static str>,
+        status: &'static str,
+    ) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let mut path = String::new();
+            let callback =
+                |req: &tungstenite::handshake::server::Request,
+                 mut res: tungstenite::handshake::server::Response| {
+                    path = req.uri().to_string();
+                    if let Some(p) = protocol {
+                        res.headers_mut()
+                            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+                    }
+                    Ok(res)
+                };
+            let mut ws = tungstenite::accept_hdr(tcp, callback).unwrap();
+            let mut stdin = Vec::new();
+            // The client first tells its terminal size, then sends stdin.
+            while stdin.is_empty() {
+                match ws.read() {
+                    Ok(Message::Binary(data)) if data[0] == STDIN => {
+                        stdin.extend_from_slice(&data[1..]);
+                    }
+                    Ok(_) => {}
+                    // The client gave up (a refused protocol).
+                    Err(_) => return (path, stdin),
+                }
+            }
+            ws.send(Message::binary(b"\x01hello".to_vec())).unwrap();
+            let mut frame = vec![ERROR];
+            frame.extend_from_slice(status.as_bytes());
+            ws.send(Message::binary(frame)).unwrap();
+            let _ = ws.close(None);
+            while ws.read().is_ok() {}
+            (path, stdin)
+        });
+        (format!("http://127.0.0.1:{port}"), server)
+    }
+
+    fn client_of(server: &str) -> (tempfile::TempDir, Client) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            format!(
+                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
+                 users: [{{name: u, user: {{token: t0k3n}}}}]\n"
+            ),
+        )
+        .unwrap();
+        let client = Client::from_kubeconfig(&path, "ns").unwrap();
+        (dir, client)
+    }
+
+    #[test]
+    fn a_v4_server_gets_stdin_and_gives_output_and_the_exit_code() {
+        let failed = r#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
+        let (server, endpoint) = exec_endpoint(Some("v4.channel.k8s.io"), failed);
+        let (_dir, client) = client_of(&server);
+        let command = ["bash".to_string(), "--login".to_string()];
+        let mut socket = ExecSocket::open(&client, "p 1", "main", &command, true).unwrap();
+        assert!(!socket.v5);
+        socket.resize(80, 24).unwrap();
+        socket.write_stdin(b"echo hi\n").unwrap();
+        // v4 has no close channel: nothing is sent for it.
+        socket.close_stdin().unwrap();
+        let mut output = Vec::new();
+        let mut exited = None;
+        for _ in 0..1000 {
+            match socket.next_event().unwrap() {
+                Event::Output(data) => output.extend(data),
+                Event::Exited(status) => exited = Some(status),
+                Event::Idle => {}
+                Event::Closed => break,
+            }
+        }
+        assert_eq!(output, b"hello");
+        assert_eq!(exited, Some(Ok(3)));
+        let (path, stdin) = endpoint.join().unwrap();
+        assert_eq!(stdin, b"echo hi\n");
+        assert_eq!(
+            path,
+            "/api/v1/namespaces/ns/pods/p%201/exec?container=main&stdin=true&stdout=true\
+             &stderr=false&tty=true&command=bash&command=--login"
+        );
+    }
+
+    #[test]
+    fn a_server_without_a_channel_protocol_is_a_refusal() {
+        let (server, endpoint) = exec_endpoint(None, r#"{"status":"Success"}"#);
+        let (_dir, client) = client_of(&server);
+        let err = ExecSocket::open(&client, "p", "main", &["sh".to_string()], true)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ExecError::Refused { .. }), "{err}");
+        assert!(err.to_string().starts_with(REFUSED), "{err}");
+        let (_, stdin) = endpoint.join().unwrap();
+        assert!(stdin.is_empty());
     }
 
     #[test]
