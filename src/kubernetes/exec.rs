@@ -601,6 +601,8 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (tcp, _) = listener.accept().unwrap();
             let mut path = String::new();
+            // The callback's error type is tungstenite's own.
+            #[allow(clippy::result_large_err)]
             let callback =
                 |req: &tungstenite::handshake::server::Request,
                  mut res: tungstenite::handshake::server::Response| {
