@@ -51,6 +51,8 @@ build_kubernetes() {
         log "kubernetes $K8S_VERSION binaries cached in $BIN"
         return 0
     fi
+    # The machine's Go, also when /usr/local/go/bin is not on PATH.
+    command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
     command -v go >/dev/null || die "go is needed to build Kubernetes (it is on the CI machine)"
     export GOCACHE=$K8S_HOME/go/cache GOMODCACHE=$K8S_HOME/go/mod GOPATH=$K8S_HOME/go/path
     export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
