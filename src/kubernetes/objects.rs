@@ -239,9 +239,10 @@ impl Decorator {
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
                 format!("error unmarshaling {key} spec from configmap '{name}': {e}")
             })?;
+            octal_modes(&mut value);
             match value {
                 Value::Object(map) => Ok(Some(map)),
                 Value::Null => Ok(None),
@@ -255,6 +256,32 @@ impl Decorator {
             main_container: part("mainContainer")?,
             sidecar_containers: part("sidecarContainers")?,
         })
+    }
+}
+
+/// File modes written the YAML 1.1 way (`defaultMode: 0755`), as Go's
+/// YAML reads them and Kubernetes examples write them: our YAML 1.2
+/// parser leaves `0755` a string, which the API refuses for these int32
+/// fields (`defaultMode`, `mode`), so such strings become the octal number.
+fn octal_modes(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if let (true, Value::String(text)) = (key == "defaultMode" || key == "mode", &*item)
+                {
+                    let octal = text.len() > 1
+                        && text.starts_with('0')
+                        && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                    if let (true, Ok(mode)) = (octal, u32::from_str_radix(text, 8)) {
+                        *item = Value::from(mode);
+                    }
+                } else {
+                    octal_modes(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
     }
 }
 
@@ -583,6 +610,18 @@ fn describe_statuses(statuses: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_1_1_file_modes_become_numbers() {
+        let cm = json!({"data": {"pod": "volumes:\n- name: hooks\n  configMap:\n    name: h\n    defaultMode: 0755\n    items: [{key: a, path: a, mode: 0600}, {key: b, path: b, mode: 420}]\n- name: other\n  secret: {secretName: s, defaultMode: '0x1'}\n"}});
+        let decorator = Decorator::from_config_map("spec", &cm).unwrap();
+        let volumes = &decorator.pod.unwrap()["volumes"];
+        assert_eq!(volumes[0]["configMap"]["defaultMode"], 493);
+        assert_eq!(volumes[0]["configMap"]["items"][0]["mode"], 384);
+        assert_eq!(volumes[0]["configMap"]["items"][1]["mode"], 420);
+        // Not octal: left for the API to refuse with the field's name.
+        assert_eq!(volumes[1]["secret"]["defaultMode"], "0x1");
+    }
     use crate::request::encode_base64;
 
     fn container(name: &str, image: &str) -> Container {

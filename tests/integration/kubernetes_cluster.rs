@@ -283,7 +283,7 @@ fn a_decorator_config_map_and_a_sourced_pre_job_hook_from_it() {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "pod-spec"},
         "data": {
-            "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 493}}]\nterminationGracePeriodSeconds: 5\n",
+            "pod": "volumes: [{name: hooks, configMap: {name: agent-hooks, defaultMode: 0755}}]\nterminationGracePeriodSeconds: 5\n",
             "mainContainer": "volumeMounts: [{name: hooks, mountPath: /opt/semaphore/hooks}]\nenv: [{name: FROM_DECORATOR, value: decorated}]\n",
         }}),
     ];
