@@ -36,6 +36,7 @@ mod kubernetes_cluster;
 #[cfg(target_os = "linux")]
 mod memory;
 mod operations;
+mod pipelines;
 mod run_jobs;
 mod security;
 mod shell;
