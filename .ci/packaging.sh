@@ -59,7 +59,47 @@ fi
 # 3. install.sh into temporary DESTDIRs, systemd-analyze verify on the units.
 stage install packaging/test-install.sh ${BIN:+"$BIN"}
 
-# 4./5. Kubernetes schemas and Dockerfile lint share one venv.
+# 4. The release archives (Go's names and layout) from the binaries built
+#    once: the static one above, the .exe .ci/windows.sh built (release.sh
+#    builds it only when it is missing). Run twice: the archives must be
+#    reproducible.
+EXE=target/windows/x86_64-pc-windows-gnu/release/semaphore-agent.exe
+DIST=""
+release_check() {
+    local out1 out2 win=()
+    [ ! -f "$EXE" ] || win=(--windows "$EXE")
+    out1=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist | tail -1) &&
+        out2=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist-again | tail -1) &&
+        packaging/test-release.sh "$out1" "$BIN" &&
+        { cmp "$out1/checksums.txt" "$out2/checksums.txt" && echo "PASS release: a second build gives the same archives (checksums.txt equal)"; } &&
+        rm -rf "$out2"
+}
+if [ -n "$BIN" ]; then
+    stage release release_check && DIST=target/dist
+else
+    echo "FAIL packaging stage release (no static binary)"
+    failed=$((failed + 1))
+fi
+
+# 5. The sandbox installs (AWS stack, prompts, toolbox, health check) and
+#    the images (docker build + run), on a Debian base made here and cached
+#    in /var/tmp/semaphore-ci-images; both need the dev hub.
+BASE_TAR=""
+stage base-rootfs packaging/base-rootfs.sh && BASE_TAR=$(tail -1 "$LOGS/base-rootfs.log")
+HUB_BIN=target/debug/examples/dev-hub
+cargo build --locked --quiet --example dev-hub || HUB_BIN=""
+if [ -n "$DIST" ] && [ -n "$BASE_TAR" ] && [ -n "$HUB_BIN" ]; then
+    stage install-sandbox packaging/test-install-sandbox.sh "$DIST/agent_Linux_x86_64.tar.gz" "$BASE_TAR" "$HUB_BIN"
+    stage images packaging/test-images.sh "$BIN" "$BASE_TAR" "$HUB_BIN"
+else
+    echo "FAIL packaging stage install-sandbox/images (archive '$DIST', base '$BASE_TAR', hub $HUB_BIN)"
+    failed=$((failed + 2))
+fi
+
+# install.ps1: static checks only (no PowerShell on these machines).
+stage install-ps1 packaging/test-install-ps1.sh ${BIN:+"$BIN"}
+
+# 6./7. Kubernetes schemas and Dockerfile lint share one venv.
 VENV=$LOGS/venv
 if python3 -m venv "$VENV" >/dev/null 2>&1 || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"
