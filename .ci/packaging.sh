@@ -72,7 +72,16 @@ release_check() {
         out2=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist-again | tail -1) &&
         packaging/test-release.sh "$out1" "$BIN" &&
         { cmp "$out1/checksums.txt" "$out2/checksums.txt" && echo "PASS release: a second build gives the same archives (checksums.txt equal)"; } &&
-        rm -rf "$out2"
+        rm -rf "$out2" || return 1
+    # A binary built for another version is refused, naming both.
+    local msg
+    if msg=$(packaging/release.sh --version v0.0.0-other --linux "$BIN" "${win[@]}" --out target/dist-wrong 2>&1); then
+        echo "FAIL release: a binary of another version was packaged as v0.0.0-other"
+        return 1
+    fi
+    rm -rf target/dist-wrong
+    grep -q "not v0.0.0-other: build it with SEMAPHORE_AGENT_VERSION=v0.0.0-other" <<<"$msg" &&
+        echo "PASS release: a binary of another version is refused: $(tail -1 <<<"$msg")"
 }
 if [ -n "$BIN" ]; then
     stage release release_check && DIST=target/dist

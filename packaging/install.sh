@@ -76,6 +76,8 @@ AGENT_INSTALLATION_DIRECTORY=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 ENDPOINT=${SEMAPHORE_ENDPOINT:-}
 ORGANIZATION=${SEMAPHORE_ORGANIZATION:-}
 TOKEN=${SEMAPHORE_REGISTRATION_TOKEN:-}
+# No program this script runs (curl, tar, the toolbox's installer) needs it.
+unset SEMAPHORE_REGISTRATION_TOKEN
 AGENT_USER=${SEMAPHORE_AGENT_INSTALLATION_USER:-}
 TOOLBOX_VERSION=${SEMAPHORE_TOOLBOX_VERSION:-}
 TOOLBOX_TARBALL=${SEMAPHORE_TOOLBOX_TARBALL:-}
@@ -321,12 +323,15 @@ fetch_toolbox() {
     fi
 }
 
-# as_user CMD...: run CMD as the agent's user with its own HOME.
+# as_user CMD...: run CMD as the agent's user with its own HOME and a
+# clean environment (nothing of ours, the token least of all).
 as_user() {
+    local env=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME="$USER_HOME"
+        USER="$AGENT_USER" LOGNAME="$AGENT_USER" SHELL=/bin/bash LANG="${LANG:-C.UTF-8}")
     if command -v runuser >/dev/null; then
-        runuser -u "$AGENT_USER" -- env HOME="$USER_HOME" USER="$AGENT_USER" LOGNAME="$AGENT_USER" "$@"
+        runuser -u "$AGENT_USER" -- "${env[@]}" "$@"
     else
-        sudo -u "$AGENT_USER" -H "$@"
+        sudo -u "$AGENT_USER" -H "${env[@]}" "$@"
     fi
 }
 

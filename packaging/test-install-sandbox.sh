@@ -79,6 +79,7 @@ printf 'source ~/.toolbox/libcheckout\nsource ~/.toolbox/libchecksum\n' >"$TB/to
 cat >"$TB/toolbox/install-toolbox" <<'EOF'
 #!/usr/bin/env bash
 # A stand-in for the toolbox's install-toolbox (test only).
+env >/tmp/install-toolbox.env
 for b in cache artifact test-results retry; do
     ln -sf ~/.toolbox/$b /usr/local/bin/$b 2>/dev/null && echo "$b installed" || echo "Error installing $b at /usr/local/bin/$b"
 done
@@ -203,6 +204,12 @@ if [ -f "$H/.toolbox/libcheckout" ] && [ -f "$H/.toolbox/install-toolbox" ] &&
     pass "toolbox in ~semaphore/.toolbox (owned by it), 'source ~/.toolbox/toolbox' once in .bash_profile"
 else
     fail "toolbox: $(ls -la "$H" "$H/.toolbox" 2>&1 | head -20) profile: $(cat "$H/.bash_profile" 2>&1)"
+fi
+if [ -f "$R/tmp/install-toolbox.env" ] && ! grep -q 'SEMAPHORE_\|DUMMY' "$R/tmp/install-toolbox.env" &&
+    grep -qx 'HOME=/home/semaphore' "$R/tmp/install-toolbox.env" && grep -qx 'USER=semaphore' "$R/tmp/install-toolbox.env"; then
+    pass "install-toolbox ran as semaphore with a clean environment (no SEMAPHORE_* variable, no token)"
+else
+    fail "install-toolbox's environment: $(cat "$R/tmp/install-toolbox.env" 2>&1 | tr '\n' ' ')"
 fi
 grep -q 'GET /releases/self-hosted-linux.tar HTTP/1.1" 200' "$WORK/http.log" &&
     pass "the toolbox was downloaded from 127.0.0.1" || fail "no toolbox download in the server log"
@@ -415,6 +422,51 @@ if [ -s "$R$LOGF" ] && ! grep -q DUMMY "$R$LOGF"; then
 else
     fail "agent log $LOGF: $(head -c 300 "$R$LOGF" 2>&1)"
 fi
+
+# --- 6. START / restart semantics with the service manager's calls ------------
+# No systemd runs in a chroot, so stand-ins for systemctl and launchctl
+# (labelled as such) record what install.sh asks of them.
+R3=$(new_root services)
+mkdir -p "$R3/run/systemd/system" "$R3/usr/local/sbin"
+for tool in systemctl launchctl; do
+    printf '#!/bin/sh
+# A stand-in for %s (test only): records its arguments.
+echo "%s $*" >>/tmp/service-calls
+' \
+        "$tool" "$tool" >"$R3/usr/local/sbin/$tool"
+    chmod 755 "$R3/usr/local/sbin/$tool"
+done
+cp "$WORK/self-hosted-linux.tar" "$R3/tmp/tb.tar"
+calls() { # ENV...: run install.sh, print the service calls it made
+    rm -f "$R3/tmp/service-calls"
+    in_root "$R3" env -i PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        SEMAPHORE_AGENT_INSTALLATION_USER=semaphore SEMAPHORE_REGISTRATION_TOKEN=t SEMAPHORE_ORGANIZATION=o \
+        SEMAPHORE_TOOLBOX_TARBALL=/tmp/tb.tar "$@" $A/install.sh "${OPTS[@]}" >"$WORK/services.out" 2>&1 ||
+        echo "install.sh failed: $(tail -3 "$WORK/services.out")"
+    [ ! -f "$R3/tmp/service-calls" ] || tr '\n' ';' <"$R3/tmp/service-calls"
+}
+want_calls() { # WHAT WANT ENV...
+    local what=$1 want=$2 got
+    shift 2
+    got=$(calls "$@")
+    [ "$got" = "$want" ] && pass "$what: $got" || fail "$what: got '$got', want '$want'"
+}
+OPTS=()
+want_calls "a new unit, START=false: nothing started" "systemctl daemon-reload;" SEMAPHORE_AGENT_START=false
+rm -f "$R3/etc/systemd/system/semaphore-agent.service"
+want_calls "a new unit: started" "systemctl daemon-reload;systemctl start semaphore-agent;"
+want_calls "an existing unit: overwritten, reloaded, restarted" "systemctl daemon-reload;systemctl restart semaphore-agent;" \
+    SEMAPHORE_AGENT_SYSTEMD_RESTART_SEC=5
+grep -qx 'RestartSec=5' "$R3/etc/systemd/system/semaphore-agent.service" && pass "the existing unit was overwritten (RestartSec=5)" ||
+    fail "unit not overwritten: $(grep RestartSec "$R3/etc/systemd/system/semaphore-agent.service")"
+want_calls "an existing unit, START=false: reloaded, not restarted" "systemctl daemon-reload;" SEMAPHORE_AGENT_START=false
+OPTS=(--service-manager launchd)
+P=/Library/LaunchDaemons/com.semaphoreci.agent.plist
+want_calls "launchd, a new daemon: bootstrap + kickstart" \
+    "launchctl bootstrap system $P;launchctl kickstart -k system/com.semaphoreci.agent;"
+want_calls "launchd, an existing daemon: bootout, bootstrap, kickstart" \
+    "launchctl bootout system $P;launchctl bootstrap system $P;launchctl kickstart -k system/com.semaphoreci.agent;"
+want_calls "launchd, START=false: nothing" "" SEMAPHORE_AGENT_START=false
 
 [ $failed = 0 ] || { echo "FAIL sandbox: some checks failed"; exit 1; }
 echo "PASS sandbox: all checks"

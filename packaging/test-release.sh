@@ -5,6 +5,7 @@
 #
 # Usage: packaging/test-release.sh DIST_DIR [LINUX_BIN]
 set -euo pipefail
+export LC_ALL=C
 DIST=${1:?usage: $0 DIST_DIR [LINUX_BIN]}
 BIN=${2:-}
 failed=0
@@ -14,7 +15,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 listing() { tar -tzvf "$1" | awk '{ print $1, $6 }' | sort -k2; }
-want_linux=$'-rwxr-xr-x agent\n-rw-r--r-- LICENSE\n-rw-r--r-- README.md\n-rwxr-xr-x install.sh'
+want_linux=$'-rw-r--r-- LICENSE\n-rw-r--r-- README.md\n-rwxr-xr-x agent\n-rwxr-xr-x install.sh'
 want_windows=$'-rw-r--r-- LICENSE\n-rw-r--r-- README.md\n-rwxr-xr-x agent.exe\n-rw-r--r-- install.ps1'
 for a in Linux:"$want_linux" Windows:"$want_windows"; do
     os=${a%%:*}
