@@ -90,6 +90,18 @@ else
     failed=$((failed + 1))
 fi
 
+# `agent version` prints SEMAPHORE_AGENT_VERSION as set at build time
+# (what release.sh passes); the dev build is rebuilt without it afterwards.
+build_version_check() {
+    local got
+    SEMAPHORE_AGENT_VERSION=v9.8.7-ci cargo build --locked --quiet --bin semaphore-agent &&
+        got=$(target/debug/semaphore-agent version) &&
+        cargo build --locked --quiet --bin semaphore-agent || return 1
+    [ "$got" = v9.8.7-ci ] && [ "$(target/debug/semaphore-agent version)" = "$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)" ] &&
+        echo "PASS version: built with SEMAPHORE_AGENT_VERSION=v9.8.7-ci it says '$got'; without, Cargo's version"
+}
+stage build-version build_version_check
+
 # 5. The sandbox installs (AWS stack, prompts, toolbox, health check) and
 #    the images (docker build + run), on a Debian base made here and cached
 #    in /var/tmp/semaphore-ci-images; both need the dev hub.
