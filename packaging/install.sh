@@ -99,7 +99,13 @@ NOTIFY=false
 ENABLE=false
 GPUS=""
 ENV_VARS=()
-declare -A HOOK_SRC=()
+# Hook files to copy, one variable each (macOS's bash 3.2 has no
+# associative arrays): HOOK_SRC_pre_job, HOOK_SRC_post_job, HOOK_SRC_shutdown.
+HOOK_SRC_pre_job=""
+HOOK_SRC_post_job=""
+HOOK_SRC_shutdown=""
+HOOKS="pre-job post-job shutdown"
+hook_src() { local v=HOOK_SRC_${1//-/_}; echo "${!v}"; }
 case "$DIST" in
     Linux) SERVICE_MANAGER=systemd ;;
     Darwin) SERVICE_MANAGER=launchd ;;
@@ -120,9 +126,9 @@ while [ $# -gt 0 ]; do
         --disconnect-after-idle-timeout) need_arg "$@"; IDLE_TIMEOUT=$2; shift ;;
         --interruption-grace-period) need_arg "$@"; GRACE=$2; shift ;;
         --no-https) NO_HTTPS=true ;;
-        --pre-job-hook) need_arg "$@"; HOOK_SRC[pre-job]=$2; shift ;;
-        --post-job-hook) need_arg "$@"; HOOK_SRC[post-job]=$2; shift ;;
-        --shutdown-hook) need_arg "$@"; HOOK_SRC[shutdown]=$2; shift ;;
+        --pre-job-hook) need_arg "$@"; HOOK_SRC_pre_job=$2; shift ;;
+        --post-job-hook) need_arg "$@"; HOOK_SRC_post_job=$2; shift ;;
+        --shutdown-hook) need_arg "$@"; HOOK_SRC_shutdown=$2; shift ;;
         --gpus) need_arg "$@"; GPUS=$2; shift ;;
         --notify) NOTIFY=true ;;
         --enable) ENABLE=true ;;
@@ -189,11 +195,13 @@ case "$SERVICE_MANAGER" in systemd | launchd | none) ;; *) die "--service-manage
 if [ -n "$NAME" ] && { [ ${#NAME} -lt 8 ] || [ ${#NAME} -gt 80 ]; }; then
     die "the agent name must be 8 to 80 characters long, got ${#NAME}"
 fi
-for kv in "${ENV_VARS[@]}"; do
+# ${a[@]+"${a[@]}"}: an empty array under set -u, in bash 3.2 too.
+for kv in ${ENV_VARS[@]+"${ENV_VARS[@]}"}; do
     case "$kv" in [A-Za-z_]*=*) ;; *) die "--env-var wants NAME=VALUE, got '${kv%%=*}=...'" ;; esac
 done
-for hook in "${!HOOK_SRC[@]}"; do
-    [ -f "${HOOK_SRC[$hook]}" ] || die "--$hook-hook: no such file ${HOOK_SRC[$hook]}"
+for hook in $HOOKS; do
+    src=$(hook_src "$hook")
+    [ -z "$src" ] || [ -f "$src" ] || die "--$hook-hook: no such file $src"
 done
 case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path, got '$PREFIX'" ;; esac
 # The unit's ExecStart and the plist take the path as is.
@@ -377,7 +385,7 @@ install_toolbox() {
 
 config_yaml() { # NAME: config.yaml, Go's keys first, then ours when asked for
     local name=$1 kv hook shutdown=$SHUTDOWN_HOOK
-    [ -z "${HOOK_SRC[shutdown]:-}" ] || shutdown=$PREFIX/hooks/shutdown.sh
+    [ -z "$HOOK_SRC_shutdown" ] || shutdown=$PREFIX/hooks/shutdown.sh
     echo "endpoint: $(yq "$ENDPOINT")"
     echo "token: $(yq "$TOKEN")"
     echo "no-https: $NO_HTTPS"
@@ -397,7 +405,7 @@ config_yaml() { # NAME: config.yaml, Go's keys first, then ours when asked for
     [ -z "$name" ] || echo "name: $(yq "$name")"
     [ "$GRACE" = 0 ] || echo "interruption-grace-period: $GRACE"
     for hook in pre-job post-job; do
-        [ -z "${HOOK_SRC[$hook]:-}" ] || echo "$hook-hook-path: $(yq "$PREFIX/hooks/$hook.sh")"
+        [ -z "$(hook_src "$hook")" ] || echo "$hook-hook-path: $(yq "$PREFIX/hooks/$hook.sh")"
     done
 }
 
@@ -414,7 +422,7 @@ unit_text() {
         dir=$PREFIX/gpu%i
         config=$dir/config.yaml
         extra=" --env-vars CUDA_VISIBLE_DEVICES=%i"
-        for kv in "${ENV_VARS[@]}"; do extra+=" --env-vars $(systemd_quote "$kv")"; done
+        for kv in ${ENV_VARS[@]+"${ENV_VARS[@]}"}; do extra+=" --env-vars $(systemd_quote "$kv")"; done
     fi
     cat <<EOF
 [Unit]
@@ -520,12 +528,12 @@ else
     say "Not installing the toolbox."
 fi
 
-if [ ${#HOOK_SRC[@]} -gt 0 ]; then
+for hook in $HOOKS; do
+    src=$(hook_src "$hook")
+    [ -n "$src" ] || continue
     mkdir -p "$ROOT_DIR/hooks"
-    for hook in "${!HOOK_SRC[@]}"; do
-        write_if_changed "$ROOT_DIR/hooks/$hook.sh" 755 <"${HOOK_SRC[$hook]}" || true
-    done
-fi
+    write_if_changed "$ROOT_DIR/hooks/$hook.sh" 755 <"$src" || true
+done
 if [ -n "$SHUTDOWN_HOOK" ] && [ ! -f "$DESTDIR$SHUTDOWN_HOOK" ]; then
     echo "install.sh: warning: the shutdown hook $SHUTDOWN_HOOK does not exist (yet)" >&2
 fi
