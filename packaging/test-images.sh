@@ -154,6 +154,52 @@ if [[ " ${IMAGES[*]} " == *" $TAG:debian "* ]]; then
     fi
 fi
 
+# The Helm chart's whole config as its Secret renders it (endpoint
+# unquoted, the Kubernetes executor on, allowed images, pod spec, pre-job
+# hook), mounted 0644 as the chart mounts it: the agent in the image loads
+# it and registers under the pod's name (no job is queued any more, so no
+# pod is asked for); `docker stop` then ends it cleanly (SIGTERM, the hub's
+# shutdown, exit 0).
+if [[ " ${IMAGES[*]} " == *" $TAG:debian "* ]]; then
+    cat >"$WORK/helm-secret.yml" <<EOF
+name-from-env: KUBERNETES_POD_NAME
+kubernetes-executor: true
+endpoint: $HUB
+token: dev
+interruption-grace-period: 300
+disconnect-after-job: false
+kubernetes-allowed-images:
+  - ^ubuntu:2[24]\.04$
+kubernetes-pod-spec: semaphore-agent-pod-spec
+pre-job-hook-path: /opt/semaphore/hooks/pre-job-hook
+fail-on-pre-job-hook-error: false
+source-pre-job-hook: true
+no-https: true
+EOF
+    chmod 0644 "$WORK/helm-secret.yml"
+    name=helm-chart-pod-7d9f8b-x2k4q
+    if cid=$(docker run -d --network host -e KUBERNETES_NAMESPACE=default -e KUBERNETES_POD_NAME=$name \
+        -v "$WORK/helm-secret.yml:/opt/semaphore/semaphore-agent.yml:ro" "$TAG:debian" 2>&1); then
+        registered=""
+        for _ in $(seq 1 200); do
+            if grep -q "\"name\":\"$name\"" "$WORK/hub.log"; then registered=1; break; fi
+            [ "$(docker inspect -f '{{.State.Running}}' "$cid" 2>/dev/null)" = true ] || break
+            sleep 0.1
+        done
+        docker stop -t 30 "$cid" >/dev/null 2>&1 || true
+        code=$(docker inspect -f '{{.State.ExitCode}}' "$cid" 2>/dev/null || echo '?')
+        logs=$(docker logs "$cid" 2>&1 | tail -3)
+        docker rm -f "$cid" >/dev/null 2>&1 || true
+        if [ -n "$registered" ] && [ "$code" = 0 ]; then
+            pass "[debian] the Helm chart's full config (kubernetes-executor, allowed images, pod spec, pre-job hook) loads; registered as $name; docker stop: exit 0"
+        else
+            fail "[debian] Helm chart config: registered '${registered:-no}', exit $code: $logs"
+        fi
+    else
+        fail "[debian] docker run -d: $cid"
+    fi
+fi
+
 # None of this machine's own CA certificates went into an image.
 for image in "${IMAGES[@]}"; do
     for crt in /usr/local/share/ca-certificates/*.crt; do
