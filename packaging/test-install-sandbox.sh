@@ -260,6 +260,17 @@ refused "a missing toolbox file" "SEMAPHORE_TOOLBOX_TARBALL: no such file /nope.
 tar -C "$TB/toolbox" -cf "$R/tmp/not-a-toolbox.tar" libcheckout
 refused "a tarball that is no toolbox" "has no toolbox/install-toolbox" SEMAPHORE_TOOLBOX_TARBALL=/tmp/not-a-toolbox.tar
 
+# Semaphore's own refusals, word for word, writing nothing.
+before=$(snapshot "$R" mtimes)
+rc=0
+out=$(in_root "$R" "${AWS_ENV[@]}" SEMAPHORE_AGENT_INSTALLATION_USER=no-such-user $A/install.sh 2>&1) || rc=$?
+[ $rc = 1 ] && [ "$(tail -1 <<<"$out")" = "User no-such-user does not exist. Exiting..." ] && [ "$before" = "$(snapshot "$R" mtimes)" ] &&
+    pass "an unknown user: 'User no-such-user does not exist. Exiting...' (exit 1, nothing written)" || fail "unknown user: exit $rc: $out"
+rc=0
+out=$(in_root "$R" "${AWS_ENV[@]}" setpriv --reuid=1000 --regid=1000 --clear-groups $A/install.sh 2>&1) || rc=$?
+[ $rc = 1 ] && [ "$out" = "Please run with sudo." ] && [ "$before" = "$(snapshot "$R" mtimes)" ] &&
+    pass "not root: 'Please run with sudo.' (exit 1, nothing written)" || fail "not root: exit $rc: $out"
+
 # --- 4. the interactive path ------------------------------------------------------
 R2=$(new_root interactive)
 cp "$WORK/self-hosted-linux.tar" "$R2/tmp/self-hosted-linux.tar"
