@@ -471,6 +471,22 @@ want_calls "an existing unit: overwritten, reloaded, restarted" "systemctl daemo
 grep -qx 'RestartSec=5' "$R3/etc/systemd/system/semaphore-agent.service" && pass "the existing unit was overwritten (RestartSec=5)" ||
     fail "unit not overwritten: $(grep RestartSec "$R3/etc/systemd/system/semaphore-agent.service")"
 want_calls "an existing unit, START=false: reloaded, not restarted" "systemctl daemon-reload;" SEMAPHORE_AGENT_START=false
+# A new toolbox replaces the old one whole, and the profile line stays
+# single although the toolbox's install-toolbox appends it once more.
+cp -a "$TB" "$WORK/toolbox-v2"
+rm "$WORK/toolbox-v2/toolbox/spc"
+echo "# v2" >>"$WORK/toolbox-v2/toolbox/libchecksum"
+tar -C "$WORK/toolbox-v2" -cf "$R3/tmp/tb2.tar" toolbox
+calls SEMAPHORE_AGENT_START=false SEMAPHORE_TOOLBOX_TARBALL=/tmp/tb2.tar >/dev/null
+H3=$R3/home/semaphore
+if grep -q '# v2' "$H3/.toolbox/libchecksum" && [ ! -e "$H3/.toolbox/spc" ] &&
+    [ "$(cat "$H3/.toolbox/.tarball-sha256")" = "$(sha256sum "$R3/tmp/tb2.tar" | cut -d' ' -f1)" ] &&
+    [ "$(grep -cxF 'source ~/.toolbox/toolbox' "$H3/.bash_profile")" = 1 ] && grep -q 'Overriding it' "$WORK/services.out"; then
+    pass "a new toolbox replaces the old one whole; 'source ~/.toolbox/toolbox' still once in .bash_profile"
+else
+    fail "toolbox upgrade: $(ls "$H3/.toolbox"; cat "$H3/.bash_profile"; tail -5 "$WORK/services.out")"
+fi
+
 OPTS=(--service-manager launchd)
 P=/Library/LaunchDaemons/com.semaphoreci.agent.plist
 want_calls "launchd, a new daemon: bootstrap + kickstart" \
