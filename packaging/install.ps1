@@ -176,7 +176,11 @@ function Install-Toolbox($Fetched) {
   Write-Output "> Installing toolbox..."
   # install-toolbox.ps1 puts the Checkout module on PSModulePath and
   # $HOME\.toolbox\bin on the user's PATH (once: it drops an old entry).
+  $global:LASTEXITCODE = 0
   & (Join-Path $ToolboxDirectory "install-toolbox.ps1")
+  if ($LASTEXITCODE -ne 0) {
+    Fail "The toolbox's install-toolbox.ps1 failed (exit code $LASTEXITCODE). Exiting..."
+  }
 }
 
 $Fetched = $null
@@ -228,7 +232,8 @@ if ($Unchanged) {
   }
   # UTF-8 without a BOM, which every YAML reader takes.
   [System.IO.File]::WriteAllText($Staged, $AgentConfig, (New-Object System.Text.UTF8Encoding $false))
-  Move-Item -LiteralPath $Staged -Destination $AgentConfigPath -Force
+  if (Test-Path -LiteralPath $AgentConfigPath) { Remove-Item -LiteralPath $AgentConfigPath -Force }
+  Move-Item -LiteralPath $Staged -Destination $AgentConfigPath
   Write-Output "> Wrote $AgentConfigPath (readable by $env:USERNAME, SYSTEM and Administrators only)."
 }
 
