@@ -1,5 +1,5 @@
 # Sourced by .ci/run before `cargo test`: a Docker engine for the docker
-# compose executor's tests (tests/compose.rs). Uses a reachable engine if
+# compose executor's tests (tests/integration/compose.rs). Uses a reachable engine if
 # there is one; otherwise installs Debian's docker.io and docker-compose and
 # starts dockerd in the background with a private data root and socket, and
 # exports DOCKER_HOST for the tests. bash-static and busybox-static give the

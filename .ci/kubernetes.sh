@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs kubernetes-validate (PyPI) into target/kubernetes-validate/ for
-# tests/kubernetes.rs, which validates every object the agent sends to the
+# tests/integration/kubernetes.rs, which validates every object the agent sends to the
 # fake Kubernetes API against the real OpenAPI schemas. The test finds it
 # there (or through KUBERNETES_VALIDATE / PATH); with CI=true it fails
 # without it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What tests/operations.rs needs on a fresh machine: python3 with the
+# What tests/integration/operations.rs needs on a fresh machine: python3 with the
 # Prometheus project's Python client (PyPI prometheus-client), whose text
 # parser reads the agent's /metrics. With CI=true that test fails without it.
 set -euo pipefail

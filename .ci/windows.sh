@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI for the Windows build: cross-build semaphore-agent.exe (and lint it
 # for the Windows target), and install wine, so that `cargo test` (run
-# after this by .ci/run) finds everything tests/windows_wine.rs needs.
+# after this by .ci/run) finds everything tests/integration/windows_wine.rs needs.
 # Runs as root on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

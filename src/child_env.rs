@@ -11,6 +11,9 @@
 //! `/proc/<pid>/environ`. Must not add job variables (the executors do that
 //! after this function) and must never log a value.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::{OsStr, OsString};
 use std::sync::Mutex;
 
@@ -79,9 +82,17 @@ pub fn filter(
         .collect()
 }
 
-/// Whether `name` is one of the agent's settings (`SEMAPHORE_AGENT_*`).
+/// Whether `name` is one of the agent's settings (`SEMAPHORE_AGENT_*`;
+/// in any case on Windows, where names compare without it).
 pub fn is_agent_var(name: &OsStr) -> bool {
-    name.as_encoded_bytes().starts_with(AGENT_PREFIX.as_bytes())
+    let bytes = name.as_encoded_bytes();
+    if cfg!(windows) {
+        bytes
+            .get(..AGENT_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(AGENT_PREFIX.as_bytes()))
+    } else {
+        bytes.starts_with(AGENT_PREFIX.as_bytes())
+    }
 }
 
 fn holds_secret(value: &OsStr, secrets: &[Vec<u8>]) -> bool {

@@ -3,6 +3,11 @@
 //! The binary (`src/main.rs`) is a thin shell over this library so that the
 //! integration tests, examples and benchmarks can reach the same code. See
 //! `ARCHITECTURE.md` for the threads, the data flow and which module owns what.
+//!
+//! No `unsafe` outside the files that make system calls: each of them says
+//! `#![allow(unsafe_code)]` at its top, so every new use is visible.
+
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod child_env;
@@ -26,8 +31,8 @@ pub mod platform;
 pub mod private_tmp;
 pub mod random;
 pub mod request;
-#[cfg(unix)]
 pub mod shell;
+pub mod test_knobs;
 pub mod usage;
 
 #[cfg(test)]

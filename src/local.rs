@@ -4,20 +4,11 @@
 //! Returns the job's result, or why the job file could not be loaded; the
 //! exit code of each is `main`'s to decide. Must not touch the network.
 
-use std::path::PathBuf;
-
+use crate::config::RunConfig;
 use crate::events::{EventSink, JobResult};
-use crate::job::{run_job, JobOptions, JobRequest, JobStop};
+use crate::job::{run_job, JobRequest, JobStop};
 use crate::logs::console::{Human, JsonLines};
 use crate::request::LoadError;
-
-/// What `run` was asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct LocalRun {
-    pub job_file: PathBuf,
-    pub json: bool,
-    pub options: JobOptions,
-}
 
 /// What can keep `run` from running the job.
 #[derive(Debug)]
@@ -37,7 +28,7 @@ impl std::fmt::Display for LocalError {
 impl std::error::Error for LocalError {}
 
 /// Runs the job and returns its result.
-pub fn run(local: LocalRun) -> Result<JobResult, LocalError> {
+pub fn run(local: &RunConfig) -> Result<JobResult, LocalError> {
     let request = JobRequest::load(&local.job_file).map_err(LocalError::LoadJobFile)?;
     log::info!("{}", crate::executor::containment());
     // Ctrl-C stops the job the way a `stop-job` would: everything the job
@@ -53,5 +44,10 @@ pub fn run(local: LocalRun) -> Result<JobResult, LocalError> {
     } else {
         Box::new(Human::new(std::io::BufWriter::new(stdout)))
     };
-    Ok(run_job(&request, &local.options, sink.as_mut(), &stop))
+    Ok(run_job(
+        &request,
+        &local.job_options(),
+        sink.as_mut(),
+        &stop,
+    ))
 }

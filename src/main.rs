@@ -3,12 +3,13 @@
 //! in [`Failure::code`]; the library returns typed results and errors and
 //! never exits the process itself.
 
+#![deny(unsafe_code)]
+
 use semaphore_agent::cli::{Cli, CliExit, Command, RunArgs, StartArgs};
 use semaphore_agent::config::{self, ConfigError};
 use semaphore_agent::events::JobResult;
-use semaphore_agent::job::JobOptions;
 use semaphore_agent::listener::{self, AgentLogError, ListenerError, ShutdownReason};
-use semaphore_agent::local::{self, LocalError, LocalRun};
+use semaphore_agent::local::{self, LocalError};
 
 /// Everything that makes the agent exit with a non-zero code.
 #[derive(Debug)]
@@ -116,23 +117,7 @@ fn run(cmd: Command) -> Result<(), Failure> {
 fn run_local(args: &RunArgs) -> Result<(), Failure> {
     init_stderr_logging();
     let run = config::load_run_config(args).map_err(Failure::Config)?;
-    let result = local::run(LocalRun {
-        job_file: run.job_file,
-        json: run.json,
-        options: JobOptions {
-            home: home_dir(),
-            tmp_dir: std::env::temp_dir(),
-            env_vars: run.env_vars,
-            pre_job_hook_path: run.pre_job_hook_path,
-            source_pre_job_hook: run.source_pre_job_hook,
-            fail_on_pre_job_hook_error: run.fail_on_pre_job_hook_error,
-            post_job_hook_path: run.post_job_hook_path,
-            kubernetes: None,
-            files: Vec::new(),
-            fail_on_missing_files: false,
-        },
-    })
-    .map_err(Failure::Local)?;
+    let result = local::run(&run).map_err(Failure::Local)?;
     job_outcome(result)
 }
 
@@ -170,15 +155,6 @@ fn shutdown_outcome(reason: ShutdownReason) -> Result<(), Failure> {
         | ShutdownReason::Requested
         | ShutdownReason::Interrupted
         | ShutdownReason::Unknown => Ok(()),
-    }
-}
-
-/// The user's home directory (`$HOME`; `%USERPROFILE%` on Windows), else
-/// the current directory.
-fn home_dir() -> std::path::PathBuf {
-    match semaphore_agent::platform::home_var() {
-        Some(home) if !home.is_empty() => home.into(),
-        _ => std::env::current_dir().unwrap_or_else(|_| "/".into()),
     }
 }
 

@@ -9,6 +9,9 @@
 //! random name is made; a path someone else made is never reused. Must not
 //! decide what goes in the files, nor remove files it did not make.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 #[cfg(unix)]
 use std::fs::OpenOptions;

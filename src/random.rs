@@ -9,6 +9,9 @@
 //! Must not be used for anything that needs more than unpredictability
 //! (it is no key generator).
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 

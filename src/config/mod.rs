@@ -21,6 +21,7 @@ pub use name::{is_request_uri, is_valid_name, random_name};
 pub use raw::{split_list_string, Origin, RawConfig, RawSetting, RawValue};
 
 use crate::cli::{parse_bool, RunArgs, StartArgs};
+use crate::job::JobOptions;
 
 /// When to upload the job log as a job artifact (`upload-job-logs`): the
 /// log pusher's own policy type, under the config key's name.
@@ -356,6 +357,53 @@ pub fn load_start_config(
 
 /// Builds the `run` configuration from its flags alone: a local run does not
 /// read the `start` environment variables or a config file.
+impl Config {
+    /// The one job-settings value of every job this agent runs, handed down
+    /// as is (the listener builds it once).
+    pub fn job_options(&self) -> JobOptions {
+        JobOptions {
+            home: job_home(),
+            tmp_dir: std::env::temp_dir(),
+            env_vars: self.env_vars.clone(),
+            pre_job_hook_path: self.pre_job_hook_path.clone(),
+            source_pre_job_hook: self.source_pre_job_hook,
+            fail_on_pre_job_hook_error: self.fail_on_pre_job_hook_error,
+            post_job_hook_path: self.post_job_hook_path.clone(),
+            files: self.files.clone(),
+            fail_on_missing_files: self.fail_on_missing_files,
+            kubernetes: self.kubernetes.clone().map(std::sync::Arc::new),
+        }
+    }
+}
+
+impl RunConfig {
+    /// The job settings of the one job `run` runs: the host executor only,
+    /// without `--files` or Kubernetes.
+    pub fn job_options(&self) -> JobOptions {
+        JobOptions {
+            home: job_home(),
+            tmp_dir: std::env::temp_dir(),
+            env_vars: self.env_vars.clone(),
+            pre_job_hook_path: self.pre_job_hook_path.clone(),
+            source_pre_job_hook: self.source_pre_job_hook,
+            fail_on_pre_job_hook_error: self.fail_on_pre_job_hook_error,
+            post_job_hook_path: self.post_job_hook_path.clone(),
+            files: Vec::new(),
+            fail_on_missing_files: false,
+            kubernetes: None,
+        }
+    }
+}
+
+/// A job's HOME and starting directory: the agent user's home (`$HOME`;
+/// `%USERPROFILE%` on Windows), else the current directory, else `/`.
+fn job_home() -> PathBuf {
+    match crate::platform::home_var() {
+        Some(home) if !home.is_empty() => home.into(),
+        _ => std::env::current_dir().unwrap_or_else(|_| "/".into()),
+    }
+}
+
 pub fn load_run_config(args: &RunArgs) -> Result<RunConfig, ConfigError> {
     let raw = RawConfig::from_run_args(args);
     Ok(RunConfig {

@@ -10,12 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::events::Event;
-use crate::request::{ContentError, File};
+use crate::request::File;
 use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
 use crate::unix_now;
 
@@ -45,8 +44,14 @@ impl PtyCommands {
         self.shell = Some(shell);
     }
 
-    /// Runs `command` in the shell, its output logged or not.
-    pub fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+    /// Runs `command` in the shell without logging its output (an
+    /// executor's own `source`, `cd`, `cp`); a broken shell is still
+    /// reported in `log`.
+    pub fn run_quiet(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        self.run_command(command, log, false)
+    }
+
+    fn run_command(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
         let Some(shell) = self.shell.as_mut() else {
             return Outcome::ShellDied(1);
         };
@@ -131,6 +136,22 @@ impl PtyCommands {
     }
 }
 
+/// The host shell, a compose container and a pod run their commands the
+/// same way: in this login bash.
+impl Commands for PtyCommands {
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        self.run_command(command, log, true)
+    }
+
+    fn hook_command(&self, path: &Path, hook: Hook) -> String {
+        hook_command(path, hook)
+    }
+
+    fn job_result(&mut self) -> String {
+        self.capture(JOB_RESULT_COMMAND)
+    }
+}
+
 /// The command that reads the job's result back.
 pub const JOB_RESULT_COMMAND: &str = "echo \"$SEMAPHORE_JOB_RESULT\"";
 
@@ -168,7 +189,7 @@ pub fn write_env_file_content(
 
 /// The host executor.
 pub struct BashExecutor {
-    settings: Settings,
+    settings: JobOptions,
     stop: Stop,
     pty: PtyCommands,
     /// Env files written for this job, removed at the end.
@@ -176,7 +197,7 @@ pub struct BashExecutor {
 }
 
 impl BashExecutor {
-    pub fn new(settings: &Settings, stop: &Stop) -> BashExecutor {
+    pub fn new(settings: &JobOptions, stop: &Stop) -> BashExecutor {
         BashExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
@@ -206,7 +227,7 @@ impl BashExecutor {
 }
 
 impl Executor for BashExecutor {
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         match Shell::start(&ShellOptions {
             home: self.settings.home.clone(),
             env: Vec::new(),
@@ -218,7 +239,7 @@ impl Executor for BashExecutor {
             }
             Err(err) => {
                 log.failed_step("Starting the job shell", &format!("{err}\n"));
-                Err(format!("Job shell failed to start: {err}"))
+                Err(SetupError::Shell(err))
             }
         }
     }
@@ -230,7 +251,7 @@ impl Executor for BashExecutor {
             Ok(path) => {
                 let command = format!("source {}", shell_quote(&path.to_string_lossy()));
                 self.env_files.push(path);
-                self.pty.run(&command, log, false)
+                self.pty.run_quiet(&command, log)
             }
             Err(message) => {
                 log.output(message);
@@ -239,23 +260,24 @@ impl Executor for BashExecutor {
         }
     }
 
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        for file in files {
-            let dest = normalize_path(&file.path, &self.settings.home);
-            log.output(format!(
-                "Injecting {} with file mode {}\n",
-                dest.display(),
-                file.mode
-            ));
-            if let Err((code, message)) = write_file(file, &dest) {
-                log.output(format!("{message}\n"));
-                return code;
-            }
-        }
-        0
+    fn file_destination(&self, path: &str) -> String {
+        normalize_path(path, &self.settings.home)
+            .display()
+            .to_string()
     }
 
-    pty_bash_steps!();
+    fn write_file(
+        &mut self,
+        file: &File,
+        dest: &str,
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        super::job_file::write_file(file, Path::new(dest))
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pty
+    }
 
     fn close(&mut self) {
         self.pty.close();
@@ -314,130 +336,6 @@ fn clean(path: &Path) -> PathBuf {
     parts.iter().collect()
 }
 
-/// Writes one job file in the Go agent's order and with its messages:
-/// decode, parent directories (0750), content, then the mode (so a bad mode
-/// is reported after the content was written, as Go does). The error is the
-/// command's exit code and the output line.
-///
-/// The content is never held decoded: it is checked first (so a bad one
-/// fails before anything is created, as in Go), then decoded into the file
-/// a chunk at a time.
-fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
-    let bad_content = || (1, "Failed to decode the content of the file.".to_string());
-    file.check_content().map_err(|_| bad_content())?;
-    if let Some(parent) = dest.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(parent)
-            .map_err(|e| {
-                (
-                    1,
-                    format!("Failed to create directory '{}': {e}", parent.display()),
-                )
-            })?;
-    }
-    let create_err = |why: String| {
-        (
-            1,
-            format!(
-                "Failed to create destination path '{}': {why}",
-                dest.display()
-            ),
-        )
-    };
-    check_target(dest).map_err(create_err)?;
-    let mode = file.parse_mode();
-    // Never truncated or written before it is known to be a regular file;
-    // non-blocking so a FIFO swapped in after the check cannot hang the
-    // job; a new file gets its final mode (0600 when the mode is bad) at
-    // open, an existing one before the content goes in.
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(mode.as_ref().map_or(0o600, |m| *m))
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(dest)
-        .map_err(|e| create_err(e.to_string()))?;
-    let kind = out
-        .metadata()
-        .map(|m| file_kind(&m))
-        .map_err(|e| create_err(e.to_string()))?;
-    if kind != "regular file" {
-        return Err(create_err(format!("it is a {kind}, not a regular file")));
-    }
-    let set_mode = |out: &std::fs::File, mode: u32| {
-        out.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| {
-                (
-                    1,
-                    format!(
-                        "Failed to set file mode '{}' for '{}': {e}",
-                        file.mode,
-                        dest.display()
-                    ),
-                )
-            })
-    };
-    if let Ok(mode) = mode {
-        set_mode(&out, mode)?;
-    }
-    out.set_len(0).map_err(|e| (255, e.to_string()))?;
-    file.write_content(&mut out).map_err(|e| match e {
-        ContentError::Write(e) => (255, e.to_string()),
-        ContentError::BadBase64 { .. } => bad_content(),
-    })?;
-    let mode = mode.map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
-    // Again after writing: what Go's order (content, then chmod) leaves.
-    set_mode(&out, mode)
-}
-
-/// What is at `dest` must be safe to open for writing: nothing, a regular
-/// file, or a symlink the agent's own user made (as the kernel's
-/// `protected_symlinks` rule, a link another user planted is not
-/// followed); never a FIFO, socket or device, which would block the job
-/// or write somewhere else.
-fn check_target(dest: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let link = match std::fs::symlink_metadata(dest) {
-        Ok(meta) => meta,
-        Err(_) => return Ok(()),
-    };
-    if link.file_type().is_symlink() {
-        let me = crate::private_tmp::euid();
-        if link.uid() != me {
-            return Err(format!(
-                "it is a symlink owned by another user (uid {}), which the agent does not follow",
-                link.uid()
-            ));
-        }
-    }
-    match std::fs::metadata(dest) {
-        Ok(meta) if !meta.is_file() => {
-            Err(format!("it is a {}, not a regular file", file_kind(&meta)))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_file() {
-        "regular file"
-    } else if t.is_dir() {
-        "directory"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_char_device() || t.is_block_device() {
-        "device"
-    } else {
-        "special file"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,80 +364,6 @@ mod tests {
             normalize_path("../../../x", home).display().to_string(),
             "/x"
         );
-    }
-
-    fn job_file(path: &Path, content: &str, mode: &str) -> File {
-        File {
-            path: path.display().to_string(),
-            content: crate::request::encode_base64(content.as_bytes()),
-            mode: mode.to_string(),
-        }
-    }
-
-    #[test]
-    fn a_fifo_at_the_target_fails_that_file_instead_of_blocking() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let file = job_file(&fifo, "x", "0644");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(write_file(&file, &fifo));
-        });
-        let result = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("writing a job file onto a FIFO blocked");
-        let (code, line) = result.unwrap_err();
-        assert_eq!(code, 1);
-        assert!(line.contains("FIFO") && line.contains("fifo"), "{line}");
-    }
-
-    #[test]
-    fn a_symlink_planted_by_another_user_is_not_followed() {
-        if crate::private_tmp::euid() != 0 {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI runs as root"
-            );
-            println!("skipped: making a symlink owned by another user needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "keep").unwrap();
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&victim, &link).unwrap();
-        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
-        let (code, line) = write_file(&job_file(&link, "evil", "0644"), &link).unwrap_err();
-        assert_eq!(code, 1);
-        assert!(line.contains("symlink owned by another user"), "{line}");
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-
-        // The agent's own link is followed, as before.
-        std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
-        write_file(&job_file(&link, "new", "0600"), &link).unwrap();
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "new");
-    }
-
-    #[test]
-    fn an_existing_file_gets_its_new_mode_before_its_new_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        write_file(&job_file(&path, "new-secret", "0600"), &path).unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new-secret");
-        // A bad mode: the content is written, the file is not left open to
-        // others, and the error names the mode.
-        let other = dir.path().join("bad-mode");
-        let (code, line) = write_file(&job_file(&other, "c", "9z"), &other).unwrap_err();
-        assert_eq!((code, line.contains("9z")), (1, true), "{line}");
-        let meta = std::fs::metadata(&other).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o077, 0, "readable by others");
     }
 
     #[test]
@@ -573,10 +397,10 @@ mod tests {
     }
 
     fn executor_in(dir: &Path, stop: &Stop) -> BashExecutor {
-        let settings = Settings {
+        let settings = JobOptions {
             home: dir.to_path_buf(),
             tmp_dir: dir.to_path_buf(),
-            ..Settings::default()
+            ..JobOptions::default()
         };
         BashExecutor::new(&settings, stop)
     }
@@ -600,7 +424,7 @@ mod tests {
             "a stopped job's shell started"
         );
         assert_eq!(
-            executor.run("echo never", &mut log, true),
+            executor.commands().run("echo never", &mut log),
             Outcome::ShellDied(1)
         );
         executor.close();
@@ -616,7 +440,7 @@ mod tests {
         let mut log = JobLog::new(&mut events);
         executor.start(&mut log).expect("bash starts");
         stop.stop();
-        let outcome = executor.run("echo never", &mut log, true);
+        let outcome = executor.commands().run("echo never", &mut log);
         assert_eq!(outcome, Outcome::Stopped);
         assert!(executor.pty.shell.is_none(), "a stopped shell is dropped");
         executor.close();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bash::{env_file_content, PtyCommands};
-use super::{Executor, JobLog, Outcome, Settings, Stop};
+use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
 use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
@@ -44,7 +44,7 @@ const CANCEL_TICK: Duration = Duration::from_millis(50);
 
 pub struct KubernetesExecutor {
     request: JobRequest,
-    settings: Settings,
+    settings: JobOptions,
     config: Arc<KubernetesConfig>,
     stop: Stop,
     /// Raised by a stop: ends the wait for the pod.
@@ -63,7 +63,7 @@ pub struct KubernetesExecutor {
 impl KubernetesExecutor {
     pub fn new(
         request: &JobRequest,
-        settings: &Settings,
+        settings: &JobOptions,
         config: &Arc<KubernetesConfig>,
         stop: &Stop,
     ) -> KubernetesExecutor {
@@ -334,7 +334,7 @@ impl KubernetesExecutor {
 
     /// Moves one job file from the mount to its place; the error is the
     /// step's exit code and line.
-    fn inject_file(&mut self, file: &File) -> Result<(), (i32, String)> {
+    fn inject_file(&mut self, file: &File) -> Result<(), FileFailure> {
         let dest = if file.path.starts_with('/') || file.path.starts_with('~') {
             file.path.clone()
         } else {
@@ -411,7 +411,7 @@ impl KubernetesExecutor {
 }
 
 impl Executor for KubernetesExecutor {
-    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         let started_at = log.started(PREPARE_DIRECTIVE);
         let result = self.create_resources();
         if let Err(message) = &result {
@@ -419,14 +419,14 @@ impl Executor for KubernetesExecutor {
             log.output(format!("{message}\n"));
         }
         log.finished(PREPARE_DIRECTIVE, i32::from(result.is_err()), started_at);
-        result
+        result.map_err(SetupError::Kubernetes)
     }
 
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         let started_at = log.started(START_DIRECTIVE);
         let result = self.open_session(log);
         log.finished(START_DIRECTIVE, i32::from(result.is_err()), started_at);
-        result
+        result.map_err(SetupError::Kubernetes)
     }
 
     /// The first export of the job's own vars sources the `.env` mounted
@@ -435,29 +435,31 @@ impl Executor for KubernetesExecutor {
     fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
         if self.initial_env.take().as_ref() == Some(vars) {
             let command = format!("source {}/{}", self.injected_dir, kubernetes::ENV_KEY);
-            return self.pty.run(&command, log, false);
+            return self.pty.run_quiet(&command, log);
         }
         let content = env_file_content(vars);
         let command = String::from_utf8_lossy(&content);
-        self.pty.run(&command, log, false)
+        self.pty.run_quiet(&command, log)
     }
 
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        for file in files {
-            log.output(format!(
-                "Injecting {} with file mode {}\n",
-                file.path, file.mode
-            ));
-            if let Err((code, message)) = self.inject_file(file) {
-                log::error!("{message}");
-                log.output(format!("{message}\n"));
-                return code;
-            }
-        }
-        0
+    /// As the request gives it: bash in the pod places it.
+    fn file_destination(&self, path: &str) -> String {
+        path.to_string()
     }
 
-    pty_bash_steps!();
+    fn write_file(
+        &mut self,
+        file: &File,
+        _dest: &str,
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        self.inject_file(file)
+            .inspect_err(|(_, message)| log::error!("{message}"))
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pty
+    }
 
     fn close(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
@@ -513,28 +515,18 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Where the job's secret is mounted in the main container; debug builds
+/// Where the job's secret is mounted in the main container; test builds
 /// let tests move it (`SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR`), as
 /// their stand-in "pod" is a local bash that cannot have `/tmp/injected`.
 fn injected_dir() -> String {
-    #[cfg(debug_assertions)]
-    if let Ok(dir) = std::env::var("SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR") {
-        return dir;
-    }
-    kubernetes::INJECTED_DIR.to_string()
+    crate::test_knobs::text("KUBERNETES_INJECTED_DIR")
+        .unwrap_or_else(|| kubernetes::INJECTED_DIR.to_string())
 }
 
-/// The time between looks at a starting pod; debug builds let tests
+/// The time between looks at a starting pod; test builds let tests
 /// shorten it (`SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS`).
 fn poll_interval() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var("SEMAPHORE_AGENT_TEST_KUBERNETES_POLL_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Duration::from_millis(ms);
-    }
-    POLL_INTERVAL
+    crate::test_knobs::millis("KUBERNETES_POLL_MS").unwrap_or(POLL_INTERVAL)
 }
 
 #[cfg(test)]
@@ -567,7 +559,8 @@ mod tests {
             ..JobRequest::default()
         };
         let stop = Stop::new();
-        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let mut executor =
+            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
         let err = executor.create_resources().unwrap_err();
         assert!(err.contains("'../../secrets/x'"), "{err}");
         assert!(executor.client.is_none());
@@ -581,7 +574,8 @@ mod tests {
             job_id: "j".into(),
             ..JobRequest::default()
         };
-        let mut executor = KubernetesExecutor::new(&request, &Settings::default(), &config, &stop);
+        let mut executor =
+            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
         stop.stop();
         assert!(executor.cancelled());
         let mut events = Vec::new();

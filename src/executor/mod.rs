@@ -11,38 +11,18 @@
 //! order of steps.
 //!
 //! [`create`] picks the executor for a job from the request's `executor`
-//! field and the agent's [`Settings`]: with `--kubernetes-executor`, every
-//! job runs in its own pod (`kubernetes`).
-
-/// `run`, `hook_command` and `job_result` of an executor whose commands go
-/// to a login bash through `self.pty` (a `bash::PtyCommands`): the host
-/// shell, a compose container and a pod run their steps the same way.
-#[cfg(unix)]
-macro_rules! pty_bash_steps {
-    () => {
-        fn run(
-            &mut self,
-            command: &str,
-            log: &mut $crate::executor::JobLog<'_>,
-            logged: bool,
-        ) -> $crate::executor::Outcome {
-            self.pty.run(command, log, logged)
-        }
-
-        fn hook_command(&self, path: &std::path::Path, hook: $crate::executor::Hook) -> String {
-            $crate::executor::bash::hook_command(path, hook)
-        }
-
-        fn job_result(&mut self) -> String {
-            self.pty.capture($crate::executor::bash::JOB_RESULT_COMMAND)
-        }
-    };
-}
+//! field and the agent's [`JobOptions`]: with `--kubernetes-executor`,
+//! every job runs in its own pod (`kubernetes`). The contract has two
+//! parts: [`Executor`] sets the job up (prepare, start, env, files, close)
+//! and hands out its [`Commands`], which run the job's commands; the
+//! file-injection loop and its lines are [`inject_files`]'s, each executor
+//! keeping only its own path rules and writer.
 
 #[cfg(unix)]
 mod bash;
 #[cfg(unix)]
 mod compose;
+mod job_file;
 #[cfg(unix)]
 mod kubernetes;
 // Compiled everywhere so its pure parts (script text, dump, paths) are
@@ -76,6 +56,72 @@ pub use bash::normalize_path;
 pub use powershell::{
     is_absolute as windows_is_absolute, normalize_path as windows_normalize_path,
 };
+
+/// Why an executor could not set up or start a job, for the agent log: the
+/// job log already says what failed.
+#[derive(Debug)]
+pub enum SetupError {
+    /// A compose job's setup, logins, pull or shell.
+    #[cfg(unix)]
+    Compose(compose::ComposeError),
+    /// The host bash did not start.
+    #[cfg(unix)]
+    Shell(crate::shell::ShellError),
+    /// A step of the Kubernetes executor failed; its reason.
+    Kubernetes(String),
+    /// PowerShell could not start; the line the job log shows.
+    PowerShell(String),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(unix)]
+            SetupError::Compose(err) => write!(f, "{err}"),
+            #[cfg(unix)]
+            SetupError::Shell(err) => write!(f, "Job shell failed to start: {err}"),
+            SetupError::Kubernetes(why) | SetupError::PowerShell(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// Why [`create`] refuses a job; the message is the job log's line.
+#[derive(Debug)]
+pub enum CreateError {
+    /// No executor of that name in this agent.
+    Unsupported { executor: String },
+    /// `--kubernetes-executor` on Windows.
+    KubernetesOnWindows,
+    /// A `dockercompose` job on Windows.
+    ComposeOnWindows,
+    /// The compose request is not valid.
+    #[cfg(unix)]
+    Compose(compose::ComposeError),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Unsupported { executor } => write!(
+                f,
+                "Executor '{executor}' is not supported by this agent: only 'shell' and \
+                 'dockercompose' are"
+            ),
+            CreateError::KubernetesOnWindows => {
+                f.write_str("The Kubernetes executor is not supported on Windows")
+            }
+            CreateError::ComposeOnWindows => {
+                f.write_str("docker-compose executor is not supported in Windows")
+            }
+            #[cfg(unix)]
+            CreateError::Compose(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for CreateError {}
 
 /// The exit status logged for a command interrupted by a stop: 1, and 0 on
 /// Windows, as the Go agent logs them.
@@ -121,26 +167,55 @@ pub enum Hook {
     PostJob,
 }
 
-/// How executors run, from the agent's config; nothing here comes from the
-/// job request.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
+/// How the agent runs jobs, from the agent's config (`start`'s `Config` or
+/// `run`'s options, built by `config`); nothing here comes from the job
+/// request. One value, handed down as is: the lifecycle reads the hooks,
+/// the executors the rest.
+///
+/// `Debug` shows the `env_vars` names only.
+#[derive(Clone, Default)]
+pub struct JobOptions {
     /// The job's HOME and starting directory (host executors).
     pub home: PathBuf,
     /// Where executors put their scratch files (command and env files).
     pub tmp_dir: PathBuf,
+    /// The agent's `--env-vars`, which win over the job's (the Kubernetes
+    /// executor puts them into the pod's env file before the job starts).
+    pub env_vars: Vec<(String, String)>,
+    pub pre_job_hook_path: Option<PathBuf>,
+    pub source_pre_job_hook: bool,
+    pub fail_on_pre_job_hook_error: bool,
+    pub post_job_hook_path: Option<PathBuf>,
     /// The agent's `--files` (`host:dest`), mounted into a compose job's
     /// main container.
     pub files: Vec<String>,
     /// `--fail-on-missing-files`: a missing `--files` host path fails the
     /// job instead of being skipped with a warning.
     pub fail_on_missing_files: bool,
-    /// The agent's `--env-vars`, which win over the job's (the Kubernetes
-    /// executor puts them into the pod's env file before the job starts).
-    pub env_vars: Vec<(String, String)>,
     /// `--kubernetes-executor`: every job runs in its own pod, whatever
     /// its `executor`.
     pub kubernetes: Option<Arc<crate::kubernetes::KubernetesConfig>>,
+}
+
+impl std::fmt::Debug for JobOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env_vars.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("JobOptions")
+            .field("home", &self.home)
+            .field("tmp_dir", &self.tmp_dir)
+            .field("env_vars (values redacted)", &names)
+            .field("pre_job_hook_path", &self.pre_job_hook_path)
+            .field("source_pre_job_hook", &self.source_pre_job_hook)
+            .field(
+                "fail_on_pre_job_hook_error",
+                &self.fail_on_pre_job_hook_error,
+            )
+            .field("post_job_hook_path", &self.post_job_hook_path)
+            .field("files", &self.files)
+            .field("fail_on_missing_files", &self.fail_on_missing_files)
+            .field("kubernetes", &self.kubernetes.is_some())
+            .finish()
+    }
 }
 
 /// The job's log as an executor and the lifecycle write it: directives
@@ -253,23 +328,23 @@ impl Stop {
     }
 }
 
-/// How a job's commands run. Called from the job thread only, in the order
-/// of the lifecycle: `prepare`, `start`, `export_env`, `inject_files`, then
-/// `run` for hooks, commands and epilogues (`job_result` after a
-/// self-stop), and always `close` at the end (also after a failure or a
-/// stop). After a method returned an unusable [`Outcome`], only `close`
-/// follows.
+/// How a job is set up and torn down. Called from the job thread only, in
+/// the order of the lifecycle: `prepare`, `start`, `export_env`, the files
+/// ([`inject_files`]), then [`Commands`] for hooks, commands and epilogues
+/// (`job_result` after a self-stop), and always `close` at the end (also
+/// after a failure or a stop). After a method returned an unusable
+/// [`Outcome`], only `close` follows.
 pub trait Executor: Send {
     /// Sets up what the job needs before its shell starts (a compose file,
     /// pods, pull credentials), logging its own steps. `Err` carries a
     /// reason for the agent log; the job log already says what failed.
-    fn prepare(&mut self, _log: &mut JobLog<'_>) -> Result<(), String> {
+    fn prepare(&mut self, _log: &mut JobLog<'_>) -> Result<(), SetupError> {
         Ok(())
     }
 
     /// Starts the job's shell, logging its own steps if it has any.
     /// `Err` as for `prepare`.
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String>;
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError>;
 
     /// Makes `vars` (already validated names, raw values) part of the
     /// environment of every later command. The lifecycle logs the
@@ -277,14 +352,33 @@ pub trait Executor: Send {
     /// it failed.
     fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome;
 
-    /// Writes the job's files where the job will see them, one
-    /// `Injecting <path> with file mode <mode>` line each and a line saying
-    /// why one failed; returns the step's exit code (0 when all were
-    /// written). The lifecycle logs the directive.
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32;
+    /// Where the job file at `path` (as the request gives it) goes, as the
+    /// `Injecting <path> ...` line shows it: this executor's path rules.
+    fn file_destination(&self, path: &str) -> String;
 
-    /// Runs one command; its output goes to `log` when `logged`.
-    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome;
+    /// Writes one job file to `dest` (from [`Executor::file_destination`])
+    /// where the job will see it; `log` only hears of a broken shell. The
+    /// error is the step's exit code and the line that says why.
+    fn write_file(
+        &mut self,
+        file: &File,
+        dest: &str,
+        log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure>;
+
+    /// What runs the job's commands once `start` succeeded.
+    fn commands(&mut self) -> &mut dyn Commands;
+
+    /// Ends the job's shell and everything the job started, and removes
+    /// what the executor made (scratch files, containers, pods). Safe to
+    /// call twice; also done on drop.
+    fn close(&mut self);
+}
+
+/// Runs a job's commands in its started shell, each logged.
+pub trait Commands {
+    /// Runs one command; its output goes to `log`.
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome;
 
     /// The command that runs an agent hook at `path` (shown to users after
     /// `Running: `).
@@ -293,11 +387,26 @@ pub trait Executor: Send {
     /// The job's `SEMAPHORE_JOB_RESULT` as the job left it, read without
     /// logging; empty when it cannot be read.
     fn job_result(&mut self) -> String;
+}
 
-    /// Ends the job's shell and everything the job started, and removes
-    /// what the executor made (scratch files, containers, pods). Safe to
-    /// call twice; also done on drop.
-    fn close(&mut self);
+/// Why one job file could not be written: the step's exit code and the
+/// line the job log shows.
+pub type FileFailure = (i32, String);
+
+/// Writes the job's files where the job will see them, one
+/// `Injecting <path> with file mode <mode>` line each and a line saying why
+/// one failed; returns the step's exit code (0 when all were written).
+/// The lifecycle logs the directive.
+pub fn inject_files(executor: &mut dyn Executor, files: &[File], log: &mut JobLog<'_>) -> i32 {
+    for file in files {
+        let dest = executor.file_destination(&file.path);
+        log.output(format!("Injecting {dest} with file mode {}\n", file.mode));
+        if let Err((code, message)) = executor.write_file(file, &dest, log) {
+            log.output(format!("{message}\n"));
+            return code;
+        }
+    }
+    0
 }
 
 /// Picks and builds the executor for `request`. Cheap: nothing runs until
@@ -305,37 +414,36 @@ pub trait Executor: Send {
 /// the line the job log shows.
 pub fn create(
     request: &JobRequest,
-    settings: &Settings,
+    options: &JobOptions,
     stop: &Stop,
-) -> Result<Box<dyn Executor>, String> {
-    if let Some(config) = &settings.kubernetes {
+) -> Result<Box<dyn Executor>, CreateError> {
+    if let Some(config) = &options.kubernetes {
         #[cfg(unix)]
         return Ok(Box::new(KubernetesExecutor::new(
-            request, settings, config, stop,
+            request, options, config, stop,
         )));
         // The executor drives `kubectl exec` through a PTY.
         #[cfg(not(unix))]
         {
             let _ = config;
-            return Err("The Kubernetes executor is not supported on Windows\n".to_string());
+            return Err(CreateError::KubernetesOnWindows);
         }
     }
     let executor = request.executor();
     match executor {
         #[cfg(unix)]
-        "shell" => Ok(Box::new(BashExecutor::new(settings, stop))),
+        "shell" => Ok(Box::new(BashExecutor::new(options, stop))),
         #[cfg(windows)]
-        "shell" => Ok(Box::new(PowerShellExecutor::new(settings, stop))),
+        "shell" => Ok(Box::new(PowerShellExecutor::new(options, stop))),
         #[cfg(windows)]
-        "dockercompose" => Err("docker-compose executor is not supported in Windows\n".into()),
+        "dockercompose" => Err(CreateError::ComposeOnWindows),
         #[cfg(unix)]
-        "dockercompose" => compose::ComposeExecutor::new(request, settings, stop)
+        "dockercompose" => compose::ComposeExecutor::new(request, options, stop)
             .map(|e| Box::new(e) as Box<dyn Executor>)
-            .map_err(|e| format!("{e}\n")),
-        other => Err(format!(
-            "Executor '{other}' is not supported by this agent: only 'shell' and \
-             'dockercompose' are\n"
-        )),
+            .map_err(CreateError::Compose),
+        other => Err(CreateError::Unsupported {
+            executor: other.to_string(),
+        }),
     }
 }
 

@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Executor, Hook, JobLog, Outcome, Settings, Stop};
+use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, Stop};
+use crate::child_env::AGENT_PREFIX;
 use crate::request::File;
 
 /// The variables the script uses to hand back its exit status and
@@ -42,10 +43,6 @@ pub const POWERSHELL_ARGS: [&str; 2] = ["-NoProfile", "-NonInteractive"];
 
 /// The programs tried, in order: Windows PowerShell, then PowerShell 7.
 pub const PROGRAMS: [&str; 2] = ["powershell.exe", "pwsh.exe"];
-
-/// The agent's own secret never reaches a job, even when it was given in
-/// the agent's environment.
-const HIDDEN_VARS: [&str; 1] = ["SEMAPHORE_AGENT_TOKEN"];
 
 /// The script that runs one command: stop on the first error, the command,
 /// then the exit status (`$LASTEXITCODE`, 0 when no program ran), the
@@ -126,15 +123,19 @@ pub struct ShellState {
 }
 
 impl ShellState {
-    /// The state of the first command: `env` (minus the agent's secrets)
-    /// in `cwd`.
+    /// The state of the first command: `env` (a child environment, from
+    /// `child_env`) in `cwd`. No agent setting (`SEMAPHORE_AGENT_*`, in any
+    /// case, as Windows names compare) gets in, whatever `env` holds.
     pub fn new(env: impl IntoIterator<Item = (String, String)>, cwd: &str) -> ShellState {
         let mut state = ShellState {
             env: Vec::new(),
             cwd: cwd.to_string(),
         };
         for (name, value) in env {
-            if !HIDDEN_VARS.iter().any(|h| h.eq_ignore_ascii_case(&name)) {
+            let agent_setting = name
+                .get(..AGENT_PREFIX.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(AGENT_PREFIX));
+            if !agent_setting {
                 state.set(&name, &value);
             }
         }
@@ -304,55 +305,9 @@ pub fn find_program(path_var: &str, exists: &dyn Fn(&Path) -> bool) -> Option<Pa
     })
 }
 
-/// Writes one job file with the Go agent's messages: decode, parent
-/// directories, content, then the mode (on Windows only "read-only or
-/// not" means anything). The error is the step's exit code and the line.
-fn write_file(file: &File, dest: &Path) -> Result<(), (i32, String)> {
-    let content = file
-        .decode()
-        .map_err(|_| (1, "Failed to decode the content of the file.".to_string()))?;
-    if let Some(parent) = dest.parent() {
-        crate::platform::create_dir_all(parent, 0o750).map_err(|e| {
-            (
-                1,
-                format!("Failed to create directory '{}': {e}", parent.display()),
-            )
-        })?;
-    }
-    let mut out = crate::platform::job_file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(dest)
-        .map_err(|e| {
-            (
-                1,
-                format!(
-                    "Failed to create destination path '{}': {e}",
-                    dest.display()
-                ),
-            )
-        })?;
-    out.write_all(&content).map_err(|e| (255, e.to_string()))?;
-    drop(out);
-    let mode = file
-        .parse_mode()
-        .map_err(|_| (1, format!("bad file permission '{}'", file.mode)))?;
-    crate::platform::set_mode(dest, mode).map_err(|e| {
-        (
-            1,
-            format!(
-                "Failed to set file mode '{}' for '{}': {e}",
-                file.mode,
-                dest.display()
-            ),
-        )
-    })
-}
-
 /// The PowerShell executor.
 pub struct PowerShellExecutor {
-    settings: Settings,
+    settings: JobOptions,
     stop: Stop,
     state: ShellState,
     /// The job's own scratch directory (script and dump), made by `start`.
@@ -364,8 +319,10 @@ pub struct PowerShellExecutor {
 }
 
 impl PowerShellExecutor {
-    pub fn new(settings: &Settings, stop: &Stop) -> PowerShellExecutor {
-        let env = std::env::vars_os().map(|(n, v)| {
+    /// The job's environment starts from `child_env`, as every child's on
+    /// every OS: no agent setting and no variable holding a token.
+    pub fn new(settings: &JobOptions, stop: &Stop) -> PowerShellExecutor {
+        let env = crate::child_env::vars().into_iter().map(|(n, v)| {
             (
                 n.to_string_lossy().into_owned(),
                 v.to_string_lossy().into_owned(),
@@ -414,7 +371,7 @@ impl PowerShellExecutor {
 
     /// Writes the script for `command`, runs it and replays its dump.
     #[cfg(windows)]
-    fn run_script(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
+    fn run_script(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
         use super::windows_process::RunEnd;
         let (Some(session), Some(scratch)) = (self.session.as_mut(), self.scratch.as_ref()) else {
             return Outcome::ShellDied(1);
@@ -430,11 +387,15 @@ impl PowerShellExecutor {
             ));
             return Outcome::Exited(1);
         }
-        let end = session.run(&script, &self.state, &self.stop, &mut |chunk| {
-            if logged {
-                log.output(chunk);
-            }
-        });
+        let mut args: Vec<std::ffi::OsString> = POWERSHELL_ARGS.iter().map(Into::into).collect();
+        args.push(script.clone().into_os_string());
+        let end = session.run(
+            &args,
+            self.state.cwd(),
+            self.state.env(),
+            &self.stop,
+            &mut |chunk| log.output(chunk),
+        );
         match end {
             RunEnd::Exited(code) => {
                 if let Err(why) = self.state.replay(std::fs::read(&dump)) {
@@ -455,7 +416,7 @@ impl PowerShellExecutor {
     }
 
     #[cfg(not(windows))]
-    fn run_script(&mut self, _command: &str, _log: &mut JobLog<'_>, _logged: bool) -> Outcome {
+    fn run_script(&mut self, _command: &str, _log: &mut JobLog<'_>) -> Outcome {
         Outcome::ShellDied(1)
     }
 
@@ -468,17 +429,17 @@ impl PowerShellExecutor {
 }
 
 impl Executor for PowerShellExecutor {
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         const DIRECTIVE: &str = "Starting the job shell";
         let path = self.state.get("PATH").unwrap_or("").to_string();
         let Some(program) = find_program(&path, &|p: &Path| p.is_file()) else {
             let line = "Neither powershell.exe nor pwsh.exe was found on PATH\n";
             log.failed_step(DIRECTIVE, line);
-            return Err(line.trim_end().to_string());
+            return Err(SetupError::PowerShell(line.trim_end().to_string()));
         };
         if let Err(line) = self.make_scratch() {
             log.failed_step(DIRECTIVE, &line);
-            return Err(line.trim_end().to_string());
+            return Err(SetupError::PowerShell(line.trim_end().to_string()));
         }
         #[cfg(windows)]
         {
@@ -490,7 +451,7 @@ impl Executor for PowerShellExecutor {
                 Err(e) => {
                     let line = format!("Failed to create the job's Job Object: {e}\n");
                     log.failed_step(DIRECTIVE, &line);
-                    Err(line.trim_end().to_string())
+                    Err(SetupError::PowerShell(line.trim_end().to_string()))
                 }
             }
         }
@@ -501,7 +462,7 @@ impl Executor for PowerShellExecutor {
                 program.display()
             );
             log.failed_step(DIRECTIVE, &line);
-            Err(line.trim_end().to_string())
+            Err(SetupError::PowerShell(line.trim_end().to_string()))
         }
     }
 
@@ -521,37 +482,21 @@ impl Executor for PowerShellExecutor {
         Outcome::Exited(0)
     }
 
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        let home = self.settings.home.to_string_lossy().into_owned();
-        for file in files {
-            let dest = normalize_path(&file.path, &home);
-            log.output(format!("Injecting {dest} with file mode {}\n", file.mode));
-            if let Err((code, message)) = write_file(file, Path::new(&dest)) {
-                log.output(format!("{message}\n"));
-                return code;
-            }
-        }
-        0
+    fn file_destination(&self, path: &str) -> String {
+        normalize_path(path, &self.settings.home.to_string_lossy())
     }
 
-    fn run(&mut self, command: &str, log: &mut JobLog<'_>, logged: bool) -> Outcome {
-        if self.stop.is_stopped() {
-            self.close_session();
-            return Outcome::Stopped;
-        }
-        self.run_script(command, log, logged)
+    fn write_file(
+        &mut self,
+        file: &File,
+        dest: &str,
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        super::job_file::write_file(file, Path::new(dest))
     }
 
-    fn hook_command(&self, path: &Path, _hook: Hook) -> String {
-        hook_command(&path.to_string_lossy())
-    }
-
-    /// Read from the state: a command's environment is the state after it.
-    fn job_result(&mut self) -> String {
-        self.state
-            .get("SEMAPHORE_JOB_RESULT")
-            .unwrap_or("")
-            .to_string()
+    fn commands(&mut self) -> &mut dyn Commands {
+        self
     }
 
     fn close(&mut self) {
@@ -564,6 +509,29 @@ impl Executor for PowerShellExecutor {
                 log::warn!("Could not remove {}: {e}", path.display());
             }
         }
+    }
+}
+
+/// Each command in a PowerShell process of its own, in the job's state.
+impl Commands for PowerShellExecutor {
+    fn run(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
+        if self.stop.is_stopped() {
+            self.close_session();
+            return Outcome::Stopped;
+        }
+        self.run_script(command, log)
+    }
+
+    fn hook_command(&self, path: &Path, _hook: Hook) -> String {
+        hook_command(&path.to_string_lossy())
+    }
+
+    /// Read from the state: a command's environment is the state after it.
+    fn job_result(&mut self) -> String {
+        self.state
+            .get("SEMAPHORE_JOB_RESULT")
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -728,10 +696,10 @@ mod tests {
 
     fn executor(dir: &Path) -> PowerShellExecutor {
         PowerShellExecutor::new(
-            &Settings {
+            &JobOptions {
                 home: dir.to_path_buf(),
                 tmp_dir: dir.to_path_buf(),
-                ..Settings::default()
+                ..JobOptions::default()
             },
             &Stop::new(),
         )
@@ -764,6 +732,33 @@ mod tests {
         assert!(events.is_empty(), "{events:?}");
     }
 
+    /// Issue 21: the Windows job's environment came from the agent's own
+    /// minus `SEMAPHORE_AGENT_TOKEN`, so every other agent setting and any
+    /// variable holding a token the agent knows reached the job.
+    #[test]
+    fn the_job_env_starts_from_child_env() {
+        const TOKEN: &str = "powershell-job-env-test-token-5821";
+        crate::child_env::forbid_value(TOKEN);
+        std::env::set_var("SEMAPHORE_AGENT_PS_TEST_SETTING", "agent-only");
+        std::env::set_var("PS_TEST_TOKEN_HOLDER", format!("Bearer {TOKEN}"));
+        std::env::set_var("PS_TEST_PLAIN", "kept");
+        let dir = tempfile::tempdir().unwrap();
+        let ps = executor(dir.path());
+        assert_eq!(ps.state.get("SEMAPHORE_AGENT_PS_TEST_SETTING"), None);
+        assert_eq!(ps.state.get("PS_TEST_TOKEN_HOLDER"), None);
+        assert_eq!(ps.state.get("PS_TEST_PLAIN"), Some("kept"));
+        // Windows names compare without case: a lower-case agent setting
+        // is one too.
+        let s = ShellState::new(
+            [
+                ("semaphore_agent_log_level".to_string(), "debug".to_string()),
+                ("A".to_string(), "1".to_string()),
+            ],
+            "C:\\",
+        );
+        assert_eq!(s.env(), &[("A".to_string(), "1".to_string())]);
+    }
+
     #[cfg(not(windows))]
     #[test]
     fn off_windows_the_executor_refuses_to_start_with_a_reason() {
@@ -772,7 +767,7 @@ mod tests {
         ps.state.set("PATH", "");
         let mut events: Vec<Event> = Vec::new();
         let mut log = JobLog::new(&mut events);
-        let err = ps.start(&mut log).unwrap_err();
+        let err = ps.start(&mut log).unwrap_err().to_string();
         assert!(err.contains("powershell.exe nor pwsh.exe"), "{err}");
         assert!(
             events

@@ -6,13 +6,18 @@
 //! closing it, or a stop, ends every process the job started, however deep)
 //! and the anonymous pipe that carries stdout and stderr. Output goes
 //! through `output::Chunker` like the PTY's (CRLF as LF, UTF-8 kept whole,
-//! any byte emitted within ~100 ms). It knows nothing of scripts or state:
-//! `powershell.rs` decides what runs and in which environment.
+//! any byte emitted within ~100 ms). A leaf: it knows nothing of scripts,
+//! state or PowerShell; `powershell.rs` hands it the arguments, the
+//! directory and the environment (built from `child_env`) of each command.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -29,7 +34,6 @@ use windows_sys::Win32::System::JobObjects::{
 use windows_sys::Win32::System::Pipes::CreatePipe;
 use windows_sys::Win32::System::Threading::{CREATE_NEW_PROCESS_GROUP, CREATE_UNICODE_ENVIRONMENT};
 
-use super::powershell::{ShellState, POWERSHELL_ARGS};
 use super::Stop;
 use crate::output::Chunker;
 
@@ -185,8 +189,7 @@ fn pipe() -> std::io::Result<(std::fs::File, OwnedHandle)> {
     Ok((std::fs::File::from(read), write))
 }
 
-/// The job's PowerShell: the program to run and the Job Object every
-/// command joins.
+/// The job's shell program and the Job Object every command joins.
 pub struct Session {
     program: PathBuf,
     job: Arc<JobObject>,
@@ -211,12 +214,13 @@ impl Session {
         })
     }
 
-    /// Runs `powershell -NoProfile -NonInteractive <script>` in the state's
-    /// directory and environment, sending its output to `on_output`.
+    /// Runs the program with `args` in `cwd` with exactly `env`, inside
+    /// the Job Object, sending its output to `on_output`.
     pub fn run(
         &mut self,
-        script: &Path,
-        state: &ShellState,
+        args: &[OsString],
+        cwd: &str,
+        env: &[(String, String)],
         stop: &Stop,
         on_output: &mut dyn FnMut(&str),
     ) -> RunEnd {
@@ -230,11 +234,10 @@ impl Session {
         };
         let mut command = Command::new(&self.program);
         command
-            .args(POWERSHELL_ARGS)
-            .arg(script)
-            .current_dir(state.cwd())
+            .args(args)
+            .current_dir(cwd)
             .env_clear()
-            .envs(state.env().iter().map(|(n, v)| (n, v)))
+            .envs(env.iter().map(|(n, v)| (n, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(write))
             .stderr(Stdio::from(write_err))
@@ -248,7 +251,7 @@ impl Session {
                 return RunEnd::Failed(format!(
                     "Failed to start {} in {}: {e}",
                     self.program.display(),
-                    state.cwd()
+                    cwd
                 ))
             }
         };

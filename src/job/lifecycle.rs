@@ -6,17 +6,19 @@
 //! [`EventSink`]; it knows no shell syntax, never talks HTTP and never
 //! decides what the agent does after the job.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use crate::events::{Event, EventSink, JobResult};
-use crate::executor::{self, Executor, Hook, JobLog, Outcome, Settings};
+use crate::executor::{self, Executor, Hook, JobLog, Outcome};
 use crate::request::{Command, JobRequest};
 use crate::unix_now;
+use std::collections::BTreeMap;
 
 /// Stops a job from another thread: before its executor starts, while a
 /// command runs, or after it ended (then it does nothing).
 pub use crate::executor::Stop as JobStop;
+
+/// How the agent runs jobs (built by `config`): the lifecycle reads the
+/// hooks, the executor the rest.
+pub use crate::executor::JobOptions;
 
 /// Directive of the command that exports the job's environment.
 pub const EXPORT_ENV_DIRECTIVE: &str = "Exporting environment variables";
@@ -31,62 +33,6 @@ pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
 
 /// The exit status with which a job asks to be stopped (`return 130`).
 const SELF_STOP_EXIT_CODE: i32 = 130;
-
-/// How the agent runs jobs; everything here comes from the agent's config,
-/// nothing from the job request.
-///
-/// `Debug` shows the `env_vars` names only.
-#[derive(Clone, Default)]
-pub struct JobOptions {
-    /// The job's HOME and starting directory.
-    pub home: PathBuf,
-    /// Where executors put their scratch files (env files, commands).
-    pub tmp_dir: PathBuf,
-    /// The agent's `--env-vars`; they win over the job's.
-    pub env_vars: Vec<(String, String)>,
-    pub pre_job_hook_path: Option<PathBuf>,
-    pub source_pre_job_hook: bool,
-    pub fail_on_pre_job_hook_error: bool,
-    pub post_job_hook_path: Option<PathBuf>,
-    /// The agent's `--files` (`host:dest`), for compose jobs.
-    pub files: Vec<String>,
-    pub fail_on_missing_files: bool,
-    /// `--kubernetes-executor` and its settings.
-    pub kubernetes: Option<std::sync::Arc<crate::kubernetes::KubernetesConfig>>,
-}
-
-impl std::fmt::Debug for JobOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.env_vars.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("JobOptions")
-            .field("home", &self.home)
-            .field("tmp_dir", &self.tmp_dir)
-            .field("env_vars (values redacted)", &names)
-            .field("pre_job_hook_path", &self.pre_job_hook_path)
-            .field("source_pre_job_hook", &self.source_pre_job_hook)
-            .field(
-                "fail_on_pre_job_hook_error",
-                &self.fail_on_pre_job_hook_error,
-            )
-            .field("post_job_hook_path", &self.post_job_hook_path)
-            .field("files", &self.files)
-            .field("fail_on_missing_files", &self.fail_on_missing_files)
-            .finish()
-    }
-}
-
-impl JobOptions {
-    fn executor_settings(&self) -> Settings {
-        Settings {
-            home: self.home.clone(),
-            tmp_dir: self.tmp_dir.clone(),
-            files: self.files.clone(),
-            fail_on_missing_files: self.fail_on_missing_files,
-            env_vars: self.env_vars.clone(),
-            kubernetes: self.kubernetes.clone(),
-        }
-    }
-}
 
 /// Runs a whole job on the calling thread and returns its result. Every
 /// event goes to `sink`, ending with `job_finished`.
@@ -148,10 +94,11 @@ struct Job<'a> {
 
 impl Job<'_> {
     fn run(&mut self) -> JobResult {
-        match executor::create(self.request, &self.options.executor_settings(), self.stop) {
+        match executor::create(self.request, self.options, self.stop) {
             Ok(executor) => self.executor = Some(executor),
-            Err(message) => {
-                self.log.failed_step(executor::PREPARE_DIRECTIVE, &message);
+            Err(err) => {
+                self.log
+                    .failed_step(executor::PREPARE_DIRECTIVE, &format!("{err}\n"));
                 return JobResult::Failed;
             }
         }
@@ -270,7 +217,9 @@ impl Job<'_> {
     fn inject_files(&mut self) -> i32 {
         let started_at = self.log.started(INJECT_FILES_DIRECTIVE);
         let exit_code = match self.executor.as_mut() {
-            Some(executor) => executor.inject_files(&self.request.files, &mut self.log),
+            Some(executor) => {
+                executor::inject_files(executor.as_mut(), &self.request.files, &mut self.log)
+            }
             None => 1,
         };
         self.log
@@ -288,8 +237,8 @@ impl Job<'_> {
         let hook = Hook::PreJob {
             sourced: self.options.source_pre_job_hook,
         };
-        let command = match self.executor.as_ref() {
-            Some(executor) => executor.hook_command(&path, hook),
+        let command = match self.executor.as_mut() {
+            Some(executor) => executor.commands().hook_command(&path, hook),
             None => return false,
         };
         let warning = if self.options.fail_on_pre_job_hook_error {
@@ -319,8 +268,8 @@ impl Job<'_> {
             log::info!("No post-job hook configured.");
             return;
         };
-        let command = match self.executor.as_ref() {
-            Some(executor) if self.usable => executor.hook_command(&path, Hook::PostJob),
+        let command = match self.executor.as_mut() {
+            Some(executor) if self.usable => executor.commands().hook_command(&path, Hook::PostJob),
             _ => {
                 log::warn!(
                     "Post-job hook skipped: the job's shell is gone (job stopped or its shell exited)"
@@ -342,7 +291,7 @@ impl Job<'_> {
     fn check_job_result(&mut self) -> JobResult {
         let started_at = self.log.started(CHECK_RESULT_DIRECTIVE);
         let value = match self.executor.as_mut() {
-            Some(executor) if self.usable => executor.job_result(),
+            Some(executor) if self.usable => executor.commands().job_result(),
             _ => String::new(),
         };
         let value = value.trim_matches(['\n', '\r']);
@@ -422,7 +371,7 @@ impl Job<'_> {
             self.log.output(format!("Warning: {warning}\n"));
         }
         let outcome = match self.executor.as_mut() {
-            Some(executor) if self.usable => executor.run(command, &mut self.log, true),
+            Some(executor) if self.usable => executor.commands().run(command, &mut self.log),
             _ => Outcome::ShellDied(1),
         };
         let outcome = self.settle(outcome);

@@ -440,14 +440,11 @@ fn api_message(body: &str) -> String {
     }
 }
 
-/// The service account directory; debug builds let tests point it
+/// The service account directory; test builds let tests point it
 /// elsewhere with `SEMAPHORE_AGENT_TEST_SERVICE_ACCOUNT_DIR`.
 fn service_account_dir() -> PathBuf {
-    #[cfg(debug_assertions)]
-    if let Some(dir) = std::env::var_os("SEMAPHORE_AGENT_TEST_SERVICE_ACCOUNT_DIR") {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(SERVICE_ACCOUNT_DIR)
+    crate::test_knobs::path("SERVICE_ACCOUNT_DIR")
+        .unwrap_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR))
 }
 
 fn tls_config(

@@ -1,6 +1,9 @@
 //! Facts about this machine sent on register: OS name, architecture,
 //! hostname. Reads only; never fails (an unknown fact is sent as "").
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 /// The OS name as the Go agent reports it on Linux: `PRETTY_NAME` from
 /// os-release, else `NAME`, else "". (The Go agent also needs
 /// /etc/lsb-release to exist; we do not copy that quirk.)

@@ -15,7 +15,6 @@ mod ops;
 mod shutdown;
 mod state;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -82,19 +81,8 @@ impl Default for ListenerOptions {
     }
 }
 
-/// Whether this build honours the `SEMAPHORE_AGENT_TEST_*` knobs: builds
-/// for tests only, i.e. the dev profile (`cargo test` builds the binary in
-/// it) or the `test-knobs` cargo feature. A release build ignores them, so
-/// nothing in a user's environment can shrink the agent's retries.
-pub const TEST_KNOBS_HONOURED: bool = cfg!(any(debug_assertions, feature = "test-knobs"));
-
-/// Prefix of the test-only knobs.
-const TEST_KNOB_PREFIX: &str = "SEMAPHORE_AGENT_TEST_";
-
-/// The largest value a test knob may take, in milliseconds (one hour):
-/// far above what a test needs and far below what would overflow a
-/// `Duration` sum or an `Instant` deadline.
-pub const MAX_TEST_KNOB_MS: u64 = 60 * 60 * 1000;
+#[cfg(test)]
+use crate::test_knobs::{MAX_MS as MAX_TEST_KNOB_MS, PREFIX as TEST_KNOB_PREFIX};
 
 /// The knobs, by the part of their name between the prefix and `_MS`.
 const TEST_KNOBS: &[&str] = &[
@@ -109,10 +97,10 @@ const TEST_KNOBS: &[&str] = &[
 
 impl ListenerOptions {
     /// The defaults, with test-only overrides read from the environment in
-    /// builds that honour them ([`TEST_KNOBS_HONOURED`]). These variables
+    /// builds that honour them (`test_knobs::HONOURED`). These variables
     /// are for the integration tests (so they need not sleep through real
     /// retry delays); they are not a supported interface. Each is whole
-    /// milliseconds from 0 to [`MAX_TEST_KNOB_MS`]; another value is logged
+    /// milliseconds from 0 to `test_knobs::MAX_MS` (an hour); another value is logged
     /// (naming it) and ignored.
     ///
     /// - `SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS`
@@ -123,33 +111,19 @@ impl ListenerOptions {
     /// - `SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS`
     /// - `SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS`
     pub fn from_env() -> ListenerOptions {
-        Self::from_lookup(&|name| std::env::var(name).ok(), TEST_KNOBS_HONOURED)
+        Self::from_lookup(
+            &|name| std::env::var(name).ok(),
+            crate::test_knobs::HONOURED,
+        )
     }
 
     fn from_lookup(env: &dyn Fn(&str) -> Option<String>, honoured: bool) -> ListenerOptions {
         let mut o = ListenerOptions::default();
         for &knob in TEST_KNOBS {
-            let var = format!("{TEST_KNOB_PREFIX}{knob}_MS");
-            let Some(text) = env(&var) else {
+            let Some(d) = crate::test_knobs::millis_from(&format!("{knob}_MS"), env, honoured)
+            else {
                 continue;
             };
-            if !honoured {
-                log::warn!(
-                    "Ignoring {var}: test-only settings are not honoured by a release build"
-                );
-                continue;
-            }
-            let ms = match text.trim().parse::<u64>() {
-                Ok(ms) if ms <= MAX_TEST_KNOB_MS => ms,
-                _ => {
-                    log::error!(
-                        "Ignoring {var}='{text}': expected whole milliseconds from 0 to \
-                         {MAX_TEST_KNOB_MS}"
-                    );
-                    continue;
-                }
-            };
-            let d = Duration::from_millis(ms);
             match knob {
                 "REGISTER_DELAY" => o.register_delay = d,
                 "GET_JOB_DELAY" => o.get_job_delay = d,
@@ -283,6 +257,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         machine,
         ops,
         api,
+        job_options: config.job_options(),
         config,
         options,
         job: None,
@@ -353,6 +328,8 @@ struct Listener {
     ops: Ops,
     api: Api,
     config: Config,
+    /// Every job's settings, built once from `config`.
+    job_options: JobOptions,
     options: ListenerOptions,
     job: Option<JobThread>,
     tx: SyncSender<Wake>,
@@ -456,20 +433,7 @@ impl Listener {
         let work = JobWork {
             api: self.api.clone(),
             job_id: job_id.clone(),
-            options: JobOptions {
-                home: crate::platform::home_var()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/")),
-                tmp_dir: std::env::temp_dir(),
-                env_vars: self.config.env_vars.clone(),
-                pre_job_hook_path: self.config.pre_job_hook_path.clone(),
-                source_pre_job_hook: self.config.source_pre_job_hook,
-                fail_on_pre_job_hook_error: self.config.fail_on_pre_job_hook_error,
-                post_job_hook_path: self.config.post_job_hook_path.clone(),
-                files: self.config.files.clone(),
-                fail_on_missing_files: self.config.fail_on_missing_files,
-                kubernetes: self.config.kubernetes.clone().map(std::sync::Arc::new),
-            },
+            options: self.job_options.clone(),
             stop: stop.clone(),
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,

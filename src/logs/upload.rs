@@ -9,13 +9,13 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Event;
 use crate::request::JobRequest;
+use crate::shell::host::{self, Capture, HostCommand, HostError};
 
 /// Logs at or above this size are gzipped before upload, unless
 /// `SEMAPHORE_AGENT_LOGS_COMPRESSION_SIZE` says otherwise.
@@ -239,8 +239,7 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
     } else {
         ARTIFACT_DESTINATION.to_string()
     };
-    let mut command = crate::child_env::command(&artifact);
-    command
+    let mut command = HostCommand::new(&artifact)
         .arg("push")
         .arg("job")
         .arg(&file)
@@ -248,13 +247,12 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
         .arg(&destination)
         .env("SEMAPHORE_ARTIFACT_TOKEN", token)
         .env("SEMAPHORE_ORGANIZATION_URL", org_url)
-        .env("SEMAPHORE_JOB_ID", &req.job.job_id)
-        .stdin(Stdio::null());
+        .env("SEMAPHORE_JOB_ID", &req.job.job_id);
     if let Some(path) = &path_var {
-        command.env("PATH", path);
+        command = command.env("PATH", path);
     }
     log::info!("Uploading job logs as artifact...");
-    let result = run_bounded(&mut command, req.work_dir, req.timeout);
+    let result = run_bounded(&command, req.work_dir, req.timeout);
     let _ = std::fs::remove_file(&file);
     match result {
         Ok(()) => UploadOutcome::Uploaded { destination },
@@ -339,61 +337,38 @@ fn gzip_file(from: &Path, to: &Path) -> io::Result<()> {
     encoder.finish()?.flush()
 }
 
-/// Runs `command` with its output in a private file, killing it after
-/// `timeout`. On failure, the error carries the tail of its output.
-fn run_bounded(command: &mut Command, work_dir: &Path, timeout: Duration) -> Result<(), String> {
-    let out_path = work_dir.join(unique_name("artifact_output"));
-    let out = create_private(&out_path)
-        .map_err(|e| format!("cannot create {}: {e}", out_path.display()))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| format!("cannot share {}: {e}", out_path.display()))?;
-    command.stdout(Stdio::from(out)).stderr(Stdio::from(err));
-    let result = match command.spawn() {
-        Err(e) => Err(format!("cannot start artifact: {e}")),
-        Ok(mut child) => {
-            let deadline = Instant::now() + timeout;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) if status.success() => break Ok(()),
-                    Ok(Some(status)) => {
-                        break Err(format!("artifact {status}: {}", tail(&out_path)));
-                    }
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break Err(format!(
-                            "artifact did not finish within {} s and was killed: {}",
-                            timeout.as_secs(),
-                            tail(&out_path)
-                        ));
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                    Err(e) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break Err(format!("cannot wait for artifact: {e}"));
-                    }
-                }
-            }
-        }
+/// Runs `command` (never stopped: the job is over) with its output in a
+/// private file, killing it after `timeout`. On failure, the error carries
+/// the tail of its output.
+fn run_bounded(command: &HostCommand, work_dir: &Path, timeout: Duration) -> Result<(), String> {
+    let limits = host::Limits {
+        timeout,
+        stopped: &|| false,
+        scratch: Some(work_dir),
     };
-    let _ = std::fs::remove_file(&out_path);
-    result
+    match host::run(command, Capture::Merged, &limits) {
+        Ok(done) if done.status.success() => Ok(()),
+        Ok(done) => Err(format!("artifact {}: {}", done.status, tail(&done.output))),
+        Err(HostError::TimedOut { output, .. }) => Err(format!(
+            "artifact did not finish within {} s and was killed: {}",
+            timeout.as_secs(),
+            tail(&output)
+        )),
+        Err(HostError::Output { path, source }) => {
+            Err(format!("cannot create {}: {source}", path.display()))
+        }
+        Err(HostError::Spawn { source, .. }) => Err(format!("cannot start artifact: {source}")),
+        Err(HostError::Wait { source, .. }) => Err(format!("cannot wait for artifact: {source}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
-/// The last 2 KB of a file, as text, for error messages.
-fn tail(path: &Path) -> String {
-    const TAIL: u64 = 2048;
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
-        let mut bytes = Vec::new();
-        let _ = f.take(TAIL).read_to_end(&mut bytes);
-        text = String::from_utf8_lossy(&bytes).trim().to_string();
-    }
-    text
+/// The last 2 KB of an output, trimmed, for error messages.
+fn tail(output: &str) -> String {
+    const TAIL: usize = 2048;
+    let bytes = output.as_bytes();
+    let start = bytes.len().saturating_sub(TAIL);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! the mode is [`Containment::ProcessTree`] and `session` alone finds the
 //! job's processes. It must not decide when a job ends; `pty` does.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -53,14 +56,12 @@ pub fn containment() -> &'static Containment {
 
 /// The test knob that turns cgroups off, so the process-tree mode can be
 /// tested on a machine that has them. Ignored by release builds.
-const TEST_KNOB: &str = "SEMAPHORE_AGENT_TEST_CGROUP";
+const TEST_KNOB: &str = "CGROUP";
 
 fn detect() -> Containment {
-    if cfg!(any(debug_assertions, feature = "test-knobs"))
-        && std::env::var(TEST_KNOB).is_ok_and(|v| v == "off")
-    {
+    if crate::test_knobs::text(TEST_KNOB).is_some_and(|v| v == "off") {
         return Containment::ProcessTree {
-            why: format!("turned off by {TEST_KNOB}"),
+            why: format!("turned off by {}{TEST_KNOB}", crate::test_knobs::PREFIX),
         };
     }
     match find_own_cgroup() {

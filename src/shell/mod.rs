@@ -1,12 +1,15 @@
-//! The job's shell: one login bash in a PTY for the whole job.
+//! The job's shell: one login bash in a PTY for the whole job; and the one
+//! runner of the other host processes a job needs (`host`).
 //!
 //! Owns the PTY, the bash process and its session, the reader thread that
 //! drains the PTY into a bounded channel, and killing everything the job
 //! started. It knows nothing of events or the control plane: it runs one
 //! command at a time and hands back output chunks and an exit status.
-//! Linux only: finding a job's processes reads `/proc`.
+//! The PTY parts are Unix only (finding a job's processes reads `/proc`);
+//! `host` is compiled everywhere (the log upload runs on Windows too).
 //!
-//! API contract (used by `job::lifecycle`):
+//! API contract (used by the executors: the host bash, and compose and
+//! Kubernetes through their launchers, all via `executor::bash::PtyCommands`):
 //! - `Shell::start(&ShellOptions)` starts `bash --login --noediting` in a
 //!   new 80x24 PTY and session, cwd = `home`, `HOME` = `home`, with `env`
 //!   set in bash's environment on top of the agent's, and returns once the
@@ -59,19 +62,28 @@
 //! reaped here through its `Child`; a `waitpid(-1)` loop elsewhere would
 //! steal its status (the shell then reports status 1).
 
+#[cfg(unix)]
 mod cgroup;
+#[cfg(unix)]
 mod forks;
+#[cfg(unix)]
 mod framing;
+pub mod host;
+#[cfg(unix)]
 mod pty;
+#[cfg(unix)]
 mod quote;
+#[cfg(unix)]
 mod session;
 
+#[cfg(unix)]
 pub use cgroup::{containment, Containment};
-pub use pty::{
-    read_pty, Launch, ReadEvent, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE,
-};
+#[cfg(unix)]
+pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
+#[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
 
 /// The command framer, reachable only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]
+#[cfg(unix)]
 pub use framing::Framer;

@@ -17,6 +17,9 @@
 //! is enough to keep commands out of the output even after a job ran
 //! `stty echo`.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -171,6 +174,13 @@ impl Stopper {
     }
 }
 
+/// A failed start: what was being done and why it failed.
+fn start_err(what: &str, err: &dyn std::fmt::Display) -> ShellError {
+    ShellError::Start {
+        message: format!("{what}: {err}"),
+    }
+}
+
 /// What the reader thread hands over.
 pub enum ReadEvent {
     Data(Vec<u8>),
@@ -250,14 +260,26 @@ impl Shell {
         Shell::start_framed(opts, Some(launch), true)
     }
 
+    /// [`Shell::spawn`], then [`Shell::handshake`].
     fn start_framed(
         opts: &ShellOptions,
         launch: Option<&Launch>,
         inline: bool,
     ) -> Result<Shell, ShellError> {
-        let start_err = |what: &str, err: &dyn std::fmt::Display| ShellError::Start {
-            message: format!("{what}: {err}"),
-        };
+        let (mut shell, termios) = Shell::spawn(opts, launch, inline)?;
+        shell.handshake(opts, launch, termios)?;
+        Ok(shell)
+    }
+
+    /// The PTY (echo off from the first moment), the scratch directory,
+    /// bash (or the launcher) in its own session and the job cgroup, and
+    /// the reader thread; returns the shell and the terminal settings it
+    /// started with. Nothing has been said to bash yet.
+    fn spawn(
+        opts: &ShellOptions,
+        launch: Option<&Launch>,
+        inline: bool,
+    ) -> Result<(Shell, libc::termios), ShellError> {
         let (pty, pts) =
             pty_process::blocking::open().map_err(|e| start_err("opening a PTY", &e))?;
         pty.resize(pty_process::Size::new(ROWS, COLS))
@@ -372,7 +394,25 @@ impl Shell {
             Ok(handle) => shell.reader = Some(handle),
             Err(err) => return Err(start_err("starting the PTY reader thread", &err)),
         }
+        Ok((shell, termios))
+    }
 
+    /// The first framed exchange: bash ran its login scripts and answers
+    /// (within `START_TIMEOUT`, or a stop); what it printed before is
+    /// dropped. A launcher that exits first is `ShellError::Start` with
+    /// what it said. Then the terminal settings every command starts with
+    /// are taken (`termios` if they cannot be read).
+    fn handshake(
+        &mut self,
+        opts: &ShellOptions,
+        launch: Option<&Launch>,
+        termios: libc::termios,
+    ) -> Result<(), ShellError> {
+        let shell = self;
+        let program = launch
+            .and_then(|l| l.argv.first())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bash".to_string());
         let nonce = framing::new_nonce();
         let home = opts.home.to_string_lossy();
         let cd = match launch {
@@ -390,14 +430,10 @@ impl Shell {
                 // found) is the useful part of its failure.
                 let said = String::from_utf8_lossy(framer.skipped()).trim().to_string();
                 let message = match launch {
-                    Some(_) if !said.is_empty() => format!(
-                        "{} exited with status {status} while starting: {said}",
-                        program.to_string_lossy()
-                    ),
-                    Some(_) => format!(
-                        "{} exited with status {status} while starting",
-                        program.to_string_lossy()
-                    ),
+                    Some(_) if !said.is_empty() => {
+                        format!("{program} exited with status {status} while starting: {said}")
+                    }
+                    Some(_) => format!("{program} exited with status {status} while starting"),
                     None => format!("bash exited with status {status} while starting"),
                 };
                 return Err(ShellError::Start { message });
@@ -413,7 +449,7 @@ impl Shell {
             .unwrap_or(termios);
         quiet_terminal(&mut termios);
         shell.termios = Some(termios);
-        Ok(shell)
+        Ok(())
     }
 
     /// Bash's pid, which is also the id of the job's session.

@@ -11,6 +11,9 @@
 //! unreaped (a zombie at worst) while it signals, so the session id cannot
 //! be reused by an unrelated process in the meantime.
 
+// System calls (libc / Windows API); each `unsafe` says why it is sound.
+#![allow(unsafe_code)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -7,9 +7,10 @@
 //! anything: the executor runs the line with only the credential's
 //! variables, so no secret is ever in a command line or the agent log.
 
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::request::ImagePullCredentials;
+use crate::shell::host::{self, Capture, HostCommand, HostError};
 
 /// How a credential logs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,31 +169,39 @@ fn aws_major_version(output: &str) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
+/// The longest one AWS CLI question may take (it talks to AWS).
+const AWS_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs `script` with bash, with only the credential's variables and
-/// `PATH`; its output on success. The output is never logged: it may be a
-/// token.
+/// `PATH`, bounded by [`AWS_TIMEOUT`]; its output on success. The output is
+/// never logged: it may be a token.
 fn aws(vars: &[(String, String)], path: &str, script: &str) -> Result<String, CredentialError> {
-    let output = Command::new("bash")
+    let command = HostCommand::with_only_env("bash")
         .arg("-c")
         .arg(script)
-        .env_clear()
         .env("PATH", path)
-        .envs(vars.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| CredentialError::Aws {
-            what: format!("cannot run bash for the AWS CLI: {e}"),
-        })?;
-    if !output.status.success() {
+        .envs(vars.iter().map(|(k, v)| (k, v)));
+    let limits = host::Limits {
+        timeout: AWS_TIMEOUT,
+        stopped: &|| false,
+        scratch: None,
+    };
+    let shown = script.trim_end_matches(" 2>&1");
+    let done = host::run(&command, Capture::Stdout, &limits).map_err(|e| CredentialError::Aws {
+        what: match e {
+            HostError::TimedOut { timeout, .. } => {
+                format!("'{shown}' did not finish within {}s", timeout.as_secs())
+            }
+            HostError::Spawn { source, .. } => format!("cannot run bash for the AWS CLI: {source}"),
+            other => format!("cannot run bash for the AWS CLI: {other}"),
+        },
+    })?;
+    if !done.status.success() {
         return Err(CredentialError::Aws {
-            what: format!(
-                "'{}' failed with {}",
-                script.trim_end_matches(" 2>&1"),
-                output.status
-            ),
+            what: format!("'{shown}' failed with {}", done.status),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(done.output)
 }
 
 #[cfg(test)]

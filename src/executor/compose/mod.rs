@@ -19,21 +19,21 @@ mod file;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::bash::{write_env_file_content, PtyCommands};
-use super::{Executor, JobLog, Outcome, Settings, Stop, PREPARE_DIRECTIVE};
+use super::{
+    Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
+    PREPARE_DIRECTIVE,
+};
 use crate::request::{
     Command as JobCommand, Container, ContentError, File, ImagePullCredentials, JobRequest,
 };
-use crate::shell::{read_pty, shell_quote, Launch, ReadEvent, Shell, ShellOptions};
+use crate::shell::host::{self, Capture, HostCommand, HostError};
+use crate::shell::{shell_quote, Launch, Shell, ShellError, ShellOptions};
 use file::Mount;
 
 use credentials::{CredentialError, Strategy};
@@ -51,19 +51,92 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Seconds `compose down` gives a container's processes before killing
 /// them: the job is over, nothing in it needs a graceful end.
 const DOWN_GRACE_SECONDS: &str = "2";
-/// How often a waiting host command is checked for its exit.
-const POLL: Duration = Duration::from_millis(50);
 
-/// Why a compose executor could not be built for a request.
+/// What went wrong setting up or starting a compose job; each message is
+/// the job log's (or, for a step that logged its own lines, the agent
+/// log's) line.
 #[derive(Debug)]
 pub enum ComposeError {
+    /// The request's containers make no valid compose file.
     File(ComposeFileError),
+    /// A directory of the job could not be made.
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A host setup command exited with a failure.
+    HostSetup { command: String },
+    /// A host process could not run to its end.
+    Host(HostError),
+    /// `docker-compose --version` printed no version.
+    UnreadableVersion { output: String },
+    /// `docker-compose --version` failed.
+    VersionFailed { output: String },
+    /// An agent `--files` entry without a `:`.
+    BadFilesEntry { entry: String },
+    /// An agent `--files` host path is missing (`--fail-on-missing-files`).
+    MissingFile {
+        host: String,
+        source: std::io::Error,
+    },
+    /// The compose file could not be written.
+    WriteComposeFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A credential file (the GCR key) could not be written; the job file
+    /// writer's line.
+    KeyFile { line: String },
+    /// A registry login failed (the job log says how).
+    Login,
+    /// The pull failed (the job log shows compose's lines).
+    Pull,
+    /// The container's bash could not be reached.
+    StartImage(ShellError),
+    /// The container's bash ended while starting.
+    ShellEndedWhileStarting,
+    /// The job was stopped.
+    Stopped,
 }
 
 impl std::fmt::Display for ComposeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ComposeError::File(err) => write!(f, "{err}"),
+            ComposeError::CreateDir { path, source } => {
+                write!(f, "Failed to create {}: {source}", path.display())
+            }
+            ComposeError::HostSetup { command } => {
+                write!(f, "Host setup command failed: {command}")
+            }
+            ComposeError::Host(err) => write!(f, "{err}"),
+            ComposeError::UnreadableVersion { output } => write!(
+                f,
+                "cannot read the docker-compose version from '{}'",
+                output.trim()
+            ),
+            ComposeError::VersionFailed { output } => {
+                write!(f, "docker-compose --version failed: {}", output.trim())
+            }
+            ComposeError::BadFilesEntry { entry } => {
+                write!(f, "'files' entry '{entry}' is not host-path:destination")
+            }
+            ComposeError::MissingFile { host, source } => {
+                write!(f, "Error injecting file {host}: {source}")
+            }
+            ComposeError::WriteComposeFile { path, source } => write!(
+                f,
+                "Error writing the compose file {}: {source}",
+                path.display()
+            ),
+            ComposeError::KeyFile { line } => f.write_str(line),
+            ComposeError::Login => f.write_str("Failed to set up image pull credentials"),
+            ComposeError::Pull => f.write_str("Failed to pull images"),
+            ComposeError::StartImage(err) => write!(f, "Failed to start the docker image: {err}"),
+            ComposeError::ShellEndedWhileStarting => {
+                f.write_str("The job's shell ended while starting")
+            }
+            ComposeError::Stopped => f.write_str("stopped"),
         }
     }
 }
@@ -77,28 +150,9 @@ struct Tool {
     prefix: Vec<&'static str>,
 }
 
-/// The pid (also process group) of the host process the job waits for,
-/// 0 when none; a stop kills its group.
-#[derive(Clone, Default)]
-struct Running(Arc<AtomicI32>);
-
-impl Running {
-    fn kill(&self) {
-        let pid = self.0.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: kill(2) with a negative pid signals a process group
-            // we created (the child is its leader); it touches no memory.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 pub struct ComposeExecutor {
-    settings: Settings,
+    settings: JobOptions,
     stop: Stop,
-    running: Running,
     containers: Vec<Container>,
     credentials: Vec<ImagePullCredentials>,
     host_setup: Vec<JobCommand>,
@@ -119,21 +173,17 @@ pub struct ComposeExecutor {
 impl ComposeExecutor {
     pub fn new(
         request: &JobRequest,
-        settings: &Settings,
+        settings: &JobOptions,
         stop: &Stop,
     ) -> Result<ComposeExecutor, ComposeError> {
         // Checked now, so a bad request fails before anything runs.
         file::render(&request.compose.containers, &[]).map_err(ComposeError::File)?;
-        let running = Running::default();
-        let killer = running.clone();
-        stop.on_stop(Box::new(move || killer.kill()));
         let mut random = [0u8; 6];
         crate::random::fill(&mut random);
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
         Ok(ComposeExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
-            running,
             containers: request.compose.containers.clone(),
             credentials: request.compose.image_pull_credentials.clone(),
             host_setup: request.compose.host_setup_commands.clone(),
@@ -193,7 +243,7 @@ impl ComposeExecutor {
         }
     }
 
-    fn make_dirs(&mut self) -> Result<(), String> {
+    fn make_dirs(&mut self) -> Result<(), ComposeError> {
         let dir = self
             .settings
             .tmp_dir
@@ -204,16 +254,15 @@ impl ComposeExecutor {
             .create(&dir)
             .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&shared));
         self.dir = Some(dir.clone());
-        made.map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))
+        made.map_err(|source| ComposeError::CreateDir { path: dir, source })
     }
 
     /// Host setup commands with `bash -c`; output to the agent log.
-    fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         let commands = self.host_setup.clone();
         for command in &commands {
             log::info!("Executing host setup command: {}", command.directive);
-            let mut cmd = crate::child_env::command("bash");
-            cmd.arg("-c").arg(&command.directive);
+            let cmd = HostCommand::new("bash").arg("-c").arg(&command.directive);
             match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
                 Ok((true, output)) => log::info!("Host setup command output: {output}"),
                 Ok((false, output)) => {
@@ -221,96 +270,55 @@ impl ComposeExecutor {
                         "Host setup command '{}' failed: {output}",
                         command.directive
                     );
-                    let message = format!("Host setup command failed: {}\n", command.directive);
-                    log.failed_step(HOST_SETUP_DIRECTIVE, &message);
-                    return Err(message.trim_end().to_string());
+                    let err = ComposeError::HostSetup {
+                        command: command.directive.clone(),
+                    };
+                    log.failed_step(HOST_SETUP_DIRECTIVE, &format!("{err}\n"));
+                    return Err(err);
                 }
                 Err(e) => {
                     log.failed_step(HOST_SETUP_DIRECTIVE, &format!("{e}\n"));
-                    return Err(e);
+                    return Err(ComposeError::Host(e));
                 }
             }
         }
         Ok(())
     }
 
-    /// Runs `cmd` (made with `child_env::command`, or with an environment of
-    /// its own) in its own process group, its stdout and stderr into one
-    /// private file, bounded by `timeout` and killed by a stop. Returns
-    /// whether it succeeded and what it printed.
-    fn run_host(&self, mut cmd: Command, timeout: Duration) -> Result<(bool, String), String> {
-        let program = format!("{:?}", cmd.get_program());
-        let out_path = self
-            .dir()
-            .join(format!("host-output-{}", crate::unix_nanos()));
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&out_path)
-            .map_err(|e| format!("Failed to create {}: {e}", out_path.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("Failed to create {}: {e}", out_path.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .current_dir(&self.settings.home)
-            .process_group(0);
-        let result = (|| {
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| format!("Failed to run {program}: {e}"))?;
-            self.running
-                .0
-                .store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
-            if self.stop.is_stopped() {
-                self.running.kill();
-            }
-            let deadline = Instant::now() + timeout;
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() >= deadline => {
-                        self.running.kill();
-                        let _ = child.wait();
-                        break None;
-                    }
-                    Ok(None) => std::thread::sleep(POLL),
-                    Err(e) => {
-                        self.running.kill();
-                        let _ = child.wait();
-                        return Err(format!("Failed to wait for {program}: {e}"));
-                    }
-                }
-            };
-            self.running.0.store(0, Ordering::SeqCst);
-            let mut text = String::new();
-            if let Ok(mut f) = std::fs::File::open(&out_path) {
-                let mut bytes = Vec::new();
-                let _ = f.read_to_end(&mut bytes);
-                text = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            match status {
-                Some(status) => Ok((status.success(), text)),
-                None => Err(format!(
-                    "{program} did not finish within {}s",
-                    timeout.as_secs()
-                )),
-            }
-        })();
-        let _ = std::fs::remove_file(&out_path);
-        result
+    /// Runs `cmd` in the job's HOME (`shell::host`: its own process group,
+    /// its stdout and stderr into one private file in the job directory),
+    /// bounded by `timeout` and killed by a stop. Returns whether it
+    /// succeeded and what it printed.
+    fn run_host(&self, cmd: HostCommand, timeout: Duration) -> Result<(bool, String), HostError> {
+        let stop = &self.stop;
+        self.run_host_until(cmd, timeout, &|| stop.is_stopped())
+    }
+
+    /// [`ComposeExecutor::run_host`] ended by `stopped` instead of the
+    /// job's stop.
+    fn run_host_until(
+        &self,
+        cmd: HostCommand,
+        timeout: Duration,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<(bool, String), HostError> {
+        let dir = self.dir();
+        let limits = host::Limits {
+            timeout,
+            stopped,
+            scratch: Some(&dir),
+        };
+        let cmd = cmd.current_dir(&self.settings.home);
+        host::run(&cmd, Capture::Merged, &limits).map(|done| (done.status.success(), done.output))
     }
 
     /// `docker compose version`, else `docker-compose --version`; a
     /// version starting with `v` means the plugin.
-    fn detect_tool(&mut self) -> Result<String, String> {
-        let plugin = {
-            let mut cmd = crate::child_env::command("docker");
-            cmd.args(["compose", "version"]);
-            self.run_host(cmd, TOOL_TIMEOUT)
-        };
+    fn detect_tool(&mut self) -> Result<String, ComposeError> {
+        let plugin = self.run_host(
+            HostCommand::new("docker").args(["compose", "version"]),
+            TOOL_TIMEOUT,
+        );
         let version = match plugin {
             Ok((true, out)) => parse_version(&out, "Docker Compose version ", None),
             _ => None,
@@ -318,20 +326,12 @@ impl ComposeExecutor {
         let version = match version {
             Some(v) => v,
             None => {
-                let mut cmd = crate::child_env::command("docker-compose");
-                cmd.arg("--version");
+                let cmd = HostCommand::new("docker-compose").arg("--version");
                 match self.run_host(cmd, TOOL_TIMEOUT) {
                     Ok((true, out)) => parse_version(&out, "docker-compose version ", Some(','))
-                        .ok_or_else(|| {
-                            format!(
-                                "cannot read the docker-compose version from '{}'",
-                                out.trim()
-                            )
-                        })?,
-                    Ok((false, out)) => {
-                        return Err(format!("docker-compose --version failed: {}", out.trim()))
-                    }
-                    Err(e) => return Err(e),
+                        .ok_or(ComposeError::UnreadableVersion { output: out })?,
+                    Ok((false, out)) => return Err(ComposeError::VersionFailed { output: out }),
+                    Err(e) => return Err(ComposeError::Host(e)),
                 }
             }
         };
@@ -351,21 +351,24 @@ impl ComposeExecutor {
 
     /// The agent's `--files` whose host path exists; a missing one is a
     /// warning, or an error with `--fail-on-missing-files`.
-    fn mounts(&self) -> Result<Vec<Mount>, String> {
+    fn mounts(&self) -> Result<Vec<Mount>, ComposeError> {
         let mut mounts = Vec::new();
         for entry in &self.settings.files {
             let Some((host, dest)) = entry.split_once(':') else {
-                return Err(format!(
-                    "'files' entry '{entry}' is not host-path:destination"
-                ));
+                return Err(ComposeError::BadFilesEntry {
+                    entry: entry.clone(),
+                });
             };
             match std::fs::metadata(host) {
                 Ok(_) => mounts.push(Mount {
                     host: host.to_string(),
                     dest: dest.to_string(),
                 }),
-                Err(e) if self.settings.fail_on_missing_files => {
-                    return Err(format!("Error injecting file {host}: {e}"));
+                Err(source) if self.settings.fail_on_missing_files => {
+                    return Err(ComposeError::MissingFile {
+                        host: host.to_string(),
+                        source,
+                    });
                 }
                 Err(e) => log::warn!("Error injecting file {host} - ignoring it: {e}"),
             }
@@ -373,16 +376,16 @@ impl ComposeExecutor {
         Ok(mounts)
     }
 
-    fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), String> {
-        let text = file::render(&self.containers, mounts).map_err(|e| e.to_string())?;
+    fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
+        let text = file::render(&self.containers, mounts).map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
-            .map_err(|e| format!("Error writing the compose file {}: {e}", path.display()))
+            .map_err(|source| ComposeError::WriteComposeFile { path, source })
     }
 
     /// "Setting up image pull credentials": one login per credential, in a
     /// docker config of the job's own.
-    fn log_in(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn log_in(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         if self.credentials.is_empty() {
             return Ok(());
         }
@@ -391,7 +394,7 @@ impl ComposeExecutor {
         if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&config) {
             log.output(format!("Failed to create {}: {e}\n", config.display()));
             log.finished(CREDENTIALS_DIRECTIVE, 1, started_at);
-            return Err("Failed to set up image pull credentials".into());
+            return Err(ComposeError::Login);
         }
         self.docker_config = Some(config.clone());
         let mut exit_code = 0;
@@ -405,7 +408,7 @@ impl ComposeExecutor {
         if exit_code == 0 {
             Ok(())
         } else {
-            Err("Failed to set up image pull credentials".into())
+            Err(ComposeError::Login)
         }
     }
 
@@ -457,15 +460,14 @@ impl ComposeExecutor {
             }
         };
         log.output(format!("{line}\n"));
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
+        let mut cmd = HostCommand::with_only_env("bash")
+            .arg("-c")
             .arg(&line)
-            .env_clear()
             .env("PATH", &path)
             .env("DOCKER_CONFIG", config)
             .envs(vars.iter().map(|(k, v)| (k, v)));
         if let Ok(host) = std::env::var("DOCKER_HOST") {
-            cmd.env("DOCKER_HOST", host);
+            cmd = cmd.env("DOCKER_HOST", host);
         }
         let result = self.run_host(cmd, HOST_COMMAND_TIMEOUT);
         remove_all(&key_files);
@@ -485,28 +487,22 @@ impl ComposeExecutor {
 
     /// A credential file (the GCR key) at its path on the host, for the
     /// login to read; removed right after the login.
-    fn write_host_file(&self, f: &File) -> Result<PathBuf, String> {
-        let content = f
-            .decode()
-            .map_err(|_| "Failed to decode the content of the file.".to_string())?;
+    fn write_host_file(&self, f: &File) -> Result<PathBuf, ComposeError> {
         let dest = super::bash::normalize_path(&f.path, &self.settings.home);
-        if let Some(parent) = dest.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| {
-                    format!("Failed to create destination path {}: {e}", dest.display())
-                })?;
-        }
-        write_private(&dest, &content)
-            .map_err(|e| format!("Failed to write {}: {e}", dest.display()))?;
+        // The hardened writer: the key's usual place is under the shared
+        // /tmp, where a planted link or FIFO must not take it elsewhere.
+        let private = File {
+            mode: "0600".to_string(),
+            ..f.clone()
+        };
+        super::job_file::write_file(&private, &dest)
+            .map_err(|(_, line)| ComposeError::KeyFile { line })?;
         Ok(dest)
     }
 
     /// "Pulling docker images...": `compose run --rm <main> true` in a PTY,
     /// its lines logged.
-    fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         let started_at = log.started(PULL_DIRECTIVE);
         self.compose_used = true;
         let argv = self.compose_argv(
@@ -518,14 +514,24 @@ impl ComposeExecutor {
                 "true".into(),
             ],
         );
-        let result = run_in_pty(
-            &argv,
-            &self.settings.home,
-            &self.docker_env(),
-            &self.running,
-            &self.stop,
-            &mut |line| log.output(line),
-        );
+        let stop = &self.stop;
+        let limits = host::Limits {
+            timeout: HOST_COMMAND_TIMEOUT,
+            stopped: &|| stop.is_stopped(),
+            scratch: None,
+        };
+        let result = match HostCommand::from_argv(&argv) {
+            Some(cmd) => host::run_in_pty(
+                &cmd.current_dir(&self.settings.home).envs(self.docker_env()),
+                &limits,
+                "compose-pull-pty",
+                &mut |line| log.output(line),
+            )
+            .map(|status| status.success()),
+            None => Err(HostError::Pty {
+                what: "empty command".into(),
+            }),
+        };
         let exit_code = match &result {
             Ok(true) => 0,
             Ok(false) => 1,
@@ -538,13 +544,13 @@ impl ComposeExecutor {
         if exit_code == 0 {
             Ok(())
         } else {
-            Err("Failed to pull images".into())
+            Err(ComposeError::Pull)
         }
     }
 
     /// "Starting the docker image...": bash in the main container, reached
     /// through `compose run` in the job's PTY.
-    fn start_bash(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn start_bash(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         let started_at = log.started(START_DIRECTIVE);
         log.output("Starting a new bash session.\n");
         let shared = self.shared();
@@ -586,13 +592,13 @@ impl ComposeExecutor {
             Ok(shell) => {
                 self.pty.attach(shell);
                 // Go starts jobs in the container user's HOME.
-                let outcome = self.pty.run("cd ~", log, false);
+                let outcome = self.pty.run_quiet("cd ~", log);
                 let exit_code = if outcome.usable() { 0 } else { outcome.code() };
                 log.finished(START_DIRECTIVE, exit_code, started_at);
                 if exit_code == 0 {
                     Ok(())
                 } else {
-                    Err("The job's shell ended while starting".into())
+                    Err(ComposeError::ShellEndedWhileStarting)
                 }
             }
             Err(err) => {
@@ -611,7 +617,7 @@ impl ComposeExecutor {
                 };
                 log.output(format!("{message}\n"));
                 log.finished(START_DIRECTIVE, 1, started_at);
-                Err(format!("Failed to start the docker image: {err}"))
+                Err(ComposeError::StartImage(err))
             }
         }
     }
@@ -634,66 +640,126 @@ impl ComposeExecutor {
                 DOWN_GRACE_SECONDS.into(),
             ],
         );
-        let Some((program, args)) = argv.split_first() else {
+        let Some(cmd) = HostCommand::from_argv(&argv) else {
             return;
         };
-        let mut cmd = crate::child_env::command(program);
-        cmd.args(args).envs(self.docker_env());
+        let cmd = cmd.envs(self.docker_env());
         log::info!("Cleaning up docker resources");
-        // A stop may have come: `down` must run anyway, so it is not
-        // registered as the job's running process.
-        let running = std::mem::take(&mut self.running);
-        let stop = std::mem::take(&mut self.stop);
-        match self.run_host(cmd, TOOL_TIMEOUT) {
+        // A stop may have come: `down` must run anyway.
+        match self.run_host_until(cmd, TOOL_TIMEOUT, &|| false) {
             Ok((true, _)) => {}
             Ok((false, output)) => log::error!("Error removing docker resources: {output}"),
             Err(e) => log::error!("Error removing docker resources: {e}"),
         }
-        self.running = running;
-        self.stop = stop;
     }
 
     /// Runs `command` in the container without logging it; its exit code.
     fn run_quiet(&mut self, command: &str, log: &mut JobLog<'_>) -> Outcome {
-        self.pty.run(command, log, false)
+        self.pty.run_quiet(command, log)
     }
-}
 
-impl Executor for ComposeExecutor {
-    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
-        if let Err(message) = self.make_dirs() {
-            log.failed_step(PREPARE_DIRECTIVE, &message);
-            return Err(message);
+    /// `prepare`: the job directory, the host setup commands, compose
+    /// detection and the compose file, each failure its own step.
+    fn set_up(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
+        if let Err(e) = self.make_dirs() {
+            log.failed_step(PREPARE_DIRECTIVE, &format!("{e}\n"));
+            return Err(e);
         }
         self.run_host_setup(log)?;
         match self.detect_tool() {
             Ok(version) => log::info!("Using Docker Compose version {version}"),
             Err(e) => {
-                let message = format!("Error finding docker compose: {e}\n");
-                log.failed_step(PREPARE_DIRECTIVE, &message);
-                return Err(message);
+                log.failed_step(
+                    PREPARE_DIRECTIVE,
+                    &format!("Error finding docker compose: {e}\n"),
+                );
+                return Err(e);
             }
         }
         let written = self
             .mounts()
             .and_then(|mounts| self.write_compose_file(&mounts));
-        if let Err(message) = written {
-            log.failed_step(PREPARE_DIRECTIVE, &format!("{message}\n"));
-            return Err(message);
+        if let Err(e) = written {
+            log.failed_step(PREPARE_DIRECTIVE, &format!("{e}\n"));
+            return Err(e);
         }
         Ok(())
     }
 
-    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    /// `start`: the logins, the pull and bash in the main container.
+    fn start_job_shell(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
         self.log_in(log)?;
         if self.stop.is_stopped() {
-            return Err("stopped".into());
+            return Err(ComposeError::Stopped);
         }
         self.pull(log)?;
         if self.stop.is_stopped() {
-            return Err("stopped".into());
+            return Err(ComposeError::Stopped);
         }
         self.start_bash(log)
+    }
+
+    /// One job file through `staged` into its place in the container.
+    fn stage_and_copy(
+        &mut self,
+        f: &File,
+        staged: &Path,
+        log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        // Checked, then decoded into the staged copy a chunk at a time: a
+        // big file is never held decoded.
+        if f.check_content().is_err() {
+            return Err((1, "Failed to decode the content of the file.".to_string()));
+        }
+        let written = write_private_with(staged, |out| {
+            f.write_content(out).map(|_| ()).map_err(|e| match e {
+                ContentError::Write(e) => e,
+                bad => std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string()),
+            })
+        });
+        if let Err(e) = written {
+            return Err((255, e.to_string()));
+        }
+        let dest = if f.path.starts_with('/') || f.path.starts_with('~') {
+            f.path.clone()
+        } else {
+            format!("~/{}", f.path)
+        };
+        let staged_q = shell_quote(&staged.to_string_lossy());
+        let steps = [
+            (
+                format!("mkdir -p {}", container_path(&dirname(&dest))),
+                format!("Failed to create destination path {dest}"),
+            ),
+            (
+                format!("cp {staged_q} {}", container_path(&dest)),
+                format!(
+                    "Failed to move to destination path {} {dest}",
+                    staged.display()
+                ),
+            ),
+            (
+                format!("chmod {} {}", shell_quote(&f.mode), container_path(&dest)),
+                format!("Failed to set file mode to {}", f.mode),
+            ),
+        ];
+        for (command, failure) in steps {
+            let outcome = self.run_quiet(&command, log);
+            if !outcome.passed() {
+                return Err((outcome.code().max(1), failure));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Executor for ComposeExecutor {
+    fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
+        self.set_up(log).map_err(SetupError::Compose)
+    }
+
+    fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
+        self.start_job_shell(log).map_err(SetupError::Compose)
     }
 
     /// One `.env` in the shared directory with every variable so far,
@@ -731,65 +797,29 @@ impl Executor for ComposeExecutor {
         )
     }
 
-    /// Each file goes to the shared directory, then `mkdir -p`, `cp` and
-    /// `chmod` in the container, with Go's lines.
-    fn inject_files(&mut self, files: &[File], log: &mut JobLog<'_>) -> i32 {
-        let staged = self.shared().join("file");
-        for f in files {
-            log.output(format!("Injecting {} with file mode {}\n", f.path, f.mode));
-            // Checked, then decoded into the staged copy a chunk at a
-            // time: a big file is never held decoded.
-            if f.check_content().is_err() {
-                log.output("Failed to decode the content of the file.\n");
-                return 1;
-            }
-            let written = write_private_with(&staged, |out| {
-                f.write_content(out).map(|_| ()).map_err(|e| match e {
-                    ContentError::Write(e) => e,
-                    bad => std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string()),
-                })
-            });
-            if let Err(e) = written {
-                log.output(format!("{e}\n"));
-                return 255;
-            }
-            let dest = if f.path.starts_with('/') || f.path.starts_with('~') {
-                f.path.clone()
-            } else {
-                format!("~/{}", f.path)
-            };
-            let staged_q = shell_quote(&staged.to_string_lossy());
-            let steps = [
-                (
-                    format!("mkdir -p {}", container_path(&dirname(&dest))),
-                    format!("Failed to create destination path {dest}"),
-                ),
-                (
-                    format!("cp {staged_q} {}", container_path(&dest)),
-                    format!(
-                        "Failed to move to destination path {} {dest}",
-                        staged.display()
-                    ),
-                ),
-                (
-                    format!("chmod {} {}", shell_quote(&f.mode), container_path(&dest)),
-                    format!("Failed to set file mode to {}", f.mode),
-                ),
-            ];
-            for (command, failure) in steps {
-                let outcome = self.run_quiet(&command, log);
-                if !outcome.passed() {
-                    log.output(format!("{failure}\n"));
-                    let _ = std::fs::remove_file(&staged);
-                    return outcome.code().max(1);
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&staged);
-        0
+    /// As the request gives it: bash in the container places it.
+    fn file_destination(&self, path: &str) -> String {
+        path.to_string()
     }
 
-    pty_bash_steps!();
+    /// The file goes to the shared directory, then `mkdir -p`, `cp` and
+    /// `chmod` in the container, with Go's lines; the staged copy is
+    /// removed after each file.
+    fn write_file(
+        &mut self,
+        f: &File,
+        _dest: &str,
+        log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        let staged = self.shared().join("file");
+        let result = self.stage_and_copy(f, &staged, log);
+        let _ = std::fs::remove_file(&staged);
+        result
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pty
+    }
 
     fn close(&mut self) {
         self.pty.close();
@@ -880,108 +910,6 @@ fn remove_all(paths: &[PathBuf]) {
             log::warn!("Could not remove {}: {e}", path.display());
         }
     }
-}
-
-/// Runs `argv` with a PTY as its terminal (so compose prints its progress
-/// as it would to a user), each output line to `on_line`; whether it
-/// exited with 0. Bounded by `HOST_COMMAND_TIMEOUT`; a stop kills it.
-fn run_in_pty(
-    argv: &[OsString],
-    cwd: &Path,
-    env: &[(String, String)],
-    running: &Running,
-    stop: &Stop,
-    on_line: &mut dyn FnMut(String),
-) -> Result<bool, String> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err("empty command".into());
-    };
-    let what = program.to_string_lossy().into_owned();
-    let (pty, pts) =
-        pty_process::blocking::open().map_err(|e| format!("Failed to open a PTY: {e}"))?;
-    let _ = pty.resize(pty_process::Size::new(24, 80));
-    let mut child = pty_process::blocking::Command::new(program)
-        .env_clear()
-        .envs(crate::child_env::vars())
-        .args(args)
-        .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .spawn(pts)
-        .map_err(|e| format!("Failed to run {what}: {e}"))?;
-    // The child leads its own session, so its pid is its process group.
-    running
-        .0
-        .store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
-    if stop.is_stopped() {
-        running.kill();
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadEvent>(64);
-    let quit = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let quit = Arc::clone(&quit);
-        std::thread::Builder::new()
-            .name("compose-pull-pty".into())
-            .spawn(move || read_pty(&pty, &tx, &quit))
-            .map_err(|e| format!("Failed to start a reader thread: {e}"))?
-    };
-    let deadline = Instant::now() + HOST_COMMAND_TIMEOUT;
-    let mut pending: Vec<u8> = Vec::new();
-    let flush = |pending: &mut Vec<u8>, all: bool, on_line: &mut dyn FnMut(String)| {
-        while let Some(at) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=at).collect();
-            let text = String::from_utf8_lossy(&line).replace('\r', "");
-            on_line(text);
-        }
-        if all && !pending.is_empty() {
-            let text = String::from_utf8_lossy(pending).replace('\r', "");
-            pending.clear();
-            on_line(text + "\n");
-        }
-    };
-    let mut status = None;
-    let mut exited_at: Option<Instant> = None;
-    loop {
-        match rx.recv_timeout(POLL) {
-            Ok(ReadEvent::Data(bytes)) => {
-                pending.extend_from_slice(&bytes);
-                flush(&mut pending, false, on_line);
-            }
-            Ok(ReadEvent::Closed) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if status.is_none() {
-            if let Ok(Some(s)) = child.try_wait() {
-                status = Some(s);
-                exited_at = Some(Instant::now());
-            } else if Instant::now() >= deadline {
-                running.kill();
-            }
-        }
-        // Output still buffered when the child ended is read for a moment
-        // more; a grandchild holding the PTY open is not waited for.
-        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
-            break;
-        }
-    }
-    flush(&mut pending, true, on_line);
-    running.0.store(0, Ordering::SeqCst);
-    let status = match status {
-        Some(s) => s,
-        None => {
-            running.kill();
-            child
-                .wait()
-                .map_err(|e| format!("Failed to wait for {what}: {e}"))?
-        }
-    };
-    // A leftover process holding the PTY open must not hold the job up:
-    // the reader looks at `quit` at least every 100 ms.
-    quit.store(true, Ordering::SeqCst);
-    drop(rx);
-    if reader.join().is_err() {
-        log::warn!("the compose pull reader thread panicked");
-    }
-    Ok(status.success())
 }
 
 #[cfg(test)]
