@@ -81,6 +81,8 @@ commands:
 EOF
 jobs=()
 for _ in 1 2 3; do jobs+=("$WORK/job.yaml"); done
+# Created here: the background child opens it, perhaps after the first poll.
+: >"$WORK/hub.log"
 "$DEV_HUB" --port 0 --sync-every 200 "${jobs[@]}" >"$WORK/hub.log" 2>&1 &
 HUB_PID=$!
 HUB=""

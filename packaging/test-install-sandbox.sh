@@ -92,6 +92,8 @@ TB_SHA=$(sha256sum "$WORK/self-hosted-linux.tar" | cut -d' ' -f1)
 # A web server on 127.0.0.1 for the tarball (and a 404 for anything else).
 mkdir -p "$WORK/www/releases"
 cp "$WORK/self-hosted-linux.tar" "$WORK/www/releases/"
+# Created here: the background child opens it, perhaps after the first poll.
+: >"$WORK/http.log"
 python3 -m http.server 0 --bind 127.0.0.1 --directory "$WORK/www" >"$WORK/http.log" 2>&1 &
 HTTP_PID=$!
 PORT=""
@@ -345,6 +347,8 @@ commands:
   - directive: test "\$(type -t checkout)" = function && pwd && id -un
   - directive: cat .checked-out; sleep 3
 EOF
+# Created here: the background child opens it, perhaps after the first poll.
+: >"$WORK/hub.log"
 "$DEV_HUB" --port 0 --sync-every 200 "$WORK/job.yaml" >"$WORK/hub.log" 2>&1 &
 HUB_PID=$!
 HUB=""
