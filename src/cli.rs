@@ -163,11 +163,12 @@ impl fmt::Debug for Redacted<'_> {
     }
 }
 
-/// Run one job locally from a job file, without a control plane.
+/// Run one job (a job request file) or a whole Semaphore pipeline (a file
+/// with `version` and `blocks`) locally, without a control plane.
 #[derive(FromArgs, PartialEq, Default)]
 #[argh(subcommand, name = "run")]
 pub struct RunArgs {
-    /// the job request file (YAML or JSON)
+    /// the job request file (YAML or JSON) or pipeline file
     #[argh(positional)]
     pub job_file: PathBuf,
     /// print the job's events as JSON lines instead of plain output
@@ -188,6 +189,43 @@ pub struct RunArgs {
     /// run the pre-job hook with `source` in the job shell instead of `bash`
     #[argh(switch)]
     pub source_pre_job_hook: bool,
+    /// pipeline: print the jobs it would run (with --json: their job
+    /// requests), run nothing
+    #[argh(switch)]
+    pub list: bool,
+    /// pipeline: run this block (repeatable) and, unless --only, the
+    /// blocks it depends on
+    #[argh(option)]
+    pub block: Vec<String>,
+    /// pipeline: with --block, leave out the blocks it depends on
+    #[argh(switch)]
+    pub only: bool,
+    /// pipeline: run only the job of this name (repeatable; a matrix or
+    /// parallelism job's base name selects all of its jobs)
+    #[argh(option)]
+    pub job: Vec<String>,
+    /// pipeline: how many jobs run at once (default: one per core)
+    #[argh(option)]
+    pub parallel: Option<String>,
+    /// pipeline: secrets in the shape `sem get secret NAME -o yaml` prints
+    #[argh(option)]
+    pub secrets_file: Option<PathBuf>,
+    /// pipeline: run even when a secret is not in the secrets file
+    #[argh(switch)]
+    pub allow_missing_secrets: bool,
+    /// pipeline: NAME=VALUE given to every job as a parameter (repeatable)
+    #[argh(option)]
+    pub env: Vec<String>,
+    /// pipeline: run blocks whose dependencies failed
+    #[argh(switch)]
+    pub keep_going: bool,
+    /// pipeline: what `checkout` gives a job: `worktree` (the commit plus
+    /// uncommitted changes, the default) or `head` (the commit only)
+    #[argh(option)]
+    pub checkout: Option<String>,
+    /// pipeline: the default branch `change_in` compares with
+    #[argh(option)]
+    pub base: Option<String>,
     /// switches explicitly turned off with `--switch=false`
     #[argh(option, long = "switch-off", hidden_help)]
     pub switch_off: Vec<String>,
@@ -209,6 +247,17 @@ impl fmt::Debug for RunArgs {
                 &self.fail_on_pre_job_hook_error,
             )
             .field("source_pre_job_hook", &self.source_pre_job_hook)
+            .field("list", &self.list)
+            .field("block", &self.block)
+            .field("only", &self.only)
+            .field("job", &self.job)
+            .field("parallel", &self.parallel)
+            .field("secrets_file", &self.secrets_file)
+            .field("allow_missing_secrets", &self.allow_missing_secrets)
+            .field("env", &Redacted(Key::EnvVars, FlagValue::List(&self.env)))
+            .field("keep_going", &self.keep_going)
+            .field("checkout", &self.checkout)
+            .field("base", &self.base)
             .field("switch_off", &self.switch_off)
             .finish()
     }
@@ -223,7 +272,25 @@ pub struct VersionArgs {}
 /// `Bool` keys, these are every switch the `--flag=value` pre-pass must
 /// know, to turn `--x=false` into an override rather than into a value argh
 /// would reject.
-const RUN_ONLY_SWITCHES: &[&str] = &["json"];
+const RUN_ONLY_SWITCHES: &[&str] = &[
+    "json",
+    "list",
+    "only",
+    "allow-missing-secrets",
+    "keep-going",
+];
+
+/// The options of `run` (for pipelines) that are not `start` keys.
+#[cfg(test)]
+const RUN_ONLY_OPTIONS: &[&str] = &[
+    "block",
+    "job",
+    "parallel",
+    "secrets-file",
+    "env",
+    "checkout",
+    "base",
+];
 
 fn is_switch(name: &str) -> bool {
     Key::is_switch(name) || RUN_ONLY_SWITCHES.contains(&name)
@@ -572,7 +639,7 @@ mod tests {
                 Some((name, _)) => (name, false),
                 None => (flag, true),
             };
-            if RUN_ONLY_SWITCHES.contains(&name) {
+            if RUN_ONLY_SWITCHES.contains(&name) || RUN_ONLY_OPTIONS.contains(&name) {
                 continue;
             }
             let key = Key::from_name(name);

@@ -44,8 +44,8 @@ const LAYERS: &[&[&str]] = &[
     &["job", "api", "cli"],
     // The validated configuration.
     &["config"],
-    // The two ways the agent runs: `run` and `start`.
-    &["local", "listener"],
+    // The ways the agent runs: `run` (a job, or a whole pipeline) and `start`.
+    &["local", "listener", "pipeline"],
 ];
 
 /// Items of the crate root (`lib.rs`) that any module may use.

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod output;
+pub mod pipeline;
 pub mod platform;
 pub mod private_tmp;
 pub mod random;

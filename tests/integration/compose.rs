@@ -66,6 +66,28 @@ fn prepare_docker() -> Result<(), String> {
     Ok(())
 }
 
+/// The bash test image under a `registry.semaphoreci.com/` name: a
+/// pipeline naming `semaphoreci/semaphore-agent-test-bash:3` (which
+/// Semaphore redirects there) finds it without a registry (pipelines.rs).
+/// `None` when the Docker tests are skipped here.
+pub(crate) fn redirected_test_image() -> Option<&'static str> {
+    const TAG: &str = "registry.semaphoreci.com/semaphore-agent-test-bash:3";
+    if !docker() {
+        return None;
+    }
+    let bash = find_binary(&["/bin/bash-static", "/usr/bin/bash-static"])?;
+    let busybox = find_binary(&["/bin/busybox", "/usr/bin/busybox"])?;
+    match import_image(TAG, Some(&bash), &busybox) {
+        Ok(()) => Some(TAG),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The job containers of the agent with this pid (any state).
+pub(crate) fn job_containers(pid: i32) -> Vec<String> {
+    containers_of(pid)
+}
+
 fn find_binary(candidates: &[&str]) -> Option<std::path::PathBuf> {
     candidates
         .iter()

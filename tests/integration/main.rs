@@ -34,6 +34,7 @@ mod kubernetes;
 #[cfg(target_os = "linux")]
 mod memory;
 mod operations;
+mod pipelines;
 mod run_jobs;
 mod security;
 mod shell;

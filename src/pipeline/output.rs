@@ -1,0 +1,306 @@
+//! What a pipeline run prints: each job's events (for people, each line
+//! prefixed with the job's name when jobs run side by side; or JSON lines
+//! with `block` and `job` added), progress lines, notes, the final table
+//! and `pipeline_finished`.
+//!
+//! Every job thread writes through one [`Console`] (a mutex around
+//! stdout), a whole line at a time, so lines of parallel jobs never mix.
+//! A job's unfinished line is held back at most [`MAX_PARTIAL`] bytes.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use crate::events::{Event, EventSink};
+
+/// The most of an unfinished output line a job holds before printing it.
+const MAX_PARTIAL: usize = 8 * 1024;
+
+/// The shared stdout.
+#[derive(Clone)]
+pub struct Console {
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    pub json: bool,
+}
+
+impl Console {
+    pub fn new(out: Box<dyn Write + Send>, json: bool) -> Console {
+        Console {
+            out: Arc::new(Mutex::new(out)),
+            json,
+        }
+    }
+
+    /// Writes `text` at once; a closed stdout is ignored (`| head`).
+    pub fn write(&self, text: &str) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+    }
+
+    /// A note for people: a line on stdout, or on stderr under `--json`
+    /// (stdout then holds JSON only).
+    pub fn note(&self, line: &str) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            self.write(&format!("{line}\n"));
+        }
+    }
+}
+
+/// One job's sink.
+pub struct JobSink {
+    console: Console,
+    block: String,
+    job: String,
+    /// `[job] ` before each line, or nothing.
+    prefix: String,
+    partial: String,
+    /// Inside "Exporting environment variables": the names are counted,
+    /// not listed (`--json` keeps every line).
+    exporting: Option<usize>,
+}
+
+impl JobSink {
+    pub fn new(console: Console, block: &str, job: &str, prefixed: bool) -> JobSink {
+        JobSink {
+            console,
+            block: block.to_string(),
+            job: job.to_string(),
+            prefix: if prefixed {
+                format!("[{job}] ")
+            } else {
+                String::new()
+            },
+            partial: String::new(),
+            exporting: None,
+        }
+    }
+
+    fn lines(&mut self, text: &str) {
+        self.partial.push_str(text);
+        let mut out = String::new();
+        while let Some(at) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=at).collect();
+            out.push_str(&self.prefix);
+            out.push_str(&line);
+        }
+        if self.partial.len() > MAX_PARTIAL {
+            out.push_str(&self.prefix);
+            out.push_str(&std::mem::take(&mut self.partial));
+            out.push('\n');
+        }
+        if !out.is_empty() {
+            self.console.write(&out);
+        }
+    }
+
+    fn end_line(&mut self) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.console.write(&format!("{}{rest}\n", self.prefix));
+        }
+    }
+}
+
+/// The event as a JSON line with `block` and `job` added after the wire
+/// fields.
+pub fn tagged_json(event: &Event, block: &str, job: &str) -> String {
+    let wire = event.to_json();
+    let extra = json!({"block": block, "job": job}).to_string();
+    match (wire.strip_suffix('}'), extra.strip_prefix('{')) {
+        (Some(head), Some(tail)) => format!("{head},{tail}"),
+        _ => wire,
+    }
+}
+
+impl EventSink for JobSink {
+    fn emit(&mut self, event: Event) {
+        if self.console.json {
+            let line = tagged_json(&event, &self.block, &self.job);
+            self.console.write(&format!("{line}\n"));
+            return;
+        }
+        match event {
+            Event::JobStarted { .. } => {}
+            Event::CmdStarted { directive, .. } => {
+                self.end_line();
+                if directive == crate::job::lifecycle::EXPORT_ENV_DIRECTIVE {
+                    self.exporting = Some(0);
+                }
+                self.lines(&format!("$ {}\n", directive.trim_end()));
+            }
+            Event::CmdOutput { output, .. } => match &mut self.exporting {
+                Some(n) if output.starts_with("Exporting ") => {
+                    *n += output.matches('\n').count().max(1);
+                }
+                _ => self.lines(&output),
+            },
+            Event::CmdFinished {
+                exit_code,
+                started_at,
+                finished_at,
+                ..
+            } => {
+                self.end_line();
+                if let Some(n) = self.exporting.take() {
+                    self.lines(&format!("({n} variables)\n"));
+                }
+                let took = finished_at.saturating_sub(started_at);
+                self.lines(&format!("[exit code {exit_code}, {took}s]\n"));
+            }
+            Event::JobFinished { result, .. } => {
+                self.end_line();
+                self.lines(&format!("Job {result}\n"));
+            }
+        }
+    }
+}
+
+impl Drop for JobSink {
+    fn drop(&mut self) {
+        self.end_line();
+    }
+}
+
+/// One row of the final table.
+pub struct Row {
+    pub block: String,
+    pub job: String,
+    /// passed, failed, stopped, skipped, or not run.
+    pub result: String,
+    pub duration_s: f64,
+    pub note: String,
+}
+
+/// The final table, columns padded.
+pub fn table(rows: &[Row]) -> String {
+    let w_block = rows
+        .iter()
+        .map(|r| r.block.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let w_job = rows
+        .iter()
+        .map(|r| r.job.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    let mut out = format!(
+        "{:<w_block$}  {:<w_job$}  {:<8}  {:>8}\n",
+        "BLOCK", "JOB", "RESULT", "DURATION"
+    );
+    for r in rows {
+        let duration = if r.result == "skipped" {
+            "-".to_string()
+        } else {
+            format!("{:.1}s", r.duration_s)
+        };
+        let note = if r.note.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", r.note)
+        };
+        out.push_str(&format!(
+            "{:<w_block$}  {:<w_job$}  {:<8}  {:>8}{note}\n",
+            r.block, r.job, r.result, duration
+        ));
+    }
+    out
+}
+
+/// The last JSON line, its keys in the documented order.
+pub fn finished_json(result: &str, rows: &[Row]) -> String {
+    let jobs: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"block\":{},\"job\":{},\"result\":{},\"duration_s\":{}}}",
+                json!(r.block),
+                json!(r.job),
+                json!(r.result),
+                json!((r.duration_s * 10.0).round() / 10.0)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"event\":\"pipeline_finished\",\"result\":{},\"jobs\":[{}]}}",
+        json!(result),
+        jobs.join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn text(buf: &Buf) -> String {
+        String::from_utf8_lossy(&buf.0.lock().map(|v| v.clone()).unwrap_or_default()).into_owned()
+    }
+
+    #[test]
+    fn prefixed_lines_are_whole() {
+        let buf = Buf::default();
+        let console = Console::new(Box::new(buf.clone()), false);
+        let mut a = JobSink::new(console.clone(), "B", "a", true);
+        let mut b = JobSink::new(console, "B", "b", true);
+        a.emit(Event::CmdOutput {
+            timestamp: 1,
+            output: "one ".into(),
+        });
+        b.emit(Event::CmdOutput {
+            timestamp: 1,
+            output: "x\ny".into(),
+        });
+        a.emit(Event::CmdOutput {
+            timestamp: 1,
+            output: "two\n".into(),
+        });
+        drop(b);
+        assert_eq!(text(&buf), "[b] x\n[a] one two\n[b] y\n");
+    }
+
+    #[test]
+    fn json_lines_carry_block_and_job() {
+        let line = tagged_json(
+            &Event::JobStarted { timestamp: 5 },
+            "Build \"x\"",
+            "a - 1/2",
+        );
+        assert_eq!(
+            line,
+            r#"{"event":"job_started","timestamp":5,"block":"Build \"x\"","job":"a - 1/2"}"#
+        );
+        let rows = [Row {
+            block: "B".into(),
+            job: "j".into(),
+            result: "passed".into(),
+            duration_s: 1.26,
+            note: String::new(),
+        }];
+        assert_eq!(
+            finished_json("passed", &rows),
+            r#"{"event":"pipeline_finished","result":"passed","jobs":[{"block":"B","job":"j","result":"passed","duration_s":1.3}]}"#
+        );
+        assert!(table(&rows).contains("B      j    passed"));
+    }
+}

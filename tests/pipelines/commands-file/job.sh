@@ -1,0 +1,2 @@
+echo job one
+echo job two

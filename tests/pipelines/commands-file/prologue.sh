@@ -1,0 +1,3 @@
+echo prologue one
+
+echo prologue two
