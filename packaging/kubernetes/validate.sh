@@ -93,6 +93,9 @@ def common(kind, spec):
         assert ports.get(get["port"], get["port"]) == port, f"{kind}: {probe} port is not the health address's {port}"
     live = c["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 600, f"{kind}: liveness gives up before the agent's own 10-minute sync limit"
+    # The image's default CMD reads a mounted config file (the Helm
+    # chart's way); these manifests configure by env, as the controller.
+    assert c.get("command") == ["/opt/semaphore/agent", "start"], f"{kind}: command {c.get('command')}"
     return pod, c, env
 
 dep = load("deployment.yaml")
