@@ -59,7 +59,68 @@ fi
 # 3. install.sh into temporary DESTDIRs, systemd-analyze verify on the units.
 stage install packaging/test-install.sh ${BIN:+"$BIN"}
 
-# 4./5. Kubernetes schemas and Dockerfile lint share one venv.
+# 4. The release archives (Go's names and layout) from the binaries built
+#    once: the static one above, the .exe .ci/windows.sh built (release.sh
+#    builds it only when it is missing). Run twice: the archives must be
+#    reproducible.
+EXE=target/windows/x86_64-pc-windows-gnu/release/semaphore-agent.exe
+DIST=""
+release_check() {
+    local out1 out2 win=()
+    [ ! -f "$EXE" ] || win=(--windows "$EXE")
+    out1=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist | tail -1) &&
+        out2=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist-again | tail -1) &&
+        packaging/test-release.sh "$out1" "$BIN" &&
+        { cmp "$out1/checksums.txt" "$out2/checksums.txt" && echo "PASS release: a second build gives the same archives (checksums.txt equal)"; } &&
+        rm -rf "$out2" || return 1
+    # A binary built for another version is refused, naming both.
+    local msg
+    if msg=$(packaging/release.sh --version v0.0.0-other --linux "$BIN" "${win[@]}" --out target/dist-wrong 2>&1); then
+        echo "FAIL release: a binary of another version was packaged as v0.0.0-other"
+        return 1
+    fi
+    rm -rf target/dist-wrong
+    grep -q "not v0.0.0-other: build it with SEMAPHORE_AGENT_VERSION=v0.0.0-other" <<<"$msg" &&
+        echo "PASS release: a binary of another version is refused: $(tail -1 <<<"$msg")"
+}
+if [ -n "$BIN" ]; then
+    stage release release_check && DIST=target/dist
+else
+    echo "FAIL packaging stage release (no static binary)"
+    failed=$((failed + 1))
+fi
+
+# `agent version` prints SEMAPHORE_AGENT_VERSION as set at build time
+# (what release.sh passes); the dev build is rebuilt without it afterwards.
+build_version_check() {
+    local got
+    SEMAPHORE_AGENT_VERSION=v9.8.7-ci cargo build --locked --quiet --bin semaphore-agent &&
+        got=$(target/debug/semaphore-agent version) &&
+        cargo build --locked --quiet --bin semaphore-agent || return 1
+    [ "$got" = v9.8.7-ci ] && [ "$(target/debug/semaphore-agent version)" = "$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)" ] &&
+        echo "PASS version: built with SEMAPHORE_AGENT_VERSION=v9.8.7-ci it says '$got'; without, Cargo's version"
+}
+stage build-version build_version_check
+
+# 5. The sandbox installs (AWS stack, prompts, toolbox, health check) and
+#    the images (docker build + run), on a Debian base made here and cached
+#    in /var/tmp/semaphore-ci-images; both need the dev hub.
+BASE_TAR=""
+stage base-rootfs packaging/base-rootfs.sh && BASE_TAR=$(tail -1 "$LOGS/base-rootfs.log")
+HUB_BIN=target/debug/examples/dev-hub
+cargo build --locked --quiet --example dev-hub || HUB_BIN=""
+if [ -n "$DIST" ] && [ -n "$BASE_TAR" ] && [ -n "$HUB_BIN" ]; then
+    stage install-sandbox packaging/test-install-sandbox.sh "$DIST/agent_Linux_x86_64.tar.gz" "$BASE_TAR" "$HUB_BIN"
+    stage images packaging/test-images.sh "$BIN" "$BASE_TAR" "$HUB_BIN"
+else
+    echo "FAIL packaging stage install-sandbox/images (archive '$DIST', base '$BASE_TAR', hub $HUB_BIN)"
+    failed=$((failed + 2))
+fi
+
+# install.ps1: static checks only (no PowerShell on these machines).
+stage install-ps1 packaging/test-install-ps1.sh ${BIN:+"$BIN"}
+
+# 6./7. Kubernetes schemas and Dockerfile lint share one venv.
 VENV=$LOGS/venv
 if python3 -m venv "$VENV" >/dev/null 2>&1 || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"

@@ -39,6 +39,11 @@ mkdir -p "$DEST"/{bin,sbin,usr/bin,usr/sbin,etc/ssl/certs,root,tmp,dev,proc,sys,
 chmod 1777 "$DEST/tmp"
 chmod 0700 "$DEST/root"
 install -m 0755 "$BIN" "$DEST/bin/semaphore-agent"
+# Where Semaphore's image has it (the Kubernetes controller and the Helm
+# chart start /opt/semaphore/agent), and as `agent` on PATH.
+mkdir -p "$DEST/opt/semaphore"
+ln -s /bin/semaphore-agent "$DEST/opt/semaphore/agent"
+ln -s semaphore-agent "$DEST/bin/agent"
 install -m 0755 "$X/bin/bash-static" "$DEST/bin/bash"
 install -m 0755 "$X/bin/busybox" "$DEST/bin/busybox"
 

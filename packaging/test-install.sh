@@ -24,34 +24,42 @@ fail() { echo "FAIL install: $*"; failed=1; }
 
 BIN=${1:-}
 if [ -z "$BIN" ]; then
-    BIN=$WORK/semaphore-agent
+    BIN=$WORK/agent
     printf '#!/bin/sh\necho stand-in\n' >"$BIN"
     chmod +x "$BIN"
 fi
 
 # --- 1. empty token ---------------------------------------------------------
+# No token in the environment and nothing on stdin: Semaphore's prompt gets
+# an empty answer, and the installer stops as Go's does, writing nothing.
 D=$WORK/empty-token
 rc=0
 out=$(env -u SEMAPHORE_REGISTRATION_TOKEN "$INSTALL" --binary "$BIN" --endpoint org.semaphoreci.com \
-    --destdir "$D" 2>&1) || rc=$?
-if [ $rc != 0 ] && [[ $out == *"registration token is empty"* ]] && [ ! -e "$D" ]; then
-    pass "empty token refused (exit $rc): $out"
+    --destdir "$D" </dev/null 2>&1) || rc=$?
+if [ $rc = 1 ] && [[ $out == *"Registration token cannot be empty."* ]] && [ ! -e "$D" ]; then
+    pass "empty token refused (exit $rc): $(tr '\n' ' ' <<<"$out")"
 else
     fail "empty token not refused cleanly (exit $rc, wrote: $(find "$D" 2>/dev/null | head -3)): $out"
 fi
 rc=0
 out=$("$INSTALL" --binary "$BIN" --endpoint org.semaphoreci.com --token "" --destdir "$D" 2>&1) || rc=$?
 [ $rc != 0 ] && [ ! -e "$D" ] && pass "--token '' refused" || fail "--token '' accepted: $out"
+rc=0
+out=$(SEMAPHORE_REGISTRATION_TOKEN=t SEMAPHORE_AGENT_SYSTEMD_RESTART=sometimes "$INSTALL" --binary "$BIN" \
+    --endpoint e --user root --destdir "$D" 2>&1) || rc=$?
+[ $rc != 0 ] && [[ $out == *"'sometimes'"* ]] && [ ! -e "$D" ] && pass "a bad SEMAPHORE_AGENT_SYSTEMD_RESTART is named and refused" ||
+    fail "bad restart value: exit $rc: $out"
 
-# --- 2. a full single-agent install -----------------------------------------
+# --- 2. a full single-agent install, with this agent's extras ---------------
 D=$WORK/single
 HOOK=$WORK/pre-job.sh
 printf 'echo pre-job hook ran\n' >"$HOOK"
 install_single() {
-    SEMAPHORE_REGISTRATION_TOKEN='s3cr"et$' "$INSTALL" --binary "$BIN" \
+    SEMAPHORE_REGISTRATION_TOKEN='s3cr"et$' SEMAPHORE_AGENT_SHUTDOWN_HOOK=/opt/semaphore/agent/hooks/shutdown \
+        "$INSTALL" --binary "$BIN" --prefix /opt/semaphore/agent \
         --endpoint org.semaphoreci.com --name gpu-box-0001 --user root \
         --env-var 'GREETING=hello world' --interruption-grace-period 600 \
-        --disconnect-after-idle-timeout 300 --pre-job-hook "$HOOK" --destdir "$D"
+        --disconnect-after-idle-timeout 300 --pre-job-hook "$HOOK" --notify --destdir "$D"
 }
 if out=$(install_single 2>&1); then
     pass "single install ran"
@@ -66,39 +74,42 @@ check_mode() { # PATH MODE
         fail "${1#"$D"} missing or mode $(stat -c %a "$1" 2>/dev/null) != $2"
     fi
 }
-check_mode "$A/semaphore-agent" 755
+check_mode "$A/agent" 755
 check_mode "$A/config.yaml" 600
 check_mode "$A/hooks/pre-job.sh" 755
 check_mode "$D/etc/systemd/system/semaphore-agent.service" 644
-[ "$(readlink "$A/agent")" = semaphore-agent ] && pass "agent -> semaphore-agent link (Go-era units)" ||
-    fail "no agent symlink"
-cmp -s "$BIN" "$A/semaphore-agent" && pass "binary copied" || fail "binary differs"
+cmp -s "$BIN" "$A/agent" && pass "binary copied as <dir>/agent" || fail "binary differs"
 
-# The config must be YAML whose values round-trip exactly (token quoting).
+# The config: Go's keys in Go's order, then ours; values round-trip exactly.
 if python3 - "$A/config.yaml" <<'EOF'; then
 import sys, yaml
-c = yaml.safe_load(open(sys.argv[1]))
+c = yaml.safe_load(open(sys.argv[1]).read())
+go = ["endpoint", "token", "no-https", "shutdown-hook-path", "disconnect-after-job",
+      "disconnect-after-idle-timeout", "env-vars", "files", "fail-on-missing-files"]
+assert list(c)[:len(go)] == go, f"key order {list(c)}"
 want = {
     "endpoint": "org.semaphoreci.com", "token": 's3cr"et$', "name": "gpu-box-0001",
-    "no-https": False, "disconnect-after-job": False,
+    "no-https": False, "shutdown-hook-path": "/opt/semaphore/agent/hooks/shutdown",
+    "disconnect-after-job": False,
     "disconnect-after-idle-timeout": 300, "interruption-grace-period": 600,
     "pre-job-hook-path": "/opt/semaphore/agent/hooks/pre-job.sh",
     "env-vars": ["GREETING=hello world"], "files": [], "fail-on-missing-files": False,
 }
-assert c == want, f"config differs: {sorted(set(c.items()) ^ set(want.items()), key=str) if False else c}"
+assert c == want, f"config differs: {c}"
 EOF
-    pass "config.yaml parses to exactly the requested settings"
+    pass "config.yaml: Go's keys in Go's order, then name/grace/hook, values exact"
 else
     fail "config.yaml content"
 fi
 unit=$D/etc/systemd/system/semaphore-agent.service
-grep -qx 'ExecStart=/opt/semaphore/agent/semaphore-agent start --config-file /opt/semaphore/agent/config.yaml' "$unit" &&
-    grep -qx 'Restart=always' "$unit" && grep -qx 'User=root' "$unit" &&
-    grep -qx 'TimeoutStopSec=660' "$unit" &&
-    pass "unit: ExecStart, Restart=always, User, TimeoutStopSec = grace + 60" ||
+grep -qx 'ExecStart=/opt/semaphore/agent/agent start --config-file /opt/semaphore/agent/config.yaml' "$unit" &&
+    grep -qx 'Environment=SEMAPHORE_AGENT_LOG_FILE_PATH=/opt/semaphore/agent/agent.log' "$unit" &&
+    grep -qx 'Restart=always' "$unit" && grep -qx 'RestartSec=60' "$unit" && grep -qx 'User=root' "$unit" &&
+    grep -qx 'TimeoutStopSec=660' "$unit" && grep -qx 'Delegate=yes' "$unit" && grep -qx 'KillMode=mixed' "$unit" &&
+    pass "unit: Go's ExecStart/Environment/Restart/User, TimeoutStopSec = grace + 60, Delegate, KillMode=mixed" ||
     fail "unit content: $(grep -E '^(ExecStart|Restart|User|TimeoutStopSec)=' "$unit" | tr '\n' ' ')"
 grep -qx 'Type=notify' "$unit" && grep -qx 'WatchdogSec=15min' "$unit" &&
-    pass "unit: Type=notify with WatchdogSec=15min (READY=1 on register, WATCHDOG=1 per sync)" ||
+    pass "unit: --notify gives Type=notify with WatchdogSec=15min" ||
     fail "unit notify settings: $(grep -E '^(Type|WatchdogSec)=' "$unit" | tr '\n' ' ')"
 
 # --- 3. idempotence ---------------------------------------------------------
@@ -106,7 +117,7 @@ snapshot() { (cd "$D" && find . -printf '%p %m %s %T@ %l\n' | sort && find . -ty
 before=$(snapshot)
 out=$(install_single 2>&1) || fail "second install failed: $out"
 after=$(snapshot)
-if [ "$before" = "$after" ] && ! grep -q ': wrote ' <<<"$out"; then
+if [ "$before" = "$after" ] && ! grep -q '^Wrote ' <<<"$out"; then
     pass "second identical run changed nothing (contents, modes, mtimes)"
 else
     fail "second run changed the tree: $(diff <(echo "$before") <(echo "$after") | head -5)"
@@ -114,7 +125,8 @@ fi
 
 # --- 4. one agent per GPU ---------------------------------------------------
 D=$WORK/gpus
-if out=$(SEMAPHORE_REGISTRATION_TOKEN=t "$INSTALL" --binary "$BIN" --endpoint org.semaphoreci.com \
+if out=$(SEMAPHORE_REGISTRATION_TOKEN=t "$INSTALL" --binary "$BIN" --prefix /opt/semaphore/agent \
+    --endpoint org.semaphoreci.com \
     --name gpu-box-0001 --user root --gpus 0,1,3 --env-var 'HF_HOME=/data/hf 100%' --destdir "$D" 2>&1); then
     pass "--gpus 0,1,3 install ran"
 else
@@ -128,9 +140,32 @@ for g in 0 1 3; do
 done
 [ ! -e "$A/gpu2" ] && [ ! -e "$D/etc/systemd/system/semaphore-agent.service" ] &&
     pass "no gpu2, no single-agent unit" || fail "unexpected files for --gpus"
-grep -qx 'ExecStart=/opt/semaphore/agent/semaphore-agent start --config-file /opt/semaphore/agent/gpu%i/config.yaml --env-vars CUDA_VISIBLE_DEVICES=%i --env-vars "HF_HOME=/data/hf 100%%"' "$tunit" &&
+grep -qx 'ExecStart=/opt/semaphore/agent/agent start --config-file /opt/semaphore/agent/gpu%i/config.yaml --env-vars CUDA_VISIBLE_DEVICES=%i --env-vars "HF_HOME=/data/hf 100%%"' "$tunit" &&
     pass "template unit: per-instance config, CUDA_VISIBLE_DEVICES=%i and extra vars via --env-vars" ||
     fail "template ExecStart: $(grep ^ExecStart "$tunit")"
+
+# --- 4b. macOS: the launchd daemon as Go writes it ----------------------------
+D=$WORK/launchd
+if out=$(SEMAPHORE_REGISTRATION_TOKEN=t SEMAPHORE_AGENT_INSTALLATION_USER=semaphore "$INSTALL" --binary "$BIN" \
+    --prefix /opt/semaphore/agent --endpoint org.semaphoreci.com --service-manager launchd --destdir "$D" 2>&1) &&
+    python3 - "$D/Library/LaunchDaemons/com.semaphoreci.agent.plist" <<'EOF'; then
+import plistlib, sys
+p = plistlib.load(open(sys.argv[1], "rb"))
+want = {
+    "Label": "com.semaphoreci.agent",
+    "ProgramArguments": ["/opt/semaphore/agent/agent", "start", "--config-file",
+                         "/opt/semaphore/agent/config.yaml"],
+    "EnvironmentVariables": {"SEMAPHORE_AGENT_LOG_FILE_PATH": "/opt/semaphore/agent/agent.log",
+                             "PATH": "/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin"},
+    "RunAtLoad": False, "KeepAlive": {"Crashed": True},
+    "UserName": "semaphore", "WorkingDirectory": "/opt/semaphore/agent",
+}
+assert p == want, p
+EOF
+    pass "launchd: com.semaphoreci.agent.plist parses (plistlib) to Go's daemon"
+else
+    fail "launchd plist: $out"
+fi
 
 # --- 5. systemd-analyze verify ----------------------------------------------
 if ! command -v systemd-analyze >/dev/null; then
@@ -153,17 +188,11 @@ verify() { # ROOT UNIT...
     out=$(systemd-analyze verify --root="$root" "$@" 2>&1) || true
     if [ -z "$out" ]; then pass "systemd-analyze verify $*"; else fail "systemd-analyze verify $*: $out"; fi
 }
-# The units as shipped, in the layout they name.
-R=$WORK/shipped
-mkdir -p "$R/etc/systemd/system" "$R/opt/semaphore/agent"
-cp "$HERE/systemd/"*.service "$R/etc/systemd/system/"
-cp "$BIN" "$R/opt/semaphore/agent/semaphore-agent"
-verify "$R" semaphore-agent.service semaphore-agent@0.service
 verify "$WORK/single" semaphore-agent.service
 verify "$WORK/gpus" semaphore-agent@0.service semaphore-agent@3.service
 # ...and verify does catch a broken unit.
-sed -i 's/^Restart=always/Restart=sometimes/' "$R/etc/systemd/system/semaphore-agent.service"
-if systemd-analyze verify --root="$R" semaphore-agent.service 2>&1 | grep -q 'restart specifier'; then
+sed -i 's/^Restart=always/Restart=sometimes/' "$WORK/single/etc/systemd/system/semaphore-agent.service"
+if systemd-analyze verify --root="$WORK/single" semaphore-agent.service 2>&1 | grep -q 'restart specifier'; then
     pass "systemd-analyze verify reports a deliberately broken unit"
 else
     fail "systemd-analyze verify missed a broken unit"

@@ -42,8 +42,15 @@ mod fuzz;
 #[cfg(test)]
 mod layers;
 
-/// The agent's version, sent as `SemaphoreAgent/<version>` and on register.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The agent's version, sent as `SemaphoreAgent/<version>` and on register,
+/// and printed by `agent version`. A release build sets it from the tag
+/// (`SEMAPHORE_AGENT_VERSION=v1.2.3`, read at compile time by
+/// packaging/release.sh, as Go's `-X main.VERSION=<tag>`); any other build
+/// reports the crate's own version.
+pub const VERSION: &str = match option_env!("SEMAPHORE_AGENT_VERSION") {
+    Some(v) if !v.is_empty() => v,
+    _ => env!("CARGO_PKG_VERSION"),
+};
 
 /// Unix time in whole seconds, the unit of every timestamp on the wire.
 pub fn unix_now() -> u64 {

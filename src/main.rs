@@ -96,6 +96,23 @@ fn main() {
     if !semaphore_agent::child_env::make_undumpable() {
         eprintln!("semaphore-agent: warning: cannot make the process non-dumpable");
     }
+    // The Kubernetes executor's exec bridge (its child in the job's PTY),
+    // not a command of the agent's CLI.
+    #[cfg(unix)]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == semaphore_agent::kubernetes::BRIDGE_ARG)
+    {
+        let args: Option<Vec<String>> = std::env::args_os()
+            .skip(2)
+            .map(|a| a.into_string().ok())
+            .collect();
+        let code = match args {
+            Some(args) => semaphore_agent::kubernetes::exec_bridge(&args),
+            None => 2,
+        };
+        std::process::exit(code);
+    }
     let outcome = match Cli::from_env() {
         Ok(cli) => run(cli.cmd),
         Err(CliExit::Help(help)) => {

@@ -93,6 +93,9 @@ def common(kind, spec):
         assert ports.get(get["port"], get["port"]) == port, f"{kind}: {probe} port is not the health address's {port}"
     live = c["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 600, f"{kind}: liveness gives up before the agent's own 10-minute sync limit"
+    # The image's default CMD reads a mounted config file (the Helm
+    # chart's way); these manifests configure by env, as the controller.
+    assert c.get("command") == ["/opt/semaphore/agent", "start"], f"{kind}: command {c.get('command')}"
     return pod, c, env
 
 dep = load("deployment.yaml")
@@ -116,7 +119,7 @@ with open(os.path.join(d, "kubernetes-executor.yaml")) as f:
     docs = {doc["kind"]: doc for doc in yaml.safe_load_all(f)}
 grants = {(r, v) for rule in docs["Role"]["rules"] for r in rule["resources"] for v in rule["verbs"]}
 needed = {("configmaps", "get"), ("secrets", "create"), ("secrets", "delete"), ("pods", "create"),
-          ("pods", "get"), ("pods", "delete"), ("pods/exec", "create")}
+          ("pods", "get"), ("pods", "delete"), ("pods/exec", "create"), ("pods/exec", "get")}
 assert needed <= grants, f"Role misses {needed - grants}"
 sa = docs["ServiceAccount"]["metadata"]["name"]
 binding = docs["RoleBinding"]
@@ -126,7 +129,7 @@ pod, c, env = common("executor Job", docs["Job"]["spec"])
 assert pod["serviceAccountName"] == sa, "executor Job: not run as the bound ServiceAccount"
 assert "--kubernetes-executor" in c["args"], "executor Job: no --kubernetes-executor"
 assert env["KUBERNETES_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "executor Job: namespace not its own"
-print("kubernetes executor: Role grants configmaps get, secrets create/delete, pods create/get/delete, pods/exec create to the Job's ServiceAccount")
+print("kubernetes executor: Role grants configmaps get, secrets create/delete, pods create/get/delete, pods/exec create/get to the Job's ServiceAccount")
 EOF
 if out=$("$PY" "$WORK/props.py" "$HERE" 2>&1); then
     pass "$out"

@@ -63,5 +63,6 @@ pub(super) fn kubernetes_config(
         default_image: text(raw, Key::KubernetesDefaultImage)?.map(|(s, _)| s),
         labels,
         pod_start_timeout: Duration::from_secs(timeout),
+        agent_name: String::new(),
     }))
 }

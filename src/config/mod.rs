@@ -456,7 +456,11 @@ impl Config {
         let env_vars = env_vars(raw)?;
         let files = files(raw)?;
         let (name, name_from_env) = agent_name(raw, env)?;
-        let kubernetes = kubernetes::kubernetes_config(raw, env)?;
+        let kubernetes =
+            kubernetes::kubernetes_config(raw, env)?.map(|k| crate::kubernetes::KubernetesConfig {
+                agent_name: name.clone(),
+                ..k
+            });
         let log_format = match text(raw, Key::LogFormat)? {
             None => LogFormat::parse(Key::LogFormat.default_text()).unwrap_or_default(),
             Some((value, origin)) => {

@@ -1,34 +1,40 @@
 //! The Kubernetes executor (`--kubernetes-executor`): each job in its own
-//! pod, its commands in a login bash reached with `kubectl exec`.
+//! pod, its commands in a login bash reached through the pod's `exec`
+//! subresource.
 //!
 //! Owns the job's objects in the cluster and their order, as in the Go
 //! agent: `prepare` creates the job's secret (the `.env` with the job's
 //! env vars and `--env-vars`, and every file), the image pull secret when
-//! the job has credentials, and the pod; `start` waits for the pod and
-//! opens `kubectl exec -it -n <ns> <pod> -c main -- bash --login` in a PTY
-//! with the host shell's marker protocol, every command typed inline
-//! (`Shell::start_inline`: bash in the pod cannot read our files). Bash
-//! runs as Go runs it, `--login` with readline on: the typed lines are
-//! short printable ASCII without tabs, so readline neither completes nor
-//! meets the terminal's line limit, and its echo of them comes before each
-//! command's start marker and is dropped; `--noediting` would leave the
-//! pod's terminal echoing instead, to the same effect, so the Go agent's
-//! command line is kept. Env
-//! export sources the mounted `.env` and file injection copies from the
-//! mount. `close` cancels a wait, ends the PTY and deletes the pod and the
-//! secrets, whatever happened before. It must not decide the job's result
-//! or the order of steps (the lifecycle does).
+//! the job has credentials, and the pod, each labelled with the agent's
+//! name and, when the agent runs in a pod, owned by that pod (so the
+//! cluster deletes them if the agent dies); `start` waits for the pod and
+//! opens `bash --login` in its `main` container in a PTY with the host
+//! shell's marker protocol, every command typed inline
+//! (`Shell::start_inline`: bash in the pod cannot read our files). What
+//! runs in the PTY is the agent's own exec bridge (`kubernetes::exec`: the
+//! exec WebSocket, no kubectl); a server that refuses the WebSocket gets
+//! one agent-log line and `kubectl exec -it -n <ns> <pod> -c main -- bash
+//! --login` instead. Bash runs as Go runs it, `--login` with readline on:
+//! the typed lines are short printable ASCII without tabs, so readline
+//! neither completes nor meets the terminal's line limit, and its echo of
+//! them comes before each command's start marker and is dropped;
+//! `--noediting` would leave the pod's terminal echoing instead, to the
+//! same effect, so the Go agent's command line is kept. Env export sources
+//! the mounted `.env` and file injection copies from the mount. `close`
+//! cancels a wait, ends the PTY and deletes the pod and the secrets,
+//! whatever happened before. It must not decide the job's result or the
+//! order of steps (the lifecycle does).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::bash::{env_file_content, PtyCommands};
 use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
-use crate::shell::{shell_quote, Launch, Shell, ShellOptions};
+use crate::shell::{shell_quote, Launch, Shell, ShellError, ShellOptions};
 
 /// Directive of `prepare`.
 pub const PREPARE_DIRECTIVE: &str = "Creating Kubernetes resources for job...";
@@ -58,6 +64,9 @@ pub struct KubernetesExecutor {
     initial_env: Option<BTreeMap<String, Vec<u8>>>,
     pty: PtyCommands,
     injected_dir: String,
+    /// Outside a cluster: the names of `created`, on disk, for the next
+    /// run should this one be killed before `close`.
+    journal: Option<kubernetes::Journal>,
 }
 
 impl KubernetesExecutor {
@@ -82,6 +91,7 @@ impl KubernetesExecutor {
             initial_env: None,
             pty: PtyCommands::default(),
             injected_dir: injected_dir(),
+            journal: None,
         }
     }
 
@@ -131,6 +141,12 @@ impl KubernetesExecutor {
             }
             None => Decorator::default(),
         };
+        let labels = job_labels(&self.config);
+        let owner = owner_pod(&self.config.namespace);
+        if owner.is_none() {
+            self.journal = kubernetes::Journal::for_agent(&self.config.agent_name);
+            delete_leftovers_once(&client, &self.config.agent_name, self.journal.as_ref());
+        }
         let env_secret = format!("{}-secret", self.pod_name);
         let pull_secret = format!("{}-image-pull-secret", self.pod_name);
         let has_credentials = !self.request.compose.image_pull_credentials.is_empty();
@@ -143,10 +159,10 @@ impl KubernetesExecutor {
         // The pod is built (and its images checked) before anything is
         // created, so a refused job leaves nothing behind; the message is
         // the one Go shows after its own attempt.
-        let pod = kubernetes::pod(
+        let mut pod = kubernetes::pod(
             &self.pod_name,
             &self.config.namespace,
-            &self.config.labels,
+            &labels,
             &decorator,
             &self.request.compose.containers,
             self.config.default_image.as_deref(),
@@ -175,16 +191,18 @@ impl KubernetesExecutor {
             None
         };
         let vars = self.job_env();
-        let secret = kubernetes::env_secret(
+        let mut secret = kubernetes::env_secret(
             &env_secret,
             &self.config.namespace,
-            &self.config.labels,
+            &labels,
             &env_file_content(&vars),
             &self.request.files,
         )
         .map_err(|e| format!("Failed to create environment secret: {e}"))?;
+        owned_by(&mut pod, owner);
+        owned_by(&mut secret, owner);
         self.initial_env = Some(vars);
-        let client = self.client.insert(client);
+        self.client = Some(client);
 
         let stopped = || "the job was stopped".to_string();
         if self.cancel.load(Ordering::SeqCst) {
@@ -194,17 +212,22 @@ impl KubernetesExecutor {
         // have created the object, and deleting one that is not there
         // costs a 404.
         self.created.push(("secrets", env_secret));
+        self.record_created();
+        let client = self.client.as_ref().ok_or("no Kubernetes client")?;
         client
             .create("secrets", &secret)
             .map_err(|e| format!("Failed to create environment secret: {e}"))?;
         if let Some(docker_config) = docker_config {
-            let secret = kubernetes::pull_secret(
+            let mut secret = kubernetes::pull_secret(
                 &pull_secret,
                 &self.config.namespace,
-                &self.config.labels,
+                &labels,
                 &docker_config,
             );
+            owned_by(&mut secret, owner);
             self.created.push(("secrets", pull_secret));
+            self.record_created();
+            let client = self.client.as_ref().ok_or("no Kubernetes client")?;
             client
                 .create("secrets", &secret)
                 .map_err(|e| format!("Failed to create temporary image pull secret: {e}"))?;
@@ -213,6 +236,8 @@ impl KubernetesExecutor {
             return Err(stopped());
         }
         self.created.push(("pods", self.pod_name.clone()));
+        self.record_created();
+        let client = self.client.as_ref().ok_or("no Kubernetes client")?;
         client
             .create("pods", &pod)
             .map_err(|e| format!("Failed to create pod: {e}"))?;
@@ -279,38 +304,43 @@ impl KubernetesExecutor {
         }
         log.output("Pod is ready.\n");
         log.output("Starting a new bash session in the pod...\n");
-        let launch = Launch {
-            argv: [
-                "kubectl",
-                "exec",
-                "-it",
-                "-n",
-                &self.config.namespace,
-                &self.pod_name,
-                "-c",
-                "main",
-                "--",
-                "bash",
-                "--login",
-            ]
-            .iter()
-            .map(Into::into)
-            .collect(),
-            scratch_parent: self.settings.tmp_dir.clone(),
-            cd: None,
-        };
         let options = ShellOptions {
             home: self.settings.home.clone(),
-            env: Vec::new(),
+            env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
         };
-        match Shell::start_inline(&options, &launch) {
+        let mut started = None;
+        #[cfg(unix)]
+        if let Some(launch) = self.launch_bridge() {
+            match Shell::start_inline(&options, &launch) {
+                Ok(shell) => started = Some(Ok(shell)),
+                Err(ShellError::Start { message }) if message.contains(kubernetes::REFUSED) => {
+                    let why = message
+                        .split(kubernetes::REFUSED)
+                        .nth(1)
+                        .unwrap_or("")
+                        .trim_start_matches(':')
+                        .trim();
+                    log::warn!(
+                        "The API server refused the exec WebSocket for pod {} ({why}): \
+                         falling back to kubectl exec",
+                        self.pod_name
+                    );
+                }
+                Err(err) => started = Some(Err(err)),
+            }
+        }
+        let started = match started {
+            Some(started) => started,
+            None => Shell::start_inline(&options, &self.launch_kubectl()),
+        };
+        match started {
             Ok(shell) => self.pty.attach(shell),
             Err(err) => {
                 log::error!("Failed to start shell: {err}");
                 log.output("Failed to start shell in kubernetes container\n");
                 log.output(format!("{err}\n"));
-                return Err(format!("kubectl exec into {} failed: {err}", self.pod_name));
+                return Err(format!("exec into {} failed: {err}", self.pod_name));
             }
         }
         log.output("Shell session is ready.\n");
@@ -330,6 +360,57 @@ impl KubernetesExecutor {
             log.output(line);
         }
         Ok(())
+    }
+
+    /// The agent's own exec bridge (`kubernetes::exec_bridge`: the pod's
+    /// exec subresource over WebSocket, no kubectl) in the shell's PTY;
+    /// `None` when the agent cannot find its own binary.
+    #[cfg(unix)]
+    fn launch_bridge(&self) -> Option<Launch> {
+        let exe = std::env::current_exe().ok()?;
+        let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), kubernetes::BRIDGE_ARG.into()];
+        argv.extend(
+            [
+                self.config.namespace.as_str(),
+                &self.pod_name,
+                "main",
+                "--",
+                "bash",
+                "--login",
+            ]
+            .iter()
+            .map(Into::into),
+        );
+        Some(Launch {
+            argv,
+            scratch_parent: self.settings.tmp_dir.clone(),
+            cd: None,
+        })
+    }
+
+    /// `kubectl exec -it` into the pod: the fallback for a server that
+    /// refuses the WebSocket.
+    fn launch_kubectl(&self) -> Launch {
+        Launch {
+            argv: [
+                "kubectl",
+                "exec",
+                "-it",
+                "-n",
+                &self.config.namespace,
+                &self.pod_name,
+                "-c",
+                "main",
+                "--",
+                "bash",
+                "--login",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect(),
+            scratch_parent: self.settings.tmp_dir.clone(),
+            cd: None,
+        }
     }
 
     /// Moves one job file from the mount to its place; the error is the
@@ -391,8 +472,22 @@ impl KubernetesExecutor {
         Ok(())
     }
 
+    /// Writes `created` to the journal (outside a cluster), before the
+    /// call that creates the newest: a run killed in between leaves a name
+    /// the next one deletes (a 404 then).
+    fn record_created(&self) {
+        if let Some(journal) = &self.journal {
+            let entries: Vec<(&str, &str)> =
+                self.created.iter().map(|(r, n)| (*r, n.as_str())).collect();
+            if let Err(e) = journal.write(&entries) {
+                log::warn!("Cannot record the job's Kubernetes objects for a later cleanup: {e}");
+            }
+        }
+    }
+
     /// Deletes what `prepare` created, the pod first (as Go does); errors
-    /// are logged, as there is nobody left to tell.
+    /// are logged, as there is nobody left to tell, and what could not be
+    /// deleted stays in the journal for the next run.
     fn delete_resources(&mut self) {
         let Some(client) = self.client.as_ref() else {
             return;
@@ -404,9 +499,13 @@ impl KubernetesExecutor {
             match client.delete(resource, &name) {
                 Ok(()) => log::info!("Deleted {resource}/{name}"),
                 Err(e) if e.status() == Some(404) => {}
-                Err(e) => log::error!("Error deleting {resource} '{name}': {e}"),
+                Err(e) => {
+                    log::error!("Error deleting {resource} '{name}': {e}");
+                    self.created.push((resource, name));
+                }
             }
         }
+        self.record_created();
     }
 }
 
@@ -474,6 +573,105 @@ impl Drop for KubernetesExecutor {
     }
 }
 
+/// `--kubernetes-labels` and the agent's name ([`kubernetes::AGENT_LABEL`]).
+fn job_labels(config: &KubernetesConfig) -> Vec<(String, String)> {
+    let mut labels = config.labels.clone();
+    let value = kubernetes::agent_label_value(&config.agent_name);
+    if !value.is_empty() && !labels.iter().any(|(k, _)| k == kubernetes::AGENT_LABEL) {
+        labels.push((kubernetes::AGENT_LABEL.to_string(), value));
+    }
+    labels
+}
+
+/// The agent's own pod when it runs in one in `namespace` (looked up once
+/// per process): the owner of every job object, so Kubernetes deletes
+/// them when the agent's pod goes, however the agent died.
+fn owner_pod(namespace: &str) -> Option<&'static kubernetes::OwnerPod> {
+    static OWNER: OnceLock<Option<kubernetes::OwnerPod>> = OnceLock::new();
+    let owner = OWNER.get_or_init(|| {
+        let owner = kubernetes::OwnerPod::discover();
+        match &owner {
+            Some(pod) => log::info!(
+                "Running in pod {}/{}: job pods and secrets are owned by it",
+                pod.namespace,
+                pod.name
+            ),
+            None => log::info!(
+                "Not running in a pod (no pod in a service account token): \
+                 job pods and secrets have no owner"
+            ),
+        }
+        owner
+    });
+    match owner {
+        Some(pod) if pod.namespace == namespace => Some(pod),
+        Some(pod) => {
+            log::warn!(
+                "The agent's pod is in namespace {}, the job's in {namespace}: \
+                 the job's objects cannot be owned by it",
+                pod.namespace
+            );
+            None
+        }
+        None => None,
+    }
+}
+
+fn owned_by(object: &mut serde_json::Value, owner: Option<&kubernetes::OwnerPod>) {
+    if let Some(owner) = owner {
+        object["metadata"]["ownerReferences"] = serde_json::json!([owner.reference()]);
+    }
+}
+
+/// Once per process, before the first job's objects: deletes what an
+/// earlier run under the same agent name left (an agent outside a cluster
+/// has no owner to do it). That needs `list`, which the executor's Role
+/// does not grant; without it the agent says so once and goes on.
+fn delete_leftovers_once(client: &Client, agent: &str, journal: Option<&kubernetes::Journal>) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    if agent.is_empty() {
+        return;
+    }
+    DONE.call_once(|| {
+        if let Some(journal) = journal {
+            delete_journalled(client, agent, journal);
+        }
+        delete_labelled(client, agent);
+    });
+}
+
+/// Deletes the objects the journal names (no `list` needed).
+fn delete_journalled(client: &Client, agent: &str, journal: &kubernetes::Journal) {
+    let mut kept = Vec::new();
+    for (resource, name) in journal.read() {
+        match client.delete(&resource, &name) {
+            Ok(()) => log::info!("Deleted {resource}/{name}, left by an earlier run of {agent}"),
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => {
+                log::warn!("Could not delete {resource}/{name}, left by an earlier run: {e}");
+                kept.push((resource, name));
+            }
+        }
+    }
+    let kept: Vec<(&str, &str)> = kept.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect();
+    if let Err(e) = journal.write(&kept) {
+        log::warn!("Cannot update the record of earlier Kubernetes objects: {e}");
+    }
+}
+
+/// Deletes what carries the agent's label, where the RBAC lets it list.
+fn delete_labelled(client: &Client, agent: &str) {
+    match kubernetes::delete_leftovers(client, agent) {
+        Ok(0) => {}
+        Ok(n) => log::info!("Deleted {n} objects an earlier run of {agent} left"),
+        Err(e) if e.status() == Some(403) => log::info!(
+            "Not looking for objects an earlier run of {agent} left: \
+             the Role grants no list ({e})"
+        ),
+        Err(e) => log::warn!("Could not look for objects an earlier run of {agent} left: {e}"),
+    }
+}
+
 fn with_newline(text: &str) -> String {
     if text.ends_with('\n') {
         text.to_string()
@@ -521,6 +719,19 @@ fn is_identifier(name: &str) -> bool {
 fn injected_dir() -> String {
     crate::test_knobs::text("KUBERNETES_INJECTED_DIR")
         .unwrap_or_else(|| kubernetes::INJECTED_DIR.to_string())
+}
+
+/// What the exec bridge needs on top of the agent's filtered environment
+/// (which drops every `SEMAPHORE_AGENT_*`): test builds pass on the test
+/// service account directory, so the bridge finds the same cluster.
+fn bridge_env() -> Vec<(String, String)> {
+    match crate::test_knobs::path("SERVICE_ACCOUNT_DIR") {
+        Some(dir) => vec![(
+            "SEMAPHORE_AGENT_TEST_SERVICE_ACCOUNT_DIR".to_string(),
+            dir.display().to_string(),
+        )],
+        None => Vec::new(),
+    }
 }
 
 /// The time between looks at a starting pod; test builds let tests

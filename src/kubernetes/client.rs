@@ -111,6 +111,18 @@ enum Auth {
     None,
 }
 
+/// The TLS material of a client, kept for connections ureq does not make
+/// (the exec WebSocket, `exec.rs`, Unix only).
+#[derive(Clone, Default)]
+#[cfg_attr(not(unix), allow(dead_code))]
+pub(super) struct TlsMaterial {
+    /// DER certificates to trust; `None` trusts the system's roots.
+    pub roots: Option<Vec<Vec<u8>>>,
+    /// A client certificate chain (DER) and its key (DER).
+    pub client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+    pub insecure: bool,
+}
+
 /// A client for one cluster and namespace.
 pub struct Client {
     /// `https://host:port`, without a trailing slash.
@@ -118,6 +130,7 @@ pub struct Client {
     namespace: String,
     auth: Auth,
     agent: ureq::Agent,
+    tls: TlsMaterial,
 }
 
 impl std::fmt::Debug for Client {
@@ -192,12 +205,18 @@ impl Client {
             host.to_string()
         };
         let server = format!("https://{host}:{port}");
+        let material = TlsMaterial {
+            roots: Some(roots.iter().map(|c| c.der().to_vec()).collect()),
+            client: None,
+            insecure: false,
+        };
         let tls = tls_config(Some(roots), None, false);
         Ok(Client::new(
             server,
             namespace,
             Auth::TokenFile(dir.join("token")),
             tls,
+            material,
         ))
     }
 
@@ -252,6 +271,13 @@ impl Client {
             "client-certificate",
         )?;
         let key = data_or_file(&user.client_key_data, &user.client_key, "client-key")?;
+        let mut material = TlsMaterial {
+            roots: roots
+                .as_ref()
+                .map(|certs| certs.iter().map(|c| c.der().to_vec()).collect()),
+            client: None,
+            insecure: cluster.insecure_skip_tls_verify,
+        };
         let client_cert = match (cert, key) {
             (Some(cert), Some(key)) => {
                 let chain =
@@ -259,6 +285,10 @@ impl Client {
                 let key = ureq::tls::PrivateKey::from_pem(&key)
                     .map_err(|e| bad(format!("client-key: {e}")))?
                     .to_owned();
+                material.client = Some((
+                    chain.iter().map(|c| c.der().to_vec()).collect(),
+                    key.der().to_vec(),
+                ));
                 Some(ureq::tls::ClientCert::new_with_certs(&chain, key))
             }
             (None, None) => None,
@@ -281,10 +311,16 @@ impl Client {
             (None, None) => Auth::None,
         };
         let tls = tls_config(roots, client_cert, cluster.insecure_skip_tls_verify);
-        Ok(Client::new(server, namespace, auth, tls))
+        Ok(Client::new(server, namespace, auth, tls, material))
     }
 
-    fn new(server: String, namespace: &str, auth: Auth, tls: ureq::tls::TlsConfig) -> Client {
+    fn new(
+        server: String,
+        namespace: &str,
+        auth: Auth,
+        tls: ureq::tls::TlsConfig,
+        material: TlsMaterial,
+    ) -> Client {
         let agent = crate::net::http_config(&server)
             .tls_config(tls)
             .http_status_as_error(false)
@@ -297,6 +333,31 @@ impl Client {
             namespace: namespace.to_string(),
             auth,
             agent,
+            tls: material,
+        }
+    }
+
+    /// `https://host:port` of the API.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(super) fn server(&self) -> &str {
+        &self.server
+    }
+
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(super) fn tls_material(&self) -> &TlsMaterial {
+        &self.tls
+    }
+
+    /// The `Authorization` header's value, read now (a token file rotates);
+    /// `Ok(None)` for a client certificate.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(super) fn bearer(&self) -> Result<Option<String>, String> {
+        match &self.auth {
+            Auth::Token(token) => Ok(Some(format!("Bearer {token}"))),
+            Auth::TokenFile(path) => std::fs::read_to_string(path)
+                .map(|t| Some(format!("Bearer {}", t.trim())))
+                .map_err(|e| format!("cannot read the token {}: {e}", path.display())),
+            Auth::None => Ok(None),
         }
     }
 
@@ -309,9 +370,13 @@ impl Client {
             "{}/api/v1/namespaces/{}/{resource}",
             self.server, self.namespace
         );
-        if let Some(name) = name {
-            url.push('/');
-            url.push_str(name);
+        match name {
+            Some(query) if query.starts_with('?') => url.push_str(query),
+            Some(name) => {
+                url.push('/');
+                url.push_str(name);
+            }
+            None => {}
         }
         url
     }
@@ -331,6 +396,12 @@ impl Client {
         self.call("POST", resource, None, Some(object))
     }
 
+    /// `GET <resource>?labelSelector=<selector>` (needs `list`).
+    pub fn list(&self, resource: &str, selector: &str) -> Result<Value, KubeError> {
+        let query = format!("?labelSelector={}", query_encode(selector));
+        self.call("GET", resource, Some(&query), None)
+    }
+
     /// `DELETE <resource>/<name>`.
     pub fn delete(&self, resource: &str, name: &str) -> Result<(), KubeError> {
         self.call("DELETE", resource, Some(name), None).map(|_| ())
@@ -348,12 +419,18 @@ impl Client {
             .map(str::to_string)
             .or_else(|| body.and_then(|b| b["metadata"]["name"].as_str().map(str::to_string)))
             .unwrap_or_default();
+        let listing = name.is_some_and(|n| n.starts_with('?'));
         let call = match method {
+            "GET" if listing => "listing",
             "GET" => "getting",
             "POST" => "creating",
             _ => "deleting",
         };
-        let object = format!("{kind} '{object_name}' in namespace '{}'", self.namespace);
+        let object = if listing {
+            format!("{resource} in namespace '{}'", self.namespace)
+        } else {
+            format!("{kind} '{object_name}' in namespace '{}'", self.namespace)
+        };
         let err_transport = |message: String| KubeError::Transport {
             call: call.to_string(),
             object: object.clone(),
@@ -424,6 +501,19 @@ impl Client {
     }
 }
 
+/// Percent-encoding of a query value.
+fn query_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The API's explanation of an error: its `Status` object's `message`, or
 /// the start of the body.
 fn api_message(body: &str) -> String {
@@ -442,7 +532,7 @@ fn api_message(body: &str) -> String {
 
 /// The service account directory; test builds let tests point it
 /// elsewhere with `SEMAPHORE_AGENT_TEST_SERVICE_ACCOUNT_DIR`.
-fn service_account_dir() -> PathBuf {
+pub(super) fn service_account_dir() -> PathBuf {
     crate::test_knobs::path("SERVICE_ACCOUNT_DIR")
         .unwrap_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR))
 }

@@ -4,20 +4,31 @@
 //! Owns the settings of the executor (validated by `config`), talking to
 //! the Kubernetes REST API over ureq + rustls (`client`: in-cluster service
 //! account or a kubeconfig), and building the JSON of the per-job secrets
-//! and pod and reading a pod's status (`objects`, pure functions). It must
+//! and pod and reading a pod's status (`objects`, pure functions), and
+//! `exec` into a pod over the API's WebSocket without kubectl (`exec`:
+//! the channel protocol and the bridge the executor runs in the shell's
+//! PTY). It must
 //! not run anything or touch the job's log: the executor
 //! (`executor::kubernetes`) decides what users see and when.
 
 mod client;
+#[cfg(unix)]
+mod exec;
 mod objects;
+mod owner;
 
 use std::time::Duration;
 
 pub use client::{Client, KubeError};
+#[cfg(unix)]
+pub use exec::{
+    bridge as exec_bridge, exit_status, Event, ExecError, ExecSocket, BRIDGE_ARG, REFUSED,
+};
 pub use objects::{
     docker_config_json, env_secret, file_key, pod, pod_progress, pull_secret, Decorator,
     PodProgress, PodSpecError, ENV_KEY, ENV_VOLUME,
 };
+pub use owner::{agent_label_value, delete_leftovers, Journal, OwnerPod, AGENT_LABEL};
 
 /// The directory of the main container where the job's secret (the `.env`
 /// and the files) is mounted read-only, as in the Go agent.
@@ -45,6 +56,8 @@ pub struct KubernetesConfig {
     pub labels: Vec<(String, String)>,
     /// `--kubernetes-pod-start-timeout`.
     pub pod_start_timeout: Duration,
+    /// The agent's name, for the [`AGENT_LABEL`] on every job object.
+    pub agent_name: String,
 }
 
 impl Default for KubernetesConfig {
@@ -56,6 +69,7 @@ impl Default for KubernetesConfig {
             default_image: None,
             labels: Vec::new(),
             pod_start_timeout: Duration::from_secs(DEFAULT_POD_START_TIMEOUT),
+            agent_name: String::new(),
         }
     }
 }

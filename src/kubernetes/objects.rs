@@ -239,9 +239,10 @@ impl Decorator {
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            let value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
                 format!("error unmarshaling {key} spec from configmap '{name}': {e}")
             })?;
+            octal_modes(&mut value);
             match value {
                 Value::Object(map) => Ok(Some(map)),
                 Value::Null => Ok(None),
@@ -258,8 +259,34 @@ impl Decorator {
     }
 }
 
+/// File modes written the YAML 1.1 way (`defaultMode: 0755`), as Go's
+/// YAML reads them and Kubernetes examples write them: our YAML 1.2
+/// parser leaves `0755` a string, which the API refuses for these int32
+/// fields (`defaultMode`, `mode`), so such strings become the octal number.
+fn octal_modes(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if let (true, Value::String(text)) = (key == "defaultMode" || key == "mode", &*item)
+                {
+                    let octal = text.len() > 1
+                        && text.starts_with('0')
+                        && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                    if let (true, Ok(mode)) = (octal, u32::from_str_radix(text, 8)) {
+                        *item = Value::from(mode);
+                    }
+                } else {
+                    octal_modes(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
+}
+
 /// The job's pod, named `name`: the decorator's pod spec with the job's
-/// containers (the first is `main`, kept alive by `sleep infinity`, with
+/// containers (the first is `main`, kept alive by [`MAIN_COMMAND`], with
 /// the job's secret mounted read-only at `injected_dir`), host aliases for
 /// the sidecars, the pull secret, `restartPolicy: Never` and the labels.
 /// `allowed` are the `--kubernetes-allowed-images` (empty allows all).
@@ -361,6 +388,12 @@ fn env_list(container: &Container) -> Result<Vec<Value>, PodSpecError> {
         .collect()
 }
 
+/// What keeps the main container alive: a `sleep` that ends at SIGTERM.
+/// A bare `sleep infinity` as PID 1 ignores SIGTERM (the kernel delivers
+/// no default action to a namespace's init), so every pod delete would wait
+/// out the whole grace period with nothing left to stop.
+pub const MAIN_COMMAND: &str = "trap 'exit 0' TERM; sleep infinity & wait";
+
 fn main_container(
     container: &Container,
     decorator: Option<&Map<String, Value>>,
@@ -372,7 +405,7 @@ fn main_container(
     for var in env_list(container)? {
         append(&mut main, "env", var);
     }
-    main.insert("command".into(), json!(["bash", "-c", "sleep infinity"]));
+    main.insert("command".into(), json!(["bash", "-c", MAIN_COMMAND]));
     append(
         &mut main,
         "volumeMounts",
@@ -577,6 +610,18 @@ fn describe_statuses(statuses: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_1_1_file_modes_become_numbers() {
+        let cm = json!({"data": {"pod": "volumes:\n- name: hooks\n  configMap:\n    name: h\n    defaultMode: 0755\n    items: [{key: a, path: a, mode: 0600}, {key: b, path: b, mode: 420}]\n- name: other\n  secret: {secretName: s, defaultMode: '0x1'}\n"}});
+        let decorator = Decorator::from_config_map("spec", &cm).unwrap();
+        let volumes = &decorator.pod.unwrap()["volumes"];
+        assert_eq!(volumes[0]["configMap"]["defaultMode"], 493);
+        assert_eq!(volumes[0]["configMap"]["items"][0]["mode"], 384);
+        assert_eq!(volumes[0]["configMap"]["items"][1]["mode"], 420);
+        // Not octal: left for the API to refuse with the field's name.
+        assert_eq!(volumes[1]["secret"]["defaultMode"], "0x1");
+    }
     use crate::request::encode_base64;
 
     fn container(name: &str, image: &str) -> Container {
@@ -625,7 +670,7 @@ mod tests {
         let main = &spec["containers"][0];
         assert_eq!(main["name"], "main");
         assert_eq!(main["image"], "default:1");
-        assert_eq!(main["command"], json!(["bash", "-c", "sleep infinity"]));
+        assert_eq!(main["command"], json!(["bash", "-c", MAIN_COMMAND]));
         assert_eq!(
             main["volumeMounts"],
             json!([{"name": "environment", "readOnly": true, "mountPath": "/tmp/injected"}])

@@ -35,6 +35,8 @@ mod hostile_paths;
 mod https;
 mod job_logs;
 mod kubernetes;
+#[cfg(unix)]
+mod kubernetes_cluster;
 #[cfg(target_os = "linux")]
 mod memory;
 mod operations;

@@ -60,6 +60,8 @@ struct State {
     faults: VecDeque<(String, String, u16)>,
     token: String,
     objects_written: usize,
+    /// Paths of the WebSocket upgrades refused.
+    upgrades: Vec<String>,
 }
 
 struct Shared {
@@ -106,6 +108,7 @@ impl FakeKube {
                 faults: VecDeque::new(),
                 token: KUBE_TOKEN.to_string(),
                 objects_written: 0,
+                upgrades: Vec::new(),
             }),
             namespace: namespace.to_string(),
             objects_dir,
@@ -207,6 +210,11 @@ impl FakeKube {
         self.lock().requests.clone()
     }
 
+    /// The paths of the WebSocket upgrades refused so far.
+    pub fn upgrades(&self) -> Vec<String> {
+        self.lock().upgrades.clone()
+    }
+
     /// `METHOD path` of every request, in order.
     pub fn calls(&self) -> Vec<String> {
         self.requests()
@@ -278,6 +286,27 @@ fn respond(request: tiny_http::Request, code: u16, body: String) {
 fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let method = request.method().as_str().to_string();
     let path = request.url().split('?').next().unwrap_or("").to_string();
+    // Like an API server behind a proxy that does not pass WebSocket
+    // upgrades: the agent's exec WebSocket is refused (its body is the
+    // raw connection, never read here), so the agent falls back to
+    // `kubectl exec` (the stand-in).
+    if request.headers().iter().any(|h| h.field.equiv("Upgrade")) {
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrades
+            .push(path);
+        return respond(
+            request,
+            400,
+            status_body(
+                400,
+                "BadRequest",
+                "the fake Kubernetes API does not upgrade to WebSocket",
+            ),
+        );
+    }
     let authorization = request
         .headers()
         .iter()
@@ -344,6 +373,19 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let (code, answer) = match (method.as_str(), name) {
         ("POST", None) => create(shared, &mut s, &kind, body),
         ("GET", Some(name)) => get(&mut s, &kind, &name),
+        // As the executor's Role (the Helm chart's) answers a list.
+        ("GET", None) => (
+            403,
+            status_body(
+                403,
+                "Forbidden",
+                &format!(
+                    "{kind} is forbidden: User \"system:serviceaccount:{ns}:agent\" cannot list \
+                     resource \"{kind}\" in API group \"\" in the namespace \"{ns}\"",
+                    ns = shared.namespace
+                ),
+            ),
+        ),
         ("DELETE", Some(name)) => {
             let removed = match kind.as_str() {
                 "pods" => s.pods.remove(&name).map(|(p, _)| p),

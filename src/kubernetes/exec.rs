@@ -1,0 +1,716 @@
+//! `exec` into a pod without kubectl: the pod's `exec` subresource over a
+//! WebSocket (`v5.channel.k8s.io`, else `v4.channel.k8s.io`, the server
+//! picks), synchronous tungstenite over the agent's rustls.
+//!
+//! Owns the channel protocol (every binary message starts with its
+//! channel: 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 4 terminal
+//! size; v5 adds 255 "close this channel") and the bridge between it and
+//! a terminal: [`bridge`] is what the executor launches in the shell's PTY
+//! (the agent's own binary with [`BRIDGE_ARG`]), so the marker protocol,
+//! the reader thread, the chunker and the bounded channel of `shell` stay
+//! exactly as they are for a PTY. A server that will not upgrade (an old
+//! API, a proxy, RBAC without the verb the upgrade needs) makes the bridge
+//! exit with [`REFUSED_EXIT`] after a line starting with [`REFUSED`], and
+//! the executor falls back to `kubectl exec`. It must not log a token.
+//! The bridge polls and reads its terminal with system calls, hence:
+#![allow(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocket;
+use tungstenite::Message;
+
+use super::client::{Client, TlsMaterial};
+
+/// The first argument that makes the agent binary the exec bridge.
+pub const BRIDGE_ARG: &str = "__kubernetes-exec";
+
+/// The bridge's exit status when the server refused the WebSocket.
+pub const REFUSED_EXIT: i32 = 86;
+
+/// How the bridge's refusal line starts (the executor looks for it).
+pub const REFUSED: &str = "websocket exec refused";
+
+/// The sub-protocols offered, best first.
+const PROTOCOLS: &str = "v5.channel.k8s.io, v4.channel.k8s.io";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long one look at the socket waits before stdin is looked at again.
+const SOCKET_TICK: Duration = Duration::from_millis(10);
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// Why an exec WebSocket could not be opened or used.
+#[derive(Debug)]
+pub enum ExecError {
+    /// The server answered the upgrade with an HTTP status (not 101), or
+    /// the client cannot offer a WebSocket with this configuration.
+    Refused { message: String },
+    /// No connection, TLS, or a broken stream.
+    Transport { message: String },
+}
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecError::Refused { message } => write!(f, "{REFUSED}: {message}"),
+            ExecError::Transport { message } => write!(f, "exec WebSocket failed: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// A TCP or TLS stream to the API server.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// An open exec session.
+pub struct ExecSocket {
+    ws: WebSocket<Conn>,
+    /// v5 knows the close channel.
+    v5: bool,
+}
+
+impl ExecSocket {
+    /// Opens `command` in `container` of `pod` with stdin, stdout and
+    /// (with `tty`) a terminal.
+    pub fn open(
+        client: &Client,
+        pod: &str,
+        container: &str,
+        command: &[String],
+        tty: bool,
+    ) -> Result<ExecSocket, ExecError> {
+        let transport = |message: String| ExecError::Transport { message };
+        let server = client.server();
+        let (scheme, rest) = server
+            .split_once("://")
+            .ok_or_else(|| transport(format!("server '{server}' is not a URL")))?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = split_host_port(authority, if scheme == "https" { 443 } else { 80 });
+        let mut query = format!(
+            "container={}&stdin=true&stdout=true&stderr={}&tty={tty}",
+            url_encode(container),
+            !tty
+        );
+        for word in command {
+            query.push_str("&command=");
+            query.push_str(&url_encode(word));
+        }
+        let ws_scheme = if scheme == "https" { "wss" } else { "ws" };
+        let url = format!(
+            "{ws_scheme}://{authority}/api/v1/namespaces/{}/pods/{}/exec?{query}",
+            url_encode(client.namespace()),
+            url_encode(pod)
+        );
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| transport(format!("bad exec URL: {e}")))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            PROTOCOLS.parse().map_err(|_| transport("header".into()))?,
+        );
+        if let Some(bearer) = client.bearer().map_err(transport)? {
+            let mut value: tungstenite::http::HeaderValue = bearer
+                .parse()
+                .map_err(|_| transport("the token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            headers.insert("Authorization", value);
+        }
+
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| transport(format!("resolving {host}: {e}")))?
+            .next()
+            .ok_or_else(|| transport(format!("{host} has no address")))?;
+        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| transport(format!("connecting to {authority}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(|e| transport(e.to_string()))?;
+        let conn = if scheme == "https" {
+            let config = rustls_config(client.tls_material())?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| transport(format!("server name '{host}': {e}")))?;
+            let session = rustls::ClientConnection::new(config, name)
+                .map_err(|e| transport(format!("TLS: {e}")))?;
+            Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
+        } else {
+            Conn::Plain(tcp)
+        };
+        let (ws, response) = match tungstenite::client::client(request, conn) {
+            Ok(done) => done,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(answer))) => {
+                let status = answer.status().as_u16();
+                let body = answer
+                    .body()
+                    .as_ref()
+                    .map(|b| api_message(b))
+                    .unwrap_or_default();
+                return Err(ExecError::Refused {
+                    message: format!("HTTP {status} {body}").trim_end().to_string(),
+                });
+            }
+            // An upgrade without a channel protocol we offered: a server
+            // (or proxy) that does not speak Kubernetes' exec WebSocket.
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
+                e @ tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
+            ))) => {
+                return Err(ExecError::Refused {
+                    message: format!("no channel protocol: {e}"),
+                })
+            }
+            Err(tungstenite::HandshakeError::Failure(e)) => {
+                return Err(transport(format!("WebSocket handshake: {e}")))
+            }
+            Err(tungstenite::HandshakeError::Interrupted(_)) => {
+                return Err(transport("WebSocket handshake interrupted".into()))
+            }
+        };
+        let protocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !protocol.starts_with("v4.") && !protocol.starts_with("v5.") {
+            return Err(ExecError::Refused {
+                message: format!("the server chose no channel protocol we speak ('{protocol}')"),
+            });
+        }
+        let mut socket = ExecSocket {
+            ws,
+            v5: protocol.starts_with("v5."),
+        };
+        socket.set_read_timeout(Some(SOCKET_TICK))?;
+        Ok(socket)
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ExecError> {
+        let tcp = match self.ws.get_mut() {
+            Conn::Plain(s) => &*s,
+            Conn::Tls(s) => s.get_ref(),
+        };
+        tcp.set_read_timeout(timeout)
+            .map_err(|e| ExecError::Transport {
+                message: e.to_string(),
+            })
+    }
+
+    fn send(&mut self, channel: u8, data: &[u8]) -> Result<(), ExecError> {
+        let mut frame = Vec::with_capacity(data.len() + 1);
+        frame.push(channel);
+        frame.extend_from_slice(data);
+        self.ws
+            .send(Message::binary(frame))
+            .map_err(|e| ExecError::Transport {
+                message: format!("sending: {e}"),
+            })
+    }
+
+    /// Tells the far terminal its size.
+    pub fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ExecError> {
+        let size = format!("{{\"Width\":{cols},\"Height\":{rows}}}");
+        self.send(RESIZE, size.as_bytes())
+    }
+
+    /// Sends `data` to the command's stdin.
+    pub fn write_stdin(&mut self, data: &[u8]) -> Result<(), ExecError> {
+        self.send(STDIN, data)
+    }
+
+    /// Closes the command's stdin (v5; v4 has no way but closing all).
+    pub fn close_stdin(&mut self) -> Result<(), ExecError> {
+        if self.v5 {
+            self.send(CLOSE, &[STDIN])
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The next event: output, the exit status, or `Idle` when nothing
+    /// came within the socket tick.
+    pub fn next_event(&mut self) -> Result<Event, ExecError> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Binary(data)) => match data.split_first() {
+                    Some((&(STDOUT | STDERR), rest)) => return Ok(Event::Output(rest.to_vec())),
+                    Some((&ERROR, rest)) => return Ok(Event::Exited(exit_status(rest))),
+                    _ => {}
+                },
+                Ok(Message::Close(_)) => {}
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Event::Idle)
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Ok(Event::Closed)
+                }
+                Err(e) => {
+                    return Err(ExecError::Transport {
+                        message: format!("reading: {e}"),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// What [`ExecSocket::next_event`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    Output(Vec<u8>),
+    /// The command ended: its exit status, or `Err` with the server's
+    /// reason when it could not run or report one.
+    Exited(Result<i32, String>),
+    Closed,
+    Idle,
+}
+
+/// The exit status in the error channel's `Status` object: `Success` is
+/// 0, `NonZeroExitCode` carries the code in its `ExitCode` cause; anything
+/// else is the server's message.
+pub fn exit_status(status: &[u8]) -> Result<i32, String> {
+    let value: Value = serde_json::from_slice(status).map_err(|_| {
+        let text = String::from_utf8_lossy(status);
+        format!("exec ended with an unreadable status: {}", text.trim())
+    })?;
+    if value["status"] == "Success" {
+        return Ok(0);
+    }
+    if value["reason"] == "NonZeroExitCode" {
+        let code = value["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["reason"] == "ExitCode")
+            .and_then(|c| c["message"].as_str())
+            .and_then(|m| m.parse::<i32>().ok());
+        if let Some(code) = code {
+            return Ok(code);
+        }
+    }
+    Err(value["message"]
+        .as_str()
+        .unwrap_or("exec failed without a message")
+        .to_string())
+}
+
+fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, ExecError> {
+    let refused = |message: String| ExecError::Refused { message };
+    if material.insecure {
+        return Err(refused(
+            "insecure-skip-tls-verify is not supported for the WebSocket".into(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &material.roots {
+        Some(ders) => {
+            for der in ders {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                    .map_err(|e| ExecError::Transport {
+                        message: format!("the cluster's CA: {e}"),
+                    })?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ExecError::Transport {
+            message: format!("TLS: {e}"),
+        })?
+        .with_root_certificates(roots);
+    let config = match &material.client {
+        Some((chain, key)) => {
+            let chain = chain
+                .iter()
+                .map(|d| rustls::pki_types::CertificateDer::from(d.clone()))
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::try_from(key.clone()).map_err(|e| {
+                ExecError::Transport {
+                    message: format!("client key: {e}"),
+                }
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ExecError::Transport {
+                    message: format!("client certificate: {e}"),
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// `host` and port of an authority (`h:p`, `[v6]:p`, `h`).
+fn split_host_port(authority: &str, default_port: u16) -> (String, u16) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            let port = tail
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(default_port);
+            return (host.to_string(), port);
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host.to_string(), port.parse().unwrap_or(default_port)),
+        None => (authority.to_string(), default_port),
+    }
+}
+
+/// Percent-encoding of a query or path value (RFC 3986 unreserved kept).
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An API `Status` answer's message, or the start of the body.
+fn api_message(body: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        if let Some(message) = value["message"].as_str() {
+            return message.to_string();
+        }
+    }
+    String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// The exec bridge: `agent __kubernetes-exec <namespace> <pod> <container>
+/// -- <command...>`, run by the executor inside the shell's PTY. Opens
+/// the exec WebSocket with the agent's Kubernetes credentials and copies
+/// the PTY's input to the command's stdin and its output back until the
+/// command ends; the exit status is the command's. The PTY's settings are
+/// the shell's business (as for `kubectl exec -it`), the far terminal is
+/// told the PTY's size.
+#[cfg(unix)]
+pub fn bridge(args: &[String]) -> i32 {
+    let [namespace, pod, container, dashes, command @ ..] = args else {
+        eprintln!("usage: {BRIDGE_ARG} <namespace> <pod> <container> -- <command...>");
+        return 2;
+    };
+    if dashes != "--" || command.is_empty() {
+        eprintln!("usage: {BRIDGE_ARG} <namespace> <pod> <container> -- <command...>");
+        return 2;
+    }
+    let client = match Client::discover(namespace) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("{REFUSED}: {e}");
+            return REFUSED_EXIT;
+        }
+    };
+    let mut socket = match ExecSocket::open(&client, pod, container, command, true) {
+        Ok(socket) => socket,
+        Err(e @ ExecError::Refused { .. }) => {
+            eprintln!("{e}");
+            return REFUSED_EXIT;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let (cols, rows) = terminal_size(0).unwrap_or((200, 50));
+    if let Err(e) = socket.resize(cols, rows) {
+        eprintln!("{e}");
+        return 1;
+    }
+    pump(&mut socket)
+}
+
+/// Copies fd 0 to the socket's stdin and its output to fd 1 until the
+/// command ends.
+#[cfg(unix)]
+fn pump(socket: &mut ExecSocket) -> i32 {
+    let mut stdin_open = true;
+    let mut status: Option<Result<i32, String>> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        if stdin_open && fd_readable(0) {
+            match read_fd(0, &mut buf) {
+                Ok(0) => {
+                    stdin_open = false;
+                    let _ = socket.close_stdin();
+                }
+                // The PTY's other side is gone (the agent died): a hangup,
+                // nobody is left to read the output.
+                Err(_) => return 129,
+                Ok(n) => {
+                    if let Err(e) = socket.write_stdin(&buf[..n]) {
+                        eprintln!("{e}");
+                        return 1;
+                    }
+                }
+            }
+        }
+        match socket.next_event() {
+            Ok(Event::Output(data)) => {
+                if stdout
+                    .write_all(&data)
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    // The PTY is gone: nobody is reading any more.
+                    return 1;
+                }
+            }
+            Ok(Event::Exited(result)) => status = Some(result),
+            Ok(Event::Idle) => {}
+            Ok(Event::Closed) => break,
+            Err(e) => {
+                if status.is_none() {
+                    eprintln!("{e}");
+                }
+                break;
+            }
+        }
+    }
+    match status {
+        Some(Ok(code)) => code,
+        Some(Err(message)) => {
+            eprintln!("{message}");
+            1
+        }
+        None => 1,
+    }
+}
+
+/// Whether `fd` has input (or EOF) now.
+#[cfg(unix)]
+fn fd_readable(fd: libc::c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack, a zero timeout.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents != 0
+}
+
+#[cfg(unix)]
+fn read_fd(fd: libc::c_int, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: reads at most buf.len() bytes into a buffer we own.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// `(columns, rows)` of the terminal on `fd`.
+#[cfg(unix)]
+fn terminal_size(fd: libc::c_int) -> Option<(u16, u16)> {
+    // SAFETY: TIOCGWINSZ fills the winsize on the stack; failure is checked.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_col > 0).then_some((size.ws_col, size.ws_row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_status_comes_from_the_error_channel() {
+        assert_eq!(exit_status(br#"{"metadata":{},"status":"Success"}"#), Ok(0));
+        let failed = br#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [bash], exit code 7","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"7"}]}}"#;
+        assert_eq!(exit_status(failed), Ok(7));
+        let other = br#"{"status":"Failure","message":"container not found (\"main\")","reason":"InternalError"}"#;
+        assert_eq!(
+            exit_status(other),
+            Err("container not found (\"main\")".to_string())
+        );
+        let garbage = exit_status(b"<html>").unwrap_err();
+        assert!(garbage.contains("<html>"), "{garbage}");
+    }
+
+    /// A one-connection WebSocket server on 127.0.0.1 standing in for the
+    /// API's exec endpoint: it picks `protocol`, records the request path
+    /// and the stdin it gets, sends "hello" on stdout and `status` on the
+    /// error channel, then closes.
+    fn exec_endpoint(
+        protocol: Option<&'static str>,
+        status: &'static str,
+    ) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let mut path = String::new();
+            // The callback's error type is tungstenite's own.
+            #[allow(clippy::result_large_err)]
+            let callback =
+                |req: &tungstenite::handshake::server::Request,
+                 mut res: tungstenite::handshake::server::Response| {
+                    path = req.uri().to_string();
+                    if let Some(p) = protocol {
+                        res.headers_mut()
+                            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+                    }
+                    Ok(res)
+                };
+            let mut ws = tungstenite::accept_hdr(tcp, callback).unwrap();
+            let mut stdin = Vec::new();
+            // The client first tells its terminal size, then sends stdin.
+            while stdin.is_empty() {
+                match ws.read() {
+                    Ok(Message::Binary(data)) if data[0] == STDIN => {
+                        stdin.extend_from_slice(&data[1..]);
+                    }
+                    Ok(_) => {}
+                    // The client gave up (a refused protocol).
+                    Err(_) => return (path, stdin),
+                }
+            }
+            ws.send(Message::binary(b"\x01hello".to_vec())).unwrap();
+            let mut frame = vec![ERROR];
+            frame.extend_from_slice(status.as_bytes());
+            ws.send(Message::binary(frame)).unwrap();
+            let _ = ws.close(None);
+            while ws.read().is_ok() {}
+            (path, stdin)
+        });
+        (format!("http://127.0.0.1:{port}"), server)
+    }
+
+    fn client_of(server: &str) -> (tempfile::TempDir, Client) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            format!(
+                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
+                 users: [{{name: u, user: {{token: t0k3n}}}}]\n"
+            ),
+        )
+        .unwrap();
+        let client = Client::from_kubeconfig(&path, "ns").unwrap();
+        (dir, client)
+    }
+
+    #[test]
+    fn a_v4_server_gets_stdin_and_gives_output_and_the_exit_code() {
+        let failed = r#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
+        let (server, endpoint) = exec_endpoint(Some("v4.channel.k8s.io"), failed);
+        let (_dir, client) = client_of(&server);
+        let command = ["bash".to_string(), "--login".to_string()];
+        let mut socket = ExecSocket::open(&client, "p 1", "main", &command, true).unwrap();
+        assert!(!socket.v5);
+        socket.resize(80, 24).unwrap();
+        socket.write_stdin(b"echo hi\n").unwrap();
+        // v4 has no close channel: nothing is sent for it.
+        socket.close_stdin().unwrap();
+        let mut output = Vec::new();
+        let mut exited = None;
+        for _ in 0..1000 {
+            match socket.next_event().unwrap() {
+                Event::Output(data) => output.extend(data),
+                Event::Exited(status) => exited = Some(status),
+                Event::Idle => {}
+                Event::Closed => break,
+            }
+        }
+        assert_eq!(output, b"hello");
+        assert_eq!(exited, Some(Ok(3)));
+        let (path, stdin) = endpoint.join().unwrap();
+        assert_eq!(stdin, b"echo hi\n");
+        assert_eq!(
+            path,
+            "/api/v1/namespaces/ns/pods/p%201/exec?container=main&stdin=true&stdout=true\
+             &stderr=false&tty=true&command=bash&command=--login"
+        );
+    }
+
+    #[test]
+    fn a_server_without_a_channel_protocol_is_a_refusal() {
+        let (server, endpoint) = exec_endpoint(None, r#"{"status":"Success"}"#);
+        let (_dir, client) = client_of(&server);
+        let err = ExecSocket::open(&client, "p", "main", &["sh".to_string()], true)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ExecError::Refused { .. }), "{err}");
+        assert!(err.to_string().starts_with(REFUSED), "{err}");
+        let (_, stdin) = endpoint.join().unwrap();
+        assert!(stdin.is_empty());
+    }
+
+    #[test]
+    fn hosts_ports_and_query_values_are_split_and_encoded() {
+        assert_eq!(
+            split_host_port("127.0.0.1:6443", 443),
+            ("127.0.0.1".into(), 6443)
+        );
+        assert_eq!(split_host_port("[::1]:8443", 443), ("::1".into(), 8443));
+        assert_eq!(
+            split_host_port("example.com", 443),
+            ("example.com".into(), 443)
+        );
+        assert_eq!(url_encode("bash --login"), "bash%20--login");
+        assert_eq!(url_encode("a&b=c/d"), "a%26b%3Dc%2Fd");
+    }
+}
