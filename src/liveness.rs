@@ -32,6 +32,29 @@ impl Owner {
         format!("{}:{}:{}", self.pidns, self.pid, self.start)
     }
 
+    /// `<pidns>-<pid>-<start>`: the identity as it ends the name of the
+    /// agent's private temp dir (`semaphore-agent-<random>-<this>`).
+    pub fn name_part(&self) -> String {
+        format!("{}-{}-{}", self.pidns, self.pid, self.start)
+    }
+
+    /// The owner named at the end of a private temp dir's name
+    /// (`semaphore-agent-<16 hex digits>-<pidns>-<pid>-<start>`); `None`
+    /// for any other name.
+    pub fn from_dir_name(name: &str) -> Option<Owner> {
+        let rest = name.strip_prefix("semaphore-agent-")?;
+        let mut parts = rest.split('-');
+        let random = parts.next()?;
+        if random.len() != 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let label = format!("{}:{}:{}", parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Owner::parse(&label)
+    }
+
     /// The inverse of [`Owner::label`]; `None` for anything else.
     pub fn parse(text: &str) -> Option<Owner> {
         let mut parts = text.trim().split(':');
@@ -83,12 +106,13 @@ pub fn is_gone(owner: &Owner) -> bool {
     }
 }
 
-/// Whether the `owner` file in `dir` names a gone agent (a missing or
-/// malformed file is not).
+/// Whether the `owner` file in `dir`, or else the dir's name
+/// ([`Owner::from_dir_name`]), names a gone agent (neither is not).
 pub fn dir_owner_is_gone(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(OWNER_FILE))
         .ok()
         .and_then(|text| Owner::parse(&text))
+        .or_else(|| Owner::from_dir_name(dir.file_name()?.to_str()?))
         .is_some_and(|owner| is_gone(&owner))
 }
 
@@ -132,6 +156,27 @@ mod tests {
         assert_eq!(Owner::parse(&o.label()), Some(o));
         for bad in ["", "1:2", "1:2:3:4", "x:2:3", ":2:3", "1:-2:3", "1:2:z"] {
             assert_eq!(Owner::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_private_dir_name_carries_its_owner() {
+        let o = Owner {
+            pidns: "4026531836".into(),
+            pid: 42,
+            start: 777,
+        };
+        let name = format!("semaphore-agent-0123456789abcdef-{}", o.name_part());
+        assert_eq!(Owner::from_dir_name(&name), Some(o));
+        for bad in [
+            "semaphore-agent-0123456789abcdef",
+            "semaphore-agent-0123456789abcdef-1-2",
+            "semaphore-agent-0123456789abcdef-1-2-3-4",
+            "semaphore-agent-shell-1-2-3",
+            "semaphore-agent-0123456789abcdeg-1-2-3",
+            "other-0123456789abcdef-1-2-3",
+        ] {
+            assert_eq!(Owner::from_dir_name(bad), None, "{bad}");
         }
     }
 

@@ -85,12 +85,20 @@ pub fn is_private_dir(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir())
 }
 
-/// `parent/semaphore-agent-<random>`, 0700. `mkdir` fails if the name
-/// exists, so a directory (or link) planted there is never used.
+/// `parent/semaphore-agent-<random>-<owner>`, 0700, where `<owner>` is
+/// this agent's identity (`crate::liveness::Owner::name_part`) when it is
+/// known. `mkdir` fails if the name exists, so a directory (or link)
+/// planted there is never used. The owner is in the name as well as in
+/// the `owner` file because an agent killed between the `mkdir` and the
+/// file's write would otherwise leave a directory nobody may remove.
 fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
     let mut last = None;
+    let owner = crate::liveness::me().map_or(String::new(), |me| format!("-{}", me.name_part()));
     for _ in 0..8 {
-        let dir = parent.join(format!("semaphore-agent-{:016x}", crate::random::u64()));
+        let dir = parent.join(format!(
+            "semaphore-agent-{:016x}{owner}",
+            crate::random::u64()
+        ));
         match create_private_dir(&dir) {
             Ok(()) => {
                 mark_owner(&dir);
@@ -321,6 +329,17 @@ mod tests {
         let live = make("semaphore-agent-live", Some(me.label()), 0o700);
         let foreign = make("semaphore-agent-ns", Some(format!("1:{dead_pid}:1")), 0o700);
         let unmarked = make("semaphore-agent-old", None, 0o700);
+        // Killed between the mkdir and the owner file: the name tells.
+        let named_gone = make(
+            &format!("semaphore-agent-00000000000000ab-{}-{dead_pid}-1", me.pidns),
+            None,
+            0o700,
+        );
+        let named_live = make(
+            &format!("semaphore-agent-00000000000000cd-{}", me.name_part()),
+            None,
+            0o700,
+        );
         let open = make("semaphore-agent-open", Some(dead.clone()), 0o755);
         let other = make("something-else", Some(dead), 0o700);
         // Files they made in the shared dir, noted in their private dirs.
@@ -332,9 +351,10 @@ mod tests {
         }
         remove_dirs_of_gone_agents(parent.path());
         assert!(!gone.exists());
+        assert!(!named_gone.exists(), "a gone agent's unmarked dir is left");
         assert!(!env_gone.exists(), "a gone agent's env file is left");
         assert!(env_live.exists(), "a live agent's env file was removed");
-        for kept in [&live, &foreign, &unmarked, &open, &other] {
+        for kept in [&live, &named_live, &foreign, &unmarked, &open, &other] {
             assert!(kept.exists(), "{} was removed", kept.display());
         }
     }
