@@ -66,7 +66,73 @@ fn detect() -> Containment {
     }
     match find_own_cgroup() {
         Ok(own) => probe(&own),
-        Err(why) => Containment::ProcessTree { why },
+        Err(why) => Containment::ProcessTree {
+            why: why.to_string(),
+        },
+    }
+}
+
+/// Why job cgroups cannot be used here; the text is the `why` of
+/// [`Containment::ProcessTree`] in the agent log.
+#[derive(Debug)]
+enum CgroupError {
+    /// Reading a `/proc/self` file failed.
+    ReadProc {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    /// `/proc/self/mountinfo` shows no cgroup2 mount.
+    NoHierarchy,
+    /// `/proc/self/cgroup` has no `0::` line.
+    NotInCgroup2,
+    /// The process's cgroup `path` is not under the mount's `root`.
+    OutsideMount { path: String, root: String },
+    /// The process's cgroup `path` climbs out of the cgroup namespace.
+    OutsideNamespace { path: String },
+    /// The probe cgroup has no `cgroup.kill`.
+    NoKill,
+    /// Opening `file` for writing failed.
+    Write {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for CgroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CgroupError::ReadProc { path, source } => write!(f, "cannot read {path}: {source}"),
+            CgroupError::NoHierarchy => write!(f, "no cgroup v2 hierarchy is mounted"),
+            CgroupError::NotInCgroup2 => {
+                write!(f, "this process is in no cgroup v2 (/proc/self/cgroup)")
+            }
+            CgroupError::OutsideMount { path, root } => write!(
+                f,
+                "this process's cgroup {path} is outside the mount of {root}"
+            ),
+            CgroupError::OutsideNamespace { path } => write!(
+                f,
+                "this process's cgroup {path} is outside this cgroup namespace"
+            ),
+            CgroupError::NoKill => write!(
+                f,
+                "the kernel has no cgroup.kill (Linux 5.14 or later needed)"
+            ),
+            CgroupError::Write { file, source } => {
+                write!(f, "cannot write {}: {source}", file.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CgroupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CgroupError::ReadProc { source, .. } | CgroupError::Write { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -115,33 +181,35 @@ fn own_path(cgroup: &str) -> Option<&str> {
 }
 
 /// The directory of this process's own cgroup v2, or why there is none.
-fn find_own_cgroup() -> Result<PathBuf, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    let (point, root) =
-        cgroup2_mount(&mountinfo).ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-    let path = own_path(&cgroup)
-        .ok_or_else(|| "this process is in no cgroup v2 (/proc/self/cgroup)".to_string())?;
+fn find_own_cgroup() -> Result<PathBuf, CgroupError> {
+    let read = |path: &'static str| {
+        std::fs::read_to_string(path).map_err(|source| CgroupError::ReadProc { path, source })
+    };
+    let mountinfo = read("/proc/self/mountinfo")?;
+    let (point, root) = cgroup2_mount(&mountinfo).ok_or(CgroupError::NoHierarchy)?;
+    let cgroup = read("/proc/self/cgroup")?;
+    let path = own_path(&cgroup).ok_or(CgroupError::NotInCgroup2)?;
     own_dir(&point, &root, path)
 }
 
 /// Joins the mount point and the process's cgroup path, minding a mount of
 /// a sub-tree (root not `/`) and paths outside the mount (a cgroup
 /// namespace shows `/..`).
-fn own_dir(point: &Path, root: &str, path: &str) -> Result<PathBuf, String> {
+fn own_dir(point: &Path, root: &str, path: &str) -> Result<PathBuf, CgroupError> {
     let rel = if root == "/" {
         path
     } else {
         path.strip_prefix(root)
             .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-            .ok_or_else(|| format!("this process's cgroup {path} is outside the mount of {root}"))?
+            .ok_or_else(|| CgroupError::OutsideMount {
+                path: path.to_string(),
+                root: root.to_string(),
+            })?
     };
     if rel.split('/').any(|part| part == "..") {
-        return Err(format!(
-            "this process's cgroup {path} is outside this cgroup namespace"
-        ));
+        return Err(CgroupError::OutsideNamespace {
+            path: path.to_string(),
+        });
     }
     let rel = rel.trim_start_matches('/');
     Ok(if rel.is_empty() {
@@ -163,7 +231,7 @@ fn probe(own: &Path) -> Containment {
         };
     }
     let verdict = if !dir.join("cgroup.kill").exists() {
-        Err("the kernel has no cgroup.kill (Linux 5.14 or later needed)".to_string())
+        Err(CgroupError::NoKill)
     } else {
         writable(&own.join("cgroup.procs"))
             .and_then(|()| writable(&dir.join("cgroup.procs")))
@@ -178,7 +246,9 @@ fn probe(own: &Path) -> Containment {
                 memory: enable_memory(own),
             }
         }
-        Err(why) => Containment::ProcessTree { why },
+        Err(why) => Containment::ProcessTree {
+            why: why.to_string(),
+        },
     }
 }
 
@@ -226,12 +296,15 @@ fn pid_exists(pid: i32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn writable(file: &Path) -> Result<(), String> {
+fn writable(file: &Path) -> Result<(), CgroupError> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(file)
         .map(drop)
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+        .map_err(|source| CgroupError::Write {
+            file: file.to_path_buf(),
+            source,
+        })
 }
 
 /// Turns the memory controller (and pids, where there) on for the children
@@ -486,19 +559,27 @@ mod tests {
     fn own_dir_minds_sub_tree_mounts_and_namespaces() {
         let point = Path::new("/sys/fs/cgroup");
         assert_eq!(
-            own_dir(point, "/", "/"),
-            Ok(PathBuf::from("/sys/fs/cgroup"))
+            own_dir(point, "/", "/").ok(),
+            Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(
-            own_dir(point, "/", "/a.slice/b"),
-            Ok(PathBuf::from("/sys/fs/cgroup/a.slice/b"))
+            own_dir(point, "/", "/a.slice/b").ok(),
+            Some(PathBuf::from("/sys/fs/cgroup/a.slice/b"))
         );
         assert_eq!(
-            own_dir(point, "/docker/x", "/docker/x/y"),
-            Ok(PathBuf::from("/sys/fs/cgroup/y"))
+            own_dir(point, "/docker/x", "/docker/x/y").ok(),
+            Some(PathBuf::from("/sys/fs/cgroup/y"))
         );
-        assert!(own_dir(point, "/docker/x", "/docker/xy").is_err());
-        assert!(own_dir(point, "/", "/../..").is_err());
+        assert_eq!(
+            own_dir(point, "/docker/x", "/docker/xy")
+                .unwrap_err()
+                .to_string(),
+            "this process's cgroup /docker/xy is outside the mount of /docker/x"
+        );
+        assert_eq!(
+            own_dir(point, "/", "/../..").unwrap_err().to_string(),
+            "this process's cgroup /../.. is outside this cgroup namespace"
+        );
     }
 
     #[test]
