@@ -35,7 +35,7 @@ pub fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
             )
         })?;
     }
-    let create_err = |why: String| {
+    let create_err = |why: &dyn std::fmt::Display| {
         (
             1,
             format!(
@@ -44,16 +44,15 @@ pub fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
             ),
         )
     };
-    check_target(dest).map_err(create_err)?;
+    check_target(dest).map_err(|e| create_err(&e))?;
     let mode = file.parse_mode();
-    let mut out =
-        open_target(dest, mode.as_ref().ok().copied()).map_err(|e| create_err(e.to_string()))?;
+    let mut out = open_target(dest, mode.as_ref().ok().copied()).map_err(|e| create_err(&e))?;
     let kind = out
         .metadata()
         .map(|m| file_kind(&m))
-        .map_err(|e| create_err(e.to_string()))?;
+        .map_err(|e| create_err(&e))?;
     if kind != "regular file" {
-        return Err(create_err(format!("it is a {kind}, not a regular file")));
+        return Err(create_err(&TargetError::NotRegular { kind }));
     }
     let mode_err = |e: std::io::Error| {
         (
@@ -117,12 +116,38 @@ fn set_mode(out: &std::fs::File, mode: u32) -> std::io::Result<()> {
     out.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
+/// Why what is at a job file's path is not opened for writing; the text
+/// follows "Failed to create destination path '...': " in the job log.
+#[derive(Debug)]
+enum TargetError {
+    /// A symlink owned by user `uid`, not the agent's.
+    #[cfg(unix)]
+    ForeignSymlink { uid: u32 },
+    /// Not a regular file: `kind` says what it is.
+    NotRegular { kind: &'static str },
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(unix)]
+            TargetError::ForeignSymlink { uid } => write!(
+                f,
+                "it is a symlink owned by another user (uid {uid}), which the agent does not follow"
+            ),
+            TargetError::NotRegular { kind } => write!(f, "it is a {kind}, not a regular file"),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
 /// What is at `dest` must be safe to open for writing: nothing, a regular
 /// file, or a symlink the agent's own user made (as the kernel's
 /// `protected_symlinks` rule, a link another user planted is not
 /// followed); never a FIFO, socket or device, which would block the job
 /// or write somewhere else.
-fn check_target(dest: &Path) -> Result<(), String> {
+fn check_target(dest: &Path) -> Result<(), TargetError> {
     let link = match std::fs::symlink_metadata(dest) {
         Ok(meta) => meta,
         Err(_) => return Ok(()),
@@ -132,18 +157,15 @@ fn check_target(dest: &Path) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
         let me = crate::private_tmp::euid();
         if link.uid() != me {
-            return Err(format!(
-                "it is a symlink owned by another user (uid {}), which the agent does not follow",
-                link.uid()
-            ));
+            return Err(TargetError::ForeignSymlink { uid: link.uid() });
         }
     }
     #[cfg(not(unix))]
     let _ = link;
     match std::fs::metadata(dest) {
-        Ok(meta) if !meta.is_file() => {
-            Err(format!("it is a {}, not a regular file", file_kind(&meta)))
-        }
+        Ok(meta) if !meta.is_file() => Err(TargetError::NotRegular {
+            kind: file_kind(&meta),
+        }),
         _ => Ok(()),
     }
 }
