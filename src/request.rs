@@ -287,10 +287,47 @@ impl std::fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// Why a value in a job (its JSON, an env var's value, a file's mode)
+/// could not be read; the message names the variable or file, never a
+/// value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ValueError {
+    /// The job is not valid JSON for a job: the parser's message, with
+    /// the values it quotes left out (see [`unquote`]).
+    ParseJob { message: String },
+    /// The value of env var `name` is not base64.
+    DecodeEnvVar {
+        name: String,
+        error: base64::DecodeError,
+    },
+    /// The mode of file `path` is not octal permission bits.
+    ParseMode { mode: String, path: String },
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueError::ParseJob { message } => f.write_str(message),
+            ValueError::DecodeEnvVar { name, error } => write!(
+                f,
+                "env var {name} has a value that is not valid base64: {error}"
+            ),
+            ValueError::ParseMode { mode, path } => write!(
+                f,
+                "bad file mode '{mode}' for {path}: expected octal permission bits such as 0644"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
 impl JobRequest {
     /// Parses a job from JSON (the wire format).
-    pub fn from_json(text: &str) -> Result<JobRequest, String> {
-        serde_json::from_str(text).map_err(|e| unquote(&e.to_string()))
+    pub fn from_json(text: &str) -> Result<JobRequest, ValueError> {
+        serde_json::from_str(text).map_err(|e| ValueError::ParseJob {
+            message: unquote(&e.to_string()),
+        })
     }
 
     /// Parses a job from JSON read from `reader`, without a copy of the
@@ -354,40 +391,34 @@ impl JobRequest {
 impl EnvVar {
     /// The value, decoded, as text (bytes that are not UTF-8 become U+FFFD);
     /// the error names the variable (never its value).
-    pub fn decode(&self) -> Result<String, String> {
+    pub fn decode(&self) -> Result<String, ValueError> {
         self.decode_bytes()
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The value, decoded, byte for byte: what the job's shell gets, as the
     /// Go agent exports values without any text conversion.
-    pub fn decode_bytes(&self) -> Result<Vec<u8>, String> {
-        decode_base64(&self.value).map_err(|e| {
-            format!(
-                "env var {} has a value that is not valid base64: {e}",
-                self.name
-            )
+    pub fn decode_bytes(&self) -> Result<Vec<u8>, ValueError> {
+        decode_base64(&self.value).map_err(|error| ValueError::DecodeEnvVar {
+            name: self.name.clone(),
+            error,
         })
     }
 }
 
 impl File {
     /// The content, decoded; the error names the file.
-    pub fn decode(&self) -> Result<Vec<u8>, String> {
-        decode_base64(&self.content).map_err(|e| {
-            format!(
-                "file {} has content that is not valid base64: {e}",
-                self.path
-            )
+    pub fn decode(&self) -> Result<Vec<u8>, ContentError> {
+        decode_base64(&self.content).map_err(|error| ContentError::BadBase64 {
+            path: self.path.clone(),
+            error,
         })
     }
 
     /// Whether the content is valid base64, checked without holding it
     /// decoded; the error is [`File::decode`]'s.
-    pub fn check_content(&self) -> Result<(), String> {
-        self.write_content(&mut std::io::sink())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub fn check_content(&self) -> Result<(), ContentError> {
+        self.write_content(&mut std::io::sink()).map(|_| ())
     }
 
     /// Decodes the content into `out` a bounded chunk at a time (so a big
@@ -412,15 +443,15 @@ impl File {
     }
 
     /// The mode bits, parsed as octal; the error names the mode and file.
-    pub fn parse_mode(&self) -> Result<u32, String> {
+    pub fn parse_mode(&self) -> Result<u32, ValueError> {
         let digits = self.mode.trim();
         let digits = digits.strip_prefix("0o").unwrap_or(digits);
         match u32::from_str_radix(digits, 8) {
             Ok(m) if !digits.is_empty() && m <= 0o7777 => Ok(m),
-            _ => Err(format!(
-                "bad file mode '{}' for {}: expected octal permission bits such as 0644",
-                self.mode, self.path
-            )),
+            _ => Err(ValueError::ParseMode {
+                mode: self.mode.clone(),
+                path: self.path.clone(),
+            }),
         }
     }
 }
@@ -687,7 +718,7 @@ mod tests {
             name: "SECRET".into(),
             value: "%%%".into(),
         };
-        let err = v.decode().unwrap_err();
+        let err = v.decode().unwrap_err().to_string();
         assert!(err.contains("SECRET"), "{err}");
     }
 
@@ -701,7 +732,7 @@ mod tests {
             format!(r#"{{"files": [{{"path": "x", "content": 7, "mode": {{"{secret}": 1}}}}]}}"#),
             format!(r#"{{"logger": "{secret}"}}"#),
         ] {
-            let err = JobRequest::from_json(&text).unwrap_err();
+            let err = JobRequest::from_json(&text).unwrap_err().to_string();
             assert!(!err.contains(secret), "{err}");
             assert!(err.contains("invalid type"), "{err}");
             for name in ["job.json", "job.yaml"] {
@@ -821,8 +852,8 @@ mod tests {
         assert_eq!(file.write_content(&mut out).unwrap(), bytes.len() as u64);
         assert_eq!(out, bytes);
         file.content.push_str("%%");
-        let err = file.check_content().unwrap_err();
-        assert_eq!(err, file.decode().unwrap_err());
+        let err = file.check_content().unwrap_err().to_string();
+        assert_eq!(err, file.decode().unwrap_err().to_string());
         assert!(err.contains("big.bin"), "{err}");
     }
 
@@ -886,7 +917,7 @@ mod tests {
         // `content` rather than at it; values quoted only by the reader).
         let message = |e: String| e.split(" at line ").next().unwrap_or("").to_string();
         for text in seeds.iter().skip(2).take(2) {
-            let a = JobRequest::from_json(text).unwrap_err();
+            let a = JobRequest::from_json(text).unwrap_err().to_string();
             let b = JobRequest::from_json_reader(text.as_bytes()).unwrap_err();
             assert_eq!(message(a), unquote(&message(b.to_string())), "{text}");
         }
@@ -904,7 +935,7 @@ mod tests {
         };
         assert_eq!(f.parse_mode().unwrap(), 0o644);
         f.mode = "0999".into();
-        let err = f.parse_mode().unwrap_err();
+        let err = f.parse_mode().unwrap_err().to_string();
         assert!(err.contains("0999"), "{err}");
         f.mode = "".into();
         assert!(f.parse_mode().is_err());

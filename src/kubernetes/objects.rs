@@ -116,9 +116,9 @@ pub fn env_secret(
     let mut data = Map::new();
     data.insert(ENV_KEY.to_string(), Value::String(b64(env_file)));
     for file in files {
-        let content = file.decode().map_err(|message| PodSpecError::BadFile {
+        let content = file.decode().map_err(|e| PodSpecError::BadFile {
             path: file.path.clone(),
-            message,
+            message: e.to_string(),
         })?;
         let key = file_key(&file.path);
         if key.len() > 253 {
@@ -171,7 +171,7 @@ pub fn docker_config_json(credentials: &[ImagePullCredentials]) -> Result<Vec<u8
                     .find(|f| f.path == "/tmp/gcr/keyfile.json")
                     .ok_or_else(|| bad("/tmp/gcr/keyfile.json not found".to_string()))?
                     .decode()
-                    .map_err(bad)?;
+                    .map_err(|e| bad(e.to_string()))?;
                 (
                     var("GCR_HOSTNAME")?,
                     "_json_key".to_string(),
