@@ -164,14 +164,57 @@ pub struct SyncResponse {
     pub next_sync_after: u64,
 }
 
+/// Why a 2xx answer to register, sync or refresh could not be read; the
+/// text is the `reason` of [`Failure::BadAnswer`]. Never quotes the body
+/// of an answer that may carry a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerError {
+    /// The sync answer is not JSON: the parser's message.
+    ParseSync { message: String },
+    /// The answer is not JSON; only where the parser stopped is told.
+    NotJson { line: usize, column: usize },
+    /// The answer is JSON but not an object.
+    NotObject,
+    /// The register answer has neither `token` nor `access_token`.
+    NoAccessToken,
+    /// The refresh answer has no `token`.
+    NoToken,
+}
+
+impl AnswerError {
+    fn not_json(e: &serde_json::Error) -> AnswerError {
+        AnswerError::NotJson {
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+impl std::fmt::Display for AnswerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnswerError::ParseSync { message } => f.write_str(message),
+            AnswerError::NotJson { line, column } => {
+                write!(f, "not JSON (line {line}, column {column})")
+            }
+            AnswerError::NotObject => write!(f, "the answer is JSON but not an object"),
+            AnswerError::NoAccessToken => write!(f, "the answer has no access token"),
+            AnswerError::NoToken => write!(f, "the answer has no token"),
+        }
+    }
+}
+
+impl std::error::Error for AnswerError {}
+
 impl SyncResponse {
     /// Reads a sync answer leniently: any JSON object is accepted, missing
     /// or mistyped fields take their empty value.
-    pub fn from_json(text: &str) -> Result<SyncResponse, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| "the answer is JSON but not an object".to_string())?;
+    pub fn from_json(text: &str) -> Result<SyncResponse, AnswerError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| AnswerError::ParseSync {
+                message: e.to_string(),
+            })?;
+        let object = value.as_object().ok_or(AnswerError::NotObject)?;
         let text_field = |name: &str| {
             object
                 .get(name)
@@ -199,12 +242,10 @@ impl RegisterResponse {
     /// Reads a register answer leniently. The token may come as `token`
     /// (what the Go agent reads) or `access_token` (what Semaphore's own
     /// reference hub sends). Errors never quote the body: it holds a token.
-    pub fn from_json(text: &str) -> Result<RegisterResponse, String> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| format!("not JSON (line {}, column {})", e.line(), e.column()))?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| "the answer is JSON but not an object".to_string())?;
+    pub fn from_json(text: &str) -> Result<RegisterResponse, AnswerError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| AnswerError::not_json(&e))?;
+        let object = value.as_object().ok_or(AnswerError::NotObject)?;
         let text_field = |name: &str| {
             object
                 .get(name)
@@ -218,7 +259,7 @@ impl RegisterResponse {
         // Without a token every later call would be refused; failing here
         // lets the register retries (and their clear give-up) handle it.
         if token.is_empty() {
-            return Err("the answer has no access token".to_string());
+            return Err(AnswerError::NoAccessToken);
         }
         Ok(RegisterResponse {
             name: text_field("name").to_string(),
@@ -229,12 +270,12 @@ impl RegisterResponse {
 
 /// Parses the `/refresh` answer: `{"token": "..."}`; an empty token is an
 /// error because pushing logs with it could only fail.
-fn parse_refresh(text: &str) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("not JSON (line {}, column {})", e.line(), e.column()))?;
+fn parse_refresh(text: &str) -> Result<String, AnswerError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| AnswerError::not_json(&e))?;
     match value.get("token").and_then(|v| v.as_str()) {
         Some(token) if !token.is_empty() => Ok(token.to_string()),
-        _ => Err("the answer has no token".to_string()),
+        _ => Err(AnswerError::NoToken),
     }
 }
 
@@ -478,7 +519,7 @@ impl Api {
         url: &str,
         token: &str,
         request: Option<&impl Serialize>,
-        parse: impl FnOnce(&str) -> Result<R, String>,
+        parse: impl FnOnce(&str) -> Result<R, AnswerError>,
         quote: Quote,
     ) -> Result<R, Failure> {
         let body = request
@@ -487,7 +528,7 @@ impl Api {
             .map_err(|e| Failure::Transport(e.to_string()))?;
         let text = self.call("POST", url, token, body, MAX_ANSWER_BYTES)?;
         parse(&text).map_err(|reason| Failure::BadAnswer {
-            reason,
+            reason: reason.to_string(),
             body: match quote {
                 Quote::Never => String::new(),
                 Quote::Excerpt => self.excerpt(&text),
@@ -680,7 +721,9 @@ mod tests {
         let r = RegisterResponse::from_json(r#"{"access_token":"t2"}"#).unwrap();
         assert_eq!(r.token, "t2");
         assert_eq!(r.name, "");
-        let e = RegisterResponse::from_json(r#"{"token":"secret-abc""#).unwrap_err();
+        let e = RegisterResponse::from_json(r#"{"token":"secret-abc""#)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret-abc"), "{e}");
     }
 
@@ -688,7 +731,8 @@ mod tests {
     fn a_register_answer_without_a_token_is_an_error() {
         for text in [r#"{"name":"a","token":""}"#, r#"{"name":"a"}"#, "{}"] {
             let e = RegisterResponse::from_json(text).unwrap_err();
-            assert!(e.contains("no access token"), "{text}: {e}");
+            assert_eq!(e, AnswerError::NoAccessToken, "{text}");
+            assert_eq!(e.to_string(), "the answer has no access token");
         }
     }
 
