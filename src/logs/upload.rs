@@ -232,7 +232,11 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
     log::info!("Converting job logs to plain-text format...");
     let file = match prepare_file(spool, req) {
         Ok(f) => f,
-        Err(reason) => return UploadOutcome::Failed { reason },
+        Err(e) => {
+            return UploadOutcome::Failed {
+                reason: e.to_string(),
+            }
+        }
     };
     let destination = if file.extension().is_some_and(|e| e == "gz") {
         format!("{ARTIFACT_DESTINATION}.gz")
@@ -256,9 +260,60 @@ fn try_upload(spool: &Path, req: &UploadRequest<'_>) -> UploadOutcome {
     let _ = std::fs::remove_file(&file);
     match result {
         Ok(()) => UploadOutcome::Uploaded { destination },
-        Err(reason) => UploadOutcome::Failed { reason },
+        Err(e) => UploadOutcome::Failed {
+            reason: e.to_string(),
+        },
     }
 }
+
+/// Why the job log could not be uploaded as an artifact; the text is the
+/// `reason` of [`UploadOutcome::Failed`].
+#[derive(Debug)]
+enum UploadError {
+    /// Writing the plain-text copy at `path` failed.
+    ConvertLog { path: PathBuf, source: io::Error },
+    /// The artifact CLI exited unsuccessfully; the tail of its output.
+    Artifact {
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    /// The artifact CLI ran past `timeout` and was killed.
+    TimedOut { timeout: Duration, tail: String },
+    /// Its private output file at `path` could not be made.
+    CreateOutput { path: PathBuf, source: io::Error },
+    /// The artifact CLI could not be started.
+    Start { source: io::Error },
+    /// Watching the artifact CLI failed.
+    Wait { source: io::Error },
+    /// Any other failure of the host-process runner.
+    Host(HostError),
+}
+
+impl std::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadError::ConvertLog { path, source } => write!(
+                f,
+                "cannot convert the job log to plain text in {}: {source}",
+                path.display()
+            ),
+            UploadError::Artifact { status, tail } => write!(f, "artifact {status}: {tail}"),
+            UploadError::TimedOut { timeout, tail } => write!(
+                f,
+                "artifact did not finish within {} s and was killed: {tail}",
+                timeout.as_secs()
+            ),
+            UploadError::CreateOutput { path, source } => {
+                write!(f, "cannot create {}: {source}", path.display())
+            }
+            UploadError::Start { source } => write!(f, "cannot start artifact: {source}"),
+            UploadError::Wait { source } => write!(f, "cannot wait for artifact: {source}"),
+            UploadError::Host(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for UploadError {}
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
@@ -289,18 +344,18 @@ fn create_private(path: &Path) -> io::Result<File> {
 /// Writes the plain text and, at or above the threshold, gzips it. A gzip
 /// failure falls back to the plain file, as an upload of the raw log is
 /// better than none.
-fn prepare_file(spool: &Path, req: &UploadRequest<'_>) -> Result<PathBuf, String> {
+fn prepare_file(spool: &Path, req: &UploadRequest<'_>) -> Result<PathBuf, UploadError> {
     let text_path = req
         .work_dir
         .join(format!("{}.txt", unique_name("job_logs")));
     let size = create_private(&text_path)
         .and_then(|f| write_plain_text(spool, &mut BufWriter::with_capacity(64 * 1024, f)))
-        .map_err(|e| {
+        .map_err(|source| {
             let _ = std::fs::remove_file(&text_path);
-            format!(
-                "cannot convert the job log to plain text in {}: {e}",
-                text_path.display()
-            )
+            UploadError::ConvertLog {
+                path: text_path.clone(),
+                source,
+            }
         })?;
     let threshold = compression_threshold(req.env);
     if size < threshold {
@@ -340,7 +395,11 @@ fn gzip_file(from: &Path, to: &Path) -> io::Result<()> {
 /// Runs `command` (never stopped: the job is over) with its output in a
 /// private file, killing it after `timeout`. On failure, the error carries
 /// the tail of its output.
-fn run_bounded(command: &HostCommand, work_dir: &Path, timeout: Duration) -> Result<(), String> {
+fn run_bounded(
+    command: &HostCommand,
+    work_dir: &Path,
+    timeout: Duration,
+) -> Result<(), UploadError> {
     let limits = host::Limits {
         timeout,
         stopped: &|| false,
@@ -348,18 +407,18 @@ fn run_bounded(command: &HostCommand, work_dir: &Path, timeout: Duration) -> Res
     };
     match host::run(command, Capture::Merged, &limits) {
         Ok(done) if done.status.success() => Ok(()),
-        Ok(done) => Err(format!("artifact {}: {}", done.status, tail(&done.output))),
-        Err(HostError::TimedOut { output, .. }) => Err(format!(
-            "artifact did not finish within {} s and was killed: {}",
-            timeout.as_secs(),
-            tail(&output)
-        )),
-        Err(HostError::Output { path, source }) => {
-            Err(format!("cannot create {}: {source}", path.display()))
-        }
-        Err(HostError::Spawn { source, .. }) => Err(format!("cannot start artifact: {source}")),
-        Err(HostError::Wait { source, .. }) => Err(format!("cannot wait for artifact: {source}")),
-        Err(e) => Err(e.to_string()),
+        Ok(done) => Err(UploadError::Artifact {
+            status: done.status,
+            tail: tail(&done.output),
+        }),
+        Err(HostError::TimedOut { output, .. }) => Err(UploadError::TimedOut {
+            timeout,
+            tail: tail(&output),
+        }),
+        Err(HostError::Output { path, source }) => Err(UploadError::CreateOutput { path, source }),
+        Err(HostError::Spawn { source, .. }) => Err(UploadError::Start { source }),
+        Err(HostError::Wait { source, .. }) => Err(UploadError::Wait { source }),
+        Err(e) => Err(UploadError::Host(e)),
     }
 }
 
