@@ -255,12 +255,12 @@ impl Metrics {
     /// registered, not shutting down, and the last successful sync younger
     /// than three sync intervals (at least `min_interval` each, so a short
     /// planned wait does not make a normal slow sync look stale).
-    pub fn health(&self, now_ms: u64, min_interval_ms: u64) -> Result<String, String> {
+    pub fn health(&self, now_ms: u64, min_interval_ms: u64) -> Result<String, Unhealthy> {
         if !self.registered.load(Ordering::Relaxed) {
-            return Err("not registered with Semaphore yet".to_string());
+            return Err(Unhealthy::NotRegistered);
         }
         if self.shutting_down.load(Ordering::Relaxed) {
-            return Err("shutting down".to_string());
+            return Err(Unhealthy::ShuttingDown);
         }
         let interval = self
             .sync_interval_ms
@@ -269,11 +269,10 @@ impl Metrics {
         let age = now_ms.saturating_sub(self.last_sync_ms.load(Ordering::Relaxed));
         let limit = interval.saturating_mul(3);
         if age > limit {
-            return Err(format!(
-                "last successful sync {} s ago (limit {} s)",
-                seconds(age),
-                seconds(limit)
-            ));
+            return Err(Unhealthy::StaleSync {
+                age_ms: age,
+                limit_ms: limit,
+            });
         }
         Ok(format!(
             "ok: {}, last successful sync {} s ago",
@@ -448,6 +447,34 @@ impl Metrics {
     }
 }
 
+/// Why the agent is not healthy: the `/healthz` answer's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// It has not registered with the control plane yet.
+    NotRegistered,
+    /// It is shutting down.
+    ShuttingDown,
+    /// The last successful sync is older than the limit (both in ms).
+    StaleSync { age_ms: u64, limit_ms: u64 },
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::NotRegistered => write!(f, "not registered with Semaphore yet"),
+            Unhealthy::ShuttingDown => write!(f, "shutting down"),
+            Unhealthy::StaleSync { age_ms, limit_ms } => write!(
+                f,
+                "last successful sync {} s ago (limit {} s)",
+                seconds(*age_ms),
+                seconds(*limit_ms)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Unhealthy {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,14 +568,16 @@ mod tests {
         let m = Metrics::new();
         assert!(m
             .health(now_ms(), 1000)
-            .is_err_and(|e| e.contains("not registered")));
+            .is_err_and(|e| e.to_string() == "not registered with Semaphore yet"));
         m.registered("a", "o", "x");
         m.set_sync_interval(std::time::Duration::from_secs(5));
         let now = now_ms();
         assert!(m.health(now + 14_000, 1000).is_ok());
         let stale = m.health(now + 16_000, 1000);
         assert!(
-            stale.as_ref().is_err_and(|e| e.contains("limit 15.000 s")),
+            stale
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("limit 15.000 s")),
             "{stale:?}"
         );
         // A longer floor wins over a short planned wait.
@@ -558,6 +587,6 @@ mod tests {
         m.shutting_down();
         assert!(m
             .health(now_ms(), 1000)
-            .is_err_and(|e| e.contains("shutting down")));
+            .is_err_and(|e| e.to_string() == "shutting down"));
     }
 }
