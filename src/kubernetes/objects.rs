@@ -51,6 +51,13 @@ pub enum PodSpecError {
     BadCredentials {
         message: String,
     },
+    /// The `key` part of the pod-spec ConfigMap `config_map` is not a
+    /// YAML mapping; `message` says why.
+    ReadDecorator {
+        config_map: String,
+        key: String,
+        message: String,
+    },
 }
 
 impl std::fmt::Display for PodSpecError {
@@ -81,6 +88,14 @@ impl std::fmt::Display for PodSpecError {
                 "file path '{path}' is too long to be a Kubernetes secret key once encoded"
             ),
             PodSpecError::BadCredentials { message } => f.write_str(message),
+            PodSpecError::ReadDecorator {
+                config_map,
+                key,
+                message,
+            } => write!(
+                f,
+                "error unmarshaling {key} spec from configmap '{config_map}': {message}"
+            ),
         }
     }
 }
@@ -229,9 +244,14 @@ impl Decorator {
     /// Reads the ConfigMap `name` as the API returned it; a missing key
     /// leaves that part undecorated, a key that is not a YAML mapping is
     /// an error naming the ConfigMap and the key.
-    pub fn from_config_map(name: &str, config_map: &Value) -> Result<Decorator, String> {
+    pub fn from_config_map(name: &str, config_map: &Value) -> Result<Decorator, PodSpecError> {
         let data = config_map.get("data");
-        let part = |key: &str| -> Result<Option<Map<String, Value>>, String> {
+        let bad = |key: &str, message: String| PodSpecError::ReadDecorator {
+            config_map: name.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let part = |key: &str| -> Result<Option<Map<String, Value>>, PodSpecError> {
             let Some(text) = data.and_then(|d| d.get(key)).and_then(Value::as_str) else {
                 log::info!("No '{key}' key in '{name}' - skipping its decoration");
                 return Ok(None);
@@ -239,16 +259,13 @@ impl Decorator {
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
-                format!("error unmarshaling {key} spec from configmap '{name}': {e}")
-            })?;
+            let mut value: Value =
+                serde_yaml_ng::from_str(text).map_err(|e| bad(key, e.to_string()))?;
             octal_modes(&mut value);
             match value {
                 Value::Object(map) => Ok(Some(map)),
                 Value::Null => Ok(None),
-                _ => Err(format!(
-                    "error unmarshaling {key} spec from configmap '{name}': not a mapping"
-                )),
+                _ => Err(bad(key, "not a mapping".to_string())),
             }
         };
         Ok(Decorator {
@@ -817,7 +834,9 @@ mod tests {
             json!([{"ip": "127.0.0.1", "hostnames": ["db"]}])
         );
         let bad = json!({"data": {"pod": "- a list"}});
-        let err = Decorator::from_config_map("deco", &bad).unwrap_err();
+        let err = Decorator::from_config_map("deco", &bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("deco") && err.contains("pod"), "{err}");
     }
 
