@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, Stop};
+use super::{
+    Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, StepError, Stop,
+};
 use crate::events::Event;
 use crate::request::File;
 use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
@@ -206,7 +208,7 @@ impl BashExecutor {
         }
     }
 
-    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
+    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, StepError> {
         let nanos = crate::unix_nanos();
         let path = self.settings.tmp_dir.join(format!(".env-{nanos}"));
         // Exclusive and no-follow: the shared temp dir may hold a planted
@@ -224,10 +226,7 @@ impl BashExecutor {
                 crate::private_tmp::note_shared_file(&path);
                 Ok(path)
             }
-            Err(e) => Err(format!(
-                "Failed to write the environment file {}: {e}\n",
-                path.display()
-            )),
+            Err(source) => Err(StepError::WriteEnvFile { path, source }),
         }
     }
 }
@@ -259,8 +258,8 @@ impl Executor for BashExecutor {
                 self.env_files.push(path);
                 self.pty.run_quiet(&command, log)
             }
-            Err(message) => {
-                log.output(message);
+            Err(e) => {
+                log.output(format!("{e}\n"));
                 Outcome::Exited(1)
             }
         }

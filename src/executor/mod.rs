@@ -125,6 +125,47 @@ impl std::fmt::Display for CreateError {
 
 impl std::error::Error for CreateError {}
 
+/// Why a host executor could not prepare a step on the agent's machine;
+/// the text (plus a newline) is the job log's line.
+#[derive(Debug)]
+pub enum StepError {
+    /// Writing the job's env file at `path` failed.
+    WriteEnvFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// Making the job's scratch directory at `path` failed.
+    CreateScratch {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::WriteEnvFile { path, source } => write!(
+                f,
+                "Failed to write the environment file {}: {source}",
+                path.display()
+            ),
+            StepError::CreateScratch { path, source } => {
+                write!(f, "Failed to create {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StepError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StepError::WriteEnvFile { source, .. } | StepError::CreateScratch { source, .. } => {
+                Some(source)
+            }
+        }
+    }
+}
+
 /// The exit status logged for a command interrupted by a stop: 1, and 0 on
 /// Windows, as the Go agent logs them.
 pub const STOPPED_EXIT_CODE: i32 = if cfg!(windows) { 0 } else { 1 };

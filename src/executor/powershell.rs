@@ -26,7 +26,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, Stop};
+use super::{
+    Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, StepError, Stop,
+};
 use crate::child_env::AGENT_PREFIX;
 use crate::request::File;
 
@@ -339,19 +341,23 @@ impl PowerShellExecutor {
         }
     }
 
-    fn make_scratch(&mut self) -> Result<PathBuf, String> {
+    fn make_scratch(&mut self) -> Result<PathBuf, StepError> {
         let dir = self.settings.tmp_dir.join(format!(
             "semaphore-agent-{}-{}",
             std::process::id(),
             crate::unix_nanos()
         ));
-        crate::platform::create_dir_all(&dir, 0o700)
-            .map_err(|e| format!("Failed to create {}: {e}\n", dir.display()))?;
+        crate::platform::create_dir_all(&dir, 0o700).map_err(|source| {
+            StepError::CreateScratch {
+                path: dir.clone(),
+                source,
+            }
+        })?;
         self.scratch = Some(dir.clone());
         Ok(dir)
     }
 
-    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, String> {
+    fn write_env_file(&self, vars: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, StepError> {
         let nanos = crate::unix_nanos();
         let path = self.settings.tmp_dir.join(format!(".env-{nanos}.ps1"));
         let written = crate::platform::private_file_options()
@@ -362,10 +368,7 @@ impl PowerShellExecutor {
             .and_then(|mut file| file.write_all(env_file_content(vars).as_bytes()));
         match written {
             Ok(()) => Ok(path),
-            Err(e) => Err(format!(
-                "Failed to write the environment file {}: {e}\n",
-                path.display()
-            )),
+            Err(source) => Err(StepError::WriteEnvFile { path, source }),
         }
     }
 
@@ -437,9 +440,9 @@ impl Executor for PowerShellExecutor {
             log.failed_step(DIRECTIVE, line);
             return Err(SetupError::PowerShell(line.trim_end().to_string()));
         };
-        if let Err(line) = self.make_scratch() {
-            log.failed_step(DIRECTIVE, &line);
-            return Err(SetupError::PowerShell(line.trim_end().to_string()));
+        if let Err(e) = self.make_scratch() {
+            log.failed_step(DIRECTIVE, &format!("{e}\n"));
+            return Err(SetupError::PowerShell(e.to_string()));
         }
         #[cfg(windows)]
         {
@@ -471,8 +474,8 @@ impl Executor for PowerShellExecutor {
     fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
         match self.write_env_file(vars) {
             Ok(path) => self.env_files.push(path),
-            Err(message) => {
-                log.output(message);
+            Err(e) => {
+                log.output(format!("{e}\n"));
                 return Outcome::Exited(1);
             }
         }
