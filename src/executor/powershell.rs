@@ -170,15 +170,15 @@ impl ShellState {
     /// helper variables are dropped. A dump that could not be read, or one
     /// without the directory (the script did not get to its end), leaves
     /// the state as it was; the error says why.
-    pub fn replay(&mut self, dump: std::io::Result<Vec<u8>>) -> Result<(), String> {
-        let bytes = dump.map_err(|e| format!("the state dump could not be read: {e}"))?;
+    pub fn replay(&mut self, dump: std::io::Result<Vec<u8>>) -> Result<(), ReplayError> {
+        let bytes = dump.map_err(ReplayError::ReadDump)?;
         let pairs = parse_dump(&bytes);
         let Some(cwd) = pairs
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(CURRENT_DIR_VAR))
             .map(|(_, v)| v.clone())
         else {
-            return Err(format!("the state dump has no {CURRENT_DIR_VAR}"));
+            return Err(ReplayError::NoCurrentDir);
         };
         let mut env = Vec::with_capacity(pairs.len());
         for (name, value) in pairs {
@@ -195,6 +195,36 @@ impl ShellState {
             self.cwd = cwd;
         }
         Ok(())
+    }
+}
+
+/// Why [`ShellState::replay`] kept the previous state; the text follows
+/// "Keeping the job's previous environment and directory: " in the agent
+/// log.
+#[derive(Debug)]
+pub enum ReplayError {
+    /// The dump file could not be read.
+    ReadDump(std::io::Error),
+    /// The dump has no [`CURRENT_DIR_VAR`]: the script did not get to its
+    /// end.
+    NoCurrentDir,
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayError::ReadDump(e) => write!(f, "the state dump could not be read: {e}"),
+            ReplayError::NoCurrentDir => write!(f, "the state dump has no {CURRENT_DIR_VAR}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReplayError::ReadDump(e) => Some(e),
+            ReplayError::NoCurrentDir => None,
+        }
     }
 }
 
@@ -641,10 +671,10 @@ mod tests {
         let mut s = state();
         let before = s.clone();
         let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let err = s.replay(Err(missing)).unwrap_err();
+        let err = s.replay(Err(missing)).unwrap_err().to_string();
         assert!(err.contains("no such file"), "{err}");
         assert_eq!(s, before);
-        let err = s.replay(Ok(b"A=1\r\n".to_vec())).unwrap_err();
+        let err = s.replay(Ok(b"A=1\r\n".to_vec())).unwrap_err().to_string();
         assert!(err.contains(CURRENT_DIR_VAR), "{err}");
         assert_eq!(s, before);
     }
