@@ -306,12 +306,35 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Why the `--flag=value` pre-pass refused the arguments; the text is the
+/// early exit's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgsError {
+    /// Switch `flag` was given `value`, which is not a boolean.
+    BadSwitchValue { flag: String, value: String },
+}
+
+impl std::fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgsError::BadSwitchValue { flag, value } => {
+                write!(
+                    f,
+                    "invalid value '{value}' for {flag}: expected true or false"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ArgsError {}
+
 /// Rewrites pflag-style arguments into the form argh understands:
 /// `--flag=value` becomes `--flag value`, `--switch=true` becomes `--switch`
 /// and `--switch=false` becomes `--switch-off switch`. Arguments after `--`
 /// are left alone. A switch given a value that is not a boolean is an error
 /// naming the flag and the value.
-pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
+pub fn normalize_args(args: &[String]) -> Result<Vec<String>, ArgsError> {
     let mut out = Vec::with_capacity(args.len() + 4);
     let mut options_ended = false;
     for arg in args {
@@ -337,9 +360,10 @@ pub fn normalize_args(args: &[String]) -> Result<Vec<String>, String> {
                     out.push(name.to_string());
                 }
                 None => {
-                    return Err(format!(
-                        "invalid value '{value}' for {flag}: expected true or false"
-                    ))
+                    return Err(ArgsError::BadSwitchValue {
+                        flag: flag.to_string(),
+                        value: value.to_string(),
+                    })
                 }
             }
         } else {
@@ -354,8 +378,8 @@ impl Cli {
     /// Parses `args` (without the program name) after the `--flag=value`
     /// pre-pass. `command` is the program name used in help and errors.
     pub fn parse(command: &str, args: &[String]) -> Result<Cli, argh::EarlyExit> {
-        let args = normalize_args(args).map_err(|output| argh::EarlyExit {
-            output,
+        let args = normalize_args(args).map_err(|e| argh::EarlyExit {
+            output: e.to_string(),
             status: Err(()),
         })?;
         let strs: Vec<&str> = args.iter().map(String::as_str).collect();
