@@ -12,6 +12,32 @@ use crate::request::{Command, JobRequest};
 use crate::unix_now;
 use std::collections::BTreeMap;
 
+/// Why the job's env vars cannot be exported; the text (plus a newline)
+/// is the job log's line under "Exporting environment variables".
+#[derive(Debug)]
+enum EnvVarError {
+    /// `name` is not a shell identifier.
+    BadName { name: String },
+    /// A value is not base64 (the error names the variable).
+    BadValue(crate::request::ValueError),
+}
+
+impl std::fmt::Display for EnvVarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvVarError::BadName { name } => {
+                write!(
+                    f,
+                    "env var name {name:?} is not a valid shell variable name"
+                )
+            }
+            EnvVarError::BadValue(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for EnvVarError {}
+
 /// Stops a job from another thread: before its executor starts, while a
 /// command runs, or after it ended (then it does nothing).
 pub use crate::executor::Stop as JobStop;
@@ -149,8 +175,9 @@ impl Job<'_> {
     fn run_regular_commands(&mut self) -> Regular {
         let mut vars = match self.job_env_vars() {
             Ok(vars) => vars,
-            Err(message) => {
-                self.log.failed_step(EXPORT_ENV_DIRECTIVE, &message);
+            Err(e) => {
+                self.log
+                    .failed_step(EXPORT_ENV_DIRECTIVE, &format!("{e}\n"));
                 return Regular::Done(JobResult::Failed);
             }
         };
@@ -178,19 +205,18 @@ impl Job<'_> {
     }
 
     /// The job's own env vars, decoded; the error names the bad variable.
-    fn job_env_vars(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    fn job_env_vars(&self) -> Result<BTreeMap<String, Vec<u8>>, EnvVarError> {
         let mut vars = BTreeMap::new();
         for var in &self.request.env_vars {
             // Every executor puts the name into its shell's syntax as it
             // is (a name cannot be quoted there), so anything but an
             // identifier would be run as code or break the env file.
             if !is_identifier(&var.name) {
-                return Err(format!(
-                    "env var name {:?} is not a valid shell variable name\n",
-                    var.name
-                ));
+                return Err(EnvVarError::BadName {
+                    name: var.name.clone(),
+                });
             }
-            let value = var.decode_bytes().map_err(|e| format!("{e}\n"))?;
+            let value = var.decode_bytes().map_err(EnvVarError::BadValue)?;
             vars.insert(var.name.clone(), value);
         }
         Ok(vars)
