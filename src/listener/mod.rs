@@ -25,7 +25,7 @@ use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest
 use crate::config::Config;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
-use crate::logs::{JobLogs, TokenRefresher, UploadPolicy};
+use crate::logs::{JobLogs, RefreshError, TokenRefresher, UploadPolicy};
 use crate::mask::Masker;
 use crate::metrics::Request;
 use ops::Ops;
@@ -638,11 +638,11 @@ struct ApiRefresher {
 }
 
 impl TokenRefresher for ApiRefresher {
-    fn refresh(&mut self) -> Result<String, String> {
+    fn refresh(&mut self) -> Result<String, RefreshError> {
         log::info!("Refreshing token for current job logs...");
         let token = self.api.refresh().map_err(|e| {
             ops::failed(Request::Refresh);
-            e.to_string()
+            Box::new(e)
         })?;
         crate::child_env::forbid_value(&token);
         log::info!("Successfully refreshed token for current job logs.");

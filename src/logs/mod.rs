@@ -14,7 +14,7 @@ pub use crate::events::{Event, EventSink, JobResult};
 pub use job::JobLogs;
 pub use pusher::{
     flush_timeout_from_env, FinishOptions, FlushReport, LogError, PushLogger, PushOptions,
-    TokenRefresher, DEFAULT_FLUSH_TIMEOUT, FLUSH_TIMEOUT_VAR, MAX_BATCH_EVENTS,
+    RefreshError, TokenRefresher, DEFAULT_FLUSH_TIMEOUT, FLUSH_TIMEOUT_VAR, MAX_BATCH_EVENTS,
 };
 pub use upload::{
     compression_threshold, process_env, write_plain_text, EnvLookup, UploadOutcome, UploadPolicy,

@@ -50,19 +50,25 @@ pub fn flush_timeout_from_env(env: crate::logs::EnvLookup<'_>) -> Duration {
     }
 }
 
+/// Why a new log token could not be had: the refresher's own error (the
+/// control-plane client's, naming the URL), kept whole rather than turned
+/// into text, since this layer cannot name that client's type. Its
+/// message goes to the agent's log and must not contain a token.
+pub type RefreshError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Gets a new log token when the log server answers 401. The control-plane
-/// client implements it with `POST /refresh`; the error is a message for
-/// the agent's log and must not contain a token.
+/// client implements it with `POST /refresh`.
 pub trait TokenRefresher: Send {
-    fn refresh(&mut self) -> Result<String, String>;
+    fn refresh(&mut self) -> Result<String, RefreshError>;
 }
 
+/// A closure with a plain message for an error (tests use them).
 impl<F> TokenRefresher for F
 where
     F: FnMut() -> Result<String, String> + Send,
 {
-    fn refresh(&mut self) -> Result<String, String> {
-        self()
+    fn refresh(&mut self) -> Result<String, RefreshError> {
+        self().map_err(Into::into)
     }
 }
 
