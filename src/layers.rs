@@ -31,6 +31,7 @@ const LAYERS: &[&[&str]] = &[
         "platform",
         "usage",
         "test_knobs",
+        "liveness",
     ],
     // The agent's private temp dir and file creation; job log masking; the
     // operations registry the listener and the log flusher update.

@@ -20,6 +20,7 @@ pub mod job;
 pub mod keys;
 pub mod kubernetes;
 pub mod listener;
+pub mod liveness;
 pub mod local;
 pub mod logs;
 pub mod mask;

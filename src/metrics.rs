@@ -90,6 +90,9 @@ pub struct Metrics {
     log_events: AtomicU64,
     log_bytes: AtomicU64,
     log_backlog: AtomicU64,
+    log_lost_events: AtomicU64,
+    log_lost_bytes: AtomicU64,
+    log_spool_write_failures: AtomicU64,
     job_start_ms: AtomicU64,
 }
 
@@ -151,6 +154,9 @@ impl Metrics {
             log_events: AtomicU64::new(0),
             log_bytes: AtomicU64::new(0),
             log_backlog: AtomicU64::new(0),
+            log_lost_events: AtomicU64::new(0),
+            log_lost_bytes: AtomicU64::new(0),
+            log_spool_write_failures: AtomicU64::new(0),
             job_start_ms: AtomicU64::new(0),
         }
     }
@@ -226,6 +232,18 @@ impl Metrics {
     pub fn log_pushed(&self, events: u64, bytes: u64) {
         self.log_events.fetch_add(events, Ordering::Relaxed);
         self.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Job log output lost (spool unwritable, log server not taking it).
+    pub fn log_events_lost(&self, events: u64, bytes: u64) {
+        self.log_lost_events.fetch_add(events, Ordering::Relaxed);
+        self.log_lost_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A job's spool started failing to write (counted once per episode).
+    pub fn log_spool_write_failed(&self) {
+        self.log_spool_write_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Job log events written but not yet accepted by the log server.
@@ -403,6 +421,24 @@ impl Metrics {
                 "Job log events not yet accepted by the log server.",
                 &self.log_backlog,
             ),
+            (
+                "log_events_lost_total",
+                "counter",
+                "Job log events lost: the spool could not be written and the log server did not take them in time.",
+                &self.log_lost_events,
+            ),
+            (
+                "log_bytes_lost_total",
+                "counter",
+                "Bytes of job log output lost.",
+                &self.log_lost_bytes,
+            ),
+            (
+                "log_spool_write_failures_total",
+                "counter",
+                "Times a job's log spool started failing to write (full disk, I/O error, quota); output then waits in memory.",
+                &self.log_spool_write_failures,
+            ),
         ];
         for (name, kind, help, value) in plain {
             family(&mut out, name, kind, help);
@@ -433,6 +469,8 @@ mod tests {
         m.request_failed(Request::GetJob);
         m.log_pushed(3, 120);
         m.set_log_backlog(7);
+        m.log_events_lost(4, 900);
+        m.log_spool_write_failed();
         m.set_state("running-job");
         m.registered("agent \"x\"\n", "Ubuntu", "x86_64");
         let text = m.render();
@@ -472,6 +510,12 @@ mod tests {
             "120"
         );
         assert_eq!(value(&text, "semaphore_agent_log_backlog_events"), "7");
+        assert_eq!(value(&text, "semaphore_agent_log_events_lost_total"), "4");
+        assert_eq!(value(&text, "semaphore_agent_log_bytes_lost_total"), "900");
+        assert_eq!(
+            value(&text, "semaphore_agent_log_spool_write_failures_total"),
+            "1"
+        );
         assert_eq!(
             value(&text, "semaphore_agent_state{state=\"running-job\"}"),
             "1"

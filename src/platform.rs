@@ -92,6 +92,41 @@ pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     }
 }
 
+/// Gives the disk blocks of `file` in `offset..offset + len` back to the
+/// file system, keeping the file's size (the bytes read as zeros
+/// afterwards): a spool that was already shipped needs no disk. Linux
+/// only (`fallocate` with `PUNCH_HOLE`); elsewhere, and on a file system
+/// that cannot, an `Unsupported` error.
+#[allow(unsafe_code)] // fallocate(2), the one system call here.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: fallocate(2) on a descriptor we own; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                n,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
 /// Whether `path` is a file this user could run: a regular file with an
 /// execute bit on Unix; on Windows any regular file (whether it runs is
 /// decided by its extension, which [`executable_names`] adds).

@@ -85,19 +85,113 @@ pub fn is_private_dir(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir())
 }
 
-/// `parent/semaphore-agent-<random>`, 0700. `mkdir` fails if the name
-/// exists, so a directory (or link) planted there is never used.
+/// `parent/semaphore-agent-<random>-<owner>`, 0700, where `<owner>` is
+/// this agent's identity (`crate::liveness::Owner::name_part`) when it is
+/// known. `mkdir` fails if the name exists, so a directory (or link)
+/// planted there is never used. The owner is in the name as well as in
+/// the `owner` file because an agent killed between the `mkdir` and the
+/// file's write would otherwise leave a directory nobody may remove.
 fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
     let mut last = None;
+    let owner = crate::liveness::me().map_or(String::new(), |me| format!("-{}", me.name_part()));
     for _ in 0..8 {
-        let dir = parent.join(format!("semaphore-agent-{:016x}", crate::random::u64()));
+        let dir = parent.join(format!(
+            "semaphore-agent-{:016x}{owner}",
+            crate::random::u64()
+        ));
         match create_private_dir(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                mark_owner(&dir);
+                return Ok(dir);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no free name")))
+}
+
+/// Writes which agent made `dir` (`crate::liveness`), so the next agent
+/// on the host removes it should this one be killed. Best effort: without
+/// it the directory is only never cleaned up.
+fn mark_owner(dir: &Path) {
+    if let Some(me) = crate::liveness::me() {
+        let made = create_private(&dir.join(crate::liveness::OWNER_FILE), 0o600)
+            .and_then(|mut f| io::Write::write_all(&mut f, me.label().as_bytes()));
+        if let Err(e) = made {
+            log::debug!("Cannot mark {} as this agent's: {e}", dir.display());
+        }
+    }
+}
+
+/// The list, in the private dir, of files the agent made outside it.
+const SHARED_FILES: &str = "shared-files";
+
+/// Notes `path`, a file the agent made in a shared place (a job's
+/// `.env-<nanos>` in the temp dir, where Semaphore's debug sessions look
+/// for it), in its private dir: should the agent be killed, the next one
+/// removes it with the dir. Best effort.
+pub fn note_shared_file(path: &Path) {
+    let Ok(dir) = dir() else {
+        return;
+    };
+    let list = dir.join(SHARED_FILES);
+    let opened = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&list);
+    let line = format!("{}\n", path.display());
+    if let Err(e) = opened.and_then(|mut f| io::Write::write_all(&mut f, line.as_bytes())) {
+        log::debug!("Cannot note {} in {}: {e}", path.display(), list.display());
+    }
+}
+
+/// Removes the files a gone agent noted (only regular files of our user,
+/// never through a link).
+fn remove_noted_files(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join(SHARED_FILES)) else {
+        return;
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let path = Path::new(line);
+        let ours = std::fs::symlink_metadata(path).is_ok_and(|m| {
+            #[cfg(unix)]
+            let mine = m.uid() == euid();
+            #[cfg(not(unix))]
+            let mine = true;
+            m.file_type().is_file() && mine
+        });
+        if ours {
+            log::info!("Removing {}, left by an agent that is gone", path.display());
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes the private dirs (`semaphore-agent-*`) under `parent` of agents
+/// that are gone: only directories private to our user whose `owner` file
+/// names an agent of our pid namespace that is not running.
+pub fn remove_dirs_of_gone_agents(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("semaphore-agent-"));
+        if ours && is_private_dir(&path) && crate::liveness::dir_owner_is_gone(&path) {
+            remove_noted_files(&path);
+            log::info!(
+                "Removing {}, the temp dir of an agent that is gone",
+                path.display()
+            );
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                log::warn!("Could not remove {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// `mkdir dir`, 0700 on Unix (on Windows the parent's ACL applies).
@@ -203,7 +297,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let mut private = PrivateDir::new(parent.path().to_path_buf());
         let first = private.path().unwrap();
-        std::fs::remove_dir(&first).unwrap();
+        std::fs::remove_dir_all(&first).unwrap();
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&first)
@@ -211,6 +305,58 @@ mod tests {
         std::os::unix::fs::chown(&first, Some(65534), Some(65534)).unwrap();
         let second = private.path().unwrap();
         assert_ne!(second, first, "someone else's dir was reused");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_private_dirs_of_gone_agents_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let me = crate::liveness::me().unwrap().clone();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let make = |name: &str, owner: Option<String>, mode: u32| {
+            let dir = parent.path().join(name);
+            create_private_dir(&dir).unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(dir.join(crate::liveness::OWNER_FILE), owner).unwrap();
+            }
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            dir
+        };
+        let dead = format!("{}:{dead_pid}:1", me.pidns);
+        let gone = make("semaphore-agent-gone", Some(dead.clone()), 0o700);
+        let live = make("semaphore-agent-live", Some(me.label()), 0o700);
+        let foreign = make("semaphore-agent-ns", Some(format!("1:{dead_pid}:1")), 0o700);
+        let unmarked = make("semaphore-agent-old", None, 0o700);
+        // Killed between the mkdir and the owner file: the name tells.
+        let named_gone = make(
+            &format!("semaphore-agent-00000000000000ab-{}-{dead_pid}-1", me.pidns),
+            None,
+            0o700,
+        );
+        let named_live = make(
+            &format!("semaphore-agent-00000000000000cd-{}", me.name_part()),
+            None,
+            0o700,
+        );
+        let open = make("semaphore-agent-open", Some(dead.clone()), 0o755);
+        let other = make("something-else", Some(dead), 0o700);
+        // Files they made in the shared dir, noted in their private dirs.
+        let env_gone = parent.path().join(".env-1");
+        let env_live = parent.path().join(".env-2");
+        for (file, dir) in [(&env_gone, &gone), (&env_live, &live)] {
+            std::fs::write(file, "SECRET=1").unwrap();
+            std::fs::write(dir.join(SHARED_FILES), format!("{}\n", file.display())).unwrap();
+        }
+        remove_dirs_of_gone_agents(parent.path());
+        assert!(!gone.exists());
+        assert!(!named_gone.exists(), "a gone agent's unmarked dir is left");
+        assert!(!env_gone.exists(), "a gone agent's env file is left");
+        assert!(env_live.exists(), "a live agent's env file was removed");
+        for kept in [&live, &named_live, &foreign, &unmarked, &open, &other] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
     }
 
     #[test]

@@ -217,7 +217,13 @@ impl BashExecutor {
             out.flush()
         });
         match written {
-            Ok(()) => Ok(path),
+            Ok(()) => {
+                // Named in the agent's private dir, so the next agent
+                // removes it (it holds the job's values) should this one
+                // be killed before the job's end removes it.
+                crate::private_tmp::note_shared_file(&path);
+                Ok(path)
+            }
             Err(e) => Err(format!(
                 "Failed to write the environment file {}: {e}\n",
                 path.display()

@@ -44,6 +44,8 @@ use crate::unix_now;
 #[cfg(unix)]
 pub use bash::BashExecutor;
 #[cfg(unix)]
+pub use compose::remove_leftovers as remove_compose_leftovers;
+#[cfg(unix)]
 pub use kubernetes::KubernetesExecutor;
 pub use powershell::PowerShellExecutor;
 

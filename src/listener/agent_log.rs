@@ -56,9 +56,12 @@ impl std::fmt::Display for AgentLogError {
 impl std::error::Error for AgentLogError {}
 
 /// Sets up the agent log for `start` in `format`; returns the file path in
-/// use. Safe to call twice (the second call only reopens nothing and
-/// returns the path).
-pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
+/// use, or `None` when the file cannot be used safely (a planted symlink, a
+/// FIFO, a file of another user, no write permission): the agent then logs
+/// to stdout only, says so in one warning, and runs. A fixed name in a
+/// shared directory must never keep the agent from starting. Safe to call
+/// twice (the second call changes nothing).
+pub fn init_logging(format: LogFormat) -> Result<Option<PathBuf>, AgentLogError> {
     let level = parse_level(&std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_default())?;
     let (path, shared) = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
         Some(p) if !p.is_empty() => (PathBuf::from(p), false),
@@ -67,10 +70,16 @@ pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(parent);
     }
-    let file = open_log_file(&path, shared).map_err(|source| AgentLogError::OpenFile {
-        path: path.clone(),
-        source,
-    })?;
+    let (file, unusable) = match open_log_file(&path, shared) {
+        Ok(file) => (Some(file), None),
+        Err(source) => (
+            None,
+            Some(AgentLogError::OpenFile {
+                path: path.clone(),
+                source,
+            }),
+        ),
+    };
     // Other crates (ureq, rustls) stay at warn or quieter: their debug
     // output is noise for an operator and not ours to vouch for.
     let others = level.min(LevelFilter::Warn);
@@ -102,37 +111,65 @@ pub fn init_logging(format: LogFormat) -> Result<PathBuf, AgentLogError> {
             }
         })
         .try_init();
-    Ok(path)
+    match unusable {
+        None => Ok(Some(path)),
+        Some(err) => {
+            log::warn!("{err} - logging to stdout only");
+            Ok(None)
+        }
+    }
 }
 
-/// Opens the log file for appending, created 0600. In a `shared` temp dir
-/// (the default `<tmp>/agent_log`, a fixed name any user could create
-/// first) a symlink is not followed, a file of another user is refused,
-/// and an existing file of ours is made 0600.
+/// Opens the log file for appending, created 0600, and makes sure it is a
+/// regular file: opened non-blocking (a FIFO planted there cannot hang the
+/// agent; the type check then refuses it). In a `shared` temp dir (the
+/// default `<tmp>/agent_log`, a fixed name any user could create first) a
+/// symlink is not followed, a file of another user is refused, and an
+/// existing file of ours is made 0600. A path the operator chose may be a
+/// symlink of theirs (or root's), never one another user planted.
 #[cfg(unix)]
 fn open_log_file(path: &Path, shared: bool) -> std::io::Result<File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let euid = crate::private_tmp::euid();
+    if !shared {
+        if let Ok(link) = std::fs::symlink_metadata(path) {
+            if link.file_type().is_symlink() && link.uid() != euid && link.uid() != 0 {
+                return Err(std::io::Error::other(format!(
+                    "it is a symlink of uid {}, which the agent does not follow",
+                    link.uid()
+                )));
+            }
+        }
+    }
     let mut options = OpenOptions::new();
     options.create(true).append(true).mode(0o600);
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if shared {
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        flags |= libc::O_NOFOLLOW;
     }
+    options.custom_flags(flags);
     let file = options.open(path).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
             std::io::Error::other(format!(
                 "{e}: it is a symlink, which the agent does not follow in a shared \
                  directory; remove it or set SEMAPHORE_AGENT_LOG_FILE_PATH"
             ))
+        } else if e.raw_os_error() == Some(libc::ENXIO) {
+            std::io::Error::other(format!("{e}: it is a FIFO or a socket, not a file"))
         } else {
             e
         }
     })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "it is not a regular file; remove it or set SEMAPHORE_AGENT_LOG_FILE_PATH",
+        ));
+    }
     if shared {
-        let meta = file.metadata()?;
-        if meta.uid() != crate::private_tmp::euid() || !meta.is_file() {
+        if meta.uid() != euid {
             return Err(std::io::Error::other(format!(
-                "it is owned by uid {} or not a regular file; remove it or set \
-                 SEMAPHORE_AGENT_LOG_FILE_PATH",
+                "it is owned by uid {}; remove it or set SEMAPHORE_AGENT_LOG_FILE_PATH",
                 meta.uid()
             )));
         }
@@ -261,19 +298,25 @@ fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
 /// Writes every line to stdout and the log file. A failing stdout (closed
 /// pipe) must not lose the file copy, so errors are ignored per target.
 struct Tee {
-    file: File,
+    /// `None` when the log file could not be used safely.
+    file: Option<File>,
 }
 
 impl Write for Tee {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let _ = std::io::stdout().lock().write_all(bytes);
-        let _ = self.file.write_all(bytes);
+        if let Some(file) = &mut self.file {
+            let _ = file.write_all(bytes);
+        }
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         let _ = std::io::stdout().flush();
-        self.file.flush()
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -385,8 +428,31 @@ mod tests {
             std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
             let err = open_log_file(&foreign, true).unwrap_err().to_string();
             assert!(err.contains("uid 65534"), "{err}");
+            // A link another user planted is not followed even at a path
+            // the operator chose.
+            let planted = dir.path().join("planted_link");
+            std::os::unix::fs::symlink(&victim, &planted).unwrap();
+            std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+            let err = open_log_file(&planted, false).unwrap_err().to_string();
+            assert!(err.contains("symlink of uid 65534"), "{err}");
         } else {
             println!("skipped the foreign-owner case: chown needs root");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_at_the_log_path_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("agent_log");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        for shared in [true, false] {
+            let err = open_log_file(&fifo, shared).unwrap_err().to_string();
+            assert!(
+                err.contains("FIFO") || err.contains("not a regular file"),
+                "{err}"
+            );
         }
     }
 

@@ -190,6 +190,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     let name = agent_name(&config);
     set_log_name(&name);
     log::info!("{}", crate::executor::containment());
+    // What agents that are gone (killed, crashed) left on this host: their
+    // temp dirs, and their compose jobs' containers, networks, volumes.
+    crate::private_tmp::remove_dirs_of_gone_agents(&std::env::temp_dir());
+    #[cfg(unix)]
+    crate::executor::remove_compose_leftovers(&std::env::temp_dir());
 
     let mut api = Api::new(
         &config.endpoint,

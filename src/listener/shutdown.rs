@@ -65,29 +65,43 @@ pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
     // the hook could hold a pipe open forever, a file it cannot.
     // In the private temp dir, created exclusively: never a fixed name in
     // a shared directory, where another user could plant a symlink.
-    let out_path = match crate::private_tmp::dir() {
-        Ok(dir) => dir.join(format!("shutdown-hook-{}.log", crate::unix_nanos())),
+    // Should that file not be possible (the temp dir gone, the disk
+    // full), the hook still runs, with its output discarded: one warning,
+    // never a skipped hook.
+    let out = crate::private_tmp::dir().and_then(|dir| {
+        let path = dir.join(format!("shutdown-hook-{}.log", crate::unix_nanos()));
+        let file = crate::private_tmp::create_private(&path, 0o600)?;
+        Ok((path, file))
+    });
+    let (out_path, stdout, stderr) = match out {
+        Ok((path, file)) => match file.try_clone() {
+            Ok(err) => (Some(path), Stdio::from(file), Stdio::from(err)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                log::warn!("Cannot keep the shutdown hook's output: {e} - running it without");
+                (None, Stdio::null(), Stdio::null())
+            }
+        },
         Err(e) => {
-            log::error!("Error executing shutdown hook {}: {e}", hook.display());
-            return;
+            log::warn!("Cannot keep the shutdown hook's output: {e} - running it without");
+            (None, Stdio::null(), Stdio::null())
         }
     };
-    let spawned = crate::private_tmp::create_private(&out_path, 0o600).and_then(|out| {
-        let err = out.try_clone()?;
-        let (program, args) = crate::platform::hook_invocation(hook);
-        crate::child_env::command(program)
-            .args(args)
-            .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-    });
+    let (program, args) = crate::platform::hook_invocation(hook);
+    let spawned = crate::child_env::command(program)
+        .args(args)
+        .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             log::error!("Error executing shutdown hook {}: {e}", hook.display());
-            let _ = std::fs::remove_file(&out_path);
+            if let Some(path) = &out_path {
+                let _ = std::fs::remove_file(path);
+            }
             return;
         }
     };
@@ -108,8 +122,14 @@ pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
             }
         }
     };
-    let output = read_head(&out_path);
-    let _ = std::fs::remove_file(&out_path);
+    let output = match &out_path {
+        Some(path) => {
+            let text = read_head(path);
+            let _ = std::fs::remove_file(path);
+            text
+        }
+        None => "(not kept)".to_string(),
+    };
     match status {
         Some(s) if s.success() => log::info!("Output: {output}"),
         Some(s) => {

@@ -35,7 +35,8 @@ impl JobLogs {
             spool_dir: spool_dir.to_path_buf(),
             flush_timeout: flush_timeout_from_env(&process_env),
             keep_full_log: upload != UploadPolicy::Never,
-            ..PushOptions::default()
+            release_pushed: upload == UploadPolicy::Never,
+            ..test_knobs(PushOptions::default())
         };
         crate::child_env::forbid_value(&request.logger.token);
         let pusher = PushLogger::start(&request.logger, refresher, options)?;
@@ -59,14 +60,31 @@ impl EventSink for JobLogs {
     }
 }
 
+/// Test builds shrink the memory queue and the stall limit
+/// (`SEMAPHORE_AGENT_TEST_LOG_MEMORY_BYTES`, `..._LOG_STALL_MS`, through
+/// `crate::test_knobs`), so a test can reach the point where output is
+/// lost; release builds ignore them.
+fn test_knobs(mut options: PushOptions) -> PushOptions {
+    if let Some(bytes) = crate::test_knobs::text("LOG_MEMORY_BYTES").and_then(|t| t.parse().ok()) {
+        options.memory_queue_bytes = bytes;
+    }
+    if let Some(stall) = crate::test_knobs::millis("LOG_STALL_MS") {
+        options.stall_limit = stall;
+    }
+    options
+}
+
 fn log_flush_report(job_id: &str, report: &FlushReport) {
     if report.trimmed {
         log::warn!("Logs of job {job_id} were trimmed: the job used all its log space");
     }
     if report.dropped > 0 {
         log::error!(
-            "{} log events of job {job_id} could not be written to the spool",
-            report.dropped
+            "{} log events ({} bytes) of job {job_id} were lost: the spool could not be written \
+             ({}) and the log server did not take them in time; the job log says so",
+            report.dropped,
+            report.dropped_bytes,
+            report.drop_reason.as_deref().unwrap_or("unknown error")
         );
     }
     match &report.upload {

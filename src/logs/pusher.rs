@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::spool::{self, Batch, SpoolReader, SpoolWriter, WriteFailure};
+use super::spool::{self, Batch, SpoolReader, SpoolWriter};
 use super::upload::{self, EnvLookup, UploadOutcome, UploadPolicy, UploadRequest};
 use super::{Event, EventSink};
 use crate::request::{JobRequest, Logger};
@@ -98,6 +98,19 @@ pub struct PushOptions {
     /// the Go agent's log file does). Without it the spool stops growing
     /// at either bound, so a job cannot fill the disk.
     pub keep_full_log: bool,
+    /// Give the disk of ranges the server accepted back while the job runs
+    /// (hole punching), so a job needs disk only for what is not pushed
+    /// yet. Only without an upload of the whole log: `finish` skips an
+    /// upload of a released spool.
+    pub release_pushed: bool,
+    /// How much output is held in memory while the spool cannot be
+    /// written (a full disk): past it `emit` waits for the flusher, so the
+    /// job waits as it would on a slow terminal.
+    pub memory_queue_bytes: usize,
+    /// How long `emit` waits for room without any progress (the disk full
+    /// and the log server not taking anything) before output is lost,
+    /// with a line in the job log saying how much and why.
+    pub stall_limit: Duration,
 }
 
 impl Default for PushOptions {
@@ -115,6 +128,9 @@ impl Default for PushOptions {
             spool_dir: std::env::temp_dir(),
             user_agent: format!("SemaphoreAgent/{}", crate::VERSION),
             keep_full_log: false,
+            release_pushed: false,
+            memory_queue_bytes: 8 * 1024 * 1024,
+            stall_limit: Duration::from_secs(120),
         }
     }
 }
@@ -201,8 +217,13 @@ pub struct FlushReport {
     pub delivered: u64,
     /// Events written to the spool.
     pub total: u64,
-    /// Events lost because the spool could not be written (disk full).
+    /// Events lost: the spool could not be written (disk full) and the log
+    /// server did not take them from memory within the stall limit.
     pub dropped: u64,
+    /// The bytes of those events.
+    pub dropped_bytes: u64,
+    /// Why they were lost (the spool's write error), when they were.
+    pub drop_reason: Option<String>,
     /// The server answered 422: the job used up its log space.
     pub trimmed: bool,
     /// Not everything was delivered within the bound (or before a stop).
@@ -226,12 +247,31 @@ pub struct PushLogger {
 
 struct Shared {
     state: Mutex<State>,
+    /// Wakes the flusher.
     wake: Condvar,
+    /// Wakes an `emit` waiting for room in the memory queue.
+    room: Condvar,
 }
 
 struct State {
     writer: SpoolWriter,
+    /// Events (and bytes) lost so far, and those not yet told in the job
+    /// log.
     dropped: u64,
+    dropped_bytes: u64,
+    untold: Option<(u64, u64)>,
+    /// The spool's last write error while it is failing; `None` when
+    /// writes work.
+    spool_error: Option<String>,
+    /// The first spool error's text, kept for the report.
+    first_error: Option<String>,
+    memory_cap: usize,
+    stall_limit: Duration,
+    /// The flusher has stopped: nobody will take from the memory queue.
+    flusher_gone: bool,
+    /// Events shipped from memory, never written to the file (an upload
+    /// of the whole log lacks them).
+    from_memory: u64,
     /// The flusher is asleep until the totals reach these values (events,
     /// bytes); `None` when it is not waiting for output.
     wake_at: Option<(u64, u64)>,
@@ -251,18 +291,56 @@ struct State {
 }
 
 impl State {
-    fn note_loss(&mut self, failure: WriteFailure) {
-        // Log the first loss and then every thousandth, so a full disk
-        // cannot flood the agent's log.
-        if self.dropped == 0 || self.dropped / 1000 != (self.dropped + failure.lost_events) / 1000 {
-            log::error!(
-                "Cannot write job log events to the spool {}: {} ({} events lost so far)",
-                self.writer.path().display(),
-                failure.source,
-                self.dropped + failure.lost_events
-            );
+    /// Notes how a spool write went: the first failure and the recovery
+    /// are logged once each, so a full disk cannot flood the agent's log.
+    fn write_result(&mut self, result: std::io::Result<()>) {
+        match result {
+            Ok(()) => {
+                if !self.writer.stuck() && self.spool_error.take().is_some() {
+                    log::info!(
+                        "The job log spool {} is writable again",
+                        self.writer.path().display()
+                    );
+                }
+            }
+            Err(e) => {
+                if self.spool_error.is_none() {
+                    log::error!(
+                        "Cannot write job log events to the spool {}: {e} - holding up to {} KiB \
+                         in memory and pushing from there; the job waits when that is full",
+                        self.writer.path().display(),
+                        self.memory_cap / 1024
+                    );
+                    crate::metrics::global().log_spool_write_failed();
+                }
+                let text = e.to_string();
+                self.first_error.get_or_insert_with(|| text.clone());
+                self.spool_error = Some(text);
+            }
         }
-        self.dropped += failure.lost_events;
+    }
+
+    /// Writes the line telling the job log how much output was lost and
+    /// why, once there is room again (or at the end).
+    fn tell_loss(&mut self) {
+        let Some((events, bytes)) = self.untold.take() else {
+            return;
+        };
+        let reason = self
+            .spool_error
+            .clone()
+            .or_else(|| self.first_error.clone())
+            .unwrap_or_else(|| "the spool could not be written".into());
+        let line = Event::CmdOutput {
+            timestamp: (crate::unix_nanos() / 1_000_000_000) as u64,
+            output: format!(
+                "\n[semaphore-agent] {events} chunks of this job's output ({bytes} bytes) were \
+                 lost: the agent could not write its job log spool ({reason}) and the log server \
+                 did not take the output in time.\n"
+            ),
+        };
+        let r = self.writer.append(&line);
+        self.write_result(r);
     }
 }
 
@@ -310,6 +388,16 @@ impl PushLogger {
             state: Mutex::new(State {
                 writer,
                 dropped: 0,
+                dropped_bytes: 0,
+                untold: None,
+                spool_error: None,
+                first_error: None,
+                memory_cap: options
+                    .memory_queue_bytes
+                    .max(spool::WRITE_BUFFER_BYTES * 2),
+                stall_limit: options.stall_limit,
+                flusher_gone: false,
+                from_memory: 0,
                 wake_at: None,
                 finish_by: None,
                 abort: false,
@@ -321,6 +409,7 @@ impl PushLogger {
                 discarded: 0,
             }),
             wake: Condvar::new(),
+            room: Condvar::new(),
         });
         let agent = crate::net::http_config(&logger.url)
             .http_status_as_error(false)
@@ -344,6 +433,10 @@ impl PushLogger {
             acked_events: 0,
             acked_bytes: 0,
             inflight: None,
+            inflight_from_file: false,
+            acked_file_bytes: 0,
+            release: options.release_pushed && !options.keep_full_log,
+            released: false,
             trimmed: false,
             keep_full_log: options.keep_full_log,
             requests: 0,
@@ -377,16 +470,30 @@ impl PushLogger {
         log::info!("Waiting for all logs to be flushed...");
         {
             let mut st = lock(&self.shared);
-            if let Err(f) = st.writer.flush() {
-                st.note_loss(f);
-            }
+            st.tell_loss();
+            let r = st.writer.flush();
+            st.write_result(r);
             st.finish_by = Some(Instant::now() + timeout);
         }
         self.shared.wake.notify_all();
         let end = self.join();
-        let (total, dropped, over_limit, discarded) = {
+        let (total, dropped, dropped_bytes, drop_reason, over_limit, discarded) = {
             let st = lock(&self.shared);
-            (st.writer.total().0, st.dropped, st.over_limit, st.discarded)
+            if st.from_memory > 0 && options.upload != UploadPolicy::Never {
+                log::warn!(
+                    "{} job log events went to the log server from memory (the spool could not \
+                     be written): an uploaded log file lacks them",
+                    st.from_memory
+                );
+            }
+            (
+                st.writer.total().0,
+                st.dropped,
+                st.dropped_bytes,
+                st.first_error.clone().filter(|_| st.dropped > 0),
+                st.over_limit,
+                st.discarded,
+            )
         };
         if discarded > 0 {
             log::info!("{discarded} job log events were not kept: the log was trimmed");
@@ -402,21 +509,30 @@ impl PushLogger {
         } else if !end.trimmed {
             log::info!("All {total} job log events were pushed");
         }
-        let upload = upload::upload_job_logs(
-            &self.spool_path,
-            &UploadRequest {
-                policy: options.upload,
-                trimmed: end.trimmed,
-                job: options.job,
-                env: options.env,
-                work_dir: &self.spool_dir,
-                timeout: options.upload_timeout,
-            },
-        );
+        let upload = if end.released && options.upload != UploadPolicy::Never {
+            UploadOutcome::Skipped {
+                reason: "the spool's pushed part was given back to the disk (release_pushed)"
+                    .into(),
+            }
+        } else {
+            upload::upload_job_logs(
+                &self.spool_path,
+                &UploadRequest {
+                    policy: options.upload,
+                    trimmed: end.trimmed,
+                    job: options.job,
+                    env: options.env,
+                    work_dir: &self.spool_dir,
+                    timeout: options.upload_timeout,
+                },
+            )
+        };
         FlushReport {
             delivered: end.delivered,
             total,
             dropped,
+            dropped_bytes,
+            drop_reason,
             trimmed: end.trimmed || over_limit,
             gave_up,
             requests: end.requests,
@@ -430,6 +546,7 @@ impl PushLogger {
             // The flusher panicked or was already joined: nothing is known
             // to be delivered.
             _ => FlusherEnd {
+                released: false,
                 delivered: 0,
                 trimmed: false,
                 gave_up: true,
@@ -455,8 +572,35 @@ impl EventSink for PushLogger {
             st.discarded += 1;
             return;
         }
-        if let Err(f) = st.writer.append(&event) {
-            st.note_loss(f);
+        if st.writer.buffered_bytes() >= st.memory_cap {
+            // The spool cannot take events and the memory queue is full:
+            // wait for the flusher to ship some, as a slow terminal makes
+            // a job wait. Once output is being lost, the job does not wait
+            // again until there is room.
+            if st.untold.is_none() {
+                st = self.wait_for_room(st);
+            }
+            if st.writer.buffered_bytes() >= st.memory_cap {
+                let bytes = event_bytes(&event);
+                let (events, total_bytes) = st.untold.unwrap_or((0, 0));
+                st.untold = Some((events + 1, total_bytes + bytes));
+                st.dropped += 1;
+                st.dropped_bytes += bytes;
+                crate::metrics::global().log_events_lost(1, bytes);
+                if st.dropped == 1 {
+                    log::error!(
+                        "Job log output is being lost: the spool cannot be written and the log \
+                         server took nothing for {} s",
+                        st.stall_limit.as_secs()
+                    );
+                }
+                return;
+            }
+        }
+        st.tell_loss();
+        let r = st.writer.append(&event);
+        if r.is_err() || st.spool_error.is_some() {
+            st.write_result(r);
         }
         if let Some((events, bytes)) = st.wake_at {
             let (te, tb) = st.writer.total();
@@ -465,6 +609,51 @@ impl EventSink for PushLogger {
                 drop(st);
                 self.shared.wake.notify_one();
             }
+        }
+    }
+}
+
+/// The size of an event's output text (what a lost-output line counts).
+fn event_bytes(event: &Event) -> u64 {
+    match event {
+        Event::CmdOutput { output, .. } => output.len() as u64,
+        _ => 0,
+    }
+}
+
+impl PushLogger {
+    /// Waits until the memory queue has room, the flusher is gone, or
+    /// nothing moved for the stall limit. Each round retries the spool
+    /// (space may have come back) and wakes the flusher.
+    fn wait_for_room<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let mut deadline = Instant::now() + st.stall_limit;
+        let mut last = st.writer.buffered_bytes();
+        loop {
+            if st.flusher_gone || st.abort || st.writer.buffered_bytes() < st.memory_cap {
+                return st;
+            }
+            let r = st.writer.flush();
+            st.write_result(r);
+            let now_held = st.writer.buffered_bytes();
+            if now_held < st.memory_cap {
+                return st;
+            }
+            let now = Instant::now();
+            if now_held < last {
+                deadline = now + st.stall_limit;
+            }
+            last = now_held;
+            if now >= deadline {
+                return st;
+            }
+            self.shared.wake.notify_one();
+            let nap = (deadline - now).min(Duration::from_millis(200));
+            st = self
+                .shared
+                .room
+                .wait_timeout(st, nap)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -489,6 +678,8 @@ impl Drop for PushLogger {
 
 /// What the flusher thread hands back when it stops.
 struct FlusherEnd {
+    /// Part of the spool was given back to the file system.
+    released: bool,
     delivered: u64,
     trimmed: bool,
     gave_up: bool,
@@ -515,6 +706,16 @@ struct Flusher {
     /// The batch being sent; kept until the server takes it, so a retry
     /// resends the same events from the same index.
     inflight: Option<Batch>,
+    /// It came from the file (not from the memory queue).
+    inflight_from_file: bool,
+    /// Bytes of the file the server has accepted: given back to the file
+    /// system as the job runs when `release` is on.
+    acked_file_bytes: u64,
+    /// Punch out shipped ranges (off when the whole log is kept for an
+    /// upload, or the file system cannot).
+    release: bool,
+    /// Some range was punched out: the file no longer holds the whole log.
+    released: bool,
     trimmed: bool,
     keep_full_log: bool,
     requests: u64,
@@ -566,22 +767,9 @@ impl Flusher {
                 }
                 Step::Send => {
                     let outcome = if self.inflight.is_none() {
-                        // Make everything emitted so far readable, then cut
-                        // the batch without holding the lock.
-                        if let Err(f) = st.writer.flush() {
-                            st.note_loss(f);
-                        }
-                        let visible = st.writer.visible().1;
-                        drop(st);
-                        match self
-                            .reader
-                            .next_batch(visible, self.batch_events, self.batch_bytes)
-                        {
-                            Ok(Some(batch)) => {
-                                self.inflight = Some(batch);
-                                self.send(finish_by)
-                            }
-                            Ok(None) => Outcome::Failed,
+                        match self.cut_batch(&shared, st) {
+                            Ok(true) => self.send(finish_by),
+                            Ok(false) => Outcome::Failed,
                             Err(e) => {
                                 log::error!("Cannot read the job log spool: {e}");
                                 Outcome::Failed
@@ -603,7 +791,10 @@ impl Flusher {
                 }
             }
         }
-        // Whatever is left will not be sent any more.
+        // Whatever is left will not be sent any more; an `emit` waiting
+        // for room must not wait for this thread.
+        lock(&self.shared).flusher_gone = true;
+        self.shared.room.notify_all();
         crate::metrics::global().set_log_backlog(0);
         log::info!("Stopped pushing logs.");
         FlusherEnd {
@@ -611,6 +802,67 @@ impl Flusher {
             trimmed: self.trimmed,
             gave_up,
             requests: self.requests,
+            released: self.released,
+        }
+    }
+
+    /// Cuts the next batch: from the file first (everything emitted so far
+    /// is made readable, then read without holding the lock), and once the
+    /// file is all read, from the memory queue the writer keeps while the
+    /// spool cannot be written. `Ok(false)` when there is nothing.
+    fn cut_batch<'a>(
+        &mut self,
+        shared: &'a Shared,
+        mut st: MutexGuard<'a, State>,
+    ) -> std::io::Result<bool> {
+        loop {
+            let r = st.writer.flush();
+            st.write_result(r);
+            let visible = st.writer.visible().1;
+            drop(st);
+            if let Some(batch) =
+                self.reader
+                    .next_batch(visible, self.batch_events, self.batch_bytes)?
+            {
+                self.inflight = Some(batch);
+                self.inflight_from_file = true;
+                return Ok(true);
+            }
+            st = lock(shared);
+            if st.writer.visible().1 != visible {
+                // Written to the file meanwhile: that comes first.
+                continue;
+            }
+            let Some(batch) = st.writer.take_front(self.batch_events, self.batch_bytes) else {
+                return Ok(false);
+            };
+            st.from_memory += batch.events;
+            drop(st);
+            shared.room.notify_all();
+            self.inflight = Some(batch);
+            self.inflight_from_file = false;
+            return Ok(true);
+        }
+    }
+
+    /// Gives the file's accepted bytes back to the file system, so the
+    /// spool holds only what the server does not have yet.
+    fn release_accepted(&mut self) {
+        if !self.release {
+            return;
+        }
+        match self.reader.release(self.acked_file_bytes) {
+            Ok(true) => self.released = self.acked_file_bytes >= 4096 || self.released,
+            Ok(false) => {
+                log::debug!(
+                    "The spool's file system cannot punch holes; shipped logs keep their disk"
+                );
+                self.release = false;
+            }
+            Err(e) => {
+                log::warn!("Cannot give shipped job log bytes back to the file system: {e}");
+                self.release = false;
+            }
         }
     }
 
@@ -645,7 +897,11 @@ impl Flusher {
                 crate::metrics::global().log_pushed(batch.events, batch.body.len() as u64);
                 self.acked_events += batch.events;
                 self.acked_bytes += batch.body.len() as u64;
+                if self.inflight_from_file {
+                    self.acked_file_bytes += batch.body.len() as u64;
+                }
                 self.inflight = None;
+                self.release_accepted();
                 Outcome::Accepted
             }
             Ok(422) => {
@@ -1047,6 +1303,163 @@ mod tests {
         p.on_result(t0 + ms(300), Outcome::Accepted, 0.0);
         p.on_result(t0 + ms(300), Outcome::Refreshed, 0.0);
         assert_eq!(p.decide(t0 + ms(300), 5, 5, false), Step::Send);
+    }
+
+    /// A log server on 127.0.0.1 for the memory-queue tests: keeps the
+    /// lines it accepted (by `start_from`, so a resend adds nothing) and
+    /// answers 500 while `refuse` is set.
+    struct Server {
+        url: String,
+        lines: Arc<Mutex<Vec<String>>>,
+        refuse: Arc<std::sync::atomic::AtomicBool>,
+        _thread: std::thread::JoinHandle<()>,
+    }
+
+    fn server() -> Server {
+        let http = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = http.server_addr().to_ip().unwrap().port();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, r) = (Arc::clone(&lines), Arc::clone(&refuse));
+        let thread = std::thread::Builder::new()
+            .name("test-log-server".into())
+            .spawn(move || {
+                for mut req in http.incoming_requests() {
+                    let mut body = String::new();
+                    let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+                    if r.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = req.respond(tiny_http::Response::empty(500));
+                        continue;
+                    }
+                    let from: usize = req
+                        .url()
+                        .split("start_from=")
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let mut have = l.lock().unwrap();
+                    let new: Vec<String> = body.lines().map(str::to_string).collect();
+                    let skip = have.len().saturating_sub(from);
+                    assert!(from <= have.len(), "gap: {from} > {}", have.len());
+                    have.extend(new.into_iter().skip(skip));
+                    drop(have);
+                    let _ = req.respond(tiny_http::Response::empty(200));
+                }
+            })
+            .unwrap();
+        Server {
+            url: format!("http://127.0.0.1:{port}/logs/job"),
+            lines,
+            refuse,
+            _thread: thread,
+        }
+    }
+
+    fn test_logger(url: &str, dir: &Path, stall: Duration) -> PushLogger {
+        let logger = Logger {
+            method: "push".into(),
+            url: url.into(),
+            token: "t".into(),
+            max_size_in_bytes: 0,
+        };
+        let options = PushOptions {
+            linger: ms(10),
+            idle_tick: ms(100),
+            retry_base: ms(5),
+            retry_max: ms(20),
+            flush_retry_max: ms(20),
+            flush_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(5),
+            spool_dir: dir.to_path_buf(),
+            memory_queue_bytes: 256 * 1024,
+            stall_limit: stall,
+            ..PushOptions::default()
+        };
+        let refresher: Box<dyn TokenRefresher> = Box::new(|| Err("none".to_string()));
+        PushLogger::start(&logger, refresher, options).unwrap()
+    }
+
+    fn line(i: usize) -> Event {
+        Event::CmdOutput {
+            timestamp: 1,
+            output: format!("line {i} {}\n", "x".repeat(200)),
+        }
+    }
+
+    fn full_disk() -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_full_spool_loses_nothing_the_output_waits_in_bounded_memory() {
+        let srv = server();
+        let dir = tempfile::tempdir().unwrap();
+        let mut pl = test_logger(&srv.url, dir.path(), Duration::from_secs(30));
+        let real = lock(&pl.shared).writer.replace_file(full_disk());
+        // 20,000 events (4.3 MB) through a 256 KiB queue while no write
+        // to the spool works.
+        let mut max_held = 0;
+        for i in 0..20_000 {
+            pl.emit(line(i));
+            max_held = max_held.max(lock(&pl.shared).writer.buffered_bytes());
+        }
+        assert!(max_held < 512 * 1024, "memory held {max_held}");
+        // Space returns: the spool is used again.
+        lock(&pl.shared).writer.replace_file(real);
+        for i in 20_000..21_000 {
+            pl.emit(line(i));
+        }
+        let job = JobRequest::default();
+        let report = pl.finish(&FinishOptions::new(&job, UploadPolicy::Never));
+        assert_eq!(
+            (report.dropped, report.delivered),
+            (0, 21_000),
+            "{report:?}"
+        );
+        let lines = srv.lines.lock().unwrap();
+        assert_eq!(lines.len(), 21_000);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(*l, line(i).to_json(), "event {i}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_lost_to_a_full_disk_and_a_silent_server_is_told_in_the_log() {
+        let srv = server();
+        let dir = tempfile::tempdir().unwrap();
+        let mut pl = test_logger(&srv.url, dir.path(), ms(200));
+        lock(&pl.shared).writer.replace_file(full_disk());
+        srv.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        for i in 0..5_000 {
+            pl.emit(line(i));
+        }
+        // The job waited once for the stall limit, not once per event.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        srv.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        let job = JobRequest::default();
+        let report = pl.finish(&FinishOptions::new(&job, UploadPolicy::Never));
+        assert!(report.dropped > 0, "{report:?}");
+        assert!(report.dropped_bytes > 0);
+        assert!(report
+            .drop_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("No space left"));
+        let lines = srv.lines.lock().unwrap();
+        let told = lines.last().unwrap();
+        assert!(
+            told.contains(&format!("{} chunks of this job", report.dropped))
+                && told.contains("No space left on device"),
+            "{told}"
+        );
+        assert_eq!(report.delivered as usize, lines.len());
+        assert_eq!(report.delivered + report.dropped, 5_001);
     }
 
     #[test]

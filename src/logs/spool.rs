@@ -34,7 +34,13 @@ pub fn create(dir: &Path) -> io::Result<(SpoolWriter, SpoolReader)> {
         .append(true)
         .create_new(true)
         .open(&path)?;
-    let reader = match File::open(&path) {
+    // Read and write: the reader also gives shipped ranges back to the
+    // file system (`release`), which needs a writable descriptor.
+    let reader = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
         Ok(f) => f,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
@@ -48,33 +54,42 @@ pub fn create(dir: &Path) -> io::Result<(SpoolWriter, SpoolReader)> {
         buffered_events: 0,
         visible_events: 0,
         visible_bytes: 0,
+        file_bytes: 0,
+        retry_at_len: None,
     };
     let reader = SpoolReader {
         file: reader,
         pos: 0,
         carry: Vec::new(),
+        released: 0,
+        can_release: true,
     };
     Ok((writer, reader))
 }
 
 /// The appending side. Events are encoded into a buffer and written to the
-/// file in whole lines, so the file (up to `visible_bytes`) always ends on
-/// an event boundary and the reader can trust what it sees.
+/// file in whole lines, so the file always ends on an event boundary and
+/// the reader can trust what it sees. When the file cannot be written (a
+/// full disk, an I/O error, a quota) the buffer keeps the events: nothing
+/// is dropped here. The flusher then takes them straight from the buffer
+/// ([`SpoolWriter::take_front`]) once it has read the whole file, and
+/// writing resumes when the file system takes bytes again. Bounding the
+/// buffer is the caller's job (the pusher makes `emit` wait).
 pub struct SpoolWriter {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
     buffered_events: u64,
+    /// Events and bytes out of the buffer: in the file, or handed to the
+    /// flusher from memory.
     visible_events: u64,
     visible_bytes: u64,
-}
-
-/// What a failed write cost: the events that were in the buffer are lost
-/// (the file is cut back to the last whole event so indices stay right).
-#[derive(Debug)]
-pub struct WriteFailure {
-    pub lost_events: u64,
-    pub source: io::Error,
+    /// Bytes in the file (what the reader may read).
+    file_bytes: u64,
+    /// After a failed write: the next write is tried when the buffer holds
+    /// this many bytes (or when the flusher asks), so a full disk costs
+    /// one failing call per 64 KiB of output, not one per event.
+    retry_at_len: Option<usize>,
 }
 
 impl SpoolWriter {
@@ -82,9 +97,10 @@ impl SpoolWriter {
         &self.path
     }
 
-    /// Appends one event as a JSON line. Writes to the file when the buffer
-    /// is full; the error says how many events that write lost.
-    pub fn append(&mut self, event: &Event) -> Result<(), WriteFailure> {
+    /// Appends one event as a JSON line. Tries to write to the file when
+    /// the buffer is full; an error says the write failed, but the event
+    /// and everything before it are still held.
+    pub fn append(&mut self, event: &Event) -> io::Result<()> {
         let before = self.buf.len();
         // Serializing a plain enum of strings and integers cannot fail;
         // should it ever, the partial bytes are taken back out.
@@ -94,7 +110,11 @@ impl SpoolWriter {
         }
         self.buf.push(b'\n');
         self.buffered_events += 1;
-        if self.buf.len() >= WRITE_BUFFER_BYTES {
+        let due = match self.retry_at_len {
+            Some(at) => self.buf.len() >= at,
+            None => self.buf.len() >= WRITE_BUFFER_BYTES,
+        };
+        if due {
             self.flush()?;
         }
         Ok(())
@@ -109,39 +129,96 @@ impl SpoolWriter {
         )
     }
 
-    /// Events and bytes the reader may read: everything written to the file.
+    /// Events out of the buffer, and the bytes in the file: how far the
+    /// reader may read.
     pub fn visible(&self) -> (u64, u64) {
-        (self.visible_events, self.visible_bytes)
+        (self.visible_events, self.file_bytes)
+    }
+
+    /// Bytes held in memory, not yet in the file.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the last write failed (and no write has worked since).
+    pub fn stuck(&self) -> bool {
+        self.retry_at_len.is_some()
     }
 
     /// Writes the buffer to the file. On failure the file is cut back to the
-    /// last whole event and the buffered events are dropped, so a half line
-    /// can never shift the index of the events that follow.
-    pub fn flush(&mut self) -> Result<(), WriteFailure> {
+    /// last whole event and the buffer is kept, so a half line can never
+    /// shift the index of the events that follow and nothing is lost.
+    pub fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
+            self.retry_at_len = None;
             return Ok(());
         }
-        let result = self.file.write_all(&self.buf);
-        let events = self.buffered_events;
-        let bytes = self.buf.len() as u64;
-        self.buf.clear();
-        self.buffered_events = 0;
-        match result {
+        match self.file.write_all(&self.buf) {
             Ok(()) => {
-                self.visible_events += events;
-                self.visible_bytes += bytes;
+                self.visible_events += self.buffered_events;
+                self.visible_bytes += self.buf.len() as u64;
+                self.file_bytes += self.buf.len() as u64;
+                self.buffered_events = 0;
+                self.buf.clear();
+                if self.buf.capacity() > 4 * WRITE_BUFFER_BYTES {
+                    // Memory held while the disk was full goes back.
+                    self.buf.shrink_to(WRITE_BUFFER_BYTES + 1024);
+                }
+                self.retry_at_len = None;
                 Ok(())
             }
             Err(source) => {
                 // The file is opened for appending, so the next write lands
                 // at the new end after this cut.
-                let _ = self.file.set_len(self.visible_bytes);
-                Err(WriteFailure {
-                    lost_events: events,
-                    source,
-                })
+                let _ = self.file.set_len(self.file_bytes);
+                self.retry_at_len = Some(self.buf.len() + WRITE_BUFFER_BYTES);
+                Err(source)
             }
         }
+    }
+
+    /// Hands the oldest buffered events (whole lines, at most `max_events`
+    /// and, unless one event is larger, `max_bytes`) to the caller instead
+    /// of the file. Only correct once everything in the file was read:
+    /// the flusher calls it when the reader found nothing more.
+    pub fn take_front(&mut self, max_events: u64, max_bytes: usize) -> Option<Batch> {
+        let max_events = max_events.max(1);
+        let mut count = 0u64;
+        let mut end = 0usize;
+        let mut scanned = 0usize;
+        while let Some(i) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
+            let line_end = scanned + i + 1;
+            scanned = line_end;
+            if count > 0 && line_end > max_bytes {
+                break;
+            }
+            count += 1;
+            end = line_end;
+            if count >= max_events || end >= max_bytes {
+                break;
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        let body: Vec<u8> = self.buf.drain(..end).collect();
+        self.buffered_events -= count;
+        self.visible_events += count;
+        self.visible_bytes += body.len() as u64;
+        if let Some(at) = self.retry_at_len.as_mut() {
+            *at = self.buf.len() + WRITE_BUFFER_BYTES;
+        }
+        Some(Batch {
+            events: count,
+            body,
+        })
+    }
+
+    /// Test seam: the file replaced by another (`/dev/full` for a full
+    /// disk), keeping every count.
+    #[cfg(all(test, unix))]
+    pub(super) fn replace_file(&mut self, file: File) -> File {
+        std::mem::replace(&mut self.file, file)
     }
 }
 
@@ -162,6 +239,10 @@ pub struct SpoolReader {
     /// Bytes read but not yet handed out, starting at the first event that
     /// has not been cut into a batch.
     carry: Vec<u8>,
+    /// File offset up to which the disk blocks were given back.
+    released: u64,
+    /// False once the file system said it cannot punch holes.
+    can_release: bool,
 }
 
 impl SpoolReader {
@@ -212,6 +293,32 @@ impl SpoolReader {
             events: count,
             body,
         }))
+    }
+
+    /// Gives the disk blocks of the file's first `upto` bytes back (they
+    /// were shipped and will not be read again), in whole 4 KiB pages.
+    /// The file keeps its size, so offsets stay right. `Ok(false)` when
+    /// the file system cannot do it (the spool then needs disk for the
+    /// whole log, as before).
+    pub fn release(&mut self, upto: u64) -> io::Result<bool> {
+        let upto = upto.min(self.pos) & !4095;
+        if !self.can_release || upto <= self.released {
+            return Ok(self.can_release);
+        }
+        match crate::platform::punch_hole(&self.file, self.released, upto - self.released) {
+            Ok(()) => {
+                self.released = upto;
+                Ok(true)
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::Unsupported
+                    || e.raw_os_error() == Some(95) /* EOPNOTSUPP */ =>
+            {
+                self.can_release = false;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn read_more(&mut self, want: usize) -> io::Result<usize> {
@@ -337,6 +444,90 @@ mod tests {
         let third = r.next_batch(v, 2000, 1000).unwrap().unwrap();
         assert_eq!(lines(&third), vec![output("after").to_json()]);
         assert_eq!(r.next_batch(v, 2000, 1000).unwrap(), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_failed_write_keeps_every_event_and_writing_resumes_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(dir.path()).unwrap();
+        w.append(&output("in-file")).unwrap();
+        w.flush().unwrap();
+        // The disk fills up: every write fails with ENOSPC.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let real = w.replace_file(full);
+        let mut failures = 0;
+        for i in 0..5000 {
+            if w.append(&output(&format!("mem-{i}\n"))).is_err() {
+                failures += 1;
+            }
+        }
+        assert!(w.flush().is_err());
+        assert!(w.stuck());
+        // Retried once per 64 KiB of new output, not once per event.
+        assert!((1..=4).contains(&failures), "{failures}");
+        assert_eq!(w.total().0, 5001);
+        // The reader ships the file, then the flusher takes the buffer.
+        let b = r.next_batch(w.visible().1, 2000, 1 << 20).unwrap().unwrap();
+        assert_eq!(lines(&b), vec![output("in-file").to_json()]);
+        assert_eq!(r.next_batch(w.visible().1, 2000, 1 << 20).unwrap(), None);
+        let m = w.take_front(2000, 1 << 20).unwrap();
+        assert_eq!(m.events, 2000);
+        assert_eq!(lines(&m)[0], output("mem-0\n").to_json());
+        assert_eq!(w.visible().0, 2001);
+        // Space returns: the rest goes to the file, after what was shipped.
+        w.replace_file(real);
+        w.append(&output("after")).unwrap();
+        w.flush().unwrap();
+        assert!(!w.stuck());
+        let mut seen = vec![];
+        while let Some(b) = r.next_batch(w.visible().1, 2000, 1 << 20).unwrap() {
+            seen.extend(lines(&b));
+        }
+        assert_eq!(seen.len(), 3001);
+        assert_eq!(seen[0], output("mem-2000\n").to_json());
+        assert_eq!(seen[3000], output("after").to_json());
+        assert_eq!(w.total().0, 5002);
+        assert_eq!(w.visible().0, 5002);
+        assert_eq!(w.buffered_bytes(), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shipped_ranges_give_their_disk_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(dir.path()).unwrap();
+        let line = "z".repeat(1000);
+        for _ in 0..4000 {
+            w.append(&output(&line)).unwrap();
+        }
+        w.flush().unwrap();
+        let blocks = || std::fs::metadata(w.path()).unwrap().blocks();
+        let before = blocks();
+        let mut shipped = 0u64;
+        while let Some(b) = r.next_batch(w.visible().1, 2000, 1 << 20).unwrap() {
+            shipped += b.body.len() as u64;
+        }
+        if !r.release(shipped).unwrap() {
+            println!("skipped: this file system cannot punch holes");
+            return;
+        }
+        let after = std::fs::metadata(w.path()).unwrap();
+        assert_eq!(after.len(), w.visible().1, "the size (and offsets) stay");
+        assert!(
+            after.blocks() < before / 10,
+            "{before} -> {}",
+            after.blocks()
+        );
+        // Later output is still read from the right offset.
+        w.append(&output("tail")).unwrap();
+        w.flush().unwrap();
+        let b = r.next_batch(w.visible().1, 2000, 1 << 20).unwrap().unwrap();
+        assert_eq!(lines(&b), vec![output("tail").to_json()]);
     }
 
     #[test]

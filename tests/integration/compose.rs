@@ -25,13 +25,13 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The test images; the tag changes whenever what `import_image` puts in
 /// them does, as an image that exists is not made again.
-const BASH_IMAGE: &str = "semaphore-agent-test/bash:3";
+pub(crate) const BASH_IMAGE: &str = "semaphore-agent-test/bash:3";
 const NO_BASH_IMAGE: &str = "semaphore-agent-test/nobash:3";
 
 /// Whether the Docker tests can run here; builds the test images once per
 /// test process. Without Docker: prints why and returns false, or panics
 /// with `CI=true`.
-fn docker() -> bool {
+pub(crate) fn docker() -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     match READY.get_or_init(prepare_docker) {
         Ok(()) => true,
@@ -1122,4 +1122,171 @@ fn a_host_job_ending_leaves_container_processes_on_their_own_terminals_alone() {
         after, TERMINALS,
         "the host job's end killed container processes"
     );
+}
+
+/// Issue 19: an agent killed (SIGKILL, as the OOM killer would) during a
+/// compose job leaves its containers, network, volumes and temp dirs; the
+/// next agent started on the host removes exactly those: found by the
+/// owner label, judged gone by pid and start time. A live agent's running
+/// compose job and a container without the label (even one whose compose
+/// project looks like ours) are not touched.
+#[test]
+fn a_killed_agents_compose_leftovers_are_removed_by_the_next_agent_and_nothing_else() {
+    if !docker() {
+        return;
+    }
+    let docker_ok = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).to_string(),
+                )
+            })
+            .unwrap_or((false, String::new()))
+    };
+    // Someone else's container, with a compose project label of our shape.
+    let stranger = format!("semaphore-agent-test-stranger-{}", std::process::id());
+    let fake_project = format!("semaphore-{}-000000000000", std::process::id());
+    let (made, _) = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &stranger,
+        "--label",
+        &format!("com.docker.compose.project={fake_project}"),
+        BASH_IMAGE,
+        "sleep",
+        "300",
+    ]);
+    assert!(made, "docker run of the stranger container");
+    /// Removes the test's own stranger container however the test ends.
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _remove = Remove(stranger.clone());
+    let with_sidecar = |list: &[&str]| {
+        compose_job(
+            json!([
+                { "name": "main", "image": BASH_IMAGE },
+                { "name": "db", "image": BASH_IMAGE, "command": "sleep 300" },
+            ]),
+            list,
+        )
+    };
+    // A live agent with a compose job running throughout.
+    let (sandbox_live, hub_live) = (Sandbox::new(), Hub::start());
+    let live = agent(&sandbox_live, &hub_live, &[]);
+    let live_id = hub_live.queue_job(with_sidecar(&["echo live-inside", "sleep 120"]));
+    // The agent to be killed, inside its job.
+    let (sandbox, hub) = (Sandbox::new(), Hub::start());
+    let mut doomed = agent(&sandbox, &hub, &[]);
+    let id = hub.queue_job(with_sidecar(&["echo doomed-inside", "sleep 120"]));
+    let inside = |hub: &Hub, id: &str, marker: &str| {
+        crate::support::wait::until(JOB_TIMEOUT, || hub.output(id).contains(marker))
+    };
+    assert!(inside(&hub, &id, "doomed-inside\n"), "{}", hub.output(&id));
+    assert!(
+        inside(&hub_live, &live_id, "live-inside\n"),
+        "{}",
+        hub_live.output(&live_id)
+    );
+    let doomed_pid = doomed.pid();
+    let volumes: Vec<String> = {
+        let ids = containers_of(doomed_pid);
+        assert!(ids.len() >= 2, "{ids:?}");
+        let (_, text) = docker_ok(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("name=semaphore-{doomed_pid}-"),
+        ]);
+        text.split_whitespace()
+            .flat_map(|c| {
+                let (_, v) = docker_ok(&[
+                    "inspect",
+                    "-f",
+                    "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
+                    c,
+                ]);
+                v.split_whitespace().map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert!(!volumes.is_empty(), "the image declares a volume");
+    let dirs_of = |sandbox: &Sandbox| -> Vec<String> {
+        std::fs::read_dir(sandbox.tmp())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("semaphore-"))
+            .collect()
+    };
+    let doomed_dirs = dirs_of(&sandbox);
+    assert!(
+        doomed_dirs
+            .iter()
+            .any(|d| d.starts_with("semaphore-compose-")),
+        "{doomed_dirs:?}"
+    );
+    doomed.signal(libc::SIGKILL);
+    assert_eq!(doomed.wait_exit(crate::support::WAIT), None);
+    assert!(!doomed.running());
+    // Killed: everything is still there.
+    assert!(!containers_of(doomed_pid).is_empty());
+    assert!(!networks_of(doomed_pid).is_empty());
+
+    // The next agent on the host (same TMPDIR) cleans up at start.
+    let hub_next = Hub::start();
+    let next = agent(&sandbox, &hub_next, &[]);
+    // The clean-up is done before it registers (the log file is the
+    // killed agent's too: its own registration is the second).
+    let gone = crate::support::wait::until(JOB_TIMEOUT, || {
+        next.log().matches("Registering Agent").count() >= 2
+            && containers_of(doomed_pid).is_empty()
+            && networks_of(doomed_pid).is_empty()
+    });
+    assert!(
+        gone,
+        "left: {:?} {:?}\n{}",
+        containers_of(doomed_pid),
+        networks_of(doomed_pid),
+        next.log()
+    );
+    for v in &volumes {
+        let (exists, _) = docker_ok(&["volume", "inspect", v]);
+        assert!(!exists, "volume {v} left");
+    }
+    let left = dirs_of(&sandbox);
+    for d in &doomed_dirs {
+        assert!(!left.contains(d), "{d} left: {left:?}");
+    }
+    assert!(
+        next.log().contains("Removing compose project"),
+        "{}",
+        next.log()
+    );
+    // Not ours, or alive: untouched.
+    let (running, _) = docker_ok(&["inspect", &stranger]);
+    assert!(running, "the stranger's container was removed");
+    assert!(
+        containers_of(live.pid()).len() >= 2,
+        "the live agent's job lost containers"
+    );
+    assert!(
+        hub_live.result_of(&live_id).is_none(),
+        "the live job ended early"
+    );
+    hub_live.stop_job(&live_id);
+    assert_eq!(
+        hub_live.wait_for_result(&live_id, JOB_TIMEOUT).as_deref(),
+        Some("stopped")
+    );
+    assert_nothing_left(&live, &sandbox_live);
 }

@@ -24,10 +24,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chaos;
 mod compose;
 mod containment;
 mod control_plane;
+#[cfg(target_os = "linux")]
+mod disk_full;
 mod hostile_input;
+mod hostile_paths;
 mod https;
 mod job_logs;
 mod kubernetes;

@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -185,46 +184,6 @@ fn a_removed_temp_dir_is_remade_privately_and_never_reused() {
     assert_eq!(private.len(), 1, "{dirs:?}");
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
-}
-
-/// The default agent log, `<tmp>/agent_log`, has a fixed name in a shared
-/// directory: a symlink planted there is not followed; the agent says why
-/// and exits with the configuration error code.
-#[test]
-fn a_symlink_planted_at_the_default_agent_log_is_not_followed() {
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let victim = sandbox.write("victim", "keep\n");
-    std::os::unix::fs::symlink(&victim, sandbox.tmp().join("agent_log")).unwrap();
-    let mut child = sandbox
-        .agent()
-        .env_remove("SEMAPHORE_AGENT_LOG_FILE_PATH")
-        .env("SEMAPHORE_AGENT_TOKEN", REGISTRATION_TOKEN)
-        .args(["start", "--endpoint", &hub.endpoint(), "--no-https"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(sandbox.path("stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = std::fs::read_to_string(sandbox.path("stderr")).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("agent_log") && stderr.contains("symlink"),
-        "{stderr}"
-    );
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
 }
 
 /// `{:?}` of every type that holds a token, an env var value or a file's

@@ -48,9 +48,29 @@ impl Agent {
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut std::process::Command),
     ) -> Agent {
+        Agent::spawn_via(sandbox, &[], args, env, configure)
+    }
+
+    /// Like [`Agent::spawn_with`], started through `wrapper` (a program and
+    /// its arguments that ends by exec'ing the agent binary with `args`,
+    /// so the child's pid is the agent's).
+    pub fn spawn_via(
+        sandbox: &Sandbox,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Agent {
         let stdout = std::fs::File::create(sandbox.path("stdout")).expect("create stdout file");
         let stderr = std::fs::File::create(sandbox.path("stderr")).expect("create stderr file");
-        let mut cmd = sandbox.agent();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = sandbox.command(program);
+                cmd.args(rest).arg(super::agent_bin());
+                cmd
+            }
+            None => sandbox.agent(),
+        };
         cmd.args(args)
             .env("SEMAPHORE_AGENT_TEST_REGISTER_DELAY_MS", "10")
             .env("SEMAPHORE_AGENT_TEST_GET_JOB_DELAY_MS", "10")

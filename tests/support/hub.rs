@@ -52,6 +52,15 @@ pub enum Fault {
     /// Handle the request normally (it counts), but answer its status with
     /// a body that is not JSON.
     Mangled,
+    /// Answer bytes that are no HTTP at all, at once, without handling the
+    /// request: to the client, a connection broken before the server saw
+    /// the request. (tiny_http cannot reset a socket it still reads; a
+    /// silent close would only be a hang until the client's timeout.)
+    Reset,
+    /// Handle the request normally (it counts), then answer a cut-off
+    /// status line: the client loses the answer to a request that took
+    /// effect, and must retry it.
+    CutAnswer,
 }
 
 /// One request as the hub received it.
@@ -272,6 +281,11 @@ impl Hub {
         self.lock().always.insert(endpoint, fault);
     }
 
+    /// Faults still queued for `endpoint` (not counting `fail_always`).
+    pub fn pending_faults(&self, endpoint: Endpoint) -> usize {
+        self.lock().faults.get(&endpoint).map_or(0, VecDeque::len)
+    }
+
     pub fn clear_faults(&self) {
         let mut s = self.lock();
         s.faults.clear();
@@ -485,6 +499,26 @@ fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
         }
         _ => None,
     };
+    match &fault {
+        Some(Fault::Reset) => {
+            let mut raw = request.into_writer();
+            let _ = std::io::Write::write_all(&mut raw, b"\x15\x03\x01 connection reset\r\n\r\n");
+            let _ = std::io::Write::flush(&mut raw);
+            drop(raw);
+            shared.changed.notify_all();
+            return;
+        }
+        Some(Fault::CutAnswer) => {
+            let _ = normal_answer(shared, port, endpoint, &recorded, &query);
+            let mut raw = request.into_writer();
+            let _ = std::io::Write::write_all(&mut raw, b"HTTP/1.1 20\r\n\r\n");
+            let _ = std::io::Write::flush(&mut raw);
+            drop(raw);
+            shared.changed.notify_all();
+            return;
+        }
+        _ => {}
+    }
     if let Some(response) = huge_or_redirect {
         let _ = request.respond(response);
         shared.changed.notify_all();
@@ -505,7 +539,7 @@ fn handle(shared: &Shared, port: u16, mut request: tiny_http::Request) {
             let (status, _) = normal_answer(shared, port, endpoint, &recorded, &query);
             (status, "<html>mangled {{{ not JSON".to_string())
         }
-        Some(Fault::Huge(_) | Fault::Redirect(..)) | None => {
+        Some(Fault::Huge(_) | Fault::Redirect(..) | Fault::Reset | Fault::CutAnswer) | None => {
             normal_answer(shared, port, endpoint, &recorded, &query)
         }
     };

@@ -64,7 +64,13 @@ impl Sandbox {
     /// The agent binary with a cleared environment: only PATH, HOME, TMPDIR
     /// and a log file inside the sandbox.
     pub fn agent(&self) -> Command {
-        let mut cmd = Command::new(agent_bin());
+        self.command(agent_bin())
+    }
+
+    /// `program` with the environment [`Sandbox::agent`] gives the agent
+    /// (for a wrapper that execs the agent, such as `unshare`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env_clear()
             .env(
                 "PATH",

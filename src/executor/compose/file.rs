@@ -65,11 +65,24 @@ pub struct Mount {
 
 /// The compose file for `containers` (the first is the main one).
 pub fn render(containers: &[Container], mounts: &[Mount]) -> Result<String, ComposeFileError> {
+    render_labelled(containers, mounts, &[])
+}
+
+/// [`render`] with `labels` on every service (after its `environment`),
+/// so the containers say which agent made them: a later agent finds and
+/// removes those of agents that are gone (`leftovers.rs`). Label values
+/// are the agent's own, never the request's, and are quoted.
+pub fn render_labelled(
+    containers: &[Container],
+    mounts: &[Mount],
+    labels: &[(&str, String)],
+) -> Result<String, ComposeFileError> {
     let Some((main, rest)) = containers.split_first() else {
         return Err(ComposeFileError::NoContainers);
     };
     let mut out = String::from("version: \"2.0\"\n\nservices:\n");
     service(&mut out, main)?;
+    push_labels(&mut out, labels);
     if !rest.is_empty() {
         out.push_str("    links:\n");
         for link in rest {
@@ -86,9 +99,20 @@ pub fn render(containers: &[Container], mounts: &[Mount]) -> Result<String, Comp
     out.push('\n');
     for container in rest {
         service(&mut out, container)?;
+        push_labels(&mut out, labels);
         out.push('\n');
     }
     Ok(out)
+}
+
+fn push_labels(out: &mut String, labels: &[(&str, String)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push_str("    labels:\n");
+    for (key, value) in labels {
+        out.push_str(&format!("      {key}: {}\n", quote(value)));
+    }
 }
 
 fn service(out: &mut String, c: &Container) -> Result<(), ComposeFileError> {
@@ -152,6 +176,27 @@ fn quote(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_go_on_every_service_quoted() {
+        let containers = vec![container("main", "ruby:3"), container("db", "postgres")];
+        let text = render_labelled(
+            &containers,
+            &[],
+            &[("com.semaphoreci.agent.owner", "1:2:3".to_string())],
+        )
+        .unwrap();
+        assert_eq!(
+            text.matches("    labels:\n      com.semaphoreci.agent.owner: \"1:2:3\"\n")
+                .count(),
+            2,
+            "{text}"
+        );
+        assert_eq!(
+            render(&containers, &[]).unwrap().matches("labels").count(),
+            0
+        );
+    }
     use crate::request::{encode_base64, EnvVar};
 
     fn container(name: &str, image: &str) -> Container {

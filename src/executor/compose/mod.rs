@@ -16,6 +16,9 @@
 
 mod credentials;
 mod file;
+mod leftovers;
+
+pub use leftovers::remove_leftovers;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -254,7 +257,13 @@ impl ComposeExecutor {
             .create(&dir)
             .and_then(|()| std::fs::DirBuilder::new().mode(0o700).create(&shared));
         self.dir = Some(dir.clone());
-        made.map_err(|source| ComposeError::CreateDir { path: dir, source })
+        made.map_err(|source| ComposeError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        // Which agent made it, so a later one removes it should this one
+        // be killed.
+        leftovers::mark_owner(&dir).map_err(|source| ComposeError::CreateDir { path: dir, source })
     }
 
     /// Host setup commands with `bash -c`; output to the agent log.
@@ -377,7 +386,8 @@ impl ComposeExecutor {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
-        let text = file::render(&self.containers, mounts).map_err(ComposeError::File)?;
+        let text = file::render_labelled(&self.containers, mounts, &leftovers::labels())
+            .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
             .map_err(|source| ComposeError::WriteComposeFile { path, source })

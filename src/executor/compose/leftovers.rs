@@ -1,0 +1,214 @@
+//! What a killed agent's compose jobs left on the host, and removing it.
+//!
+//! Owns the label every compose container of a job carries
+//! (`com.semaphoreci.agent.owner`: the agent's pid namespace, pid and start
+//! time, see `crate::liveness`), the `owner` file in each job's compose
+//! directory, and [`remove_leftovers`], which the listener runs when an
+//! agent starts: the containers (with their anonymous volumes), networks,
+//! volumes and directories of compose projects whose agent is certainly
+//! gone are removed. A container without the label, one whose agent is
+//! alive, or one of another pid namespace (an agent in another container
+//! sharing the engine) is never touched. It must not decide anything about
+//! a running job.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::liveness::{self, Owner};
+
+/// The label naming the agent that made a container.
+pub const OWNER_LABEL: &str = "com.semaphoreci.agent.owner";
+/// Compose's own label naming a container's, network's or volume's project.
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+/// Every project name of ours starts so (`semaphore-<pid>-<hex>`).
+const PROJECT_PREFIX: &str = "semaphore-";
+/// The compose directory of a job: `<tmp>/semaphore-compose-<project>`.
+const DIR_PREFIX: &str = "semaphore-compose-";
+/// Bound of each docker command of the clean-up.
+const DOCKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The labels for the compose file: none where the agent's identity
+/// cannot be known (then nothing would be cleaned up either).
+pub(super) fn labels() -> Vec<(&'static str, String)> {
+    liveness::me()
+        .map(|me| vec![(OWNER_LABEL, me.label())])
+        .unwrap_or_default()
+}
+
+/// Writes the `owner` file into a job's compose directory.
+pub(super) fn mark_owner(dir: &Path) -> std::io::Result<()> {
+    let Some(me) = liveness::me() else {
+        return Ok(());
+    };
+    let path = dir.join(liveness::OWNER_FILE);
+    let mut file = crate::private_tmp::create_private(&path, 0o600)?;
+    std::io::Write::write_all(&mut file, me.label().as_bytes())
+}
+
+/// Removes what compose jobs of gone agents left: their containers,
+/// networks, volumes, and compose directories under `tmp_dir`. Says in
+/// the agent log what it removed; never fails (a host without docker has
+/// nothing to clean).
+pub fn remove_leftovers(tmp_dir: &Path) {
+    for project in gone_projects() {
+        remove_project(&project);
+        let dir = tmp_dir.join(format!("{DIR_PREFIX}{project}"));
+        if dir.is_dir() {
+            remove_dir(&dir);
+        }
+    }
+    // Directories of jobs killed before compose made anything.
+    let Ok(entries) = std::fs::read_dir(tmp_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = name.to_str().is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let path = entry.path();
+        if ours && crate::private_tmp::is_private_dir(&path) && liveness::dir_owner_is_gone(&path) {
+            remove_dir(&path);
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    log::info!(
+        "Removing {}, left by a compose job of an agent that is gone",
+        dir.display()
+    );
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        log::warn!("Could not remove {}: {e}", dir.display());
+    }
+}
+
+/// The projects of labelled containers whose agent is gone.
+fn gone_projects() -> Vec<String> {
+    let format = format!("{{{{.Label \"{OWNER_LABEL}\"}}}}\t{{{{.Label \"{PROJECT_LABEL}\"}}}}");
+    let filter = format!("label={OWNER_LABEL}");
+    let Some(text) = docker(&["ps", "-a", "--filter", &filter, "--format", &format]) else {
+        return Vec::new();
+    };
+    let mut projects: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let Some((owner, project)) = line.split_once('\t') else {
+            continue;
+        };
+        let project = project.trim();
+        let Some(owner) = Owner::parse(owner) else {
+            continue;
+        };
+        if project.starts_with(PROJECT_PREFIX)
+            && project
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && liveness::is_gone(&owner)
+            && !projects.iter().any(|p| p == project)
+        {
+            projects.push(project.to_string());
+        }
+    }
+    projects
+}
+
+/// Removes the project's containers (labelled by us and by compose with
+/// that project), then its networks and volumes.
+fn remove_project(project: &str) {
+    let owned = format!("label={OWNER_LABEL}");
+    let of_project = format!("label={PROJECT_LABEL}={project}");
+    let ids = |kind: &[&str]| -> Vec<String> {
+        let mut args: Vec<&str> = kind.to_vec();
+        args.extend(["-q", "--filter", &of_project]);
+        docker(&args)
+            .map(|t| t.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let containers: Vec<String> = docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &owned,
+        "--filter",
+        &of_project,
+    ])
+    .map(|t| t.split_whitespace().map(str::to_string).collect())
+    .unwrap_or_default();
+    log::info!(
+        "Removing compose project {project} of an agent that is gone: {} container(s)",
+        containers.len()
+    );
+    if !containers.is_empty() {
+        let mut args = vec!["rm", "-f", "-v"];
+        args.extend(containers.iter().map(String::as_str));
+        docker(&args);
+    }
+    // Only once none of its containers is left: a network or volume of
+    // the project then serves nobody.
+    let left = docker(&["ps", "-a", "-q", "--filter", &of_project]).unwrap_or_default();
+    if !left.trim().is_empty() {
+        log::warn!("Compose project {project} still has containers; its networks and volumes stay");
+        return;
+    }
+    for network in ids(&["network", "ls"]) {
+        docker(&["network", "rm", &network]);
+    }
+    for volume in ids(&["volume", "ls"]) {
+        docker(&["volume", "rm", &volume]);
+    }
+}
+
+/// Runs `docker <args>` (bounded) and returns its stdout when it
+/// succeeded; `None` when docker is missing or failed (logged at debug:
+/// a host without docker is normal).
+fn docker(args: &[&str]) -> Option<String> {
+    let mut child = match crate::child_env::command("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            log::debug!("Not looking for compose leftovers: cannot run docker: {e}");
+            return None;
+        }
+    };
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::Builder::new()
+        .name("docker-leftovers".into())
+        .spawn(move || {
+            let mut text = String::new();
+            let _ = (&mut stdout)
+                .take(16 * 1024 * 1024)
+                .read_to_string(&mut text);
+            text
+        })
+        .ok();
+    let deadline = Instant::now() + DOCKER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                log::warn!(
+                    "docker {} did not finish in time; killed it",
+                    args.join(" ")
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => Some(text),
+        _ => {
+            log::debug!("docker {} failed", args.join(" "));
+            None
+        }
+    }
+}
