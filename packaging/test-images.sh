@@ -23,6 +23,8 @@ BIN=${1:?usage: $0 BIN BASE_TAR DEV_HUB}
 BASE_TAR=${2:?usage: $0 BIN BASE_TAR DEV_HUB}
 DEV_HUB=${3:?usage: $0 BIN BASE_TAR DEV_HUB}
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=packaging/test-lib.sh
+. "$HERE/test-lib.sh"
 if ! docker info >/dev/null 2>&1; then
     echo "SKIP images: no Docker engine reachable (DOCKER_HOST=${DOCKER_HOST:-unset})"
     [ "${CI:-}" != true ] || exit 1
@@ -81,17 +83,7 @@ commands:
 EOF
 jobs=()
 for _ in 1 2 3; do jobs+=("$WORK/job.yaml"); done
-# Created here: the background child opens it, perhaps after the first poll.
-: >"$WORK/hub.log"
-"$DEV_HUB" --port 0 --sync-every 200 "${jobs[@]}" >"$WORK/hub.log" 2>&1 &
-HUB_PID=$!
-HUB=""
-for _ in $(seq 1 100); do
-    HUB=$(sed -n 's/^\[hub\] listening on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$WORK/hub.log")
-    [ -z "$HUB" ] || break
-    sleep 0.1
-done
-[ -n "$HUB" ] || { fail "dev hub did not start: $(cat "$WORK/hub.log")"; exit 1; }
+start_dev_hub "${jobs[@]}" || { fail "dev hub did not start: $(cat "$WORK/hub.log")"; exit 1; }
 # The Helm chart's keys, pointed at the hub.
 cat >"$WORK/semaphore-agent.yml" <<EOF
 endpoint: "$HUB"

@@ -36,6 +36,8 @@ BASE_TAR=${2:?usage: $0 ARCHIVE BASE_TAR DEV_HUB}
 DEV_HUB=${3:?usage: $0 ARCHIVE BASE_TAR DEV_HUB}
 [ "$(id -u)" = 0 ] || { echo "SKIP sandbox: needs root (chroot, mount namespaces)"; [ "${CI:-}" != true ] || exit 1; exit 0; }
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=packaging/test-lib.sh
+. "$HERE/test-lib.sh"
 WORK=$(mktemp -d /var/tmp/agent-install-sandbox.XXXXXX)
 HTTP_PID=""
 HUB_PID=""
@@ -347,17 +349,7 @@ commands:
   - directive: test "\$(type -t checkout)" = function && pwd && id -un
   - directive: cat .checked-out; sleep 3
 EOF
-# Created here: the background child opens it, perhaps after the first poll.
-: >"$WORK/hub.log"
-"$DEV_HUB" --port 0 --sync-every 200 "$WORK/job.yaml" >"$WORK/hub.log" 2>&1 &
-HUB_PID=$!
-HUB=""
-for _ in $(seq 1 100); do
-    HUB=$(sed -n 's/^\[hub\] listening on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$WORK/hub.log")
-    [ -z "$HUB" ] || break
-    sleep 0.1
-done
-[ -n "$HUB" ] || fail "dev hub did not start: $(cat "$WORK/hub.log")"
+start_dev_hub "$WORK/job.yaml" || fail "dev hub did not start: $(cat "$WORK/hub.log")"
 # start-agent.sh's yq edits, as a YAML round trip; no-https because the
 # dev hub speaks plain HTTP (the one change the stack does not make).
 python3 - "$R$A/config.yaml" "$HUB" <<'EOF'

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 pub use crate::keys::{Key, Kind, Secrecy, ENV_PREFIX};
 pub use name::{is_request_uri, is_valid_name, random_name};
-pub use raw::{split_list_string, Origin, RawConfig, RawSetting, RawValue};
+pub use raw::{split_list_string, yaml_kind, Origin, RawConfig, RawSetting, RawValue};
 
 use crate::cli::{parse_bool, RunArgs, StartArgs};
 use crate::job::JobOptions;

@@ -128,7 +128,7 @@ impl RawConfig {
             other => {
                 return Err(ConfigError::FileNotAMapping {
                     path: path.to_path_buf(),
-                    found: type_name(&other),
+                    found: yaml_kind(&other),
                 })
             }
         };
@@ -136,7 +136,7 @@ impl RawConfig {
         for (k, v) in mapping {
             let name = match k {
                 Value::String(s) => s,
-                other => scalar_text(&other).unwrap_or_else(|| type_name(&other).to_string()),
+                other => scalar_text(&other).unwrap_or_else(|| yaml_kind(&other).to_string()),
             };
             let Some(key) = Key::from_name(&name) else {
                 if IGNORED_FILE_KEYS.contains(&name.to_ascii_lowercase().as_str()) {
@@ -160,7 +160,7 @@ impl RawConfig {
                                 return Err(ConfigError::InvalidFileValue {
                                     path: path.to_path_buf(),
                                     key: key.name(),
-                                    found: format!("a list containing {}", type_name(item)),
+                                    found: format!("a list containing {}", yaml_kind(item)),
                                 })
                             }
                         }
@@ -174,7 +174,7 @@ impl RawConfig {
                         return Err(ConfigError::InvalidFileValue {
                             path: path.to_path_buf(),
                             key: key.name(),
-                            found: type_name(&other).to_string(),
+                            found: yaml_kind(&other).to_string(),
                         })
                     }
                 },
@@ -282,7 +282,9 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// What a YAML value is, for error messages ("must be a list, not a
+/// string"); the pipeline checker says it the same way.
+pub fn yaml_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

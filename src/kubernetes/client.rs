@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::url_encode;
+
 /// The service account directory inside a pod.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -398,7 +400,7 @@ impl Client {
 
     /// `GET <resource>?labelSelector=<selector>` (needs `list`).
     pub fn list(&self, resource: &str, selector: &str) -> Result<Value, KubeError> {
-        let query = format!("?labelSelector={}", query_encode(selector));
+        let query = format!("?labelSelector={}", url_encode(selector));
         self.call("GET", resource, Some(&query), None)
     }
 
@@ -499,19 +501,6 @@ impl Client {
             message: e.to_string(),
         })
     }
-}
-
-/// Percent-encoding of a query value.
-fn query_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The API's explanation of an error: its `Status` object's `message`, or

@@ -26,6 +26,7 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
 
 use super::client::{Client, TlsMaterial};
+use super::url_encode;
 
 /// The first argument that makes the agent binary the exec bridge.
 pub const BRIDGE_ARG: &str = "__kubernetes-exec";
@@ -411,19 +412,6 @@ fn split_host_port(authority: &str, default_port: u16) -> (String, u16) {
         Some((host, port)) => (host.to_string(), port.parse().unwrap_or(default_port)),
         None => (authority.to_string(), default_port),
     }
-}
-
-/// Percent-encoding of a query or path value (RFC 3986 unreserved kept).
-fn url_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// An API `Status` answer's message, or the start of the body.

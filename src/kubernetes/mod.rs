@@ -40,6 +40,20 @@ pub const DEFAULT_POD_START_TIMEOUT: u64 = 300;
 /// The namespace used when `KUBERNETES_NAMESPACE` is not set.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// Percent-encoding of a query or path value (RFC 3986 unreserved kept),
+/// for the REST client's selectors and the exec URL alike.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// How the Kubernetes executor runs jobs, from the agent's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesConfig {

@@ -97,7 +97,7 @@ pub fn expand(p: &Pipeline, cx: &Context<'_>) -> Vec<PlannedJob> {
     for (bi, block) in p.blocks.iter().enumerate() {
         for job in &block.task.jobs {
             for (name, job_vars) in job_variants(job) {
-                out.push(plan(p, cx, bi, block, &deps[bi], job, name, job_vars));
+                out.push(plan(p, cx, bi, block, &deps[bi], job, name, job_vars, true));
             }
         }
     }
@@ -120,7 +120,7 @@ pub fn expand_after(p: &Pipeline, cx: &Context<'_>) -> Vec<PlannedJob> {
         for (name, vars) in job_variants(job) {
             // after_pipeline jobs get the pipeline's agent and variables,
             // but no global_job_config (as Semaphore's reviser does).
-            let mut planned = plan_with(
+            let mut planned = plan(
                 p,
                 cx,
                 p.blocks.len(),
@@ -182,20 +182,6 @@ fn job_variants(job: &Job) -> Vec<(String, Vec<(String, String)>)> {
 
 #[allow(clippy::too_many_arguments)]
 fn plan(
-    p: &Pipeline,
-    cx: &Context<'_>,
-    bi: usize,
-    block: &Block,
-    deps: &[String],
-    job: &Job,
-    name: String,
-    job_vars: Vec<(String, String)>,
-) -> PlannedJob {
-    plan_with(p, cx, bi, block, deps, job, name, job_vars, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_with(
     p: &Pipeline,
     cx: &Context<'_>,
     bi: usize,

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::config::yaml_kind as kind;
+
 /// A `when` condition: a YAML boolean or an expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
@@ -182,18 +184,6 @@ fn at(base: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{base}.{key}")
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::agent::Agent;
+use crate::support::events::commands;
 use crate::support::hub::Hub;
 use crate::support::{b64, Sandbox};
 
@@ -164,13 +165,6 @@ fn agent(sandbox: &Sandbox, hub: &Hub, extra: &[&str]) -> Agent {
         vec![("DOCKER_HOST", docker_host.as_str())]
     };
     Agent::start(sandbox, &hub.endpoint(), &args, &env)
-}
-
-fn commands(list: &[&str]) -> Value {
-    json!(list
-        .iter()
-        .map(|c| json!({ "directive": c }))
-        .collect::<Vec<_>>())
 }
 
 fn compose_job(containers: Value, list: &[&str]) -> Value {

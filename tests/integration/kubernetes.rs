@@ -17,6 +17,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::support::agent::Agent;
+use crate::support::events::{commands, step, steps};
 use crate::support::hub::Hub;
 use crate::support::kube::{kubectl_stand_in, FakeKube, PodBehaviour, KUBE_TOKEN};
 use crate::support::{self, b64, Sandbox, WAIT};
@@ -76,46 +77,6 @@ impl Cluster {
     fn kubectl_calls(&self) -> String {
         std::fs::read_to_string(self.sandbox.path("bin").join("kubectl.log")).unwrap_or_default()
     }
-}
-
-fn commands(list: &[&str]) -> Value {
-    json!(list
-        .iter()
-        .map(|c| json!({"directive": c}))
-        .collect::<Vec<_>>())
-}
-
-/// `directive` of each `cmd_started`, with the `cmd_output`s between it
-/// and its `cmd_finished` joined, and its exit code.
-fn steps(events: &[Value]) -> Vec<(String, String, i64)> {
-    let mut steps = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for e in events {
-        match e["event"].as_str() {
-            Some("cmd_started") => {
-                current = Some((e["directive"].as_str().unwrap_or("").into(), String::new()))
-            }
-            Some("cmd_output") => {
-                if let Some((_, out)) = current.as_mut() {
-                    out.push_str(e["output"].as_str().unwrap_or(""));
-                }
-            }
-            Some("cmd_finished") => {
-                if let Some((d, out)) = current.take() {
-                    steps.push((d, out, e["exit_code"].as_i64().unwrap_or(-1)));
-                }
-            }
-            _ => {}
-        }
-    }
-    steps
-}
-
-fn step<'a>(steps: &'a [(String, String, i64)], directive: &str) -> &'a (String, String, i64) {
-    steps
-        .iter()
-        .find(|(d, _, _)| d == directive)
-        .unwrap_or_else(|| panic!("no step {directive:?} in {steps:#?}"))
 }
 
 /// kubernetes-validate, if this machine has it: KUBERNETES_VALIDATE, the

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::support::agent::Agent;
 use crate::support::cluster::{role_rules, RealCluster, TestNamespace, JOB_IMAGE};
+use crate::support::events::{commands, step, steps};
 use crate::support::hub::Hub;
 use crate::support::{b64, Sandbox};
 
@@ -98,45 +99,6 @@ impl<'a> Run<'a> {
             self.ns.objects()
         );
     }
-}
-
-fn commands(list: &[&str]) -> Value {
-    json!(list
-        .iter()
-        .map(|c| json!({"directive": c}))
-        .collect::<Vec<_>>())
-}
-
-/// `(directive, output, exit code)` of each command of the job log.
-fn steps(events: &[Value]) -> Vec<(String, String, i64)> {
-    let mut steps = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for e in events {
-        match e["event"].as_str() {
-            Some("cmd_started") => {
-                current = Some((e["directive"].as_str().unwrap_or("").into(), String::new()))
-            }
-            Some("cmd_output") => {
-                if let Some((_, out)) = current.as_mut() {
-                    out.push_str(e["output"].as_str().unwrap_or(""));
-                }
-            }
-            Some("cmd_finished") => {
-                if let Some((d, out)) = current.take() {
-                    steps.push((d, out, e["exit_code"].as_i64().unwrap_or(-1)));
-                }
-            }
-            _ => {}
-        }
-    }
-    steps
-}
-
-fn step<'s>(steps: &'s [(String, String, i64)], directive: &str) -> &'s (String, String, i64) {
-    steps
-        .iter()
-        .find(|(d, _, _)| d == directive)
-        .unwrap_or_else(|| panic!("no step {directive:?} in {steps:#?}"))
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::events::commands;
 use crate::support::{b64, b64_bytes, Sandbox};
 
 /// One event with the timestamps left out; consecutive outputs merged.
@@ -122,10 +123,6 @@ fn result_export() -> Vec<Step> {
         out("Exporting SEMAPHORE_JOB_RESULT\n"),
         finished("Exporting environment variables", 0),
     ]
-}
-
-pub(crate) fn commands(list: &[&str]) -> Value {
-    Value::Array(list.iter().map(|c| json!({ "directive": c })).collect())
 }
 
 fn expect(mut parts: Vec<Vec<Step>>) -> Vec<Step> {

@@ -28,8 +28,9 @@ use crate::job_logs::{
     dir_is_empty, emit_numbers, fast_logger, fast_options, finish, logger, no_refresh, output,
     TOKEN,
 };
-use crate::run_jobs::{commands, job, parse_steps, started};
+use crate::run_jobs::{job, parse_steps, started};
 use crate::shell::{ok, run, start, wait_for_running};
+use crate::support::events::commands;
 use crate::support::logserver::{Digest, LogServer};
 use crate::support::procs::{self, unique_sleep, Proc};
 use crate::support::{wait, Sandbox, WAIT};

@@ -1,8 +1,9 @@
 //! Shared test support: the real binary, isolated homes, job files, the
 //! fake control plane (`hub`), the fake log server (`logserver`), TLS
-//! fronts (`tls`), the fake Kubernetes API and kubectl stand-in (`kube`),
-//! the agent as a child process (`agent`), the `/proc`
-//! scanner (`procs`) and the bounded poll (`wait`). One copy of each, used
+//! fronts (`tls`), job requests and job-log steps (`events`), the fake
+//! Kubernetes API and kubectl stand-in (`kube`), the agent as a child
+//! process (`agent`), the `/proc` scanner (`procs`) and the bounded poll
+//! (`wait`). One copy of each, used
 //! by every module of `tests/integration/` (and `procs`/`wait` by
 //! `tests/orphan_reaping.rs`). It must stay test-only: nothing here reaches
 //! the agent binary.
@@ -117,6 +118,7 @@ pub fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
 
 pub mod agent;
 pub mod cluster;
+pub mod events;
 pub mod kube;
 pub mod logserver;
 pub mod procs;
