@@ -1311,9 +1311,11 @@ mod tests {
         assert_eq!(p.decide(t0 + ms(300), 5, 5, false), Step::Send);
     }
 
-    /// A log server on 127.0.0.1 for the memory-queue tests: keeps the
+    /// A log server on 127.0.0.1 for the memory-queue tests (Unix only,
+    /// like them: they fill the spool through `/dev/full`): keeps the
     /// lines it accepted (by `start_from`, so a resend adds nothing) and
     /// answers 500 while `refuse` is set.
+    #[cfg(unix)]
     struct Server {
         url: String,
         lines: Arc<Mutex<Vec<String>>>,
@@ -1321,6 +1323,7 @@ mod tests {
         _thread: std::thread::JoinHandle<()>,
     }
 
+    #[cfg(unix)]
     fn server() -> Server {
         let http = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let port = http.server_addr().to_ip().unwrap().port();
@@ -1361,6 +1364,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     fn test_logger(url: &str, dir: &Path, stall: Duration) -> PushLogger {
         let logger = Logger {
             method: "push".into(),
@@ -1385,6 +1389,7 @@ mod tests {
         PushLogger::start(&logger, refresher, options).unwrap()
     }
 
+    #[cfg(unix)]
     fn line(i: usize) -> Event {
         Event::CmdOutput {
             timestamp: 1,
@@ -1392,6 +1397,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     fn full_disk() -> std::fs::File {
         std::fs::OpenOptions::new()
             .write(true)
