@@ -12,11 +12,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{
-    Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, StepError, Stop,
-};
+use super::{Commands, Executor, Hook, JobLog, JobOptions, Outcome, SetupError, StepError, Stop};
 use crate::events::Event;
-use crate::request::File;
 use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, ShellOptions, Stopper};
 use crate::unix_now;
 
@@ -269,15 +266,6 @@ impl Executor for BashExecutor {
         normalize_path(path, &self.settings.home)
             .display()
             .to_string()
-    }
-
-    fn write_file(
-        &mut self,
-        file: &File,
-        dest: &str,
-        _log: &mut JobLog<'_>,
-    ) -> Result<(), FileFailure> {
-        super::job_file::write_file(file, Path::new(dest))
     }
 
     fn commands(&mut self) -> &mut dyn Commands {

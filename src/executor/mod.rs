@@ -401,13 +401,18 @@ pub trait Executor: Send {
 
     /// Writes one job file to `dest` (from [`Executor::file_destination`])
     /// where the job will see it; `log` only hears of a broken shell. The
-    /// error is the step's exit code and the line that says why.
+    /// error is the step's exit code and the line that says why. By
+    /// default the job sees the host's file system, so the file goes
+    /// through the one hardened writer (`job_file::write_file`); executors
+    /// whose job lives elsewhere (a container, a pod) override it.
     fn write_file(
         &mut self,
         file: &File,
         dest: &str,
-        log: &mut JobLog<'_>,
-    ) -> Result<(), FileFailure>;
+        _log: &mut JobLog<'_>,
+    ) -> Result<(), FileFailure> {
+        job_file::write_file(file, std::path::Path::new(dest))
+    }
 
     /// What runs the job's commands once `start` succeeded.
     fn commands(&mut self) -> &mut dyn Commands;

@@ -26,11 +26,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{
-    Commands, Executor, FileFailure, Hook, JobLog, JobOptions, Outcome, SetupError, StepError, Stop,
-};
+use super::{Commands, Executor, Hook, JobLog, JobOptions, Outcome, SetupError, StepError, Stop};
 use crate::child_env::AGENT_PREFIX;
-use crate::request::File;
 
 /// The variables the script uses to hand back its exit status and
 /// directory; removed from the state after each command.
@@ -517,15 +514,6 @@ impl Executor for PowerShellExecutor {
 
     fn file_destination(&self, path: &str) -> String {
         normalize_path(path, &self.settings.home.to_string_lossy())
-    }
-
-    fn write_file(
-        &mut self,
-        file: &File,
-        dest: &str,
-        _log: &mut JobLog<'_>,
-    ) -> Result<(), FileFailure> {
-        super::job_file::write_file(file, Path::new(dest))
     }
 
     fn commands(&mut self) -> &mut dyn Commands {

@@ -1129,6 +1129,17 @@ fn find_cycle(graph: &[Vec<usize>]) -> Option<Vec<usize>> {
 mod tests {
     use super::*;
 
+    /// Each of `want` starts one of `errs`, and there are no others.
+    fn assert_exactly(errs: &[String], want: &[&str]) {
+        for w in want {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "{w} not in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
     fn errors(yaml: &str) -> Vec<String> {
         match parse(yaml, Path::new("/nonexistent/.semaphore/semaphore.yml")) {
             Ok(_) => Vec::new(),
@@ -1158,13 +1169,7 @@ mod tests {
             "blocks[0].task.jobs[1]: has both commands and commands_file; use one",
             "blocks[1].task.jobs: needs at least one job",
         ];
-        for w in want {
-            assert!(
-                errs.iter().any(|e| e.starts_with(w)),
-                "{w} not in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        assert_exactly(&errs, &want);
     }
 
     #[test]
@@ -1186,13 +1191,7 @@ mod tests {
             "blocks[0].task.jobs[2].matrix[0].env_var: required",
             "blocks[0].task.jobs[2].priority[0].value: must be a whole number from 0 to 100, not 101",
         ];
-        for w in want {
-            assert!(
-                errs.iter().any(|e| e.starts_with(w)),
-                "{w} not in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        assert_exactly(&errs, &want);
     }
 
     #[test]
