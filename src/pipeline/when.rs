@@ -111,7 +111,7 @@ enum Token {
     Colon,
 }
 
-fn tokens(text: &str) -> Result<Vec<Token>, String> {
+fn tokens(text: &str) -> Result<Vec<Token>, ConditionError> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -158,7 +158,12 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                     ('!', Some('~')) => Op::NoMatch,
                     ('!', Some('=')) => Op::Ne,
                     ('=', _) => Op::Eq,
-                    _ => return Err(format!("unexpected '!' at character {}", i + 1)),
+                    _ => {
+                        return Err(ConditionError::UnexpectedChar {
+                            found: c,
+                            at: i + 1,
+                        })
+                    }
                 };
                 i += if op == Op::Eq { 1 } else { 2 };
                 out.push(Token::Op(op));
@@ -170,12 +175,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                 let mut s = String::new();
                 loop {
                     match chars.get(i) {
-                        None => {
-                            return Err(format!(
-                                "a string opened at character {} is not closed",
-                                start + 1
-                            ))
-                        }
+                        None => return Err(ConditionError::UnclosedString { at: start + 1 }),
                         Some(&q) if q == quote => {
                             i += 1;
                             break;
@@ -214,7 +214,12 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                 }
                 out.push(Token::Word(chars[start..i].iter().collect()));
             }
-            other => return Err(format!("unexpected {other:?} at character {}", i + 1)),
+            other => {
+                return Err(ConditionError::UnexpectedChar {
+                    found: other,
+                    at: i + 1,
+                })
+            }
         }
     }
     Ok(out)
@@ -229,23 +234,65 @@ fn keyword(word: &str) -> Option<String> {
         .then_some(lower)
 }
 
+/// Why a condition does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionError {
+    /// Nothing but blanks.
+    Empty,
+    /// A character no token starts with; `at` counts from 1.
+    UnexpectedChar { found: char, at: usize },
+    /// A quote without its closing twin; `at` is where it opened.
+    UnclosedString { at: usize },
+    /// A whole condition followed by more tokens.
+    Trailing { found: String },
+    /// A token other than the one the grammar needs here.
+    Expected { wanted: String, found: String },
+    /// A bare word that is no keyword, `true`/`false` or function call.
+    UnknownKeyword { found: String },
+}
+
+impl std::fmt::Display for ConditionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConditionError::Empty => f.write_str("an empty condition"),
+            ConditionError::UnexpectedChar { found, at } => {
+                write!(f, "unexpected {found:?} at character {at}")
+            }
+            ConditionError::UnclosedString { at } => {
+                write!(f, "a string opened at character {at} is not closed")
+            }
+            ConditionError::Trailing { found } => {
+                write!(f, "unexpected {found} after the condition")
+            }
+            ConditionError::Expected { wanted, found } => {
+                write!(f, "expected {wanted} but found {found}")
+            }
+            ConditionError::UnknownKeyword { found } => write!(f, "unknown keyword {found}"),
+        }
+    }
+}
+
+impl std::error::Error for ConditionError {}
+
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
 }
 
 /// Parses a condition; the error says what is wrong.
-pub fn parse(text: &str) -> Result<Expr, String> {
+pub fn parse(text: &str) -> Result<Expr, ConditionError> {
     let mut p = Parser {
         tokens: tokens(text)?,
         at: 0,
     };
     if p.tokens.is_empty() {
-        return Err("an empty condition".into());
+        return Err(ConditionError::Empty);
     }
     let e = p.or()?;
     if p.at < p.tokens.len() {
-        return Err(format!("unexpected {} after the condition", p.describe()));
+        return Err(ConditionError::Trailing {
+            found: p.describe(),
+        });
     }
     Ok(e)
 }
@@ -270,11 +317,19 @@ impl Parser {
         }
     }
 
+    /// The error for a token other than `wanted` at the current place.
+    fn expected(&self, wanted: String) -> ConditionError {
+        ConditionError::Expected {
+            wanted,
+            found: self.describe(),
+        }
+    }
+
     fn is_word(&self, w: &str) -> bool {
         matches!(self.peek(), Some(Token::Word(x)) if x.eq_ignore_ascii_case(w))
     }
 
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, ConditionError> {
         let mut left = self.and()?;
         while self.is_word("or") {
             self.at += 1;
@@ -284,7 +339,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, ConditionError> {
         let mut left = self.term()?;
         while self.is_word("and") {
             self.at += 1;
@@ -294,34 +349,28 @@ impl Parser {
         Ok(left)
     }
 
-    fn op(&mut self) -> Result<Op, String> {
+    fn op(&mut self) -> Result<Op, ConditionError> {
         match self.next() {
             Some(Token::Op(op)) => Ok(op),
             _ => {
                 self.at -= 1;
-                Err(format!(
-                    "expected =, !=, =~ or !~ but found {}",
-                    self.describe()
-                ))
+                Err(self.expected("=, !=, =~ or !~".into()))
             }
         }
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, ConditionError> {
         match self.next() {
             Some(Token::Str(s)) => Ok(s),
             Some(Token::Word(w)) if w.starts_with("${{") => Ok(w),
             _ => {
                 self.at -= 1;
-                Err(format!(
-                    "expected a quoted string but found {}",
-                    self.describe()
-                ))
+                Err(self.expected("a quoted string".into()))
             }
         }
     }
 
-    fn term(&mut self) -> Result<Expr, String> {
+    fn term(&mut self) -> Result<Expr, ConditionError> {
         match self.next() {
             Some(Token::LParen) => {
                 let e = self.or()?;
@@ -329,7 +378,7 @@ impl Parser {
                     Some(Token::RParen) => Ok(e),
                     _ => {
                         self.at -= 1;
-                        Err(format!("expected ')' but found {}", self.describe()))
+                        Err(self.expected("')'".into()))
                     }
                 }
             }
@@ -352,10 +401,8 @@ impl Parser {
                     }
                     _ => {
                         self.at -= 1;
-                        Err(format!(
-                            "expected branch, tag, pull_request, result or result_reason but found {}",
-                            self.describe()
-                        ))
+                        Err(self
+                            .expected("branch, tag, pull_request, result or result_reason".into()))
                     }
                 }
             }
@@ -368,7 +415,9 @@ impl Parser {
             Some(Token::Word(w)) if w.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) => {
                 if self.peek() != Some(&Token::LParen) {
                     self.at -= 1;
-                    return Err(format!("unknown keyword {}", self.describe()));
+                    return Err(ConditionError::UnknownKeyword {
+                        found: self.describe(),
+                    });
                 }
                 self.at += 1;
                 let mut args = Vec::new();
@@ -382,10 +431,7 @@ impl Parser {
                             Some(Token::RParen) => break,
                             _ => {
                                 self.at -= 1;
-                                return Err(format!(
-                                    "expected ',' or ')' in {w}(...) but found {}",
-                                    self.describe()
-                                ));
+                                return Err(self.expected(format!("',' or ')' in {w}(...)")));
                             }
                         }
                     }
@@ -394,15 +440,12 @@ impl Parser {
             }
             _ => {
                 self.at = self.at.saturating_sub(1);
-                Err(format!(
-                    "expected a condition but found {}",
-                    self.describe()
-                ))
+                Err(self.expected("a condition".into()))
             }
         }
     }
 
-    fn arg(&mut self) -> Result<Arg, String> {
+    fn arg(&mut self) -> Result<Arg, ConditionError> {
         match self.next() {
             Some(Token::Str(s)) => Ok(Arg::Str(s)),
             Some(Token::Number(n)) => Ok(Arg::Number(n)),
@@ -421,10 +464,7 @@ impl Parser {
                         Some(Token::RBracket) => return Ok(Arg::List(items)),
                         _ => {
                             self.at -= 1;
-                            return Err(format!(
-                                "expected ',' or ']' but found {}",
-                                self.describe()
-                            ));
+                            return Err(self.expected("',' or ']'".into()));
                         }
                     }
                 }
@@ -440,15 +480,12 @@ impl Parser {
                         Some(Token::Word(k)) => k,
                         _ => {
                             self.at -= 1;
-                            return Err(format!("expected a key but found {}", self.describe()));
+                            return Err(self.expected("a key".into()));
                         }
                     };
                     if self.next() != Some(Token::Colon) {
                         self.at -= 1;
-                        return Err(format!(
-                            "expected ':' after {key} but found {}",
-                            self.describe()
-                        ));
+                        return Err(self.expected(format!("':' after {key}")));
                     }
                     map.insert(key, self.arg()?);
                     match self.next() {
@@ -456,17 +493,14 @@ impl Parser {
                         Some(Token::RBrace) => return Ok(Arg::Map(map)),
                         _ => {
                             self.at -= 1;
-                            return Err(format!(
-                                "expected ',' or '}}' but found {}",
-                                self.describe()
-                            ));
+                            return Err(self.expected("',' or '}'".into()));
                         }
                     }
                 }
             }
             _ => {
                 self.at = self.at.saturating_sub(1);
-                Err(format!("expected a value but found {}", self.describe()))
+                Err(self.expected("a value".into()))
             }
         }
     }
@@ -619,7 +653,7 @@ mod tests {
         ] {
             match parse(text) {
                 Ok(e) => panic!("{text} parsed as {e:?}"),
-                Err(e) => assert!(e.contains(part), "{text}: {e}"),
+                Err(e) => assert!(e.to_string().contains(part), "{text}: {e}"),
             }
         }
     }
