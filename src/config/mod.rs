@@ -196,7 +196,7 @@ pub enum ConfigError {
     InvalidKubernetesLabel {
         entry: String,
         origin: Origin,
-        reason: String,
+        reason: crate::kubernetes::LabelError,
     },
     InvalidLogFormat {
         value: String,

@@ -88,16 +88,56 @@ impl Default for KubernetesConfig {
     }
 }
 
+/// Why a `--kubernetes-labels` entry is not a label (the reason part of
+/// config's error line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelError {
+    /// No `=` between key and value.
+    NotKeyValue,
+    /// A second `=` (in the value).
+    SeveralEquals,
+    /// The part of the key before `/` is not a DNS subdomain.
+    BadPrefix { prefix: String },
+    /// The key's name (after any prefix) is empty or breaks the rules.
+    BadName { name: String },
+    /// A non-empty value that breaks the rules.
+    BadValue { value: String },
+}
+
+impl std::fmt::Display for LabelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabelError::NotKeyValue => f.write_str("it is not key=value"),
+            LabelError::SeveralEquals => f.write_str("it has more than one '='"),
+            LabelError::BadPrefix { prefix } => {
+                write!(f, "the key prefix '{prefix}' is not a DNS subdomain")
+            }
+            LabelError::BadName { name } => write!(
+                f,
+                "the key '{name}' must be 1-63 letters, digits, '-', '_' or '.', \
+                 starting and ending with a letter or digit"
+            ),
+            LabelError::BadValue { value } => write!(
+                f,
+                "the value '{value}' must be at most 63 letters, digits, '-', '_' or '.', \
+                 starting and ending with a letter or digit"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LabelError {}
+
 /// Checks a `--kubernetes-labels` entry (`key=value`) and splits it. Keys
 /// follow Kubernetes' rules (an optional DNS-subdomain prefix and `/`, then
 /// a name of up to 63 alphanumerics, `-`, `_`, `.`), values up to 63 of the
 /// same, possibly empty; the error says what is wrong.
-pub fn parse_label(entry: &str) -> Result<(String, String), String> {
+pub fn parse_label(entry: &str) -> Result<(String, String), LabelError> {
     let Some((key, value)) = entry.split_once('=') else {
-        return Err("it is not key=value".to_string());
+        return Err(LabelError::NotKeyValue);
     };
     if value.contains('=') {
-        return Err("it has more than one '='".to_string());
+        return Err(LabelError::SeveralEquals);
     }
     let (prefix, name) = match key.rsplit_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
@@ -116,20 +156,20 @@ pub fn parse_label(entry: &str) -> Result<(String, String), String> {
                     && !part.ends_with('-')
             });
         if !ok {
-            return Err(format!("the key prefix '{prefix}' is not a DNS subdomain"));
+            return Err(LabelError::BadPrefix {
+                prefix: prefix.to_string(),
+            });
         }
     }
     if name.is_empty() || !label_text_ok(name) {
-        return Err(format!(
-            "the key '{name}' must be 1-63 letters, digits, '-', '_' or '.', \
-             starting and ending with a letter or digit"
-        ));
+        return Err(LabelError::BadName {
+            name: name.to_string(),
+        });
     }
     if !value.is_empty() && !label_text_ok(value) {
-        return Err(format!(
-            "the value '{value}' must be at most 63 letters, digits, '-', '_' or '.', \
-             starting and ending with a letter or digit"
-        ));
+        return Err(LabelError::BadValue {
+            value: value.to_string(),
+        });
     }
     Ok((key.to_string(), value.to_string()))
 }
