@@ -52,14 +52,21 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-/// Why an exec WebSocket could not be opened or used.
-#[derive(Debug)]
+/// Why an exec WebSocket could not be opened or used, or why the command
+/// in it has no exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecError {
     /// The server answered the upgrade with an HTTP status (not 101), or
     /// the client cannot offer a WebSocket with this configuration.
     Refused { message: String },
     /// No connection, TLS, or a broken stream.
     Transport { message: String },
+    /// The error channel's `Status` is not JSON (`status`: its text,
+    /// trimmed).
+    UnreadableStatus { status: String },
+    /// The server's `Status` says the command could not run or report a
+    /// code: its message.
+    NoExitCode { message: String },
 }
 
 impl std::fmt::Display for ExecError {
@@ -67,6 +74,10 @@ impl std::fmt::Display for ExecError {
         match self {
             ExecError::Refused { message } => write!(f, "{REFUSED}: {message}"),
             ExecError::Transport { message } => write!(f, "exec WebSocket failed: {message}"),
+            ExecError::UnreadableStatus { status } => {
+                write!(f, "exec ended with an unreadable status: {status}")
+            }
+            ExecError::NoExitCode { message } => f.write_str(message),
         }
     }
 }
@@ -309,7 +320,7 @@ pub enum Event {
     Output(Vec<u8>),
     /// The command ended: its exit status, or `Err` with the server's
     /// reason when it could not run or report one.
-    Exited(Result<i32, String>),
+    Exited(Result<i32, ExecError>),
     Closed,
     Idle,
 }
@@ -317,10 +328,9 @@ pub enum Event {
 /// The exit status in the error channel's `Status` object: `Success` is
 /// 0, `NonZeroExitCode` carries the code in its `ExitCode` cause; anything
 /// else is the server's message.
-pub fn exit_status(status: &[u8]) -> Result<i32, String> {
-    let value: Value = serde_json::from_slice(status).map_err(|_| {
-        let text = String::from_utf8_lossy(status);
-        format!("exec ended with an unreadable status: {}", text.trim())
+pub fn exit_status(status: &[u8]) -> Result<i32, ExecError> {
+    let value: Value = serde_json::from_slice(status).map_err(|_| ExecError::UnreadableStatus {
+        status: String::from_utf8_lossy(status).trim().to_string(),
     })?;
     if value["status"] == "Success" {
         return Ok(0);
@@ -337,10 +347,12 @@ pub fn exit_status(status: &[u8]) -> Result<i32, String> {
             return Ok(code);
         }
     }
-    Err(value["message"]
-        .as_str()
-        .unwrap_or("exec failed without a message")
-        .to_string())
+    Err(ExecError::NoExitCode {
+        message: value["message"]
+            .as_str()
+            .unwrap_or("exec failed without a message")
+            .to_string(),
+    })
 }
 
 fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, ExecError> {
@@ -476,7 +488,7 @@ pub fn bridge(args: &[String]) -> i32 {
 #[cfg(unix)]
 fn pump(socket: &mut ExecSocket) -> i32 {
     let mut stdin_open = true;
-    let mut status: Option<Result<i32, String>> = None;
+    let mut status: Option<Result<i32, ExecError>> = None;
     let mut buf = vec![0u8; 16 * 1024];
     let mut stdout = std::io::stdout().lock();
     loop {
@@ -570,9 +582,11 @@ mod tests {
         let other = br#"{"status":"Failure","message":"container not found (\"main\")","reason":"InternalError"}"#;
         assert_eq!(
             exit_status(other),
-            Err("container not found (\"main\")".to_string())
+            Err(ExecError::NoExitCode {
+                message: "container not found (\"main\")".to_string()
+            })
         );
-        let garbage = exit_status(b"<html>").unwrap_err();
+        let garbage = exit_status(b"<html>").unwrap_err().to_string();
         assert!(garbage.contains("<html>"), "{garbage}");
     }
 
