@@ -103,6 +103,49 @@ impl std::fmt::Display for KubeError {
 
 impl std::error::Error for KubeError {}
 
+/// Why a credential (token, certificate, key) cannot be read: the part of
+/// a [`KubeError::BadConfig`] message (or an exec failure) after the
+/// field's name.
+#[derive(Debug)]
+pub(super) enum CredentialError {
+    /// The service account's token file cannot be read.
+    ReadToken {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A kubeconfig `*-data` value is not base64.
+    DecodeBase64 { message: String },
+    /// A file a kubeconfig names cannot be read.
+    ReadFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A PEM bundle does not parse.
+    ParsePem { message: String },
+    /// A PEM bundle parses but holds no certificate.
+    NoCertificate,
+}
+
+impl std::fmt::Display for CredentialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialError::ReadToken { path, error } => {
+                write!(f, "cannot read the token {}: {error}", path.display())
+            }
+            CredentialError::DecodeBase64 { message } => {
+                write!(f, "not valid base64: {message}")
+            }
+            CredentialError::ReadFile { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            CredentialError::ParsePem { message } => f.write_str(message),
+            CredentialError::NoCertificate => f.write_str("no PEM certificate found"),
+        }
+    }
+}
+
+impl std::error::Error for CredentialError {}
+
 /// How calls are authenticated.
 #[derive(Clone)]
 enum Auth {
@@ -196,9 +239,9 @@ impl Client {
             path: ca_path.clone(),
             message: e.to_string(),
         })?;
-        let roots = pem_certs(&ca).map_err(|message| KubeError::BadConfig {
+        let roots = pem_certs(&ca).map_err(|e| KubeError::BadConfig {
             path: ca_path,
-            message,
+            message: e.to_string(),
         })?;
         // An IPv6 service address needs brackets in a URL.
         let host = if host.contains(':') && !host.starts_with('[') {
@@ -353,12 +396,15 @@ impl Client {
     /// The `Authorization` header's value, read now (a token file rotates);
     /// `Ok(None)` for a client certificate.
     #[cfg_attr(not(unix), allow(dead_code))]
-    pub(super) fn bearer(&self) -> Result<Option<String>, String> {
+    pub(super) fn bearer(&self) -> Result<Option<String>, CredentialError> {
         match &self.auth {
             Auth::Token(token) => Ok(Some(format!("Bearer {token}"))),
             Auth::TokenFile(path) => std::fs::read_to_string(path)
                 .map(|t| Some(format!("Bearer {}", t.trim())))
-                .map_err(|e| format!("cannot read the token {}: {e}", path.display())),
+                .map_err(|error| CredentialError::ReadToken {
+                    path: path.clone(),
+                    error,
+                }),
             Auth::None => Ok(None),
         }
     }
@@ -545,15 +591,19 @@ fn tls_config(
 }
 
 /// Every certificate in a PEM bundle; an error when there is none.
-fn pem_certs(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+fn pem_certs(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, CredentialError> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {
-        if let ureq::tls::PemItem::Certificate(cert) = item.map_err(|e| e.to_string())? {
+        if let ureq::tls::PemItem::Certificate(cert) =
+            item.map_err(|e| CredentialError::ParsePem {
+                message: e.to_string(),
+            })?
+        {
             certs.push(cert);
         }
     }
     if certs.is_empty() {
-        return Err("no PEM certificate found".to_string());
+        return Err(CredentialError::NoCertificate);
     }
     Ok(certs)
 }
@@ -564,17 +614,19 @@ fn read_data_or_file(
     base: &Path,
     data: &Option<String>,
     file: &Option<String>,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, CredentialError> {
     if let Some(data) = data {
-        return crate::request::decode_base64(data)
-            .map(Some)
-            .map_err(|e| format!("not valid base64: {e}"));
+        return crate::request::decode_base64(data).map(Some).map_err(|e| {
+            CredentialError::DecodeBase64 {
+                message: e.to_string(),
+            }
+        });
     }
     if let Some(file) = file {
         let path = base.join(file);
         return std::fs::read(&path)
             .map(Some)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()));
+            .map_err(|error| CredentialError::ReadFile { path, error });
     }
     Ok(None)
 }

@@ -163,7 +163,7 @@ impl ExecSocket {
             "Sec-WebSocket-Protocol",
             PROTOCOLS.parse().map_err(|_| transport("header".into()))?,
         );
-        if let Some(bearer) = client.bearer().map_err(transport)? {
+        if let Some(bearer) = client.bearer().map_err(|e| transport(e.to_string()))? {
             let mut value: tungstenite::http::HeaderValue = bearer
                 .parse()
                 .map_err(|_| transport("the token is not a valid header value".into()))?;
