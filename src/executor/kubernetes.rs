@@ -246,9 +246,9 @@ impl KubernetesExecutor {
 
     /// Polls the pod until it is ready, logging why it is not yet; the
     /// error is what the job log shows after "Failed to create pod: ".
-    fn wait_for_pod(&self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn wait_for_pod(&self, log: &mut JobLog<'_>) -> Result<(), PodStartError> {
         let Some(client) = self.client.as_ref() else {
-            return Err("no Kubernetes client".to_string());
+            return Err(PodStartError::NoClient);
         };
         let timeout = self.config.pod_start_timeout;
         let deadline = Instant::now() + timeout;
@@ -256,12 +256,12 @@ impl KubernetesExecutor {
         let mut last;
         loop {
             if self.cancelled() {
-                return Err("the job was stopped".to_string());
+                return Err(PodStartError::Stopped);
             }
             match client.get_pod(&self.pod_name) {
                 Ok(pod) => match kubernetes::pod_progress(&pod) {
                     PodProgress::Ready => return Ok(()),
-                    PodProgress::Failed(why) => return Err(why),
+                    PodProgress::Failed(reason) => return Err(PodStartError::Finished { reason }),
                     PodProgress::Waiting(why) => {
                         log.output(format!("{why}\n"));
                         log::info!("{why}");
@@ -269,7 +269,9 @@ impl KubernetesExecutor {
                     }
                 },
                 // Access denied or the pod gone will not get better.
-                Err(e) if matches!(e.status(), Some(401 | 403 | 404)) => return Err(e.to_string()),
+                Err(e) if matches!(e.status(), Some(401 | 403 | 404)) => {
+                    return Err(PodStartError::GetPod(e))
+                }
                 Err(e) => {
                     let why = e.to_string();
                     log.output(format!("{why}\n"));
@@ -279,15 +281,15 @@ impl KubernetesExecutor {
             }
             let next = Instant::now() + interval;
             if next > deadline {
-                return Err(format!(
-                    "pod '{}' was not ready within {}s - giving up: {last}",
-                    self.pod_name,
-                    timeout.as_secs()
-                ));
+                return Err(PodStartError::TimedOut {
+                    pod: self.pod_name.clone(),
+                    secs: timeout.as_secs(),
+                    last,
+                });
             }
             while Instant::now() < next {
                 if self.cancelled() {
-                    return Err("the job was stopped".to_string());
+                    return Err(PodStartError::Stopped);
                 }
                 std::thread::sleep(CANCEL_TICK.min(next.saturating_duration_since(Instant::now())));
             }
@@ -506,6 +508,44 @@ impl KubernetesExecutor {
             }
         }
         self.record_created();
+    }
+}
+
+/// Why the job's pod never became ready (the reason after "Failed to
+/// create pod: " in the job log).
+#[derive(Debug)]
+enum PodStartError {
+    NoClient,
+    Stopped,
+    /// The pod will never run the job: `pod_progress`'s line.
+    Finished {
+        reason: String,
+    },
+    /// Reading the pod failed in a way waiting will not mend.
+    GetPod(kubernetes::KubeError),
+    /// Not ready by `--kubernetes-pod-start-timeout`; `last` is the last
+    /// waiting line.
+    TimedOut {
+        pod: String,
+        secs: u64,
+        last: String,
+    },
+}
+
+impl std::fmt::Display for PodStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PodStartError::NoClient => f.write_str("no Kubernetes client"),
+            PodStartError::Stopped => f.write_str("the job was stopped"),
+            PodStartError::Finished { reason } => f.write_str(reason),
+            PodStartError::GetPod(e) => write!(f, "{e}"),
+            PodStartError::TimedOut { pod, secs, last } => {
+                write!(
+                    f,
+                    "pod '{pod}' was not ready within {secs}s - giving up: {last}"
+                )
+            }
+        }
     }
 }
 
