@@ -120,24 +120,26 @@ impl KubernetesExecutor {
     }
 
     /// Creates the secrets and the pod; the error is the job log's line.
-    fn create_resources(&mut self) -> Result<(), String> {
+    fn create_resources(&mut self) -> Result<(), KubernetesJobError> {
         // The name goes into API paths: anything but a DNS name would be
         // refused by the API at best, or address another object.
         if !is_object_name(&format!("{}-image-pull-secret", self.pod_name)) {
-            return Err(format!(
-                "Failed to create pod: job id '{}' cannot be part of a Kubernetes object name",
-                self.request.job_id
-            ));
+            return Err(KubernetesJobError::BadJobId {
+                job_id: self.request.job_id.clone(),
+            });
         }
-        let client = Client::discover(&self.config.namespace)
-            .map_err(|e| format!("Failed to create the Kubernetes client: {e}"))?;
+        let client =
+            Client::discover(&self.config.namespace).map_err(KubernetesJobError::CreateClient)?;
         let decorator = match &self.config.pod_spec {
             Some(name) => {
-                let config_map = client.get_config_map(name).map_err(|e| {
-                    format!("Failed to load pod spec: error finding configmap '{name}': {e}")
+                let config_map = client.get_config_map(name).map_err(|error| {
+                    KubernetesJobError::GetPodSpec {
+                        name: name.clone(),
+                        error,
+                    }
                 })?;
                 Decorator::from_config_map(name, &config_map)
-                    .map_err(|e| format!("Failed to load pod spec: {e}"))?
+                    .map_err(KubernetesJobError::LoadPodSpec)?
             }
             None => Decorator::default(),
         };
@@ -171,20 +173,13 @@ impl KubernetesExecutor {
             has_credentials.then_some(pull_secret.as_str()),
             &self.injected_dir,
         )
-        .map_err(|e| {
-            format!(
-                "Failed to create pod: error building pod spec: \
-                 error building containers for pod spec: {e}"
-            )
-        })?;
+        .map_err(KubernetesJobError::BuildPod)?;
         let docker_config = if has_credentials {
             Some(
                 kubernetes::docker_config_json(&self.request.compose.image_pull_credentials)
-                    .map_err(|e| {
-                        format!(
-                            "Failed to create temporary image pull secret: error building image \
-                             pull secret spec for '{pull_secret}': {e}"
-                        )
+                    .map_err(|error| KubernetesJobError::BuildPullSecret {
+                        name: pull_secret.clone(),
+                        error,
                     })?,
             )
         } else {
@@ -198,25 +193,24 @@ impl KubernetesExecutor {
             &env_file_content(&vars),
             &self.request.files,
         )
-        .map_err(|e| format!("Failed to create environment secret: {e}"))?;
+        .map_err(KubernetesJobError::BuildEnvSecret)?;
         owned_by(&mut pod, owner);
         owned_by(&mut secret, owner);
         self.initial_env = Some(vars);
         self.client = Some(client);
 
-        let stopped = || "the job was stopped".to_string();
         if self.cancel.load(Ordering::SeqCst) {
-            return Err(stopped());
+            return Err(KubernetesJobError::Stopped);
         }
         // Recorded before the call: an answer lost to a timeout may still
         // have created the object, and deleting one that is not there
         // costs a 404.
         self.created.push(("secrets", env_secret));
         self.record_created();
-        let client = self.client.as_ref().ok_or("no Kubernetes client")?;
+        let client = self.client.as_ref().ok_or(KubernetesJobError::NoClient)?;
         client
             .create("secrets", &secret)
-            .map_err(|e| format!("Failed to create environment secret: {e}"))?;
+            .map_err(KubernetesJobError::CreateEnvSecret)?;
         if let Some(docker_config) = docker_config {
             let mut secret = kubernetes::pull_secret(
                 &pull_secret,
@@ -227,20 +221,20 @@ impl KubernetesExecutor {
             owned_by(&mut secret, owner);
             self.created.push(("secrets", pull_secret));
             self.record_created();
-            let client = self.client.as_ref().ok_or("no Kubernetes client")?;
+            let client = self.client.as_ref().ok_or(KubernetesJobError::NoClient)?;
             client
                 .create("secrets", &secret)
-                .map_err(|e| format!("Failed to create temporary image pull secret: {e}"))?;
+                .map_err(KubernetesJobError::CreatePullSecret)?;
         }
         if self.cancel.load(Ordering::SeqCst) {
-            return Err(stopped());
+            return Err(KubernetesJobError::Stopped);
         }
         self.created.push(("pods", self.pod_name.clone()));
         self.record_created();
-        let client = self.client.as_ref().ok_or("no Kubernetes client")?;
+        let client = self.client.as_ref().ok_or(KubernetesJobError::NoClient)?;
         client
             .create("pods", &pod)
-            .map_err(|e| format!("Failed to create pod: {e}"))?;
+            .map_err(KubernetesJobError::CreatePod)?;
         Ok(())
     }
 
@@ -298,11 +292,14 @@ impl KubernetesExecutor {
 
     /// Waits for the pod and opens the shell in it, logging each step;
     /// `Err` is the reason for the agent log.
-    fn open_session(&mut self, log: &mut JobLog<'_>) -> Result<(), String> {
+    fn open_session(&mut self, log: &mut JobLog<'_>) -> Result<(), KubernetesJobError> {
         if let Err(why) = self.wait_for_pod(log) {
             log::error!("Failed to create pod: {why}");
             log.output(format!("Failed to create pod: {why}\n"));
-            return Err(format!("pod {} did not start: {why}", self.pod_name));
+            return Err(KubernetesJobError::StartPod {
+                pod: self.pod_name.clone(),
+                why,
+            });
         }
         log.output("Pod is ready.\n");
         log.output("Starting a new bash session in the pod...\n");
@@ -342,7 +339,10 @@ impl KubernetesExecutor {
                 log::error!("Failed to start shell: {err}");
                 log.output("Failed to start shell in kubernetes container\n");
                 log.output(format!("{err}\n"));
-                return Err(format!("exec into {} failed: {err}", self.pod_name));
+                return Err(KubernetesJobError::Exec {
+                    pod: self.pod_name.clone(),
+                    error: err,
+                });
             }
         }
         log.output("Shell session is ready.\n");
@@ -355,7 +355,10 @@ impl KubernetesExecutor {
             if !outcome.passed() {
                 log.output(format!("Failed to determine {what}\n"));
                 log.output(format!("exit code {} - {output}\n", outcome.code()));
-                return Err(format!("'{command}' failed in pod {}", self.pod_name));
+                return Err(KubernetesJobError::Probe {
+                    command,
+                    pod: self.pod_name.clone(),
+                });
             }
             let line = format!("{label}: {}", with_newline(&output));
             log::info!("{}", line.trim_end());
@@ -511,10 +514,94 @@ impl KubernetesExecutor {
     }
 }
 
+/// Why a Kubernetes job could not be prepared or started; `Display` is
+/// the job log's (and the agent log's) line.
+#[derive(Debug)]
+pub enum KubernetesJobError {
+    /// The job id cannot be part of an object name.
+    BadJobId {
+        job_id: String,
+    },
+    CreateClient(kubernetes::KubeError),
+    /// `--kubernetes-pod-spec`'s config map cannot be read.
+    GetPodSpec {
+        name: String,
+        error: kubernetes::KubeError,
+    },
+    /// The config map is not a usable pod spec.
+    LoadPodSpec(kubernetes::PodSpecError),
+    BuildPod(kubernetes::PodSpecError),
+    BuildPullSecret {
+        name: String,
+        error: kubernetes::PodSpecError,
+    },
+    BuildEnvSecret(kubernetes::PodSpecError),
+    /// The job was stopped before the next object was created.
+    Stopped,
+    NoClient,
+    CreateEnvSecret(kubernetes::KubeError),
+    CreatePullSecret(kubernetes::KubeError),
+    CreatePod(kubernetes::KubeError),
+    /// The pod never became ready.
+    StartPod {
+        pod: String,
+        why: PodStartError,
+    },
+    /// No shell in the pod (neither the exec bridge nor kubectl).
+    Exec {
+        pod: String,
+        error: ShellError,
+    },
+    /// A first command in the new shell (`whoami`, `id`, `pwd`) failed.
+    Probe {
+        command: &'static str,
+        pod: String,
+    },
+}
+
+impl std::fmt::Display for KubernetesJobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use KubernetesJobError::*;
+        match self {
+            BadJobId { job_id } => write!(
+                f,
+                "Failed to create pod: job id '{job_id}' cannot be part of a Kubernetes object name"
+            ),
+            CreateClient(e) => write!(f, "Failed to create the Kubernetes client: {e}"),
+            GetPodSpec { name, error } => write!(
+                f,
+                "Failed to load pod spec: error finding configmap '{name}': {error}"
+            ),
+            LoadPodSpec(e) => write!(f, "Failed to load pod spec: {e}"),
+            BuildPod(e) => write!(
+                f,
+                "Failed to create pod: error building pod spec: \
+                 error building containers for pod spec: {e}"
+            ),
+            BuildPullSecret { name, error } => write!(
+                f,
+                "Failed to create temporary image pull secret: error building image \
+                 pull secret spec for '{name}': {error}"
+            ),
+            BuildEnvSecret(e) => write!(f, "Failed to create environment secret: {e}"),
+            CreateEnvSecret(e) => write!(f, "Failed to create environment secret: {e}"),
+            Stopped => f.write_str("the job was stopped"),
+            NoClient => f.write_str("no Kubernetes client"),
+            CreatePullSecret(e) => write!(f, "Failed to create temporary image pull secret: {e}"),
+            CreatePod(e) => write!(f, "Failed to create pod: {e}"),
+            StartPod { pod, why } => write!(f, "pod {pod} did not start: {why}"),
+            Exec { pod, error } => write!(f, "exec into {pod} failed: {error}"),
+            Probe { command, pod } => write!(f, "'{command}' failed in pod {pod}"),
+        }
+    }
+}
+
+impl std::error::Error for KubernetesJobError {}
+
 /// Why the job's pod never became ready (the reason after "Failed to
 /// create pod: " in the job log).
 #[derive(Debug)]
-enum PodStartError {
+pub enum PodStartError {
     NoClient,
     Stopped,
     /// The pod will never run the job: `pod_progress`'s line.
@@ -813,6 +900,7 @@ mod tests {
         let mut executor =
             KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
         let err = executor.create_resources().unwrap_err();
+        let err = err.to_string();
         assert!(err.contains("'../../secrets/x'"), "{err}");
         assert!(executor.client.is_none());
     }
