@@ -10,6 +10,57 @@ use std::path::{Path, PathBuf};
 
 use super::when::Arg;
 
+/// Why `change_in` cannot be answered or the checkout snapshot cannot be
+/// made.
+#[derive(Debug)]
+pub enum GitError {
+    ChangeInNoRepository,
+    ChangeInNoPattern,
+    /// `git merge-base` found no default branch.
+    FindMergeBase {
+        default_branch: String,
+    },
+    /// `git diff --name-only` refused the range.
+    DiffRange {
+        range: String,
+    },
+    SnapshotNoRepository,
+    SnapshotNoCommit,
+    /// git itself cannot be started.
+    RunGit {
+        error: std::io::Error,
+    },
+    /// A git command of the snapshot failed; `args` joined, its stderr.
+    GitFailed {
+        args: String,
+        stderr: String,
+    },
+}
+
+impl std::fmt::Display for GitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitError::ChangeInNoRepository => f.write_str("change_in needs a git repository"),
+            GitError::ChangeInNoPattern => f.write_str("change_in needs at least one file pattern"),
+            GitError::FindMergeBase { default_branch } => write!(
+                f,
+                "change_in cannot find the default branch '{default_branch}' (give --base)"
+            ),
+            GitError::DiffRange { range } => {
+                write!(f, "change_in cannot read the commit range {range}")
+            }
+            GitError::SnapshotNoRepository => {
+                f.write_str("the pipeline is not in a git repository")
+            }
+            GitError::SnapshotNoCommit => f.write_str("the repository has no commit yet"),
+            GitError::RunGit { error } => write!(f, "cannot run git: {error}"),
+            GitError::GitFailed { args, stderr } => write!(f, "git {args} failed: {stderr}"),
+        }
+    }
+}
+
+impl std::error::Error for GitError {}
+
 /// What the pipeline's repository looks like right now.
 #[derive(Debug, Clone, Default)]
 pub struct GitInfo {
@@ -178,13 +229,13 @@ impl GitInfo {
     /// `change_in(patterns, options)` against local history: on the
     /// default branch the last commit, elsewhere everything since the
     /// merge base with the default branch; uncommitted changes count too.
-    pub fn change_in(&self, args: &[Arg]) -> Result<bool, String> {
+    pub fn change_in(&self, args: &[Arg]) -> Result<bool, GitError> {
         let Some(top) = &self.top else {
-            return Err("change_in needs a git repository".into());
+            return Err(GitError::ChangeInNoRepository);
         };
         let patterns = args.first().map(Arg::strings).unwrap_or_default();
         if patterns.is_empty() {
-            return Err("change_in needs at least one file pattern".into());
+            return Err(GitError::ChangeInNoPattern);
         }
         let option = |key: &str| match args.get(1) {
             Some(Arg::Map(m)) => m.get(key).cloned(),
@@ -216,9 +267,9 @@ impl GitInfo {
             }
             _ => {
                 let base = git(top, &["merge-base", &default_branch, "HEAD"]).ok_or_else(|| {
-                    format!(
-                        "change_in cannot find the default branch '{default_branch}' (give --base)"
-                    )
+                    GitError::FindMergeBase {
+                        default_branch: default_branch.clone(),
+                    }
                 })?;
                 format!("{base}..HEAD")
             }
@@ -232,7 +283,9 @@ impl GitInfo {
                 .collect()
         } else {
             git(top, &["diff", "--name-only", &range])
-                .ok_or_else(|| format!("change_in cannot read the commit range {range}"))?
+                .ok_or_else(|| GitError::DiffRange {
+                    range: range.clone(),
+                })?
                 .lines()
                 .map(str::to_string)
                 .collect()
@@ -349,18 +402,18 @@ fn path_matches(pattern: &str, file: &str) -> bool {
 /// is (tracked changes and untracked files that are not ignored), made
 /// with a private index so the user's index, work tree and refs are left
 /// alone. `Err` says why (not a repository, git failed).
-pub fn snapshot(info: &GitInfo, head_only: bool, scratch: &Path) -> Result<String, String> {
+pub fn snapshot(info: &GitInfo, head_only: bool, scratch: &Path) -> Result<String, GitError> {
     let Some(top) = &info.top else {
-        return Err("the pipeline is not in a git repository".into());
+        return Err(GitError::SnapshotNoRepository);
     };
     if info.sha.is_empty() {
-        return Err("the repository has no commit yet".into());
+        return Err(GitError::SnapshotNoCommit);
     }
     if head_only || uncommitted(top).is_empty() {
         return Ok(info.sha.clone());
     }
     let index = scratch.join("snapshot-index");
-    let run = |args: &[&str]| -> Result<String, String> {
+    let run = |args: &[&str]| -> Result<String, GitError> {
         let out = crate::child_env::command("git")
             .arg("-C")
             .arg(top)
@@ -372,15 +425,14 @@ pub fn snapshot(info: &GitInfo, head_only: bool, scratch: &Path) -> Result<Strin
             .env("GIT_COMMITTER_EMAIL", "semaphore-agent@localhost")
             .stdin(std::process::Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run git: {e}"))?;
+            .map_err(|error| GitError::RunGit { error })?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
-            Err(format!(
-                "git {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(GitError::GitFailed {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
         }
     };
     run(&["read-tree", "HEAD"])?;

@@ -120,8 +120,13 @@ pub enum PipelineError {
     Secrets(String),
     /// A selection (`--block`, `--job`) or option that matches nothing.
     Selection(String),
-    /// The run's scratch directory cannot be made.
-    Setup(String),
+    /// A directory of the run's scratch space cannot be made.
+    MakeDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A job's `~/.bash_profile` cannot be written.
+    WriteProfile(std::io::Error),
 }
 
 impl std::fmt::Display for PipelineError {
@@ -141,9 +146,11 @@ impl std::fmt::Display for PipelineError {
                 }
                 Ok(())
             }
-            PipelineError::Secrets(m) | PipelineError::Selection(m) | PipelineError::Setup(m) => {
-                f.write_str(m)
+            PipelineError::Secrets(m) | PipelineError::Selection(m) => f.write_str(m),
+            PipelineError::MakeDir { path, error } => {
+                write!(f, "cannot make {}: {error}", path.display())
             }
+            PipelineError::WriteProfile(e) => write!(f, "cannot write the job's profile: {e}"),
         }
     }
 }
@@ -182,7 +189,8 @@ impl when::Facts for Facts<'_> {
         self.0.keyword(name)
     }
     fn change_in(&self, args: &[when::Arg]) -> Result<bool, String> {
-        self.0.change_in(args)
+        // The condition's `Unknown` reason is text.
+        self.0.change_in(args).map_err(|e| e.to_string())
     }
 }
 
@@ -450,7 +458,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     }
 
     // Per-job HOMEs in a private scratch directory.
-    let scratch = make_scratch(&opts.options.tmp_dir).map_err(PipelineError::Setup)?;
+    let scratch = make_scratch(&opts.options.tmp_dir)?;
     let snapshot = match git::snapshot(&git, opts.checkout_head, &scratch) {
         Ok(c) => Some(c),
         Err(why) => {
@@ -464,10 +472,10 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         let home = scratch.join(format!("job-{i}"));
         if let Err(e) = std::fs::create_dir_all(&home) {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(PipelineError::Setup(format!(
-                "cannot make {}: {e}",
-                home.display()
-            )));
+            return Err(PipelineError::MakeDir {
+                path: home,
+                error: e,
+            });
         }
         let profile = bash_profile(
             git.top.as_deref(),
@@ -476,9 +484,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         );
         if let Err(e) = std::fs::write(home.join(".bash_profile"), profile) {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(PipelineError::Setup(format!(
-                "cannot write the job's profile: {e}"
-            )));
+            return Err(PipelineError::WriteProfile(e));
         }
         let mut o = opts.options.clone();
         o.home = home;
@@ -566,15 +572,17 @@ fn summary(p: &schema::Pipeline) -> Vec<String> {
 }
 
 /// A private (0700) directory for this run's job HOMEs.
-fn make_scratch(tmp: &Path) -> Result<PathBuf, String> {
+fn make_scratch(tmp: &Path) -> Result<PathBuf, PipelineError> {
     let base = if tmp.as_os_str().is_empty() {
         std::env::temp_dir()
     } else {
         tmp.to_path_buf()
     };
     let dir = base.join(format!("semaphore-pipeline-{:016x}", crate::random::u64()));
-    crate::platform::create_dir_all(&dir, 0o700)
-        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    crate::platform::create_dir_all(&dir, 0o700).map_err(|error| PipelineError::MakeDir {
+        path: dir.clone(),
+        error,
+    })?;
     Ok(dir)
 }
 
