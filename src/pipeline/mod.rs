@@ -188,9 +188,8 @@ impl when::Facts for Facts<'_> {
     fn keyword(&self, name: &str) -> Option<String> {
         self.0.keyword(name)
     }
-    fn change_in(&self, args: &[when::Arg]) -> Result<bool, String> {
-        // The condition's `Unknown` reason is text.
-        self.0.change_in(args).map_err(|e| e.to_string())
+    fn change_in(&self, args: &[when::Arg]) -> Result<bool, Box<dyn std::error::Error>> {
+        Ok(self.0.change_in(args)?)
     }
 }
 

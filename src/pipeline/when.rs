@@ -91,8 +91,9 @@ pub trait Facts {
     /// `branch`, `tag` or `pull_request`: the value, empty when the run is
     /// not on one.
     fn keyword(&self, name: &str) -> Option<String>;
-    /// `change_in(args)`: `Err` says why it cannot be decided.
-    fn change_in(&self, args: &[Arg]) -> Result<bool, String>;
+    /// `change_in(args)`: `Err` says why it cannot be decided (boxed: the
+    /// facts' own error, a run's is `git::GitError`).
+    fn change_in(&self, args: &[Arg]) -> Result<bool, Box<dyn std::error::Error>>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -549,7 +550,7 @@ pub fn eval(expr: &Expr, facts: &dyn Facts) -> Truth {
         }
         Expr::Call { name, args } if name == "change_in" => match facts.change_in(args) {
             Ok(b) => Truth::from_bool(b),
-            Err(why) => Truth::Unknown(why),
+            Err(why) => Truth::Unknown(why.to_string()),
         },
         Expr::Call { name, .. } => {
             Truth::Unknown(format!("the function {name}() is not known to a local run"))
@@ -577,8 +578,8 @@ mod tests {
                 _ => None,
             }
         }
-        fn change_in(&self, _: &[Arg]) -> Result<bool, String> {
-            self.changed.clone()
+        fn change_in(&self, _: &[Arg]) -> Result<bool, Box<dyn std::error::Error>> {
+            self.changed.clone().map_err(Into::into)
         }
     }
 
