@@ -126,7 +126,11 @@ fn same_content(file: &File, secrets_inside: bool) {
             );
         }
         (Err(a), Err(b)) => {
-            assert_eq!(a, b.to_string(), "decode and write_content errors differ");
+            assert_eq!(
+                a.to_string(),
+                b.to_string(),
+                "decode and write_content errors differ"
+            );
             if secrets_inside {
                 check_error("File::decode", &a);
                 check_error("File::write_content", &b);
