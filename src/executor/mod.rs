@@ -70,6 +70,7 @@ pub enum SetupError {
     #[cfg(unix)]
     Shell(crate::shell::ShellError),
     /// A step of the Kubernetes executor failed; its reason.
+    #[cfg(unix)]
     Kubernetes(kubernetes::KubernetesJobError),
     /// PowerShell could not start; the line the job log shows.
     PowerShell(String),
@@ -82,6 +83,7 @@ impl std::fmt::Display for SetupError {
             SetupError::Compose(err) => write!(f, "{err}"),
             #[cfg(unix)]
             SetupError::Shell(err) => write!(f, "Job shell failed to start: {err}"),
+            #[cfg(unix)]
             SetupError::Kubernetes(why) => write!(f, "{why}"),
             SetupError::PowerShell(why) => f.write_str(why),
         }
