@@ -623,7 +623,7 @@ impl JobWork {
         );
         // run_job logs the result and duration itself.
         let result = {
-            let mut masked = Masker::new(&mut logs, secrets);
+            let mut masked = Masker::new(logs.sink(), secrets);
             run_job(&request, &self.options, &mut masked, stop)
         };
         logs.finish(&request);
