@@ -14,6 +14,7 @@ mod host;
 mod ops;
 mod shutdown;
 mod state;
+mod sweep;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -189,12 +190,10 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
-    log::info!("{}", crate::executor::containment());
-    // What agents that are gone (killed, crashed) left on this host: their
-    // temp dirs, and their compose jobs' containers, networks, volumes.
-    crate::private_tmp::remove_dirs_of_gone_agents(&std::env::temp_dir());
-    #[cfg(unix)]
-    crate::executor::remove_compose_leftovers(&std::env::temp_dir());
+    // What agents that are gone (killed, crashed) left on this host (job
+    // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
+    // removed on the "host-sweep" thread, not before registering.
+    let sweep = sweep::HostSweep::start(std::env::temp_dir());
 
     let mut api = Api::new(
         &config.endpoint,
@@ -273,6 +272,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let reason = listener.sync_loop();
     listener.shutdown(reason);
+    sweep.finish();
     Ok(reason)
 }
 
