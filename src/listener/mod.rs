@@ -190,10 +190,6 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
-    // What agents that are gone (killed, crashed) left on this host (job
-    // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
-    // removed on the "host-sweep" thread, not before registering.
-    let sweep = sweep::HostSweep::start(std::env::temp_dir());
 
     let mut api = Api::new(
         &config.endpoint,
@@ -249,6 +245,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         "Registered as {name} in {} ms",
         started.elapsed().as_millis()
     );
+    // What agents that are gone (killed, crashed) left on this host (job
+    // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
+    // removed on the "host-sweep" thread, once registered: its `docker`
+    // must not compete with the start for the CPU.
+    let sweep = sweep::HostSweep::start(std::env::temp_dir());
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -269,10 +270,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         rx,
         interrupted_at,
         last_successful_sync: Instant::now(),
+        sweep,
     };
     let reason = listener.sync_loop();
     listener.shutdown(reason);
-    sweep.finish();
+    listener.sweep.finish();
     Ok(reason)
 }
 
@@ -341,6 +343,9 @@ struct Listener {
     rx: Receiver<Wake>,
     interrupted_at: Arc<AtomicU64>,
     last_successful_sync: Instant,
+    /// The sweep of what gone agents left, joined as soon as it is done
+    /// (its stack is given back) and at the latest at exit.
+    sweep: sweep::HostSweep,
 }
 
 impl Listener {
@@ -350,6 +355,7 @@ impl Listener {
             while let Ok(wake) = self.rx.try_recv() {
                 self.on_wake(wake);
             }
+            self.sweep.join_if_done();
             let request = self
                 .machine
                 .sync_request(self.interrupted_at.load(Ordering::SeqCst));

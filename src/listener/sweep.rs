@@ -2,12 +2,14 @@
 //! this host is found and removed on a thread of its own, off the start
 //! path, so registration does not wait for a `docker ps`.
 //!
-//! Owns the "host-sweep" thread and its end: the containment mode line
+//! Owns the "host-sweep" thread, started once the agent registered, and
+//! its end: the containment mode line
 //! (finding the mode kills and removes job cgroups of gone agents), the
 //! private temp dirs of gone agents, and their compose jobs' containers,
 //! networks, volumes and dirs (whose `docker` runs through `shell::host`).
-//! At exit the sweep gets [`EXIT_GRACE`] to finish, is then stopped (a
-//! running `docker` is killed within one poll) and joined. Each sweep only
+//! The sync loop joins it once it is done; at exit the sweep gets
+//! [`EXIT_GRACE`] to finish, is then stopped (a running `docker` is killed
+//! within one poll) and joined. Each sweep only
 //! touches what belongs to an agent that is certainly gone, so it can run
 //! while this agent registers and runs jobs. It must not decide anything
 //! about the agent's state.
@@ -55,8 +57,16 @@ impl HostSweep {
         HostSweep { thread, stop, done }
     }
 
+    /// Joins the thread if the sweep is over (cheap; the sync loop calls
+    /// it every round).
+    pub(super) fn join_if_done(&mut self) {
+        if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.end();
+        }
+    }
+
     /// Waits up to [`EXIT_GRACE`] for the sweep, then stops and joins it.
-    pub(super) fn finish(mut self) {
+    pub(super) fn finish(&mut self) {
         self.end();
     }
 

@@ -58,23 +58,49 @@ pub fn remove_leftovers(tmp_dir: &Path, stopped: &dyn Fn() -> bool) {
             return;
         }
         remove_project(&docker, &project);
+        // The directory goes last, only after a sweep that was not
+        // stopped: while it is there, a later sweep finds the project
+        // by it (below), whatever docker objects are still left.
+        if stopped() {
+            return;
+        }
         let dir = tmp_dir.join(format!("{DIR_PREFIX}{project}"));
         if dir.is_dir() {
             remove_dir(&dir);
         }
     }
-    // Directories of jobs killed before compose made anything.
+    // Directories of jobs whose agent is gone but whose project has no
+    // labelled container (killed before compose made one, or a sweep
+    // stopped after removing the containers): its networks and volumes
+    // first, then the directory.
     let Ok(entries) = std::fs::read_dir(tmp_dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let ours = name.to_str().is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let Some(project) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
         let path = entry.path();
-        if ours && crate::private_tmp::is_private_dir(&path) && liveness::dir_owner_is_gone(&path) {
+        if crate::private_tmp::is_private_dir(&path) && liveness::dir_owner_is_gone(&path) {
+            if is_project_name(project) {
+                remove_project(&docker, project);
+            }
+            if stopped() {
+                return;
+            }
             remove_dir(&path);
         }
     }
+}
+
+/// A project name of ours: `semaphore-` and then only letters, digits
+/// and dashes (so it is safe in a docker filter).
+fn is_project_name(project: &str) -> bool {
+    project.starts_with(PROJECT_PREFIX)
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn remove_dir(dir: &Path) {
@@ -103,10 +129,7 @@ fn gone_projects(docker: &Docker<'_>) -> Vec<String> {
         let Some(owner) = Owner::parse(owner) else {
             continue;
         };
-        if project.starts_with(PROJECT_PREFIX)
-            && project
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        if is_project_name(project)
             && liveness::is_gone(&owner)
             && !projects.iter().any(|p| p == project)
         {
@@ -141,11 +164,11 @@ fn remove_project(docker: &Docker<'_>, project: &str) {
         ])
         .map(|t| t.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
-    log::info!(
-        "Removing compose project {project} of an agent that is gone: {} container(s)",
-        containers.len()
-    );
     if !containers.is_empty() {
+        log::info!(
+            "Removing compose project {project} of an agent that is gone: {} container(s)",
+            containers.len()
+        );
         let mut args = vec!["rm", "-f", "-v"];
         args.extend(containers.iter().map(String::as_str));
         docker.run(&args);
@@ -159,11 +182,13 @@ fn remove_project(docker: &Docker<'_>, project: &str) {
         log::warn!("Compose project {project} still has containers; its networks and volumes stay");
         return;
     }
-    for network in ids(&["network", "ls"]) {
-        docker.run(&["network", "rm", &network]);
-    }
-    for volume in ids(&["volume", "ls"]) {
-        docker.run(&["volume", "rm", &volume]);
+    for (kind, id) in ids(&["network", "ls"])
+        .into_iter()
+        .map(|id| ("network", id))
+        .chain(ids(&["volume", "ls"]).into_iter().map(|id| ("volume", id)))
+    {
+        log::info!("Removing {kind} {id} of compose project {project} of an agent that is gone");
+        docker.run(&[kind, "rm", &id]);
     }
 }
 
