@@ -31,11 +31,11 @@ use super::url_encode;
 /// The first argument that makes the agent binary the exec bridge.
 pub const BRIDGE_ARG: &str = "__kubernetes-exec";
 
-/// The bridge's exit status when the server refused the WebSocket.
+/// The bridge's exit status when the server refused every exec of ours.
 pub const REFUSED_EXIT: i32 = 86;
 
 /// How the bridge's refusal line starts (the executor looks for it).
-pub const REFUSED: &str = "websocket exec refused";
+pub const REFUSED: &str = "exec without kubectl refused";
 
 /// The sub-protocols offered, best first.
 const PROTOCOLS: &str = "v5.channel.k8s.io, v4.channel.k8s.io";
@@ -43,7 +43,7 @@ const PROTOCOLS: &str = "v5.channel.k8s.io, v4.channel.k8s.io";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long one look at the socket waits before stdin is looked at again.
-const SOCKET_TICK: Duration = Duration::from_millis(10);
+pub(super) const SOCKET_TICK: Duration = Duration::from_millis(10);
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -52,15 +52,53 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-/// Why an exec WebSocket could not be opened or used, or why the command
+/// The ways into a pod without kubectl, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecProtocol {
+    /// `v5`/`v4.channel.k8s.io` over a WebSocket: an HTTP GET, which
+    /// Kubernetes authorises as `get` on pods/exec (1.35 on: `get` and
+    /// `create`).
+    WebSocket,
+    /// `v4.channel.k8s.io` over SPDY/3.1: an HTTP POST, `create` on
+    /// pods/exec (the verb Semaphore's Helm charts grant).
+    Spdy,
+}
+
+impl ExecProtocol {
+    /// The HTTP method the upgrade uses.
+    fn method(self) -> &'static str {
+        match self {
+            ExecProtocol::WebSocket => "GET",
+            ExecProtocol::Spdy => "POST",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExecProtocol::WebSocket => "WebSocket",
+            ExecProtocol::Spdy => "SPDY/3.1",
+        })
+    }
+}
+
+/// Why an exec session could not be opened or used, or why the command
 /// in it has no exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecError {
-    /// The server answered the upgrade with an HTTP status (not 101), or
-    /// the client cannot offer a WebSocket with this configuration.
-    Refused { message: String },
+    /// The server answered the upgrade with an HTTP status (not 101) or
+    /// an upgrade we cannot use, or the client cannot offer this protocol
+    /// with this configuration: `message` says which and why.
+    Refused {
+        protocol: ExecProtocol,
+        message: String,
+    },
     /// No connection, TLS, or a broken stream.
-    Transport { message: String },
+    Transport {
+        protocol: ExecProtocol,
+        message: String,
+    },
     /// The error channel's `Status` is not JSON (`status`: its text,
     /// trimmed).
     UnreadableStatus { status: String },
@@ -72,8 +110,12 @@ pub enum ExecError {
 impl std::fmt::Display for ExecError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExecError::Refused { message } => write!(f, "{REFUSED}: {message}"),
-            ExecError::Transport { message } => write!(f, "exec WebSocket failed: {message}"),
+            ExecError::Refused { protocol, message } => {
+                write!(f, "the {protocol} exec was refused: {message}")
+            }
+            ExecError::Transport { protocol, message } => {
+                write!(f, "the {protocol} exec failed: {message}")
+            }
             ExecError::UnreadableStatus { status } => {
                 write!(f, "exec ended with an unreadable status: {status}")
             }
@@ -84,10 +126,52 @@ impl std::fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
+/// The refusal of an upgrade answered with `status` and `body`: the API's
+/// own message, and for a 403 the verb on pods/exec the Role lacks (the
+/// API names it: `cannot get resource "pods/exec"`), else the verb this
+/// protocol's method needs.
+pub(super) fn refusal(protocol: ExecProtocol, status: u16, body: &[u8]) -> ExecError {
+    let api = api_message(body);
+    let mut message = format!("HTTP {status}");
+    if !api.is_empty() {
+        message.push_str(": ");
+        message.push_str(&api);
+    }
+    if status == 403 {
+        let verb = match (lacking_verb(&api), protocol) {
+            (Some(verb), _) => verb.to_string(),
+            (None, ExecProtocol::WebSocket) => "get".to_string(),
+            (None, ExecProtocol::Spdy) => "create".to_string(),
+        };
+        message.push_str(&format!(
+            " (the Role lacks `{verb}` on pods/exec; a {protocol} exec is an HTTP {})",
+            protocol.method()
+        ));
+    }
+    ExecError::Refused { protocol, message }
+}
+
+/// The verb a 403's message says is missing on pods/exec: `... cannot
+/// get resource "pods/exec" ...` → `get`.
+fn lacking_verb(api: &str) -> Option<&str> {
+    let rest = api.split("cannot ").nth(1)?;
+    let (verb, _) = rest.split_once(" resource \"pods/exec\"")?;
+    (!verb.is_empty() && verb.bytes().all(|b| b.is_ascii_lowercase())).then_some(verb)
+}
+
 /// A TCP or TLS stream to the API server.
-enum Conn {
+pub(super) enum Conn {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    pub(super) fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref(),
+        }
+    }
 }
 
 impl Read for Conn {
@@ -115,7 +199,122 @@ impl Write for Conn {
     }
 }
 
-/// An open exec session.
+/// Where the API server is: `scheme://authority`, split.
+pub(super) struct Target {
+    pub https: bool,
+    pub authority: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub(super) fn of(client: &Client, protocol: ExecProtocol) -> Result<Target, ExecError> {
+        let server = client.server();
+        let (scheme, rest) = server
+            .split_once("://")
+            .ok_or_else(|| ExecError::Transport {
+                protocol,
+                message: format!("server '{server}' is not a URL"),
+            })?;
+        let https = scheme == "https";
+        let authority = rest.split('/').next().unwrap_or(rest).to_string();
+        let (host, port) = split_host_port(&authority, if https { 443 } else { 80 });
+        Ok(Target {
+            https,
+            authority,
+            host,
+            port,
+        })
+    }
+}
+
+/// A connection to the API server (TLS as the client's configuration
+/// says), reads bounded by the connect timeout until the caller sets its
+/// own.
+pub(super) fn connect(
+    client: &Client,
+    target: &Target,
+    protocol: ExecProtocol,
+) -> Result<Conn, ExecError> {
+    let transport = |message: String| ExecError::Transport { protocol, message };
+    let host = &target.host;
+    let addr = (host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|e| transport(format!("resolving {host}: {e}")))?
+        .next()
+        .ok_or_else(|| transport(format!("{host} has no address")))?;
+    let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| transport(format!("connecting to {}: {e}", target.authority)))?;
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| transport(e.to_string()))?;
+    if !target.https {
+        return Ok(Conn::Plain(tcp));
+    }
+    let config = rustls_config(client.tls_material(), protocol)?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| transport(format!("server name '{host}': {e}")))?;
+    let session =
+        rustls::ClientConnection::new(config, name).map_err(|e| transport(format!("TLS: {e}")))?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp))))
+}
+
+/// The exec subresource's query: container, the streams, the command.
+pub(super) fn exec_query(container: &str, command: &[String], tty: bool) -> String {
+    let mut query = format!(
+        "container={}&stdin=true&stdout=true&stderr={}&tty={tty}",
+        url_encode(container),
+        !tty
+    );
+    for word in command {
+        query.push_str("&command=");
+        query.push_str(&url_encode(word));
+    }
+    query
+}
+
+/// An open exec session, whichever the protocol.
+pub trait ExecStream {
+    fn protocol(&self) -> ExecProtocol;
+    /// Tells the far terminal its size.
+    fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ExecError>;
+    /// Sends `data` to the command's stdin.
+    fn write_stdin(&mut self, data: &[u8]) -> Result<(), ExecError>;
+    /// Closes the command's stdin (where the protocol can).
+    fn close_stdin(&mut self) -> Result<(), ExecError>;
+    /// The next event: output, the exit status, the end, or `Idle` when
+    /// nothing came within the socket tick.
+    fn next_event(&mut self) -> Result<Event, ExecError>;
+}
+
+/// An open session and why the ways tried before it were refused.
+pub type Opened = (Box<dyn ExecStream>, Vec<ExecError>);
+
+/// An exec session without kubectl: the WebSocket, else (whatever went
+/// wrong with it) SPDY/3.1. `Err` holds why each was refused, in order;
+/// `Ok` the session and why the ones before it were.
+pub fn open_exec(
+    client: &Client,
+    pod: &str,
+    container: &str,
+    command: &[String],
+    tty: bool,
+) -> Result<Opened, Vec<ExecError>> {
+    let mut refused = Vec::new();
+    match ExecSocket::open(client, pod, container, command, tty) {
+        Ok(socket) => return Ok((Box::new(socket), refused)),
+        Err(e) => refused.push(e),
+    }
+    match super::spdy::SpdyExec::open(client, pod, container, command, tty) {
+        Ok(session) => Ok((Box::new(session), refused)),
+        Err(e) => {
+            refused.push(e);
+            Err(refused)
+        }
+    }
+}
+
+/// An open WebSocket exec session.
 pub struct ExecSocket {
     ws: WebSocket<Conn>,
     /// v5 knows the close channel.
@@ -132,27 +331,17 @@ impl ExecSocket {
         command: &[String],
         tty: bool,
     ) -> Result<ExecSocket, ExecError> {
-        let transport = |message: String| ExecError::Transport { message };
-        let server = client.server();
-        let (scheme, rest) = server
-            .split_once("://")
-            .ok_or_else(|| transport(format!("server '{server}' is not a URL")))?;
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let (host, port) = split_host_port(authority, if scheme == "https" { 443 } else { 80 });
-        let mut query = format!(
-            "container={}&stdin=true&stdout=true&stderr={}&tty={tty}",
-            url_encode(container),
-            !tty
-        );
-        for word in command {
-            query.push_str("&command=");
-            query.push_str(&url_encode(word));
-        }
-        let ws_scheme = if scheme == "https" { "wss" } else { "ws" };
+        let protocol = ExecProtocol::WebSocket;
+        let transport = |message: String| ExecError::Transport { protocol, message };
+        let refused = |message: String| ExecError::Refused { protocol, message };
+        let target = Target::of(client, protocol)?;
+        let ws_scheme = if target.https { "wss" } else { "ws" };
         let url = format!(
-            "{ws_scheme}://{authority}/api/v1/namespaces/{}/pods/{}/exec?{query}",
+            "{ws_scheme}://{}/api/v1/namespaces/{}/pods/{}/exec?{}",
+            target.authority,
             url_encode(client.namespace()),
-            url_encode(pod)
+            url_encode(pod),
+            exec_query(container, command, tty)
         );
         let mut request = url
             .as_str()
@@ -170,48 +359,22 @@ impl ExecSocket {
             value.set_sensitive(true);
             headers.insert("Authorization", value);
         }
-
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| transport(format!("resolving {host}: {e}")))?
-            .next()
-            .ok_or_else(|| transport(format!("{host} has no address")))?;
-        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| transport(format!("connecting to {authority}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
-            .map_err(|e| transport(e.to_string()))?;
-        let conn = if scheme == "https" {
-            let config = rustls_config(client.tls_material())?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| transport(format!("server name '{host}': {e}")))?;
-            let session = rustls::ClientConnection::new(config, name)
-                .map_err(|e| transport(format!("TLS: {e}")))?;
-            Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
-        } else {
-            Conn::Plain(tcp)
-        };
+        let conn = connect(client, &target, protocol)?;
         let (ws, response) = match tungstenite::client::client(request, conn) {
             Ok(done) => done,
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(answer))) => {
-                let status = answer.status().as_u16();
-                let body = answer
-                    .body()
-                    .as_ref()
-                    .map(|b| api_message(b))
-                    .unwrap_or_default();
-                return Err(ExecError::Refused {
-                    message: format!("HTTP {status} {body}").trim_end().to_string(),
-                });
+                let body = answer.body().clone().unwrap_or_default();
+                return Err(refusal(protocol, answer.status().as_u16(), &body));
             }
             // An upgrade without a channel protocol we offered: a server
             // (or proxy) that does not speak Kubernetes' exec WebSocket.
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
                 e @ tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
-            ))) => {
-                return Err(ExecError::Refused {
-                    message: format!("no channel protocol: {e}"),
-                })
+            ))) => return Err(refused(format!("no channel protocol: {e}"))),
+            // An answer that is no WebSocket upgrade (an HTTP/1.0 one, a
+            // proxy's): refused as well, so SPDY gets its turn.
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(e))) => {
+                return Err(refused(format!("not a WebSocket upgrade: {e}")))
             }
             Err(tungstenite::HandshakeError::Failure(e)) => {
                 return Err(transport(format!("WebSocket handshake: {e}")))
@@ -220,32 +383,32 @@ impl ExecSocket {
                 return Err(transport("WebSocket handshake interrupted".into()))
             }
         };
-        let protocol = response
+        let chosen = response
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        if !protocol.starts_with("v4.") && !protocol.starts_with("v5.") {
-            return Err(ExecError::Refused {
-                message: format!("the server chose no channel protocol we speak ('{protocol}')"),
-            });
+        if !chosen.starts_with("v4.") && !chosen.starts_with("v5.") {
+            return Err(refused(format!(
+                "the server chose no channel protocol we speak ('{chosen}')"
+            )));
         }
         let mut socket = ExecSocket {
             ws,
-            v5: protocol.starts_with("v5."),
+            v5: chosen.starts_with("v5."),
         };
         socket.set_read_timeout(Some(SOCKET_TICK))?;
         Ok(socket)
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ExecError> {
-        let tcp = match self.ws.get_mut() {
-            Conn::Plain(s) => &*s,
-            Conn::Tls(s) => s.get_ref(),
-        };
-        tcp.set_read_timeout(timeout)
+        self.ws
+            .get_mut()
+            .tcp()
+            .set_read_timeout(timeout)
             .map_err(|e| ExecError::Transport {
+                protocol: ExecProtocol::WebSocket,
                 message: e.to_string(),
             })
     }
@@ -257,6 +420,7 @@ impl ExecSocket {
         self.ws
             .send(Message::binary(frame))
             .map_err(|e| ExecError::Transport {
+                protocol: ExecProtocol::WebSocket,
                 message: format!("sending: {e}"),
             })
     }
@@ -306,11 +470,34 @@ impl ExecSocket {
                 }
                 Err(e) => {
                     return Err(ExecError::Transport {
+                        protocol: ExecProtocol::WebSocket,
                         message: format!("reading: {e}"),
                     })
                 }
             }
         }
+    }
+}
+
+impl ExecStream for ExecSocket {
+    fn protocol(&self) -> ExecProtocol {
+        ExecProtocol::WebSocket
+    }
+
+    fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ExecError> {
+        ExecSocket::resize(self, cols, rows)
+    }
+
+    fn write_stdin(&mut self, data: &[u8]) -> Result<(), ExecError> {
+        ExecSocket::write_stdin(self, data)
+    }
+
+    fn close_stdin(&mut self) -> Result<(), ExecError> {
+        ExecSocket::close_stdin(self)
+    }
+
+    fn next_event(&mut self) -> Result<Event, ExecError> {
+        ExecSocket::next_event(self)
     }
 }
 
@@ -355,22 +542,24 @@ pub fn exit_status(status: &[u8]) -> Result<i32, ExecError> {
     })
 }
 
-fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, ExecError> {
-    let refused = |message: String| ExecError::Refused { message };
+fn rustls_config(
+    material: &TlsMaterial,
+    protocol: ExecProtocol,
+) -> Result<Arc<rustls::ClientConfig>, ExecError> {
     if material.insecure {
-        return Err(refused(
-            "insecure-skip-tls-verify is not supported for the WebSocket".into(),
-        ));
+        return Err(ExecError::Refused {
+            protocol,
+            message: "insecure-skip-tls-verify is not supported without kubectl".into(),
+        });
     }
+    let transport = |message: String| ExecError::Transport { protocol, message };
     let mut roots = rustls::RootCertStore::empty();
     match &material.roots {
         Some(ders) => {
             for der in ders {
                 roots
                     .add(rustls::pki_types::CertificateDer::from(der.clone()))
-                    .map_err(|e| ExecError::Transport {
-                        message: format!("the cluster's CA: {e}"),
-                    })?;
+                    .map_err(|e| transport(format!("the cluster's CA: {e}")))?;
             }
         }
         None => {
@@ -383,9 +572,7 @@ fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, Ex
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ExecError::Transport {
-            message: format!("TLS: {e}"),
-        })?
+        .map_err(|e| transport(format!("TLS: {e}")))?
         .with_root_certificates(roots);
     let config = match &material.client {
         Some((chain, key)) => {
@@ -393,16 +580,11 @@ fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, Ex
                 .iter()
                 .map(|d| rustls::pki_types::CertificateDer::from(d.clone()))
                 .collect();
-            let key = rustls::pki_types::PrivateKeyDer::try_from(key.clone()).map_err(|e| {
-                ExecError::Transport {
-                    message: format!("client key: {e}"),
-                }
-            })?;
+            let key = rustls::pki_types::PrivateKeyDer::try_from(key.clone())
+                .map_err(|e| transport(format!("client key: {e}")))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| ExecError::Transport {
-                    message: format!("client certificate: {e}"),
-                })?
+                .map_err(|e| transport(format!("client certificate: {e}")))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -440,23 +622,38 @@ fn api_message(body: &[u8]) -> String {
         .collect()
 }
 
-/// The exec bridge: `agent __kubernetes-exec <namespace> <pod> <container>
-/// -- <command...>`, run by the executor inside the shell's PTY. Opens
-/// the exec WebSocket with the agent's Kubernetes credentials and copies
+/// The exec bridge: `agent __kubernetes-exec [--report FILE] <namespace>
+/// <pod> <container> -- <command...>`, run by the executor inside the
+/// shell's PTY. Opens an exec session with the agent's Kubernetes
+/// credentials (the WebSocket, else SPDY/3.1: [`open_exec`]) and copies
 /// the PTY's input to the command's stdin and its output back until the
-/// command ends; the exit status is the command's. The PTY's settings are
-/// the shell's business (as for `kubectl exec -it`), the far terminal is
-/// told the PTY's size.
+/// command ends; the exit status is the command's. What it prints before
+/// bash answers is dropped by the shell, so it tells the executor through
+/// FILE (made by the executor, 0600) which protocol it uses and why the
+/// ones before were refused: one `<protocol>\t<why>` line per refusal,
+/// then `using\t<protocol>`. When every way is refused it prints
+/// [`REFUSED`] and the reasons and exits with [`REFUSED_EXIT`]. The PTY's
+/// settings are the shell's business (as for `kubectl exec -it`), the far
+/// terminal is told the PTY's size.
 #[cfg(unix)]
 pub fn bridge(args: &[String]) -> i32 {
+    let usage = || {
+        eprintln!(
+            "usage: {BRIDGE_ARG} [--report FILE] <namespace> <pod> <container> -- <command...>"
+        );
+        2
+    };
+    let (report, args) = match args {
+        [flag, file, rest @ ..] if flag == "--report" => (Some(file.as_str()), rest),
+        _ => (None, args),
+    };
     let [namespace, pod, container, dashes, command @ ..] = args else {
-        eprintln!("usage: {BRIDGE_ARG} <namespace> <pod> <container> -- <command...>");
-        return 2;
+        return usage();
     };
     if dashes != "--" || command.is_empty() {
-        eprintln!("usage: {BRIDGE_ARG} <namespace> <pod> <container> -- <command...>");
-        return 2;
+        return usage();
     }
+    let mut lines = String::new();
     let client = match Client::discover(namespace) {
         Ok(client) => client,
         Err(e) => {
@@ -464,29 +661,91 @@ pub fn bridge(args: &[String]) -> i32 {
             return REFUSED_EXIT;
         }
     };
-    let mut socket = match ExecSocket::open(&client, pod, container, command, true) {
-        Ok(socket) => socket,
-        Err(e @ ExecError::Refused { .. }) => {
-            eprintln!("{e}");
-            return REFUSED_EXIT;
+    let mut session = match open_exec(&client, pod, container, command, true) {
+        Ok((session, refused)) => {
+            for e in &refused {
+                lines.push_str(&report_line(e));
+            }
+            lines.push_str(&format!("using\t{}\n", session.protocol()));
+            write_report(report, &lines);
+            session
         }
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
+        Err(refused) => {
+            for e in &refused {
+                lines.push_str(&report_line(e));
+            }
+            write_report(report, &lines);
+            let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            eprintln!("{REFUSED}: {}", reasons.join("; "));
+            return REFUSED_EXIT;
         }
     };
     let (cols, rows) = terminal_size(0).unwrap_or((200, 50));
-    if let Err(e) = socket.resize(cols, rows) {
+    if let Err(e) = session.resize(cols, rows) {
         eprintln!("{e}");
         return 1;
     }
-    pump(&mut socket)
+    pump(session.as_mut())
 }
 
-/// Copies fd 0 to the socket's stdin and its output to fd 1 until the
+/// A report line: the protocol and why it was refused, on one line.
+#[cfg(unix)]
+fn report_line(error: &ExecError) -> String {
+    let protocol = match error {
+        ExecError::Refused { protocol, .. } | ExecError::Transport { protocol, .. } => {
+            protocol.to_string()
+        }
+        _ => "exec".to_string(),
+    };
+    let why = error.to_string().replace(['\n', '\r', '\t'], " ");
+    format!("{protocol}\t{why}\n")
+}
+
+/// Writes the report into the file the executor made (never creating or
+/// following one).
+#[cfg(unix)]
+fn write_report(path: Option<&str>, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = path else {
+        return;
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    if let Ok(mut file) = file {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
+/// What a bridge's report says: the protocol it uses (if any) and why
+/// each one before was refused, as `(protocol, why)`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExecReport {
+    pub using: Option<String>,
+    pub refused: Vec<(String, String)>,
+}
+
+impl ExecReport {
+    pub fn parse(text: &str) -> ExecReport {
+        let mut report = ExecReport::default();
+        for line in text.lines() {
+            match line.split_once('\t') {
+                Some(("using", protocol)) => report.using = Some(protocol.to_string()),
+                Some((protocol, why)) => {
+                    report.refused.push((protocol.to_string(), why.to_string()))
+                }
+                None => {}
+            }
+        }
+        report
+    }
+}
+
+/// Copies fd 0 to the session's stdin and its output to fd 1 until the
 /// command ends.
 #[cfg(unix)]
-fn pump(socket: &mut ExecSocket) -> i32 {
+fn pump(socket: &mut dyn ExecStream) -> i32 {
     let mut stdin_open = true;
     let mut status: Option<Result<i32, ExecError>> = None;
     let mut buf = vec![0u8; 16 * 1024];
@@ -696,7 +955,11 @@ mod tests {
             .err()
             .expect("refused");
         assert!(matches!(err, ExecError::Refused { .. }), "{err}");
-        assert!(err.to_string().starts_with(REFUSED), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the WebSocket exec was refused: no channel protocol"),
+            "{err}"
+        );
         let (_, stdin) = endpoint.join().unwrap();
         assert!(stdin.is_empty());
     }

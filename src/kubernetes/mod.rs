@@ -16,19 +16,24 @@ mod client;
 mod exec;
 mod objects;
 mod owner;
+#[cfg(unix)]
+mod spdy;
 
 use std::time::Duration;
 
 pub use client::{Client, KubeError};
 #[cfg(unix)]
 pub use exec::{
-    bridge as exec_bridge, exit_status, Event, ExecError, ExecSocket, BRIDGE_ARG, REFUSED,
+    bridge as exec_bridge, exit_status, open_exec, Event, ExecError, ExecProtocol, ExecReport,
+    ExecSocket, ExecStream, BRIDGE_ARG, REFUSED,
 };
 pub use objects::{
     docker_config_json, env_secret, file_key, pod, pod_progress, pull_secret, Decorator,
     PodProgress, PodSpecError, ENV_KEY, ENV_VOLUME,
 };
 pub use owner::{agent_label_value, delete_leftovers, Journal, OwnerPod, AGENT_LABEL};
+#[cfg(unix)]
+pub use spdy::SpdyExec;
 
 /// The directory of the main container where the job's secret (the `.env`
 /// and the files) is mounted read-only, as in the Go agent.

@@ -252,8 +252,15 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
         "agent-under-test"
     );
     assert!(created["metadata"].get("ownerReferences").is_none());
-    // The exec went to the WebSocket first; the fake refused the upgrade.
-    assert_eq!(c.kube.upgrades(), [format!("{base}/pods/{pod}/exec")]);
+    // The exec went to the WebSocket first, then SPDY; the fake refused
+    // both upgrades, so kubectl was the last resort.
+    assert_eq!(
+        c.kube.upgrades(),
+        [
+            format!("GET {base}/pods/{pod}/exec"),
+            format!("POST {base}/pods/{pod}/exec")
+        ]
+    );
     assert_eq!(
         c.kubectl_calls(),
         format!("exec -it -n {NAMESPACE} {pod} -c main -- bash --login\n")
@@ -272,18 +279,30 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     );
     let fallback: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("refused the exec WebSocket"))
+        .filter(|l| l.contains("without kubectl was refused"))
         .collect();
     assert_eq!(fallback.len(), 1, "{log}");
+    let refused = "the WebSocket exec was refused: HTTP 400: the fake Kubernetes API does not \
+                   upgrade; the SPDY/3.1 exec was refused: HTTP 400: the fake Kubernetes API \
+                   does not upgrade";
     assert!(
-        fallback[0].contains("HTTP 400 the fake Kubernetes API does not upgrade to WebSocket")
-            && fallback[0].contains("falling back to kubectl exec"),
+        fallback[0].contains(refused) && fallback[0].contains("falling back to kubectl exec"),
         "{log}"
     );
-    // What the job used is only kubectl's share here, and the line says so.
+    // The job log says so too.
+    let (_, start, _) = step(&steps, "Starting shell session...");
     assert!(
-        log.lines().any(|l| l.contains("Job used ")
-            && l.contains("launcher only; the job ran in a container or pod)")),
+        start.contains(&format!(
+            "Exec without kubectl was refused ({refused}); trying kubectl exec\n"
+        )),
+        "{start}"
+    );
+    // What the job used is only kubectl's share here, and the line says
+    // so; the refused bridge ran nothing and has no line.
+    let usage: Vec<&str> = log.lines().filter(|l| l.contains("Job used ")).collect();
+    assert_eq!(usage.len(), 1, "{log}");
+    assert!(
+        usage[0].contains("launcher only; the job ran in a container or pod)"),
         "{log}"
     );
     c.hub.shutdown("requested");
