@@ -11,6 +11,8 @@
 //! not run anything or touch the job's log: the executor
 //! (`executor::kubernetes`) decides what users see and when.
 
+#[cfg(unix)]
+mod bridge;
 mod client;
 #[cfg(unix)]
 mod exec;
@@ -21,12 +23,11 @@ mod spdy;
 
 use std::time::Duration;
 
+#[cfg(unix)]
+pub use bridge::{bridge as exec_bridge, open_exec, ExecReport, BRIDGE_ARG, REFUSED};
 pub use client::{Client, KubeError};
 #[cfg(unix)]
-pub use exec::{
-    bridge as exec_bridge, exit_status, open_exec, Event, ExecError, ExecProtocol, ExecReport,
-    ExecSocket, ExecStream, BRIDGE_ARG, REFUSED,
-};
+pub use exec::{exit_status, Event, ExecError, ExecProtocol, ExecSocket, ExecStream};
 pub use objects::{
     docker_config_json, env_secret, file_key, pod, pod_progress, pull_secret, Decorator,
     PodProgress, PodSpecError, ENV_KEY, ENV_VOLUME,

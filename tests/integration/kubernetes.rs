@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use crate::support::agent::Agent;
 use crate::support::events::{commands, step, steps};
 use crate::support::hub::Hub;
-use crate::support::kube::{kubectl_stand_in, FakeKube, PodBehaviour, KUBE_TOKEN};
+use crate::support::kube::{
+    kubectl_stand_in, path_without_kubectl, FakeKube, PodBehaviour, KUBE_TOKEN,
+};
 use crate::support::{self, b64, Sandbox, WAIT};
 
 const NAMESPACE: &str = "ci-jobs";
@@ -494,6 +496,42 @@ fn a_kubeconfig_reaches_the_cluster_outside_a_pod() {
         out.contains("Failed to create the Kubernetes client") && out.contains("'missing'"),
         "{out}"
     );
+}
+
+#[test]
+fn with_both_execs_refused_and_no_kubectl_the_job_fails_naming_kubectl_and_why() {
+    let c = Cluster::new();
+    let mut env = c.kube.agent_env();
+    env.push(("PATH".into(), path_without_kubectl()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let agent = Agent::start(
+        &c.sandbox,
+        &c.hub.endpoint(),
+        &[
+            "--no-https",
+            "--kubernetes-executor",
+            "--kubernetes-default-image",
+            "img:1",
+        ],
+        &env,
+    );
+    let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let (_, out, code) = step(&steps(&events), "Starting shell session...").clone();
+    assert_eq!(code, 1);
+    for line in [
+        "Exec without kubectl was refused (the WebSocket exec was refused: HTTP 400: the fake \
+         Kubernetes API does not upgrade; the SPDY/3.1 exec was refused: HTTP 400: the fake \
+         Kubernetes API does not upgrade); trying kubectl exec\n",
+        "Failed to start shell in kubernetes container\n",
+        "cannot start the job's shell: starting kubectl: kubectl is not on PATH",
+    ] {
+        assert!(out.contains(line), "{line:?} not in {out}");
+    }
+    assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
+    // No shell ran: no usage line.
+    let log = agent.log();
+    assert!(!log.contains("Job used "), "{log}");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use crate::support::agent::Agent;
 use crate::support::cluster::{role_rules, RealCluster, TestNamespace, JOB_IMAGE};
 use crate::support::events::{commands, step, steps};
 use crate::support::hub::Hub;
+use crate::support::kube::path_without_kubectl;
 use crate::support::{b64, Sandbox};
 
 /// A job on a real pod: image present on the node, a pod Ready in about a
@@ -91,17 +92,6 @@ impl<'a> Run<'a> {
             self.ns.objects()
         );
     }
-}
-
-/// This machine's PATH without any directory holding a kubectl (the
-/// cluster's, Debian's in /usr/bin): the agent must not need one.
-fn path_without_kubectl() -> String {
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
-    let dirs: Vec<&str> = path
-        .split(':')
-        .filter(|d| !d.is_empty() && !std::path::Path::new(d).join("kubectl").exists())
-        .collect();
-    dirs.join(":")
 }
 
 /// The agent's log says the exec was SPDY/3.1 after the WebSocket was

@@ -591,3 +591,14 @@ exec env -i HOME="$KUBECTL_STAND_IN_POD_HOME" PATH=/usr/local/bin:/usr/bin:/bin 
         ),
     ]
 }
+
+/// This machine's PATH without any directory holding a kubectl (the real
+/// cluster's, one in /usr/bin): for an agent that must not need one.
+pub fn path_without_kubectl() -> String {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let dirs: Vec<&str> = path
+        .split(':')
+        .filter(|d| !d.is_empty() && !Path::new(d).join("kubectl").exists())
+        .collect();
+    dirs.join(":")
+}
