@@ -630,10 +630,10 @@ impl SpdyExec {
                     }
                     Ok(None)
                 }
-                GOAWAY => {
-                    self.eof = true;
-                    Ok(self.give_status())
-                }
+                // No new streams; the open ones still carry what is in
+                // flight (output written before the server closed): read
+                // on until the connection ends.
+                GOAWAY => Ok(None),
                 // HEADERS, SYN_STREAM (a server push exec never makes),
                 // NOOP and CREDENTIAL: nothing for exec.
                 _ => Ok(None),
