@@ -1037,7 +1037,9 @@ mod tests {
             goaway.extend_from_slice(&0u32.to_be_bytes());
             conn.write_all(&control_frame(GOAWAY, 0, &goaway)).unwrap();
             // Output still in flight when the server closed: after the
-            // GOAWAY, and it must arrive.
+            // GOAWAY (and a moment, so it is a read of its own), and it
+            // must arrive.
+            std::thread::sleep(std::time::Duration::from_millis(300));
             conn.write_all(&data_frame(stdout, FLAG_FIN, &[b'y'; 8192]))
                 .unwrap();
             // The client answers the ping and acknowledges what it read.
