@@ -1,7 +1,8 @@
 //! What a pipeline run prints: each job's events (for people, each line
-//! prefixed with the job's name when jobs run side by side; or JSON lines
-//! with `block` and `job` added), progress lines, notes, the final table
-//! and `pipeline_finished`.
+//! prefixed with the job's name, or `block / job` where a name repeats,
+//! when jobs run side by side, the setup steps folded into one line unless
+//! `--verbose`; or JSON lines with `block` and `job` added), progress
+//! lines, notes, the final table and `pipeline_finished`.
 //!
 //! Every job thread writes through one [`Console`] (a mutex around
 //! stdout), a whole line at a time, so lines of parallel jobs never mix.
@@ -56,27 +57,51 @@ pub struct JobSink {
     console: Console,
     block: String,
     job: String,
-    /// `[job] ` before each line, or nothing.
+    /// `[label] ` before each line, or nothing.
     prefix: String,
     partial: String,
-    /// Inside "Exporting environment variables": the names are counted,
-    /// not listed (`--json` keeps every line).
-    exporting: Option<usize>,
+    /// `--verbose`: every setup line as the job log has it.
+    verbose: bool,
+    /// The setup step running now (folded unless `verbose`).
+    setup: Option<SetupStep>,
+    /// What the setup steps before the first command did, until it is
+    /// told in one line.
+    folded: Option<Folded>,
+}
+
+/// A setup step ("Exporting environment variables", "Injecting Files")
+/// held back: its lines are shown only if it fails.
+struct SetupStep {
+    held: String,
+}
+
+#[derive(Default)]
+struct Folded {
+    variables: usize,
+    files: usize,
+    /// The line was printed (later setup steps stay silent).
+    told: bool,
 }
 
 impl JobSink {
-    pub fn new(console: Console, block: &str, job: &str, prefixed: bool) -> JobSink {
+    /// `label` is what prefixes every line (`job`, or `block / job` where
+    /// job names repeat across blocks), or `None` for no prefix.
+    pub fn new(
+        console: Console,
+        block: &str,
+        job: &str,
+        label: Option<&str>,
+        verbose: bool,
+    ) -> JobSink {
         JobSink {
             console,
             block: block.to_string(),
             job: job.to_string(),
-            prefix: if prefixed {
-                format!("[{job}] ")
-            } else {
-                String::new()
-            },
+            prefix: label.map(|l| format!("[{l}] ")).unwrap_or_default(),
             partial: String::new(),
-            exporting: None,
+            verbose,
+            setup: None,
+            folded: (!verbose).then(Folded::default),
         }
     }
 
@@ -104,6 +129,45 @@ impl JobSink {
             self.console.write(&format!("{}{rest}\n", self.prefix));
         }
     }
+
+    /// The one line that stands for the setup steps before the first
+    /// command, once.
+    fn tell_setup(&mut self) {
+        let Some(f) = &mut self.folded else { return };
+        if f.told {
+            return;
+        }
+        f.told = true;
+        let line = setup_line(f.variables, f.files);
+        self.lines(&line);
+    }
+}
+
+/// The one warning for secrets a run goes without: each name once.
+pub fn missing_secrets_line(names: &[String]) -> String {
+    match names {
+        [one] => format!("warning: secret {one} is not in the secrets file; running without it"),
+        _ => format!(
+            "warning: secrets {} are not in the secrets file; running without them",
+            names.join(", ")
+        ),
+    }
+}
+
+/// `setup: 39 variables, 2 files`.
+pub fn setup_line(variables: usize, files: usize) -> String {
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let mut line = format!("setup: {}", plural(variables, "variable"));
+    if files > 0 {
+        line.push_str(&format!(", {}", plural(files, "file")));
+    }
+    line.push('\n');
+    line
+}
+
+fn is_setup(directive: &str) -> bool {
+    directive == crate::job::lifecycle::EXPORT_ENV_DIRECTIVE
+        || directive == crate::job::lifecycle::INJECT_FILES_DIRECTIVE
 }
 
 /// The event as a JSON line with `block` and `job` added after the wire
@@ -128,14 +192,23 @@ impl EventSink for JobSink {
             Event::JobStarted { .. } => {}
             Event::CmdStarted { directive, .. } => {
                 self.end_line();
-                if directive == crate::job::lifecycle::EXPORT_ENV_DIRECTIVE {
-                    self.exporting = Some(0);
+                let shown = format!("$ {}\n", directive.trim_end());
+                if !self.verbose && is_setup(&directive) {
+                    self.setup = Some(SetupStep { held: shown });
+                } else {
+                    self.tell_setup();
+                    self.lines(&shown);
                 }
-                self.lines(&format!("$ {}\n", directive.trim_end()));
             }
-            Event::CmdOutput { output, .. } => match &mut self.exporting {
-                Some(n) if output.starts_with("Exporting ") => {
-                    *n += output.matches('\n').count().max(1);
+            Event::CmdOutput { output, .. } => match (&mut self.setup, &mut self.folded) {
+                (Some(step), Some(f)) => {
+                    let count = output.lines().count().max(1);
+                    if output.starts_with("Exporting ") {
+                        f.variables += count;
+                    } else if output.starts_with("Injecting ") {
+                        f.files += count;
+                    }
+                    step.held.push_str(&output);
                 }
                 _ => self.lines(&output),
             },
@@ -146,14 +219,24 @@ impl EventSink for JobSink {
                 ..
             } => {
                 self.end_line();
-                if let Some(n) = self.exporting.take() {
-                    self.lines(&format!("({n} variables)\n"));
-                }
                 let took = finished_at.saturating_sub(started_at);
-                self.lines(&format!("[exit code {exit_code}, {took}s]\n"));
+                let exit = format!("[exit code {exit_code}, {took}s]\n");
+                if let Some(step) = self.setup.take() {
+                    // A setup step that failed is shown whole.
+                    if exit_code != 0 {
+                        self.tell_setup();
+                        let held = step.held;
+                        self.lines(&held);
+                        self.end_line();
+                        self.lines(&exit);
+                    }
+                    return;
+                }
+                self.lines(&exit);
             }
             Event::JobFinished { result, .. } => {
                 self.end_line();
+                self.tell_setup();
                 self.lines(&format!("Job {result}\n"));
             }
         }
@@ -261,8 +344,8 @@ mod tests {
     fn prefixed_lines_are_whole() {
         let buf = Buf::default();
         let console = Console::new(Box::new(buf.clone()), false);
-        let mut a = JobSink::new(console.clone(), "B", "a", true);
-        let mut b = JobSink::new(console, "B", "b", true);
+        let mut a = JobSink::new(console.clone(), "B", "a", Some("a"), false);
+        let mut b = JobSink::new(console, "B", "b", Some("b"), false);
         a.emit(Event::CmdOutput {
             timestamp: 1,
             output: "one ".into(),

@@ -49,6 +49,8 @@ pub struct Settings {
     /// is one hour).
     pub time_limit: u64,
     pub prefix_output: bool,
+    /// `--verbose`: every setup line of a job.
+    pub verbose: bool,
     /// Each job's options, by job index (HOME differs per job).
     pub options: Vec<JobOptions>,
     pub patterns: Vec<String>,
@@ -132,6 +134,9 @@ pub fn run(
             }
             cancel_waiting(&mut job_state, &mut block_state, jobs, "Ctrl-C");
         }
+        // Blocks whose jobs all ended, before their dependents are looked
+        // at (so a block change is one progress line).
+        settle_blocks(&job_state, &mut block_state, jobs);
         // Blocks whose dependencies are settled.
         for b in 0..blocks.len() {
             if block_state[b] != BlockState::Pending || pipeline_stopped {
@@ -228,7 +233,7 @@ pub fn run(
         }
         settle_blocks(&job_state, &mut block_state, jobs);
         if !console.json {
-            let line = progress(&job_state, &block_state, jobs, blocks);
+            let line = progress(&block_state, blocks);
             if line != last_progress {
                 console.note(&line);
                 last_progress = line;
@@ -451,41 +456,24 @@ fn settle_blocks(job_state: &[JobState], block_state: &mut [BlockState], jobs: &
     }
 }
 
-fn progress(
-    job_state: &[JobState],
-    block_state: &[BlockState],
-    jobs: &[PlannedJob],
-    blocks: &[BlockPlan],
-) -> String {
-    let running = job_state
-        .iter()
-        .filter(|s| **s == JobState::Running)
-        .count();
-    let passed = job_state
-        .iter()
-        .filter(|s| matches!(s, JobState::Done(JobResult::Passed, ..)))
-        .count();
-    let failed = job_state
-        .iter()
-        .filter(|s| matches!(s, JobState::Done(r, ..) if *r != JobResult::Passed))
-        .count();
-    let done_blocks = block_state.iter().filter(|s| settled(**s)).count();
-    let current: Vec<&str> = blocks
-        .iter()
-        .zip(block_state)
+/// The progress line: blocks only (`after_pipeline` is not one).
+fn progress(block_state: &[BlockState], blocks: &[BlockPlan]) -> String {
+    let counted = || blocks.iter().zip(block_state).filter(|(b, _)| !b.always);
+    let total = counted().count();
+    let done = counted().filter(|(_, s)| settled(**s)).count();
+    let failed = counted().filter(|(_, s)| **s == BlockState::Failed).count();
+    let running: Vec<&str> = counted()
         .filter(|(_, s)| **s == BlockState::Running)
         .map(|(b, _)| b.name.as_str())
         .collect();
-    let _ = jobs;
-    format!(
-        "--- blocks {done_blocks}/{} done{}: {running} running, {passed} passed, {failed} failed",
-        blocks.len(),
-        if current.is_empty() {
-            String::new()
-        } else {
-            format!(" (running: {})", current.join(", "))
-        }
-    )
+    let mut line = format!("--- blocks {done}/{total} done");
+    if failed > 0 {
+        line.push_str(&format!(", {failed} failed"));
+    }
+    if !running.is_empty() {
+        line.push_str(&format!("; running: {}", running.join(", ")));
+    }
+    line
 }
 
 /// What an `after_pipeline` job learns about the pipeline that ran: its
@@ -554,7 +542,8 @@ fn spawn_job(
         console.clone(),
         &job.block,
         &job.job,
-        settings.prefix_output,
+        settings.prefix_output.then_some(job.label.as_str()),
+        settings.verbose,
     );
     std::thread::Builder::new()
         .name("pipeline-job".into())
