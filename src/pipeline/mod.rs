@@ -90,6 +90,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::job::{JobOptions, JobStop};
+use schedule::SkipReason;
 use schema::Cond;
 
 /// What `run <pipeline>` was asked to do.
@@ -207,21 +208,19 @@ impl when::Facts for Facts<'_> {
 }
 
 /// `Some(true/false)`, or `None` with the reason noted once.
-fn decide(cond: &Cond, git: &git::GitInfo, what: &str, notes: &mut Vec<String>) -> Option<bool> {
+fn decide(
+    cond: &Cond,
+    git: &git::GitInfo,
+    what: output::Condition<'_>,
+    notes: &mut Vec<String>,
+) -> Option<bool> {
     match cond {
         Cond::Bool(b) => Some(*b),
         Cond::Expr(expr) => match when::eval(expr, &Facts(git)) {
             when::Truth::Yes => Some(true),
             when::Truth::No => Some(false),
             when::Truth::Unknown(why) => {
-                let note = format!(
-                    "note: {what} cannot be decided locally ({why}); it is taken as {}",
-                    if what.contains("skip") {
-                        "false: the block runs"
-                    } else {
-                        "true: the block runs"
-                    }
-                );
+                let note = output::undecided_note(what, &why);
                 if !notes.contains(&note) {
                     notes.push(note);
                 }
@@ -231,20 +230,22 @@ fn decide(cond: &Cond, git: &git::GitInfo, what: &str, notes: &mut Vec<String>) 
     }
 }
 
+/// The fail-fast mode of a task (`block`) or of the pipeline (`None`):
+/// stop (true) or cancel (false), when its condition holds.
 fn fail_fast_mode(
     f: &Option<schema::FailFast>,
     git: &git::GitInfo,
-    what: &str,
+    block: Option<&str>,
     notes: &mut Vec<String>,
 ) -> Option<bool> {
     let f = f.as_ref()?;
     if let Some(c) = &f.stop {
-        if decide(c, git, &format!("{what} fail_fast.stop"), notes) == Some(true) {
+        if decide(c, git, output::Condition::FailFastStop(block), notes) == Some(true) {
             return Some(true);
         }
     }
     if let Some(c) = &f.cancel {
-        if decide(c, git, &format!("{what} fail_fast.cancel"), notes) == Some(true) {
+        if decide(c, git, output::Condition::FailFastCancel(block), notes) == Some(true) {
             return Some(false);
         }
     }
@@ -369,26 +370,14 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     for (i, b) in pipeline.blocks.iter().enumerate() {
         let mut skipped = None;
         if !selected[i] {
-            skipped = Some("not selected".to_string());
+            skipped = Some(SkipReason::NotSelected);
         } else if let Some(c) = &b.skip {
-            if decide(
-                c,
-                &git,
-                &format!("block {:?} skip condition", b.name),
-                &mut notes,
-            ) == Some(true)
-            {
-                skipped = Some("skip condition is true".into());
+            if decide(c, &git, output::Condition::Skip(&b.name), &mut notes) == Some(true) {
+                skipped = Some(SkipReason::SkipCondition);
             }
         } else if let Some(c) = &b.run {
-            if decide(
-                c,
-                &git,
-                &format!("block {:?} run condition", b.name),
-                &mut notes,
-            ) == Some(false)
-            {
-                skipped = Some("run condition is false".into());
+            if decide(c, &git, output::Condition::Run(&b.name), &mut notes) == Some(false) {
+                skipped = Some(SkipReason::RunCondition);
             }
         }
         blocks.push(schedule::BlockPlan {
@@ -396,12 +385,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
             deps: deps_idx[i].clone(),
             skipped,
             time_limit: b.execution_time_limit,
-            fail_fast_stop: fail_fast_mode(
-                &b.task.fail_fast,
-                &git,
-                &format!("block {:?}", b.name),
-                &mut notes,
-            ),
+            fail_fast_stop: fail_fast_mode(&b.task.fail_fast, &git, Some(&b.name), &mut notes),
             always: false,
         });
     }
@@ -417,8 +401,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         jobs.extend(after);
     }
     label_repeated_names(&mut jobs);
-    let pipeline_fail_fast =
-        fail_fast_mode(&pipeline.fail_fast, &git, "the pipeline's", &mut notes);
+    let pipeline_fail_fast = fail_fast_mode(&pipeline.fail_fast, &git, None, &mut notes);
 
     if opts.list {
         if opts.json {
@@ -430,8 +413,8 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
                 let deps: Vec<&str> = b.deps.iter().map(|&d| blocks[d].name.as_str()).collect();
                 let state = b
                     .skipped
-                    .as_deref()
-                    .map(|s| format!(" [skipped: {s}]"))
+                    .as_ref()
+                    .map(|s| format!(" [skipped: {}]", output::skip_reason(s)))
                     .unwrap_or_default();
                 console.write(&format!(
                     "block \"{}\"{}{state}\n",
@@ -539,13 +522,13 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     if opts.json {
         console.write(&format!("{}\n", output::finished_json(result, &rows)));
     } else {
-        console.write(&format!("\n{}Pipeline {result}\n", output::table(&rows)));
+        console.write(&format!(
+            "\n{}Pipeline {}\n",
+            output::table(&rows),
+            output::result_word(result)
+        ));
     }
-    Ok(match result {
-        "passed" => PipelineResult::Passed,
-        "stopped" => PipelineResult::Stopped,
-        _ => PipelineResult::Failed,
-    })
+    Ok(result)
 }
 
 /// What a local run did with the parts of a pipeline that only mean

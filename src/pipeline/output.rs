@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use crate::events::{Event, EventSink};
+use super::schedule::{JobEnd, LimitLevel, SkipReason};
+use super::PipelineResult;
+use crate::events::{Event, EventSink, JobResult};
 
 /// The most of an unfinished output line a job holds before printing it.
 const MAX_PARTIAL: usize = 8 * 1024;
@@ -249,14 +251,159 @@ impl Drop for JobSink {
     }
 }
 
+/// How one job of the final table came out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Ran {
+        result: JobResult,
+        duration_s: f64,
+        end: JobEnd,
+    },
+    Skipped(SkipReason),
+    /// Still waiting when the run ended.
+    NotRun,
+}
+
+impl Outcome {
+    /// Whether this job lets the pipeline pass.
+    pub fn passes(&self) -> bool {
+        match self {
+            Outcome::Ran { result, .. } => *result == JobResult::Passed,
+            Outcome::Skipped(why) => !why.fails_pipeline(),
+            Outcome::NotRun => false,
+        }
+    }
+
+    /// passed, failed, stopped, skipped, or not run.
+    fn word(&self) -> &'static str {
+        match self {
+            Outcome::Ran { result, .. } => result.as_str(),
+            Outcome::Skipped(_) => "skipped",
+            Outcome::NotRun => "not run",
+        }
+    }
+
+    fn duration_s(&self) -> f64 {
+        match self {
+            Outcome::Ran { duration_s, .. } => *duration_s,
+            Outcome::Skipped(_) | Outcome::NotRun => 0.0,
+        }
+    }
+
+    /// Why, for the table: a skip's reason or what ended a job early.
+    fn note(&self) -> String {
+        match self {
+            Outcome::Ran { end, .. } => job_end(end),
+            Outcome::Skipped(why) => skip_reason(why),
+            Outcome::NotRun => String::new(),
+        }
+    }
+}
+
 /// One row of the final table.
 pub struct Row {
     pub block: String,
     pub job: String,
-    /// passed, failed, stopped, skipped, or not run.
-    pub result: String,
-    pub duration_s: f64,
-    pub note: String,
+    pub outcome: Outcome,
+}
+
+/// A skip's reason, as the table says it.
+pub fn skip_reason(why: &SkipReason) -> String {
+    match why {
+        SkipReason::NotSelected => "not selected".into(),
+        SkipReason::SkipCondition => "skip condition is true".into(),
+        SkipReason::RunCondition => "run condition is false".into(),
+        SkipReason::DependencyFailed(block) => format!("dependency \"{block}\" did not pass"),
+        SkipReason::BlockFailFast => "the block's fail_fast".into(),
+        SkipReason::PipelineFailFast => "the pipeline's fail_fast".into(),
+        SkipReason::Interrupted => "Ctrl-C".into(),
+    }
+}
+
+/// What ended a job early, or nothing.
+fn job_end(end: &JobEnd) -> String {
+    match end {
+        JobEnd::Ran => String::new(),
+        JobEnd::TimeLimit { level, minutes } => {
+            let level = match level {
+                LimitLevel::Pipeline => "pipeline",
+                LimitLevel::Block => "block",
+                LimitLevel::Job => "job",
+            };
+            format!("{level} execution_time_limit of {minutes} min reached")
+        }
+        JobEnd::Panicked => "the job's thread panicked".into(),
+        JobEnd::CannotStart(e) => format!("cannot start a thread: {e}"),
+    }
+}
+
+/// A condition a note is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Condition<'a> {
+    /// The block's `skip`.
+    Skip(&'a str),
+    /// The block's `run`.
+    Run(&'a str),
+    /// The `fail_fast.stop` of a block's task, or of the pipeline (`None`).
+    FailFastStop(Option<&'a str>),
+    FailFastCancel(Option<&'a str>),
+}
+
+/// The note for a condition a local run cannot decide, and what it does.
+pub fn undecided_note(c: Condition<'_>, why: &str) -> String {
+    let whose = |block: Option<&str>| match block {
+        Some(b) => format!("block \"{b}\""),
+        None => "the pipeline's".to_string(),
+    };
+    let (what, taken) = match c {
+        Condition::Skip(b) => (
+            format!("block \"{b}\" skip condition"),
+            "false: the block runs",
+        ),
+        Condition::Run(b) => (
+            format!("block \"{b}\" run condition"),
+            "true: the block runs",
+        ),
+        Condition::FailFastStop(b) => (
+            format!("{} fail_fast.stop", whose(b)),
+            "false: no fail-fast",
+        ),
+        Condition::FailFastCancel(b) => (
+            format!("{} fail_fast.cancel", whose(b)),
+            "false: no fail-fast",
+        ),
+    };
+    format!("note: {what} cannot be decided locally ({why}); it is taken as {taken}")
+}
+
+/// Where the blocks of a run are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub failed: usize,
+    pub running: Vec<String>,
+}
+
+/// `--- blocks 1/4 done, 1 failed; running: B, C`.
+pub fn progress_line(p: &Progress) -> String {
+    let mut line = format!("--- blocks {}/{} done", p.done, p.total);
+    if p.failed > 0 {
+        line.push_str(&format!(", {} failed", p.failed));
+    }
+    if !p.running.is_empty() {
+        line.push_str(&format!("; running: {}", p.running.join(", ")));
+    }
+    line
+}
+
+/// The pipeline's last word.
+pub fn result_word(result: PipelineResult) -> &'static str {
+    match result {
+        PipelineResult::Passed => "passed",
+        PipelineResult::Failed => "failed",
+        PipelineResult::Stopped => "stopped",
+    }
 }
 
 /// The final table, columns padded.
@@ -278,26 +425,29 @@ pub fn table(rows: &[Row]) -> String {
         "BLOCK", "JOB", "RESULT", "DURATION"
     );
     for r in rows {
-        let duration = if r.result == "skipped" {
-            "-".to_string()
-        } else {
-            format!("{:.1}s", r.duration_s)
+        let duration = match r.outcome {
+            Outcome::Skipped(_) => "-".to_string(),
+            _ => format!("{:.1}s", r.outcome.duration_s()),
         };
-        let note = if r.note.is_empty() {
-            String::new()
+        let note = r.outcome.note();
+        let note = if note.is_empty() {
+            note
         } else {
-            format!("  ({})", r.note)
+            format!("  ({note})")
         };
         out.push_str(&format!(
             "{:<w_block$}  {:<w_job$}  {:<8}  {:>8}{note}\n",
-            r.block, r.job, r.result, duration
+            r.block,
+            r.job,
+            r.outcome.word(),
+            duration
         ));
     }
     out
 }
 
 /// The last JSON line, its keys in the documented order.
-pub fn finished_json(result: &str, rows: &[Row]) -> String {
+pub fn finished_json(result: PipelineResult, rows: &[Row]) -> String {
     let jobs: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -305,14 +455,14 @@ pub fn finished_json(result: &str, rows: &[Row]) -> String {
                 "{{\"block\":{},\"job\":{},\"result\":{},\"duration_s\":{}}}",
                 json!(r.block),
                 json!(r.job),
-                json!(r.result),
-                json!((r.duration_s * 10.0).round() / 10.0)
+                json!(r.outcome.word()),
+                json!((r.outcome.duration_s() * 10.0).round() / 10.0)
             )
         })
         .collect();
     format!(
         "{{\"event\":\"pipeline_finished\",\"result\":{},\"jobs\":[{}]}}",
-        json!(result),
+        json!(result_word(result)),
         jobs.join(",")
     )
 }
@@ -376,12 +526,14 @@ mod tests {
         let rows = [Row {
             block: "B".into(),
             job: "j".into(),
-            result: "passed".into(),
-            duration_s: 1.26,
-            note: String::new(),
+            outcome: Outcome::Ran {
+                result: JobResult::Passed,
+                duration_s: 1.26,
+                end: JobEnd::Ran,
+            },
         }];
         assert_eq!(
-            finished_json("passed", &rows),
+            finished_json(PipelineResult::Passed, &rows),
             r#"{"event":"pipeline_finished","result":"passed","jobs":[{"block":"B","job":"j","result":"passed","duration_s":1.3}]}"#
         );
         assert!(table(&rows).contains("B      j    passed"));
