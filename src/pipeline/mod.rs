@@ -78,6 +78,7 @@
 
 pub mod expand;
 pub mod git;
+pub mod outcome;
 pub mod output;
 pub mod schedule;
 pub mod schema;
@@ -90,7 +91,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::job::{JobOptions, JobStop};
-use schedule::SkipReason;
+use outcome::SkipReason;
 use schema::Cond;
 
 /// What `run <pipeline>` was asked to do.

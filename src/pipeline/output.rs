@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::schedule::{JobEnd, LimitLevel, SkipReason};
+use super::outcome::{JobEnd, LimitLevel, Outcome, Progress, Row, SkipReason};
 use super::PipelineResult;
-use crate::events::{Event, EventSink, JobResult};
+use crate::events::{Event, EventSink};
 
 /// The most of an unfinished output line a job holds before printing it.
 const MAX_PARTIAL: usize = 8 * 1024;
@@ -251,60 +251,22 @@ impl Drop for JobSink {
     }
 }
 
-/// How one job of the final table came out.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Ran {
-        result: JobResult,
-        duration_s: f64,
-        end: JobEnd,
-    },
-    Skipped(SkipReason),
-    /// Still waiting when the run ended.
-    NotRun,
-}
-
-impl Outcome {
-    /// Whether this job lets the pipeline pass.
-    pub fn passes(&self) -> bool {
-        match self {
-            Outcome::Ran { result, .. } => *result == JobResult::Passed,
-            Outcome::Skipped(why) => !why.fails_pipeline(),
-            Outcome::NotRun => false,
-        }
-    }
-
-    /// passed, failed, stopped, skipped, or not run.
-    fn word(&self) -> &'static str {
-        match self {
-            Outcome::Ran { result, .. } => result.as_str(),
-            Outcome::Skipped(_) => "skipped",
-            Outcome::NotRun => "not run",
-        }
-    }
-
-    fn duration_s(&self) -> f64 {
-        match self {
-            Outcome::Ran { duration_s, .. } => *duration_s,
-            Outcome::Skipped(_) | Outcome::NotRun => 0.0,
-        }
-    }
-
-    /// Why, for the table: a skip's reason or what ended a job early.
-    fn note(&self) -> String {
-        match self {
-            Outcome::Ran { end, .. } => job_end(end),
-            Outcome::Skipped(why) => skip_reason(why),
-            Outcome::NotRun => String::new(),
-        }
+/// passed, failed, stopped, skipped, or not run.
+fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Ran { result, .. } => result.as_str(),
+        Outcome::Skipped(_) => "skipped",
+        Outcome::NotRun => "not run",
     }
 }
 
-/// One row of the final table.
-pub struct Row {
-    pub block: String,
-    pub job: String,
-    pub outcome: Outcome,
+/// Why, for the table: a skip's reason or what ended a job early.
+fn outcome_note(o: &Outcome) -> String {
+    match o {
+        Outcome::Ran { end, .. } => job_end(end),
+        Outcome::Skipped(why) => skip_reason(why),
+        Outcome::NotRun => String::new(),
+    }
 }
 
 /// A skip's reason, as the table says it.
@@ -376,15 +338,6 @@ pub fn undecided_note(c: Condition<'_>, why: &str) -> String {
     format!("note: {what} cannot be decided locally ({why}); it is taken as {taken}")
 }
 
-/// Where the blocks of a run are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
-    pub failed: usize,
-    pub running: Vec<String>,
-}
-
 /// `--- blocks 1/4 done, 1 failed; running: B, C`.
 pub fn progress_line(p: &Progress) -> String {
     let mut line = format!("--- blocks {}/{} done", p.done, p.total);
@@ -429,7 +382,7 @@ pub fn table(rows: &[Row]) -> String {
             Outcome::Skipped(_) => "-".to_string(),
             _ => format!("{:.1}s", r.outcome.duration_s()),
         };
-        let note = r.outcome.note();
+        let note = outcome_note(&r.outcome);
         let note = if note.is_empty() {
             note
         } else {
@@ -439,7 +392,7 @@ pub fn table(rows: &[Row]) -> String {
             "{:<w_block$}  {:<w_job$}  {:<8}  {:>8}{note}\n",
             r.block,
             r.job,
-            r.outcome.word(),
+            outcome_word(&r.outcome),
             duration
         ));
     }
@@ -455,7 +408,7 @@ pub fn finished_json(result: PipelineResult, rows: &[Row]) -> String {
                 "{{\"block\":{},\"job\":{},\"result\":{},\"duration_s\":{}}}",
                 json!(r.block),
                 json!(r.job),
-                json!(r.outcome.word()),
+                json!(outcome_word(&r.outcome)),
                 json!((r.outcome.duration_s() * 10.0).round() / 10.0)
             )
         })
@@ -470,6 +423,7 @@ pub fn finished_json(result: PipelineResult, rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::JobResult;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);

@@ -6,8 +6,9 @@
 //! The calling thread is the only one that changes the run's state: job
 //! threads report their result over a bounded channel (one slot per job,
 //! so a send never blocks) and every thread is joined before [`run`]
-//! returns. Every decision is made on typed states ([`SkipReason`],
-//! [`JobEnd`]); the words people read are made by `output`.
+//! returns. Every decision is made on typed states (`outcome`'s
+//! [`SkipReason`], [`JobEnd`]); the words people read are made by
+//! `output`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,70 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::expand::PlannedJob;
-use super::output::{Console, JobSink, Progress, Row};
+use super::outcome::{JobEnd, LimitLevel, Outcome, Progress, Row, SkipReason};
+use super::output::{Console, JobSink};
 use super::PipelineResult;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::mask::Masker;
-
-/// Why a job did not run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SkipReason {
-    /// Left out by `--block`/`--only`.
-    NotSelected,
-    /// Its block's `skip` condition is true.
-    SkipCondition,
-    /// Its block's `run` condition is false.
-    RunCondition,
-    /// A block it depends on (this one) did not pass.
-    DependencyFailed(String),
-    /// Another job of its block failed under the task's fail-fast.
-    BlockFailFast,
-    /// A job failed under the pipeline's fail-fast.
-    PipelineFailFast,
-    /// Ctrl-C.
-    Interrupted,
-}
-
-impl SkipReason {
-    /// Whether the pipeline fails for this skip: only a failure upstream
-    /// (a job that failed under fail-fast fails the run by itself).
-    pub fn fails_pipeline(&self) -> bool {
-        matches!(self, SkipReason::DependencyFailed(_))
-    }
-
-    /// Whether the skip comes from a failed job (what `after_pipeline`
-    /// sees as a failed pipeline).
-    fn after_failure(&self) -> bool {
-        matches!(
-            self,
-            SkipReason::DependencyFailed(_)
-                | SkipReason::BlockFailFast
-                | SkipReason::PipelineFailFast
-        )
-    }
-}
-
-/// Which `execution_time_limit` stopped a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitLevel {
-    Pipeline,
-    Block,
-    Job,
-}
-
-/// How a job that was started came to its end, besides its result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEnd {
-    /// It ran to its end, or was stopped by fail-fast or Ctrl-C.
-    Ran,
-    /// An `execution_time_limit` of `minutes` stopped it.
-    TimeLimit { level: LimitLevel, minutes: u64 },
-    /// Its thread ended without a result.
-    Panicked,
-    /// Its thread could not be started (the OS's reason).
-    CannotStart(String),
-}
 
 /// A block as the scheduler sees it.
 #[derive(Debug, Clone, Default)]
@@ -531,13 +474,13 @@ impl<'a> Run<'a> {
                 block: job.block.clone(),
                 job: job.job.clone(),
                 outcome: match state {
-                    JobState::Done(r, d, end) => super::output::Outcome::Ran {
+                    JobState::Done(r, d, end) => Outcome::Ran {
                         result: *r,
                         duration_s: *d,
                         end: end.clone(),
                     },
-                    JobState::Skipped(why) => super::output::Outcome::Skipped(why.clone()),
-                    JobState::Waiting | JobState::Running => super::output::Outcome::NotRun,
+                    JobState::Skipped(why) => Outcome::Skipped(why.clone()),
+                    JobState::Waiting | JobState::Running => Outcome::NotRun,
                 },
             })
             .collect();
