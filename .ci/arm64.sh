@@ -181,6 +181,31 @@ else
             indent 25 <"$WORK/hub.log"
         fi
     fi
+    # A figure, not a check: the idle agent's resident size under qemu-user
+    # (emulator included) after 3 s of syncing every 100 ms with no job.
+    "$hub_bin" --port 0 --sync-every 100 >"$WORK/hub-idle.log" 2>&1 &
+    HUB_PID=$!
+    HUB=""
+    for _ in $(seq 100); do
+        HUB=$(sed -n 's/^\[hub\] listening on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$WORK/hub-idle.log")
+        [ -z "$HUB" ] || break
+        sleep 0.1
+    done
+    if [ -n "$HUB" ]; then
+        env -i HOME="$WORK/home" PATH=/usr/bin:/bin "${QEMU[@]}" "$BIN" start --endpoint "$HUB" --no-https \
+            --token dev --name arm64-ci-idle >"$WORK/idle.out" 2>&1 &
+        AGENT_PID=$!
+        for _ in $(seq 300); do grep -q '^\[hub\] register' "$WORK/hub-idle.log" && break; sleep 0.1; done
+        sleep 3
+        echo "arm64: idle agent under ${QEMU[*]:-no emulator}: VmRSS $(awk '/^VmRSS/ {print $2, $3}' "/proc/$AGENT_PID/status" 2>/dev/null)," \
+            "$(grep -c '^\[hub\] sync' "$WORK/hub-idle.log") syncs shown"
+        kill "$AGENT_PID" 2>/dev/null
+        wait "$AGENT_PID" 2>/dev/null
+        AGENT_PID=""
+    fi
+    kill "$HUB_PID" 2>/dev/null
+    wait "$HUB_PID" 2>/dev/null
+    HUB_PID=""
 fi
 
 # --- install.sh on an aarch64 host ------------------------------------------------
