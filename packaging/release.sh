@@ -69,7 +69,7 @@ check_linux() {
     shift 2
     desc=$(file -b "$bin")
     [[ $desc == *", $arch,"* ]] || die "$bin is not an $arch binary: $desc"
-    [[ $desc =~ static(-pie)?\ linked ]] || die "$bin is not a static binary (use packaging/build-static.sh): $desc"
+    [[ $desc =~ (static-pie|statically)\ linked ]] || die "$bin is not a static binary (use packaging/build-static.sh): $desc"
     got=$("$@" "$bin" version) || die "$bin version failed"
     [ "$got" = "$VERSION" ] || die "$bin says it is version '$got', not $VERSION: build it with SEMAPHORE_AGENT_VERSION=$VERSION"
 }

@@ -50,7 +50,7 @@ for a in x86_64:x86-64:"$BIN" arm64:"ARM aarch64":"$ARM64_BIN"; do
     mkdir -p "$WORK/$arch"
     tar -C "$WORK/$arch" -xzf "$DIST/agent_Linux_$arch.tar.gz"
     desc=$(file -b "$WORK/$arch/agent")
-    [[ $desc == *", $word,"* && $desc =~ static(-pie)?\ linked ]] &&
+    [[ $desc == *", $word,"* && $desc =~ (static-pie|statically)\ linked ]] &&
         pass "$arch agent is static $word: $(cut -d, -f1-2 <<<"$desc"), $(stat -c %s "$WORK/$arch/agent") bytes" ||
         fail "$arch agent is not a static $word binary: $desc"
     if [ -n "$given" ]; then
