@@ -129,6 +129,8 @@ struct State {
     last_printed: String,
     /// Where job logs go instead of `http://127.0.0.1:<hub port>`.
     log_base: Option<String>,
+    /// The name `/register` answers instead of the one the agent sent.
+    answered_name: Option<String>,
 }
 
 struct Shared {
@@ -260,6 +262,11 @@ impl Hub {
     /// hub) instead of the hub's own plain-HTTP address.
     pub fn set_log_base(&self, base: &str) {
         self.lock().log_base = Some(base.trim_end_matches('/').to_string());
+    }
+
+    /// Answers `/register` with `name` (a hostile control plane's).
+    pub fn answer_name(&self, name: &str) {
+        self.lock().answered_name = Some(name.to_string());
     }
 
     /// Also accepts `token` on register (the dev hub takes `dev`).
@@ -589,7 +596,10 @@ fn normal_answer(
             if s.verbose {
                 println!("[hub] register: {body}");
             }
-            let name = body["name"].as_str().unwrap_or_default().to_string();
+            let name = match &s.answered_name {
+                Some(name) => name.clone(),
+                None => body["name"].as_str().unwrap_or_default().to_string(),
+            };
             s.register = Some(body);
             s.last_state_change = Some(Instant::now());
             (
