@@ -24,7 +24,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::session::ProcInfo;
+/// What a sweep needs of one process (from `session`'s `/proc` snapshot).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Node {
+    pub pid: i32,
+    pub ppid: i32,
+    /// A zombie (or dead): nothing to signal, maybe one to reap.
+    pub gone: bool,
+}
 
 /// Whether `become_subreaper` succeeded.
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
@@ -148,7 +155,7 @@ pub(crate) struct Orphans {
 
 /// The orphans the agent adopted (see the module comment) among `procs`,
 /// other than `leader`'s own tree; empty unless the agent adopts orphans.
-pub(crate) fn orphans(leader: i32, procs: &[ProcInfo]) -> Orphans {
+pub(crate) fn orphans(leader: i32, procs: &[Node]) -> Orphans {
     if !adopts_orphans() {
         return Orphans::default();
     }
@@ -169,7 +176,7 @@ pub(crate) fn orphans(leader: i32, procs: &[ProcInfo]) -> Orphans {
 
 /// The live children of `me` not in `own` (and not `leader`), and all
 /// their descendants.
-fn adopted(me: i32, leader: i32, own: &BTreeSet<i32>, procs: &[ProcInfo]) -> Vec<i32> {
+fn adopted(me: i32, leader: i32, own: &BTreeSet<i32>, procs: &[Node]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for p in procs {
         children.entry(p.ppid).or_default().push(p.pid);
@@ -194,7 +201,7 @@ fn adopted(me: i32, leader: i32, own: &BTreeSet<i32>, procs: &[ProcInfo]) -> Vec
 
 /// Reaps zombie children of the agent that are not its own (orphans it
 /// adopted, which nobody else waits for); returns how many.
-pub(crate) fn reap_adopted(leader: i32, procs: &[ProcInfo]) -> usize {
+pub(crate) fn reap_adopted(leader: i32, procs: &[Node]) -> usize {
     if !adopts_orphans() {
         return 0;
     }
@@ -219,14 +226,11 @@ pub(crate) fn reap_adopted(leader: i32, procs: &[ProcInfo]) -> usize {
 mod tests {
     use super::*;
 
-    fn info(pid: i32, ppid: i32) -> ProcInfo {
-        ProcInfo {
+    fn info(pid: i32, ppid: i32) -> Node {
+        Node {
             pid,
             ppid,
-            pgrp: pid,
-            sid: pid,
             gone: false,
-            holds_tty: false,
         }
     }
 
@@ -243,7 +247,7 @@ mod tests {
             info(22, 21), // ... and grandchild
             info(30, 1),  // unrelated
             info(31, me), // another orphan
-            ProcInfo {
+            Node {
                 gone: true,
                 ..info(32, me)
             }, // a zombie: nothing to kill

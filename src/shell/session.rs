@@ -134,6 +134,18 @@ pub(crate) fn job_processes(leader: i32, procs: &[ProcInfo]) -> Vec<i32> {
         .collect()
 }
 
+/// What `reaper` needs of each process.
+fn nodes(procs: &[ProcInfo]) -> Vec<super::reaper::Node> {
+    procs
+        .iter()
+        .map(|p| super::reaper::Node {
+            pid: p.pid,
+            ppid: p.ppid,
+            gone: p.gone,
+        })
+        .collect()
+}
+
 /// Sends `sig` to `pid`; false when the agent may not signal it (EPERM: it
 /// runs as another user, a setuid program such as `sudo` the job started).
 fn signal(pid: i32, sig: libc::c_int) -> bool {
@@ -203,7 +215,7 @@ pub(crate) fn terminate(
     // descendants, and the orphans the agent adopted from it.
     let members = |procs: &[ProcInfo], survivors: &mut Survivors| -> Vec<i32> {
         let mut pids = job_processes(leader, procs);
-        let adopted = super::reaper::orphans(leader, procs);
+        let adopted = super::reaper::orphans(leader, &nodes(procs));
         survivors.shared = survivors.shared.max(adopted.left);
         for pid in adopted.pids {
             if !pids.contains(&pid) {
@@ -305,7 +317,7 @@ pub(crate) fn reap_orphans(leader: i32, signalled: &[i32], cgroup: Option<&JobCg
     let signalled: HashSet<i32> = signalled.iter().copied().collect();
     let procs = snapshot(None);
     // Orphans the agent adopted as a subreaper, whoever's they were.
-    let mut reaped = super::reaper::reap_adopted(leader, &procs);
+    let mut reaped = super::reaper::reap_adopted(leader, &nodes(&procs));
     for p in procs {
         if !(p.gone && p.ppid == me && p.pid != leader) {
             continue;

@@ -140,10 +140,6 @@ fn a_daemon_of_one_job_is_dead_before_the_next_job_of_a_non_root_agent() {
     hub.shutdown("requested");
     agent.wait_exit(WAIT);
     let log = agent.log();
-    assert!(
-        log.contains("child subreaper of its jobs"),
-        "no subreaper line:\n{log}"
-    );
     assert_eq!(result.as_deref(), Some("passed"), "{output}\n{log}");
     assert!(
         !output.contains("DAEMON-ALIVE"),
@@ -164,6 +160,10 @@ fn a_daemon_of_one_job_is_dead_before_the_next_job_of_a_non_root_agent() {
         "the daemon read the next job's secret:\n{stolen}"
     );
     assert!(alive.is_empty(), "the daemon still runs: {alive:?}");
+    assert!(
+        log.contains("child subreaper of its jobs"),
+        "no subreaper line:\n{log}"
+    );
 }
 
 /// `text` as one single-quoted bash word.
