@@ -98,7 +98,7 @@ fn main() {
     println!("1/6 start → registered ({START_RUNS} runs each)...");
     rows.extend(start_rows(&bin));
 
-    println!("2/6 idle RSS, 3/6 line latency, 4/6 stop latency (one agent)...");
+    println!("2/6 idle RSS, 3/6 line latency and job start, 4/6 stop latency (one agent)...");
     let scratch = Sandbox::new();
     let hub = hub::Hub::start();
     let mut agent = Proc::spawn(scratch.agent(&bin, &start_args(&hub.endpoint())));
@@ -109,6 +109,7 @@ fn main() {
     let plain_rss = proc_status_kb(agent.pid(), "VmRSS").unwrap_or(0);
     rows.extend(health_rows(&bin, plain_rss));
     rows.extend(line_rows(&hub, &clock));
+    rows.extend(first_command_rows(&hub, &clock));
     rows.extend(stop_rows(&hub, &agent));
     if let Some(hwm) = proc_status_kb(agent.pid(), "VmHWM") {
         rows.push(Row::info(
@@ -403,6 +404,52 @@ fn line_rows(hub: &hub::Hub, clock: &Clock) -> Vec<Row> {
             target,
         ),
     ]
+}
+
+/// Jobs in a row whose first command is `date +%s%N`: time from the hub
+/// handing the job out (`run-job`) to that command running (job start:
+/// logs, the executor, bash in a PTY, its login files, the first framed
+/// command; and at the previous job's end, the sweep of what it left).
+/// Baseline: spawn → `bash --login -c 'date +%s%N'` printing (exec and a
+/// login bash, the floor of a job's shell).
+fn first_command_rows(hub: &hub::Hub, clock: &Clock) -> Vec<Row> {
+    const JOBS: usize = 15;
+    let started = hub.started();
+    let mut delays = Vec::new();
+    for _ in 0..JOBS {
+        let id = hub.queue_job(json!({ "commands": [{ "directive": "date +%s%N" }] }));
+        if hub.wait_for_result(&id, WAIT).as_deref() != Some("passed") {
+            continue;
+        }
+        let (Some(sent), Some(ran)) = (
+            hub.job_sent_at(&id),
+            hub.output(&id).lines().find_map(stamp),
+        ) else {
+            continue;
+        };
+        delays.extend(ran.duration_since(clock.wall(started + sent)).ok());
+    }
+    let mut floor = Vec::new();
+    for _ in 0..JOBS {
+        let sandbox = Sandbox::new();
+        let mut cmd = sandbox.command(Path::new("bash"));
+        cmd.args(["--login", "-c", "date +%s%N"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        let spawned = SystemTime::now();
+        let Ok(out) = cmd.output() else { continue };
+        if let Some(ran) = String::from_utf8_lossy(&out.stdout).lines().find_map(stamp) {
+            floor.extend(ran.duration_since(spawned).ok());
+        }
+    }
+    vec![Row::timed(
+        "job start → first command, median",
+        median(&delays),
+        median(&floor),
+        "spawn → `bash --login -c date` prints, median",
+        None,
+    )
+    .note(&format!("{}/{JOBS} jobs", delays.len()))]
 }
 
 /// A `date +%s%N` line as a wall-clock time.

@@ -237,7 +237,8 @@ pub fn create_private(path: &Path, _mode: u32) -> io::Result<File> {
 /// Files and directories of the agent's own (its config file, its log,
 /// its private temp dir with the spools) that no job file may land on or
 /// under: device, inode and what to call it.
-static PROTECTED: Mutex<Vec<(u64, u64, &'static str)>> = Mutex::new(Vec::new());
+#[cfg(unix)]
+static PROTECTED: Mutex<Vec<(u64, u64, PathBuf, &'static str)>> = Mutex::new(Vec::new());
 
 /// Marks `path` (a file or a directory) as the agent's own, `what` naming
 /// it in the job-log line that refuses a job file there. Best effort: a
@@ -246,11 +247,14 @@ static PROTECTED: Mutex<Vec<(u64, u64, &'static str)>> = Mutex::new(Vec::new());
 pub fn protect(path: &Path, what: &'static str) {
     if let Ok(meta) = std::fs::metadata(path) {
         let mut list = PROTECTED.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries whose path is gone or is another file now are dropped:
+        // their inode numbers may be reused by anything.
+        list.retain(|(d, i, p, _)| same_file(p, *d, *i));
         if !list
             .iter()
-            .any(|&(d, i, _)| d == meta.dev() && i == meta.ino())
+            .any(|(d, i, _, _)| *d == meta.dev() && *i == meta.ino())
         {
-            list.push((meta.dev(), meta.ino(), what));
+            list.push((meta.dev(), meta.ino(), path.to_path_buf(), what));
         }
     }
 }
@@ -258,14 +262,22 @@ pub fn protect(path: &Path, what: &'static str) {
 #[cfg(windows)]
 pub fn protect(_path: &Path, _what: &'static str) {}
 
+/// Whether `path` is (still) the file with device `dev` and inode `ino`.
+#[cfg(unix)]
+fn same_file(path: &Path, dev: u64, ino: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// What the agent's own file `meta` is, if it is one ([`protect`]); an
+/// entry counts only while its path still names that file.
 #[cfg(unix)]
 fn protected(meta: &libc::stat) -> Option<&'static str> {
     let list = PROTECTED.lock().unwrap_or_else(|e| e.into_inner());
     #[allow(clippy::unnecessary_cast)] // the field types differ by platform
     let (dev, ino) = (meta.st_dev as u64, meta.st_ino as u64);
     list.iter()
-        .find(|&&(d, i, _)| d == dev && i == ino)
-        .map(|&(_, _, what)| what)
+        .find(|(d, i, p, _)| *d == dev && *i == ino && same_file(p, dev, ino))
+        .map(|(_, _, _, what)| *what)
 }
 
 /// Why [`open_job_file`] refused a path or could not open it; the text
@@ -543,9 +555,10 @@ pub fn open_job_file(path: &Path, mode: u32, dir_mode: u32) -> Result<(File, boo
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                     let st = stat_at(&dir, &cname).map_err(|e| io_err(&here, e))?;
                     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-                        return Err(JobPathError::NotRegular {
+                        // As `mkdir -p` (and Go) says it: not a directory.
+                        return Err(JobPathError::MakeDir {
                             path: here,
-                            kind: kind_of(st.st_mode),
+                            source: io::Error::from_raw_os_error(libc::ENOTDIR),
                         });
                     }
                     follow(&st, &mut dir, &mut todo, &mut walked, &mut links)?;
@@ -741,6 +754,37 @@ mod tests {
         for kept in [&live, &named_live, &foreign, &unmarked, &open, &other] {
             assert!(kept.exists(), "{} was removed", kept.display());
         }
+    }
+
+    #[test]
+    fn a_job_file_walk_follows_own_links_makes_dirs_and_refuses_protected_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir(base.join("real")).unwrap();
+        // Own links, as a parent (relative and absolute) and as the file.
+        std::os::unix::fs::symlink("real", base.join("rel")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("abs")).unwrap();
+        let (f, created) = open_job_file(&base.join("rel/a/b/new.txt"), 0o640, 0o750).unwrap();
+        drop(f);
+        assert!(created);
+        assert_eq!(mode(&base.join("real/a/b/new.txt")), 0o640);
+        assert_eq!(
+            mode(&base.join("real/a")) & !0o750,
+            0,
+            "a made dir is at most 0750"
+        );
+        let (_, created) = open_job_file(&base.join("abs/a/../a/b/new.txt"), 0o600, 0o750).unwrap();
+        assert!(!created, "an existing file of ours is opened, not made");
+        std::os::unix::fs::symlink("loop", base.join("loop")).unwrap();
+        let err = open_job_file(&base.join("loop/x"), 0o600, 0o750).unwrap_err();
+        assert!(matches!(err, JobPathError::TooManyLinks { .. }), "{err}");
+        let err = open_job_file(&base.join("real/a/b/new.txt/x"), 0o600, 0o750).unwrap_err();
+        assert!(err.to_string().contains("new.txt"), "{err}");
+        // The agent's own files and everything under its own dirs.
+        protect(&base.join("real/a/b"), "the agent's test dir");
+        let err = open_job_file(&base.join("rel/a/b/other"), 0o600, 0o750).unwrap_err();
+        assert!(err.to_string().contains("the agent's test dir"), "{err}");
+        assert!(!base.join("real/a/b/other").exists());
     }
 
     #[test]

@@ -115,6 +115,9 @@ struct State {
     /// When a `stop-job` answer was first sent per job (since the hub
     /// started); for the stop-latency benchmark.
     stop_sent: HashMap<String, Duration>,
+    /// When each job was handed out (`run-job`), since the hub started;
+    /// for the job-start benchmark.
+    job_sent: HashMap<String, Duration>,
     /// Valid log token per job.
     log_tokens: HashMap<String, String>,
     log_token_generation: u32,
@@ -379,6 +382,10 @@ impl Hub {
 
     /// When the first `stop-job` answer for `job_id` was sent, since
     /// [`Hub::started`].
+    pub fn job_sent_at(&self, job_id: &str) -> Option<Duration> {
+        self.lock().job_sent.get(job_id).copied()
+    }
+
     pub fn stop_sent_at(&self, job_id: &str) -> Option<Duration> {
         self.lock().stop_sent.get(job_id).copied()
     }
@@ -753,6 +760,8 @@ fn sync_answer(s: &mut State, body: &Value) -> Value {
             } else if idle > 0 && idle_for > Duration::from_secs(idle) {
                 answer = shutdown("idle");
             } else if let Some(next) = s.queue.pop_front() {
+                let now = s.started.map(|t| t.elapsed()).unwrap_or_default();
+                s.job_sent.insert(next.clone(), now);
                 answer = json!({"action": "run-job", "job_id": next});
             }
         }
