@@ -35,6 +35,9 @@
 //! 4. line latency: a job prints `date +%s%N` every 200 ms; delay from the
 //!    stamp to the hub's log endpoint accepting the event that completes the
 //!    line. Baseline: the same loop read through a plain pipe.
+//!    Then job start → first command: jobs whose first command is `date
+//!    +%s%N`, from the hub handing each out to the stamp; baseline: spawn →
+//!    `bash --login -c date` printing.
 //! 5. binary size of target/release/semaphore-agent and, if
 //!    packaging/build-static.sh built it, the static musl binary. There is
 //!    no baseline binary to build here; the ratio column is against the
