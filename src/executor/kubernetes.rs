@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::bash::{env_file_content, PtyCommands};
+use super::pty_bash::{env_file_content, PtyCommands};
 use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};

@@ -29,6 +29,8 @@ mod kubernetes;
 // tested on Linux; only Windows creates one.
 #[cfg_attr(not(windows), allow(dead_code))]
 mod powershell;
+#[cfg(unix)]
+mod pty_bash;
 #[cfg(windows)]
 mod windows_process;
 
@@ -49,15 +51,15 @@ pub use compose::remove_leftovers as remove_compose_leftovers;
 pub use kubernetes::KubernetesExecutor;
 pub use powershell::PowerShellExecutor;
 
-/// Where a job file goes (on Unix, and on Windows), reachable only for the
-/// fuzz targets (`fuzz/`).
-#[doc(hidden)]
-#[cfg(unix)]
-pub use bash::normalize_path;
 #[doc(hidden)]
 pub use powershell::{
     is_absolute as windows_is_absolute, normalize_path as windows_normalize_path,
 };
+/// Where a job file goes (on Unix, and on Windows), reachable only for the
+/// fuzz targets (`fuzz/`).
+#[doc(hidden)]
+#[cfg(unix)]
+pub use pty_bash::normalize_path;
 
 /// Why an executor could not set up or start a job, for the agent log: the
 /// job log already says what failed.

@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -498,7 +498,7 @@ impl ComposeExecutor {
     /// A credential file (the GCR key) at its path on the host, for the
     /// login to read; removed right after the login.
     fn write_host_file(&self, f: &File) -> Result<PathBuf, ComposeError> {
-        let dest = super::bash::normalize_path(&f.path, &self.settings.home);
+        let dest = super::pty_bash::normalize_path(&f.path, &self.settings.home);
         // The hardened writer: the key's usual place is under the shared
         // /tmp, where a planted link or FIFO must not take it elsewhere.
         let private = File {
