@@ -23,7 +23,7 @@ use crate::unix_now;
 pub struct PtyCommands {
     /// The shell while it is usable; `None` before start and after it died
     /// or was stopped.
-    shell: Option<Shell>,
+    pub(super) shell: Option<Shell>,
 }
 
 impl PtyCommands {
