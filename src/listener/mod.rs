@@ -14,6 +14,7 @@ mod host;
 mod ops;
 mod shutdown;
 mod state;
+mod sweep;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -188,12 +189,6 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
-    log::info!("{}", crate::executor::containment());
-    // What agents that are gone (killed, crashed) left on this host: their
-    // temp dirs, and their compose jobs' containers, networks, volumes.
-    crate::private_tmp::remove_dirs_of_gone_agents(&std::env::temp_dir());
-    #[cfg(unix)]
-    crate::executor::remove_compose_leftovers(&std::env::temp_dir());
 
     let mut api = Api::new(
         &config.endpoint,
@@ -249,6 +244,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         "Registered as {name} in {} ms",
         started.elapsed().as_millis()
     );
+    // What agents that are gone (killed, crashed) left on this host (job
+    // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
+    // removed on the "host-sweep" thread, once registered: its `docker`
+    // must not compete with the start for the CPU.
+    let sweep = sweep::HostSweep::start(std::env::temp_dir());
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -269,9 +269,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         rx,
         interrupted_at,
         last_successful_sync: Instant::now(),
+        sweep,
     };
     let reason = listener.sync_loop();
     listener.shutdown(reason);
+    listener.sweep.finish();
     Ok(reason)
 }
 
@@ -340,6 +342,9 @@ struct Listener {
     rx: Receiver<Wake>,
     interrupted_at: Arc<AtomicU64>,
     last_successful_sync: Instant,
+    /// The sweep of what gone agents left, joined as soon as it is done
+    /// (its stack is given back) and at the latest at exit.
+    sweep: sweep::HostSweep,
 }
 
 impl Listener {
@@ -349,6 +354,7 @@ impl Listener {
             while let Ok(wake) = self.rx.try_recv() {
                 self.on_wake(wake);
             }
+            self.sweep.join_if_done();
             let request = self
                 .machine
                 .sync_request(self.interrupted_at.load(Ordering::SeqCst));
@@ -610,7 +616,7 @@ impl JobWork {
         // job::run masks before anything reaches the spool, so the pushed
         // log and the uploaded artifact log are both masked; it logs the
         // result and duration itself.
-        let result = crate::job::run(&request, &self.settings, &mut logs, stop);
+        let result = crate::job::run(&request, &self.settings, logs.sink(), stop);
         logs.finish(&request);
         result
     }
