@@ -30,8 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::bash::{env_file_content, PtyCommands};
-use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop};
+use super::pty_bash::{env_file_content, PtyCommands};
+use super::{
+    Commands, Executor, FileFailure, JobEnv, JobLog, JobOptions, Outcome, SetupError, Stop,
+};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
 use crate::shell::{shell_quote, Launch, Shell, ShellError, ShellOptions};
@@ -48,8 +50,12 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// polls.
 const CANCEL_TICK: Duration = Duration::from_millis(50);
 
-pub struct KubernetesExecutor {
-    request: JobRequest,
+pub struct KubernetesExecutor<'a> {
+    /// Borrowed for the job: a request can be hundreds of megabytes.
+    request: &'a JobRequest,
+    /// The job's decoded env vars (and `--env-vars`), written into the
+    /// pod's `.env`.
+    env: &'a JobEnv,
     settings: JobOptions,
     config: Arc<KubernetesConfig>,
     stop: Stop,
@@ -59,9 +65,10 @@ pub struct KubernetesExecutor {
     pod_name: String,
     /// What was created, in order (`resource`, name), deleted at `close`.
     created: Vec<(&'static str, String)>,
-    /// The env vars written into the pod's `.env`; the first export of the
-    /// same vars sources that file instead of typing the values.
-    initial_env: Option<BTreeMap<String, Vec<u8>>>,
+    /// Whether the pod's `.env` holds `env` and was not sourced yet: the
+    /// first export of the same vars sources that file instead of typing
+    /// the values.
+    env_file_pending: bool,
     pty: PtyCommands,
     injected_dir: String,
     /// Outside a cluster: the names of `created`, on disk, for the next
@@ -69,18 +76,20 @@ pub struct KubernetesExecutor {
     journal: Option<kubernetes::Journal>,
 }
 
-impl KubernetesExecutor {
+impl<'a> KubernetesExecutor<'a> {
     pub fn new(
-        request: &JobRequest,
+        request: &'a JobRequest,
+        env: &'a JobEnv,
         settings: &JobOptions,
         config: &Arc<KubernetesConfig>,
         stop: &Stop,
-    ) -> KubernetesExecutor {
+    ) -> KubernetesExecutor<'a> {
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&cancel);
         stop.on_stop(Box::new(move || flag.store(true, Ordering::SeqCst)));
         KubernetesExecutor {
-            request: request.clone(),
+            request,
+            env,
             settings: settings.clone(),
             config: Arc::clone(config),
             stop: stop.clone(),
@@ -88,7 +97,7 @@ impl KubernetesExecutor {
             client: None,
             pod_name: format!("semaphore-job-{}", request.job_id),
             created: Vec::new(),
-            initial_env: None,
+            env_file_pending: false,
             pty: PtyCommands::default(),
             injected_dir: injected_dir(),
             journal: None,
@@ -97,26 +106,6 @@ impl KubernetesExecutor {
 
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
-    }
-
-    /// The job's env vars and `--env-vars` (which win), as the lifecycle
-    /// will export them; names that are not shell identifiers or values
-    /// that are not base64 are left out here, as the lifecycle fails the
-    /// job on them before anything sources the file.
-    fn job_env(&self) -> BTreeMap<String, Vec<u8>> {
-        let mut vars = BTreeMap::new();
-        for var in &self.request.env_vars {
-            if !is_identifier(&var.name) {
-                continue;
-            }
-            if let Ok(value) = var.decode_bytes() {
-                vars.insert(var.name.clone(), value);
-            }
-        }
-        for (name, value) in &self.settings.env_vars {
-            vars.insert(name.clone(), value.clone().into_bytes());
-        }
-        vars
     }
 
     /// Creates the secrets and the pod; the error is the job log's line.
@@ -185,18 +174,17 @@ impl KubernetesExecutor {
         } else {
             None
         };
-        let vars = self.job_env();
         let mut secret = kubernetes::env_secret(
             &env_secret,
             &self.config.namespace,
             &labels,
-            &env_file_content(&vars),
+            &env_file_content(self.env),
             &self.request.files,
         )
         .map_err(KubernetesJobError::BuildEnvSecret)?;
         owned_by(&mut pod, owner);
         owned_by(&mut secret, owner);
-        self.initial_env = Some(vars);
+        self.env_file_pending = true;
         self.client = Some(client);
 
         if self.cancel.load(Ordering::SeqCst) {
@@ -308,27 +296,10 @@ impl KubernetesExecutor {
             env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
         };
-        let mut started = None;
         #[cfg(unix)]
-        if let Some(launch) = self.launch_bridge() {
-            match Shell::start_inline(&options, &launch) {
-                Ok(shell) => started = Some(Ok(shell)),
-                Err(ShellError::Start { message }) if message.contains(kubernetes::REFUSED) => {
-                    let why = message
-                        .split(kubernetes::REFUSED)
-                        .nth(1)
-                        .unwrap_or("")
-                        .trim_start_matches(':')
-                        .trim();
-                    log::warn!(
-                        "The API server refused the exec WebSocket for pod {} ({why}): \
-                         falling back to kubectl exec",
-                        self.pod_name
-                    );
-                }
-                Err(err) => started = Some(Err(err)),
-            }
-        }
+        let started = self.start_without_kubectl(&options, log);
+        #[cfg(not(unix))]
+        let started = None;
         let started = match started {
             Some(started) => started,
             None => Shell::start_inline(&options, &self.launch_kubectl()),
@@ -367,13 +338,74 @@ impl KubernetesExecutor {
         Ok(())
     }
 
-    /// The agent's own exec bridge (`kubernetes::exec_bridge`: the pod's
-    /// exec subresource over WebSocket, no kubectl) in the shell's PTY;
-    /// `None` when the agent cannot find its own binary.
+    /// The shell through the agent's own exec bridge (the WebSocket, else
+    /// SPDY/3.1); `None` when the bridge cannot run or every way was
+    /// refused, after saying so (job log and agent log) and why, so
+    /// `kubectl exec` gets its turn.
     #[cfg(unix)]
-    fn launch_bridge(&self) -> Option<Launch> {
+    fn start_without_kubectl(
+        &self,
+        options: &ShellOptions,
+        log: &mut JobLog<'_>,
+    ) -> Option<Result<Shell, ShellError>> {
+        let report = ReportFile::create();
+        let launch = self.launch_bridge(report.as_ref().map(|r| r.path.as_path()))?;
+        let started = Shell::start_inline(options, &launch);
+        let report = report.map(|r| r.take()).unwrap_or_default();
+        let reasons: Vec<&str> = report.refused.iter().map(|(_, why)| why.as_str()).collect();
+        match started {
+            Ok(shell) => {
+                if let Some(protocol) = &report.using {
+                    if reasons.is_empty() {
+                        log::info!("Exec into pod {} over {protocol}", self.pod_name);
+                    } else {
+                        log::info!(
+                            "Exec into pod {} over {protocol}: {}",
+                            self.pod_name,
+                            reasons.join("; ")
+                        );
+                    }
+                }
+                Some(Ok(shell))
+            }
+            Err(ShellError::Start { message }) if message.contains(kubernetes::REFUSED) => {
+                let why = if reasons.is_empty() {
+                    message
+                        .split(kubernetes::REFUSED)
+                        .nth(1)
+                        .unwrap_or("")
+                        .trim_start_matches(':')
+                        .trim()
+                        .to_string()
+                } else {
+                    reasons.join("; ")
+                };
+                log::warn!(
+                    "Exec into pod {} without kubectl was refused ({why}): \
+                     falling back to kubectl exec",
+                    self.pod_name
+                );
+                log.output(format!(
+                    "Exec without kubectl was refused ({why}); trying kubectl exec\n"
+                ));
+                None
+            }
+            Err(err) => Some(Err(err)),
+        }
+    }
+
+    /// The agent's own exec bridge (`kubernetes::exec_bridge`: the pod's
+    /// exec subresource over a WebSocket or SPDY/3.1, no kubectl) in the
+    /// shell's PTY, telling `report` how it went; `None` when the agent
+    /// cannot find its own binary.
+    #[cfg(unix)]
+    fn launch_bridge(&self, report: Option<&std::path::Path>) -> Option<Launch> {
         let exe = std::env::current_exe().ok()?;
         let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), kubernetes::BRIDGE_ARG.into()];
+        if let Some(report) = report {
+            argv.push("--report".into());
+            argv.push(report.into());
+        }
         argv.extend(
             [
                 self.config.namespace.as_str(),
@@ -393,8 +425,8 @@ impl KubernetesExecutor {
         })
     }
 
-    /// `kubectl exec -it` into the pod: the fallback for a server that
-    /// refuses the WebSocket.
+    /// `kubectl exec -it` into the pod: the last resort, for a server that
+    /// refuses both the WebSocket and SPDY.
     fn launch_kubectl(&self) -> Launch {
         Launch {
             argv: [
@@ -636,7 +668,7 @@ impl std::fmt::Display for PodStartError {
     }
 }
 
-impl Executor for KubernetesExecutor {
+impl Executor for KubernetesExecutor<'_> {
     fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         let started_at = log.started(PREPARE_DIRECTIVE);
         let result = self.create_resources();
@@ -659,7 +691,7 @@ impl Executor for KubernetesExecutor {
     /// from the job's secret, so the values never cross the PTY; later
     /// ones (`SEMAPHORE_JOB_RESULT`) are typed as `export` lines.
     fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
-        if self.initial_env.take().as_ref() == Some(vars) {
+        if std::mem::take(&mut self.env_file_pending) && vars == self.env {
             let command = format!("source {}/{}", self.injected_dir, kubernetes::ENV_KEY);
             return self.pty.run_quiet(&command, log);
         }
@@ -694,9 +726,38 @@ impl Executor for KubernetesExecutor {
     }
 }
 
-impl Drop for KubernetesExecutor {
+impl Drop for KubernetesExecutor<'_> {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// The file the exec bridge reports through (which protocol, what was
+/// refused): made empty and private by the agent, removed once read.
+#[cfg(unix)]
+struct ReportFile {
+    path: std::path::PathBuf,
+}
+
+#[cfg(unix)]
+impl ReportFile {
+    fn create() -> Option<ReportFile> {
+        let dir = crate::private_tmp::dir().ok()?;
+        let path = dir.join(format!("exec-report-{:016x}", crate::random::u64()));
+        crate::private_tmp::create_private(&path, 0o600).ok()?;
+        Some(ReportFile { path })
+    }
+
+    fn take(self) -> kubernetes::ExecReport {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        kubernetes::ExecReport::parse(&text)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for ReportFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -832,14 +893,6 @@ fn is_object_name(name: &str) -> bool {
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Where the job's secret is mounted in the main container; test builds
 /// let tests move it (`SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR`), as
 /// their stand-in "pod" is a local bash that cannot have `/tmp/injected`.
@@ -897,8 +950,9 @@ mod tests {
             ..JobRequest::default()
         };
         let stop = Stop::new();
+        let env = JobEnv::new();
         let mut executor =
-            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
+            KubernetesExecutor::new(&request, &env, &JobOptions::default(), &config, &stop);
         let err = executor.create_resources().unwrap_err();
         let err = err.to_string();
         assert!(err.contains("'../../secrets/x'"), "{err}");
@@ -913,8 +967,9 @@ mod tests {
             job_id: "j".into(),
             ..JobRequest::default()
         };
+        let env = JobEnv::new();
         let mut executor =
-            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
+            KubernetesExecutor::new(&request, &env, &JobOptions::default(), &config, &stop);
         stop.stop();
         assert!(executor.cancelled());
         let mut events = Vec::new();

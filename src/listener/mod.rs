@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
 use crate::config::Config;
 use crate::events::JobResult;
-use crate::job::{run_job, JobOptions, JobStop};
-use crate::logs::{JobLogs, RefreshError, TokenRefresher, UploadPolicy};
-use crate::mask::Masker;
+use crate::job::{JobStop, Settings as JobSettings};
+use crate::logs::{JobLogs, RefreshError, TokenRefresher};
 use crate::metrics::Request;
 use ops::Ops;
 
@@ -190,6 +189,21 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
+    // Before the first job: what a job leaves behind (a daemon that left
+    // its session, a double fork) is re-parented to the agent, not init,
+    // so its end finds it without root or a cgroup.
+    #[cfg(unix)]
+    match crate::shell::become_subreaper() {
+        Ok(()) => log::info!(
+            "The agent is the child subreaper of its jobs: whatever a job leaves running \
+             (a daemon that left its session, a double fork) stays the agent's child and \
+             is ended with the job"
+        ),
+        Err(e) => log::warn!(
+            "The agent cannot adopt what its jobs leave running ({e}); without a job cgroup, \
+             a daemon that leaves its job's session and terminal can outlive the job"
+        ),
+    }
 
     let mut api = Api::new(
         &config.endpoint,
@@ -235,11 +249,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     crate::child_env::forbid_value(&answer.token);
     api.set_access_token(&answer.token);
-    let name = if answer.name.is_empty() {
-        name
-    } else {
-        answer.name
-    };
+    let name = answered_name(name, answer.name);
     set_log_name(&name);
     log::info!(
         "Registered as {name} in {} ms",
@@ -262,7 +272,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         machine,
         ops,
         api,
-        job_options: config.job_options(),
+        job_settings: config.job_settings(),
         config,
         options,
         job: None,
@@ -276,6 +286,31 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     listener.shutdown(reason);
     listener.sweep.finish();
     Ok(reason)
+}
+
+/// The longest name the control plane may give the agent: it prefixes
+/// every agent-log line (a URL name, exempt from the length rule on the
+/// command line, is still bounded here).
+const MAX_ANSWERED_NAME: usize = 255;
+
+/// The name `/register` answered, when it passes the rules of `--name` and
+/// [`MAX_ANSWERED_NAME`]; otherwise the agent keeps `ours` and says so,
+/// quoting at most the answer's start.
+fn answered_name(ours: String, answered: String) -> String {
+    if answered.is_empty() {
+        return ours;
+    }
+    if answered.len() <= MAX_ANSWERED_NAME && crate::config::is_valid_name(&answered) {
+        return answered;
+    }
+    let shown: String = answered.chars().take(64).collect();
+    log::warn!(
+        "The control plane answered the name '{}' ({} bytes), which is not a valid agent \
+         name (8 to 80 bytes, or a URL of at most {MAX_ANSWERED_NAME}); keeping {ours}",
+        agent_log::escape_controls(&shown),
+        answered.len()
+    );
+    ours
 }
 
 /// The name `Config::validate` settled on (flag, `--name-from-env` or a
@@ -336,7 +371,7 @@ struct Listener {
     api: Api,
     config: Config,
     /// Every job's settings, built once from `config`.
-    job_options: JobOptions,
+    job_settings: JobSettings,
     options: ListenerOptions,
     job: Option<JobThread>,
     tx: SyncSender<Wake>,
@@ -444,13 +479,11 @@ impl Listener {
         let work = JobWork {
             api: self.api.clone(),
             job_id: job_id.clone(),
-            options: self.job_options.clone(),
+            settings: self.job_settings.clone(),
             stop: stop.clone(),
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
-            upload: self.config.upload_job_logs,
-            redact_env_vars: self.config.redact_env_vars.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -551,14 +584,11 @@ impl Listener {
 struct JobWork {
     api: Api,
     job_id: String,
-    options: JobOptions,
+    settings: JobSettings,
     stop: JobStop,
     tx: SyncSender<Wake>,
     get_job_attempts: u32,
     get_job_delay: Duration,
-    upload: UploadPolicy,
-    /// The `redact-env-vars` globs.
-    redact_env_vars: Vec<String>,
 }
 
 impl JobWork {
@@ -610,7 +640,7 @@ impl JobWork {
             }
         };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.upload) {
+        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.settings.upload) {
             Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
@@ -619,19 +649,10 @@ impl JobWork {
         };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
-        // Secrets are masked before anything reaches the spool, so the
-        // pushed log and the uploaded artifact log are both masked.
-        let secrets = crate::mask::secrets_for(
-            &request,
-            &self.options.env_vars,
-            &self.redact_env_vars,
-            &crate::child_env::tokens(),
-        );
-        // run_job logs the result and duration itself.
-        let result = {
-            let mut masked = Masker::new(logs.sink(), secrets);
-            run_job(&request, &self.options, &mut masked, stop)
-        };
+        // job::run masks before anything reaches the spool, so the pushed
+        // log and the uploaded artifact log are both masked; it logs the
+        // result and duration itself.
+        let result = crate::job::run(&request, &self.settings, logs.sink(), stop);
         logs.finish(&request);
         result
     }

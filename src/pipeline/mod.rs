@@ -1,6 +1,6 @@
 //! `run <pipeline.yml>`: a whole Semaphore pipeline on this machine,
 //! validated, expanded and scheduled as Semaphore would, each job run by
-//! the ordinary job lifecycle (`job::run_job`) and executors.
+//! the one job runner of every entry point (`job::run_with_secrets`).
 //!
 //! Pieces: `schema` (the v1.0 checks, every error with its YAML path),
 //! `expand` (pipeline → job requests), `when` (conditions), `git` (the
@@ -37,9 +37,20 @@
 //! `always` epilogue. `global_job_config` merges into every block: its
 //! secrets, env vars and prologue commands come *before* the task's, its
 //! epilogue commands *after* the task's. A block without an agent gets the
-//! pipeline's. `commands_file` is read relative to the pipeline file, one
-//! command per non-empty line. A job's commands are the prologue's then
-//! its own.
+//! pipeline's. `commands_file` and `task_file` are read relative to the
+//! pipeline file, or to the repository's root when they start with `/`
+//! (`Block.CodeRepo.Expand`, spc's commands extractor); each line of a
+//! commands file is a command as written, a blank line an empty command
+//! (spc), and an empty file is an error. A job's commands are the
+//! prologue's then its own.
+//!
+//! Parameters (spc's template evaluator): every string value outside
+//! `commands` has its `${{parameters.NAME}}` replaced by the variable
+//! `NAME` (here `--env NAME=VALUE`), or by `NAME` itself when unset.
+//!
+//! Time limits (`MaxTimeLimitChecker`): a job's `execution_time_limit`
+//! longer than its block's, or a block's or job's longer than the
+//! pipeline's (one hour when unset), is refused.
 //!
 //! Env var order (zebra's job request factory): `TERM`, `CI`, `SEMAPHORE`,
 //! `SEMAPHORE_PROJECT_NAME`/`_ID`, `SEMAPHORE_JOB_NAME`/`_ID`/
@@ -67,6 +78,7 @@
 
 pub mod expand;
 pub mod git;
+pub mod outcome;
 pub mod output;
 pub mod schedule;
 pub mod schema;
@@ -78,38 +90,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::job::{JobOptions, JobStop};
+use crate::config::PipelineRun;
+use crate::job::JobStop;
+use outcome::SkipReason;
 use schema::Cond;
-
-/// What `run <pipeline>` was asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct PipelineRun {
-    pub file: PathBuf,
-    pub json: bool,
-    pub list: bool,
-    /// `--block`: these blocks (and, unless `only`, what they depend on).
-    pub blocks: Vec<String>,
-    pub only: bool,
-    /// `--job`: only jobs of these (expanded, or base) names.
-    pub jobs: Vec<String>,
-    /// `--parallel`; 0 means one per core.
-    pub parallel: usize,
-    pub secrets_file: Option<PathBuf>,
-    pub allow_missing_secrets: bool,
-    /// `--env NAME=VALUE`.
-    pub env: Vec<(String, String)>,
-    pub keep_going: bool,
-    /// `--checkout head`: `checkout` gives the commit only, without
-    /// uncommitted changes.
-    pub checkout_head: bool,
-    /// `--base`: the default branch for `change_in`.
-    pub base: Option<String>,
-    /// The agent-level job options (`--env-vars`, hooks); HOME is replaced
-    /// per job.
-    pub options: JobOptions,
-    /// `redact-env-vars` patterns.
-    pub patterns: Vec<String>,
-}
 
 /// Why a pipeline cannot run (exit 2).
 #[derive(Debug)]
@@ -194,47 +178,44 @@ impl when::Facts for Facts<'_> {
 }
 
 /// `Some(true/false)`, or `None` with the reason noted once.
-fn decide(cond: &Cond, git: &git::GitInfo, what: &str, notes: &mut Vec<String>) -> Option<bool> {
+fn decide(
+    cond: &Cond,
+    git: &git::GitInfo,
+    what: output::Condition<'_>,
+    notes: &mut Vec<String>,
+) -> Option<bool> {
     match cond {
         Cond::Bool(b) => Some(*b),
-        Cond::Expr(text) => {
-            let expr = when::parse(text).ok()?;
-            match when::eval(&expr, &Facts(git)) {
-                when::Truth::Yes => Some(true),
-                when::Truth::No => Some(false),
-                when::Truth::Unknown(why) => {
-                    let note = format!(
-                        "note: {what} cannot be decided locally ({why}); it is taken as {}",
-                        if what.contains("skip") {
-                            "false: the block runs"
-                        } else {
-                            "true: the block runs"
-                        }
-                    );
-                    if !notes.contains(&note) {
-                        notes.push(note);
-                    }
-                    None
+        Cond::Expr(expr) => match when::eval(expr, &Facts(git)) {
+            when::Truth::Yes => Some(true),
+            when::Truth::No => Some(false),
+            when::Truth::Unknown(why) => {
+                let note = output::undecided_note(what, &why);
+                if !notes.contains(&note) {
+                    notes.push(note);
                 }
+                None
             }
-        }
+        },
     }
 }
 
+/// The fail-fast mode of a task (`block`) or of the pipeline (`None`):
+/// stop (true) or cancel (false), when its condition holds.
 fn fail_fast_mode(
     f: &Option<schema::FailFast>,
     git: &git::GitInfo,
-    what: &str,
+    block: Option<&str>,
     notes: &mut Vec<String>,
 ) -> Option<bool> {
     let f = f.as_ref()?;
     if let Some(c) = &f.stop {
-        if decide(c, git, &format!("{what} fail_fast.stop"), notes) == Some(true) {
+        if decide(c, git, output::Condition::FailFastStop(block), notes) == Some(true) {
             return Some(true);
         }
     }
     if let Some(c) = &f.cancel {
-        if decide(c, git, &format!("{what} fail_fast.cancel"), notes) == Some(true) {
+        if decide(c, git, output::Condition::FailFastCancel(block), notes) == Some(true) {
             return Some(false);
         }
     }
@@ -245,14 +226,147 @@ fn fail_fast_mode(
 pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     let text = std::fs::read_to_string(&opts.file)
         .map_err(|e| PipelineError::Read(opts.file.clone(), e))?;
-    let pipeline = schema::parse(&text, &opts.file)
+    let git = git::GitInfo::read(&opts.file, opts.base.as_deref());
+    // Outside a repository, `/` paths are read from the current directory
+    // (where Semaphore's compiler stands: the repository's root).
+    let root = git.top.clone().unwrap_or_else(|| PathBuf::from("."));
+    let source = schema::Source {
+        root: &root,
+        parameters: &opts.env,
+    };
+    let pipeline = schema::parse_in(&text, &opts.file, source)
         .map_err(|e| PipelineError::Invalid(opts.file.clone(), e))?;
     let secrets = match &opts.secrets_file {
         Some(path) => secrets::load(path).map_err(PipelineError::Secrets)?,
         None => BTreeMap::new(),
     };
     let console = output::Console::new(Box::new(std::io::stdout()), opts.json);
-    let missing = expand::missing_secrets(&pipeline, &secrets);
+    check_secrets(&opts, &pipeline, &secrets, &console)?;
+    let created_at = crate::unix_now();
+    let cx = expand::Context {
+        git: &git,
+        secrets: &secrets,
+        parameters: &opts.env,
+        workflow_id: expand::new_id(),
+        pipeline_id: expand::new_id(),
+        created_at,
+    };
+    let mut jobs = expand::expand(&pipeline, &cx);
+    let mut after = expand::expand_after(&pipeline, &cx);
+
+    let (selected, deps_idx) = select(&opts, &pipeline, &mut jobs, &mut after)?;
+    let mut notes = Vec::new();
+    let blocks = block_plans(
+        &pipeline, &selected, &deps_idx, &git, &mut jobs, after, &mut notes,
+    );
+    label_repeated_names(&mut jobs);
+    let pipeline_fail_fast = fail_fast_mode(&pipeline.fail_fast, &git, None, &mut notes);
+
+    if opts.list {
+        print_list(&console, &jobs, &blocks, &notes);
+        return Ok(PipelineResult::Passed);
+    }
+
+    for n in &notes {
+        console.note(n);
+    }
+    for line in summary(&pipeline) {
+        console.note(&line);
+    }
+    if jobs.is_empty() {
+        console.note("nothing to run");
+    }
+
+    // Per-job HOMEs in a private scratch directory.
+    let scratch = make_scratch(&opts.settings.options.tmp_dir)?;
+    let snapshot = match git::snapshot(&git, opts.checkout_head, &scratch) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            console.note(&format!("note: checkout will not work: {why}"));
+            None
+        }
+    };
+    let real_home = crate::platform::home_var().map(PathBuf::from);
+    let mut job_settings = Vec::new();
+    for (i, _) in jobs.iter().enumerate() {
+        let home = scratch.join(format!("job-{i}"));
+        if let Err(e) = std::fs::create_dir_all(&home) {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(PipelineError::MakeDir {
+                path: home,
+                error: e,
+            });
+        }
+        let profile = bash_profile(
+            git.top.as_deref(),
+            snapshot.as_deref(),
+            real_home.as_deref(),
+        );
+        if let Err(e) = std::fs::write(home.join(".bash_profile"), profile) {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(PipelineError::WriteProfile(e));
+        }
+        // The one setting that differs per job: its own HOME.
+        let mut s = opts.settings.clone();
+        s.options.home = home;
+        job_settings.push(s);
+    }
+    let parallel = if opts.parallel == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        opts.parallel
+    };
+    let settings = schedule::Settings {
+        parallel,
+        keep_going: opts.keep_going,
+        fail_fast_stop: pipeline_fail_fast,
+        time_limit: pipeline.execution_time_limit.unwrap_or(60),
+        prefix_output: parallel > 1 && jobs.len() > 1,
+        verbose: opts.verbose,
+        job_settings,
+    };
+    log::info!("{}", crate::executor::containment());
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let live: Arc<Mutex<BTreeMap<usize, JobStop>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    {
+        let interrupted = interrupted.clone();
+        let live = live.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            interrupted.store(true, Ordering::SeqCst);
+            if let Ok(stops) = live.lock() {
+                for s in stops.values() {
+                    s.stop();
+                }
+            }
+        }) {
+            log::warn!("Ctrl-C will not stop the jobs cleanly: {e}");
+        }
+    }
+    let (rows, result) = schedule::run(&jobs, &blocks, &settings, &console, &interrupted, &live);
+    let _ = std::fs::remove_dir_all(&scratch);
+    if opts.json {
+        console.write(&format!("{}\n", output::finished_json(result, &rows)));
+    } else {
+        console.write(&format!(
+            "\n{}Pipeline {}\n",
+            output::table(&rows),
+            output::result_word(result)
+        ));
+    }
+    Ok(result)
+}
+
+/// A missing secret stops the run (exit 2) unless `--allow-missing-secrets`
+/// or `--list`; then one line names them.
+fn check_secrets(
+    opts: &PipelineRun,
+    pipeline: &schema::Pipeline,
+    secrets: &BTreeMap<String, secrets::Secret>,
+    console: &output::Console,
+) -> Result<(), PipelineError> {
+    let missing = expand::missing_secrets(pipeline, secrets);
     if !missing.is_empty() {
         if !opts.allow_missing_secrets && !opts.list {
             let hint = if opts.secrets_file.is_none() {
@@ -265,24 +379,21 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
                 missing.join("\n  ")
             )));
         }
-        for m in &missing {
-            console.note(&format!("warning: {m}; running without it"));
-        }
+        console.note(&output::missing_secrets_line(
+            &expand::missing_secret_names(pipeline, secrets),
+        ));
     }
-    let git = git::GitInfo::read(&opts.file, opts.base.as_deref());
-    let created_at = crate::unix_now();
-    let cx = expand::Context {
-        git: &git,
-        secrets: &secrets,
-        parameters: &opts.env,
-        workflow_id: expand::new_id(),
-        pipeline_id: expand::new_id(),
-        created_at,
-    };
-    let mut jobs = expand::expand(&pipeline, &cx);
-    let after = expand::expand_after(&pipeline, &cx);
+    Ok(())
+}
 
-    // Selection.
+/// `--block`/`--only`/`--job`: which blocks run (by index), each block's
+/// dependencies (by index); `jobs` and `after` keep the selected jobs.
+fn select(
+    opts: &PipelineRun,
+    pipeline: &schema::Pipeline,
+    jobs: &mut Vec<expand::PlannedJob>,
+    after: &mut Vec<expand::PlannedJob>,
+) -> Result<(Vec<bool>, Vec<Vec<usize>>), PipelineError> {
     let names: Vec<&str> = pipeline.blocks.iter().map(|b| b.name.as_str()).collect();
     for b in &opts.blocks {
         if !names.contains(&b.as_str()) {
@@ -324,61 +435,52 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
             }
         }
     }
-    let job_matches = |name: &str| {
-        opts.jobs.is_empty()
-            || opts.jobs.iter().any(|j| {
-                name == j
-                    || name
-                        .strip_prefix(j.as_str())
-                        .is_some_and(|rest| rest.starts_with(" - "))
-            })
-    };
     if !opts.jobs.is_empty() {
         for j in &opts.jobs {
-            if !jobs.iter().chain(&after).any(|p| {
-                p.job == *j
-                    || p.job
-                        .strip_prefix(j.as_str())
-                        .is_some_and(|r| r.starts_with(" - "))
-            }) {
+            if !jobs
+                .iter()
+                .chain(after.iter())
+                .any(|p| job_selected(j, &p.block, &p.job))
+            {
                 return Err(PipelineError::Selection(format!(
-                    "--job {j:?}: no job has that name"
+                    "--job {j:?}: no job has that name (give `name`, or `block/name` for one block's)"
                 )));
             }
         }
     }
+    let job_matches = |block: &str, name: &str| {
+        opts.jobs.is_empty() || opts.jobs.iter().any(|j| job_selected(j, block, name))
+    };
     let select_after = opts.blocks.is_empty();
-    jobs.retain(|j| selected[j.block_index] && job_matches(&j.job));
-    let mut after: Vec<_> = after
-        .into_iter()
-        .filter(|j| select_after && job_matches(&j.job))
-        .collect();
+    jobs.retain(|j| selected[j.block_index] && job_matches(&j.block, &j.job));
+    after.retain(|j| select_after && job_matches(&j.block, &j.job));
 
-    let mut notes = Vec::new();
+    Ok((selected, deps_idx))
+}
+
+/// The blocks as the scheduler sees them (skip/run conditions decided,
+/// fail-fast modes), `after_pipeline` last with its jobs moved into `jobs`.
+fn block_plans(
+    pipeline: &schema::Pipeline,
+    selected: &[bool],
+    deps_idx: &[Vec<usize>],
+    git: &git::GitInfo,
+    jobs: &mut Vec<expand::PlannedJob>,
+    mut after: Vec<expand::PlannedJob>,
+    notes: &mut Vec<String>,
+) -> Vec<schedule::BlockPlan> {
     let mut blocks: Vec<schedule::BlockPlan> = Vec::new();
     for (i, b) in pipeline.blocks.iter().enumerate() {
         let mut skipped = None;
         if !selected[i] {
-            skipped = Some("not selected".to_string());
+            skipped = Some(SkipReason::NotSelected);
         } else if let Some(c) = &b.skip {
-            if decide(
-                c,
-                &git,
-                &format!("block {:?} skip condition", b.name),
-                &mut notes,
-            ) == Some(true)
-            {
-                skipped = Some("skip condition is true".into());
+            if decide(c, git, output::Condition::Skip(&b.name), notes) == Some(true) {
+                skipped = Some(SkipReason::SkipCondition);
             }
         } else if let Some(c) = &b.run {
-            if decide(
-                c,
-                &git,
-                &format!("block {:?} run condition", b.name),
-                &mut notes,
-            ) == Some(false)
-            {
-                skipped = Some("run condition is false".into());
+            if decide(c, git, output::Condition::Run(&b.name), notes) == Some(false) {
+                skipped = Some(SkipReason::RunCondition);
             }
         }
         blocks.push(schedule::BlockPlan {
@@ -386,12 +488,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
             deps: deps_idx[i].clone(),
             skipped,
             time_limit: b.execution_time_limit,
-            fail_fast_stop: fail_fast_mode(
-                &b.task.fail_fast,
-                &git,
-                &format!("block {:?}", b.name),
-                &mut notes,
-            ),
+            fail_fast_stop: fail_fast_mode(&b.task.fail_fast, git, Some(&b.name), notes),
             always: false,
         });
     }
@@ -406,134 +503,49 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         });
         jobs.extend(after);
     }
-    let pipeline_fail_fast =
-        fail_fast_mode(&pipeline.fail_fast, &git, "the pipeline's", &mut notes);
+    blocks
+}
 
-    if opts.list {
-        if opts.json {
-            for j in &jobs {
-                console.write(&format!("{}\n", j.list_json()));
-            }
-        } else {
-            for (i, b) in blocks.iter().enumerate() {
-                let deps: Vec<&str> = b.deps.iter().map(|&d| blocks[d].name.as_str()).collect();
-                let state = b
-                    .skipped
-                    .as_deref()
-                    .map(|s| format!(" [skipped: {s}]"))
-                    .unwrap_or_default();
-                console.write(&format!(
-                    "block {:?}{}{state}\n",
-                    b.name,
-                    if deps.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" after {}", deps.join(", "))
-                    }
-                ));
-                for j in jobs.iter().filter(|j| j.block_index == i) {
-                    console.write(&format!(
-                        "  job {:?} ({} commands)\n",
-                        j.job,
-                        j.commands.len()
-                    ));
+/// `--list`: the plan (with `--json`, each job's request), nothing run.
+fn print_list(
+    console: &output::Console,
+    jobs: &[expand::PlannedJob],
+    blocks: &[schedule::BlockPlan],
+    notes: &[String],
+) {
+    if console.json {
+        for j in jobs {
+            console.write(&format!("{}\n", j.list_json()));
+        }
+    } else {
+        for (i, b) in blocks.iter().enumerate() {
+            let deps: Vec<&str> = b.deps.iter().map(|&d| blocks[d].name.as_str()).collect();
+            let state = b
+                .skipped
+                .as_ref()
+                .map(|s| format!(" [skipped: {}]", output::skip_reason(s)))
+                .unwrap_or_default();
+            console.write(&format!(
+                "block \"{}\"{}{state}\n",
+                b.name,
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {}", deps.join(", "))
                 }
+            ));
+            for j in jobs.iter().filter(|j| j.block_index == i) {
+                console.write(&format!(
+                    "  job \"{}\" ({} commands)\n",
+                    j.job,
+                    j.commands.len()
+                ));
             }
         }
-        for n in &notes {
-            console.note(n);
-        }
-        return Ok(PipelineResult::Passed);
     }
-
-    for n in &notes {
+    for n in notes {
         console.note(n);
     }
-    for line in summary(&pipeline) {
-        console.note(&line);
-    }
-    if jobs.is_empty() {
-        console.note("nothing to run");
-    }
-
-    // Per-job HOMEs in a private scratch directory.
-    let scratch = make_scratch(&opts.options.tmp_dir)?;
-    let snapshot = match git::snapshot(&git, opts.checkout_head, &scratch) {
-        Ok(c) => Some(c),
-        Err(why) => {
-            console.note(&format!("note: checkout will not work: {why}"));
-            None
-        }
-    };
-    let real_home = crate::platform::home_var().map(PathBuf::from);
-    let mut options = Vec::new();
-    for (i, _) in jobs.iter().enumerate() {
-        let home = scratch.join(format!("job-{i}"));
-        if let Err(e) = std::fs::create_dir_all(&home) {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(PipelineError::MakeDir {
-                path: home,
-                error: e,
-            });
-        }
-        let profile = bash_profile(
-            git.top.as_deref(),
-            snapshot.as_deref(),
-            real_home.as_deref(),
-        );
-        if let Err(e) = std::fs::write(home.join(".bash_profile"), profile) {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(PipelineError::WriteProfile(e));
-        }
-        let mut o = opts.options.clone();
-        o.home = home;
-        options.push(o);
-    }
-    let parallel = if opts.parallel == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        opts.parallel
-    };
-    let settings = schedule::Settings {
-        parallel,
-        keep_going: opts.keep_going,
-        fail_fast_stop: pipeline_fail_fast,
-        time_limit: pipeline.execution_time_limit.unwrap_or(60),
-        prefix_output: parallel > 1 && jobs.len() > 1,
-        options,
-        patterns: opts.patterns.clone(),
-    };
-    log::info!("{}", crate::executor::containment());
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let live: Arc<Mutex<BTreeMap<usize, JobStop>>> = Arc::new(Mutex::new(BTreeMap::new()));
-    {
-        let interrupted = interrupted.clone();
-        let live = live.clone();
-        if let Err(e) = ctrlc::set_handler(move || {
-            interrupted.store(true, Ordering::SeqCst);
-            if let Ok(stops) = live.lock() {
-                for s in stops.values() {
-                    s.stop();
-                }
-            }
-        }) {
-            log::warn!("Ctrl-C will not stop the jobs cleanly: {e}");
-        }
-    }
-    let (rows, result) = schedule::run(&jobs, &blocks, &settings, &console, &interrupted, &live);
-    let _ = std::fs::remove_dir_all(&scratch);
-    if opts.json {
-        console.write(&format!("{}\n", output::finished_json(result, &rows)));
-    } else {
-        console.write(&format!("\n{}Pipeline {result}\n", output::table(&rows)));
-    }
-    Ok(match result {
-        "passed" => PipelineResult::Passed,
-        "stopped" => PipelineResult::Stopped,
-        _ => PipelineResult::Failed,
-    })
 }
 
 /// What a local run did with the parts of a pipeline that only mean
@@ -567,7 +579,94 @@ fn summary(p: &schema::Pipeline) -> Vec<String> {
     if p.after_pipeline.is_some() {
         out.push("note: after_pipeline jobs run once every block ended".into());
     }
+    if !p.unset_parameters.is_empty() {
+        out.push(format!(
+            "note: no --env for parameters {}: each ${{{{parameters.NAME}}}} became its name, as on Semaphore",
+            p.unset_parameters.join(", ")
+        ));
+    }
+    out.extend(foreign_machines(p));
     out
+}
+
+/// The operating system a machine type or OS image asks for, when it is
+/// not Linux.
+fn foreign_os(agent: &schema::Agent) -> Option<&'static str> {
+    let t = agent.machine_type.to_ascii_lowercase();
+    let image = agent.os_image.to_ascii_lowercase();
+    if t.contains("windows") || image.contains("windows") {
+        Some("Windows")
+    } else if t.starts_with("a1-") || t.starts_with("a2-") || image.starts_with("macos") {
+        Some("macOS")
+    } else {
+        None
+    }
+}
+
+/// One note per foreign machine: its blocks run their commands in bash on
+/// this machine.
+fn foreign_machines(p: &schema::Pipeline) -> Vec<String> {
+    let mut by_machine: Vec<(&'static str, String, Vec<&str>)> = Vec::new();
+    for b in &p.blocks {
+        let agent = b.task.agent.as_ref().unwrap_or(&p.agent);
+        let Some(os) = foreign_os(agent) else {
+            continue;
+        };
+        let machine = if agent.os_image.is_empty() {
+            agent.machine_type.clone()
+        } else {
+            format!("{} {}", agent.machine_type, agent.os_image)
+        };
+        match by_machine.iter_mut().find(|(_, m, _)| *m == machine) {
+            Some((_, _, blocks)) => blocks.push(&b.name),
+            None => by_machine.push((os, machine, vec![&b.name])),
+        }
+    }
+    by_machine
+        .into_iter()
+        .map(|(os, machine, blocks)| {
+            let (who, whose) = if blocks.len() == 1 {
+                (format!("block {} asks", blocks[0]), "its")
+            } else {
+                (format!("blocks {} ask", blocks.join(", ")), "their")
+            };
+            format!(
+                "note: {who} for a {os} machine ({machine}); {whose} jobs run here, in bash on this machine"
+            )
+        })
+        .collect()
+}
+
+/// Whether `--job sel` selects the job `name` of `block`: its expanded
+/// name, the base name of a matrix or parallelism job, or either after
+/// `block/`.
+fn job_selected(sel: &str, block: &str, name: &str) -> bool {
+    let named = |sel: &str| {
+        name == sel
+            || name
+                .strip_prefix(sel)
+                .is_some_and(|rest| rest.starts_with(" - "))
+    };
+    named(sel)
+        || sel
+            .match_indices('/')
+            .any(|(at, _)| sel[..at].trim() == block && named(sel[at + 1..].trim()))
+}
+
+/// Jobs whose name another block also has are labelled `block / job`.
+fn label_repeated_names(jobs: &mut [expand::PlannedJob]) {
+    let mut blocks_of: BTreeMap<String, std::collections::BTreeSet<usize>> = BTreeMap::new();
+    for j in jobs.iter() {
+        blocks_of
+            .entry(j.job.clone())
+            .or_default()
+            .insert(j.block_index);
+    }
+    for j in jobs.iter_mut() {
+        if blocks_of.get(&j.job).is_some_and(|b| b.len() > 1) {
+            j.label = format!("{} / {}", j.block, j.job);
+        }
+    }
 }
 
 /// A private (0700) directory for this run's job HOMEs.
@@ -605,7 +704,7 @@ fn bash_profile(top: Option<&Path>, commit: Option<&str>, real_home: Option<&Pat
     }
     match (top, commit) {
         (Some(top), Some(commit)) => s.push_str(&format!(
-            "checkout() {{\n  local dir=\"$HOME/${{SEMAPHORE_GIT_DIR:-repo}}\"\n  rm -rf \"$dir\" &&\n  git clone -q --no-checkout {} \"$dir\" &&\n  if [ -n \"$SEMAPHORE_GIT_BRANCH\" ] && [ \"$SEMAPHORE_GIT_REF_TYPE\" = branch ]; then\n    git -C \"$dir\" checkout -q -B \"$SEMAPHORE_GIT_BRANCH\" {c}\n  else\n    git -C \"$dir\" checkout -q --detach {c}\n  fi &&\n  cd \"$dir\" &&\n  echo \"checkout: cloned the local repository at {short} into $dir\"\n}}\n",
+            "checkout() {{\n  local dir=\"${{SEMAPHORE_GIT_DIR:-repo}}\"\n  case \"$dir\" in\n    /*) ;;\n    *) dir=\"$HOME/$dir\"; rm -rf \"$dir\" ;;\n  esac\n  git clone -q --no-checkout {} \"$dir\" &&\n  if [ -n \"$SEMAPHORE_GIT_BRANCH\" ] && [ \"$SEMAPHORE_GIT_REF_TYPE\" = branch ]; then\n    git -C \"$dir\" checkout -q -B \"$SEMAPHORE_GIT_BRANCH\" {c}\n  else\n    git -C \"$dir\" checkout -q --detach {c}\n  fi &&\n  cd \"$dir\" &&\n  echo \"checkout: cloned the local repository at {short} into $dir\"\n}}\n",
             quoted(&top.display().to_string()),
             c = quoted(commit),
             short = &commit[..commit.len().min(12)],
@@ -669,5 +768,16 @@ mod tests {
             "{\"version\": 1, \"blocks\": []}"
         )));
         assert!(!is_pipeline(&dir.path().join("missing.yml")));
+    }
+
+    #[test]
+    fn job_selects_by_name_base_name_or_block_slash_name() {
+        assert!(job_selected("test", "B", "test"));
+        assert!(job_selected("test", "B", "test - 1/2"));
+        assert!(job_selected("B/test", "B", "test - 1/2"));
+        assert!(job_selected("B / test - 1/2", "B", "test - 1/2"));
+        assert!(job_selected("a/b", "B", "a/b"));
+        assert!(!job_selected("A/test", "B", "test"));
+        assert!(!job_selected("tes", "B", "test"));
     }
 }

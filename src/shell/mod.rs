@@ -9,7 +9,7 @@
 //! `host` is compiled everywhere (the log upload runs on Windows too).
 //!
 //! API contract (used by the executors: the host bash, and compose and
-//! Kubernetes through their launchers, all via `executor::bash::PtyCommands`):
+//! Kubernetes through their launchers, all via `executor::pty_bash::PtyCommands`):
 //! - `Shell::start(&ShellOptions)` starts `bash --login --noediting` in a
 //!   new 80x24 PTY and session, cwd = `home`, `HOME` = `home`, with `env`
 //!   set in bash's environment on top of the agent's, and returns once the
@@ -74,6 +74,8 @@ mod pty;
 #[cfg(unix)]
 mod quote;
 #[cfg(unix)]
+mod reaper;
+#[cfg(unix)]
 mod session;
 
 #[cfg(unix)]
@@ -82,6 +84,8 @@ pub use cgroup::{containment, Containment};
 pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
 #[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
+#[cfg(unix)]
+pub use reaper::{adopts_orphans, become_subreaper, SubreaperError};
 
 /// The command framer, reachable only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]

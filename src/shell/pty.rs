@@ -181,6 +181,28 @@ fn start_err(what: &str, err: &dyn std::fmt::Display) -> ShellError {
     }
 }
 
+/// A launcher or bash that could not be started: the program when it is
+/// not there, the directory when that is what is missing.
+fn spawn_err(program: &str, home: &std::path::Path, err: &pty_process::Error) -> ShellError {
+    let not_found = match err {
+        pty_process::Error::Io(e) => e.kind() == std::io::ErrorKind::NotFound,
+        pty_process::Error::Rustix(e) => e.raw_os_error() == libc::ENOENT,
+    };
+    let message = if not_found && !home.is_dir() {
+        format!(
+            "starting {program}: its working directory {} does not exist",
+            home.display()
+        )
+    } else if not_found && !program.contains('/') {
+        format!("starting {program}: {program} is not on PATH ({err})")
+    } else if not_found {
+        format!("starting {program}: {program} does not exist ({err})")
+    } else {
+        format!("starting {program} in {}: {err}", home.display())
+    };
+    ShellError::Start { message }
+}
+
 /// What the reader thread hands over.
 pub enum ReadEvent {
     Data(Vec<u8>),
@@ -201,6 +223,9 @@ pub struct Shell {
     pid: i32,
     /// `None` once bash was reaped (or could not be).
     child: Option<std::process::Child>,
+    /// Bash (or the launcher) in the register of the agent's own children,
+    /// until it is reaped (`reaper`).
+    own: Option<super::reaper::OwnChild>,
     pty: Option<Arc<Pty>>,
     rx: Option<Receiver<ReadEvent>>,
     reader: Option<JoinHandle<()>>,
@@ -334,26 +359,27 @@ impl Shell {
         // Held from before the fork until bash is followed, so no fork of
         // bash's is read before bash is known.
         let spawning = super::forks::Spawning::begin();
-        let child = command
-            .env_clear()
-            .envs(crate::child_env::vars())
-            .args(args)
-            .current_dir(&opts.home)
-            .env("HOME", &opts.home)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
-            .spawn(pts);
-        let child = match child {
+        // Registered as the agent's own child (a job's shell) from the fork
+        // on, so no sweep takes it for an orphan (`reaper`).
+        let child = super::reaper::spawn_own(
+            true,
+            || {
+                command
+                    .env_clear()
+                    .envs(crate::child_env::vars())
+                    .args(args)
+                    .current_dir(&opts.home)
+                    .env("HOME", &opts.home)
+                    .envs(opts.env.iter().map(|(k, v)| (k, v)))
+                    .spawn(pts)
+            },
+            |child| Some(child.id()),
+        );
+        let (child, own) = match child {
             Ok(child) => child,
             Err(err) => {
                 remove_scratch(&scratch);
-                return Err(start_err(
-                    &format!(
-                        "starting {} in {}",
-                        program.to_string_lossy(),
-                        opts.home.display()
-                    ),
-                    &err,
-                ));
+                return Err(spawn_err(&program.to_string_lossy(), &opts.home, &err));
             }
         };
         let pid = i32::try_from(child.id()).unwrap_or(-1);
@@ -372,6 +398,7 @@ impl Shell {
         let mut shell = Shell {
             pid,
             child: Some(child),
+            own,
             pty: Some(pty),
             rx: Some(rx),
             reader: None,
@@ -536,9 +563,16 @@ impl Shell {
         }
         let cgroup = self.cgroup.as_ref();
         let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
+        if let Some(own) = &mut self.own {
+            own.job_ended();
+        }
         self.reap();
         session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
-        log::info!("{}", self.usage_line());
+        // A shell that never answered ran nothing of the job's (a launcher
+        // that was refused, a bash that died in its login scripts).
+        if self.termios.is_some() {
+            log::info!("{}", self.usage_line());
+        }
         drop(self.cgroup.take());
     }
 
@@ -623,6 +657,7 @@ impl Shell {
         // Reaped above; the Child only has to go (dropping it waits for
         // nothing).
         drop(child);
+        drop(self.own.take());
         self.ended.get_or_insert(status);
     }
 

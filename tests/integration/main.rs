@@ -30,6 +30,8 @@ mod containment;
 mod control_plane;
 #[cfg(target_os = "linux")]
 mod disk_full;
+#[cfg(target_os = "linux")]
+mod hardening;
 mod hostile_input;
 mod hostile_paths;
 mod https;

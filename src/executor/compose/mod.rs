@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -153,12 +153,13 @@ struct Tool {
     prefix: Vec<&'static str>,
 }
 
-pub struct ComposeExecutor {
+/// Borrows its parts of the request for the job (never a copy).
+pub struct ComposeExecutor<'a> {
     settings: JobOptions,
     stop: Stop,
-    containers: Vec<Container>,
-    credentials: Vec<ImagePullCredentials>,
-    host_setup: Vec<JobCommand>,
+    containers: &'a [Container],
+    credentials: &'a [ImagePullCredentials],
+    host_setup: &'a [JobCommand],
     /// The compose project and the prefix of its container names.
     project: String,
     /// The private job directory, once made.
@@ -173,12 +174,12 @@ pub struct ComposeExecutor {
     exported: BTreeMap<String, Vec<u8>>,
 }
 
-impl ComposeExecutor {
+impl<'a> ComposeExecutor<'a> {
     pub fn new(
-        request: &JobRequest,
+        request: &'a JobRequest,
         settings: &JobOptions,
         stop: &Stop,
-    ) -> Result<ComposeExecutor, ComposeError> {
+    ) -> Result<ComposeExecutor<'a>, ComposeError> {
         // Checked now, so a bad request fails before anything runs.
         file::render(&request.compose.containers, &[]).map_err(ComposeError::File)?;
         let mut random = [0u8; 6];
@@ -187,9 +188,9 @@ impl ComposeExecutor {
         Ok(ComposeExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
-            containers: request.compose.containers.clone(),
-            credentials: request.compose.image_pull_credentials.clone(),
-            host_setup: request.compose.host_setup_commands.clone(),
+            containers: &request.compose.containers,
+            credentials: &request.compose.image_pull_credentials,
+            host_setup: &request.compose.host_setup_commands,
             project: format!("semaphore-{}-{hex}", std::process::id()),
             dir: None,
             tool: None,
@@ -268,8 +269,8 @@ impl ComposeExecutor {
 
     /// Host setup commands with `bash -c`; output to the agent log.
     fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
-        let commands = self.host_setup.clone();
-        for command in &commands {
+        let commands = self.host_setup;
+        for command in commands {
             log::info!("Executing host setup command: {}", command.directive);
             let cmd = HostCommand::new("bash").arg("-c").arg(&command.directive);
             match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
@@ -386,7 +387,7 @@ impl ComposeExecutor {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
-        let text = file::render_labelled(&self.containers, mounts, &leftovers::labels())
+        let text = file::render_labelled(self.containers, mounts, &leftovers::labels())
             .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
@@ -408,8 +409,8 @@ impl ComposeExecutor {
         }
         self.docker_config = Some(config.clone());
         let mut exit_code = 0;
-        for credential in self.credentials.clone() {
-            if !self.log_in_once(&credential, &config, log) {
+        for credential in self.credentials {
+            if !self.log_in_once(credential, &config, log) {
                 exit_code = 1;
                 break;
             }
@@ -449,30 +450,36 @@ impl ComposeExecutor {
             }
         };
         let mut key_files = Vec::new();
+        let mut key_file = self.dir().join("gcr-keyfile.json");
         if strategy == Strategy::Gcr {
-            for f in &credential.files {
-                match self.write_host_file(f) {
-                    Ok(path) => key_files.push(path),
-                    Err(message) => {
-                        log.output(format!("{message}\n"));
-                        remove_all(&key_files);
-                        return false;
-                    }
+            match self.write_key_files(credential) {
+                Ok((files, key)) => {
+                    key_files = files;
+                    key_file = key;
+                }
+                Err(e) => {
+                    log.output(format!("{e}\n"));
+                    return false;
                 }
             }
         }
-        let line = match credentials::login_command(credential, strategy, &path) {
-            Ok(line) => line,
+        let login = match credentials::login_command(
+            credential,
+            strategy,
+            &path,
+            &key_file.to_string_lossy(),
+        ) {
+            Ok(login) => login,
             Err(e) => {
                 log.output(format!("Failed to determine docker login command: {e}\n"));
                 remove_all(&key_files);
                 return false;
             }
         };
-        log.output(format!("{line}\n"));
+        log.output(format!("{}\n", login.shown));
         let mut cmd = HostCommand::with_only_env("bash")
             .arg("-c")
-            .arg(&line)
+            .arg(&login.run)
             .env("PATH", &path)
             .env("DOCKER_CONFIG", config)
             .envs(vars.iter().map(|(k, v)| (k, v)));
@@ -495,19 +502,49 @@ impl ComposeExecutor {
         }
     }
 
-    /// A credential file (the GCR key) at its path on the host, for the
-    /// login to read; removed right after the login.
-    fn write_host_file(&self, f: &File) -> Result<PathBuf, ComposeError> {
-        let dest = super::bash::normalize_path(&f.path, &self.settings.home);
-        // The hardened writer: the key's usual place is under the shared
-        // /tmp, where a planted link or FIFO must not take it elsewhere.
-        let private = File {
-            mode: "0600".to_string(),
-            ..f.clone()
-        };
-        super::job_file::write_file(&private, &dest)
-            .map_err(|(_, line)| ComposeError::KeyFile { line })?;
-        Ok(dest)
+    /// The GCR credential's files (the key), written into the job's
+    /// private directory (0700, not mounted into any container) instead of
+    /// Go's shared `/tmp/gcr/keyfile.json`, where another local user could
+    /// have planted the directory or a hard link to receive the key: the
+    /// login is the only reader, and it reads the private copy. Returns
+    /// the files and the key (the one sent for Go's path, else the first);
+    /// they are removed right after the login.
+    fn write_key_files(
+        &self,
+        credential: &ImagePullCredentials,
+    ) -> Result<(Vec<PathBuf>, PathBuf), ComposeError> {
+        let mut written = Vec::new();
+        let mut key = None;
+        for (i, f) in credential.files.iter().enumerate() {
+            let dest = self.dir().join(format!("gcr-key-{i}.json"));
+            let result = if f.check_content().is_err() {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "Failed to decode the content of the file.",
+                ))
+            } else {
+                crate::private_tmp::create_private(&dest, 0o600).and_then(|mut out| {
+                    f.write_content(&mut out).map(|_| ()).map_err(|e| match e {
+                        ContentError::Write(e) => e,
+                        bad => {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string())
+                        }
+                    })
+                })
+            };
+            if let Err(e) = result {
+                remove_all(&written);
+                return Err(ComposeError::KeyFile {
+                    line: format!("Failed to write the key file for '{}': {e}", f.path),
+                });
+            }
+            written.push(dest.clone());
+            if key.is_none() || f.path == credentials::GCR_KEY_FILE {
+                key = Some(dest);
+            }
+        }
+        let key = key.unwrap_or_else(|| self.dir().join("gcr-keyfile.json"));
+        Ok((written, key))
     }
 
     /// "Pulling docker images...": `compose run --rm <main> true` in a PTY,
@@ -763,7 +800,7 @@ impl ComposeExecutor {
     }
 }
 
-impl Executor for ComposeExecutor {
+impl Executor for ComposeExecutor<'_> {
     fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         self.set_up(log).map_err(SetupError::Compose)
     }
@@ -844,7 +881,7 @@ impl Executor for ComposeExecutor {
     }
 }
 
-impl Drop for ComposeExecutor {
+impl Drop for ComposeExecutor<'_> {
     fn drop(&mut self) {
         self.close();
     }
