@@ -372,6 +372,7 @@ impl Config {
             files: self.files.clone(),
             fail_on_missing_files: self.fail_on_missing_files,
             kubernetes: self.kubernetes.clone().map(std::sync::Arc::new),
+            debug_name: Some(self.name.clone()),
         }
     }
 }
@@ -391,6 +392,7 @@ impl RunConfig {
             files: Vec::new(),
             fail_on_missing_files: false,
             kubernetes: None,
+            debug_name: None,
         }
     }
 }

@@ -122,5 +122,7 @@ pub mod events;
 pub mod kube;
 pub mod logserver;
 pub mod procs;
+#[cfg(unix)]
+pub mod terminal;
 pub mod tls;
 pub mod wait;
