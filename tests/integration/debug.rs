@@ -399,3 +399,124 @@ fn another_local_user_is_refused_and_sees_nothing() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }
+
+#[test]
+fn a_compose_job_is_debugged_inside_its_main_container() {
+    let test = "a_compose_job_is_debugged_inside_its_main_container";
+    if !terminal_here(test) || !crate::compose::docker() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let base = debug_base(&sandbox);
+    let hub = Hub::start();
+    let docker_host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    let mut agent = Agent::spawn(
+        &sandbox,
+        &[
+            "start",
+            "--endpoint",
+            &hub.endpoint(),
+            "--token",
+            crate::support::hub::REGISTRATION_TOKEN,
+            "--name",
+            "compose-agent",
+            "--no-https",
+        ],
+        &[
+            (
+                "SEMAPHORE_AGENT_TEST_DEBUG_DIR",
+                &base.display().to_string(),
+            ),
+            ("DOCKER_HOST", &docker_host),
+        ],
+    );
+    let id = hub.queue_job(json!({
+        "job_id": "job-in-compose",
+        "executor": "dockercompose",
+        "compose": {"containers": [{"name": "main", "image": crate::compose::BASH_IMAGE}]},
+        "env_vars": [{"name": "DEBUG_SECRET", "value": b64(SECRET)}],
+        "commands": [
+            {"directive": "export DEBUG_VAR=in-the-container"},
+            {"directive": "echo \"job-host=$(hostname)\""},
+            {"directive": "for i in $(seq 1200); do [ -e /tmp/release ] && break; sleep 0.1; done"},
+        ]
+    }));
+    let waiting = hub.wait_until(std::time::Duration::from_secs(180), |h| {
+        h.events(&id).iter().any(|e| {
+            e["event"] == "cmd_started"
+                && e["directive"].as_str().unwrap_or("").contains("seq 1200")
+        })
+    });
+    assert!(
+        waiting,
+        "the job never started waiting:\n{}",
+        hub.output(&id)
+    );
+    let output = hub.output(&id);
+    let job_host = output
+        .lines()
+        .find_map(|l| l.strip_prefix("job-host="))
+        .unwrap_or_else(|| panic!("no hostname in:\n{output}"))
+        .to_string();
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    assert_ne!(job_host, here.trim(), "the job ran on the host");
+
+    let term = Terminal::start(
+        &sandbox,
+        &debug_line(""),
+        &[(
+            "SEMAPHORE_AGENT_TEST_DEBUG_DIR",
+            &base.display().to_string(),
+        )],
+    );
+    term.wait_for("a shell in job job-in-compose of agent compose-agent", WAIT);
+    term.type_line("echo \"V=$DEBUG_VAR S=$DEBUG_SECRET host=$(hostname)\"");
+    term.wait_for(
+        &format!("V=in-the-container S={SECRET} host={job_host}\n"),
+        WAIT,
+    );
+    term.type_line("exit");
+    assert_eq!(term.exit_status(WAIT), 0, "{}", term.screen());
+
+    // The test, not the debug shell, lets the job go on.
+    let released = Command::new("docker")
+        .args([
+            "exec",
+            &format!("{}", container_of(agent.pid())),
+            "touch",
+            "/tmp/release",
+        ])
+        .status()
+        .unwrap();
+    assert!(released.success());
+    assert_eq!(
+        hub.wait_for_result(&id, std::time::Duration::from_secs(120))
+            .as_deref(),
+        Some("passed"),
+        "{}",
+        hub.output(&id)
+    );
+    assert!(!hub.output(&id).contains("V="), "{}", hub.output(&id));
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}
+
+/// The running main container of the agent with pid `pid`.
+fn container_of(pid: i32) -> String {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("name=semaphore-{pid}-"),
+        ])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout);
+    names
+        .lines()
+        .find(|n| n.ends_with("-main"))
+        .unwrap_or_else(|| panic!("no main container of {pid}: {names}"))
+        .to_string()
+}
