@@ -479,13 +479,9 @@ fn a_compose_job_is_debugged_inside_its_main_container() {
     assert_eq!(term.exit_status(WAIT), 0, "{}", term.screen());
 
     // The test, not the debug shell, lets the job go on.
+    let container = container_of(agent.pid());
     let released = Command::new("docker")
-        .args([
-            "exec",
-            &format!("{}", container_of(agent.pid())),
-            "touch",
-            "/tmp/release",
-        ])
+        .args(["exec", &container, "touch", "/tmp/release"])
         .status()
         .unwrap();
     assert!(released.success());
