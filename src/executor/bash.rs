@@ -242,6 +242,7 @@ impl Executor for BashExecutor {
             home: self.settings.home.clone(),
             env: Vec::new(),
             stopper: PtyCommands::stopper(&self.stop),
+            keep_state: self.settings.debug_name.is_some(),
         }) {
             Ok(shell) => {
                 self.pty.attach(shell);

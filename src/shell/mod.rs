@@ -57,7 +57,7 @@
 //!   bash, joins the reader thread and removes the scratch directory; safe
 //!   to call twice, also done on drop. After it, `run` returns an error.
 //! - `Shell::pid()` is bash's pid, which is also the job's session id.
-//! - `Shell::state_file()` is where bash writes its exported variables and
+//! - `Shell::state_file()` (with `ShellOptions::keep_state`) is where bash writes its exported variables and
 //!   its directory after every command (sourceable `export -p` lines and a
 //!   `cd` line), for `semaphore-agent debug`: on the host a 0600 file in
 //!   the agent's private temp dir, removed at `close`; behind a launcher a

@@ -597,6 +597,7 @@ impl ComposeExecutor {
             home: self.settings.home.clone(),
             env: self.docker_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            keep_state: self.settings.debug_name.is_some(),
         };
         match Shell::start_with(&options, Some(&launch)) {
             Ok(shell) => {
