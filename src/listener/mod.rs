@@ -14,6 +14,7 @@ mod host;
 mod ops;
 mod shutdown;
 mod state;
+mod sweep;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -189,12 +190,6 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
-    log::info!("{}", crate::executor::containment());
-    // What agents that are gone (killed, crashed) left on this host: their
-    // temp dirs, and their compose jobs' containers, networks, volumes.
-    crate::private_tmp::remove_dirs_of_gone_agents(&std::env::temp_dir());
-    #[cfg(unix)]
-    crate::executor::remove_compose_leftovers(&std::env::temp_dir());
 
     let mut api = Api::new(
         &config.endpoint,
@@ -250,6 +245,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         "Registered as {name} in {} ms",
         started.elapsed().as_millis()
     );
+    // What agents that are gone (killed, crashed) left on this host (job
+    // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
+    // removed on the "host-sweep" thread, once registered: its `docker`
+    // must not compete with the start for the CPU.
+    let sweep = sweep::HostSweep::start(std::env::temp_dir());
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -270,9 +270,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         rx,
         interrupted_at,
         last_successful_sync: Instant::now(),
+        sweep,
     };
     let reason = listener.sync_loop();
     listener.shutdown(reason);
+    listener.sweep.finish();
     Ok(reason)
 }
 
@@ -341,6 +343,9 @@ struct Listener {
     rx: Receiver<Wake>,
     interrupted_at: Arc<AtomicU64>,
     last_successful_sync: Instant,
+    /// The sweep of what gone agents left, joined as soon as it is done
+    /// (its stack is given back) and at the latest at exit.
+    sweep: sweep::HostSweep,
 }
 
 impl Listener {
@@ -350,6 +355,7 @@ impl Listener {
             while let Ok(wake) = self.rx.try_recv() {
                 self.on_wake(wake);
             }
+            self.sweep.join_if_done();
             let request = self
                 .machine
                 .sync_request(self.interrupted_at.load(Ordering::SeqCst));
@@ -623,7 +629,7 @@ impl JobWork {
         );
         // run_job logs the result and duration itself.
         let result = {
-            let mut masked = Masker::new(&mut logs, secrets);
+            let mut masked = Masker::new(logs.sink(), secrets);
             run_job(&request, &self.options, &mut masked, stop)
         };
         logs.finish(&request);
