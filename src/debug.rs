@@ -10,7 +10,7 @@
 //! process on their own terminal: nothing typed in it reaches the job's
 //! shell or its log. Root attaching to another user's host job gets a
 //! shell of that user, never root's. Must not print a value anywhere but
-//! on the person's own terminal or stdout (`--print-env`).
+//! on the person's own terminal or stdout (`--print-env`). Unix only.
 
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -34,10 +34,6 @@ pub struct DebugRequest {
 /// one ran). Messages go to stderr, the list of jobs and `--print-env`'s
 /// lines to stdout.
 pub fn run(request: &DebugRequest) -> i32 {
-    if cfg!(not(unix)) {
-        eprintln!("semaphore-agent debug: not supported on this system");
-        return EXIT_NONE;
-    }
     let found = debug_socket::discover();
     let me = debug_socket::current_uid();
     let not_yours = if found.others.is_empty() {
@@ -140,14 +136,8 @@ fn duration(secs: u64) -> String {
     }
 }
 
-#[cfg(not(unix))]
-fn attach(_found: &Found, _print_env: bool) -> i32 {
-    EXIT_NONE
-}
-
 /// Asks the job's agent for the place and runs the shell (or prints the
 /// environment) while the session is open.
-#[cfg(unix)]
 fn attach(found: &Found, print_env: bool) -> i32 {
     let op = if print_env { "print-env" } else { "attach" };
     let job_id = &found.job.job_id;
@@ -194,7 +184,6 @@ fn attach(found: &Found, print_env: bool) -> i32 {
 
 /// Tells the person, on their terminal, when the job ends while the debug
 /// shell is open (the agent closes the session then).
-#[cfg(unix)]
 fn watch_for_the_end(stream: &std::os::unix::net::UnixStream, job_id: &str) {
     let Ok(mut watched) = stream.try_clone() else {
         return;
@@ -305,7 +294,6 @@ fn term() -> String {
 
 /// A host command for the job's world: as the agent's user when root runs
 /// `debug` for another user's job (never root's shell in a user's job).
-#[cfg(unix)]
 fn as_job_user(command: &mut Command, job: &JobInfo, socket: &Path) {
     use std::os::unix::fs::MetadataExt as _;
     use std::os::unix::process::CommandExt as _;
@@ -318,7 +306,6 @@ fn as_job_user(command: &mut Command, job: &JobInfo, socket: &Path) {
     }
 }
 
-#[cfg(unix)]
 fn print_environment(job: &JobInfo, place: &Place) -> i32 {
     let Some(state) = place.state() else {
         eprintln!(
@@ -389,7 +376,6 @@ fn print_environment(job: &JobInfo, place: &Place) -> i32 {
 
 /// The agent's own exec bridge (`kubernetes::exec_bridge`) as a child,
 /// with what it needs of the agent's environment.
-#[cfg(unix)]
 fn bridge(namespace: &str, pod: &str, container: &str, env: &[(String, String)]) -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| "semaphore-agent".into());
     let mut command = Command::new(exe);
@@ -404,7 +390,6 @@ fn bridge(namespace: &str, pod: &str, container: &str, env: &[(String, String)])
 }
 
 /// Runs the debug shell on the person's terminal and returns its status.
-#[cfg(unix)]
 fn shell(job: &JobInfo, place: &Place) -> i32 {
     let rc = rc_text(job, place.state());
     let mut raw_terminal = false;
@@ -472,7 +457,6 @@ fn shell(job: &JobInfo, place: &Place) -> i32 {
 }
 
 /// Puts the terminal on stdin into raw mode; returns its settings before.
-#[cfg(unix)]
 fn stty_raw() -> Option<String> {
     let saved = Command::new("stty")
         .arg("-g")

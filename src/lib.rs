@@ -13,8 +13,8 @@ pub mod api;
 pub mod child_env;
 pub mod cli;
 pub mod config;
-// Its shells are Unix only; on Windows `run` says so.
-#[cfg_attr(not(unix), allow(dead_code, unused_imports))]
+// Its shells are Unix only; on Windows `main` says so.
+#[cfg(unix)]
 pub mod debug;
 pub mod debug_socket;
 pub mod events;

@@ -150,17 +150,28 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Run(args) => run_local(&args),
         Command::Start(args) => start(&args),
-        Command::Debug(args) => {
-            let code = semaphore_agent::debug::run(&semaphore_agent::debug::DebugRequest {
-                job: args.job.clone(),
-                print_env: args.print_env,
-            });
-            match code {
-                0 => Ok(()),
-                code => Err(Failure::Debug(code)),
-            }
-        }
+        Command::Debug(args) => debug(&args),
     }
+}
+
+/// `debug`: a shell in a running job (Unix only).
+#[cfg(unix)]
+fn debug(args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
+    let code = semaphore_agent::debug::run(&semaphore_agent::debug::DebugRequest {
+        job: args.job.clone(),
+        print_env: args.print_env,
+    });
+    match code {
+        0 => Ok(()),
+        code => Err(Failure::Debug(code)),
+    }
+}
+
+#[cfg(not(unix))]
+fn debug(_args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
+    Err(Failure::Usage(
+        "semaphore-agent debug is not supported on Windows".to_string(),
+    ))
 }
 
 fn run_local(args: &RunArgs) -> Result<(), Failure> {
