@@ -169,9 +169,8 @@ fn debug(args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
 
 #[cfg(not(unix))]
 fn debug(_args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
-    Err(Failure::Usage(
-        "semaphore-agent debug is not supported on Windows".to_string(),
-    ))
+    eprintln!("semaphore-agent debug: not supported on Windows");
+    Err(Failure::Debug(1))
 }
 
 fn run_local(args: &RunArgs) -> Result<(), Failure> {
