@@ -187,6 +187,28 @@ fn start_err(what: &str, err: &dyn std::fmt::Display) -> ShellError {
     }
 }
 
+/// A launcher or bash that could not be started: the program when it is
+/// not there, the directory when that is what is missing.
+fn spawn_err(program: &str, home: &std::path::Path, err: &pty_process::Error) -> ShellError {
+    let not_found = match err {
+        pty_process::Error::Io(e) => e.kind() == std::io::ErrorKind::NotFound,
+        pty_process::Error::Rustix(e) => e.raw_os_error() == libc::ENOENT,
+    };
+    let message = if not_found && !home.is_dir() {
+        format!(
+            "starting {program}: its working directory {} does not exist",
+            home.display()
+        )
+    } else if not_found && !program.contains('/') {
+        format!("starting {program}: {program} is not on PATH ({err})")
+    } else if not_found {
+        format!("starting {program}: {program} does not exist ({err})")
+    } else {
+        format!("starting {program} in {}: {err}", home.display())
+    };
+    ShellError::Start { message }
+}
+
 /// What the reader thread hands over.
 pub enum ReadEvent {
     Data(Vec<u8>),
@@ -357,14 +379,7 @@ impl Shell {
             Ok(child) => child,
             Err(err) => {
                 remove_scratch(&scratch);
-                return Err(start_err(
-                    &format!(
-                        "starting {} in {}",
-                        program.to_string_lossy(),
-                        opts.home.display()
-                    ),
-                    &err,
-                ));
+                return Err(spawn_err(&program.to_string_lossy(), &opts.home, &err));
             }
         };
         let pid = i32::try_from(child.id()).unwrap_or(-1);
@@ -595,7 +610,11 @@ impl Shell {
         let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
         self.reap();
         session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
-        log::info!("{}", self.usage_line());
+        // A shell that never answered ran nothing of the job's (a launcher
+        // that was refused, a bash that died in its login scripts).
+        if self.termios.is_some() {
+            log::info!("{}", self.usage_line());
+        }
         drop(self.cgroup.take());
     }
 
