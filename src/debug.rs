@@ -239,7 +239,7 @@ fn rc_text(job: &JobInfo, state: Option<&str>) -> String {
          done\n\
          {again}\
          {missing}\
-         unset -v __semaphore_debug_f __SEMAPHORE_AGENT_STATUS __SEMAPHORE_AGENT_CMD\n\
+         unset -v __semaphore_debug_f __SEMAPHORE_AGENT_STATUS __SEMAPHORE_AGENT_CMD __SEMAPHORE_AGENT_END\n\
          export TERM=\"$__semaphore_debug_term\"; unset -v __semaphore_debug_term\n\
          PS1={prompt}\n\
          echo 'semaphore-agent debug: a shell in job {job_id} of agent {agent} (nothing typed \
@@ -266,7 +266,7 @@ fn interactive_bash(rc: &str) -> Vec<String> {
 /// The script that prints the state file `$1` as `export` lines.
 const PRINT_ENV: &str = r#"if [ ! -s "$1" ]; then exit 3; fi
 . "$1" >/dev/null 2>&1
-unset -v __SEMAPHORE_AGENT_STATUS __SEMAPHORE_AGENT_CMD
+unset -v __SEMAPHORE_AGENT_STATUS __SEMAPHORE_AGENT_CMD __SEMAPHORE_AGENT_END
 for n in $(compgen -e); do
   case "$n" in _|SHLVL|OLDPWD) continue ;; esac
   printf 'export %s=%q\n' "$n" "${!n}"

@@ -80,6 +80,8 @@ mod pty;
 #[cfg(unix)]
 mod quote;
 #[cfg(unix)]
+mod reaper;
+#[cfg(unix)]
 mod session;
 
 #[cfg(unix)]
@@ -88,6 +90,8 @@ pub use cgroup::{containment, Containment};
 pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
 #[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
+#[cfg(unix)]
+pub use reaper::{adopts_orphans, become_subreaper, SubreaperError};
 
 /// The command framer, reachable only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]

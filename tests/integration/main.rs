@@ -32,6 +32,8 @@ mod control_plane;
 mod debug;
 #[cfg(target_os = "linux")]
 mod disk_full;
+#[cfg(target_os = "linux")]
+mod hardening;
 mod hostile_input;
 mod hostile_paths;
 mod https;
