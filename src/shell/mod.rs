@@ -9,7 +9,7 @@
 //! `host` is compiled everywhere (the log upload runs on Windows too).
 //!
 //! API contract (used by the executors: the host bash, and compose and
-//! Kubernetes through their launchers, all via `executor::bash::PtyCommands`):
+//! Kubernetes through their launchers, all via `executor::pty_bash::PtyCommands`):
 //! - `Shell::start(&ShellOptions)` starts `bash --login --noediting` in a
 //!   new 80x24 PTY and session, cwd = `home`, `HOME` = `home`, with `env`
 //!   set in bash's environment on top of the agent's, and returns once the

@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -153,12 +153,13 @@ struct Tool {
     prefix: Vec<&'static str>,
 }
 
-pub struct ComposeExecutor {
+/// Borrows its parts of the request for the job (never a copy).
+pub struct ComposeExecutor<'a> {
     settings: JobOptions,
     stop: Stop,
-    containers: Vec<Container>,
-    credentials: Vec<ImagePullCredentials>,
-    host_setup: Vec<JobCommand>,
+    containers: &'a [Container],
+    credentials: &'a [ImagePullCredentials],
+    host_setup: &'a [JobCommand],
     /// The compose project and the prefix of its container names.
     project: String,
     /// The private job directory, once made.
@@ -173,12 +174,12 @@ pub struct ComposeExecutor {
     exported: BTreeMap<String, Vec<u8>>,
 }
 
-impl ComposeExecutor {
+impl<'a> ComposeExecutor<'a> {
     pub fn new(
-        request: &JobRequest,
+        request: &'a JobRequest,
         settings: &JobOptions,
         stop: &Stop,
-    ) -> Result<ComposeExecutor, ComposeError> {
+    ) -> Result<ComposeExecutor<'a>, ComposeError> {
         // Checked now, so a bad request fails before anything runs.
         file::render(&request.compose.containers, &[]).map_err(ComposeError::File)?;
         let mut random = [0u8; 6];
@@ -187,9 +188,9 @@ impl ComposeExecutor {
         Ok(ComposeExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
-            containers: request.compose.containers.clone(),
-            credentials: request.compose.image_pull_credentials.clone(),
-            host_setup: request.compose.host_setup_commands.clone(),
+            containers: &request.compose.containers,
+            credentials: &request.compose.image_pull_credentials,
+            host_setup: &request.compose.host_setup_commands,
             project: format!("semaphore-{}-{hex}", std::process::id()),
             dir: None,
             tool: None,
@@ -268,8 +269,8 @@ impl ComposeExecutor {
 
     /// Host setup commands with `bash -c`; output to the agent log.
     fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
-        let commands = self.host_setup.clone();
-        for command in &commands {
+        let commands = self.host_setup;
+        for command in commands {
             log::info!("Executing host setup command: {}", command.directive);
             let cmd = HostCommand::new("bash").arg("-c").arg(&command.directive);
             match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
@@ -386,7 +387,7 @@ impl ComposeExecutor {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
-        let text = file::render_labelled(&self.containers, mounts, &leftovers::labels())
+        let text = file::render_labelled(self.containers, mounts, &leftovers::labels())
             .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
@@ -408,8 +409,8 @@ impl ComposeExecutor {
         }
         self.docker_config = Some(config.clone());
         let mut exit_code = 0;
-        for credential in self.credentials.clone() {
-            if !self.log_in_once(&credential, &config, log) {
+        for credential in self.credentials {
+            if !self.log_in_once(credential, &config, log) {
                 exit_code = 1;
                 break;
             }
@@ -800,7 +801,7 @@ impl ComposeExecutor {
     }
 }
 
-impl Executor for ComposeExecutor {
+impl Executor for ComposeExecutor<'_> {
     fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         self.set_up(log).map_err(SetupError::Compose)
     }
@@ -900,7 +901,7 @@ impl Executor for ComposeExecutor {
     }
 }
 
-impl Drop for ComposeExecutor {
+impl Drop for ComposeExecutor<'_> {
     fn drop(&mut self) {
         self.close();
     }
