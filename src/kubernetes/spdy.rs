@@ -630,10 +630,10 @@ impl SpdyExec {
                     }
                     Ok(None)
                 }
-                GOAWAY => {
-                    self.eof = true;
-                    Ok(self.give_status())
-                }
+                // No new streams; the open ones still carry what is in
+                // flight (output written before the server closed): read
+                // on until the connection ends.
+                GOAWAY => Ok(None),
                 // HEADERS, SYN_STREAM (a server push exec never makes),
                 // NOOP and CREDENTIAL: nothing for exec.
                 _ => Ok(None),
@@ -945,7 +945,8 @@ mod tests {
     /// Kubernetes' spdystream behaves: no flow control of its own): it
     /// answers the upgrade, replies to each SYN_STREAM, reads the resize
     /// and stdin until FIN, sends 200 KiB on stdout, a PING, the exit
-    /// status on the error stream with FIN, then a GOAWAY and closes.
+    /// status on the error stream with FIN, a GOAWAY, 8 KiB more output
+    /// still in flight, and closes.
     fn spdy_endpoint(status: &'static str) -> (String, std::thread::JoinHandle<Seen>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1035,6 +1036,12 @@ mod tests {
             goaway.extend_from_slice(&0u32.to_be_bytes());
             goaway.extend_from_slice(&0u32.to_be_bytes());
             conn.write_all(&control_frame(GOAWAY, 0, &goaway)).unwrap();
+            // Output still in flight when the server closed: after the
+            // GOAWAY (and a moment, so it is a read of its own), and it
+            // must arrive.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            conn.write_all(&data_frame(stdout, FLAG_FIN, &[b'y'; 8192]))
+                .unwrap();
             // The client answers the ping and acknowledges what it read.
             while let Some(frame) = read_frame(&mut conn) {
                 match frame {
@@ -1096,7 +1103,7 @@ mod tests {
                 Event::Closed => break,
             }
         }
-        assert_eq!(output, 25 * 8192);
+        assert_eq!(output, 26 * 8192);
         assert_eq!(exited, Some(Ok(3)));
         drop(session);
         let seen = endpoint.join().unwrap();
