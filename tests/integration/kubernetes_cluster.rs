@@ -613,7 +613,13 @@ fn five_controller_jobs_at_once_run_on_the_scratch_image_and_leave_nothing() {
                 .get_json(&r.ns.name, &job)
                 .is_some_and(|j| j["status"]["succeeded"] == 1)
         });
-        let log = agent_log(id);
+        // The kubelet's copy of a finished container's output can lag the
+        // Job's status: read it again (bounded) until the exec line is in.
+        let log = crate::support::wait::value(
+            Duration::from_secs(30),
+            || agent_log(id),
+            |l| l.contains("Exec into pod "),
+        );
         assert!(
             completed,
             "{:#?}\n{log}",
