@@ -257,9 +257,9 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     );
     // What agents that are gone (killed, crashed) left on this host (job
     // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
-    // removed on the "host-sweep" thread, once registered: its `docker`
-    // must not compete with the start for the CPU.
-    let sweep = sweep::HostSweep::start(std::env::temp_dir());
+    // removed on the "host-sweep" thread, begun once the first sync is
+    // answered: its `docker` must not compete with the start for the CPU.
+    let sweep = sweep::HostSweep::new(std::env::temp_dir());
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -378,8 +378,9 @@ struct Listener {
     rx: Receiver<Wake>,
     interrupted_at: Arc<AtomicU64>,
     last_successful_sync: Instant,
-    /// The sweep of what gone agents left, joined as soon as it is done
-    /// (its stack is given back) and at the latest at exit.
+    /// The sweep of what gone agents left, begun after the first sync,
+    /// joined as soon as it is done (its stack is given back) and at the
+    /// latest at exit.
     sweep: sweep::HostSweep,
 }
 
@@ -395,7 +396,9 @@ impl Listener {
                 .machine
                 .sync_request(self.interrupted_at.load(Ordering::SeqCst));
             log_sync_request(&request);
-            let wait = match self.api.sync(&request) {
+            let answer = self.api.sync(&request);
+            self.sweep.begin();
+            let wait = match answer {
                 Ok(response) => {
                     self.last_successful_sync = Instant::now();
                     self.ops.synced();
