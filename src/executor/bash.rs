@@ -62,6 +62,9 @@ impl PtyCommands {
                 });
             }
         });
+        if let Some(line) = shell.out_of_memory_line() {
+            log.output(line);
+        }
         match result {
             Ok(code) => Outcome::Exited(code),
             Err(ShellError::Stopped) => {
@@ -232,8 +235,16 @@ impl Executor for BashExecutor {
     fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         match Shell::start(&ShellOptions {
             home: self.settings.home.clone(),
-            env: Vec::new(),
+            env: self
+                .settings
+                .gpus
+                .as_deref()
+                .map(crate::shell::gpu::job_env)
+                .unwrap_or_default(),
             stopper: PtyCommands::stopper(&self.stop),
+            limits: self.settings.limits,
+            stop_grace: self.settings.stop_grace,
+            gpus: self.settings.gpus.clone(),
         }) {
             Ok(shell) => {
                 self.pty.attach(shell);

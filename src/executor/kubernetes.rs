@@ -307,6 +307,8 @@ impl KubernetesExecutor {
             home: self.settings.home.clone(),
             env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            stop_grace: self.settings.stop_grace,
+            ..ShellOptions::default()
         };
         let mut started = None;
         #[cfg(unix)]

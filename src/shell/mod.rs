@@ -68,6 +68,7 @@ mod cgroup;
 mod forks;
 #[cfg(unix)]
 mod framing;
+pub mod gpu;
 pub mod host;
 #[cfg(unix)]
 mod pty;
@@ -82,6 +83,48 @@ pub use cgroup::{containment, Containment};
 pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
 #[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
+
+/// Per-job resource limits (`--job-memory-limit`, `--job-cpus`): host
+/// jobs get them through their cgroup (v2, or the v1 `memory` and `cpu`
+/// hierarchies), compose jobs through the main container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Bytes of memory the job's processes may hold together.
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a CPU (`--job-cpus 0.5` is 500).
+    pub cpu_millis: Option<u64>,
+}
+
+impl JobLimits {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_millis.is_none()
+    }
+}
+
+/// Bytes as the job log shows a limit: `64 MiB`, `4 GiB`, `1536 KiB`.
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{} {unit}", bytes / size);
+        }
+    }
+    if bytes >= 1 << 20 {
+        return format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64);
+    }
+    format!("{bytes} bytes")
+}
+
+/// Thousandths of a CPU as a decimal (`0.5`, `2`).
+pub fn cpus_text(millis: u64) -> String {
+    let whole = millis / 1000;
+    let frac = millis % 1000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let text = format!("{whole}.{frac:03}");
+    text.trim_end_matches('0').to_string()
+}
 
 /// The command framer, reachable only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]

@@ -386,7 +386,12 @@ impl ComposeExecutor {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
-        let text = file::render_labelled(&self.containers, mounts, &leftovers::labels())
+        let main = file::MainSettings {
+            gpus: self.settings.gpus.clone(),
+            memory_bytes: self.settings.limits.memory_bytes,
+            cpu_millis: self.settings.limits.cpu_millis,
+        };
+        let text = file::render_main(&self.containers, mounts, &leftovers::labels(), &main)
             .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
@@ -597,6 +602,8 @@ impl ComposeExecutor {
             home: self.settings.home.clone(),
             env: self.docker_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            stop_grace: self.settings.stop_grace,
+            ..ShellOptions::default()
         };
         match Shell::start_with(&options, Some(&launch)) {
             Ok(shell) => {
@@ -626,6 +633,17 @@ impl ComposeExecutor {
                     why.join("\n")
                 };
                 log.output(format!("{message}\n"));
+                if let Some(gpus) = &self.settings.gpus {
+                    if text.contains("could not select device driver") {
+                        log.output(format!(
+                            "The Docker engine has no NVIDIA GPU support: this agent gives its \
+                             jobs GPUs {} (--gpus), and the engine has no 'nvidia' device driver \
+                             (install the NVIDIA Container Toolkit on the host and restart \
+                             dockerd)\n",
+                            gpus.join(",")
+                        ));
+                    }
+                }
                 log.finished(START_DIRECTIVE, 1, started_at);
                 Err(ComposeError::StartImage(err))
             }
