@@ -507,21 +507,26 @@ impl Config {
         let health_address = health_address(raw)?;
         let gpus = match text(raw, Key::Gpus)? {
             None => None,
-            Some((value, origin)) => Some(GpuSelection::parse(&value).map_err(|bad| {
-                ConfigError::InvalidValue {
-                    key: Key::Gpus.name(),
-                    value: if bad == value { value.clone() } else { format!("{bad}' in '{value}") },
-                    origin: origin.clone(),
-                    expected: "'all' or GPU indexes or UUIDs, comma-separated (0,1 or GPU-...)",
-                }
-            })?),
+            Some((value, origin)) => {
+                Some(
+                    GpuSelection::parse(&value).map_err(|bad| ConfigError::InvalidValue {
+                        key: Key::Gpus.name(),
+                        value: if bad == value {
+                            value.clone()
+                        } else {
+                            format!("{bad}' in '{value}")
+                        },
+                        origin: origin.clone(),
+                        expected: "'all' or GPU indexes or UUIDs, comma-separated (0,1 or GPU-...)",
+                    })?,
+                )
+            }
         };
         let job_limits = JobLimits {
             memory_bytes: parsed(raw, Key::JobMemoryLimit, parse_size, SIZE_FORM)?,
             cpu_millis: parsed(raw, Key::JobCpus, parse_cpus, CPUS_FORM)?,
         };
-        let job_stop_grace_period =
-            parsed(raw, Key::JobStopGracePeriod, parse_grace, GRACE_FORM)?;
+        let job_stop_grace_period = parsed(raw, Key::JobStopGracePeriod, parse_grace, GRACE_FORM)?;
 
         let mut warnings = Vec::new();
         if *token_origin == Origin::Flag {
@@ -666,22 +671,22 @@ impl Config {
             Key::RedactEnvVars => Some(Shown::Many(self.redact_env_vars.clone())),
             Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
             Key::LogFormat => one(&self.log_format.as_str()),
-            Key::Gpus => one(&self.gpus.as_ref().map(GpuSelection::as_text).unwrap_or_default()),
+            Key::Gpus => one(&self
+                .gpus
+                .as_ref()
+                .map(GpuSelection::as_text)
+                .unwrap_or_default()),
             Key::GpuHealthCommand => one(&self.gpu_health_command.clone().unwrap_or_default()),
-            Key::JobMemoryLimit => one(
-                &self
-                    .job_limits
-                    .memory_bytes
-                    .map(crate::shell::size_text)
-                    .unwrap_or_default(),
-            ),
-            Key::JobCpus => one(
-                &self
-                    .job_limits
-                    .cpu_millis
-                    .map(crate::shell::cpus_text)
-                    .unwrap_or_default(),
-            ),
+            Key::JobMemoryLimit => one(&self
+                .job_limits
+                .memory_bytes
+                .map(crate::shell::size_text)
+                .unwrap_or_default()),
+            Key::JobCpus => one(&self
+                .job_limits
+                .cpu_millis
+                .map(crate::shell::cpus_text)
+                .unwrap_or_default()),
             Key::JobStopGracePeriod => one(&format!(
                 "{} s",
                 self.job_stop_grace_period
@@ -859,7 +864,11 @@ fn thousandths(text: &str) -> Option<u64> {
     {
         return None;
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let frac: u64 = format!("{frac:0<3}").parse().ok()?;
     whole.checked_mul(1000)?.checked_add(frac)
 }

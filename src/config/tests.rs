@@ -202,7 +202,9 @@ fn every_key_reads_its_env_var() {
 #[test]
 fn gpu_and_limit_values_are_checked_and_bad_ones_named() {
     let c = load_ok(
-        &format!("{BASE}gpus: all\njob-memory-limit: 4G\njob-cpus: \"0.25\"\njob-stop-grace-period: 0\n"),
+        &format!(
+            "{BASE}gpus: all\njob-memory-limit: 4G\njob-cpus: \"0.25\"\njob-stop-grace-period: 0\n"
+        ),
         &[],
         &[],
     );
@@ -211,14 +213,21 @@ fn gpu_and_limit_values_are_checked_and_bad_ones_named() {
     assert_eq!(c.job_limits.cpu_millis, Some(250));
     assert_eq!(c.job_stop_grace_period, Some(std::time::Duration::ZERO));
     let summary = c.redacted_summary();
-    for line in ["gpus: all\n", "job-memory-limit: 4 GiB\n", "job-cpus: 0.25\n", "job-stop-grace-period: 0 s\n"] {
+    for line in [
+        "gpus: all\n",
+        "job-memory-limit: 4 GiB\n",
+        "job-cpus: 0.25\n",
+        "job-stop-grace-period: 0 s\n",
+    ] {
         assert!(summary.contains(line), "{line} not in {summary}");
     }
     let plain = load_ok(BASE, &[], &[]);
     assert_eq!(plain.gpus, None);
     assert!(plain.job_limits.is_empty());
     assert_eq!(plain.job_stop_grace_period, None);
-    assert!(plain.redacted_summary().contains("job-stop-grace-period: 0.5 s\n"));
+    assert!(plain
+        .redacted_summary()
+        .contains("job-stop-grace-period: 0.5 s\n"));
     for (flag, value, form) in [
         ("--gpus", "0,one", "GPU indexes or UUIDs"),
         ("--job-memory-limit", "lots", "a size such as 512M"),

@@ -573,10 +573,9 @@ impl Listener {
         if self.machine.has_live_job() {
             self.stop_job();
             // A long --job-stop-grace-period is waited for in full.
-            let timeout = self
-                .options
-                .job_stop_timeout
-                .max(self.config.job_stop_grace_period.unwrap_or_default() + Duration::from_secs(15));
+            let timeout = self.options.job_stop_timeout.max(
+                self.config.job_stop_grace_period.unwrap_or_default() + Duration::from_secs(15),
+            );
             let deadline = Instant::now() + timeout;
             while self.machine.has_live_job() {
                 let left = deadline.saturating_duration_since(Instant::now());

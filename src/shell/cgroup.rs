@@ -602,7 +602,11 @@ pub(crate) struct LimitError {
 
 impl std::fmt::Display for LimitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot apply the job's {} limit: {}", self.what, self.why)
+        write!(
+            f,
+            "cannot apply the job's {} limit: {}",
+            self.what, self.why
+        )
     }
 }
 
@@ -648,7 +652,10 @@ impl LimitCgroups {
         );
         if let Some(bytes) = limits.memory_bytes {
             let what = "memory";
-            match v2.map(JobCgroup::dir).filter(|d| d.join("memory.max").exists()) {
+            match v2
+                .map(JobCgroup::dir)
+                .filter(|d| d.join("memory.max").exists())
+            {
                 Some(dir) => {
                     write_limit(&dir.join("memory.max"), &bytes.to_string(), what)?;
                     // Swap would let a job pass its limit slowly instead of
@@ -671,13 +678,22 @@ impl LimitCgroups {
         if let Some(millis) = limits.cpu_millis {
             let what = "CPU";
             let quota = (millis * CPU_PERIOD_USEC / 1000).max(1000);
-            match v2.map(JobCgroup::dir).filter(|d| d.join("cpu.max").exists()) {
-                Some(dir) => {
-                    write_limit(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_USEC}"), what)?
-                }
+            match v2
+                .map(JobCgroup::dir)
+                .filter(|d| d.join("cpu.max").exists())
+            {
+                Some(dir) => write_limit(
+                    &dir.join("cpu.max"),
+                    &format!("{quota} {CPU_PERIOD_USEC}"),
+                    what,
+                )?,
                 None => {
                     let dir = made.v1_cgroup("cpu", &name, what)?;
-                    write_limit(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_USEC.to_string(), what)?;
+                    write_limit(
+                        &dir.join("cpu.cfs_period_us"),
+                        &CPU_PERIOD_USEC.to_string(),
+                        what,
+                    )?;
                     write_limit(&dir.join("cpu.cfs_quota_us"), &quota.to_string(), what)?;
                 }
             }
@@ -708,7 +724,11 @@ impl LimitCgroups {
             why: format!("cannot create {}: {e}", dir.display()),
         })?;
         self.v1_dirs.push(dir.clone());
-        match CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()) {
+        match CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        ) {
             Ok(procs) => self.procs.push(procs),
             Err(_) => {
                 return Err(LimitError {
@@ -732,13 +752,7 @@ impl LimitCgroups {
             return 0;
         };
         let now = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|text| {
-                text.lines().find_map(|l| {
-                    l.strip_prefix("oom_kill ")
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                })
-            })
+            .map(|text| super::oom_kill_count(&text))
             .unwrap_or(0);
         let new = now.saturating_sub(self.oom_seen);
         self.oom_seen = self.oom_seen.max(now);

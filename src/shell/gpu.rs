@@ -178,7 +178,10 @@ pub fn parse_gpu_list(text: &str) -> Vec<Gpu> {
 fn broken_field(field: &str) -> bool {
     field.starts_with('[')
         && field.ends_with(']')
-        && !matches!(field, "[N/A]" | "[Not Supported]" | "[Insufficient Permissions]")
+        && !matches!(
+            field,
+            "[N/A]" | "[Not Supported]" | "[Insufficient Permissions]"
+        )
 }
 
 /// The verdict on `listed` (what the check printed) for `selection`: the
@@ -249,8 +252,9 @@ pub fn check(selection: &GpuSelection, command: Option<&str>) -> Result<Vec<Stri
             HostCommand::new(NVIDIA_SMI).args(default_health_query()),
         ),
     };
+    // A check that fails as a whole fails every assigned GPU.
     let output = run(&cmd, CHECK_TIMEOUT).map_err(|error| GpuFault {
-        gpu: None,
+        gpu: Some(selection.as_text()),
         error: format!("{what}: {error}"),
     })?;
     let listed = parse_gpu_list(&output);
@@ -282,8 +286,14 @@ fn run(cmd: &HostCommand, timeout: Duration) -> Result<String, String> {
     // The readers drain both pipes while the child runs, so a chatty child
     // cannot block on a full pipe; each ends when its pipe closes.
     let readers: Vec<_> = [
-        child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -305,7 +315,10 @@ fn run(cmd: &HostCommand, timeout: Duration) -> Result<String, String> {
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("{name} did not finish within {}s", timeout.as_secs()));
+                break Err(format!(
+                    "{name} did not finish within {}s",
+                    timeout.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => {
@@ -317,7 +330,11 @@ fn run(cmd: &HostCommand, timeout: Duration) -> Result<String, String> {
     };
     let outputs: Vec<String> = readers
         .into_iter()
-        .map(|r| r.join().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default())
+        .map(|r| {
+            r.join()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     let status = status?;
     let output = outputs.concat();
@@ -432,14 +449,10 @@ impl GpuSampler {
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
-        let totals = self.totals.lock().map(|t| {
-            (
-                t.peak,
-                t.util_sum,
-                t.util_samples,
-                t.samples,
-            )
-        });
+        let totals = self
+            .totals
+            .lock()
+            .map(|t| (t.peak, t.util_sum, t.util_samples, t.samples));
         let (peak, util_sum, util_samples, samples) = totals.unwrap_or_default();
         GpuUsage {
             peak_memory_mib: peak,
@@ -458,7 +471,12 @@ impl Drop for GpuSampler {
     }
 }
 
-fn sample_loop(ids: &[String], is_job: &dyn Fn(i32) -> bool, quit: &AtomicBool, totals: &Mutex<Totals>) {
+fn sample_loop(
+    ids: &[String],
+    is_job: &dyn Fn(i32) -> bool,
+    quit: &AtomicBool,
+    totals: &Mutex<Totals>,
+) {
     // A sample is short (two nvidia-smi runs); each is bounded so that a
     // hanging driver cannot hold the job's end up for long.
     const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -561,7 +579,9 @@ mod tests {
         assert_eq!(judge(&ids("GPU-bbb"), &listed), Ok(vec!["GPU-bbb".into()]));
         let missing = judge(&ids("0,2"), &listed).unwrap_err();
         assert_eq!(missing.gpu.as_deref(), Some("2"));
-        assert!(missing.to_string().contains("GPU 2 is unhealthy: not listed"));
+        assert!(missing
+            .to_string()
+            .contains("GPU 2 is unhealthy: not listed"));
         let lost = parse_gpu_list("0, GPU-aaa, [GPU is lost], [Unknown Error]\n1, GPU-bbb, x, y\n");
         let fault = judge(&ids("0"), &lost).unwrap_err();
         assert_eq!(fault.gpu.as_deref(), Some("0"));
@@ -579,7 +599,10 @@ mod tests {
             vec![(123, 300), (456, 12)]
         );
         let util = "0, GPU-aaa, 40\n1, GPU-bbb, 80\n2, GPU-ccc, [N/A]\n";
-        assert_eq!(parse_utilization(util, &["0".into(), "GPU-bbb".into()]), Some(60.0));
+        assert_eq!(
+            parse_utilization(util, &["0".into(), "GPU-bbb".into()]),
+            Some(60.0)
+        );
         assert_eq!(parse_utilization(util, &["2".into()]), None);
     }
 

@@ -103,7 +103,12 @@ impl JobLimits {
 
 /// Bytes as the job log shows a limit: `64 MiB`, `4 GiB`, `1536 KiB`.
 pub fn size_text(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (unit, size) in UNITS {
         if bytes >= size && bytes % size == 0 {
             return format!("{} {unit}", bytes / size);
@@ -113,6 +118,26 @@ pub fn size_text(bytes: u64) -> String {
         return format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64);
     }
     format!("{bytes} bytes")
+}
+
+/// The job-log line for `kills` processes the job's memory limit of
+/// `limit_bytes` killed.
+pub fn out_of_memory_line(kills: u64, limit_bytes: u64) -> String {
+    format!(
+        "The job ran out of memory: {kills} process(es) killed for going over the job's \
+         memory limit of {} (--job-memory-limit)\n",
+        size_text(limit_bytes)
+    )
+}
+
+/// The `oom_kill N` count in `memory.events` (v2) or
+/// `memory.oom_control` (v1) text; 0 when absent.
+pub fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Thousandths of a CPU as a decimal (`0.5`, `2`).

@@ -523,10 +523,9 @@ impl Shell {
         if kills == 0 {
             return None;
         }
-        let limit = self.memory_limit.map(super::size_text).unwrap_or_default();
-        Some(format!(
-            "The job ran out of memory: {kills} process(es) killed for going over the job's \
-             memory limit of {limit} (--job-memory-limit)\n"
+        Some(super::out_of_memory_line(
+            kills,
+            self.memory_limit.unwrap_or(0),
         ))
     }
 
@@ -614,7 +613,8 @@ impl Shell {
         let usage = self.usage_line();
         log::info!("{usage}");
         if let Some(gpu) = usage.gpu {
-            crate::metrics::global().job_gpu_used(gpu.peak_memory_bytes, gpu.mean_utilization_permille);
+            crate::metrics::global()
+                .job_gpu_used(gpu.peak_memory_bytes, gpu.mean_utilization_permille);
         }
         drop(self.cgroup.take());
         drop(self.limits.take());
@@ -810,8 +810,9 @@ impl Shell {
                             Ok(ReadEvent::Data(bytes)) => {
                                 if framer.status().is_none() {
                                     let now = Instant::now();
-                                    framer
-                                        .feed(&bytes, &mut |body| chunker.push(body, now, on_output));
+                                    framer.feed(&bytes, &mut |body| {
+                                        chunker.push(body, now, on_output)
+                                    });
                                 }
                             }
                             Ok(ReadEvent::Closed) | Err(mpsc::TryRecvError::Disconnected) => {

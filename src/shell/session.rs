@@ -236,10 +236,8 @@ pub(crate) fn in_job(pid: i32, leader: i32, cgroup: Option<&str>) -> bool {
         return true;
     }
     cgroup.is_some_and(|name| {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-            text.lines()
-                .any(|l| l.ends_with(&format!("/{name}")))
-        })
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|text| text.lines().any(|l| l.ends_with(&format!("/{name}"))))
     })
 }
 

@@ -30,6 +30,7 @@ mod containment;
 mod control_plane;
 #[cfg(target_os = "linux")]
 mod disk_full;
+mod gpu_boxes;
 mod hostile_input;
 mod hostile_paths;
 mod https;

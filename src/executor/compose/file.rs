@@ -132,7 +132,9 @@ pub fn render_main(
 
 fn push_main_settings(out: &mut String, settings: &MainSettings) {
     if let Some(bytes) = settings.memory_bytes {
-        out.push_str(&format!("    mem_limit: {bytes}\n    memswap_limit: {bytes}\n"));
+        out.push_str(&format!(
+            "    mem_limit: {bytes}\n    memswap_limit: {bytes}\n"
+        ));
     }
     if let Some(millis) = settings.cpu_millis {
         out.push_str(&format!("    cpus: {}\n", crate::shell::cpus_text(millis)));
@@ -235,7 +237,10 @@ mod tests {
         )
         .unwrap();
         let (main, db) = text.split_once("  db:").unwrap();
-        assert!(main.contains("    mem_limit: 67108864\n    memswap_limit: 67108864\n"), "{text}");
+        assert!(
+            main.contains("    mem_limit: 67108864\n    memswap_limit: 67108864\n"),
+            "{text}"
+        );
         assert!(main.contains("    cpus: 0.5\n"), "{text}");
         assert!(
             main.contains(
