@@ -580,6 +580,38 @@ impl std::error::Error for Unhealthy {}
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_failed_gpu_gate_is_unhealthy_counted_and_rendered() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("gpu"), "GPU families without --gpus");
+        m.registered("a", "linux", "x86_64");
+        m.gpu_checked(Ok(()));
+        m.job_gpu_used(321 << 20, Some(500));
+        let text = m.render();
+        assert_eq!(value(&text, "semaphore_agent_gpu_healthy"), "1");
+        assert_eq!(
+            value(&text, "semaphore_agent_job_gpu_memory_peak_bytes"),
+            (321u64 << 20).to_string()
+        );
+        assert_eq!(
+            value(&text, "semaphore_agent_job_gpu_utilization_ratio"),
+            "0.500"
+        );
+        assert!(m.health(now_ms(), 1000).is_ok());
+        m.gpu_checked(Err("GPU 1 is unhealthy: [GPU is lost]".into()));
+        let text = m.render();
+        assert_eq!(value(&text, "semaphore_agent_gpu_healthy"), "0");
+        assert_eq!(
+            value(&text, "semaphore_agent_gpu_health_check_failures_total"),
+            "1"
+        );
+        let why = m.health(now_ms(), 1000).unwrap_err().to_string();
+        assert_eq!(
+            why,
+            "GPU health check failed: GPU 1 is unhealthy: [GPU is lost]"
+        );
+    }
+
     fn value(text: &str, sample: &str) -> String {
         text.lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
