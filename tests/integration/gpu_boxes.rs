@@ -659,3 +659,57 @@ fn compose_gpus_without_nvidia_in_the_engine_fail_in_setup_saying_so() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", agent.log());
 }
+
+/// Two agents started by hand with the defaults on one box (one per GPU):
+/// the second does not write into the first one's `<tmp>/agent_log`, it
+/// picks its own file and says which.
+#[test]
+fn agents_side_by_side_never_share_the_default_agent_log() {
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let start = |name: &str| {
+        let args = [
+            "start",
+            "--endpoint",
+            &hub.endpoint(),
+            "--token",
+            crate::support::hub::REGISTRATION_TOKEN,
+            "--name",
+            name,
+            "--no-https",
+        ];
+        Agent::spawn_with(&sandbox, &args, &[], |cmd| {
+            cmd.env_remove("SEMAPHORE_AGENT_LOG_FILE_PATH");
+        })
+    };
+    let mut first = start("first-agent-gpu0");
+    let default_log = sandbox.tmp().join("agent_log");
+    assert!(
+        wait::until(WAIT, || std::fs::read_to_string(&default_log)
+            .is_ok_and(|t| t.contains("Registered as first-agent-gpu0"))),
+        "the first agent logs to {}",
+        default_log.display()
+    );
+    let mut second = start("second-agent-gpu1");
+    let own = sandbox.tmp().join(format!("agent_log-{}", second.pid()));
+    assert!(
+        wait::until(WAIT, || std::fs::read_to_string(&own)
+            .is_ok_and(|t| t.contains("Registered as second-agent-gpu1"))),
+        "the second agent's own log {}",
+        own.display()
+    );
+    let own_text = std::fs::read_to_string(&own).unwrap_or_default();
+    assert!(
+        own_text.contains(&format!(
+            "The agent log {} is in use by another agent on this machine; logging to {}",
+            default_log.display(),
+            own.display()
+        )),
+        "{own_text}"
+    );
+    hub.shutdown("requested");
+    assert_eq!(first.wait_exit(WAIT), Some(0));
+    assert_eq!(second.wait_exit(WAIT), Some(0));
+    let first_text = std::fs::read_to_string(&default_log).unwrap_or_default();
+    assert!(!first_text.contains("second-agent-gpu1"), "{first_text}");
+}
