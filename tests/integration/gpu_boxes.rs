@@ -385,7 +385,7 @@ fn a_busy_loop_under_half_a_cpu_gets_half_a_cpu() {
         used <= 2.6,
         "a 4 s busy loop under --job-cpus 0.5 used {used} s CPU: {usage}"
     );
-    assert!(used >= 0.5, "the loop hardly ran ({used} s): {usage}");
+    assert!(used >= 0.2, "the loop hardly ran ({used} s): {usage}");
 }
 
 /// A job whose process traps TERM and needs 2 s to checkpoint; returns

@@ -40,11 +40,9 @@ state='{state}'
 if [ -e "$state/fail" ]; then cat "$state/fail" >&2; exit 9; fi
 case "$*" in
   *--query-compute-apps=*)
-    for env in /proc/[0-9]*/environ; do
-      n=$(tr '\0' '\n' <"$env" 2>/dev/null | sed -n 's/^GPU_STANDIN_USED_MIB=//p' | head -n 1)
-      [ -n "$n" ] || continue
-      pid=${{env#/proc/}}; echo "${{pid%/environ}}, $n"
-    done ;;
+    # One grep over every environment (NUL-separated records).
+    grep -a -z -H '^GPU_STANDIN_USED_MIB=' /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' |
+      sed -n 's|^/proc/\([0-9]*\)/environ:GPU_STANDIN_USED_MIB=\([0-9]*\)$|\1, \2|p' ;;
   *utilization.gpu*)
     while IFS=, read -r i u _; do [ -n "$i" ] && echo "$i,$u, 50"; done <"$state/gpus" ;;
   *--query-gpu=*) cat "$state/gpus" ;;
