@@ -843,6 +843,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn limits_go_into_the_v2_cgroup_files_and_oom_kills_are_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in ["memory.max", "memory.swap.max", "cpu.max", "memory.events"] {
+            std::fs::write(dir.path().join(file), "max\n").expect("fake cgroup file");
+        }
+        let cgroup = JobCgroup {
+            dir: dir.path().to_path_buf(),
+            name: "semaphore-job-1-1".into(),
+            procs: CString::default(),
+        };
+        let limits = crate::shell::JobLimits {
+            memory_bytes: Some(64 << 20),
+            cpu_millis: Some(500),
+        };
+        let mut made = LimitCgroups::create(&limits, Some(&cgroup)).expect("v2 limits");
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert!(made.procs_paths().is_empty(), "no v1 cgroup needed");
+        assert_eq!(made.new_oom_kills(), 0);
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\noom 3\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(made.new_oom_kills(), 2);
+        assert_eq!(made.new_oom_kills(), 0, "each kill is reported once");
+        drop(made);
+        // Not a real cgroup: nothing to kill or remove.
+        std::mem::forget(cgroup);
+    }
+
+    #[test]
     fn finds_v1_hierarchies_by_controller() {
         let mountinfo = "\
 30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
