@@ -34,7 +34,9 @@
 //!    (zombies) are counted apart.
 //! 4. line latency: a job prints `date +%s%N` every 200 ms; delay from the
 //!    stamp to the hub's log endpoint accepting the event that completes the
-//!    line. Baseline: the same loop read through a plain pipe.
+//!    line. Baseline: the same loop read through a plain pipe. Then a job
+//!    prints 5 MB: the log requests the hub received for it, against the
+//!    fewest the agent's 2 MiB batch cap allows (3).
 //! 5. binary size of target/release/semaphore-agent and, if
 //!    packaging/build-static.sh built it, the static musl binary. There is
 //!    no baseline binary to build here; the ratio column is against the
@@ -45,7 +47,12 @@
 //!    Baseline: the VmHWM of a fresh process (this program with
 //!    `--parse FILE`) that reads the same bytes and parses them into a
 //!    `serde_json::Value`, the plain way to read a request.
-//! 7. GPU agent (issue 30): an agent with `--gpus 0` (the STAND-IN
+//! 7. `run` draining 100 MB: `semaphore-agent run job.json > /dev/null`
+//!    for a job that `cat`s a 100 MB text file, spawn → exit. Baseline: the
+//!    same file through a bare PTY (`script -qc 'cat FILE' /dev/null >
+//!    /dev/null`), runs alternated; the ratio is the agent's throughput
+//!    over the bare PTY's (above 1 is faster).
+//! 8. GPU agent (issue 30): an agent with `--gpus 0` (the STAND-IN
 //!    `nvidia-smi` of tests/support/gpu.rs on its PATH, so the health gate
 //!    runs for real before registering and then on its 5-minute timer) and
 //!    one without, started side by side and left idle together for 15 s:
@@ -80,6 +87,14 @@ const STOP_RUNS: usize = 5;
 const LINES: usize = 15;
 /// How long the agent idles before its RSS is read.
 const IDLE: Duration = Duration::from_secs(3);
+/// Runs of the 100 MB drain (and of its baseline).
+const DRAIN_RUNS: usize = 3;
+/// The bound of one 100 MB drain (a loaded machine drains slowly).
+const DRAIN_WAIT: Duration = Duration::from_secs(180);
+/// Size of the output the log-POST job prints.
+const POSTS_JOB_BYTES: u64 = 5_000_000;
+/// The agent's cap on one log request's body (`PushOptions::batch_bytes`).
+const BATCH_CAP: u64 = 2 * 1024 * 1024;
 /// The bound of every wait for something that should take well under it.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -105,10 +120,10 @@ fn main() {
     let clock = Clock::now();
     let mut rows = Vec::new();
 
-    println!("1/6 start → registered ({START_RUNS} runs each)...");
+    println!("1/7 start → registered ({START_RUNS} runs each)...");
     rows.extend(start_rows(&bin));
 
-    println!("2/6 idle RSS, 3/6 line latency, 4/6 stop latency (one agent)...");
+    println!("2/7 idle RSS, 3/7 line latency and log POSTs, 4/7 stop latency (one agent)...");
     let scratch = Sandbox::new();
     let hub = hub::Hub::start();
     let mut agent = Proc::spawn(scratch.agent(&bin, &start_args(&hub.endpoint())));
@@ -119,6 +134,7 @@ fn main() {
     let plain_rss = proc_status_kb(agent.pid(), "VmRSS").unwrap_or(0);
     rows.extend(health_rows(&bin, plain_rss));
     rows.extend(line_rows(&hub, &clock));
+    rows.extend(posts_rows(&hub, &scratch));
     rows.extend(stop_rows(&hub, &agent));
     if let Some(hwm) = proc_status_kb(agent.pid(), "VmHWM") {
         rows.push(Row::info(
@@ -128,13 +144,16 @@ fn main() {
     }
     agent.kill();
 
-    println!("5/6 binary size...");
+    println!("5/8 binary size...");
     rows.extend(size_rows(&bin));
 
-    println!("6/6 a 200 MB job request...");
+    println!("6/8 a 200 MB job request...");
     rows.extend(big_job_rows(&bin));
 
-    println!("7/7 a GPU agent (health gate on) against a plain one, idle side by side...");
+    println!("7/8 `run` draining 100 MB ({DRAIN_RUNS} runs each)...");
+    rows.extend(drain_rows(&bin));
+
+    println!("8/8 a GPU agent (health gate on) against a plain one, idle side by side...");
     rows.extend(gpu_rows(&bin));
 
     print_table(&rows);
@@ -426,6 +445,118 @@ fn stamp(line: &str) -> Option<SystemTime> {
     }
     let nanos: u64 = digits.parse().ok()?;
     Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+/// A job under `start` prints [`POSTS_JOB_BYTES`] of text: how many log
+/// requests carry it, against the fewest the batch cap allows.
+fn posts_rows(hub: &hub::Hub, scratch: &Sandbox) -> Vec<Row> {
+    let file = scratch.path("posts.txt");
+    let size = write_text_file(&file, POSTS_JOB_BYTES);
+    let id = hub
+        .queue_job(json!({ "commands": [{ "directive": format!("cat '{}'", file.display()) }] }));
+    let result = hub.wait_for_result(&id, WAIT + Duration::from_secs(30));
+    // The log is drained before the result is reported.
+    let posts = hub.requests_to(&format!("/logs/{id}")).len() as u64;
+    let floor = size.div_ceil(BATCH_CAP);
+    let mb = size as f64 / 1e6;
+    let mut note = format!("{:.1} MB job, {:.2} POSTs per MB", mb, posts as f64 / mb);
+    if result.as_deref() != Some("passed") {
+        note.push_str(&format!(", JOB RESULT {result:?}"));
+    }
+    vec![Row {
+        name: "log POSTs for a 5 MB job".into(),
+        value: posts.to_string(),
+        baseline: floor.to_string(),
+        baseline_is: "fewest the 2 MiB batch cap allows".into(),
+        ratio: Some(posts as f64 / floor.max(1) as f64),
+        target: "<= 3".into(),
+        ok: Some(posts > 0 && posts <= 3),
+        note,
+    }]
+}
+
+/// Lines of text, about `bytes` of them, into `path`; the size written.
+fn write_text_file(path: &Path, bytes: u64) -> u64 {
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(path)
+            .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", path.display()))),
+    );
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while written < bytes {
+        let line =
+            format!("{i:09} the quick brown fox jumps over the lazy dog - agent bench filler\n");
+        if let Err(e) = w.write_all(line.as_bytes()) {
+            fail(&format!("cannot write {}: {e}", path.display()));
+        }
+        written += line.len() as u64;
+        i += 1;
+    }
+    if let Err(e) = w.flush() {
+        fail(&format!("cannot write {}: {e}", path.display()));
+    }
+    written
+}
+
+// ---------------------------------------------------------------- 7. drain
+
+/// `semaphore-agent run` of a job that `cat`s 100 MB, against the same
+/// `cat` through a bare PTY (`script`), runs alternated.
+fn drain_rows(bin: &Path) -> Vec<Row> {
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("output.txt");
+    let size = write_text_file(&file, 100 * 1024 * 1024);
+    let job = sandbox.path("job.json");
+    let text = json!({ "commands": [{ "directive": format!("cat '{}'", file.display()) }] });
+    if let Err(e) = std::fs::write(&job, text.to_string()) {
+        fail(&format!("cannot write {}: {e}", job.display()));
+    }
+    let timed = |mut cmd: Command| -> Option<Duration> {
+        cmd.stdout(Stdio::null());
+        let started = Instant::now();
+        let mut child = Proc::spawn(cmd);
+        let exited = child.wait_exit_within(DRAIN_WAIT);
+        let took = started.elapsed();
+        let ok = child
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.success());
+        (exited && ok).then_some(took)
+    };
+    let (mut agent, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..DRAIN_RUNS {
+        let mut cmd = sandbox.command(bin);
+        cmd.arg("run").arg(&job);
+        agent.extend(timed(cmd));
+        let mut cmd = sandbox.command(Path::new("script"));
+        cmd.arg("-qc")
+            .arg(format!("cat '{}'", file.display()))
+            .arg("/dev/null");
+        bare.extend(timed(cmd));
+    }
+    let mbps = |d: Option<Duration>| d.map(|d| size as f64 / (1024.0 * 1024.0) / d.as_secs_f64());
+    let (a, b) = (mbps(median(&agent)), mbps(median(&bare)));
+    let fmt = |v: Option<f64>| {
+        v.map(|v| format!("{v:.0} MB/s"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let ratio = a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    vec![Row {
+        name: "`run` draining 100 MB, median".into(),
+        value: fmt(a),
+        baseline: fmt(b),
+        baseline_is: "bare PTY (`script -qc cat`), median".into(),
+        ratio,
+        target: ">= 1.10x".into(),
+        ok: ratio.map(|r| r >= 1.1),
+        note: format!(
+            "{}/{DRAIN_RUNS} agent runs, {}/{DRAIN_RUNS} bare runs; ratio = throughput",
+            agent.len(),
+            bare.len()
+        ),
+    }]
 }
 
 // ---------------------------------------------------------------- 4. stop
@@ -1027,10 +1158,15 @@ impl Proc {
     /// of the exit is precise; false if it did not exit in time (it is
     /// killed then).
     fn wait_exit(&mut self) -> bool {
+        self.wait_exit_within(WAIT)
+    }
+
+    /// [`Proc::wait_exit`] with its own bound.
+    fn wait_exit_within(&mut self, bound: Duration) -> bool {
         if self.reaped {
             return false;
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + bound;
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => {

@@ -14,7 +14,11 @@
 //! with JSON overhead under 2%), while memory stays a few KiB. Latency does
 //! not depend on the size: a byte is emitted at most [`FLUSH_AFTER`]
 //! (100 ms, as in the Go agent) after it arrived, whether the job then goes
-//! quiet or keeps trickling out less than a chunk.
+//! quiet or keeps trickling out less than a chunk. A job's shell uses
+//! [`Chunker::settling`]: output that starts after a quiet spell (nothing
+//! for `FLUSH_AFTER`), such as a line a slow job prints, is emitted as
+//! soon as it settles (no new byte for [`SETTLE`]), while steady output is
+//! still cut by size and `FLUSH_AFTER`.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,10 @@ pub const MAX_CHUNK_BYTES: usize = 4096;
 
 /// The longest a byte waits in the chunker before it is emitted.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(100);
+
+/// How long output that came after a quiet spell waits for more before a
+/// settling chunker emits it.
+pub const SETTLE: Duration = Duration::from_millis(5);
 
 /// The smallest size cap accepted, so that holding back a partial UTF-8
 /// sequence (3 bytes) and a `\r` still leaves room for progress.
@@ -43,6 +51,13 @@ pub struct Chunker {
     oldest: Option<Instant>,
     max_bytes: usize,
     flush_after: Duration,
+    /// When bytes last arrived.
+    last_arrival: Option<Instant>,
+    /// The pending output began after a quiet spell of `flush_after`.
+    after_quiet: bool,
+    /// Emit pending output that began after a quiet spell once no byte
+    /// arrived for this long (`None`: only by size and `flush_after`).
+    settle: Option<Duration>,
 }
 
 impl Default for Chunker {
@@ -66,16 +81,41 @@ impl Chunker {
             oldest: None,
             max_bytes,
             flush_after,
+            last_arrival: None,
+            after_quiet: false,
+            settle: None,
+        }
+    }
+
+    /// A chunker with the agent's limits that also emits output coming
+    /// after a quiet spell once it settles (no new byte for [`SETTLE`]):
+    /// a line a slow job prints goes out within milliseconds, a stream is
+    /// still cut in full chunks.
+    pub fn settling() -> Chunker {
+        Chunker {
+            settle: Some(SETTLE),
+            ..Chunker::new()
         }
     }
 
     /// Adds bytes read at `now`; emits every full chunk they complete.
     pub fn push(&mut self, bytes: &[u8], now: Instant, out: &mut dyn FnMut(&str)) {
+        self.push_owned(bytes, now, &mut |chunk| out(&chunk));
+    }
+
+    /// [`Chunker::push`] handing each chunk over as an owned `String`, so
+    /// a caller that keeps it (an event) needs no copy of its own.
+    pub fn push_owned(&mut self, bytes: &[u8], now: Instant, out: &mut dyn FnMut(String)) {
         if bytes.is_empty() {
             return;
         }
+        let quiet = self
+            .last_arrival
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.flush_after);
+        self.last_arrival = Some(now);
         if self.oldest.is_none() {
             self.oldest = Some(now);
+            self.after_quiet = quiet;
         }
         // Copy in pieces so `pending` never grows past twice the cap, however
         // large the caller's slice.
@@ -95,16 +135,26 @@ impl Chunker {
         // left after it arrived now and must not wait for the next read.
         if self.oldest.is_none() && !self.pending.is_empty() {
             self.oldest = Some(now);
+            self.after_quiet = false;
         }
     }
 
     /// When the pending output must be emitted, if there is any that can be.
     pub fn deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.flush_after)
+        let due = self.oldest? + self.flush_after;
+        match (self.settle, self.last_arrival) {
+            (Some(settle), Some(last)) if self.after_quiet => Some(due.min(last + settle)),
+            _ => Some(due),
+        }
     }
 
     /// Emits the pending output if its deadline has passed at `now`.
     pub fn poll(&mut self, now: Instant, out: &mut dyn FnMut(&str)) {
+        self.poll_owned(now, &mut |chunk| out(&chunk));
+    }
+
+    /// [`Chunker::poll`] handing chunks over as owned `String`s.
+    pub fn poll_owned(&mut self, now: Instant, out: &mut dyn FnMut(String)) {
         match self.deadline() {
             Some(deadline) if now >= deadline => {
                 self.emit(self.max_bytes, false, out);
@@ -120,6 +170,11 @@ impl Chunker {
     /// Emits everything left, as the command is over: a partial UTF-8
     /// sequence becomes U+FFFD and a trailing `\r` is kept as is.
     pub fn finish(&mut self, out: &mut dyn FnMut(&str)) {
+        self.finish_owned(&mut |chunk| out(&chunk));
+    }
+
+    /// [`Chunker::finish`] handing chunks over as owned `String`s.
+    pub fn finish_owned(&mut self, out: &mut dyn FnMut(String)) {
         while !self.pending.is_empty() {
             if !self.emit(self.max_bytes, true, out) {
                 break;
@@ -133,7 +188,7 @@ impl Chunker {
     /// the cut is moved back so it splits neither a UTF-8 sequence nor a
     /// `\r\n` pair (a `\r` at the very end waits, as its `\n` may be in the
     /// next read). Returns whether anything was emitted.
-    fn emit(&mut self, limit: usize, last: bool, out: &mut dyn FnMut(&str)) -> bool {
+    fn emit(&mut self, limit: usize, last: bool, out: &mut dyn FnMut(String)) -> bool {
         let len = self.pending.len();
         let mut cut = limit.min(len);
         if !last || cut < len {
@@ -153,7 +208,7 @@ impl Chunker {
         if self.pending.is_empty() {
             self.oldest = None;
         }
-        out(&text);
+        out(text);
         true
     }
 }
@@ -355,6 +410,62 @@ mod tests {
         let leads = [0xf0u8; 50];
         let chunks = chunks_of(&mut small(), &[&leads]);
         assert_eq!(chunks.concat(), "\u{FFFD}".repeat(50));
+    }
+
+    #[test]
+    fn a_settling_chunker_emits_a_line_after_a_quiet_spell_once_it_settles() {
+        let mut chunker = Chunker::settling();
+        let t0 = Instant::now();
+        let mut chunks: Vec<String> = Vec::new();
+        // The first output of a command, then a pause: out after SETTLE.
+        chunker.push(b"12:00\r\n", t0, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunker.deadline(), Some(t0 + SETTLE));
+        chunker.poll(t0 + SETTLE - Duration::from_millis(1), &mut |c| {
+            chunks.push(c.to_string())
+        });
+        assert!(chunks.is_empty());
+        chunker.poll(t0 + SETTLE, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunks, vec!["12:00\n"]);
+        // More bytes before it settles push the settle point back...
+        let t1 = t0 + Duration::from_millis(500);
+        chunker.push(b"a", t1, &mut |c| chunks.push(c.to_string()));
+        chunker.push(b"b", t1 + Duration::from_millis(3), &mut |c| {
+            chunks.push(c.to_string())
+        });
+        assert_eq!(
+            chunker.deadline(),
+            Some(t1 + Duration::from_millis(3) + SETTLE)
+        );
+        chunker.poll(t1 + Duration::from_millis(3) + SETTLE, &mut |c| {
+            chunks.push(c.to_string())
+        });
+        assert_eq!(chunks.last().map(String::as_str), Some("ab"));
+    }
+
+    #[test]
+    fn a_settling_chunker_batches_steady_output_by_size_and_flush_after() {
+        let mut chunker = Chunker::settling();
+        let t0 = Instant::now();
+        let mut chunks: Vec<String> = Vec::new();
+        // Output every 2 ms: the first piece came after a quiet spell and
+        // settles, what follows it comes too soon after bytes to count as
+        // quiet, and waits for FLUSH_AFTER (or a full chunk).
+        chunker.push(b"x", t0, &mut |c| chunks.push(c.to_string()));
+        chunker.poll(t0 + SETTLE, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunks, vec!["x"]);
+        let mut now = t0 + SETTLE;
+        for _ in 0..20 {
+            now += Duration::from_millis(2);
+            chunker.push(b"y", now, &mut |c| chunks.push(c.to_string()));
+            chunker.poll(now + Duration::from_millis(1), &mut |c| {
+                chunks.push(c.to_string())
+            });
+        }
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        let first = t0 + SETTLE + Duration::from_millis(2);
+        assert_eq!(chunker.deadline(), Some(first + FLUSH_AFTER));
+        chunker.poll(first + FLUSH_AFTER, &mut |c| chunks.push(c.to_string()));
+        assert_eq!(chunks.concat(), format!("x{}", "y".repeat(20)));
     }
 
     #[test]

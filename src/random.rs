@@ -46,6 +46,11 @@ pub fn u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// A random number in `[0, 1)` (retry jitter), from 53 random bits.
+pub fn unit() -> f64 {
+    (u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -60,5 +65,12 @@ mod tests {
             }
         }
         assert_ne!(super::u64(), super::u64());
+    }
+
+    #[test]
+    fn unit_stays_in_the_unit_interval_and_varies() {
+        let draws: Vec<f64> = (0..10_000).map(|_| super::unit()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(draws.iter().any(|&u| u < 0.1) && draws.iter().any(|&u| u > 0.9));
     }
 }

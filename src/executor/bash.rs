@@ -69,11 +69,12 @@ impl PtyCommands {
         let Some(shell) = self.shell.as_mut() else {
             return Outcome::ShellDied(1);
         };
-        let result = shell.run(command, &mut |chunk| {
+        // The chunk is the chunker's own string: it becomes the event as is.
+        let result = shell.run_owned(command, &mut |chunk| {
             if logged {
                 log.emit(Event::CmdOutput {
                     timestamp: unix_now(),
-                    output: chunk.to_string(),
+                    output: chunk,
                 });
             }
         });

@@ -14,6 +14,7 @@ mod host;
 mod ops;
 mod shutdown;
 mod state;
+mod sweep;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -198,12 +199,6 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
-    log::info!("{}", crate::executor::containment());
-    // What agents that are gone (killed, crashed) left on this host: their
-    // temp dirs, and their compose jobs' containers, networks, volumes.
-    crate::private_tmp::remove_dirs_of_gone_agents(&std::env::temp_dir());
-    #[cfg(unix)]
-    crate::executor::remove_compose_leftovers(&std::env::temp_dir());
     let mut job_options = config.job_options();
     if let Some(selection) = &config.gpus {
         // Before registering: a box whose GPU is gone takes no job.
@@ -273,6 +268,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         "Registered as {name} in {} ms",
         started.elapsed().as_millis()
     );
+    // What agents that are gone (killed, crashed) left on this host (job
+    // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
+    // removed on the "host-sweep" thread, once registered: its `docker`
+    // must not compete with the start for the CPU.
+    let sweep = sweep::HostSweep::start(std::env::temp_dir());
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -295,9 +295,11 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         last_successful_sync: Instant::now(),
         gpu_checked_at: Instant::now(),
         gpu_fault: None,
+        sweep,
     };
     let reason = listener.sync_loop();
     listener.shutdown(reason);
+    listener.sweep.finish();
     Ok(reason)
 }
 
@@ -371,6 +373,9 @@ struct Listener {
     /// The GPU health gate failed after a job: report the job, then
     /// disconnect instead of taking another.
     gpu_fault: Option<crate::shell::gpu::GpuFault>,
+    /// The sweep of what gone agents left, joined as soon as it is done
+    /// (its stack is given back) and at the latest at exit.
+    sweep: sweep::HostSweep,
 }
 
 /// The GPU health gate: the check, and on a failure one agent-log line
@@ -394,6 +399,7 @@ impl Listener {
             while let Ok(wake) = self.rx.try_recv() {
                 self.on_wake(wake);
             }
+            self.sweep.join_if_done();
             if self.gpu_fault.is_none()
                 && matches!(self.machine.state(), State::WaitingForJobs)
                 && self.gpu_checked_at.elapsed() >= self.options.gpu_health_interval
@@ -702,7 +708,7 @@ impl JobWork {
         );
         // run_job logs the result and duration itself.
         let result = {
-            let mut masked = Masker::new(&mut logs, secrets);
+            let mut masked = Masker::new(logs.sink(), secrets);
             run_job(&request, &self.options, &mut masked, stop)
         };
         logs.finish(&request);

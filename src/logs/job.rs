@@ -12,10 +12,10 @@ use std::path::Path;
 use super::pusher::{flush_timeout_from_env, FinishOptions, FlushReport, LogError, PushLogger};
 use super::pusher::{PushOptions, TokenRefresher};
 use super::upload::{process_env, UploadOutcome, UploadPolicy};
-use crate::events::{Event, EventSink};
 use crate::request::JobRequest;
 
-/// The log of one job under `start`; an [`EventSink`] while the job runs.
+/// The log of one job under `start`. While the job runs, its events go
+/// straight into [`JobLogs::sink`] (the pusher itself, no forwarding).
 pub struct JobLogs {
     pusher: PushLogger,
     upload: UploadPolicy,
@@ -43,6 +43,11 @@ impl JobLogs {
         Ok(JobLogs { pusher, upload })
     }
 
+    /// Where the job's events go while it runs.
+    pub fn sink(&mut self) -> &mut PushLogger {
+        &mut self.pusher
+    }
+
     /// Delivers what is left (bounded), uploads the plain-text log when
     /// asked to, and says in the agent log what went wrong, if anything.
     pub fn finish(self, request: &JobRequest) -> FlushReport {
@@ -51,12 +56,6 @@ impl JobLogs {
             .finish(&FinishOptions::new(request, self.upload));
         log_flush_report(&request.job_id, &report);
         report
-    }
-}
-
-impl EventSink for JobLogs {
-    fn emit(&mut self, event: Event) {
-        self.pusher.emit(event);
     }
 }
 

@@ -473,7 +473,7 @@ impl Shell {
             None => Some(home.as_ref()),
         };
         let line = framing::init_line(&nonce, cd);
-        let mut discard = |_: &str| {};
+        let mut discard = |_: String| {};
         let deadline = Instant::now() + START_TIMEOUT;
         let mut framer = Framer::new(&nonce);
         match shell.exchange(&line, &mut framer, &mut discard, Some(deadline)) {
@@ -532,6 +532,16 @@ impl Shell {
     /// Runs `cmd` as if `source`d and returns its exit status, passing its
     /// output to `on_output` in chunks (see `output::Chunker`) while it runs.
     pub fn run(&mut self, cmd: &str, on_output: &mut dyn FnMut(&str)) -> Result<i32, ShellError> {
+        self.run_owned(cmd, &mut |chunk| on_output(&chunk))
+    }
+
+    /// [`Shell::run`] handing each chunk over as an owned `String` (the
+    /// chunker's own), so a caller that keeps it makes no copy.
+    pub fn run_owned(
+        &mut self,
+        cmd: &str,
+        on_output: &mut dyn FnMut(String),
+    ) -> Result<i32, ShellError> {
         if self.stopper.is_stopped() {
             self.end_job();
             return Err(ShellError::Stopped);
@@ -756,7 +766,7 @@ impl Shell {
         &mut self,
         line: &str,
         framer: &mut Framer,
-        on_output: &mut dyn FnMut(&str),
+        on_output: &mut dyn FnMut(String),
         deadline: Option<Instant>,
     ) -> Result<i32, ShellError> {
         let Some(rx) = self.rx.take() else {
@@ -775,10 +785,10 @@ impl Shell {
         rx: &Receiver<ReadEvent>,
         line: &str,
         framer: &mut Framer,
-        on_output: &mut dyn FnMut(&str),
+        on_output: &mut dyn FnMut(String),
         deadline: Option<Instant>,
     ) -> Result<i32, ShellError> {
-        let mut chunker = Chunker::new();
+        let mut chunker = Chunker::settling();
         let outcome = if self.pty_closed {
             Outcome::ShellEnded
         } else {
@@ -811,7 +821,7 @@ impl Shell {
                                 if framer.status().is_none() {
                                     let now = Instant::now();
                                     framer.feed(&bytes, &mut |body| {
-                                        chunker.push(body, now, on_output)
+                                        chunker.push_owned(body, now, on_output)
                                     });
                                 }
                             }
@@ -821,7 +831,7 @@ impl Shell {
                             Err(mpsc::TryRecvError::Empty) => break,
                         }
                     }
-                    chunker.poll(Instant::now(), on_output);
+                    chunker.poll_owned(Instant::now(), on_output);
                 };
                 self.end_job_with(&mut pump);
                 if closed {
@@ -847,7 +857,7 @@ impl Shell {
         rx: &Receiver<ReadEvent>,
         framer: &mut Framer,
         chunker: &mut Chunker,
-        on_output: &mut dyn FnMut(&str),
+        on_output: &mut dyn FnMut(String),
         deadline: Option<Instant>,
     ) -> Outcome {
         let mut last_check = Instant::now();
@@ -863,9 +873,10 @@ impl Shell {
             match rx.recv_timeout(wait) {
                 Ok(ReadEvent::Data(bytes)) => {
                     let now = Instant::now();
-                    let done = framer.feed(&bytes, &mut |body| chunker.push(body, now, on_output));
+                    let done =
+                        framer.feed(&bytes, &mut |body| chunker.push_owned(body, now, on_output));
                     if let Some(status) = done {
-                        chunker.finish(on_output);
+                        chunker.finish_owned(on_output);
                         return Outcome::Finished(status);
                     }
                 }
@@ -876,7 +887,7 @@ impl Shell {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            chunker.poll(now, on_output);
+            chunker.poll_owned(now, on_output);
             if self.stopper.is_stopped() {
                 return Outcome::Stopped;
             }
@@ -901,7 +912,7 @@ impl Shell {
         rx: &Receiver<ReadEvent>,
         framer: &mut Framer,
         chunker: &mut Chunker,
-        on_output: &mut dyn FnMut(&str),
+        on_output: &mut dyn FnMut(String),
     ) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while !self.pty_closed {
@@ -913,7 +924,7 @@ impl Shell {
                 Ok(ReadEvent::Data(bytes)) => {
                     if framer.status().is_none() {
                         let now = Instant::now();
-                        framer.feed(&bytes, &mut |body| chunker.push(body, now, on_output));
+                        framer.feed(&bytes, &mut |body| chunker.push_owned(body, now, on_output));
                     }
                 }
                 Ok(ReadEvent::Closed) | Err(RecvTimeoutError::Disconnected) => {
@@ -922,8 +933,8 @@ impl Shell {
                 Err(RecvTimeoutError::Timeout) => break,
             }
         }
-        framer.finish(&mut |body| chunker.push(body, Instant::now(), on_output));
-        chunker.finish(on_output);
+        framer.finish(&mut |body| chunker.push_owned(body, Instant::now(), on_output));
+        chunker.finish_owned(on_output);
     }
 }
 

@@ -207,6 +207,29 @@ fn fifty_sigkills_at_random_points_leave_nothing_behind() {
         .map(|p| p.cmdline)
         .collect();
     assert!(settled, "processes left: {left_procs:?}");
+    // The live agent sweeps what the killed ones left on its "host-sweep"
+    // thread, beside its jobs (issue 24: off the start path), so this waits
+    // for the sweep (bounded) instead of expecting it done at the first job.
+    let temp_entries = || {
+        let mut entries: Vec<String> = std::fs::read_dir(sandbox.tmp())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        entries.sort();
+        entries
+    };
+    // Only the live agent's own private dir (and its agent log default,
+    // which the sandbox moves elsewhere).
+    let swept = |entries: &[String]| {
+        entries.len() <= 1 && entries.iter().all(|e| e.starts_with("semaphore-agent-"))
+    };
+    wait::until(WAIT, || {
+        swept(&temp_entries())
+            && killed
+                .iter()
+                .all(|pid| cgroups_of(*pid).is_empty() && docker_of(*pid).is_empty())
+    });
     for pid in &killed {
         assert_eq!(
             cgroups_of(*pid),
@@ -219,18 +242,8 @@ fn fifty_sigkills_at_random_points_leave_nothing_behind() {
             "docker objects of agent {pid}"
         );
     }
-    let mut entries: Vec<String> = std::fs::read_dir(sandbox.tmp())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    // Only the live agent's own private dir (and its agent log default,
-    // which the sandbox moves elsewhere).
-    assert!(
-        entries.len() <= 1 && entries.iter().all(|e| e.starts_with("semaphore-agent-")),
-        "temp entries left: {entries:?}"
-    );
+    let entries = temp_entries();
+    assert!(swept(&entries), "temp entries left: {entries:?}");
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     println!(

@@ -1242,11 +1242,11 @@ fn a_killed_agents_compose_leftovers_are_removed_by_the_next_agent_and_nothing_e
     assert!(!containers_of(doomed_pid).is_empty());
     assert!(!networks_of(doomed_pid).is_empty());
 
-    // The next agent on the host (same TMPDIR) cleans up at start.
+    // The next agent on the host (same TMPDIR) cleans up at start, on its
+    // "host-sweep" thread beside registering (the log file is the killed
+    // agent's too: its own registration is the second).
     let hub_next = Hub::start();
     let next = agent(&sandbox, &hub_next, &[]);
-    // The clean-up is done before it registers (the log file is the
-    // killed agent's too: its own registration is the second).
     let gone = crate::support::wait::until(JOB_TIMEOUT, || {
         next.log().matches("Registering Agent").count() >= 2
             && containers_of(doomed_pid).is_empty()

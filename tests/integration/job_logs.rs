@@ -233,6 +233,73 @@ fn the_spool_honours_the_loggers_max_size_in_bytes() {
     assert_eq!(server.count(), report.total);
 }
 
+/// Issue 26: at the logger's size bound the log does not stop silently:
+/// the output is cut, a last output line says how much and why, and the
+/// command's and the job's closing events still arrive.
+#[test]
+fn a_log_cut_at_max_size_in_bytes_says_so_and_keeps_the_closing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LogServer::spawn(TOKEN);
+    let mut bounded = logger(&server.url);
+    bounded.max_size_in_bytes = 10_000;
+    let mut pl = PushLogger::start(&bounded, no_refresh(), fast_options(dir.path())).unwrap();
+    pl.emit(Event::JobStarted {
+        timestamp: 1_700_000_000,
+    });
+    pl.emit(Event::CmdStarted {
+        timestamp: 1_700_000_000,
+        directive: "seq 5000".into(),
+    });
+    let mut digest = Digest::default();
+    emit_numbers(&mut pl, 0, 5000, &mut digest);
+    pl.emit(Event::CmdFinished {
+        timestamp: 1_700_000_001,
+        directive: "seq 5000".into(),
+        exit_code: 0,
+        started_at: 1_700_000_000,
+        finished_at: 1_700_000_001,
+    });
+    pl.emit(Event::JobFinished {
+        timestamp: 1_700_000_001,
+        result: JobResult::Passed,
+    });
+    let report = finish(pl, &JobRequest::default(), None);
+    server.assert_no_errors();
+    assert!(report.trimmed, "{report:?}");
+    let lines = server.lines();
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let n = events.len();
+    assert!(n > 3 && n < 400, "{n} events kept");
+    assert_eq!(
+        events[n - 2]["event"],
+        "cmd_finished",
+        "{:?}",
+        &events[n - 3..]
+    );
+    assert_eq!(events[n - 2]["exit_code"], 0);
+    assert_eq!(events[n - 1]["event"], "job_finished");
+    assert_eq!(events[n - 1]["result"], "passed");
+    // The last output says how much was cut and why: every number not
+    // kept, in bytes.
+    assert_eq!(events[n - 3]["event"], "cmd_output");
+    let note = events[n - 3]["output"].as_str().unwrap();
+    let kept_numbers = events[..n - 3]
+        .iter()
+        .filter(|e| e["event"] == "cmd_output")
+        .count();
+    let cut_bytes: usize = (kept_numbers..5000).map(|i| format!("{i}\n").len()).sum();
+    assert!(
+        note.contains(&format!("{cut_bytes} bytes of this job's output"))
+            && note.contains("size bound of 10000 bytes")
+            && note.contains("max_size_in_bytes"),
+        "{note:?}"
+    );
+    assert!(note.ends_with('\n'), "{note:?}");
+}
+
 #[test]
 fn start_rejects_a_missing_or_odd_url_and_bad_options() {
     use semaphore_agent::logs::LogError;

@@ -3,20 +3,19 @@
 //! Owns the label every compose container of a job carries
 //! (`com.semaphoreci.agent.owner`: the agent's pid namespace, pid and start
 //! time, see `crate::liveness`), the `owner` file in each job's compose
-//! directory, and [`remove_leftovers`], which the listener runs when an
-//! agent starts: the containers (with their anonymous volumes), networks,
+//! directory, and [`remove_leftovers`], which the listener's host sweep
+//! thread runs when an agent starts (off the start path): the containers (with their anonymous volumes), networks,
 //! volumes and directories of compose projects whose agent is certainly
 //! gone are removed. A container without the label, one whose agent is
 //! alive, or one of another pid namespace (an agent in another container
 //! sharing the engine) is never touched. It must not decide anything about
 //! a running job.
 
-use std::io::Read as _;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::liveness::{self, Owner};
+use crate::shell::host::{self, Capture, HostCommand, HostError, Limits};
 
 /// The label naming the agent that made a container.
 pub const OWNER_LABEL: &str = "com.semaphoreci.agent.owner";
@@ -50,27 +49,58 @@ pub(super) fn mark_owner(dir: &Path) -> std::io::Result<()> {
 /// Removes what compose jobs of gone agents left: their containers,
 /// networks, volumes, and compose directories under `tmp_dir`. Says in
 /// the agent log what it removed; never fails (a host without docker has
-/// nothing to clean).
-pub fn remove_leftovers(tmp_dir: &Path) {
-    for project in gone_projects() {
-        remove_project(&project);
+/// nothing to clean). `stopped` ends it early: a running `docker` is
+/// killed within one poll of `shell::host` and nothing more is started.
+pub fn remove_leftovers(tmp_dir: &Path, stopped: &dyn Fn() -> bool) {
+    let docker = Docker { stopped };
+    for project in gone_projects(&docker) {
+        if stopped() {
+            return;
+        }
+        remove_project(&docker, &project);
+        // The directory goes last, only after a sweep that was not
+        // stopped: while it is there, a later sweep finds the project
+        // by it (below), whatever docker objects are still left.
+        if stopped() {
+            return;
+        }
         let dir = tmp_dir.join(format!("{DIR_PREFIX}{project}"));
         if dir.is_dir() {
             remove_dir(&dir);
         }
     }
-    // Directories of jobs killed before compose made anything.
+    // Directories of jobs whose agent is gone but whose project has no
+    // labelled container (killed before compose made one, or a sweep
+    // stopped after removing the containers): its networks and volumes
+    // first, then the directory.
     let Ok(entries) = std::fs::read_dir(tmp_dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let ours = name.to_str().is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let Some(project) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
         let path = entry.path();
-        if ours && crate::private_tmp::is_private_dir(&path) && liveness::dir_owner_is_gone(&path) {
+        if crate::private_tmp::is_private_dir(&path) && liveness::dir_owner_is_gone(&path) {
+            if is_project_name(project) {
+                remove_project(&docker, project);
+            }
+            if stopped() {
+                return;
+            }
             remove_dir(&path);
         }
     }
+}
+
+/// A project name of ours: `semaphore-` and then only letters, digits
+/// and dashes (so it is safe in a docker filter).
+fn is_project_name(project: &str) -> bool {
+    project.starts_with(PROJECT_PREFIX)
+        && project
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn remove_dir(dir: &Path) {
@@ -84,10 +114,10 @@ fn remove_dir(dir: &Path) {
 }
 
 /// The projects of labelled containers whose agent is gone.
-fn gone_projects() -> Vec<String> {
+fn gone_projects(docker: &Docker<'_>) -> Vec<String> {
     let format = format!("{{{{.Label \"{OWNER_LABEL}\"}}}}\t{{{{.Label \"{PROJECT_LABEL}\"}}}}");
     let filter = format!("label={OWNER_LABEL}");
-    let Some(text) = docker(&["ps", "-a", "--filter", &filter, "--format", &format]) else {
+    let Some(text) = docker.run(&["ps", "-a", "--filter", &filter, "--format", &format]) else {
         return Vec::new();
     };
     let mut projects: Vec<String> = Vec::new();
@@ -99,10 +129,7 @@ fn gone_projects() -> Vec<String> {
         let Some(owner) = Owner::parse(owner) else {
             continue;
         };
-        if project.starts_with(PROJECT_PREFIX)
-            && project
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        if is_project_name(project)
             && liveness::is_gone(&owner)
             && !projects.iter().any(|p| p == project)
         {
@@ -114,101 +141,97 @@ fn gone_projects() -> Vec<String> {
 
 /// Removes the project's containers (labelled by us and by compose with
 /// that project), then its networks and volumes.
-fn remove_project(project: &str) {
+fn remove_project(docker: &Docker<'_>, project: &str) {
     let owned = format!("label={OWNER_LABEL}");
     let of_project = format!("label={PROJECT_LABEL}={project}");
     let ids = |kind: &[&str]| -> Vec<String> {
         let mut args: Vec<&str> = kind.to_vec();
         args.extend(["-q", "--filter", &of_project]);
-        docker(&args)
+        docker
+            .run(&args)
             .map(|t| t.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default()
     };
-    let containers: Vec<String> = docker(&[
-        "ps",
-        "-a",
-        "-q",
-        "--filter",
-        &owned,
-        "--filter",
-        &of_project,
-    ])
-    .map(|t| t.split_whitespace().map(str::to_string).collect())
-    .unwrap_or_default();
-    log::info!(
-        "Removing compose project {project} of an agent that is gone: {} container(s)",
-        containers.len()
-    );
+    let containers: Vec<String> = docker
+        .run(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &owned,
+            "--filter",
+            &of_project,
+        ])
+        .map(|t| t.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
     if !containers.is_empty() {
+        log::info!(
+            "Removing compose project {project} of an agent that is gone: {} container(s)",
+            containers.len()
+        );
         let mut args = vec!["rm", "-f", "-v"];
         args.extend(containers.iter().map(String::as_str));
-        docker(&args);
+        docker.run(&args);
     }
     // Only once none of its containers is left: a network or volume of
     // the project then serves nobody.
-    let left = docker(&["ps", "-a", "-q", "--filter", &of_project]).unwrap_or_default();
+    let left = docker
+        .run(&["ps", "-a", "-q", "--filter", &of_project])
+        .unwrap_or_default();
     if !left.trim().is_empty() {
         log::warn!("Compose project {project} still has containers; its networks and volumes stay");
         return;
     }
-    for network in ids(&["network", "ls"]) {
-        docker(&["network", "rm", &network]);
-    }
-    for volume in ids(&["volume", "ls"]) {
-        docker(&["volume", "rm", &volume]);
+    for (kind, id) in ids(&["network", "ls"])
+        .into_iter()
+        .map(|id| ("network", id))
+        .chain(ids(&["volume", "ls"]).into_iter().map(|id| ("volume", id)))
+    {
+        log::info!("Removing {kind} {id} of compose project {project} of an agent that is gone");
+        docker.run(&[kind, "rm", &id]);
     }
 }
 
-/// Runs `docker <args>` (bounded) and returns its stdout when it
-/// succeeded; `None` when docker is missing or failed (logged at debug:
-/// a host without docker is normal).
-fn docker(args: &[&str]) -> Option<String> {
-    let mut child = match crate::child_env::command("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            log::debug!("Not looking for compose leftovers: cannot run docker: {e}");
+/// `docker` for the clean-up, through the one runner of host processes
+/// (`shell::host`): bounded by [`DOCKER_TIMEOUT`], ended by `stopped`.
+struct Docker<'a> {
+    stopped: &'a dyn Fn() -> bool,
+}
+
+impl Docker<'_> {
+    /// Runs `docker <args>` and returns its stdout when it succeeded;
+    /// `None` when docker is missing, failed or was stopped (logged at
+    /// debug: a host without docker is normal).
+    fn run(&self, args: &[&str]) -> Option<String> {
+        if (self.stopped)() {
             return None;
         }
-    };
-    let mut stdout = child.stdout.take()?;
-    let reader = std::thread::Builder::new()
-        .name("docker-leftovers".into())
-        .spawn(move || {
-            let mut text = String::new();
-            let _ = (&mut stdout)
-                .take(16 * 1024 * 1024)
-                .read_to_string(&mut text);
-            text
-        })
-        .ok();
-    let deadline = Instant::now() + DOCKER_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
+        let limits = Limits {
+            timeout: DOCKER_TIMEOUT,
+            stopped: self.stopped,
+            scratch: None,
+        };
+        match host::run(
+            &HostCommand::new("docker").args(args),
+            Capture::Stdout,
+            &limits,
+        ) {
+            Ok(done) if done.status.success() => Some(done.output),
+            Ok(_) => {
+                log::debug!("docker {} failed", args.join(" "));
+                None
+            }
+            Err(HostError::TimedOut { .. }) => {
                 log::warn!(
                     "docker {} did not finish in time; killed it",
                     args.join(" ")
                 );
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
+                None
             }
-        }
-    };
-    let text = reader.and_then(|r| r.join().ok()).unwrap_or_default();
-    match status {
-        Some(s) if s.success() => Some(text),
-        _ => {
-            log::debug!("docker {} failed", args.join(" "));
-            None
+            Err(e) => {
+                log::debug!("Not looking for compose leftovers: {e}");
+                None
+            }
         }
     }
 }
