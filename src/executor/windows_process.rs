@@ -149,6 +149,7 @@ impl JobObject {
             source: "Job Object",
             memory,
             processes: Some((u64::from(basic.TotalProcesses), false)),
+            gpu: None,
         })
     }
 
