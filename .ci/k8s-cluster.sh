@@ -3,6 +3,8 @@
 #
 #   k8s-cluster.sh build   build/fetch every part into $K8S_HOME (cached: a
 #                          second run on the same machine rebuilds nothing)
+#   k8s-cluster.sh build-kube
+#                          only the Kubernetes binaries of $K8S_VERSION
 #   k8s-cluster.sh up      build, then start etcd, kube-apiserver, the
 #                          controller-manager, the scheduler, containerd and a
 #                          kubelet; import the local images; wait for Ready;
@@ -16,14 +18,30 @@
 #   k8s-cluster.sh agent-image NAME BINARY
 #                          import an image with BINARY at /opt/semaphore/agent
 #
+# K8S_VERSION picks the Kubernetes version (default v1.34.4, the oldest the
+# project supports; CI also runs the newest whose kubelet still runs on
+# cgroup v1, $K8S_NEWEST). Each version's binaries are built once into
+# $K8S_HOME/kube/VERSION/bin; the Go build and module caches are shared.
+# One cluster at a time per machine (the run dir, ports and node paths are
+# shared): `up` of one version after `up` of another takes the first down.
+#
 # Kubernetes comes from the Go module proxy (k8s.io/kubernetes, built from a
 # wrapper module that points each staging module at its published version),
 # the rest from Debian packages unpacked into a private root (no services).
 set -euo pipefail
 
-K8S_VERSION=v1.34.4
+K8S_OLDEST=v1.34.4
+K8S_NEWEST=v1.37.2
+K8S_VERSION=${K8S_VERSION:-$K8S_OLDEST}
+case "$K8S_VERSION" in
+    v1.[0-9][0-9].[0-9]*) ;;
+    *) echo "k8s-cluster: error: K8S_VERSION must look like v1.34.4, not '$K8S_VERSION'" >&2; exit 2 ;;
+esac
+K8S_MINOR=${K8S_VERSION#v1.}
+K8S_MINOR=${K8S_MINOR%%.*}
 K8S_HOME=${K8S_HOME:-/var/tmp/semaphore-ci-k8s}
-BIN=$K8S_HOME/bin
+KUBE=$K8S_HOME/kube/$K8S_VERSION
+BIN=$KUBE/bin
 ROOT=$K8S_HOME/root
 RUN=$K8S_HOME/run
 IMAGES=$K8S_HOME/images
@@ -51,12 +69,25 @@ build_kubernetes() {
         log "kubernetes $K8S_VERSION binaries cached in $BIN"
         return 0
     fi
+    # Earlier versions of this script kept the one version it built in
+    # $K8S_HOME/bin: reuse those binaries when they are this version.
+    if [ -d "$K8S_HOME/bin" ]; then
+        mkdir -p "$BIN"
+        local c
+        for c in $KUBE_CMDS; do
+            [ -x "$K8S_HOME/bin/$c" ] && cp -l "$K8S_HOME/bin/$c" "$BIN/$c" 2>/dev/null
+        done
+        if kube_binaries_ok; then
+            log "kubernetes $K8S_VERSION binaries taken from $K8S_HOME/bin"
+            return 0
+        fi
+    fi
     # The machine's Go, also when /usr/local/go/bin is not on PATH.
     command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
     command -v go >/dev/null || die "go is needed to build Kubernetes (it is on the CI machine)"
     export GOCACHE=$K8S_HOME/go/cache GOMODCACHE=$K8S_HOME/go/mod GOPATH=$K8S_HOME/go/path
     export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
-    local src=$K8S_HOME/src
+    local src=$KUBE/src
     mkdir -p "$src" "$BIN" "$GOCACHE" "$GOMODCACHE"
     # The module zip has no staging/ tree, so each `k8s.io/x => ./staging/...`
     # replace of k8s.io/kubernetes' own go.mod becomes `k8s.io/x => k8s.io/x
@@ -96,7 +127,7 @@ build_kubernetes() {
         cd "$src"
         go mod tidy
         nice -n 10 go build -trimpath -o "$BIN/" \
-            -ldflags "-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=${K8S_VERSION#v1.} -X $vpkg.gitTreeState=clean" \
+            -ldflags "-s -w -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$K8S_MINOR -X $vpkg.gitTreeState=clean" \
             "${pkgs[@]}"
     )
     kube_binaries_ok || die "the built binaries do not report Kubernetes $K8S_VERSION"
@@ -146,6 +177,7 @@ EOF
 # oci_archive ROOTFS NAME OUT: a single-layer OCI image archive of ROOTFS.
 oci_archive() {
     local rootfs=$1 name=$2 out=$3 cmd=${4:-} user=${5:-}
+    local env=${6:-'["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]'} workdir=${7:-}
     local w
     w=$(mktemp -d "$K8S_HOME/oci.XXXXXX")
     mkdir -p "$w/blobs/sha256"
@@ -157,8 +189,9 @@ oci_archive() {
     local cmdjson=''
     [ -n "$cmd" ] && cmdjson=",\"Cmd\":$cmd"
     [ -n "$user" ] && cmdjson="$cmdjson,\"User\":\"$user\""
-    printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-        "$cmdjson" "$ldig" > "$w/config.json"
+    [ -n "$workdir" ] && cmdjson="$cmdjson,\"WorkingDir\":\"$workdir\""
+    printf '{"architecture":"amd64","os":"linux","config":{"Env":%s%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$env" "$cmdjson" "$ldig" > "$w/config.json"
     local cdig csize
     cdig=$(sha256sum "$w/config.json" | cut -d' ' -f1)
     csize=$(stat -c %s "$w/config.json")
@@ -447,8 +480,9 @@ EOF
         echo "KUBECTL=$BIN/kubectl"
         echo "K8S_CA=$RUN/pki/ca.crt"
         echo "K8S_NODE=$NODE_NAME"
+        echo "K8S_VERSION=$K8S_VERSION"
     } > "$RUN/env"
-    log "cluster up in $((SECONDS - t0))s (node $NODE_NAME; env in $RUN/env)"
+    log "cluster $K8S_VERSION up in $((SECONDS - t0))s (node $NODE_NAME; env in $RUN/env)"
 }
 
 # ----------------------------------------------------------------- down ---
@@ -565,26 +599,28 @@ cmd_import() {
     rm -f "$out"
 }
 
-# agent-image NAME BINARY: the agent at /opt/semaphore/agent (with the
-# shared libraries it links, for a debug build) on static bash + busybox,
-# user semaphore (uid 1000), the image's default command the agent's.
+# agent-image NAME BINARY: the scratch image (packaging/Dockerfile.scratch)
+# with BINARY as its agent: the tree packaging/assemble-rootfs.sh makes
+# (static bash, busybox, the CA bundle, /opt/semaphore/agent; no kubectl),
+# plus the shared libraries BINARY links (a debug build), and the image
+# config of Dockerfile.scratch (user 1000, HOME, PATH, the default CMD).
 cmd_agent_image() {
     local name=${1:?image name} binary=${2:?agent binary}
     [ -S "$RUN/containerd.sock" ] || die "the cluster is not up"
-    local r
+    local here r
+    here=$(cd "$(dirname "$0")/.." && pwd)
     r=$(mktemp -d "$K8S_HOME/agent-rootfs.XXXXXX")
-    base_rootfs "$r"
-    mkdir -p "$r/opt/semaphore"
-    cp "$binary" "$r/opt/semaphore/agent"
+    rmdir "$r"
+    bash "$here/packaging/assemble-rootfs.sh" "$r" "$binary" >/dev/null
     local lib
     for lib in $(ldd "$binary" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
         mkdir -p "$r$(dirname "$lib")"
         cp -L "$lib" "$r$lib"
     done
-    chown -R 1000:1000 "$r/opt/semaphore"
     local out
     out=$(mktemp "$K8S_HOME/import.XXXXXX.tar")
-    oci_archive "$r" "$name" "$out" '["/opt/semaphore/agent","start","--config-file","/opt/semaphore/semaphore-agent.yml"]' 1000
+    oci_archive "$r" "$name" "$out" '["/opt/semaphore/agent","start","--config-file","/opt/semaphore/semaphore-agent.yml"]' \
+        1000:1000 '["PATH=/bin:/usr/bin:/sbin:/usr/sbin","HOME=/home/semaphore"]' /home/semaphore
     import_image "$out"
     rm -rf "$r" "$out"
 }
@@ -593,9 +629,10 @@ NODE_NAME=$(cat "$RUN/node-name" 2>/dev/null || hostname | tr "[:upper:]" "[:low
 
 case "${1:-}" in
     build) cmd_build ;;
+    build-kube) mkdir -p "$K8S_HOME"; build_kubernetes ;;
     up) cmd_up ;;
     down) cmd_down ;;
     import) shift; cmd_import "$@" ;;
     agent-image) shift; cmd_agent_image "$@" ;;
-    *) echo "usage: $0 build|up|down|import NAME ROOTFS" >&2; exit 2 ;;
+    *) echo "usage: $0 build|build-kube|up|down|import NAME ROOTFS|agent-image NAME BINARY" >&2; exit 2 ;;
 esac

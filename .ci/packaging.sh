@@ -60,17 +60,20 @@ fi
 stage install packaging/test-install.sh ${BIN:+"$BIN"}
 
 # 4. The release archives (Go's names and layout) from the binaries built
-#    once: the static one above, the .exe .ci/windows.sh built (release.sh
-#    builds it only when it is missing). Run twice: the archives must be
+#    once: the static one above, the aarch64 one .ci/arm64.sh built
+#    ($SEMAPHORE_ARM64_BIN), the .exe .ci/windows.sh built (release.sh
+#    builds each only when it is missing). Run twice: the archives must be
 #    reproducible.
 EXE=target/windows/x86_64-pc-windows-gnu/release/semaphore-agent.exe
+ARM64=${SEMAPHORE_ARM64_BIN:-}
 DIST=""
 release_check() {
     local out1 out2 win=()
     [ ! -f "$EXE" ] || win=(--windows "$EXE")
+    [ ! -f "$ARM64" ] || win+=(--linux-arm64 "$ARM64")
     out1=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist | tail -1) &&
         out2=$(packaging/release.sh --linux "$BIN" "${win[@]}" --out target/dist-again | tail -1) &&
-        packaging/test-release.sh "$out1" "$BIN" &&
+        packaging/test-release.sh "$out1" "$BIN" "$ARM64" &&
         { cmp "$out1/checksums.txt" "$out2/checksums.txt" && echo "PASS release: a second build gives the same archives (checksums.txt equal)"; } &&
         rm -rf "$out2" || return 1
     # A binary built for another version is refused, naming both.

@@ -1,16 +1,17 @@
 //! Kubernetes exec benchmark (not a test): the throughput of 10 MB of job
-//! output from a pod through the agent's exec WebSocket
-//! (`kubernetes::ExecSocket`, pods/exec over `v5.channel.k8s.io`) and
-//! through `kubectl exec`, in the same run, on the same pod, against the
-//! real single-node cluster of `.ci/k8s-cluster.sh up` (everything on
-//! 127.0.0.1).
+//! output from a pod through the agent's SPDY/3.1 exec
+//! (`kubernetes::SpdyExec`, what runs under the Helm charts' Role), its
+//! exec WebSocket (`kubernetes::ExecSocket`, `v5.channel.k8s.io`) and
+//! `kubectl exec` (the baseline), in the same run, on the same pod,
+//! against the real single-node cluster of `.ci/k8s-cluster.sh up`
+//! (everything on 127.0.0.1).
 //!
 //! Run with `bash .ci/k8s-cluster.sh up && cargo run --release --example
 //! kube_exec_bench`. It creates a pod `exec-bench` of the cluster's job
 //! image in the namespace `default`, runs `head -c 10485760 /dev/zero | tr
-//! '\0' x` in it three times each way (no TTY either way, so both move the
-//! same bytes), prints the median MB/s of each and the ratio, and deletes
-//! the pod.
+//! '\0' x` in it three times each way (no TTY, so all move the same
+//! bytes), prints the median MB/s of each and the ratios to kubectl, and
+//! deletes the pod.
 
 #[cfg(unix)]
 fn main() {
@@ -31,7 +32,7 @@ mod bench {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use semaphore_agent::kubernetes::{Client, Event, ExecSocket};
+    use semaphore_agent::kubernetes::{Client, Event, ExecSocket, ExecStream, SpdyExec};
 
     const BYTES: usize = 10 * 1024 * 1024;
     const POD: &str = "exec-bench";
@@ -110,18 +111,27 @@ mod bench {
             .collect()
     }
 
-    /// Bytes of stdout and seconds, through the agent's WebSocket.
-    fn websocket(client: &Client) -> Result<(usize, f64), String> {
+    /// Bytes of stdout and seconds, through the agent's WebSocket or SPDY.
+    fn agent_exec(client: &Client, spdy: bool) -> Result<(usize, f64), String> {
         let started = Instant::now();
-        let mut socket =
-            ExecSocket::open(client, POD, "main", &command(), false).map_err(|e| e.to_string())?;
+        let mut session: Box<dyn ExecStream> = if spdy {
+            Box::new(
+                SpdyExec::open(client, POD, "main", &command(), false)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            Box::new(
+                ExecSocket::open(client, POD, "main", &command(), false)
+                    .map_err(|e| e.to_string())?,
+            )
+        };
         let mut bytes = 0;
         let deadline = started + Duration::from_secs(300);
         loop {
             if Instant::now() > deadline {
-                return Err("the WebSocket exec did not end within 300 s".into());
+                return Err("the exec did not end within 300 s".into());
             }
-            match socket.next_event().map_err(|e| e.to_string())? {
+            match session.next_event().map_err(|e| e.to_string())? {
                 Event::Output(data) => bytes += data.len(),
                 Event::Exited(Ok(0)) => {}
                 Event::Exited(other) => return Err(format!("the command ended with {other:?}")),
@@ -189,27 +199,32 @@ mod bench {
             )?;
             let client = Client::from_kubeconfig(&cluster.kubeconfig, "default")
                 .map_err(|e| e.to_string())?;
+            let mut spdy = Vec::new();
             let mut ws = Vec::new();
             let mut kc = Vec::new();
             for round in 0..ROUNDS {
-                // Alternated, so a machine that slows down mid-run hits both.
-                let (bytes, secs) = websocket(&client)?;
-                if bytes != BYTES {
-                    return Err(format!(
-                        "WebSocket round {round}: {bytes} bytes, not {BYTES}"
-                    ));
+                // Alternated, so a machine that slows down mid-run hits all.
+                for (name, rates, use_spdy) in
+                    [("SPDY", &mut spdy, true), ("WebSocket", &mut ws, false)]
+                {
+                    let (bytes, secs) = agent_exec(&client, use_spdy)?;
+                    if bytes != BYTES {
+                        return Err(format!("{name} round {round}: {bytes} bytes, not {BYTES}"));
+                    }
+                    rates.push(bytes as f64 / secs / 1e6);
                 }
-                ws.push(bytes as f64 / secs / 1e6);
                 let (bytes, secs) = kubectl(&cluster)?;
                 if bytes != BYTES {
                     return Err(format!("kubectl round {round}: {bytes} bytes, not {BYTES}"));
                 }
                 kc.push(bytes as f64 / secs / 1e6);
             }
-            let (ws, kc) = (median(ws), median(kc));
+            let (spdy, ws, kc) = (median(spdy), median(ws), median(kc));
             println!("10 MiB of output from a pod, median of {ROUNDS} rounds each:");
+            println!("  agent SPDY/3.1 exec  : {spdy:8.1} MB/s");
             println!("  agent exec WebSocket : {ws:8.1} MB/s");
             println!("  kubectl exec (base)  : {kc:8.1} MB/s");
+            println!("  ratio SPDY / kubectl: {:.2}", spdy / kc);
             println!("  ratio WebSocket / kubectl: {:.2}", ws / kc);
             Ok(())
         })();

@@ -6,31 +6,66 @@
 # packaging/rootfs-smoke.sh, so the image and the smoke test share one
 # recipe.
 #
-# Usage: packaging/assemble-rootfs.sh DEST AGENT_BINARY
+# The tree is for the agent binary's own architecture (x86_64 or aarch64,
+# read from the binary with `file`; --arch amd64|arm64 states it and must
+# agree): bash-static and busybox-static are Debian's packages of that
+# architecture (packaging/fetch-debs.sh, no dpkg --add-architecture). A
+# foreign busybox is asked for its applet list through qemu-aarch64-static,
+# so binfmt_misc need not be mounted.
+#
+# Usage: packaging/assemble-rootfs.sh [--arch amd64|arm64] DEST AGENT_BINARY
 #   DEST must not exist or be empty. Needs apt-get (downloads the three
-#   .deb files; installs nothing) and dpkg-deb.
+#   .deb files; installs nothing) and dpkg-deb. SEMAPHORE_ROOTFS_DEBS=DIR
+#   keeps the downloaded .deb files there (CI's cache) instead of a
+#   temporary directory.
 set -euo pipefail
 
-DEST=${1:?usage: assemble-rootfs.sh DEST AGENT_BINARY}
-BIN=${2:?usage: assemble-rootfs.sh DEST AGENT_BINARY}
+HERE=$(cd "$(dirname "$0")" && pwd)
+USAGE="usage: assemble-rootfs.sh [--arch amd64|arm64] DEST AGENT_BINARY"
+WANT_ARCH=""
+if [ "${1:-}" = --arch ]; then
+    WANT_ARCH=${2:?$USAGE}
+    shift 2
+fi
+DEST=${1:?$USAGE}
+BIN=${2:?$USAGE}
 DEBS=(bash-static busybox-static ca-certificates)
 AGENT_UID=1000
+die() { echo "assemble-rootfs: $*" >&2; exit 1; }
 
-[ -f "$BIN" ] || { echo "assemble-rootfs: no agent binary at $BIN" >&2; exit 1; }
+[ -f "$BIN" ] || die "no agent binary at $BIN"
 if [ -e "$DEST" ] && [ -n "$(ls -A "$DEST")" ]; then
-    echo "assemble-rootfs: $DEST is not empty" >&2
-    exit 1
+    die "$DEST is not empty"
+fi
+# The binary's architecture, in Debian's words.
+desc=$(file -b "$BIN")
+case "$desc" in
+    *"ELF 64-bit LSB"*", x86-64,"*) ARCH=amd64 ;;
+    *"ELF 64-bit LSB"*", ARM aarch64,"*) ARCH=arm64 ;;
+    *) die "$BIN is not an x86-64 or aarch64 Linux executable: $desc" ;;
+esac
+case "$WANT_ARCH" in
+    "" | "$ARCH") ;;
+    x86_64) [ $ARCH = amd64 ] || die "--arch x86_64, but $BIN is $ARCH: $desc" ;;
+    aarch64) [ $ARCH = arm64 ] || die "--arch aarch64, but $BIN is $ARCH: $desc" ;;
+    amd64 | arm64) die "--arch $WANT_ARCH, but $BIN is $ARCH: $desc" ;;
+    *) die "unknown --arch '$WANT_ARCH' (amd64 or arm64)" ;;
+esac
+# How to run the architecture's programs here.
+RUN=()
+if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
+    [ $ARCH = arm64 ] || die "cannot run $ARCH programs on this $(dpkg --print-architecture) host"
+    command -v qemu-aarch64-static >/dev/null ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >/dev/null ||
+        die "qemu-aarch64-static is needed to list an arm64 busybox's applets (apt-get install qemu-user-static)"
+    RUN=(qemu-aarch64-static)
 fi
 
 WORK=$(mktemp -d /tmp/agent-rootfs-debs.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-# apt's download sandbox user must be able to write here.
-chmod 0777 "$WORK"
-if ! (cd "$WORK" && apt-get download -qq "${DEBS[@]}" >/dev/null 2>&1); then
-    apt-get update -qq
-    (cd "$WORK" && apt-get download -qq "${DEBS[@]}")
-fi
-for deb in "$WORK"/*.deb; do
+debs=$("$HERE/fetch-debs.sh" "$ARCH" "${SEMAPHORE_ROOTFS_DEBS:-$WORK/debs}" "${DEBS[@]}") ||
+    die "cannot download Debian's $ARCH ${DEBS[*]}"
+for deb in $debs; do
     dpkg-deb -x "$deb" "$WORK/x"
 done
 X=$WORK/x
@@ -49,7 +84,7 @@ install -m 0755 "$X/bin/busybox" "$DEST/bin/busybox"
 
 # One symlink per busybox applet at the path busybox itself reports
 # (bin/sh, usr/bin/env, ...), except where bash is already installed.
-"$X/bin/busybox" --list-full | while read -r applet; do
+"${RUN[@]}" "$X/bin/busybox" --list-full | while read -r applet; do
     [ -e "$DEST/$applet" ] || [ -L "$DEST/$applet" ] || ln -s /bin/busybox "$DEST/$applet"
 done
 
@@ -76,5 +111,5 @@ EOF
 printf 'PATH=/bin:/sbin:/usr/bin:/usr/sbin\nexport PATH\n' >"$DEST/etc/profile"
 chown "$AGENT_UID:$AGENT_UID" "$DEST/home/semaphore"
 
-echo "assemble-rootfs: $DEST: $(du -sh "$DEST" | cut -f1), $(find "$DEST" -type f | wc -l) files," \
+echo "assemble-rootfs: $DEST ($ARCH): $(du -sh "$DEST" | cut -f1), $(find "$DEST" -type f | wc -l) files," \
     "$(find "$DEST" -type l | wc -l) applet links, $(grep -c 'BEGIN CERTIFICATE' "$DEST/etc/ssl/certs/ca-certificates.crt") CA certificates"

@@ -3,7 +3,8 @@
 # the images (`docker import`) and the sandbox root the installer tests run
 # install.sh in. debootstrap --variant=minbase plus what the agent's image
 # ships: bash, CA certificates (Debian's Mozilla bundle, never this
-# machine's own CAs), curl, procps, and kubectl for the Kubernetes executor.
+# machine's own CAs), curl and procps (no kubectl: the Kubernetes executor
+# needs none).
 #
 # Usage: packaging/base-rootfs.sh
 #   Prints the path of the rootfs tarball on the last line. It is cached in
@@ -14,7 +15,7 @@ set -euo pipefail
 
 CACHE=${SEMAPHORE_CI_IMAGES:-/var/tmp/semaphore-ci-images}
 HERE=$(cd "$(dirname "$0")" && pwd)
-INCLUDE=ca-certificates,curl,procps,kubernetes-client
+INCLUDE=ca-certificates,curl,procps
 hash=$(sha256sum "$HERE/base-rootfs.sh" | cut -c1-12)
 OUT=$CACHE/bookworm-agent-base-$hash.tar
 log() { echo "base-rootfs: $*" >&2; }

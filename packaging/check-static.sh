@@ -11,18 +11,21 @@
 #   - `ldd` finds nothing to load;
 #   - no glibc inside (no GLIBC_ symbol versions, none of glibc's messages):
 #     catches the silent fallback to glibc's libc.a;
-#   - stripped size under 5 MB;
+#   - stripped size under 5 MB (x86_64), 6 MB (aarch64);
 #   - it runs with an empty environment (`env -i`) inside a chroot that holds
 #     only the binary, a static bash and a bound /dev (private mount ns):
 #     `version`, `run JOB_YAML` and `run examples/hello.yaml`. Needs root
 #     (chroot, mount).
+# An aarch64 binary (`statically linked`, not PIE) on an x86_64 host runs
+# in the chroot through a copy of qemu-aarch64-static (binfmt_misc need not
+# be mounted); the job's bash is the host's static bash, which qemu-user
+# starts natively.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:?usage: check-static.sh BINARY [JOB_YAML]}
 JOB=${2:-$ROOT/packaging/jobs/builtins.yaml}
 EXPECT=${EXPECT-hello from a static agent}
-MAX_BYTES=$((5 * 1000 * 1000))
 BASH_STATIC=/bin/bash-static
 failed=0
 
@@ -36,6 +39,21 @@ echo "file: $desc"
 case "$desc" in
     *"static-pie linked"* | *"statically linked"*) pass "file says static" ;;
     *) fail "file does not say static: $desc" ;;
+esac
+# The architecture, and how to run it here.
+RUN=()
+case "$desc" in
+    *", x86-64,"*) MAX_BYTES=$((5 * 1000 * 1000)) ;;
+    *", ARM aarch64,"*)
+        MAX_BYTES=$((6 * 1000 * 1000))
+        if [ "$(uname -m)" != aarch64 ]; then
+            command -v qemu-aarch64-static >/dev/null ||
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >&2 ||
+                { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >&2; }
+            RUN=(/bin/qemu-aarch64-static)
+        fi
+        ;;
+    *) fail "not an x86-64 or aarch64 executable: $desc"; exit 1 ;;
 esac
 case "$desc" in
     *", stripped"*) pass "stripped" ;;
@@ -95,6 +113,7 @@ mkdir -p "$JAIL/bin" "$JAIL/dev" "$JAIL/root" "$JAIL/tmp"
 chmod 1777 "$JAIL/tmp"
 install -m 0755 "$BIN" "$JAIL/bin/semaphore-agent"
 install -m 0755 "$BASH_STATIC" "$JAIL/bin/bash"
+[ ${#RUN[@]} = 0 ] || install -m 0755 "$(command -v qemu-aarch64-static)" "$JAIL/bin/qemu-aarch64-static"
 echo "chroot contents: $(cd "$JAIL" && find . -path ./dev -prune -o -type f -print | sort | tr '\n' ' ') + /dev"
 
 # Each run: a private mount namespace (so the mounts cannot leak to, or be
@@ -104,7 +123,7 @@ echo "chroot contents: $(cd "$JAIL" && find . -path ./dev -prune -o -type f -pri
 in_jail() {
     timeout "$1" unshare --mount --propagation private \
         /bin/sh -c 'mount --rbind /dev "$0/dev" && exec "$@"' "$JAIL" \
-        env -i HOME=/root PATH=/bin /usr/sbin/chroot "$JAIL" /bin/semaphore-agent "${@:2}"
+        env -i HOME=/root PATH=/bin /usr/sbin/chroot "$JAIL" "${RUN[@]}" /bin/semaphore-agent "${@:2}"
 }
 if out=$(in_jail 30 version 2>&1); then
     pass "runs in an empty chroot: $out"

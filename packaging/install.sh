@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs semaphore-agent the way Semaphore's own installer does, from the
-# release archive: unpack agent_Linux_x86_64.tar.gz into a directory (the
-# docs use /opt/semaphore/agent) and run `sudo ./install.sh` there.
+# release archive: unpack agent_Linux_x86_64.tar.gz (agent_Linux_arm64.tar.gz
+# on an aarch64 host) into a directory (the docs use /opt/semaphore/agent)
+# and run `sudo ./install.sh` there.
 #
 # It takes Semaphore's installer inputs, from the environment, and asks for
 # the required ones that are missing:
@@ -236,7 +237,9 @@ AGENT_CONFIG_PATH=$PREFIX/config.yaml
 
 if [ -z "$BINARY" ]; then
     BINARY=$AGENT_INSTALLATION_DIRECTORY/agent
-    [ -f "$BINARY" ] || die "no agent binary at $BINARY: unpack agent_Linux_x86_64.tar.gz there (or pass --binary PATH)"
+    archive=agent_Linux_x86_64.tar.gz
+    [[ $ARCH != aarch64 && $ARCH != arm64 ]] || archive=agent_Linux_arm64.tar.gz
+    [ -f "$BINARY" ] || die "no agent binary at $BINARY: unpack $archive there (or pass --binary PATH)"
 else
     [ -f "$BINARY" ] || die "--binary: no such file $BINARY"
 fi

@@ -120,9 +120,13 @@ pub fn command(program: impl AsRef<OsStr>) -> std::process::Command {
 /// flag back on `exec`. Returns false when the kernel refused.
 #[cfg(target_os = "linux")]
 pub fn make_undumpable() -> bool {
+    // The variadic arguments are the kernel's unsigned longs: passed as
+    // c_ulong, not as i32 literals, whose upper register half AAPCS64
+    // (aarch64) leaves unspecified.
+    let zero: libc::c_ulong = 0;
     // SAFETY: prctl with PR_SET_DUMPABLE takes one integer argument and
     // touches no memory of ours.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) == 0 }
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, zero, zero, zero, zero) == 0 }
 }
 
 /// Elsewhere there is no such flag; nothing to do.
@@ -190,8 +194,9 @@ mod tests {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             let ok = make_undumpable();
+            let zero: libc::c_ulong = 0;
             // SAFETY: as above.
-            let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+            let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, zero, zero, zero, zero) };
             // SAFETY: as above.
             unsafe { libc::_exit(if ok && dumpable == 0 { 0 } else { 1 }) };
         }

@@ -219,6 +219,10 @@ pub struct RunArgs {
     /// pipeline: run blocks whose dependencies failed
     #[argh(switch)]
     pub keep_going: bool,
+    /// pipeline: print every setup line of a job (exported variables,
+    /// injected files) instead of one summary line
+    #[argh(switch)]
+    pub verbose: bool,
     /// pipeline: what `checkout` gives a job: `worktree` (the commit plus
     /// uncommitted changes, the default) or `head` (the commit only)
     #[argh(option)]
@@ -256,6 +260,7 @@ impl fmt::Debug for RunArgs {
             .field("allow_missing_secrets", &self.allow_missing_secrets)
             .field("env", &Redacted(Key::EnvVars, FlagValue::List(&self.env)))
             .field("keep_going", &self.keep_going)
+            .field("verbose", &self.verbose)
             .field("checkout", &self.checkout)
             .field("base", &self.base)
             .field("switch_off", &self.switch_off)
@@ -278,6 +283,7 @@ const RUN_ONLY_SWITCHES: &[&str] = &[
     "only",
     "allow-missing-secrets",
     "keep-going",
+    "verbose",
 ];
 
 /// The options of `run` (for pipelines) that are not `start` keys.

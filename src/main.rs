@@ -211,6 +211,7 @@ fn pipeline_run(args: &RunArgs, options: JobOptions) -> Result<pipeline::Pipelin
         allow_missing_secrets: args.allow_missing_secrets,
         env,
         keep_going: args.keep_going,
+        verbose: args.verbose,
         checkout_head,
         base: args.base.clone(),
         options,

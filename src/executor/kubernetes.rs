@@ -310,27 +310,10 @@ impl KubernetesExecutor {
             stop_grace: self.settings.stop_grace,
             ..ShellOptions::default()
         };
-        let mut started = None;
         #[cfg(unix)]
-        if let Some(launch) = self.launch_bridge() {
-            match Shell::start_inline(&options, &launch) {
-                Ok(shell) => started = Some(Ok(shell)),
-                Err(ShellError::Start { message }) if message.contains(kubernetes::REFUSED) => {
-                    let why = message
-                        .split(kubernetes::REFUSED)
-                        .nth(1)
-                        .unwrap_or("")
-                        .trim_start_matches(':')
-                        .trim();
-                    log::warn!(
-                        "The API server refused the exec WebSocket for pod {} ({why}): \
-                         falling back to kubectl exec",
-                        self.pod_name
-                    );
-                }
-                Err(err) => started = Some(Err(err)),
-            }
-        }
+        let started = self.start_without_kubectl(&options, log);
+        #[cfg(not(unix))]
+        let started = None;
         let started = match started {
             Some(started) => started,
             None => Shell::start_inline(&options, &self.launch_kubectl()),
@@ -369,13 +352,74 @@ impl KubernetesExecutor {
         Ok(())
     }
 
-    /// The agent's own exec bridge (`kubernetes::exec_bridge`: the pod's
-    /// exec subresource over WebSocket, no kubectl) in the shell's PTY;
-    /// `None` when the agent cannot find its own binary.
+    /// The shell through the agent's own exec bridge (the WebSocket, else
+    /// SPDY/3.1); `None` when the bridge cannot run or every way was
+    /// refused, after saying so (job log and agent log) and why, so
+    /// `kubectl exec` gets its turn.
     #[cfg(unix)]
-    fn launch_bridge(&self) -> Option<Launch> {
+    fn start_without_kubectl(
+        &self,
+        options: &ShellOptions,
+        log: &mut JobLog<'_>,
+    ) -> Option<Result<Shell, ShellError>> {
+        let report = ReportFile::create();
+        let launch = self.launch_bridge(report.as_ref().map(|r| r.path.as_path()))?;
+        let started = Shell::start_inline(options, &launch);
+        let report = report.map(|r| r.take()).unwrap_or_default();
+        let reasons: Vec<&str> = report.refused.iter().map(|(_, why)| why.as_str()).collect();
+        match started {
+            Ok(shell) => {
+                if let Some(protocol) = &report.using {
+                    if reasons.is_empty() {
+                        log::info!("Exec into pod {} over {protocol}", self.pod_name);
+                    } else {
+                        log::info!(
+                            "Exec into pod {} over {protocol}: {}",
+                            self.pod_name,
+                            reasons.join("; ")
+                        );
+                    }
+                }
+                Some(Ok(shell))
+            }
+            Err(ShellError::Start { message }) if message.contains(kubernetes::REFUSED) => {
+                let why = if reasons.is_empty() {
+                    message
+                        .split(kubernetes::REFUSED)
+                        .nth(1)
+                        .unwrap_or("")
+                        .trim_start_matches(':')
+                        .trim()
+                        .to_string()
+                } else {
+                    reasons.join("; ")
+                };
+                log::warn!(
+                    "Exec into pod {} without kubectl was refused ({why}): \
+                     falling back to kubectl exec",
+                    self.pod_name
+                );
+                log.output(format!(
+                    "Exec without kubectl was refused ({why}); trying kubectl exec\n"
+                ));
+                None
+            }
+            Err(err) => Some(Err(err)),
+        }
+    }
+
+    /// The agent's own exec bridge (`kubernetes::exec_bridge`: the pod's
+    /// exec subresource over a WebSocket or SPDY/3.1, no kubectl) in the
+    /// shell's PTY, telling `report` how it went; `None` when the agent
+    /// cannot find its own binary.
+    #[cfg(unix)]
+    fn launch_bridge(&self, report: Option<&std::path::Path>) -> Option<Launch> {
         let exe = std::env::current_exe().ok()?;
         let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), kubernetes::BRIDGE_ARG.into()];
+        if let Some(report) = report {
+            argv.push("--report".into());
+            argv.push(report.into());
+        }
         argv.extend(
             [
                 self.config.namespace.as_str(),
@@ -395,8 +439,8 @@ impl KubernetesExecutor {
         })
     }
 
-    /// `kubectl exec -it` into the pod: the fallback for a server that
-    /// refuses the WebSocket.
+    /// `kubectl exec -it` into the pod: the last resort, for a server that
+    /// refuses both the WebSocket and SPDY.
     fn launch_kubectl(&self) -> Launch {
         Launch {
             argv: [
@@ -699,6 +743,35 @@ impl Executor for KubernetesExecutor {
 impl Drop for KubernetesExecutor {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// The file the exec bridge reports through (which protocol, what was
+/// refused): made empty and private by the agent, removed once read.
+#[cfg(unix)]
+struct ReportFile {
+    path: std::path::PathBuf,
+}
+
+#[cfg(unix)]
+impl ReportFile {
+    fn create() -> Option<ReportFile> {
+        let dir = crate::private_tmp::dir().ok()?;
+        let path = dir.join(format!("exec-report-{:016x}", crate::random::u64()));
+        crate::private_tmp::create_private(&path, 0o600).ok()?;
+        Some(ReportFile { path })
+    }
+
+    fn take(self) -> kubernetes::ExecReport {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        kubernetes::ExecReport::parse(&text)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for ReportFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -1,19 +1,14 @@
 //! `exec` into a pod without kubectl: the pod's `exec` subresource over a
 //! WebSocket (`v5.channel.k8s.io`, else `v4.channel.k8s.io`, the server
-//! picks), synchronous tungstenite over the agent's rustls.
+//! picks), synchronous tungstenite over the agent's rustls, and what the
+//! WebSocket and SPDY (`spdy`) sessions share: the connection, the query,
+//! the errors (a refusal names the HTTP status, the API's message and the
+//! verb the Role lacks), the events and the exit status.
 //!
-//! Owns the channel protocol (every binary message starts with its
-//! channel: 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 4 terminal
-//! size; v5 adds 255 "close this channel") and the bridge between it and
-//! a terminal: [`bridge`] is what the executor launches in the shell's PTY
-//! (the agent's own binary with [`BRIDGE_ARG`]), so the marker protocol,
-//! the reader thread, the chunker and the bounded channel of `shell` stay
-//! exactly as they are for a PTY. A server that will not upgrade (an old
-//! API, a proxy, RBAC without the verb the upgrade needs) makes the bridge
-//! exit with [`REFUSED_EXIT`] after a line starting with [`REFUSED`], and
-//! the executor falls back to `kubectl exec`. It must not log a token.
-//! The bridge polls and reads its terminal with system calls, hence:
-#![allow(unsafe_code)]
+//! Owns the WebSocket channel protocol (every binary message starts with
+//! its channel: 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 4
+//! terminal size; v5 adds 255 "close this channel"). Which session runs
+//! and the PTY bridge are `bridge`'s. It must not log a token.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,22 +23,13 @@ use tungstenite::Message;
 use super::client::{Client, TlsMaterial};
 use super::url_encode;
 
-/// The first argument that makes the agent binary the exec bridge.
-pub const BRIDGE_ARG: &str = "__kubernetes-exec";
-
-/// The bridge's exit status when the server refused the WebSocket.
-pub const REFUSED_EXIT: i32 = 86;
-
-/// How the bridge's refusal line starts (the executor looks for it).
-pub const REFUSED: &str = "websocket exec refused";
-
 /// The sub-protocols offered, best first.
 const PROTOCOLS: &str = "v5.channel.k8s.io, v4.channel.k8s.io";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long one look at the socket waits before stdin is looked at again.
-const SOCKET_TICK: Duration = Duration::from_millis(10);
+pub(super) const SOCKET_TICK: Duration = Duration::from_millis(10);
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -52,15 +38,53 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-/// Why an exec WebSocket could not be opened or used, or why the command
+/// The ways into a pod without kubectl, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecProtocol {
+    /// `v5`/`v4.channel.k8s.io` over a WebSocket: an HTTP GET, which
+    /// Kubernetes authorises as `get` on pods/exec (1.35 on: `get` and
+    /// `create`).
+    WebSocket,
+    /// `v4.channel.k8s.io` over SPDY/3.1: an HTTP POST, `create` on
+    /// pods/exec (the verb Semaphore's Helm charts grant).
+    Spdy,
+}
+
+impl ExecProtocol {
+    /// The HTTP method the upgrade uses.
+    fn method(self) -> &'static str {
+        match self {
+            ExecProtocol::WebSocket => "GET",
+            ExecProtocol::Spdy => "POST",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExecProtocol::WebSocket => "WebSocket",
+            ExecProtocol::Spdy => "SPDY/3.1",
+        })
+    }
+}
+
+/// Why an exec session could not be opened or used, or why the command
 /// in it has no exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecError {
-    /// The server answered the upgrade with an HTTP status (not 101), or
-    /// the client cannot offer a WebSocket with this configuration.
-    Refused { message: String },
+    /// The server answered the upgrade with an HTTP status (not 101) or
+    /// an upgrade we cannot use, or the client cannot offer this protocol
+    /// with this configuration: `message` says which and why.
+    Refused {
+        protocol: ExecProtocol,
+        message: String,
+    },
     /// No connection, TLS, or a broken stream.
-    Transport { message: String },
+    Transport {
+        protocol: ExecProtocol,
+        message: String,
+    },
     /// The error channel's `Status` is not JSON (`status`: its text,
     /// trimmed).
     UnreadableStatus { status: String },
@@ -72,8 +96,12 @@ pub enum ExecError {
 impl std::fmt::Display for ExecError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExecError::Refused { message } => write!(f, "{REFUSED}: {message}"),
-            ExecError::Transport { message } => write!(f, "exec WebSocket failed: {message}"),
+            ExecError::Refused { protocol, message } => {
+                write!(f, "the {protocol} exec was refused: {message}")
+            }
+            ExecError::Transport { protocol, message } => {
+                write!(f, "the {protocol} exec failed: {message}")
+            }
             ExecError::UnreadableStatus { status } => {
                 write!(f, "exec ended with an unreadable status: {status}")
             }
@@ -84,10 +112,52 @@ impl std::fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
+/// The refusal of an upgrade answered with `status` and `body`: the API's
+/// own message, and for a 403 the verb on pods/exec the Role lacks (the
+/// API names it: `cannot get resource "pods/exec"`), else the verb this
+/// protocol's method needs.
+pub(super) fn refusal(protocol: ExecProtocol, status: u16, body: &[u8]) -> ExecError {
+    let api = api_message(body);
+    let mut message = format!("HTTP {status}");
+    if !api.is_empty() {
+        message.push_str(": ");
+        message.push_str(&api);
+    }
+    if status == 403 {
+        let verb = match (lacking_verb(&api), protocol) {
+            (Some(verb), _) => verb.to_string(),
+            (None, ExecProtocol::WebSocket) => "get".to_string(),
+            (None, ExecProtocol::Spdy) => "create".to_string(),
+        };
+        message.push_str(&format!(
+            " (the Role lacks `{verb}` on pods/exec; a {protocol} exec is an HTTP {})",
+            protocol.method()
+        ));
+    }
+    ExecError::Refused { protocol, message }
+}
+
+/// The verb a 403's message says is missing on pods/exec: `... cannot
+/// get resource "pods/exec" ...` → `get`.
+fn lacking_verb(api: &str) -> Option<&str> {
+    let rest = api.split("cannot ").nth(1)?;
+    let (verb, _) = rest.split_once(" resource \"pods/exec\"")?;
+    (!verb.is_empty() && verb.bytes().all(|b| b.is_ascii_lowercase())).then_some(verb)
+}
+
 /// A TCP or TLS stream to the API server.
-enum Conn {
+pub(super) enum Conn {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    pub(super) fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref(),
+        }
+    }
 }
 
 impl Read for Conn {
@@ -115,7 +185,95 @@ impl Write for Conn {
     }
 }
 
-/// An open exec session.
+/// Where the API server is: `scheme://authority`, split.
+pub(super) struct Target {
+    pub https: bool,
+    pub authority: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub(super) fn of(client: &Client, protocol: ExecProtocol) -> Result<Target, ExecError> {
+        let server = client.server();
+        let (scheme, rest) = server
+            .split_once("://")
+            .ok_or_else(|| ExecError::Transport {
+                protocol,
+                message: format!("server '{server}' is not a URL"),
+            })?;
+        let https = scheme == "https";
+        let authority = rest.split('/').next().unwrap_or(rest).to_string();
+        let (host, port) = split_host_port(&authority, if https { 443 } else { 80 });
+        Ok(Target {
+            https,
+            authority,
+            host,
+            port,
+        })
+    }
+}
+
+/// A connection to the API server (TLS as the client's configuration
+/// says), reads bounded by the connect timeout until the caller sets its
+/// own.
+pub(super) fn connect(
+    client: &Client,
+    target: &Target,
+    protocol: ExecProtocol,
+) -> Result<Conn, ExecError> {
+    let transport = |message: String| ExecError::Transport { protocol, message };
+    let host = &target.host;
+    let addr = (host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|e| transport(format!("resolving {host}: {e}")))?
+        .next()
+        .ok_or_else(|| transport(format!("{host} has no address")))?;
+    let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| transport(format!("connecting to {}: {e}", target.authority)))?;
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| transport(e.to_string()))?;
+    if !target.https {
+        return Ok(Conn::Plain(tcp));
+    }
+    let config = rustls_config(client.tls_material(), protocol)?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| transport(format!("server name '{host}': {e}")))?;
+    let session =
+        rustls::ClientConnection::new(config, name).map_err(|e| transport(format!("TLS: {e}")))?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp))))
+}
+
+/// The exec subresource's query: container, the streams, the command.
+pub(super) fn exec_query(container: &str, command: &[String], tty: bool) -> String {
+    let mut query = format!(
+        "container={}&stdin=true&stdout=true&stderr={}&tty={tty}",
+        url_encode(container),
+        !tty
+    );
+    for word in command {
+        query.push_str("&command=");
+        query.push_str(&url_encode(word));
+    }
+    query
+}
+
+/// An open exec session, whichever the protocol.
+pub trait ExecStream {
+    fn protocol(&self) -> ExecProtocol;
+    /// Tells the far terminal its size.
+    fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ExecError>;
+    /// Sends `data` to the command's stdin.
+    fn write_stdin(&mut self, data: &[u8]) -> Result<(), ExecError>;
+    /// Closes the command's stdin (where the protocol can).
+    fn close_stdin(&mut self) -> Result<(), ExecError>;
+    /// The next event: output, the exit status, the end, or `Idle` when
+    /// nothing came within the socket tick.
+    fn next_event(&mut self) -> Result<Event, ExecError>;
+}
+
+/// An open WebSocket exec session.
 pub struct ExecSocket {
     ws: WebSocket<Conn>,
     /// v5 knows the close channel.
@@ -132,27 +290,17 @@ impl ExecSocket {
         command: &[String],
         tty: bool,
     ) -> Result<ExecSocket, ExecError> {
-        let transport = |message: String| ExecError::Transport { message };
-        let server = client.server();
-        let (scheme, rest) = server
-            .split_once("://")
-            .ok_or_else(|| transport(format!("server '{server}' is not a URL")))?;
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let (host, port) = split_host_port(authority, if scheme == "https" { 443 } else { 80 });
-        let mut query = format!(
-            "container={}&stdin=true&stdout=true&stderr={}&tty={tty}",
-            url_encode(container),
-            !tty
-        );
-        for word in command {
-            query.push_str("&command=");
-            query.push_str(&url_encode(word));
-        }
-        let ws_scheme = if scheme == "https" { "wss" } else { "ws" };
+        let protocol = ExecProtocol::WebSocket;
+        let transport = |message: String| ExecError::Transport { protocol, message };
+        let refused = |message: String| ExecError::Refused { protocol, message };
+        let target = Target::of(client, protocol)?;
+        let ws_scheme = if target.https { "wss" } else { "ws" };
         let url = format!(
-            "{ws_scheme}://{authority}/api/v1/namespaces/{}/pods/{}/exec?{query}",
+            "{ws_scheme}://{}/api/v1/namespaces/{}/pods/{}/exec?{}",
+            target.authority,
             url_encode(client.namespace()),
-            url_encode(pod)
+            url_encode(pod),
+            exec_query(container, command, tty)
         );
         let mut request = url
             .as_str()
@@ -170,48 +318,22 @@ impl ExecSocket {
             value.set_sensitive(true);
             headers.insert("Authorization", value);
         }
-
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| transport(format!("resolving {host}: {e}")))?
-            .next()
-            .ok_or_else(|| transport(format!("{host} has no address")))?;
-        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| transport(format!("connecting to {authority}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
-            .map_err(|e| transport(e.to_string()))?;
-        let conn = if scheme == "https" {
-            let config = rustls_config(client.tls_material())?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| transport(format!("server name '{host}': {e}")))?;
-            let session = rustls::ClientConnection::new(config, name)
-                .map_err(|e| transport(format!("TLS: {e}")))?;
-            Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
-        } else {
-            Conn::Plain(tcp)
-        };
+        let conn = connect(client, &target, protocol)?;
         let (ws, response) = match tungstenite::client::client(request, conn) {
             Ok(done) => done,
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(answer))) => {
-                let status = answer.status().as_u16();
-                let body = answer
-                    .body()
-                    .as_ref()
-                    .map(|b| api_message(b))
-                    .unwrap_or_default();
-                return Err(ExecError::Refused {
-                    message: format!("HTTP {status} {body}").trim_end().to_string(),
-                });
+                let body = answer.body().clone().unwrap_or_default();
+                return Err(refusal(protocol, answer.status().as_u16(), &body));
             }
             // An upgrade without a channel protocol we offered: a server
             // (or proxy) that does not speak Kubernetes' exec WebSocket.
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
                 e @ tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
-            ))) => {
-                return Err(ExecError::Refused {
-                    message: format!("no channel protocol: {e}"),
-                })
+            ))) => return Err(refused(format!("no channel protocol: {e}"))),
+            // An answer that is no WebSocket upgrade (an HTTP/1.0 one, a
+            // proxy's): refused as well, so SPDY gets its turn.
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(e))) => {
+                return Err(refused(format!("not a WebSocket upgrade: {e}")))
             }
             Err(tungstenite::HandshakeError::Failure(e)) => {
                 return Err(transport(format!("WebSocket handshake: {e}")))
@@ -220,32 +342,32 @@ impl ExecSocket {
                 return Err(transport("WebSocket handshake interrupted".into()))
             }
         };
-        let protocol = response
+        let chosen = response
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        if !protocol.starts_with("v4.") && !protocol.starts_with("v5.") {
-            return Err(ExecError::Refused {
-                message: format!("the server chose no channel protocol we speak ('{protocol}')"),
-            });
+        if !chosen.starts_with("v4.") && !chosen.starts_with("v5.") {
+            return Err(refused(format!(
+                "the server chose no channel protocol we speak ('{chosen}')"
+            )));
         }
         let mut socket = ExecSocket {
             ws,
-            v5: protocol.starts_with("v5."),
+            v5: chosen.starts_with("v5."),
         };
         socket.set_read_timeout(Some(SOCKET_TICK))?;
         Ok(socket)
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ExecError> {
-        let tcp = match self.ws.get_mut() {
-            Conn::Plain(s) => &*s,
-            Conn::Tls(s) => s.get_ref(),
-        };
-        tcp.set_read_timeout(timeout)
+        self.ws
+            .get_mut()
+            .tcp()
+            .set_read_timeout(timeout)
             .map_err(|e| ExecError::Transport {
+                protocol: ExecProtocol::WebSocket,
                 message: e.to_string(),
             })
     }
@@ -257,6 +379,7 @@ impl ExecSocket {
         self.ws
             .send(Message::binary(frame))
             .map_err(|e| ExecError::Transport {
+                protocol: ExecProtocol::WebSocket,
                 message: format!("sending: {e}"),
             })
     }
@@ -306,11 +429,34 @@ impl ExecSocket {
                 }
                 Err(e) => {
                     return Err(ExecError::Transport {
+                        protocol: ExecProtocol::WebSocket,
                         message: format!("reading: {e}"),
                     })
                 }
             }
         }
+    }
+}
+
+impl ExecStream for ExecSocket {
+    fn protocol(&self) -> ExecProtocol {
+        ExecProtocol::WebSocket
+    }
+
+    fn resize(&mut self, cols: u16, rows: u16) -> Result<(), ExecError> {
+        ExecSocket::resize(self, cols, rows)
+    }
+
+    fn write_stdin(&mut self, data: &[u8]) -> Result<(), ExecError> {
+        ExecSocket::write_stdin(self, data)
+    }
+
+    fn close_stdin(&mut self) -> Result<(), ExecError> {
+        ExecSocket::close_stdin(self)
+    }
+
+    fn next_event(&mut self) -> Result<Event, ExecError> {
+        ExecSocket::next_event(self)
     }
 }
 
@@ -355,22 +501,24 @@ pub fn exit_status(status: &[u8]) -> Result<i32, ExecError> {
     })
 }
 
-fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, ExecError> {
-    let refused = |message: String| ExecError::Refused { message };
+fn rustls_config(
+    material: &TlsMaterial,
+    protocol: ExecProtocol,
+) -> Result<Arc<rustls::ClientConfig>, ExecError> {
     if material.insecure {
-        return Err(refused(
-            "insecure-skip-tls-verify is not supported for the WebSocket".into(),
-        ));
+        return Err(ExecError::Refused {
+            protocol,
+            message: "insecure-skip-tls-verify is not supported without kubectl".into(),
+        });
     }
+    let transport = |message: String| ExecError::Transport { protocol, message };
     let mut roots = rustls::RootCertStore::empty();
     match &material.roots {
         Some(ders) => {
             for der in ders {
                 roots
                     .add(rustls::pki_types::CertificateDer::from(der.clone()))
-                    .map_err(|e| ExecError::Transport {
-                        message: format!("the cluster's CA: {e}"),
-                    })?;
+                    .map_err(|e| transport(format!("the cluster's CA: {e}")))?;
             }
         }
         None => {
@@ -383,9 +531,7 @@ fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, Ex
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ExecError::Transport {
-            message: format!("TLS: {e}"),
-        })?
+        .map_err(|e| transport(format!("TLS: {e}")))?
         .with_root_certificates(roots);
     let config = match &material.client {
         Some((chain, key)) => {
@@ -393,16 +539,11 @@ fn rustls_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, Ex
                 .iter()
                 .map(|d| rustls::pki_types::CertificateDer::from(d.clone()))
                 .collect();
-            let key = rustls::pki_types::PrivateKeyDer::try_from(key.clone()).map_err(|e| {
-                ExecError::Transport {
-                    message: format!("client key: {e}"),
-                }
-            })?;
+            let key = rustls::pki_types::PrivateKeyDer::try_from(key.clone())
+                .map_err(|e| transport(format!("client key: {e}")))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| ExecError::Transport {
-                    message: format!("client certificate: {e}"),
-                })?
+                .map_err(|e| transport(format!("client certificate: {e}")))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -438,136 +579,6 @@ fn api_message(body: &[u8]) -> String {
         .chars()
         .take(200)
         .collect()
-}
-
-/// The exec bridge: `agent __kubernetes-exec <namespace> <pod> <container>
-/// -- <command...>`, run by the executor inside the shell's PTY. Opens
-/// the exec WebSocket with the agent's Kubernetes credentials and copies
-/// the PTY's input to the command's stdin and its output back until the
-/// command ends; the exit status is the command's. The PTY's settings are
-/// the shell's business (as for `kubectl exec -it`), the far terminal is
-/// told the PTY's size.
-#[cfg(unix)]
-pub fn bridge(args: &[String]) -> i32 {
-    let [namespace, pod, container, dashes, command @ ..] = args else {
-        eprintln!("usage: {BRIDGE_ARG} <namespace> <pod> <container> -- <command...>");
-        return 2;
-    };
-    if dashes != "--" || command.is_empty() {
-        eprintln!("usage: {BRIDGE_ARG} <namespace> <pod> <container> -- <command...>");
-        return 2;
-    }
-    let client = match Client::discover(namespace) {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("{REFUSED}: {e}");
-            return REFUSED_EXIT;
-        }
-    };
-    let mut socket = match ExecSocket::open(&client, pod, container, command, true) {
-        Ok(socket) => socket,
-        Err(e @ ExecError::Refused { .. }) => {
-            eprintln!("{e}");
-            return REFUSED_EXIT;
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let (cols, rows) = terminal_size(0).unwrap_or((200, 50));
-    if let Err(e) = socket.resize(cols, rows) {
-        eprintln!("{e}");
-        return 1;
-    }
-    pump(&mut socket)
-}
-
-/// Copies fd 0 to the socket's stdin and its output to fd 1 until the
-/// command ends.
-#[cfg(unix)]
-fn pump(socket: &mut ExecSocket) -> i32 {
-    let mut stdin_open = true;
-    let mut status: Option<Result<i32, ExecError>> = None;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut stdout = std::io::stdout().lock();
-    loop {
-        if stdin_open && fd_readable(0) {
-            match read_fd(0, &mut buf) {
-                Ok(0) => {
-                    stdin_open = false;
-                    let _ = socket.close_stdin();
-                }
-                // The PTY's other side is gone (the agent died): a hangup,
-                // nobody is left to read the output.
-                Err(_) => return 129,
-                Ok(n) => {
-                    if let Err(e) = socket.write_stdin(&buf[..n]) {
-                        eprintln!("{e}");
-                        return 1;
-                    }
-                }
-            }
-        }
-        match socket.next_event() {
-            Ok(Event::Output(data)) => {
-                if stdout
-                    .write_all(&data)
-                    .and_then(|()| stdout.flush())
-                    .is_err()
-                {
-                    // The PTY is gone: nobody is reading any more.
-                    return 1;
-                }
-            }
-            Ok(Event::Exited(result)) => status = Some(result),
-            Ok(Event::Idle) => {}
-            Ok(Event::Closed) => break,
-            Err(e) => {
-                if status.is_none() {
-                    eprintln!("{e}");
-                }
-                break;
-            }
-        }
-    }
-    match status {
-        Some(Ok(code)) => code,
-        Some(Err(message)) => {
-            eprintln!("{message}");
-            1
-        }
-        None => 1,
-    }
-}
-
-/// Whether `fd` has input (or EOF) now.
-#[cfg(unix)]
-fn fd_readable(fd: libc::c_int) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack, a zero timeout.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-    ready > 0 && pfd.revents != 0
-}
-
-#[cfg(unix)]
-fn read_fd(fd: libc::c_int, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: reads at most buf.len() bytes into a buffer we own.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
-}
-
-/// `(columns, rows)` of the terminal on `fd`.
-#[cfg(unix)]
-fn terminal_size(fd: libc::c_int) -> Option<(u16, u16)> {
-    // SAFETY: TIOCGWINSZ fills the winsize on the stack; failure is checked.
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
-    (rc == 0 && size.ws_col > 0).then_some((size.ws_col, size.ws_row))
 }
 
 #[cfg(test)]
@@ -696,7 +707,11 @@ mod tests {
             .err()
             .expect("refused");
         assert!(matches!(err, ExecError::Refused { .. }), "{err}");
-        assert!(err.to_string().starts_with(REFUSED), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the WebSocket exec was refused: no channel protocol"),
+            "{err}"
+        );
         let (_, stdin) = endpoint.join().unwrap();
         assert!(stdin.is_empty());
     }

@@ -11,24 +11,30 @@
 //! not run anything or touch the job's log: the executor
 //! (`executor::kubernetes`) decides what users see and when.
 
+#[cfg(unix)]
+mod bridge;
 mod client;
 #[cfg(unix)]
 mod exec;
 mod objects;
 mod owner;
+#[cfg(unix)]
+mod spdy;
 
 use std::time::Duration;
 
+#[cfg(unix)]
+pub use bridge::{bridge as exec_bridge, open_exec, ExecReport, BRIDGE_ARG, REFUSED};
 pub use client::{Client, KubeError};
 #[cfg(unix)]
-pub use exec::{
-    bridge as exec_bridge, exit_status, Event, ExecError, ExecSocket, BRIDGE_ARG, REFUSED,
-};
+pub use exec::{exit_status, Event, ExecError, ExecProtocol, ExecSocket, ExecStream};
 pub use objects::{
     docker_config_json, env_secret, file_key, pod, pod_progress, pull_secret, Decorator,
     PodProgress, PodSpecError, ENV_KEY, ENV_VOLUME,
 };
 pub use owner::{agent_label_value, delete_leftovers, Journal, OwnerPod, AGENT_LABEL};
+#[cfg(unix)]
+pub use spdy::SpdyExec;
 
 /// The directory of the main container where the job's secret (the `.env`
 /// and the files) is mounted read-only, as in the Go agent.

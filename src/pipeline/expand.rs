@@ -17,6 +17,9 @@ pub struct PlannedJob {
     pub block: String,
     pub block_index: usize,
     pub job: String,
+    /// What prefixes its lines: the job's name, or `block / job` when
+    /// another block has a job of that name.
+    pub label: String,
     /// The block's dependencies (explicit or implicit).
     pub dependencies: Vec<String>,
     pub job_id: String,
@@ -88,6 +91,28 @@ pub fn missing_secrets(p: &Pipeline, secrets: &BTreeMap<String, Secret>) -> Vec<
         .filter(|(_, name)| !secrets.contains_key(*name))
         .map(|(path, name)| format!("{path}: secret {name:?} is not in the secrets file"))
         .collect()
+}
+
+/// The names of the secrets `secrets` lacks, each once, in order of use.
+pub fn missing_secret_names(p: &Pipeline, secrets: &BTreeMap<String, Secret>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut agents: Vec<&Agent> = vec![&p.agent];
+    let mut uses: Vec<&String> = p.global.secrets.iter().collect();
+    for b in &p.blocks {
+        uses.extend(&b.task.secrets);
+        agents.extend(&b.task.agent);
+    }
+    for a in agents {
+        for c in &a.containers {
+            uses.extend(&c.secrets);
+        }
+    }
+    for name in uses {
+        if !secrets.contains_key(name) && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
 }
 
 /// Every job of every block, in pipeline order.
@@ -308,6 +333,7 @@ fn plan(
     PlannedJob {
         block: block.name.clone(),
         block_index: bi,
+        label: name.clone(),
         job: name,
         dependencies: deps.to_vec(),
         job_id,

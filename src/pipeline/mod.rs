@@ -37,9 +37,20 @@
 //! `always` epilogue. `global_job_config` merges into every block: its
 //! secrets, env vars and prologue commands come *before* the task's, its
 //! epilogue commands *after* the task's. A block without an agent gets the
-//! pipeline's. `commands_file` is read relative to the pipeline file, one
-//! command per non-empty line. A job's commands are the prologue's then
-//! its own.
+//! pipeline's. `commands_file` and `task_file` are read relative to the
+//! pipeline file, or to the repository's root when they start with `/`
+//! (`Block.CodeRepo.Expand`, spc's commands extractor); each line of a
+//! commands file is a command as written, a blank line an empty command
+//! (spc), and an empty file is an error. A job's commands are the
+//! prologue's then its own.
+//!
+//! Parameters (spc's template evaluator): every string value outside
+//! `commands` has its `${{parameters.NAME}}` replaced by the variable
+//! `NAME` (here `--env NAME=VALUE`), or by `NAME` itself when unset.
+//!
+//! Time limits (`MaxTimeLimitChecker`): a job's `execution_time_limit`
+//! longer than its block's, or a block's or job's longer than the
+//! pipeline's (one hour when unset), is refused.
 //!
 //! Env var order (zebra's job request factory): `TERM`, `CI`, `SEMAPHORE`,
 //! `SEMAPHORE_PROJECT_NAME`/`_ID`, `SEMAPHORE_JOB_NAME`/`_ID`/
@@ -67,6 +78,7 @@
 
 pub mod expand;
 pub mod git;
+pub mod outcome;
 pub mod output;
 pub mod schedule;
 pub mod schema;
@@ -79,6 +91,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::job::{JobOptions, JobStop};
+use outcome::SkipReason;
 use schema::Cond;
 
 /// What `run <pipeline>` was asked to do.
@@ -99,6 +112,8 @@ pub struct PipelineRun {
     /// `--env NAME=VALUE`.
     pub env: Vec<(String, String)>,
     pub keep_going: bool,
+    /// `--verbose`: every setup line of every job.
+    pub verbose: bool,
     /// `--checkout head`: `checkout` gives the commit only, without
     /// uncommitted changes.
     pub checkout_head: bool,
@@ -194,47 +209,44 @@ impl when::Facts for Facts<'_> {
 }
 
 /// `Some(true/false)`, or `None` with the reason noted once.
-fn decide(cond: &Cond, git: &git::GitInfo, what: &str, notes: &mut Vec<String>) -> Option<bool> {
+fn decide(
+    cond: &Cond,
+    git: &git::GitInfo,
+    what: output::Condition<'_>,
+    notes: &mut Vec<String>,
+) -> Option<bool> {
     match cond {
         Cond::Bool(b) => Some(*b),
-        Cond::Expr(text) => {
-            let expr = when::parse(text).ok()?;
-            match when::eval(&expr, &Facts(git)) {
-                when::Truth::Yes => Some(true),
-                when::Truth::No => Some(false),
-                when::Truth::Unknown(why) => {
-                    let note = format!(
-                        "note: {what} cannot be decided locally ({why}); it is taken as {}",
-                        if what.contains("skip") {
-                            "false: the block runs"
-                        } else {
-                            "true: the block runs"
-                        }
-                    );
-                    if !notes.contains(&note) {
-                        notes.push(note);
-                    }
-                    None
+        Cond::Expr(expr) => match when::eval(expr, &Facts(git)) {
+            when::Truth::Yes => Some(true),
+            when::Truth::No => Some(false),
+            when::Truth::Unknown(why) => {
+                let note = output::undecided_note(what, &why);
+                if !notes.contains(&note) {
+                    notes.push(note);
                 }
+                None
             }
-        }
+        },
     }
 }
 
+/// The fail-fast mode of a task (`block`) or of the pipeline (`None`):
+/// stop (true) or cancel (false), when its condition holds.
 fn fail_fast_mode(
     f: &Option<schema::FailFast>,
     git: &git::GitInfo,
-    what: &str,
+    block: Option<&str>,
     notes: &mut Vec<String>,
 ) -> Option<bool> {
     let f = f.as_ref()?;
     if let Some(c) = &f.stop {
-        if decide(c, git, &format!("{what} fail_fast.stop"), notes) == Some(true) {
+        if decide(c, git, output::Condition::FailFastStop(block), notes) == Some(true) {
             return Some(true);
         }
     }
     if let Some(c) = &f.cancel {
-        if decide(c, git, &format!("{what} fail_fast.cancel"), notes) == Some(true) {
+        if decide(c, git, output::Condition::FailFastCancel(block), notes) == Some(true) {
             return Some(false);
         }
     }
@@ -245,7 +257,15 @@ fn fail_fast_mode(
 pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     let text = std::fs::read_to_string(&opts.file)
         .map_err(|e| PipelineError::Read(opts.file.clone(), e))?;
-    let pipeline = schema::parse(&text, &opts.file)
+    let git = git::GitInfo::read(&opts.file, opts.base.as_deref());
+    // Outside a repository, `/` paths are read from the current directory
+    // (where Semaphore's compiler stands: the repository's root).
+    let root = git.top.clone().unwrap_or_else(|| PathBuf::from("."));
+    let source = schema::Source {
+        root: &root,
+        parameters: &opts.env,
+    };
+    let pipeline = schema::parse_in(&text, &opts.file, source)
         .map_err(|e| PipelineError::Invalid(opts.file.clone(), e))?;
     let secrets = match &opts.secrets_file {
         Some(path) => secrets::load(path).map_err(PipelineError::Secrets)?,
@@ -265,11 +285,10 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
                 missing.join("\n  ")
             )));
         }
-        for m in &missing {
-            console.note(&format!("warning: {m}; running without it"));
-        }
+        console.note(&output::missing_secrets_line(
+            &expand::missing_secret_names(&pipeline, &secrets),
+        ));
     }
-    let git = git::GitInfo::read(&opts.file, opts.base.as_deref());
     let created_at = crate::unix_now();
     let cx = expand::Context {
         git: &git,
@@ -324,34 +343,27 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
             }
         }
     }
-    let job_matches = |name: &str| {
-        opts.jobs.is_empty()
-            || opts.jobs.iter().any(|j| {
-                name == j
-                    || name
-                        .strip_prefix(j.as_str())
-                        .is_some_and(|rest| rest.starts_with(" - "))
-            })
-    };
     if !opts.jobs.is_empty() {
         for j in &opts.jobs {
-            if !jobs.iter().chain(&after).any(|p| {
-                p.job == *j
-                    || p.job
-                        .strip_prefix(j.as_str())
-                        .is_some_and(|r| r.starts_with(" - "))
-            }) {
+            if !jobs
+                .iter()
+                .chain(&after)
+                .any(|p| job_selected(j, &p.block, &p.job))
+            {
                 return Err(PipelineError::Selection(format!(
-                    "--job {j:?}: no job has that name"
+                    "--job {j:?}: no job has that name (give `name`, or `block/name` for one block's)"
                 )));
             }
         }
     }
+    let job_matches = |block: &str, name: &str| {
+        opts.jobs.is_empty() || opts.jobs.iter().any(|j| job_selected(j, block, name))
+    };
     let select_after = opts.blocks.is_empty();
-    jobs.retain(|j| selected[j.block_index] && job_matches(&j.job));
+    jobs.retain(|j| selected[j.block_index] && job_matches(&j.block, &j.job));
     let mut after: Vec<_> = after
         .into_iter()
-        .filter(|j| select_after && job_matches(&j.job))
+        .filter(|j| select_after && job_matches(&j.block, &j.job))
         .collect();
 
     let mut notes = Vec::new();
@@ -359,26 +371,14 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     for (i, b) in pipeline.blocks.iter().enumerate() {
         let mut skipped = None;
         if !selected[i] {
-            skipped = Some("not selected".to_string());
+            skipped = Some(SkipReason::NotSelected);
         } else if let Some(c) = &b.skip {
-            if decide(
-                c,
-                &git,
-                &format!("block {:?} skip condition", b.name),
-                &mut notes,
-            ) == Some(true)
-            {
-                skipped = Some("skip condition is true".into());
+            if decide(c, &git, output::Condition::Skip(&b.name), &mut notes) == Some(true) {
+                skipped = Some(SkipReason::SkipCondition);
             }
         } else if let Some(c) = &b.run {
-            if decide(
-                c,
-                &git,
-                &format!("block {:?} run condition", b.name),
-                &mut notes,
-            ) == Some(false)
-            {
-                skipped = Some("run condition is false".into());
+            if decide(c, &git, output::Condition::Run(&b.name), &mut notes) == Some(false) {
+                skipped = Some(SkipReason::RunCondition);
             }
         }
         blocks.push(schedule::BlockPlan {
@@ -386,12 +386,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
             deps: deps_idx[i].clone(),
             skipped,
             time_limit: b.execution_time_limit,
-            fail_fast_stop: fail_fast_mode(
-                &b.task.fail_fast,
-                &git,
-                &format!("block {:?}", b.name),
-                &mut notes,
-            ),
+            fail_fast_stop: fail_fast_mode(&b.task.fail_fast, &git, Some(&b.name), &mut notes),
             always: false,
         });
     }
@@ -406,8 +401,8 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         });
         jobs.extend(after);
     }
-    let pipeline_fail_fast =
-        fail_fast_mode(&pipeline.fail_fast, &git, "the pipeline's", &mut notes);
+    label_repeated_names(&mut jobs);
+    let pipeline_fail_fast = fail_fast_mode(&pipeline.fail_fast, &git, None, &mut notes);
 
     if opts.list {
         if opts.json {
@@ -419,11 +414,11 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
                 let deps: Vec<&str> = b.deps.iter().map(|&d| blocks[d].name.as_str()).collect();
                 let state = b
                     .skipped
-                    .as_deref()
-                    .map(|s| format!(" [skipped: {s}]"))
+                    .as_ref()
+                    .map(|s| format!(" [skipped: {}]", output::skip_reason(s)))
                     .unwrap_or_default();
                 console.write(&format!(
-                    "block {:?}{}{state}\n",
+                    "block \"{}\"{}{state}\n",
                     b.name,
                     if deps.is_empty() {
                         String::new()
@@ -433,7 +428,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
                 ));
                 for j in jobs.iter().filter(|j| j.block_index == i) {
                     console.write(&format!(
-                        "  job {:?} ({} commands)\n",
+                        "  job \"{}\" ({} commands)\n",
                         j.job,
                         j.commands.len()
                     ));
@@ -502,6 +497,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         fail_fast_stop: pipeline_fail_fast,
         time_limit: pipeline.execution_time_limit.unwrap_or(60),
         prefix_output: parallel > 1 && jobs.len() > 1,
+        verbose: opts.verbose,
         options,
         patterns: opts.patterns.clone(),
     };
@@ -527,13 +523,13 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     if opts.json {
         console.write(&format!("{}\n", output::finished_json(result, &rows)));
     } else {
-        console.write(&format!("\n{}Pipeline {result}\n", output::table(&rows)));
+        console.write(&format!(
+            "\n{}Pipeline {}\n",
+            output::table(&rows),
+            output::result_word(result)
+        ));
     }
-    Ok(match result {
-        "passed" => PipelineResult::Passed,
-        "stopped" => PipelineResult::Stopped,
-        _ => PipelineResult::Failed,
-    })
+    Ok(result)
 }
 
 /// What a local run did with the parts of a pipeline that only mean
@@ -567,7 +563,94 @@ fn summary(p: &schema::Pipeline) -> Vec<String> {
     if p.after_pipeline.is_some() {
         out.push("note: after_pipeline jobs run once every block ended".into());
     }
+    if !p.unset_parameters.is_empty() {
+        out.push(format!(
+            "note: no --env for parameters {}: each ${{{{parameters.NAME}}}} became its name, as on Semaphore",
+            p.unset_parameters.join(", ")
+        ));
+    }
+    out.extend(foreign_machines(p));
     out
+}
+
+/// The operating system a machine type or OS image asks for, when it is
+/// not Linux.
+fn foreign_os(agent: &schema::Agent) -> Option<&'static str> {
+    let t = agent.machine_type.to_ascii_lowercase();
+    let image = agent.os_image.to_ascii_lowercase();
+    if t.contains("windows") || image.contains("windows") {
+        Some("Windows")
+    } else if t.starts_with("a1-") || t.starts_with("a2-") || image.starts_with("macos") {
+        Some("macOS")
+    } else {
+        None
+    }
+}
+
+/// One note per foreign machine: its blocks run their commands in bash on
+/// this machine.
+fn foreign_machines(p: &schema::Pipeline) -> Vec<String> {
+    let mut by_machine: Vec<(&'static str, String, Vec<&str>)> = Vec::new();
+    for b in &p.blocks {
+        let agent = b.task.agent.as_ref().unwrap_or(&p.agent);
+        let Some(os) = foreign_os(agent) else {
+            continue;
+        };
+        let machine = if agent.os_image.is_empty() {
+            agent.machine_type.clone()
+        } else {
+            format!("{} {}", agent.machine_type, agent.os_image)
+        };
+        match by_machine.iter_mut().find(|(_, m, _)| *m == machine) {
+            Some((_, _, blocks)) => blocks.push(&b.name),
+            None => by_machine.push((os, machine, vec![&b.name])),
+        }
+    }
+    by_machine
+        .into_iter()
+        .map(|(os, machine, blocks)| {
+            let (who, whose) = if blocks.len() == 1 {
+                (format!("block {} asks", blocks[0]), "its")
+            } else {
+                (format!("blocks {} ask", blocks.join(", ")), "their")
+            };
+            format!(
+                "note: {who} for a {os} machine ({machine}); {whose} jobs run here, in bash on this machine"
+            )
+        })
+        .collect()
+}
+
+/// Whether `--job sel` selects the job `name` of `block`: its expanded
+/// name, the base name of a matrix or parallelism job, or either after
+/// `block/`.
+fn job_selected(sel: &str, block: &str, name: &str) -> bool {
+    let named = |sel: &str| {
+        name == sel
+            || name
+                .strip_prefix(sel)
+                .is_some_and(|rest| rest.starts_with(" - "))
+    };
+    named(sel)
+        || sel
+            .match_indices('/')
+            .any(|(at, _)| sel[..at].trim() == block && named(sel[at + 1..].trim()))
+}
+
+/// Jobs whose name another block also has are labelled `block / job`.
+fn label_repeated_names(jobs: &mut [expand::PlannedJob]) {
+    let mut blocks_of: BTreeMap<String, std::collections::BTreeSet<usize>> = BTreeMap::new();
+    for j in jobs.iter() {
+        blocks_of
+            .entry(j.job.clone())
+            .or_default()
+            .insert(j.block_index);
+    }
+    for j in jobs.iter_mut() {
+        if blocks_of.get(&j.job).is_some_and(|b| b.len() > 1) {
+            j.label = format!("{} / {}", j.block, j.job);
+        }
+    }
 }
 
 /// A private (0700) directory for this run's job HOMEs.
@@ -605,7 +688,7 @@ fn bash_profile(top: Option<&Path>, commit: Option<&str>, real_home: Option<&Pat
     }
     match (top, commit) {
         (Some(top), Some(commit)) => s.push_str(&format!(
-            "checkout() {{\n  local dir=\"$HOME/${{SEMAPHORE_GIT_DIR:-repo}}\"\n  rm -rf \"$dir\" &&\n  git clone -q --no-checkout {} \"$dir\" &&\n  if [ -n \"$SEMAPHORE_GIT_BRANCH\" ] && [ \"$SEMAPHORE_GIT_REF_TYPE\" = branch ]; then\n    git -C \"$dir\" checkout -q -B \"$SEMAPHORE_GIT_BRANCH\" {c}\n  else\n    git -C \"$dir\" checkout -q --detach {c}\n  fi &&\n  cd \"$dir\" &&\n  echo \"checkout: cloned the local repository at {short} into $dir\"\n}}\n",
+            "checkout() {{\n  local dir=\"${{SEMAPHORE_GIT_DIR:-repo}}\"\n  case \"$dir\" in\n    /*) ;;\n    *) dir=\"$HOME/$dir\"; rm -rf \"$dir\" ;;\n  esac\n  git clone -q --no-checkout {} \"$dir\" &&\n  if [ -n \"$SEMAPHORE_GIT_BRANCH\" ] && [ \"$SEMAPHORE_GIT_REF_TYPE\" = branch ]; then\n    git -C \"$dir\" checkout -q -B \"$SEMAPHORE_GIT_BRANCH\" {c}\n  else\n    git -C \"$dir\" checkout -q --detach {c}\n  fi &&\n  cd \"$dir\" &&\n  echo \"checkout: cloned the local repository at {short} into $dir\"\n}}\n",
             quoted(&top.display().to_string()),
             c = quoted(commit),
             short = &commit[..commit.len().min(12)],
@@ -669,5 +752,16 @@ mod tests {
             "{\"version\": 1, \"blocks\": []}"
         )));
         assert!(!is_pipeline(&dir.path().join("missing.yml")));
+    }
+
+    #[test]
+    fn job_selects_by_name_base_name_or_block_slash_name() {
+        assert!(job_selected("test", "B", "test"));
+        assert!(job_selected("test", "B", "test - 1/2"));
+        assert!(job_selected("B/test", "B", "test - 1/2"));
+        assert!(job_selected("B / test - 1/2", "B", "test - 1/2"));
+        assert!(job_selected("a/b", "B", "a/b"));
+        assert!(!job_selected("A/test", "B", "test"));
+        assert!(!job_selected("tes", "B", "test"));
     }
 }

@@ -1,7 +1,8 @@
 //! What a pipeline run prints: each job's events (for people, each line
-//! prefixed with the job's name when jobs run side by side; or JSON lines
-//! with `block` and `job` added), progress lines, notes, the final table
-//! and `pipeline_finished`.
+//! prefixed with the job's name, or `block / job` where a name repeats,
+//! when jobs run side by side, the setup steps folded into one line unless
+//! `--verbose`; or JSON lines with `block` and `job` added), progress
+//! lines, notes, the final table and `pipeline_finished`.
 //!
 //! Every job thread writes through one [`Console`] (a mutex around
 //! stdout), a whole line at a time, so lines of parallel jobs never mix.
@@ -12,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
+use super::outcome::{JobEnd, LimitLevel, Outcome, Progress, Row, SkipReason};
+use super::PipelineResult;
 use crate::events::{Event, EventSink};
 
 /// The most of an unfinished output line a job holds before printing it.
@@ -56,27 +59,51 @@ pub struct JobSink {
     console: Console,
     block: String,
     job: String,
-    /// `[job] ` before each line, or nothing.
+    /// `[label] ` before each line, or nothing.
     prefix: String,
     partial: String,
-    /// Inside "Exporting environment variables": the names are counted,
-    /// not listed (`--json` keeps every line).
-    exporting: Option<usize>,
+    /// `--verbose`: every setup line as the job log has it.
+    verbose: bool,
+    /// The setup step running now (folded unless `verbose`).
+    setup: Option<SetupStep>,
+    /// What the setup steps before the first command did, until it is
+    /// told in one line.
+    folded: Option<Folded>,
+}
+
+/// A setup step ("Exporting environment variables", "Injecting Files")
+/// held back: its lines are shown only if it fails.
+struct SetupStep {
+    held: String,
+}
+
+#[derive(Default)]
+struct Folded {
+    variables: usize,
+    files: usize,
+    /// The line was printed (later setup steps stay silent).
+    told: bool,
 }
 
 impl JobSink {
-    pub fn new(console: Console, block: &str, job: &str, prefixed: bool) -> JobSink {
+    /// `label` is what prefixes every line (`job`, or `block / job` where
+    /// job names repeat across blocks), or `None` for no prefix.
+    pub fn new(
+        console: Console,
+        block: &str,
+        job: &str,
+        label: Option<&str>,
+        verbose: bool,
+    ) -> JobSink {
         JobSink {
             console,
             block: block.to_string(),
             job: job.to_string(),
-            prefix: if prefixed {
-                format!("[{job}] ")
-            } else {
-                String::new()
-            },
+            prefix: label.map(|l| format!("[{l}] ")).unwrap_or_default(),
             partial: String::new(),
-            exporting: None,
+            verbose,
+            setup: None,
+            folded: (!verbose).then(Folded::default),
         }
     }
 
@@ -104,6 +131,45 @@ impl JobSink {
             self.console.write(&format!("{}{rest}\n", self.prefix));
         }
     }
+
+    /// The one line that stands for the setup steps before the first
+    /// command, once.
+    fn tell_setup(&mut self) {
+        let Some(f) = &mut self.folded else { return };
+        if f.told {
+            return;
+        }
+        f.told = true;
+        let line = setup_line(f.variables, f.files);
+        self.lines(&line);
+    }
+}
+
+/// The one warning for secrets a run goes without: each name once.
+pub fn missing_secrets_line(names: &[String]) -> String {
+    match names {
+        [one] => format!("warning: secret {one} is not in the secrets file; running without it"),
+        _ => format!(
+            "warning: secrets {} are not in the secrets file; running without them",
+            names.join(", ")
+        ),
+    }
+}
+
+/// `setup: 39 variables, 2 files`.
+pub fn setup_line(variables: usize, files: usize) -> String {
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    let mut line = format!("setup: {}", plural(variables, "variable"));
+    if files > 0 {
+        line.push_str(&format!(", {}", plural(files, "file")));
+    }
+    line.push('\n');
+    line
+}
+
+fn is_setup(directive: &str) -> bool {
+    directive == crate::job::lifecycle::EXPORT_ENV_DIRECTIVE
+        || directive == crate::job::lifecycle::INJECT_FILES_DIRECTIVE
 }
 
 /// The event as a JSON line with `block` and `job` added after the wire
@@ -128,14 +194,23 @@ impl EventSink for JobSink {
             Event::JobStarted { .. } => {}
             Event::CmdStarted { directive, .. } => {
                 self.end_line();
-                if directive == crate::job::lifecycle::EXPORT_ENV_DIRECTIVE {
-                    self.exporting = Some(0);
+                let shown = format!("$ {}\n", directive.trim_end());
+                if !self.verbose && is_setup(&directive) {
+                    self.setup = Some(SetupStep { held: shown });
+                } else {
+                    self.tell_setup();
+                    self.lines(&shown);
                 }
-                self.lines(&format!("$ {}\n", directive.trim_end()));
             }
-            Event::CmdOutput { output, .. } => match &mut self.exporting {
-                Some(n) if output.starts_with("Exporting ") => {
-                    *n += output.matches('\n').count().max(1);
+            Event::CmdOutput { output, .. } => match (&mut self.setup, &mut self.folded) {
+                (Some(step), Some(f)) => {
+                    let count = output.lines().count().max(1);
+                    if output.starts_with("Exporting ") {
+                        f.variables += count;
+                    } else if output.starts_with("Injecting ") {
+                        f.files += count;
+                    }
+                    step.held.push_str(&output);
                 }
                 _ => self.lines(&output),
             },
@@ -146,14 +221,24 @@ impl EventSink for JobSink {
                 ..
             } => {
                 self.end_line();
-                if let Some(n) = self.exporting.take() {
-                    self.lines(&format!("({n} variables)\n"));
-                }
                 let took = finished_at.saturating_sub(started_at);
-                self.lines(&format!("[exit code {exit_code}, {took}s]\n"));
+                let exit = format!("[exit code {exit_code}, {took}s]\n");
+                if let Some(step) = self.setup.take() {
+                    // A setup step that failed is shown whole.
+                    if exit_code != 0 {
+                        self.tell_setup();
+                        let held = step.held;
+                        self.lines(&held);
+                        self.end_line();
+                        self.lines(&exit);
+                    }
+                    return;
+                }
+                self.lines(&exit);
             }
             Event::JobFinished { result, .. } => {
                 self.end_line();
+                self.tell_setup();
                 self.lines(&format!("Job {result}\n"));
             }
         }
@@ -166,14 +251,112 @@ impl Drop for JobSink {
     }
 }
 
-/// One row of the final table.
-pub struct Row {
-    pub block: String,
-    pub job: String,
-    /// passed, failed, stopped, skipped, or not run.
-    pub result: String,
-    pub duration_s: f64,
-    pub note: String,
+/// passed, failed, stopped, skipped, or not run.
+fn outcome_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Ran { result, .. } => result.as_str(),
+        Outcome::Skipped(_) => "skipped",
+        Outcome::NotRun => "not run",
+    }
+}
+
+/// Why, for the table: a skip's reason or what ended a job early.
+fn outcome_note(o: &Outcome) -> String {
+    match o {
+        Outcome::Ran { end, .. } => job_end(end),
+        Outcome::Skipped(why) => skip_reason(why),
+        Outcome::NotRun => String::new(),
+    }
+}
+
+/// A skip's reason, as the table says it.
+pub fn skip_reason(why: &SkipReason) -> String {
+    match why {
+        SkipReason::NotSelected => "not selected".into(),
+        SkipReason::SkipCondition => "skip condition is true".into(),
+        SkipReason::RunCondition => "run condition is false".into(),
+        SkipReason::DependencyFailed(block) => format!("dependency \"{block}\" did not pass"),
+        SkipReason::BlockFailFast => "the block's fail_fast".into(),
+        SkipReason::PipelineFailFast => "the pipeline's fail_fast".into(),
+        SkipReason::Interrupted => "Ctrl-C".into(),
+    }
+}
+
+/// What ended a job early, or nothing.
+fn job_end(end: &JobEnd) -> String {
+    match end {
+        JobEnd::Ran => String::new(),
+        JobEnd::TimeLimit { level, minutes } => {
+            let level = match level {
+                LimitLevel::Pipeline => "pipeline",
+                LimitLevel::Block => "block",
+                LimitLevel::Job => "job",
+            };
+            format!("{level} execution_time_limit of {minutes} min reached")
+        }
+        JobEnd::Panicked => "the job's thread panicked".into(),
+        JobEnd::CannotStart(e) => format!("cannot start a thread: {e}"),
+    }
+}
+
+/// A condition a note is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Condition<'a> {
+    /// The block's `skip`.
+    Skip(&'a str),
+    /// The block's `run`.
+    Run(&'a str),
+    /// The `fail_fast.stop` of a block's task, or of the pipeline (`None`).
+    FailFastStop(Option<&'a str>),
+    FailFastCancel(Option<&'a str>),
+}
+
+/// The note for a condition a local run cannot decide, and what it does.
+pub fn undecided_note(c: Condition<'_>, why: &str) -> String {
+    let whose = |block: Option<&str>| match block {
+        Some(b) => format!("block \"{b}\""),
+        None => "the pipeline's".to_string(),
+    };
+    let (what, taken) = match c {
+        Condition::Skip(b) => (
+            format!("block \"{b}\" skip condition"),
+            "false: the block runs",
+        ),
+        Condition::Run(b) => (
+            format!("block \"{b}\" run condition"),
+            "true: the block runs",
+        ),
+        Condition::FailFastStop(b) => (
+            format!("{} fail_fast.stop", whose(b)),
+            "false: no fail-fast",
+        ),
+        Condition::FailFastCancel(b) => (
+            format!("{} fail_fast.cancel", whose(b)),
+            "false: no fail-fast",
+        ),
+    };
+    format!("note: {what} cannot be decided locally ({why}); it is taken as {taken}")
+}
+
+/// `--- blocks 1/4 done, 1 failed; running: B, C`.
+pub fn progress_line(p: &Progress) -> String {
+    let mut line = format!("--- blocks {}/{} done", p.done, p.total);
+    if p.failed > 0 {
+        line.push_str(&format!(", {} failed", p.failed));
+    }
+    if !p.running.is_empty() {
+        line.push_str(&format!("; running: {}", p.running.join(", ")));
+    }
+    line
+}
+
+/// The pipeline's last word.
+pub fn result_word(result: PipelineResult) -> &'static str {
+    match result {
+        PipelineResult::Passed => "passed",
+        PipelineResult::Failed => "failed",
+        PipelineResult::Stopped => "stopped",
+    }
 }
 
 /// The final table, columns padded.
@@ -195,26 +378,29 @@ pub fn table(rows: &[Row]) -> String {
         "BLOCK", "JOB", "RESULT", "DURATION"
     );
     for r in rows {
-        let duration = if r.result == "skipped" {
-            "-".to_string()
-        } else {
-            format!("{:.1}s", r.duration_s)
+        let duration = match r.outcome {
+            Outcome::Skipped(_) => "-".to_string(),
+            _ => format!("{:.1}s", r.outcome.duration_s()),
         };
-        let note = if r.note.is_empty() {
-            String::new()
+        let note = outcome_note(&r.outcome);
+        let note = if note.is_empty() {
+            note
         } else {
-            format!("  ({})", r.note)
+            format!("  ({note})")
         };
         out.push_str(&format!(
             "{:<w_block$}  {:<w_job$}  {:<8}  {:>8}{note}\n",
-            r.block, r.job, r.result, duration
+            r.block,
+            r.job,
+            outcome_word(&r.outcome),
+            duration
         ));
     }
     out
 }
 
 /// The last JSON line, its keys in the documented order.
-pub fn finished_json(result: &str, rows: &[Row]) -> String {
+pub fn finished_json(result: PipelineResult, rows: &[Row]) -> String {
     let jobs: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -222,14 +408,14 @@ pub fn finished_json(result: &str, rows: &[Row]) -> String {
                 "{{\"block\":{},\"job\":{},\"result\":{},\"duration_s\":{}}}",
                 json!(r.block),
                 json!(r.job),
-                json!(r.result),
-                json!((r.duration_s * 10.0).round() / 10.0)
+                json!(outcome_word(&r.outcome)),
+                json!((r.outcome.duration_s() * 10.0).round() / 10.0)
             )
         })
         .collect();
     format!(
         "{{\"event\":\"pipeline_finished\",\"result\":{},\"jobs\":[{}]}}",
-        json!(result),
+        json!(result_word(result)),
         jobs.join(",")
     )
 }
@@ -237,6 +423,7 @@ pub fn finished_json(result: &str, rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::JobResult;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -261,8 +448,8 @@ mod tests {
     fn prefixed_lines_are_whole() {
         let buf = Buf::default();
         let console = Console::new(Box::new(buf.clone()), false);
-        let mut a = JobSink::new(console.clone(), "B", "a", true);
-        let mut b = JobSink::new(console, "B", "b", true);
+        let mut a = JobSink::new(console.clone(), "B", "a", Some("a"), false);
+        let mut b = JobSink::new(console, "B", "b", Some("b"), false);
         a.emit(Event::CmdOutput {
             timestamp: 1,
             output: "one ".into(),
@@ -293,12 +480,14 @@ mod tests {
         let rows = [Row {
             block: "B".into(),
             job: "j".into(),
-            result: "passed".into(),
-            duration_s: 1.26,
-            note: String::new(),
+            outcome: Outcome::Ran {
+                result: JobResult::Passed,
+                duration_s: 1.26,
+                end: JobEnd::Ran,
+            },
         }];
         assert_eq!(
-            finished_json("passed", &rows),
+            finished_json(PipelineResult::Passed, &rows),
             r#"{"event":"pipeline_finished","result":"passed","jobs":[{"block":"B","job":"j","result":"passed","duration_s":1.3}]}"#
         );
         assert!(table(&rows).contains("B      j    passed"));

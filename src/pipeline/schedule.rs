@@ -6,16 +6,20 @@
 //! The calling thread is the only one that changes the run's state: job
 //! threads report their result over a bounded channel (one slot per job,
 //! so a send never blocks) and every thread is joined before [`run`]
-//! returns.
+//! returns. Every decision is made on typed states (`outcome`'s
+//! [`SkipReason`], [`JobEnd`]); the words people read are made by
+//! `output`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::expand::PlannedJob;
-use super::output::{Console, JobSink, Row};
+use super::outcome::{JobEnd, LimitLevel, Outcome, Progress, Row, SkipReason};
+use super::output::{Console, JobSink};
+use super::PipelineResult;
 use crate::events::JobResult;
 use crate::job::{run_job, JobOptions, JobStop};
 use crate::mask::Masker;
@@ -28,7 +32,7 @@ pub struct BlockPlan {
     pub deps: Vec<usize>,
     /// Why it does not run, decided before the run (a `skip`/`run`
     /// condition, not selected).
-    pub skipped: Option<String>,
+    pub skipped: Option<SkipReason>,
     /// Its `execution_time_limit`, minutes.
     pub time_limit: Option<u64>,
     /// The task's fail-fast: stop (true) or cancel (false) the block's
@@ -49,6 +53,8 @@ pub struct Settings {
     /// is one hour).
     pub time_limit: u64,
     pub prefix_output: bool,
+    /// `--verbose`: every setup line of a job.
+    pub verbose: bool,
     /// Each job's options, by job index (HOME differs per job).
     pub options: Vec<JobOptions>,
     pub patterns: Vec<String>,
@@ -58,8 +64,8 @@ pub struct Settings {
 enum JobState {
     Waiting,
     Running,
-    Done(JobResult, f64, String),
-    Skipped(String),
+    Done(JobResult, f64, JobEnd),
+    Skipped(SkipReason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,7 +83,8 @@ enum BlockState {
 struct Live {
     stop: JobStop,
     started: Instant,
-    deadline: Option<(Instant, String)>,
+    /// The earliest limit that applies, and how the job ends when it hits.
+    deadline: Option<(Instant, JobEnd)>,
     handle: std::thread::JoinHandle<()>,
 }
 
@@ -88,6 +95,16 @@ pub fn minute() -> Duration {
     crate::test_knobs::millis("PIPELINE_MINUTE_MS")
         .filter(|d| !d.is_zero())
         .unwrap_or(Duration::from_secs(60))
+}
+
+/// What the loop does after a round of starting.
+enum Next {
+    /// Nothing runs and nothing more can start.
+    Finish,
+    /// Nothing runs, but a block may start now.
+    Again,
+    /// Wait for a job to end.
+    Wait,
 }
 
 /// Runs `jobs` (block by block as `blocks` says) and returns the rows of
@@ -101,245 +118,381 @@ pub fn run(
     console: &Console,
     interrupted: &Arc<AtomicBool>,
     live_stops: &Arc<Mutex<BTreeMap<usize, JobStop>>>,
-) -> (Vec<Row>, &'static str) {
-    let started = Instant::now();
-    let minute = minute();
-    let pipeline_deadline = started + minute * settings.time_limit.max(1) as u32;
-    let mut job_state: Vec<JobState> = vec![JobState::Waiting; jobs.len()];
-    let mut block_state: Vec<BlockState> = vec![BlockState::Pending; blocks.len()];
-    let mut block_started: Vec<Option<Instant>> = vec![None; blocks.len()];
-    for (b, plan) in blocks.iter().enumerate() {
-        if let Some(why) = &plan.skipped {
-            block_state[b] = BlockState::Skipped;
-            for (j, job) in jobs.iter().enumerate() {
-                if job.block_index == b {
-                    job_state[j] = JobState::Skipped(why.clone());
-                }
-            }
-        }
-    }
-    let (tx, rx) = sync_channel::<(usize, JobResult)>(jobs.len().max(1));
-    let mut live: BTreeMap<usize, Live> = BTreeMap::new();
-    let mut timed_out: BTreeMap<usize, String> = BTreeMap::new();
-    let mut pipeline_stopped = false;
-    let mut last_progress = String::new();
-
+) -> (Vec<Row>, PipelineResult) {
+    let mut run = Run::new(jobs, blocks, settings, console, live_stops);
     loop {
-        if interrupted.load(Ordering::SeqCst) && !pipeline_stopped {
-            pipeline_stopped = true;
-            for l in live.values() {
-                l.stop.stop();
-            }
-            cancel_waiting(&mut job_state, &mut block_state, jobs, "Ctrl-C");
+        if interrupted.load(Ordering::SeqCst) && !run.stopped {
+            run.interrupt();
         }
-        // Blocks whose dependencies are settled.
-        for b in 0..blocks.len() {
-            if block_state[b] != BlockState::Pending || pipeline_stopped {
-                continue;
-            }
-            let plan = &blocks[b];
-            let deps_done = if plan.always {
-                (0..blocks.len())
-                    .filter(|&o| o != b && !blocks[o].always)
-                    .all(|o| settled(block_state[o]))
-            } else {
-                plan.deps.iter().all(|&d| settled(block_state[d]))
-            };
-            if !deps_done {
-                continue;
-            }
-            let failed_dep = plan
-                .deps
-                .iter()
-                .find(|&&d| matches!(block_state[d], BlockState::Failed | BlockState::Cancelled));
-            if let (Some(&d), false, false) = (failed_dep, settings.keep_going, plan.always) {
-                block_state[b] = BlockState::Cancelled;
-                let why = format!("dependency {:?} did not pass", blocks[d].name);
+        // Blocks whose jobs all ended, before their dependents are looked
+        // at (so a block change is one progress line).
+        settle_blocks(&run.job_state, &mut run.block_state, jobs);
+        run.open_ready_blocks();
+        run.start_jobs();
+        settle_blocks(&run.job_state, &mut run.block_state, jobs);
+        run.report_progress();
+        match run.next() {
+            Next::Finish => break,
+            Next::Again => continue,
+            Next::Wait => {}
+        }
+        if !run.collect_ended() {
+            break;
+        }
+        run.enforce_deadlines();
+    }
+    run.finish()
+}
+
+/// The state of one run, changed only by the calling thread.
+struct Run<'a> {
+    jobs: &'a [PlannedJob],
+    blocks: &'a [BlockPlan],
+    settings: &'a Settings,
+    console: &'a Console,
+    live_stops: &'a Arc<Mutex<BTreeMap<usize, JobStop>>>,
+    started: Instant,
+    minute: Duration,
+    pipeline_deadline: Instant,
+    job_state: Vec<JobState>,
+    block_state: Vec<BlockState>,
+    block_started: Vec<Option<Instant>>,
+    tx: SyncSender<(usize, JobResult)>,
+    rx: Receiver<(usize, JobResult)>,
+    live: BTreeMap<usize, Live>,
+    /// Jobs stopped by a time limit, and which.
+    timed_out: BTreeMap<usize, JobEnd>,
+    /// Ctrl-C.
+    stopped: bool,
+    last_progress: Option<Progress>,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        jobs: &'a [PlannedJob],
+        blocks: &'a [BlockPlan],
+        settings: &'a Settings,
+        console: &'a Console,
+        live_stops: &'a Arc<Mutex<BTreeMap<usize, JobStop>>>,
+    ) -> Run<'a> {
+        let started = Instant::now();
+        let minute = minute();
+        let mut job_state: Vec<JobState> = vec![JobState::Waiting; jobs.len()];
+        let mut block_state: Vec<BlockState> = vec![BlockState::Pending; blocks.len()];
+        for (b, plan) in blocks.iter().enumerate() {
+            if let Some(why) = &plan.skipped {
+                block_state[b] = BlockState::Skipped;
                 for (j, job) in jobs.iter().enumerate() {
                     if job.block_index == b {
                         job_state[j] = JobState::Skipped(why.clone());
                     }
                 }
-                continue;
-            }
-            block_state[b] = BlockState::Running;
-            block_started[b] = Some(Instant::now());
-        }
-        // Start jobs of running blocks, in pipeline order.
-        for j in 0..jobs.len() {
-            if live.len() >= settings.parallel.max(1) || pipeline_stopped {
-                break;
-            }
-            let b = jobs[j].block_index;
-            if job_state[j] != JobState::Waiting || block_state[b] != BlockState::Running {
-                continue;
-            }
-            let now = Instant::now();
-            let mut deadlines = vec![(
-                pipeline_deadline,
-                limit_note("pipeline", settings.time_limit),
-            )];
-            if let (Some(m), Some(s)) = (blocks[b].time_limit, block_started[b]) {
-                deadlines.push((s + minute * m as u32, limit_note("block", m)));
-            }
-            if let Some(m) = jobs[j].time_limit {
-                deadlines.push((now + minute * m as u32, limit_note("job", m)));
-            }
-            let deadline = deadlines.into_iter().min_by_key(|(t, _)| *t);
-            let stop = JobStop::new();
-            if let Ok(mut stops) = live_stops.lock() {
-                stops.insert(j, stop.clone());
-            }
-            let extra = if blocks[b].always {
-                after_pipeline_vars(jobs, blocks, &job_state, started)
-            } else {
-                Vec::new()
-            };
-            let handle = spawn_job(
-                j,
-                &jobs[j],
-                extra,
-                settings,
-                console,
-                stop.clone(),
-                tx.clone(),
-            );
-            match handle {
-                Ok(handle) => {
-                    job_state[j] = JobState::Running;
-                    live.insert(
-                        j,
-                        Live {
-                            stop,
-                            started: now,
-                            deadline,
-                            handle,
-                        },
-                    );
-                }
-                Err(e) => {
-                    job_state[j] = JobState::Done(
-                        JobResult::Failed,
-                        0.0,
-                        format!("cannot start a thread: {e}"),
-                    );
-                }
             }
         }
-        settle_blocks(&job_state, &mut block_state, jobs);
-        if !console.json {
-            let line = progress(&job_state, &block_state, jobs, blocks);
-            if line != last_progress {
-                console.note(&line);
-                last_progress = line;
-            }
+        let (tx, rx) = sync_channel::<(usize, JobResult)>(jobs.len().max(1));
+        Run {
+            jobs,
+            blocks,
+            settings,
+            console,
+            live_stops,
+            started,
+            minute,
+            pipeline_deadline: started + minute * settings.time_limit.max(1) as u32,
+            job_state,
+            block_state,
+            block_started: vec![None; blocks.len()],
+            tx,
+            rx,
+            live: BTreeMap::new(),
+            timed_out: BTreeMap::new(),
+            stopped: false,
+            last_progress: None,
         }
-        if live.is_empty() && !block_state.iter().any(|s| matches!(s, BlockState::Pending)) {
-            break;
+    }
+
+    /// Ctrl-C: every running job is stopped, nothing more starts.
+    fn interrupt(&mut self) {
+        self.stopped = true;
+        for l in self.live.values() {
+            l.stop.stop();
         }
-        if live.is_empty() && pipeline_stopped {
-            break;
+        cancel_waiting(
+            &mut self.job_state,
+            &mut self.block_state,
+            self.jobs,
+            SkipReason::Interrupted,
+        );
+    }
+
+    /// Pending blocks whose dependencies are settled start, or are
+    /// cancelled when one of them did not pass (unless `--keep-going`).
+    fn open_ready_blocks(&mut self) {
+        if self.stopped {
+            return;
         }
-        if live.is_empty() {
-            // Pending blocks whose dependencies can no longer settle
-            // cannot exist (no cycles), but never spin.
-            if !block_state
-                .iter()
-                .enumerate()
-                .any(|(b, s)| *s == BlockState::Pending && deps_settled(b, blocks, &block_state))
+        for b in 0..self.blocks.len() {
+            if self.block_state[b] != BlockState::Pending
+                || !deps_settled(b, self.blocks, &self.block_state)
             {
+                continue;
+            }
+            let plan = &self.blocks[b];
+            let failed_dep = plan.deps.iter().find(|&&d| {
+                matches!(
+                    self.block_state[d],
+                    BlockState::Failed | BlockState::Cancelled
+                )
+            });
+            if let (Some(&d), false, false) = (failed_dep, self.settings.keep_going, plan.always) {
+                self.block_state[b] = BlockState::Cancelled;
+                let why = SkipReason::DependencyFailed(self.blocks[d].name.clone());
+                for (j, job) in self.jobs.iter().enumerate() {
+                    if job.block_index == b {
+                        self.job_state[j] = JobState::Skipped(why.clone());
+                    }
+                }
+                continue;
+            }
+            self.block_state[b] = BlockState::Running;
+            self.block_started[b] = Some(Instant::now());
+        }
+    }
+
+    /// Waiting jobs of running blocks start, in pipeline order, up to
+    /// `--parallel` at once.
+    fn start_jobs(&mut self) {
+        for j in 0..self.jobs.len() {
+            if self.live.len() >= self.settings.parallel.max(1) || self.stopped {
                 break;
             }
-            continue;
+            let b = self.jobs[j].block_index;
+            if self.job_state[j] != JobState::Waiting || self.block_state[b] != BlockState::Running
+            {
+                continue;
+            }
+            self.start_job(j);
         }
-        let mut ended: Vec<(usize, JobResult, String)> = Vec::new();
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((j, result)) => ended.push((j, result, String::new())),
+    }
+
+    fn start_job(&mut self, j: usize) {
+        let b = self.jobs[j].block_index;
+        let now = Instant::now();
+        let deadline = self.deadline(j, now);
+        let stop = JobStop::new();
+        if let Ok(mut stops) = self.live_stops.lock() {
+            stops.insert(j, stop.clone());
+        }
+        let extra = if self.blocks[b].always {
+            after_pipeline_vars(self.jobs, self.blocks, &self.job_state, self.started)
+        } else {
+            Vec::new()
+        };
+        let handle = spawn_job(
+            j,
+            &self.jobs[j],
+            extra,
+            self.settings,
+            self.console,
+            stop.clone(),
+            self.tx.clone(),
+        );
+        match handle {
+            Ok(handle) => {
+                self.job_state[j] = JobState::Running;
+                self.live.insert(
+                    j,
+                    Live {
+                        stop,
+                        started: now,
+                        deadline,
+                        handle,
+                    },
+                );
+            }
+            Err(e) => {
+                self.job_state[j] =
+                    JobState::Done(JobResult::Failed, 0.0, JobEnd::CannotStart(e.to_string()));
+            }
+        }
+    }
+
+    /// The earliest of the pipeline's, the block's and the job's limits.
+    fn deadline(&self, j: usize, now: Instant) -> Option<(Instant, JobEnd)> {
+        let b = self.jobs[j].block_index;
+        let limit = |level, minutes: u64| JobEnd::TimeLimit { level, minutes };
+        let mut deadlines = vec![(
+            self.pipeline_deadline,
+            limit(LimitLevel::Pipeline, self.settings.time_limit),
+        )];
+        if let (Some(m), Some(s)) = (self.blocks[b].time_limit, self.block_started[b]) {
+            deadlines.push((s + self.minute * m as u32, limit(LimitLevel::Block, m)));
+        }
+        if let Some(m) = self.jobs[j].time_limit {
+            deadlines.push((now + self.minute * m as u32, limit(LimitLevel::Job, m)));
+        }
+        deadlines.into_iter().min_by_key(|(t, _)| *t)
+    }
+
+    /// The progress line, when the blocks changed since the last one.
+    fn report_progress(&mut self) {
+        if self.console.json {
+            return;
+        }
+        let now = progress(&self.block_state, self.blocks);
+        if self.last_progress.as_ref() != Some(&now) {
+            self.console.note(&super::output::progress_line(&now));
+            self.last_progress = Some(now);
+        }
+    }
+
+    fn next(&self) -> Next {
+        if !self.live.is_empty() {
+            return Next::Wait;
+        }
+        if self.stopped || !self.block_state.contains(&BlockState::Pending) {
+            return Next::Finish;
+        }
+        // Pending blocks whose dependencies can no longer settle cannot
+        // exist (no cycles), but never spin.
+        let can_start = self.block_state.iter().enumerate().any(|(b, s)| {
+            *s == BlockState::Pending && deps_settled(b, self.blocks, &self.block_state)
+        });
+        if can_start {
+            Next::Again
+        } else {
+            Next::Finish
+        }
+    }
+
+    /// Waits (at most 100 ms) for jobs to end and records them; `false`
+    /// when the channel broke.
+    fn collect_ended(&mut self) -> bool {
+        let mut ended: Vec<(usize, JobResult, JobEnd)> = Vec::new();
+        match self.rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((j, result)) => ended.push((j, result, JobEnd::Ran)),
             Err(RecvTimeoutError::Timeout) => {
                 // A job thread sends before it ends, so one that ended
                 // without a result panicked: its job failed.
-                while let Ok((j, result)) = rx.try_recv() {
-                    ended.push((j, result, String::new()));
+                while let Ok((j, result)) = self.rx.try_recv() {
+                    ended.push((j, result, JobEnd::Ran));
                 }
-                for (&j, l) in &live {
+                for (&j, l) in &self.live {
                     if l.handle.is_finished() && !ended.iter().any(|(e, ..)| *e == j) {
-                        ended.push((j, JobResult::Failed, "the job's thread panicked".into()));
+                        ended.push((j, JobResult::Failed, JobEnd::Panicked));
                     }
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => return false,
         }
-        for (j, result, panic_note) in ended {
-            if let Some(l) = live.remove(&j) {
-                let took = l.started.elapsed().as_secs_f64();
-                let _ = l.handle.join();
-                let note = timed_out.remove(&j).unwrap_or(panic_note);
-                job_state[j] = JobState::Done(result, took, note);
-                if let Ok(mut stops) = live_stops.lock() {
-                    stops.remove(&j);
+        for (j, result, end) in ended {
+            self.job_ended(j, result, end);
+        }
+        true
+    }
+
+    fn job_ended(&mut self, j: usize, result: JobResult, end: JobEnd) {
+        let Some(l) = self.live.remove(&j) else {
+            return;
+        };
+        let took = l.started.elapsed().as_secs_f64();
+        let _ = l.handle.join();
+        let end = self.timed_out.remove(&j).unwrap_or(end);
+        self.job_state[j] = JobState::Done(result, took, end);
+        if let Ok(mut stops) = self.live_stops.lock() {
+            stops.remove(&j);
+        }
+        if result != JobResult::Passed && !self.stopped {
+            self.fail_fast(j);
+        }
+    }
+
+    /// A failed job: the task's fail-fast acts on its block, the
+    /// pipeline's on every block.
+    fn fail_fast(&mut self, j: usize) {
+        let b = self.jobs[j].block_index;
+        if let Some(stop) = self.blocks[b].fail_fast_stop {
+            for (o, job) in self.jobs.iter().enumerate() {
+                if job.block_index != b {
+                    continue;
                 }
-                if result != JobResult::Passed && !pipeline_stopped {
-                    fail_fast(
-                        j,
-                        jobs,
-                        blocks,
-                        settings,
-                        &live,
-                        &mut job_state,
-                        &mut block_state,
-                    );
+                if self.job_state[o] == JobState::Waiting {
+                    self.job_state[o] = JobState::Skipped(SkipReason::BlockFailFast);
+                }
+                if stop {
+                    if let Some(l) = self.live.get(&o) {
+                        l.stop.stop();
+                    }
                 }
             }
         }
+        if let Some(stop) = self.settings.fail_fast_stop {
+            for (o, job) in self.jobs.iter().enumerate() {
+                if self.blocks[job.block_index].always {
+                    continue;
+                }
+                if self.job_state[o] == JobState::Waiting {
+                    self.job_state[o] = JobState::Skipped(SkipReason::PipelineFailFast);
+                    if self.block_state[job.block_index] == BlockState::Pending {
+                        self.block_state[job.block_index] = BlockState::Cancelled;
+                    }
+                }
+                if stop {
+                    if let Some(l) = self.live.get(&o) {
+                        l.stop.stop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Running jobs past their deadline are stopped (once).
+    fn enforce_deadlines(&mut self) {
         let now = Instant::now();
-        for (&j, l) in &live {
-            if let Some((at, note)) = &l.deadline {
-                if now >= *at && !timed_out.contains_key(&j) {
-                    timed_out.insert(j, note.clone());
+        for (&j, l) in &self.live {
+            if let Some((at, end)) = &l.deadline {
+                if now >= *at && !self.timed_out.contains_key(&j) {
+                    self.timed_out.insert(j, end.clone());
                     l.stop.stop();
                 }
             }
         }
     }
-    // Every thread is joined, also after a channel error.
-    for (_, l) in std::mem::take(&mut live) {
-        l.stop.stop();
-        let _ = l.handle.join();
-    }
-    let rows: Vec<Row> = jobs
-        .iter()
-        .zip(&job_state)
-        .map(|(job, state)| {
-            let (result, duration_s, note) = match state {
-                JobState::Done(r, d, n) => (r.as_str().to_string(), *d, n.clone()),
-                JobState::Skipped(why) => ("skipped".to_string(), 0.0, why.clone()),
-                JobState::Waiting | JobState::Running => {
-                    ("not run".to_string(), 0.0, String::new())
-                }
-            };
-            Row {
+
+    /// Joins every thread (also after a channel error) and makes the rows
+    /// and the result.
+    fn finish(mut self) -> (Vec<Row>, PipelineResult) {
+        for (_, l) in std::mem::take(&mut self.live) {
+            l.stop.stop();
+            let _ = l.handle.join();
+        }
+        let rows: Vec<Row> = self
+            .jobs
+            .iter()
+            .zip(&self.job_state)
+            .map(|(job, state)| Row {
                 block: job.block.clone(),
                 job: job.job.clone(),
-                result,
-                duration_s,
-                note,
-            }
-        })
-        .collect();
-    let result = if pipeline_stopped {
-        "stopped"
-    } else if rows.iter().all(|r| {
-        r.result == "passed" || (r.result == "skipped" && !r.note.contains("did not pass"))
-    }) {
-        "passed"
-    } else {
-        "failed"
-    };
-    (rows, result)
-}
-
-fn limit_note(level: &str, minutes: u64) -> String {
-    format!("{level} execution_time_limit of {minutes} min reached")
+                outcome: match state {
+                    JobState::Done(r, d, end) => Outcome::Ran {
+                        result: *r,
+                        duration_s: *d,
+                        end: end.clone(),
+                    },
+                    JobState::Skipped(why) => Outcome::Skipped(why.clone()),
+                    JobState::Waiting | JobState::Running => Outcome::NotRun,
+                },
+            })
+            .collect();
+        let result = if self.stopped {
+            PipelineResult::Stopped
+        } else if rows.iter().all(|r| r.outcome.passes()) {
+            PipelineResult::Passed
+        } else {
+            PipelineResult::Failed
+        };
+        (rows, result)
+    }
 }
 
 fn settled(s: BlockState) -> bool {
@@ -349,6 +502,8 @@ fn settled(s: BlockState) -> bool {
     )
 }
 
+/// Whether `b` may start: its dependencies settled, or for
+/// `after_pipeline` every other block.
 fn deps_settled(b: usize, blocks: &[BlockPlan], state: &[BlockState]) -> bool {
     if blocks[b].always {
         return (0..blocks.len())
@@ -362,61 +517,14 @@ fn cancel_waiting(
     job_state: &mut [JobState],
     block_state: &mut [BlockState],
     jobs: &[PlannedJob],
-    why: &str,
+    why: SkipReason,
 ) {
     for (j, s) in job_state.iter_mut().enumerate() {
         if *s == JobState::Waiting {
-            *s = JobState::Skipped(why.to_string());
+            *s = JobState::Skipped(why.clone());
             let b = jobs[j].block_index;
             if block_state[b] == BlockState::Pending {
                 block_state[b] = BlockState::Cancelled;
-            }
-        }
-    }
-}
-
-/// A failed job: the task's fail-fast acts on its block, the pipeline's
-/// on every block.
-fn fail_fast(
-    j: usize,
-    jobs: &[PlannedJob],
-    blocks: &[BlockPlan],
-    settings: &Settings,
-    live: &BTreeMap<usize, Live>,
-    job_state: &mut [JobState],
-    block_state: &mut [BlockState],
-) {
-    let b = jobs[j].block_index;
-    if let Some(stop) = blocks[b].fail_fast_stop {
-        for (o, job) in jobs.iter().enumerate() {
-            if job.block_index != b {
-                continue;
-            }
-            if job_state[o] == JobState::Waiting {
-                job_state[o] = JobState::Skipped("the block's fail_fast".into());
-            }
-            if stop {
-                if let Some(l) = live.get(&o) {
-                    l.stop.stop();
-                }
-            }
-        }
-    }
-    if let Some(stop) = settings.fail_fast_stop {
-        for (o, job) in jobs.iter().enumerate() {
-            if blocks[job.block_index].always {
-                continue;
-            }
-            if job_state[o] == JobState::Waiting {
-                job_state[o] = JobState::Skipped("the pipeline's fail_fast".into());
-                if block_state[job.block_index] == BlockState::Pending {
-                    block_state[job.block_index] = BlockState::Cancelled;
-                }
-            }
-            if stop {
-                if let Some(l) = live.get(&o) {
-                    l.stop.stop();
-                }
             }
         }
     }
@@ -451,41 +559,18 @@ fn settle_blocks(job_state: &[JobState], block_state: &mut [BlockState], jobs: &
     }
 }
 
-fn progress(
-    job_state: &[JobState],
-    block_state: &[BlockState],
-    jobs: &[PlannedJob],
-    blocks: &[BlockPlan],
-) -> String {
-    let running = job_state
-        .iter()
-        .filter(|s| **s == JobState::Running)
-        .count();
-    let passed = job_state
-        .iter()
-        .filter(|s| matches!(s, JobState::Done(JobResult::Passed, ..)))
-        .count();
-    let failed = job_state
-        .iter()
-        .filter(|s| matches!(s, JobState::Done(r, ..) if *r != JobResult::Passed))
-        .count();
-    let done_blocks = block_state.iter().filter(|s| settled(**s)).count();
-    let current: Vec<&str> = blocks
-        .iter()
-        .zip(block_state)
-        .filter(|(_, s)| **s == BlockState::Running)
-        .map(|(b, _)| b.name.as_str())
-        .collect();
-    let _ = jobs;
-    format!(
-        "--- blocks {done_blocks}/{} done{}: {running} running, {passed} passed, {failed} failed",
-        blocks.len(),
-        if current.is_empty() {
-            String::new()
-        } else {
-            format!(" (running: {})", current.join(", "))
-        }
-    )
+/// Where the blocks are (`after_pipeline` is not one).
+fn progress(block_state: &[BlockState], blocks: &[BlockPlan]) -> Progress {
+    let counted = || blocks.iter().zip(block_state).filter(|(b, _)| !b.always);
+    Progress {
+        total: counted().count(),
+        done: counted().filter(|(_, s)| settled(**s)).count(),
+        failed: counted().filter(|(_, s)| **s == BlockState::Failed).count(),
+        running: counted()
+            .filter(|(_, s)| **s == BlockState::Running)
+            .map(|(b, _)| b.name.clone())
+            .collect(),
+    }
 }
 
 /// What an `after_pipeline` job learns about the pipeline that ran: its
@@ -503,11 +588,11 @@ fn after_pipeline_vars(
             .filter(|(j, _)| !blocks[j.block_index].always)
             .map(|(_, s)| s)
     };
-    let timed_out = mine()
-        .any(|s| matches!(s, JobState::Done(_, _, note) if note.contains("execution_time_limit")));
-    let failed = mine().any(|s| {
-        matches!(s, JobState::Done(r, ..) if *r != JobResult::Passed)
-            || matches!(s, JobState::Skipped(why) if why.contains("did not pass") || why.contains("fail_fast"))
+    let timed_out = mine().any(|s| matches!(s, JobState::Done(_, _, JobEnd::TimeLimit { .. })));
+    let failed = mine().any(|s| match s {
+        JobState::Done(r, ..) => *r != JobResult::Passed,
+        JobState::Skipped(why) => why.after_failure(),
+        JobState::Waiting | JobState::Running => false,
     });
     let (result, reason) = match (failed, timed_out) {
         (_, true) => ("failed", "timeout"),
@@ -554,7 +639,8 @@ fn spawn_job(
         console.clone(),
         &job.block,
         &job.job,
-        settings.prefix_output,
+        settings.prefix_output.then_some(job.label.as_str()),
+        settings.verbose,
     );
     std::thread::Builder::new()
         .name("pipeline-job".into())

@@ -7,9 +7,11 @@
 //! required keys, no unknown keys, one of `commands`/`commands_file`,
 //! `matrix` xor `parallelism`, one of `skip`/`run`, limits with exactly
 //! one of `minutes`/`hours`, unique block and job names, dependencies all
-//! or none, no unknown dependency and no cycle. Things the schema accepts
-//! but a local run cannot do (boosters, `task_file`, `filters`) are errors
-//! that say so, rather than being silently dropped.
+//! or none, no unknown dependency and no cycle, and the rules between
+//! time limits (job ≤ block ≤ pipeline, one hour by default). Before the
+//! checks `${{parameters.NAME}}` is substituted and `task_file`s are read.
+//! Things the schema accepts but a local run cannot do (boosters,
+//! `filters`) are errors that say so, rather than being silently dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,11 +20,11 @@ use serde_yaml_ng::{Mapping, Value};
 
 use crate::config::yaml_kind as kind;
 
-/// A `when` condition: a YAML boolean or an expression.
+/// A `when` condition: a YAML boolean or an expression, parsed once here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
     Bool(bool),
-    Expr(String),
+    Expr(super::when::Expr),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,6 +124,9 @@ pub struct Pipeline {
     pub queue: Vec<String>,
     pub promotions: Vec<Promotion>,
     pub after_pipeline: Option<Task>,
+    /// `${{parameters.NAME}}` names no `--env` gave (each replaced by its
+    /// name, as Semaphore does).
+    pub unset_parameters: Vec<String>,
 }
 
 impl Pipeline {
@@ -151,11 +156,38 @@ pub fn looks_like_pipeline(text: &str) -> bool {
     }
 }
 
-/// Parses and checks `text`, the pipeline file at `path` (commands files
-/// are read relative to its directory). `Err` holds every error, one line
-/// each, `path: what is wrong`.
+/// Where a pipeline's files come from and what its templates are given.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The repository's root: a `commands_file` or `task_file` path that
+    /// starts with `/` is read from here, as Semaphore reads it from the
+    /// repository's root (others are relative to the pipeline file).
+    pub root: &'a Path,
+    /// The values of `${{parameters.NAME}}` (`--env NAME=VALUE`).
+    pub parameters: &'a [(String, String)],
+}
+
+/// Parses and checks `text`, the pipeline file at `path`, its directory
+/// taken as the repository's root and no parameters (see [`parse_in`]).
 pub fn parse(text: &str, path: &Path) -> Result<Pipeline, Vec<String>> {
-    let value: Value = match serde_yaml_ng::from_str(text) {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_in(
+        text,
+        path,
+        Source {
+            root: &dir,
+            parameters: &[],
+        },
+    )
+}
+
+/// Parses and checks `text`, the pipeline file at `path`: parameters
+/// substituted first (every string outside `commands`, as Semaphore's
+/// pipeline compiler does), `task_file` and `commands_file` read, then
+/// every check. `Err` holds every error, one line each, `path: what is
+/// wrong`.
+pub fn parse_in(text: &str, path: &Path, source: Source<'_>) -> Result<Pipeline, Vec<String>> {
+    let mut value: Value = match serde_yaml_ng::from_str(text) {
         Ok(v) => v,
         Err(e) => return Err(vec![format!("not valid YAML: {e}")]),
     };
@@ -163,8 +195,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline, Vec<String>> {
     let mut c = Checker {
         errors: Vec::new(),
         dir,
+        root: source.root.to_path_buf(),
     };
-    let pipeline = c.pipeline(&value);
+    let mut templates = Templates {
+        parameters: source.parameters,
+        unset: Vec::new(),
+    };
+    templates.walk(&mut value, "", &mut c);
+    let mut pipeline = c.pipeline(&value);
+    pipeline.unset_parameters = templates.unset;
     if c.errors.is_empty() {
         Ok(pipeline)
     } else {
@@ -172,10 +211,118 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline, Vec<String>> {
     }
 }
 
+/// `${{parameters.NAME}}` substitution.
+struct Templates<'a> {
+    parameters: &'a [(String, String)],
+    /// Names used but not given, in order of first use.
+    unset: Vec<String>,
+}
+
+impl Templates<'_> {
+    /// Every string under `v` except those under a `commands` key.
+    fn walk(&mut self, v: &mut Value, path: &str, c: &mut Checker) {
+        match v {
+            Value::String(s) => {
+                if let Some(new) = self.substitute(s, path, c) {
+                    *s = new;
+                }
+            }
+            Value::Sequence(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.walk(item, &format!("{path}[{i}]"), c);
+                }
+            }
+            Value::Mapping(m) => {
+                for (key, item) in m.iter_mut() {
+                    let key = key.as_str().unwrap_or_default();
+                    if key != "commands" {
+                        self.walk(item, &at(path, key), c);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `text` with its template expressions replaced, or `None` when it
+    /// has none. Only `${{parameters.NAME}}` (and `%{{...}}` of the same)
+    /// is understood; an unset parameter becomes its name, as Semaphore's
+    /// compiler does when the variable is missing.
+    fn substitute(&mut self, text: &str, path: &str, c: &mut Checker) -> Option<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        let mut found = false;
+        while let Some(at_open) = rest.find("{{") {
+            let sigil = rest[..at_open].chars().next_back();
+            let inner_start = at_open + 2;
+            let close = rest[inner_start..].find('}').map(|i| inner_start + i);
+            let expr = match (sigil, close) {
+                (Some(sigil @ ('$' | '%')), Some(close))
+                    if rest[close..].starts_with("}}")
+                        && close > inner_start
+                        && !rest[inner_start..close].contains(['(', ')']) =>
+                {
+                    Some((sigil, close))
+                }
+                _ => None,
+            };
+            let Some((sigil, close)) = expr else {
+                out.push_str(&rest[..inner_start]);
+                rest = &rest[inner_start..];
+                continue;
+            };
+            found = true;
+            out.push_str(&rest[..at_open - 1]);
+            let inner = rest[inner_start..close].trim();
+            let whole = &rest[at_open - 1..close + 2];
+            match parameter_name(inner) {
+                Some(name) => {
+                    let value = match self.parameters.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => v.clone(),
+                        None => {
+                            if !self.unset.iter().any(|u| u == name) {
+                                self.unset.push(name.to_string());
+                            }
+                            name.to_string()
+                        }
+                    };
+                    let standalone = text.trim() == whole;
+                    if sigil == '%' && !standalone {
+                        out.push_str(&serde_json::Value::String(value).to_string());
+                    } else {
+                        out.push_str(&value);
+                    }
+                }
+                None => c.err(
+                    path,
+                    format!(
+                        "the template expression {whole:?} needs Semaphore's pipeline compiler; \
+                         a local run substitutes only ${{{{parameters.NAME}}}}"
+                    ),
+                ),
+            }
+            rest = &rest[close + 2..];
+        }
+        out.push_str(rest);
+        // The compiler trims a value that held an expression.
+        found.then(|| out.trim().to_string())
+    }
+}
+
+/// `NAME` of `parameters.NAME` (`[A-Za-z0-9_]+`).
+fn parameter_name(inner: &str) -> Option<&str> {
+    let name = inner.strip_prefix("parameters.")?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then_some(name)
+}
+
 struct Checker {
     errors: Vec<String>,
-    /// The pipeline file's directory: `commands_file` is relative to it.
+    /// The pipeline file's directory: `commands_file` and `task_file` are
+    /// relative to it.
     dir: PathBuf,
+    /// The repository's root, for paths that start with `/`.
+    root: PathBuf,
 }
 
 /// `base.key`, or `key` at the root.
@@ -188,6 +335,39 @@ fn at(base: &str, key: &str) -> String {
 }
 
 impl Checker {
+    /// A `commands_file` or `task_file` path: from the repository's root
+    /// when it starts with `/`, else from the pipeline file's directory.
+    fn resolve(&self, file: &str) -> PathBuf {
+        let file = file.trim();
+        match file.strip_prefix('/') {
+            Some(in_repo) => self.root.join(in_repo.trim_start_matches('/')),
+            None => self.dir.join(file),
+        }
+    }
+
+    /// The task in the file a `task_file` names, checked like an inline
+    /// task (its errors' paths start `<path>(<file>)`).
+    fn task_file(&mut self, v: &Value, path: &str) -> Task {
+        let Some(file) = self.non_empty(v, path) else {
+            return Task::default();
+        };
+        let full = self.resolve(&file);
+        let text = match std::fs::read_to_string(&full) {
+            Ok(text) => text,
+            Err(e) => {
+                self.err(path, format!("cannot read {}: {e}", full.display()));
+                return Task::default();
+            }
+        };
+        match serde_yaml_ng::from_str::<Value>(&text) {
+            Ok(task) => self.task(&task, &format!("{path}({file})")),
+            Err(e) => {
+                self.err(path, format!("{} is not valid YAML: {e}", full.display()));
+                Task::default()
+            }
+        }
+    }
+
     fn err(&mut self, path: &str, message: impl std::fmt::Display) {
         let path = if path.is_empty() { "(top level)" } else { path };
         self.errors.push(format!("{path}: {message}"));
@@ -328,10 +508,9 @@ impl Checker {
             if let Some(am) = self.mapping(v, "after_pipeline", &["task", "task_file"]) {
                 match (am.get("task"), am.get("task_file")) {
                     (Some(t), None) => p.after_pipeline = Some(self.task(t, "after_pipeline.task")),
-                    (None, Some(_)) => self.err(
-                        "after_pipeline.task_file",
-                        "task_file is not supported by a local run; write the task inline",
-                    ),
+                    (None, Some(f)) => {
+                        p.after_pipeline = Some(self.task_file(f, "after_pipeline.task_file"))
+                    }
                     _ => self.err("after_pipeline", "needs exactly one of task or task_file"),
                 }
             }
@@ -358,7 +537,64 @@ impl Checker {
             }
         }
         self.check_dependencies(&p);
+        self.check_time_limits(&p);
         p
+    }
+
+    /// Semaphore's rules between limits: a job's may not exceed its
+    /// block's, and neither a block's nor a job's may exceed the
+    /// pipeline's (one hour when the pipeline sets none).
+    fn check_time_limits(&mut self, p: &Pipeline) {
+        let (pipeline, whose) = match p.execution_time_limit {
+            Some(m) => (m, "the pipeline's execution_time_limit"),
+            None => (
+                DEFAULT_PIPELINE_LIMIT,
+                "the pipeline's default execution_time_limit",
+            ),
+        };
+        for (i, b) in p.blocks.iter().enumerate() {
+            let bp = format!("blocks[{i}]");
+            if let Some(block) = b.execution_time_limit {
+                if block > pipeline {
+                    self.err(
+                        &at(&bp, "execution_time_limit"),
+                        format!(
+                            "{} is longer than {whose} of {}; Semaphore refuses it (the pipeline \
+                             would stop the block first)",
+                            duration(block),
+                            duration(pipeline)
+                        ),
+                    );
+                }
+            }
+            for (j, job) in b.task.jobs.iter().enumerate() {
+                let Some(limit) = job.execution_time_limit else {
+                    continue;
+                };
+                let jp = format!("{bp}.task.jobs[{j}].execution_time_limit");
+                match b.execution_time_limit {
+                    Some(block) if limit > block => self.err(
+                        &jp,
+                        format!(
+                            "{} is longer than the block's execution_time_limit of {}; Semaphore \
+                             refuses it (the block would stop the job first)",
+                            duration(limit),
+                            duration(block)
+                        ),
+                    ),
+                    _ if limit > pipeline => self.err(
+                        &jp,
+                        format!(
+                            "{} is longer than {whose} of {}; Semaphore refuses it (the pipeline \
+                             would stop the job first)",
+                            duration(limit),
+                            duration(pipeline)
+                        ),
+                    ),
+                    _ => {}
+                }
+            }
+        }
     }
 
     fn check_dependencies(&mut self, p: &Pipeline) {
@@ -558,10 +794,7 @@ impl Checker {
         }
         match (m.get("task"), m.get("task_file")) {
             (Some(t), None) => b.task = self.task(t, &at(path, "task")),
-            (None, Some(_)) => self.err(
-                &at(path, "task_file"),
-                "task_file is not supported by a local run; write the task inline",
-            ),
+            (None, Some(f)) => b.task = self.task_file(f, &at(path, "task_file")),
             (Some(_), Some(_)) => self.err(path, "has both task and task_file; use one"),
             (None, None) => self.err(&at(path, "task"), "required (with jobs)"),
         }
@@ -744,14 +977,15 @@ impl Checker {
                 let Some(file) = self.non_empty(f, &fp) else {
                     return Vec::new();
                 };
-                let full = self.dir.join(&file);
+                let full = self.resolve(&file);
                 match std::fs::read_to_string(&full) {
-                    Ok(text) => text
-                        .lines()
-                        .map(str::trim_end)
-                        .filter(|l| !l.trim().is_empty())
-                        .map(str::to_string)
-                        .collect(),
+                    // Every line is a command as written, a blank one too
+                    // (an empty command), as Semaphore's compiler reads it.
+                    Ok(text) if !text.is_empty() => text.lines().map(str::to_string).collect(),
+                    Ok(_) => {
+                        self.err(&fp, format!("{} is empty", full.display()));
+                        Vec::new()
+                    }
                     Err(e) => {
                         self.err(&fp, format!("cannot read {}: {e}", full.display()));
                         Vec::new()
@@ -912,7 +1146,15 @@ impl Checker {
                 return None;
             }
             Some(Value::Bool(b)) => Cond::Bool(*b),
-            Some(Value::String(s)) if !s.trim().is_empty() => Cond::Expr(s.clone()),
+            Some(Value::String(text)) if !text.trim().is_empty() => {
+                match super::when::parse(text) {
+                    Ok(expr) => Cond::Expr(expr),
+                    Err(e) => {
+                        self.err(wp, format!("{e} in {text:?}"));
+                        return None;
+                    }
+                }
+            }
             Some(other) => {
                 self.err(
                     wp,
@@ -921,11 +1163,6 @@ impl Checker {
                 return None;
             }
         };
-        if let Cond::Expr(text) = &cond {
-            if let Err(e) = super::when::parse(text) {
-                self.err(wp, format!("{e} in {text:?}"));
-            }
-        }
         Some(cond)
     }
 
@@ -1067,6 +1304,18 @@ impl Checker {
             out.push(p);
         }
         out
+    }
+}
+
+/// The pipeline's `execution_time_limit` when it sets none, minutes.
+pub const DEFAULT_PIPELINE_LIMIT: u64 = 60;
+
+/// Minutes as `1 h 30 min`.
+pub fn duration(minutes: u64) -> String {
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
     }
 }
 
@@ -1269,5 +1518,70 @@ mod tests {
         );
         assert_eq!(p.blocks[2].name, "Nameless block 1");
         assert_eq!(p.blocks[2].task.jobs[0].name, "Nameless 1");
+    }
+
+    #[test]
+    fn parameters_are_substituted_outside_commands_and_unset_ones_become_their_names() {
+        let yaml = format!(
+            "{HEAD}name: \"Deploy ${{{{parameters.ENV}}}} \"\nblocks:\n  - name: \"%{{{{ parameters.ENV }}}}\"\n    task:\n      env_vars:\n        - name: A\n          value: x-${{{{parameters.MISSING}}}}-%{{{{parameters.ENV}}}}\n      jobs:\n        - name: j\n          commands: [\"echo ${{{{parameters.ENV}}}}\"]\n"
+        );
+        let params = [("ENV".to_string(), "prod".to_string())];
+        let source = Source {
+            root: Path::new("/nonexistent"),
+            parameters: &params,
+        };
+        let p = parse_in(&yaml, Path::new("/nonexistent/p.yml"), source)
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(p.name, "Deploy prod");
+        assert_eq!(p.blocks[0].name, "prod");
+        assert_eq!(
+            p.blocks[0].task.env_vars,
+            [("A".to_string(), "x-MISSING-\"prod\"".to_string())]
+        );
+        assert_eq!(
+            p.blocks[0].task.jobs[0].commands,
+            ["echo ${{parameters.ENV}}"]
+        );
+        assert_eq!(p.unset_parameters, ["MISSING"]);
+
+        let piped = format!(
+            "{HEAD}name: \"${{{{ parameters.ENV | upper }}}}\"\nblocks:\n  - task:\n      jobs:\n        - commands: [a]\n"
+        );
+        let errs = parse_in(&piped, Path::new("/nonexistent/p.yml"), source)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            errs.len() == 1
+                && errs[0]
+                    .starts_with("name: the template expression \"${{ parameters.ENV | upper }}\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn commands_files_keep_blank_lines_and_slash_paths_start_at_the_root() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let semaphore = root.path().join(".semaphore");
+        std::fs::create_dir_all(semaphore.join("cmd")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(semaphore.join("cmd/a.sh"), "one\n\n  two \r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(semaphore.join("empty.sh"), "").unwrap_or_else(|e| panic!("{e}"));
+        let yaml = format!("{HEAD}blocks:\n  - task:\n      jobs:\n        - commands_file: /.semaphore/cmd/a.sh\n        - commands_file: cmd/a.sh\n");
+        let path = semaphore.join("semaphore.yml");
+        let source = Source {
+            root: root.path(),
+            parameters: &[],
+        };
+        let p = parse_in(&yaml, &path, source).unwrap_or_else(|e| panic!("{e:#?}"));
+        for job in &p.blocks[0].task.jobs {
+            assert_eq!(job.commands, ["one", "", "  two "]);
+        }
+        let empty =
+            format!("{HEAD}blocks:\n  - task:\n      jobs:\n        - commands_file: empty.sh\n");
+        let errs = parse_in(&empty, &path, source).err().unwrap_or_default();
+        assert!(
+            errs.len() == 1 && errs[0].ends_with("empty.sh is empty"),
+            "{errs:?}"
+        );
     }
 }

@@ -190,6 +190,28 @@ fn start_err(what: &str, err: &dyn std::fmt::Display) -> ShellError {
     }
 }
 
+/// A launcher or bash that could not be started: the program when it is
+/// not there, the directory when that is what is missing.
+fn spawn_err(program: &str, home: &std::path::Path, err: &pty_process::Error) -> ShellError {
+    let not_found = match err {
+        pty_process::Error::Io(e) => e.kind() == std::io::ErrorKind::NotFound,
+        pty_process::Error::Rustix(e) => e.raw_os_error() == libc::ENOENT,
+    };
+    let message = if not_found && !home.is_dir() {
+        format!(
+            "starting {program}: its working directory {} does not exist",
+            home.display()
+        )
+    } else if not_found && !program.contains('/') {
+        format!("starting {program}: {program} is not on PATH ({err})")
+    } else if not_found {
+        format!("starting {program}: {program} does not exist ({err})")
+    } else {
+        format!("starting {program} in {}: {err}", home.display())
+    };
+    ShellError::Start { message }
+}
+
 /// What the reader thread hands over.
 pub enum ReadEvent {
     Data(Vec<u8>),
@@ -385,14 +407,7 @@ impl Shell {
             Ok(child) => child,
             Err(err) => {
                 remove_scratch(&scratch);
-                return Err(start_err(
-                    &format!(
-                        "starting {} in {}",
-                        program.to_string_lossy(),
-                        opts.home.display()
-                    ),
-                    &err,
-                ));
+                return Err(spawn_err(&program.to_string_lossy(), &opts.home, &err));
             }
         };
         let pid = i32::try_from(child.id()).unwrap_or(-1);
@@ -620,11 +635,15 @@ impl Shell {
         );
         self.reap();
         session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
-        let usage = self.usage_line();
-        log::info!("{usage}");
-        if let Some(gpu) = usage.gpu {
-            crate::metrics::global()
-                .job_gpu_used(gpu.peak_memory_bytes, gpu.mean_utilization_permille);
+        // A shell that never answered ran nothing of the job's (a launcher
+        // that was refused, a bash that died in its login scripts).
+        if self.termios.is_some() {
+            let usage = self.usage_line();
+            log::info!("{usage}");
+            if let Some(gpu) = usage.gpu {
+                crate::metrics::global()
+                    .job_gpu_used(gpu.peak_memory_bytes, gpu.mean_utilization_permille);
+            }
         }
         drop(self.cgroup.take());
         drop(self.limits.take());

@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use crate::support::agent::Agent;
 use crate::support::events::{commands, step, steps};
 use crate::support::hub::Hub;
-use crate::support::kube::{kubectl_stand_in, FakeKube, PodBehaviour, KUBE_TOKEN};
+use crate::support::kube::{
+    kubectl_stand_in, path_without_kubectl, FakeKube, PodBehaviour, KUBE_TOKEN,
+};
 use crate::support::{self, b64, Sandbox, WAIT};
 
 const NAMESPACE: &str = "ci-jobs";
@@ -252,8 +254,15 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
         "agent-under-test"
     );
     assert!(created["metadata"].get("ownerReferences").is_none());
-    // The exec went to the WebSocket first; the fake refused the upgrade.
-    assert_eq!(c.kube.upgrades(), [format!("{base}/pods/{pod}/exec")]);
+    // The exec went to the WebSocket first, then SPDY; the fake refused
+    // both upgrades, so kubectl was the last resort.
+    assert_eq!(
+        c.kube.upgrades(),
+        [
+            format!("GET {base}/pods/{pod}/exec"),
+            format!("POST {base}/pods/{pod}/exec")
+        ]
+    );
     assert_eq!(
         c.kubectl_calls(),
         format!("exec -it -n {NAMESPACE} {pod} -c main -- bash --login\n")
@@ -272,18 +281,30 @@ fn a_job_runs_in_its_own_pod_with_env_and_files_and_nothing_is_left() {
     );
     let fallback: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("refused the exec WebSocket"))
+        .filter(|l| l.contains("without kubectl was refused"))
         .collect();
     assert_eq!(fallback.len(), 1, "{log}");
+    let refused = "the WebSocket exec was refused: HTTP 400: the fake Kubernetes API does not \
+                   upgrade; the SPDY/3.1 exec was refused: HTTP 400: the fake Kubernetes API \
+                   does not upgrade";
     assert!(
-        fallback[0].contains("HTTP 400 the fake Kubernetes API does not upgrade to WebSocket")
-            && fallback[0].contains("falling back to kubectl exec"),
+        fallback[0].contains(refused) && fallback[0].contains("falling back to kubectl exec"),
         "{log}"
     );
-    // What the job used is only kubectl's share here, and the line says so.
+    // The job log says so too.
+    let (_, start, _) = step(&steps, "Starting shell session...");
     assert!(
-        log.lines().any(|l| l.contains("Job used ")
-            && l.contains("launcher only; the job ran in a container or pod)")),
+        start.contains(&format!(
+            "Exec without kubectl was refused ({refused}); trying kubectl exec\n"
+        )),
+        "{start}"
+    );
+    // What the job used is only kubectl's share here, and the line says
+    // so; the refused bridge ran nothing and has no line.
+    let usage: Vec<&str> = log.lines().filter(|l| l.contains("Job used ")).collect();
+    assert_eq!(usage.len(), 1, "{log}");
+    assert!(
+        usage[0].contains("launcher only; the job ran in a container or pod)"),
         "{log}"
     );
     c.hub.shutdown("requested");
@@ -475,6 +496,42 @@ fn a_kubeconfig_reaches_the_cluster_outside_a_pod() {
         out.contains("Failed to create the Kubernetes client") && out.contains("'missing'"),
         "{out}"
     );
+}
+
+#[test]
+fn with_both_execs_refused_and_no_kubectl_the_job_fails_naming_kubectl_and_why() {
+    let c = Cluster::new();
+    let mut env = c.kube.agent_env();
+    env.push(("PATH".into(), path_without_kubectl()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let agent = Agent::start(
+        &c.sandbox,
+        &c.hub.endpoint(),
+        &[
+            "--no-https",
+            "--kubernetes-executor",
+            "--kubernetes-default-image",
+            "img:1",
+        ],
+        &env,
+    );
+    let (result, events) = c.run(json!({"commands": commands(&["echo never"])}));
+    assert_eq!(result, "failed");
+    let (_, out, code) = step(&steps(&events), "Starting shell session...").clone();
+    assert_eq!(code, 1);
+    for line in [
+        "Exec without kubectl was refused (the WebSocket exec was refused: HTTP 400: the fake \
+         Kubernetes API does not upgrade; the SPDY/3.1 exec was refused: HTTP 400: the fake \
+         Kubernetes API does not upgrade); trying kubectl exec\n",
+        "Failed to start shell in kubernetes container\n",
+        "cannot start the job's shell: starting kubectl: kubectl is not on PATH",
+    ] {
+        assert!(out.contains(line), "{line:?} not in {out}");
+    }
+    assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
+    // No shell ran: no usage line.
+    let log = agent.log();
+    assert!(!log.contains("Job used "), "{log}");
 }
 
 #[test]

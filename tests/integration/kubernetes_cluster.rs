@@ -3,9 +3,12 @@
 //! NodeRestriction, controller-manager, scheduler, containerd, kubelet on
 //! 127.0.0.1; tests/support/cluster.rs), against the fake control plane
 //! (tests/support/hub.rs). The agent holds a real ServiceAccount token
-//! bound to exactly the Role of packaging/kubernetes/ (the Helm agent
-//! chart's), so the API's validation, defaulting, admission and RBAC, the
-//! kubelet and a real exec all take part. Each test has a namespace of its
+//! bound to exactly the Role of packaging/kubernetes/ (the Helm charts':
+//! `create` only on pods/exec, so the WebSocket exec is refused and the
+//! agent's SPDY/3.1 exec runs the job), with no kubectl anywhere on its
+//! PATH, so the API's validation, defaulting, admission and RBAC, the
+//! kubelet and a real exec all take part. CI runs them on the oldest and
+//! the newest Kubernetes the project supports (`K8S_VERSION`). Each test has a namespace of its
 //! own; the cluster is started once for the whole run. Without a cluster
 //! the tests skip with a reason; with CI=true they fail.
 //!
@@ -21,6 +24,7 @@ use crate::support::agent::Agent;
 use crate::support::cluster::{role_rules, RealCluster, TestNamespace, JOB_IMAGE};
 use crate::support::events::{commands, step, steps};
 use crate::support::hub::Hub;
+use crate::support::kube::path_without_kubectl;
 use crate::support::{b64, Sandbox};
 
 /// A job on a real pod: image present on the node, a pod Ready in about a
@@ -57,20 +61,9 @@ impl<'a> Run<'a> {
 
     /// The agent with `--kubernetes-executor` and `extra`, reaching the
     /// cluster as the executor's ServiceAccount through a kubeconfig, with
-    /// the cluster's kubectl on PATH for the exec fallback.
+    /// no kubectl on its PATH (the exec is the agent's own).
     fn agent(&self, extra: &[&str]) -> Agent {
-        let kubectl_dir = self
-            .ns
-            .cluster
-            .kubectl
-            .parent()
-            .expect("kubectl dir")
-            .display()
-            .to_string();
-        let path = format!(
-            "{kubectl_dir}:{}",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
-        );
+        let path = path_without_kubectl();
         let kubeconfig = self.kubeconfig.display().to_string();
         let env = [
             ("KUBECONFIG", kubeconfig.as_str()),
@@ -101,16 +94,33 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The agent's log says the exec was SPDY/3.1 after the WebSocket was
+/// refused for the missing `get` verb, and that no kubectl was needed.
+fn assert_spdy_exec(log: &str, pod: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("Exec into pod {pod} over ")))
+        .unwrap_or_else(|| panic!("no exec line for {pod}: {log}"));
+    assert!(
+        line.contains(&format!(
+            "Exec into pod {pod} over SPDY/3.1: the WebSocket exec was refused: HTTP 403: "
+        )) && line.contains("cannot get resource \"pods/exec\"")
+            && line
+                .contains("(the Role lacks `get` on pods/exec; a WebSocket exec is an HTTP GET)"),
+        "{line}"
+    );
+    assert!(!log.contains("falling back to kubectl"), "{log}");
+}
+
 #[test]
-fn the_executor_role_is_the_helm_agent_chart_s_and_get_for_the_exec_websocket() {
-    // renderedtext/helm-charts charts/agent: these, plus `get` on
-    // pods/exec, which the WebSocket upgrade (a GET) needs before 1.35.
+fn the_executor_role_is_exactly_the_helm_charts_one() {
+    // renderedtext/helm-charts charts/agent and charts/controller: this
+    // and nothing more (pods/exec: `create` only).
     assert_eq!(
         role_rules(),
         [
             "configmaps:get",
             "pods/exec:create",
-            "pods/exec:get",
             "pods:create",
             "pods:delete",
             "pods:get",
@@ -184,8 +194,9 @@ fn a_job_runs_in_a_real_pod_with_env_files_unicode_and_exit_codes() {
     r.assert_nothing_left();
     let log = agent.log();
     assert!(!log.contains("agent value"), "{log}");
-    // The exec was the agent's own WebSocket, not kubectl.
-    assert!(!log.contains("falling back to kubectl"), "{log}");
+    // The exec was the agent's own SPDY, not kubectl (there is none).
+    assert_spdy_exec(&log, "semaphore-job-real-ok");
+    assert_spdy_exec(&log, "semaphore-job-real-fail");
     r.hub.shutdown("requested");
     assert_eq!(agent.wait_exit(Duration::from_secs(30)), Some(0));
 }
@@ -195,9 +206,7 @@ fn sidecars_are_reachable_by_name_in_a_real_pod() {
     let Some(cluster) = RealCluster::find("sidecars_are_reachable_by_name") else {
         return;
     };
-    // The Helm chart's Role exactly: the exec WebSocket is refused (no
-    // `get` on pods/exec), and the agent says so once and uses kubectl.
-    let r = Run::in_namespace(TestNamespace::helm_exact(&cluster, "k8s-sidecar"));
+    let r = Run::new(&cluster, "k8s-sidecar");
     let agent = r.agent(&[]);
     let (result, events, _) = r.run(json!({
         "job_id": "real-sidecar",
@@ -217,17 +226,7 @@ fn sidecars_are_reachable_by_name_in_a_real_pod() {
     );
     assert!(out.contains("semaphore:x:1000:"), "{out}");
     r.assert_nothing_left();
-    let log = agent.log();
-    let fallback: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("falling back to kubectl exec"))
-        .collect();
-    assert_eq!(fallback.len(), 1, "{log}");
-    assert!(
-        fallback[0].contains("HTTP 403")
-            && fallback[0].contains("cannot get resource \"pods/exec\""),
-        "{log}"
-    );
+    assert_spdy_exec(&agent.log(), "semaphore-job-real-sidecar");
 }
 
 #[test]
@@ -452,8 +451,9 @@ fn ten_megabytes_of_output_from_a_real_pod_arrive_complete() {
     r.assert_nothing_left();
 }
 
-/// The agent image: this build's binary at /opt/semaphore/agent on static
-/// bash + busybox, imported into the node once per test run.
+/// The scratch image (packaging/Dockerfile.scratch's tree, no kubectl)
+/// with this build's binary as its agent, imported into the node once per
+/// test run.
 fn agent_image(cluster: &RealCluster) -> &'static str {
     static IMPORTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     const IMAGE: &str = "docker.io/local/semaphore-agent:test";
@@ -461,60 +461,67 @@ fn agent_image(cluster: &RealCluster) -> &'static str {
     IMAGE
 }
 
-/// A Job as renderedtext/agent-k8s-controller makes one per Semaphore
-/// job: container `semaphore-agent`, `/opt/semaphore/agent start` with
-/// the controller's args, the agent's name and namespace from fieldRefs,
-/// the registration token from the agent type's secret. `hostNetwork` and
-/// KUBERNETES_SERVICE_HOST/PORT so it reaches the hub and the API on
-/// 127.0.0.1 (no kube-proxy here).
-fn controller_job(
-    name: &str,
-    image: &str,
-    hub_port: u16,
-    job_id: &str,
-    extra_args: &[&str],
-) -> Value {
-    let mut args = vec![
-        "--endpoint".to_string(),
-        format!("127.0.0.1:{hub_port}"),
-        "--job-id".to_string(),
-        job_id.to_string(),
-        "--kubernetes-labels".to_string(),
-        "semaphoreci.com/agent-type=s1-test".to_string(),
-        "--kubernetes-executor".to_string(),
-        "--disconnect-after-job".to_string(),
-        "--no-https".to_string(),
-        "--kubernetes-default-image".to_string(),
-        JOB_IMAGE.to_string(),
+/// The agent type of the controller-shaped Jobs.
+const AGENT_TYPE: &str = "s1-test";
+
+/// The Job renderedtext/agent-k8s-controller's job scheduler creates for
+/// a Semaphore job (`buildJob`): named `semaphore-agent-<job id>`, its
+/// three labels on the Job and the pod, parallelism and completions 1, no
+/// retries, a day's deadline, restartPolicy Never, the controller's
+/// ServiceAccount, 300 s of grace, container `semaphore-agent` running
+/// `/opt/semaphore/agent start` with the controller's args (`--endpoint
+/// --job-id --kubernetes-labels semaphoreci.com/agent-type=T
+/// --kubernetes-executor --disconnect-after-job` + the agent type's
+/// startup parameters) and its four env vars. What this machine adds, as
+/// a test environment: `hostNetwork` and KUBERNETES_SERVICE_HOST/PORT (no
+/// kube-proxy: the agent reaches the hub and the API on 127.0.0.1), the
+/// test builds' sync knobs, and `--no-https` and the job image as startup
+/// parameters.
+fn controller_job(image: &str, hub_port: u16, job_id: &str) -> Value {
+    let args = [
+        "--endpoint",
+        &format!("127.0.0.1:{hub_port}"),
+        "--job-id",
+        job_id,
+        "--kubernetes-labels",
+        &format!("semaphoreci.com/agent-type={AGENT_TYPE}"),
+        "--kubernetes-executor",
+        "--disconnect-after-job",
+        // The agent type's startup parameters.
+        "--no-https",
+        "--kubernetes-default-image",
+        JOB_IMAGE,
     ];
-    args.extend(extra_args.iter().map(|a| a.to_string()));
-    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
-    let mut namespace = field("metadata.namespace");
-    namespace["name"] = json!("KUBERNETES_NAMESPACE");
-    let mut agent_name = field("metadata.name");
-    agent_name["name"] = json!("SEMAPHORE_AGENT_NAME");
+    let labels = json!({
+        "semaphoreci.com/resource-type": "semaphore-job",
+        "semaphoreci.com/agent-type": AGENT_TYPE,
+        "semaphoreci.com/job-id": job_id,
+    });
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name},
+        "metadata": {"name": format!("semaphore-agent-{job_id}"), "labels": labels},
         "spec": {
+            "parallelism": 1,
+            "completions": 1,
             "backoffLimit": 0,
+            "activeDeadlineSeconds": 86400,
             "template": {
-                "metadata": {"labels": {"app": "semaphore-agent"}},
+                "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
-                    "terminationGracePeriodSeconds": 300,
                     "serviceAccountName": crate::support::cluster::SERVICE_ACCOUNT,
+                    "terminationGracePeriodSeconds": 300,
                     "hostNetwork": true,
                     "containers": [{
                         "name": "semaphore-agent",
                         "image": image,
-                        "imagePullPolicy": "IfNotPresent",
                         "command": ["/opt/semaphore/agent", "start"],
                         "args": args,
                         "env": [
-                            namespace,
-                            agent_name,
+                            field("KUBERNETES_NAMESPACE", "metadata.namespace"),
+                            field("SEMAPHORE_AGENT_NAME", "metadata.name"),
                             {"name": "SEMAPHORE_AGENT_LOG_LEVEL", "value": "debug"},
                             {"name": "SEMAPHORE_AGENT_TOKEN", "valueFrom": {"secretKeyRef": {
                                 "name": "s1-test-token", "key": "registrationToken"}}},
@@ -537,71 +544,97 @@ fn registration_secret() -> String {
 }
 
 #[test]
-fn the_agent_runs_as_the_controller_starts_it_and_the_job_completes() {
-    let Some(cluster) = RealCluster::find("the_agent_runs_as_the_controller_starts_it") else {
+fn five_controller_jobs_at_once_run_on_the_scratch_image_and_leave_nothing() {
+    let Some(cluster) = RealCluster::find("five_controller_jobs_at_once") else {
         return;
     };
     let r = Run::new(&cluster, "k8s-controller");
     let image = agent_image(&cluster);
-    let job_id = "ctrl-job-1";
-    r.hub.queue_job(json!({
-        "job_id": job_id,
-        "commands": commands(&["echo in $(hostname) as $(whoami)", "test ! -e /opt/semaphore/agent"]),
-    }));
-    let manifest = format!(
-        "{}\n{}\n",
-        registration_secret(),
-        controller_job("agent-job", image, r.hub.port(), job_id, &[])
-    );
+    let ids: Vec<String> = (1..=5).map(|i| format!("ctrl-job-{i}")).collect();
+    for id in &ids {
+        r.hub.queue_job(json!({
+            "job_id": id,
+            "commands": commands(&[
+                "echo in $(hostname) as $(whoami)",
+                "test ! -e /opt/semaphore/agent",
+                "seq 1 20000 | tail -1",
+            ]),
+        }));
+    }
+    let mut manifest = format!("{}\n", registration_secret());
+    for id in &ids {
+        manifest.push_str(&format!("{}\n", controller_job(image, r.hub.port(), id)));
+    }
     cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&manifest));
-    let result = r.hub.wait_for_result(job_id, JOB_WAIT);
-    let events = r.hub.events(job_id);
-    let agent_log = || {
+    let agent_log = |id: &str| {
         cluster
-            .try_kubectl(&["logs", "-n", &r.ns.name, "job/agent-job"], None)
+            .try_kubectl(
+                &[
+                    "logs",
+                    "-n",
+                    &r.ns.name,
+                    &format!("job/semaphore-agent-{id}"),
+                ],
+                None,
+            )
             .unwrap_or_else(|e| e)
     };
-    assert_eq!(
-        result.as_deref(),
-        Some("passed"),
-        "{events:#?}\n{}",
-        agent_log()
-    );
-    let steps = steps(&events);
-    // The commands ran in the job pod (no agent binary there), not in the
-    // agent's.
-    assert_eq!(
-        step(&steps, "echo in $(hostname) as $(whoami)").1,
-        format!("in semaphore-job-{job_id} as root\n")
-    );
-    // The Job completes: the agent disconnected and exited 0.
-    let completed = crate::support::wait::until(JOB_WAIT, || {
+    for id in &ids {
+        let result = r.hub.wait_for_result(id, JOB_WAIT);
+        let events = r.hub.events(id);
+        assert_eq!(
+            result.as_deref(),
+            Some("passed"),
+            "{id}: {events:#?}\n{}",
+            agent_log(id)
+        );
+        let steps = steps(&events);
+        // The commands ran in the job pod (no agent binary there), not in
+        // the agent's.
+        assert_eq!(
+            step(&steps, "echo in $(hostname) as $(whoami)").1,
+            format!("in semaphore-job-{id} as root\n")
+        );
+        assert_eq!(step(&steps, "seq 1 20000 | tail -1").1, "20000\n");
+    }
+    // Each Job completes (the agent disconnected and exited 0); then the
+    // controller deletes it (background propagation), and nothing of the
+    // job is left: not the Job, its pod, the job's pod or secrets.
+    for id in &ids {
+        let job = format!("job/semaphore-agent-{id}");
+        let completed = crate::support::wait::until(JOB_WAIT, || {
+            cluster
+                .get_json(&r.ns.name, &job)
+                .is_some_and(|j| j["status"]["succeeded"] == 1)
+        });
+        let log = agent_log(id);
+        assert!(
+            completed,
+            "{:#?}\n{log}",
+            cluster.get_json(&r.ns.name, &job)
+        );
+        assert_spdy_exec(&log, &format!("semaphore-job-{id}"));
+        assert!(
+            !log.contains(crate::support::hub::REGISTRATION_TOKEN),
+            "{log}"
+        );
+        cluster.kubectl(&[
+            "delete",
+            "-n",
+            &r.ns.name,
+            &job,
+            "--cascade=background",
+            "--wait=false",
+        ]);
+    }
+    assert!(r.hub.disconnects() >= 5);
+    let gone = crate::support::wait::until(GONE_WAIT, || {
         cluster
-            .get_json(&r.ns.name, "job/agent-job")
-            .is_some_and(|j| j["status"]["succeeded"] == 1)
+            .try_kubectl(&["get", "jobs", "-n", &r.ns.name, "-o", "name"], None)
+            .is_ok_and(|out| out.trim().is_empty())
+            && r.ns.objects() == ["secret/s1-test-token"]
     });
-    assert!(
-        completed,
-        "{:#?}\n{}",
-        cluster.get_json(&r.ns.name, "job/agent-job"),
-        agent_log()
-    );
-    assert!(r.hub.disconnects() >= 1);
-    let log = agent_log();
-    assert!(
-        !log.contains("falling back to kubectl"),
-        "the exec used kubectl: {log}"
-    );
-    assert!(
-        !log.contains(crate::support::hub::REGISTRATION_TOKEN),
-        "{log}"
-    );
-    // Only the agent's own pod (of the Job) and the token secret are left.
-    assert!(
-        r.ns.wait_until_empty_but(GONE_WAIT, &["pod/agent-job-", "secret/s1-test-token"]),
-        "{:?}",
-        r.ns.objects()
-    );
+    assert!(gone, "left: {:?}", r.ns.objects());
 }
 
 #[test]
@@ -619,7 +652,7 @@ fn deleting_the_agent_s_pod_mid_job_deletes_the_job_s_pod_and_secrets() {
     let manifest = format!(
         "{}\n{}\n",
         registration_secret(),
-        controller_job("agent-dies", image, r.hub.port(), job_id, &[])
+        controller_job(image, r.hub.port(), job_id)
     );
     cluster.kubectl_in(&["apply", "-n", &r.ns.name, "-f", "-"], Some(&manifest));
     assert!(
@@ -635,7 +668,10 @@ fn deleting_the_agent_s_pod_mid_job_deletes_the_job_s_pod_and_secrets() {
     let owners = &pod["metadata"]["ownerReferences"];
     assert_eq!(owners[0]["kind"], "Pod", "{pod:#?}");
     let agent_pod = owners[0]["name"].as_str().unwrap_or("").to_string();
-    assert!(agent_pod.starts_with("agent-dies-"), "{owners}");
+    assert!(
+        agent_pod.starts_with(&format!("semaphore-agent-{job_id}-")),
+        "{owners}"
+    );
     assert_eq!(
         pod["metadata"]["labels"]["semaphoreci.com/agent"],
         agent_pod.as_str()

@@ -144,6 +144,27 @@ fn normalize(mut job: Value, repo: &Path) -> Value {
     job
 }
 
+/// A corpus case's files, subdirectories kept, as `.semaphore/<path>`
+/// (`expected.jsonl`, `secrets.yml` and `args` are the test's, not the
+/// repository's).
+fn case_files(dir: &Path, under: &str, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if under.is_empty() && ["expected.jsonl", "secrets.yml", "args"].contains(&file.as_str()) {
+            continue;
+        }
+        let rel = format!("{under}{file}");
+        if entry.path().is_dir() {
+            case_files(&entry.path(), &format!("{rel}/"), out);
+        } else {
+            out.push((
+                format!(".semaphore/{rel}"),
+                std::fs::read_to_string(entry.path()).unwrap(),
+            ));
+        }
+    }
+}
+
 #[test]
 fn corpus_list_json_matches_the_expected_expansions() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pipelines");
@@ -154,32 +175,28 @@ fn corpus_list_json_matches_the_expected_expansions() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 6, "{cases:?}");
+    assert!(cases.len() >= 9, "{cases:?}");
     let write = std::env::var_os("PIPELINE_CORPUS_WRITE").is_some();
     for case in cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let mut files = Vec::new();
-        for entry in std::fs::read_dir(&case).unwrap().flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file == "expected.jsonl" || file == "secrets.yml" {
-                continue;
-            }
-            files.push((
-                format!(".semaphore/{file}"),
-                std::fs::read_to_string(entry.path()).unwrap(),
-            ));
-        }
+        case_files(&case, "", &mut files);
         let refs: Vec<(&str, &str)> = files
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
         let repo = Repo::new(&refs);
-        let mut args = vec!["--list", "--json"];
+        let mut args = vec!["--list".to_string(), "--json".to_string()];
         let secrets = case.join("secrets.yml");
-        let secrets_arg = secrets.display().to_string();
         if secrets.exists() {
-            args.extend(["--secrets-file", &secrets_arg]);
+            args.extend(["--secrets-file".to_string(), secrets.display().to_string()]);
         }
+        // `args`: more arguments, one a line (`--env NAME=VALUE` for
+        // parameters).
+        if let Ok(more) = std::fs::read_to_string(case.join("args")) {
+            args.extend(more.lines().filter(|l| !l.is_empty()).map(str::to_string));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = repo.run(&args);
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
@@ -680,4 +697,200 @@ fn fail_fast_stops_running_jobs_keep_going_runs_dependents_and_after_pipeline_al
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("next-ran"), "{stdout}");
+}
+
+#[test]
+fn time_limit_rules_are_refused_as_semaphore_refuses_them() {
+    let limit = |m: u32| format!("execution_time_limit:\n  minutes: {m}\n");
+    let indent =
+        |text: &str, by: &str| -> String { text.lines().map(|l| format!("{by}{l}\n")).collect() };
+    let pipeline = |top: &str, block: &str, job: &str| {
+        format!(
+            "{HEAD}{top}blocks:\n  - name: B\n{}    task:\n      jobs:\n        - name: j\n{}          commands: [touch ran.marker]\n",
+            indent(block, "    "),
+            indent(job, "          ")
+        )
+    };
+    for (what, yaml, error) in [
+        (
+            "job over block",
+            pipeline("", &limit(30), &limit(45)),
+            "blocks[0].task.jobs[0].execution_time_limit: 45 min is longer than the block's execution_time_limit of 30 min",
+        ),
+        (
+            "block over the default pipeline hour",
+            pipeline("", &limit(120), ""),
+            "blocks[0].execution_time_limit: 2 h is longer than the pipeline's default execution_time_limit of 1 h",
+        ),
+        (
+            "job over the pipeline",
+            pipeline(&limit(20), "", &limit(90)),
+            "blocks[0].task.jobs[0].execution_time_limit: 1 h 30 min is longer than the pipeline's execution_time_limit of 20 min",
+        ),
+    ] {
+        let repo = Repo::new(&[(".semaphore/semaphore.yml", &yaml)]);
+        let out = repo.run(&[]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains(error), "{what}: {error} not in {stderr}");
+        assert!(!repo.dir.join("ran.marker").exists(), "{what}");
+    }
+    // Within the rules (job ≤ block ≤ pipeline) is accepted.
+    let repo = Repo::new(&[(
+        ".semaphore/semaphore.yml",
+        &pipeline(&limit(180), &limit(120), &limit(90)),
+    )]);
+    let out = repo.run(&["--list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+}
+
+/// Durations and timings, which differ per run, as `<t>`.
+fn normalize_console(stdout: &str) -> String {
+    stdout
+        .lines()
+        .map(|l| {
+            let l = match l.find("[exit code ") {
+                Some(at) => {
+                    let code: String = l[at + 11..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect();
+                    format!("{}[exit code {code}, <t>]", &l[..at])
+                }
+                None => l.to_string(),
+            };
+            // The table's duration column: `0.1s` → `<t>`.
+            l.split(' ')
+                .map(|w| {
+                    let secs = w.strip_suffix('s').unwrap_or("");
+                    if !secs.is_empty() && secs.parse::<f64>().is_ok() && secs.contains('.') {
+                        "<t>".to_string()
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_multi_block_run_reads_at_a_glance_unique_prefixes_one_progress_line_per_change() {
+    // Three blocks in a row (one job at a time, so the output's order is
+    // fixed), two with a job named `test`, the second failing; a skipped
+    // dependent, an after_pipeline job, two missing secrets used three
+    // times, and a macOS block.
+    let pipeline = format!(
+        "{HEAD}blocks:\n  - name: Build\n    task:\n      secrets:\n        - name: npm\n        - name: aws\n      jobs:\n        - name: test\n          commands: [echo built]\n  - name: Check\n    task:\n      agent:\n        machine:\n          type: a1-standard-4\n          os_image: macos-xcode15\n      secrets:\n        - name: npm\n      jobs:\n        - name: test\n          commands: ['false']\n  - name: Ship\n    task:\n      jobs:\n        - name: ship\n          commands: [echo shipped]\nafter_pipeline:\n  task:\n    jobs:\n      - name: report\n        commands: [echo reported]\n"
+    );
+    let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
+    let out = repo.run(&["--parallel", "2", "--allow-missing-secrets"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = "\
+warning: secrets npm, aws are not in the secrets file; running without them
+note: after_pipeline jobs run once every block ended
+note: block Check asks for a macOS machine (a1-standard-4 macos-xcode15); its jobs run here, in bash on this machine
+--- blocks 0/3 done; running: Build
+[Build / test] setup: 39 variables
+[Build / test] $ echo built
+[Build / test] built
+[Build / test] [exit code 0, <t>]
+[Build / test] Job passed
+--- blocks 1/3 done; running: Check
+[Check / test] setup: 39 variables
+[Check / test] $ false
+[Check / test] [exit code 1, <t>]
+[Check / test] Job failed
+--- blocks 3/3 done, 1 failed
+[report] setup: 44 variables
+[report] $ echo reported
+[report] reported
+[report] [exit code 0, <t>]
+[report] Job passed
+
+BLOCK           JOB     RESULT    DURATION
+Build           test    passed        <t>
+Check           test    failed        <t>
+Ship            ship    skipped          -  (dependency \"Check\" did not pass)
+after_pipeline  report  passed        <t>
+Pipeline failed";
+    assert_eq!(normalize_console(&stdout), want, "\n{stdout}");
+
+    // --verbose shows the setup steps whole.
+    let out = repo.run(&["--parallel", "2", "--allow-missing-secrets", "--verbose"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains(
+            "[Build / test] $ Exporting environment variables\n[Build / test] Exporting CI\n"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("setup: "), "{stdout}");
+}
+
+#[test]
+fn job_accepts_block_slash_job_and_list_prints_names_as_written() {
+    let pipeline = format!(
+        "{HEAD}blocks:\n  - name: \"Say \\\"hi\\\" 👩\u{200d}💻\"\n    task:\n      jobs:\n        - name: test\n          commands: [echo a]\n  - name: B\n    task:\n      jobs:\n        - name: test\n          parallelism: 2\n          commands: [echo b]\n"
+    );
+    let repo = Repo::new(&[(".semaphore/semaphore.yml", &pipeline)]);
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--list", "--json"];
+        all.extend(args);
+        let out = repo.run(&all);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+        json_lines(&text(&out).0)
+            .iter()
+            .map(|j| {
+                format!(
+                    "{}/{}",
+                    j["block"].as_str().unwrap(),
+                    j["job"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&["--job", "B/test"]),
+        ["B/test - 1/2", "B/test - 2/2"]
+    );
+    assert_eq!(names(&["--job", "B / test - 2/2"]), ["B/test - 2/2"]);
+    assert_eq!(names(&["--job", "test"]).len(), 3);
+    let out = repo.run(&["--job", "Nope/test"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = repo.run(&["--list"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.starts_with("block \"Say \"hi\" 👩\u{200d}💻\"\n  job \"test\" (1 commands)\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("\\u{200d}") && !stdout.contains("\\\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn checkout_clones_to_an_absolute_semaphore_git_dir() {
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("src").join("project");
+    let pipeline = format!(
+        "{HEAD}blocks:\n  - name: Check\n    task:\n      env_vars:\n        - name: SEMAPHORE_GIT_DIR\n          value: {}\n      jobs:\n        - name: look\n          commands:\n            - checkout\n            - pwd\n            - cat committed.txt\n",
+        dir.display()
+    );
+    let repo = Repo::new(&[
+        (".semaphore/semaphore.yml", &pipeline),
+        ("committed.txt", "in-the-commit"),
+    ]);
+    let out = repo.run(&[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("{}\n", dir.display())), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("committed.txt")).unwrap(),
+        "in-the-commit"
+    );
 }

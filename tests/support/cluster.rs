@@ -4,7 +4,8 @@
 //! writes. The cluster is started once per run (by `.ci/run`, or by hand
 //! on a laptop), and each test gets a namespace of its own with exactly the
 //! ServiceAccount, Role and RoleBinding of
-//! `packaging/kubernetes/kubernetes-executor.yaml` and a token for it.
+//! `packaging/kubernetes/kubernetes-executor.yaml` (the Role of Semaphore's
+//! Helm charts, exactly) and a token for it.
 //! Without the cluster a test skips with a reason; with CI=true it fails.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct RealCluster {
     pub kubeconfig: PathBuf,
     pub ca: PathBuf,
     pub script: PathBuf,
+    /// The cluster's Kubernetes version (`v1.34.4`).
+    pub version: String,
 }
 
 /// The env file `.ci/k8s-cluster.sh up` writes.
@@ -66,12 +69,19 @@ impl RealCluster {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| panic!("{key} missing in {}", path.display()))
         };
-        Some(RealCluster {
+        let cluster = RealCluster {
             kubectl: get("KUBECTL"),
             kubeconfig: get("KUBECONFIG"),
             ca: get("K8S_CA"),
+            version: text
+                .lines()
+                .find_map(|l| l.strip_prefix("K8S_VERSION="))
+                .unwrap_or("unknown")
+                .to_string(),
             script: Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/k8s-cluster.sh"),
-        })
+        };
+        eprintln!("{test}: on Kubernetes {}", cluster.version);
+        Some(cluster)
     }
 
     /// kubectl as the cluster admin; panics with its stderr on failure.
@@ -183,26 +193,6 @@ impl<'a> TestNamespace<'a> {
     /// With the Role of packaging/kubernetes/ as it is.
     pub fn new(cluster: &'a RealCluster, prefix: &str) -> TestNamespace<'a> {
         TestNamespace::with_rbac(cluster, prefix, &rbac_objects())
-    }
-
-    /// With the Helm agent chart's Role exactly: packaging's without `get`
-    /// on pods/exec, so the exec WebSocket is refused.
-    pub fn helm_exact(cluster: &'a RealCluster, prefix: &str) -> TestNamespace<'a> {
-        let objects: String = rbac_objects()
-            .lines()
-            .map(|line| {
-                let mut value: Value = serde_json::from_str(line).expect("json");
-                if value["kind"] == "Role" {
-                    for rule in value["rules"].as_array_mut().into_iter().flatten() {
-                        if rule["resources"] == serde_json::json!(["pods/exec"]) {
-                            rule["verbs"] = serde_json::json!(["create"]);
-                        }
-                    }
-                }
-                format!("{value}\n")
-            })
-            .collect();
-        TestNamespace::with_rbac(cluster, prefix, &objects)
     }
 
     fn with_rbac(cluster: &'a RealCluster, prefix: &str, rbac: &str) -> TestNamespace<'a> {

@@ -60,7 +60,7 @@ struct State {
     faults: VecDeque<(String, String, u16)>,
     token: String,
     objects_written: usize,
-    /// Paths of the WebSocket upgrades refused.
+    /// `METHOD path` of the upgrades refused.
     upgrades: Vec<String>,
 }
 
@@ -210,7 +210,7 @@ impl FakeKube {
         self.lock().requests.clone()
     }
 
-    /// The paths of the WebSocket upgrades refused so far.
+    /// `METHOD path` of the upgrades refused so far.
     pub fn upgrades(&self) -> Vec<String> {
         self.lock().upgrades.clone()
     }
@@ -286,24 +286,24 @@ fn respond(request: tiny_http::Request, code: u16, body: String) {
 fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let method = request.method().as_str().to_string();
     let path = request.url().split('?').next().unwrap_or("").to_string();
-    // Like an API server behind a proxy that does not pass WebSocket
-    // upgrades: the agent's exec WebSocket is refused (its body is the
-    // raw connection, never read here), so the agent falls back to
-    // `kubectl exec` (the stand-in).
+    // Like an API server behind a proxy that passes no upgrade: the
+    // agent's exec WebSocket (a GET) and SPDY exec (a POST) are both
+    // refused (the body is the raw connection, never read here), so the
+    // agent falls back to `kubectl exec` (the stand-in).
     if request.headers().iter().any(|h| h.field.equiv("Upgrade")) {
         shared
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .upgrades
-            .push(path);
+            .push(format!("{method} {path}"));
         return respond(
             request,
             400,
             status_body(
                 400,
                 "BadRequest",
-                "the fake Kubernetes API does not upgrade to WebSocket",
+                "the fake Kubernetes API does not upgrade",
             ),
         );
     }
@@ -590,4 +590,15 @@ exec env -i HOME="$KUBECTL_STAND_IN_POD_HOME" PATH=/usr/local/bin:/usr/bin:/bin 
             pod_home.display().to_string(),
         ),
     ]
+}
+
+/// This machine's PATH without any directory holding a kubectl (the real
+/// cluster's, one in /usr/bin): for an agent that must not need one.
+pub fn path_without_kubectl() -> String {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let dirs: Vec<&str> = path
+        .split(':')
+        .filter(|d| !d.is_empty() && !Path::new(d).join("kubectl").exists())
+        .collect();
+    dirs.join(":")
 }

@@ -1,0 +1,1 @@
+echo shard $SEMAPHORE_JOB_INDEX
