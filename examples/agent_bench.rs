@@ -37,6 +37,9 @@
 //!    line. Baseline: the same loop read through a plain pipe. Then a job
 //!    prints 5 MB: the log requests the hub received for it, against the
 //!    fewest the agent's 2 MiB batch cap allows (3).
+//!    Then job start → first command: jobs whose first command is `date
+//!    +%s%N`, from the hub handing each out to the stamp; baseline: spawn →
+//!    `bash --login -c date` printing.
 //! 5. binary size of target/release/semaphore-agent and, if
 //!    packaging/build-static.sh built it, the static musl binary. There is
 //!    no baseline binary to build here; the ratio column is against the
@@ -123,7 +126,9 @@ fn main() {
     println!("1/7 start → registered ({START_RUNS} runs each)...");
     rows.extend(start_rows(&bin));
 
-    println!("2/7 idle RSS, 3/7 line latency and log POSTs, 4/7 stop latency (one agent)...");
+    println!(
+        "2/7 idle RSS, 3/7 line latency, job start and log POSTs, 4/7 stop latency (one agent)..."
+    );
     let scratch = Sandbox::new();
     let hub = hub::Hub::start();
     let mut agent = Proc::spawn(scratch.agent(&bin, &start_args(&hub.endpoint())));
@@ -134,6 +139,7 @@ fn main() {
     let plain_rss = proc_status_kb(agent.pid(), "VmRSS").unwrap_or(0);
     rows.extend(health_rows(&bin, plain_rss));
     rows.extend(line_rows(&hub, &clock));
+    rows.extend(first_command_rows(&hub, &clock));
     rows.extend(posts_rows(&hub, &scratch));
     rows.extend(stop_rows(&hub, &agent));
     if let Some(hwm) = proc_status_kb(agent.pid(), "VmHWM") {
@@ -435,6 +441,52 @@ fn line_rows(hub: &hub::Hub, clock: &Clock) -> Vec<Row> {
             target,
         ),
     ]
+}
+
+/// Jobs in a row whose first command is `date +%s%N`: time from the hub
+/// handing the job out (`run-job`) to that command running (job start:
+/// logs, the executor, bash in a PTY, its login files, the first framed
+/// command; and at the previous job's end, the sweep of what it left).
+/// Baseline: spawn → `bash --login -c 'date +%s%N'` printing (exec and a
+/// login bash, the floor of a job's shell).
+fn first_command_rows(hub: &hub::Hub, clock: &Clock) -> Vec<Row> {
+    const JOBS: usize = 15;
+    let started = hub.started();
+    let mut delays = Vec::new();
+    for _ in 0..JOBS {
+        let id = hub.queue_job(json!({ "commands": [{ "directive": "date +%s%N" }] }));
+        if hub.wait_for_result(&id, WAIT).as_deref() != Some("passed") {
+            continue;
+        }
+        let (Some(sent), Some(ran)) = (
+            hub.job_sent_at(&id),
+            hub.output(&id).lines().find_map(stamp),
+        ) else {
+            continue;
+        };
+        delays.extend(ran.duration_since(clock.wall(started + sent)).ok());
+    }
+    let mut floor = Vec::new();
+    for _ in 0..JOBS {
+        let sandbox = Sandbox::new();
+        let mut cmd = sandbox.command(Path::new("bash"));
+        cmd.args(["--login", "-c", "date +%s%N"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        let spawned = SystemTime::now();
+        let Ok(out) = cmd.output() else { continue };
+        if let Some(ran) = String::from_utf8_lossy(&out.stdout).lines().find_map(stamp) {
+            floor.extend(ran.duration_since(spawned).ok());
+        }
+    }
+    vec![Row::timed(
+        "job start → first command, median",
+        median(&delays),
+        median(&floor),
+        "spawn → `bash --login -c date` prints, median",
+        None,
+    )
+    .note(&format!("{}/{JOBS} jobs", delays.len()))]
 }
 
 /// A `date +%s%N` line as a wall-clock time.

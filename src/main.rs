@@ -225,7 +225,15 @@ fn pipeline_run(args: &RunArgs, options: JobOptions) -> Result<pipeline::Pipelin
 fn start(args: &StartArgs) -> Result<(), Failure> {
     let env = |name: &str| std::env::var(name).ok();
     let config = config::load_start_config(args, &env).map_err(Failure::Config)?;
-    listener::init_logging(config.log_format).map_err(Failure::AgentLog)?;
+    let log_path = listener::init_logging(config.log_format).map_err(Failure::AgentLog)?;
+    // No job file may land on the agent's own files (the config file holds
+    // the token).
+    if let Some(path) = &log_path {
+        semaphore_agent::private_tmp::protect(path, "the agent's log");
+    }
+    if let Some(path) = &args.config_file {
+        semaphore_agent::private_tmp::protect(path, "the agent's config file");
+    }
     for warning in &config.warnings {
         log::warn!("{warning}");
     }

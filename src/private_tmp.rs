@@ -102,6 +102,7 @@ fn make_private_dir(parent: &Path) -> io::Result<PathBuf> {
         match create_private_dir(&dir) {
             Ok(()) => {
                 mark_owner(&dir);
+                protect(&dir, "the agent's private temp dir (spools, command files)");
                 return Ok(dir);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
@@ -231,6 +232,402 @@ pub fn create_private(path: &Path, _mode: u32) -> io::Result<File> {
         .write(true)
         .create_new(true)
         .open(path)
+}
+
+/// Files and directories of the agent's own (its config file, its log,
+/// its private temp dir with the spools) that no job file may land on or
+/// under: device, inode and what to call it.
+#[cfg(unix)]
+static PROTECTED: Mutex<Vec<(u64, u64, PathBuf, &'static str)>> = Mutex::new(Vec::new());
+
+/// Marks `path` (a file or a directory) as the agent's own, `what` naming
+/// it in the job-log line that refuses a job file there. Best effort: a
+/// path that cannot be read is not protected.
+#[cfg(unix)]
+pub fn protect(path: &Path, what: &'static str) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mut list = PROTECTED.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries whose path is gone or is another file now are dropped:
+        // their inode numbers may be reused by anything.
+        list.retain(|(d, i, p, _)| same_file(p, *d, *i));
+        if !list
+            .iter()
+            .any(|(d, i, _, _)| *d == meta.dev() && *i == meta.ino())
+        {
+            list.push((meta.dev(), meta.ino(), path.to_path_buf(), what));
+        }
+    }
+}
+
+#[cfg(windows)]
+pub fn protect(_path: &Path, _what: &'static str) {}
+
+/// Whether `path` is (still) the file with device `dev` and inode `ino`.
+#[cfg(unix)]
+fn same_file(path: &Path, dev: u64, ino: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// What the agent's own file `meta` is, if it is one ([`protect`]); an
+/// entry counts only while its path still names that file.
+#[cfg(unix)]
+fn protected(meta: &libc::stat) -> Option<&'static str> {
+    let list = PROTECTED.lock().unwrap_or_else(|e| e.into_inner());
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    let (dev, ino) = (meta.st_dev as u64, meta.st_ino as u64);
+    list.iter()
+        .find(|(d, i, p, _)| *d == dev && *i == ino && same_file(p, dev, ino))
+        .map(|(_, _, _, what)| *what)
+}
+
+/// Why [`open_job_file`] refused a path or could not open it; the text
+/// names the component at fault.
+#[derive(Debug)]
+pub enum JobPathError {
+    /// A symlink owned by user `uid` (neither the agent's user nor root).
+    ForeignSymlink { path: PathBuf, uid: u32 },
+    /// An existing file or directory owned by another user.
+    ForeignOwner {
+        path: PathBuf,
+        uid: u32,
+        kind: &'static str,
+    },
+    /// The agent's own config file, log or temp dir.
+    Protected { path: PathBuf, what: &'static str },
+    /// Not a regular file (or, on the way, not a directory).
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// More than 40 symlinks on the way.
+    TooManyLinks { path: PathBuf },
+    /// Making a missing directory failed.
+    MakeDir { path: PathBuf, source: io::Error },
+    /// Any other failure at `path`.
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl std::fmt::Display for JobPathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobPathError::ForeignSymlink { path, uid } => write!(
+                f,
+                "{} is a symlink owned by another user (uid {uid}), which the agent does not follow",
+                path.display()
+            ),
+            JobPathError::ForeignOwner { path, uid, kind } => write!(
+                f,
+                "the {kind} {} is owned by another user (uid {uid}); the agent does not write \
+                 into other users' files",
+                path.display()
+            ),
+            JobPathError::Protected { path, what } => write!(
+                f,
+                "{} is {what}; a job file may not overwrite it",
+                path.display()
+            ),
+            JobPathError::NotRegular { path, kind } => {
+                write!(f, "{} is a {kind}, not a regular file", path.display())
+            }
+            JobPathError::TooManyLinks { path } => {
+                write!(f, "too many symlinks on the way to {}", path.display())
+            }
+            JobPathError::MakeDir { path, source } => {
+                write!(f, "cannot create directory {}: {source}", path.display())
+            }
+            JobPathError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for JobPathError {}
+
+/// The most symlinks followed on the way to one job file (Linux's limit).
+#[cfg(unix)]
+const MAX_LINKS: usize = 40;
+
+/// An owned file descriptor closed on drop.
+#[cfg(unix)]
+struct Fd(libc::c_int);
+
+#[cfg(unix)]
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+#[cfg(unix)]
+fn c_name(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))
+}
+
+#[cfg(unix)]
+fn open_at(dir: &Fd, name: &std::ffi::CStr, flags: libc::c_int, mode: u32) -> io::Result<Fd> {
+    // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated
+    // string; the returned descriptor is checked and then owned.
+    let fd = unsafe { libc::openat(dir.0, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(Fd(fd))
+    }
+}
+
+#[cfg(unix)]
+fn stat_at(dir: &Fd, name: &std::ffi::CStr) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value for fstatat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, NUL-terminated name, writable `st`.
+    let rc = unsafe { libc::fstatat(dir.0, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 {
+        Ok(st)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(unix)]
+fn stat_fd(fd: &Fd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, writable `st`.
+    if unsafe { libc::fstat(fd.0, &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(unix)]
+fn read_link_at(dir: &Fd, name: &std::ffi::CStr) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: valid descriptor and name; `buf` is writable for its length.
+    let n = unsafe { libc::readlinkat(dir.0, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(usize::try_from(n).unwrap_or(0));
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+#[cfg(unix)]
+fn kind_of(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular file",
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symlink",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR | libc::S_IFBLK => "device",
+        _ => "special file",
+    }
+}
+
+/// Whether a file owned by `uid` is one the agent may trust: its own
+/// user's, or root's (the system's: `/tmp`, `/var/run -> /run`).
+#[cfg(unix)]
+fn trusted(uid: u32) -> bool {
+    uid == euid() || uid == 0
+}
+
+/// Directories are opened as paths only where the system has it, so a
+/// directory the agent may cross but not list (`0711`) still works.
+#[cfg(target_os = "linux")]
+const DIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+#[cfg(all(unix, not(target_os = "linux")))]
+const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+
+/// Opens a job file for writing, safe on a shared machine: the path is
+/// walked one component at a time from `/` (or the current directory)
+/// with `O_NOFOLLOW`, so no symlink is followed unless the agent's own
+/// user or root owns it (as the kernel's `protected_symlinks` does for the
+/// last component only); missing directories are made with `dir_mode`;
+/// a directory or file owned by another user is refused (a planted
+/// `/tmp/gcr/`, a hard link to someone else's file), and so are the
+/// agent's own files ([`protect`]). A new file is created exclusively with
+/// `mode` (exactly, not narrowed by the umask); an existing one is opened
+/// without truncation and non-blocking (its kind is checked first).
+/// Returns the file and whether it was created.
+#[cfg(unix)]
+pub fn open_job_file(path: &Path, mode: u32, dir_mode: u32) -> Result<(File, bool), JobPathError> {
+    use std::collections::VecDeque;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::path::Component;
+
+    let io_err = |path: &Path, source| JobPathError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let open_root = |absolute: bool| -> io::Result<Fd> {
+        let start = if absolute { c"/" } else { c"." };
+        // SAFETY: a NUL-terminated literal; the result is checked.
+        let fd = unsafe { libc::open(start.as_ptr(), DIR_FLAGS | libc::O_CLOEXEC) };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(Fd(fd))
+        }
+    };
+    let mut todo: VecDeque<std::ffi::OsString> = VecDeque::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => todo.push_back(n.to_os_string()),
+            Component::ParentDir => todo.push_back("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut walked = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        PathBuf::new()
+    };
+    let mut dir = open_root(path.is_absolute()).map_err(|e| io_err(&walked, e))?;
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        let last = todo.is_empty();
+        let here = walked.join(&name);
+        let cname = c_name(&name).map_err(|e| io_err(&here, e))?;
+        let follow = |st: &libc::stat,
+                      dir: &mut Fd,
+                      todo: &mut VecDeque<std::ffi::OsString>,
+                      walked: &mut PathBuf,
+                      links: &mut usize|
+         -> Result<(), JobPathError> {
+            if !trusted(st.st_uid) {
+                return Err(JobPathError::ForeignSymlink {
+                    path: here.clone(),
+                    uid: st.st_uid,
+                });
+            }
+            *links += 1;
+            if *links > MAX_LINKS {
+                return Err(JobPathError::TooManyLinks { path: here.clone() });
+            }
+            let target = read_link_at(dir, &cname).map_err(|e| io_err(&here, e))?;
+            for c in target.components().rev() {
+                match c {
+                    Component::Normal(n) => todo.push_front(n.to_os_string()),
+                    Component::ParentDir => todo.push_front("..".into()),
+                    _ => {}
+                }
+            }
+            if target.is_absolute() {
+                *dir = open_root(true).map_err(|e| io_err(&here, e))?;
+                *walked = PathBuf::from("/");
+            }
+            Ok(())
+        };
+        if !last {
+            let opened = match open_at(&dir, &cname, DIR_FLAGS, 0) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    // SAFETY: valid descriptor and NUL-terminated name.
+                    let rc =
+                        unsafe { libc::mkdirat(dir.0, cname.as_ptr(), dir_mode as libc::mode_t) };
+                    let made = io::Error::last_os_error();
+                    if rc != 0 && made.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(JobPathError::MakeDir {
+                            path: here,
+                            source: made,
+                        });
+                    }
+                    open_at(&dir, &cname, DIR_FLAGS, 0)
+                }
+                other => other,
+            };
+            match opened {
+                Ok(fd) => {
+                    let st = stat_fd(&fd).map_err(|e| io_err(&here, e))?;
+                    if let Some(what) = protected(&st) {
+                        return Err(JobPathError::Protected { path: here, what });
+                    }
+                    if !trusted(st.st_uid) && name.as_bytes() != b".." {
+                        return Err(JobPathError::ForeignOwner {
+                            path: here,
+                            uid: st.st_uid,
+                            kind: "directory",
+                        });
+                    }
+                    dir = fd;
+                    walked = here;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    let st = stat_at(&dir, &cname).map_err(|e| io_err(&here, e))?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                        // As `mkdir -p` (and Go) says it: not a directory.
+                        return Err(JobPathError::MakeDir {
+                            path: here,
+                            source: io::Error::from_raw_os_error(libc::ENOTDIR),
+                        });
+                    }
+                    follow(&st, &mut dir, &mut todo, &mut walked, &mut links)?;
+                }
+                Err(e) => return Err(io_err(&here, e)),
+            }
+            continue;
+        }
+        // The last component: create it, or open what is there.
+        let create = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        match open_at(&dir, &cname, create | libc::O_NONBLOCK, mode) {
+            Ok(fd) => {
+                // SAFETY: fchmod on our new descriptor: the exact mode,
+                // whatever the umask took away.
+                unsafe { libc::fchmod(fd.0, mode as libc::mode_t) };
+                return Ok((into_file(fd), true));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(io_err(&here, e)),
+        }
+        let st = stat_at(&dir, &cname).map_err(|e| io_err(&here, e))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                follow(&st, &mut dir, &mut todo, &mut walked, &mut links)?;
+                continue;
+            }
+            libc::S_IFREG => {}
+            other => {
+                return Err(JobPathError::NotRegular {
+                    path: here,
+                    kind: kind_of(other),
+                })
+            }
+        }
+        if let Some(what) = protected(&st) {
+            return Err(JobPathError::Protected { path: here, what });
+        }
+        if st.st_uid != euid() {
+            return Err(JobPathError::ForeignOwner {
+                path: here,
+                uid: st.st_uid,
+                kind: "file",
+            });
+        }
+        let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let fd = open_at(&dir, &cname, flags, 0).map_err(|e| io_err(&here, e))?;
+        // What was opened is what was checked (not swapped in between).
+        let now = stat_fd(&fd).map_err(|e| io_err(&here, e))?;
+        if now.st_dev != st.st_dev || now.st_ino != st.st_ino {
+            return Err(io_err(
+                &here,
+                io::Error::other("the file was replaced while it was opened"),
+            ));
+        }
+        return Ok((into_file(fd), false));
+    }
+    Err(io_err(
+        path,
+        io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+    ))
+}
+
+#[cfg(unix)]
+fn into_file(fd: Fd) -> File {
+    use std::os::fd::FromRawFd as _;
+    let raw = fd.0;
+    std::mem::forget(fd);
+    // SAFETY: `raw` is an open descriptor we own and hand over whole.
+    unsafe { File::from_raw_fd(raw) }
 }
 
 /// The agent's effective user id.
@@ -377,6 +774,37 @@ mod tests {
         for kept in [&live, &named_live, &foreign, &unmarked, &open, &other] {
             assert!(kept.exists(), "{} was removed", kept.display());
         }
+    }
+
+    #[test]
+    fn a_job_file_walk_follows_own_links_makes_dirs_and_refuses_protected_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir(base.join("real")).unwrap();
+        // Own links, as a parent (relative and absolute) and as the file.
+        std::os::unix::fs::symlink("real", base.join("rel")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("abs")).unwrap();
+        let (f, created) = open_job_file(&base.join("rel/a/b/new.txt"), 0o640, 0o750).unwrap();
+        drop(f);
+        assert!(created);
+        assert_eq!(mode(&base.join("real/a/b/new.txt")), 0o640);
+        assert_eq!(
+            mode(&base.join("real/a")) & !0o750,
+            0,
+            "a made dir is at most 0750"
+        );
+        let (_, created) = open_job_file(&base.join("abs/a/../a/b/new.txt"), 0o600, 0o750).unwrap();
+        assert!(!created, "an existing file of ours is opened, not made");
+        std::os::unix::fs::symlink("loop", base.join("loop")).unwrap();
+        let err = open_job_file(&base.join("loop/x"), 0o600, 0o750).unwrap_err();
+        assert!(matches!(err, JobPathError::TooManyLinks { .. }), "{err}");
+        let err = open_job_file(&base.join("real/a/b/new.txt/x"), 0o600, 0o750).unwrap_err();
+        assert!(err.to_string().contains("new.txt"), "{err}");
+        // The agent's own files and everything under its own dirs.
+        protect(&base.join("real/a/b"), "the agent's test dir");
+        let err = open_job_file(&base.join("rel/a/b/other"), 0o600, 0o750).unwrap_err();
+        assert!(err.to_string().contains("the agent's test dir"), "{err}");
+        assert!(!base.join("real/a/b/other").exists());
     }
 
     #[test]

@@ -225,6 +225,13 @@ pub enum ConfigError {
         expected: &'static str,
     },
     MissingEndpoint,
+    /// `endpoint` names a scheme that contradicts `no-https`, or one the
+    /// agent does not speak; `fix` says which setting to use instead.
+    EndpointScheme {
+        value: String,
+        origin: Origin,
+        fix: &'static str,
+    },
     MissingToken,
 }
 
@@ -337,6 +344,11 @@ impl fmt::Display for ConfigError {
                 origin,
                 expected,
             } => write!(f, "option '{key}' ({origin}) must be {expected}, not '{value}'"),
+            EndpointScheme { value, origin, fix } => write!(
+                f,
+                "'endpoint' ({origin}) is '{}': {fix}",
+                value.escape_debug()
+            ),
             MissingEndpoint => f.write_str(
                 "the Semaphore endpoint was not specified \
                  (option 'endpoint', SEMAPHORE_AGENT_ENDPOINT or --endpoint)",
@@ -481,9 +493,11 @@ impl Config {
                 }
             },
         };
-        let endpoint = text(raw, Key::Endpoint)?
-            .map(|(s, _)| s)
-            .ok_or(ConfigError::MissingEndpoint)?;
+        let no_https = boolean(raw, Key::NoHttps)?;
+        let endpoint = match text(raw, Key::Endpoint)? {
+            Some((value, origin)) => endpoint_host(value, origin, no_https)?,
+            None => return Err(ConfigError::MissingEndpoint),
+        };
         let (token, token_origin) = text(raw, Key::Token)?.ok_or(ConfigError::MissingToken)?;
         let disconnect_after_idle_timeout = seconds(raw, Key::DisconnectAfterIdleTimeout)?;
         let interruption_grace_period = seconds(raw, Key::InterruptionGracePeriod)?;
@@ -553,7 +567,7 @@ impl Config {
             token,
             name,
             name_from_env,
-            no_https: boolean(raw, Key::NoHttps)?,
+            no_https,
             shutdown_hook_path: text(raw, Key::ShutdownHookPath)?.map(|(s, _)| PathBuf::from(s)),
             pre_job_hook_path: text(raw, Key::PreJobHookPath)?.map(|(s, _)| PathBuf::from(s)),
             post_job_hook_path: text(raw, Key::PostJobHookPath)?.map(|(s, _)| PathBuf::from(s)),
@@ -932,6 +946,50 @@ fn files(raw: &RawConfig) -> Result<Vec<String>, ConfigError> {
 /// `HOST:PORT` (`[v6]:PORT` too) with a port that can be scraped (not 0).
 /// The host is resolved when the server binds, not here: config does not
 /// touch the network.
+/// The endpoint's host (and port): an `https://` prefix is what the agent
+/// does anyway and is dropped, as is a trailing `/`; `http://` is honoured
+/// only with `no-https` (and `https://` only without it), so the scheme
+/// and the flag never disagree silently (the agent would call
+/// `https://http://host/...`); any other scheme or a path is refused.
+fn endpoint_host(value: String, origin: &Origin, no_https: bool) -> Result<String, ConfigError> {
+    let refuse = |fix: &'static str| ConfigError::EndpointScheme {
+        value: value.chars().take(200).collect(),
+        origin: origin.clone(),
+        fix,
+    };
+    let lower = value.to_ascii_lowercase();
+    let host = if lower.starts_with("https://") {
+        if no_https {
+            return Err(refuse(
+                "it says https:// but no-https is set; drop --no-https (or 'no-https'), \
+                 or give the host alone",
+            ));
+        }
+        &value["https://".len()..]
+    } else if lower.starts_with("http://") {
+        if !no_https {
+            return Err(refuse(
+                "plain HTTP needs --no-https (SEMAPHORE_AGENT_NO_HTTPS or 'no-https: true'); \
+                 give the host alone with it, or drop http:// to use HTTPS",
+            ));
+        }
+        &value["http://".len()..]
+    } else if value.contains("://") {
+        return Err(refuse(
+            "give the host (and port) alone; the agent speaks HTTPS, or HTTP with --no-https",
+        ));
+    } else {
+        value.as_str()
+    };
+    let host = host.strip_suffix('/').unwrap_or(host);
+    if host.is_empty() || host.contains('/') {
+        return Err(refuse(
+            "give the host (and port) alone, without a path; the agent adds the API path itself",
+        ));
+    }
+    Ok(host.to_string())
+}
+
 fn health_address(raw: &RawConfig) -> Result<Option<String>, ConfigError> {
     let Some((value, origin)) = text(raw, Key::HealthAddress)? else {
         return Ok(None);

@@ -583,6 +583,53 @@ fn endpoint_and_token_are_required() {
     assert_mentions(&msg, &["token"]);
 }
 
+/// Issue 26: a scheme in the endpoint either agrees with `no-https` and
+/// is honoured, or the error names the flag to use.
+#[test]
+fn an_endpoint_scheme_agrees_with_no_https_or_is_refused() {
+    let tok = "token: t\n";
+    let ok = |endpoint: &str, flags: &[&str]| {
+        let c = load_ok(&format!("endpoint: {endpoint}\n{tok}"), &[], flags);
+        (c.endpoint, c.no_https)
+    };
+    assert_eq!(
+        ok("https://e.example.com", &[]),
+        ("e.example.com".into(), false)
+    );
+    assert_eq!(
+        ok("HTTPS://e.example.com/", &[]),
+        ("e.example.com".into(), false)
+    );
+    assert_eq!(
+        ok("http://127.0.0.1:8000", &["--no-https"]),
+        ("127.0.0.1:8000".into(), true)
+    );
+    assert_eq!(
+        ok("e.example.com:443", &[]),
+        ("e.example.com:443".into(), false)
+    );
+    let msg = load_err(&format!("endpoint: http://e.example.com\n{tok}"), &[], &[]);
+    assert_mentions(
+        &msg,
+        &[
+            "endpoint",
+            "http://e.example.com",
+            "--no-https",
+            "config.yaml",
+        ],
+    );
+    let msg = load_err(
+        &format!("endpoint: https://e.example.com\n{tok}"),
+        &[],
+        &["--no-https"],
+    );
+    assert_mentions(&msg, &["https://e.example.com", "--no-https"]);
+    let msg = load_err(&format!("endpoint: ftp://e.example.com\n{tok}"), &[], &[]);
+    assert_mentions(&msg, &["ftp://e.example.com", "host"]);
+    let msg = load_err(&format!("endpoint: e.example.com/api/v1\n{tok}"), &[], &[]);
+    assert_mentions(&msg, &["e.example.com/api/v1", "path"]);
+}
+
 #[test]
 fn non_bool_value_for_bool_key() {
     let msg = load_err(&format!("{BASE}no-https: yes please\n"), &[], &[]);

@@ -27,14 +27,6 @@ use crate::request::{ContentError, File};
 pub fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
     let bad_content = || (1, "Failed to decode the content of the file.".to_string());
     file.check_content().map_err(|_| bad_content())?;
-    if let Some(parent) = dest.parent() {
-        crate::platform::create_dir_all(parent, 0o750).map_err(|e| {
-            (
-                1,
-                format!("Failed to create directory '{}': {e}", parent.display()),
-            )
-        })?;
-    }
     let create_err = |why: &dyn std::fmt::Display| {
         (
             1,
@@ -44,9 +36,22 @@ pub fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
             ),
         )
     };
-    check_target(dest).map_err(|e| create_err(&e))?;
     let mode = file.parse_mode();
-    let mut out = open_target(dest, mode.as_ref().ok().copied()).map_err(|e| create_err(&e))?;
+    #[cfg(unix)]
+    let mut out = open_safely(dest, mode.as_ref().ok().copied())?;
+    #[cfg(not(unix))]
+    let mut out = {
+        if let Some(parent) = dest.parent() {
+            crate::platform::create_dir_all(parent, 0o750).map_err(|e| {
+                (
+                    1,
+                    format!("Failed to create directory '{}': {e}", parent.display()),
+                )
+            })?;
+        }
+        check_target(dest).map_err(|e| create_err(&e))?;
+        open_target(dest).map_err(|e| create_err(&e))?
+    };
     let kind = out
         .metadata()
         .map(|m| file_kind(&m))
@@ -87,23 +92,34 @@ pub fn write_file(file: &File, dest: &Path) -> Result<(), FileFailure> {
     }
 }
 
-/// Opens `dest` for writing without truncating it (it is not known to be
-/// a regular file yet). On Unix non-blocking, so a FIFO swapped in after
-/// the check cannot hang the job, and a new file gets its final mode (0600
-/// when the mode is bad) at open.
+/// Opens `dest` for writing through the walk that follows no link another
+/// user controls and refuses other users' files and the agent's own
+/// (`private_tmp::open_job_file`): missing directories are made 0750, a
+/// new file gets its final mode (0600 when the mode is bad) at creation,
+/// an existing one is not truncated yet.
 #[cfg(unix)]
-fn open_target(dest: &Path, mode: Option<u32>) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(mode.unwrap_or(0o600))
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(dest)
+fn open_safely(dest: &Path, mode: Option<u32>) -> Result<std::fs::File, FileFailure> {
+    use crate::private_tmp::JobPathError;
+    match crate::private_tmp::open_job_file(dest, mode.unwrap_or(0o600), 0o750) {
+        Ok((file, _created)) => Ok(file),
+        Err(JobPathError::MakeDir { path, source }) => Err((
+            1,
+            format!("Failed to create directory '{}': {source}", path.display()),
+        )),
+        Err(e) => Err((
+            1,
+            format!(
+                "Failed to create destination path '{}': {e}",
+                dest.display()
+            ),
+        )),
+    }
 }
 
+/// Opens `dest` for writing without truncating it (Windows: the checks
+/// are `check_target`'s).
 #[cfg(not(unix))]
-fn open_target(dest: &Path, _mode: Option<u32>) -> std::io::Result<std::fs::File> {
+fn open_target(dest: &Path) -> std::io::Result<std::fs::File> {
     crate::platform::job_file_options()
         .write(true)
         .create(true)
@@ -118,11 +134,9 @@ fn set_mode(out: &std::fs::File, mode: u32) -> std::io::Result<()> {
 
 /// Why what is at a job file's path is not opened for writing; the text
 /// follows "Failed to create destination path '...': " in the job log.
+/// (On Unix the walk's own `JobPathError` says it.)
 #[derive(Debug)]
 enum TargetError {
-    /// A symlink owned by user `uid`, not the agent's.
-    #[cfg(unix)]
-    ForeignSymlink { uid: u32 },
     /// Not a regular file: `kind` says what it is.
     NotRegular { kind: &'static str },
 }
@@ -130,11 +144,6 @@ enum TargetError {
 impl std::fmt::Display for TargetError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            #[cfg(unix)]
-            TargetError::ForeignSymlink { uid } => write!(
-                f,
-                "it is a symlink owned by another user (uid {uid}), which the agent does not follow"
-            ),
             TargetError::NotRegular { kind } => write!(f, "it is a {kind}, not a regular file"),
         }
     }
@@ -142,26 +151,10 @@ impl std::fmt::Display for TargetError {
 
 impl std::error::Error for TargetError {}
 
-/// What is at `dest` must be safe to open for writing: nothing, a regular
-/// file, or a symlink the agent's own user made (as the kernel's
-/// `protected_symlinks` rule, a link another user planted is not
-/// followed); never a FIFO, socket or device, which would block the job
-/// or write somewhere else.
+/// (Windows) What is at `dest` must be safe to open for writing: nothing
+/// or a regular file; never a directory or device.
+#[cfg(not(unix))]
 fn check_target(dest: &Path) -> Result<(), TargetError> {
-    let link = match std::fs::symlink_metadata(dest) {
-        Ok(meta) => meta,
-        Err(_) => return Ok(()),
-    };
-    #[cfg(unix)]
-    if link.file_type().is_symlink() {
-        use std::os::unix::fs::MetadataExt;
-        let me = crate::private_tmp::euid();
-        if link.uid() != me {
-            return Err(TargetError::ForeignSymlink { uid: link.uid() });
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = link;
     match std::fs::metadata(dest) {
         Ok(meta) if !meta.is_file() => Err(TargetError::NotRegular {
             kind: file_kind(&meta),

@@ -5,8 +5,12 @@
 //! info) and their format: by default the Go agent's
 //! (`Jan _2 15:04:05.000 <name> : message`, UTC), or with `log-format: json`
 //! one JSON object per line (`time`, `level`, `agent`, `msg`, and `job_id`
-//! while a job is live) for log shippers. Must not decide what is logged:
-//! callers are responsible for never passing a token.
+//! while a job is live) for log shippers. It also bounds what it writes:
+//! one message is at most [`MAX_MESSAGE`] bytes (the rest is cut, and the
+//! line says how much), and the file at most [`MAX_FILE`] bytes, then it is
+//! rotated once to `<path>.1` (or, where that cannot be done, it ends with
+//! a line saying so and the agent logs to stdout only). Must not decide
+//! what is logged: callers are responsible for never passing a token.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -21,6 +25,53 @@ use crate::config::LogFormat;
 static LOG_NAME: Mutex<String> = Mutex::new(String::new());
 /// The live job's id, for the JSON lines' `job_id`; empty when idle.
 static LOG_JOB: Mutex<String> = Mutex::new(String::new());
+
+/// The longest message one agent-log line carries; what a control plane
+/// or a job sent can make a message long.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+
+/// The largest the agent log file grows before it is rotated to
+/// `<path>.1` (so at most twice this is kept on disk).
+pub const MAX_FILE: u64 = 64 * 1024 * 1024;
+
+/// The test knob that lowers [`MAX_FILE`].
+const MAX_FILE_KNOB: &str = "AGENT_LOG_MAX_BYTES";
+
+/// `message` cut to [`MAX_MESSAGE`] bytes (at a character boundary), with
+/// how much was cut.
+pub fn cap_message(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} [{} more bytes of this message not logged]",
+        &message[..end],
+        message.len() - end
+    )
+}
+
+/// One agent-log line in `format` (with its newline).
+fn format_line(format: LogFormat, level: log::Level, message: &str) -> String {
+    let name = LOG_NAME.lock().map(|n| n.clone()).unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    if format == LogFormat::Json {
+        let job = LOG_JOB.lock().map(|j| j.clone()).unwrap_or_default();
+        return json_line(now, level, &name, &cap_message(message.to_string()), &job) + "\n";
+    }
+    // One record, one line: what the control plane or a hook sent cannot
+    // start a line of its own.
+    let message = cap_message(escape_controls(message));
+    let stamp = stamp_milli(now);
+    if name.is_empty() {
+        format!("{stamp} : {message}\n")
+    } else {
+        format!("{stamp} {name} : {message}\n")
+    }
+}
 
 /// Why the agent log could not be set up.
 #[derive(Debug)]
@@ -105,32 +156,30 @@ pub fn init_logging(format: LogFormat) -> Result<Option<PathBuf>, AgentLogError>
     // Other crates (ureq, rustls) stay at warn or quieter: their debug
     // output is noise for an operator and not ours to vouch for.
     let others = level.min(LevelFilter::Warn);
+    let max = crate::test_knobs::text(MAX_FILE_KNOB)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(MAX_FILE);
+    let written = file
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .map_or(0, |m| m.len());
+    let tee = Tee {
+        file,
+        path: path.clone(),
+        shared,
+        written,
+        max,
+        format,
+    };
     let _ = env_logger::Builder::new()
         .filter_level(others)
         .filter_module("semaphore_agent", level)
-        .target(env_logger::Target::Pipe(Box::new(Tee { file })))
+        .target(env_logger::Target::Pipe(Box::new(tee)))
         .format(move |buf, record| {
-            let name = LOG_NAME.lock().map(|n| n.clone()).unwrap_or_default();
-            if format == LogFormat::Json {
-                let job = LOG_JOB.lock().map(|j| j.clone()).unwrap_or_default();
-                let line = json_line(
-                    std::time::SystemTime::now(),
-                    record.level(),
-                    &name,
-                    &record.args().to_string(),
-                    &job,
-                );
-                return writeln!(buf, "{line}");
-            }
-            let stamp = stamp_milli(std::time::SystemTime::now());
-            // One record, one line: what the control plane or a hook sent
-            // cannot start a line of its own.
-            let message = escape_controls(&record.args().to_string());
-            if name.is_empty() {
-                writeln!(buf, "{stamp} : {message}")
-            } else {
-                writeln!(buf, "{stamp} {name} : {message}")
-            }
+            buf.write_all(
+                format_line(format, record.level(), &record.args().to_string()).as_bytes(),
+            )
         })
         .try_init();
     if let Some((taken, own)) = moved {
@@ -328,15 +377,76 @@ fn parse_level(text: &str) -> Result<LevelFilter, AgentLogError> {
 /// Writes every line to stdout and the log file. A failing stdout (closed
 /// pipe) must not lose the file copy, so errors are ignored per target.
 struct Tee {
-    /// `None` when the log file could not be used safely.
+    /// `None` when the log file could not be used safely (or reached its
+    /// bound and could not be rotated).
     file: Option<File>,
+    path: PathBuf,
+    /// The default path in the shared temp dir (see `open_log_file`).
+    shared: bool,
+    /// Bytes in the current file.
+    written: u64,
+    /// The bound of one file.
+    max: u64,
+    format: LogFormat,
+}
+
+impl Tee {
+    /// The file reached its bound: it becomes `<path>.1` (replacing an
+    /// older one) and a new file starts with a line saying so. Where the
+    /// rename or the new file fails, the file ends with a line saying why
+    /// and the agent logs to stdout only.
+    fn rotate(&mut self) {
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        let old = PathBuf::from(old);
+        let reopened =
+            std::fs::rename(&self.path, &old).and_then(|()| open_log_file(&self.path, self.shared));
+        match reopened {
+            Ok(mut new) => {
+                let line = format_line(
+                    self.format,
+                    log::Level::Info,
+                    &format!(
+                        "The agent log reached {} bytes; the lines before this one are in {}",
+                        self.written,
+                        old.display()
+                    ),
+                );
+                let _ = new.write_all(line.as_bytes());
+                self.written = line.len() as u64;
+                self.file = Some(new);
+            }
+            Err(e) => {
+                let line = format_line(
+                    self.format,
+                    log::Level::Warn,
+                    &format!(
+                        "The agent log reached its bound of {} bytes and cannot be rotated to \
+                         {} ({e}); further lines go to stdout only",
+                        self.max,
+                        old.display()
+                    ),
+                );
+                let _ = file.write_all(line.as_bytes());
+                let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            }
+        }
+    }
 }
 
 impl Write for Tee {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let _ = std::io::stdout().lock().write_all(bytes);
+        if self.file.is_some() && self.written + bytes.len() as u64 > self.max {
+            self.rotate();
+        }
         if let Some(file) = &mut self.file {
-            let _ = file.write_all(bytes);
+            if file.write_all(bytes).is_ok() {
+                self.written += bytes.len() as u64;
+            }
         }
         Ok(bytes.len())
     }

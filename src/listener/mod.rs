@@ -213,6 +213,21 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         );
         job_options.gpus = Some(ids);
     }
+    // Before the first job: what a job leaves behind (a daemon that left
+    // its session, a double fork) is re-parented to the agent, not init,
+    // so its end finds it without root or a cgroup.
+    #[cfg(unix)]
+    match crate::shell::become_subreaper() {
+        Ok(()) => log::info!(
+            "The agent is the child subreaper of its jobs: whatever a job leaves running \
+             (a daemon that left its session, a double fork) stays the agent's child and \
+             is ended with the job"
+        ),
+        Err(e) => log::warn!(
+            "The agent cannot adopt what its jobs leave running ({e}); without a job cgroup, \
+             a daemon that leaves its job's session and terminal can outlive the job"
+        ),
+    }
 
     let mut api = Api::new(
         &config.endpoint,
@@ -258,11 +273,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     crate::child_env::forbid_value(&answer.token);
     api.set_access_token(&answer.token);
-    let name = if answer.name.is_empty() {
-        name
-    } else {
-        answer.name
-    };
+    let name = answered_name(name, answer.name);
     set_log_name(&name);
     log::info!(
         "Registered as {name} in {} ms",
@@ -301,6 +312,31 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     listener.shutdown(reason);
     listener.sweep.finish();
     Ok(reason)
+}
+
+/// The longest name the control plane may give the agent: it prefixes
+/// every agent-log line (a URL name, exempt from the length rule on the
+/// command line, is still bounded here).
+const MAX_ANSWERED_NAME: usize = 255;
+
+/// The name `/register` answered, when it passes the rules of `--name` and
+/// [`MAX_ANSWERED_NAME`]; otherwise the agent keeps `ours` and says so,
+/// quoting at most the answer's start.
+fn answered_name(ours: String, answered: String) -> String {
+    if answered.is_empty() {
+        return ours;
+    }
+    if answered.len() <= MAX_ANSWERED_NAME && crate::config::is_valid_name(&answered) {
+        return answered;
+    }
+    let shown: String = answered.chars().take(64).collect();
+    log::warn!(
+        "The control plane answered the name '{}' ({} bytes), which is not a valid agent \
+         name (8 to 80 bytes, or a URL of at most {MAX_ANSWERED_NAME}); keeping {ours}",
+        agent_log::escape_controls(&shown),
+        answered.len()
+    );
+    ours
 }
 
 /// The name `Config::validate` settled on (flag, `--name-from-env` or a

@@ -272,23 +272,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         None => BTreeMap::new(),
     };
     let console = output::Console::new(Box::new(std::io::stdout()), opts.json);
-    let missing = expand::missing_secrets(&pipeline, &secrets);
-    if !missing.is_empty() {
-        if !opts.allow_missing_secrets && !opts.list {
-            let hint = if opts.secrets_file.is_none() {
-                " (give them with --secrets-file, in the shape `sem get secret NAME -o yaml` prints)"
-            } else {
-                ""
-            };
-            return Err(PipelineError::Secrets(format!(
-                "missing secrets{hint}; --allow-missing-secrets runs without them:\n  {}",
-                missing.join("\n  ")
-            )));
-        }
-        console.note(&output::missing_secrets_line(
-            &expand::missing_secret_names(&pipeline, &secrets),
-        ));
-    }
+    check_secrets(&opts, &pipeline, &secrets, &console)?;
     let created_at = crate::unix_now();
     let cx = expand::Context {
         git: &git,
@@ -299,145 +283,18 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         created_at,
     };
     let mut jobs = expand::expand(&pipeline, &cx);
-    let after = expand::expand_after(&pipeline, &cx);
+    let mut after = expand::expand_after(&pipeline, &cx);
 
-    // Selection.
-    let names: Vec<&str> = pipeline.blocks.iter().map(|b| b.name.as_str()).collect();
-    for b in &opts.blocks {
-        if !names.contains(&b.as_str()) {
-            return Err(PipelineError::Selection(format!(
-                "--block {b:?}: no such block (blocks: {})",
-                names.join(", ")
-            )));
-        }
-    }
-    let deps_idx: Vec<Vec<usize>> = pipeline
-        .dependencies()
-        .iter()
-        .map(|d| {
-            d.iter()
-                .filter_map(|n| names.iter().position(|x| x == n))
-                .collect()
-        })
-        .collect();
-    let mut selected = vec![opts.blocks.is_empty(); names.len()];
-    for b in &opts.blocks {
-        if let Some(i) = names.iter().position(|n| n == b) {
-            selected[i] = true;
-        }
-    }
-    if !opts.only && !opts.blocks.is_empty() {
-        // Dependencies of selected blocks, transitively (bounded: each
-        // pass adds a block or stops).
-        for _ in 0..names.len() {
-            let before = selected.clone();
-            for i in 0..names.len() {
-                if before[i] {
-                    for &d in &deps_idx[i] {
-                        selected[d] = true;
-                    }
-                }
-            }
-            if before == selected {
-                break;
-            }
-        }
-    }
-    if !opts.jobs.is_empty() {
-        for j in &opts.jobs {
-            if !jobs
-                .iter()
-                .chain(&after)
-                .any(|p| job_selected(j, &p.block, &p.job))
-            {
-                return Err(PipelineError::Selection(format!(
-                    "--job {j:?}: no job has that name (give `name`, or `block/name` for one block's)"
-                )));
-            }
-        }
-    }
-    let job_matches = |block: &str, name: &str| {
-        opts.jobs.is_empty() || opts.jobs.iter().any(|j| job_selected(j, block, name))
-    };
-    let select_after = opts.blocks.is_empty();
-    jobs.retain(|j| selected[j.block_index] && job_matches(&j.block, &j.job));
-    let mut after: Vec<_> = after
-        .into_iter()
-        .filter(|j| select_after && job_matches(&j.block, &j.job))
-        .collect();
-
+    let (selected, deps_idx) = select(&opts, &pipeline, &mut jobs, &mut after)?;
     let mut notes = Vec::new();
-    let mut blocks: Vec<schedule::BlockPlan> = Vec::new();
-    for (i, b) in pipeline.blocks.iter().enumerate() {
-        let mut skipped = None;
-        if !selected[i] {
-            skipped = Some(SkipReason::NotSelected);
-        } else if let Some(c) = &b.skip {
-            if decide(c, &git, output::Condition::Skip(&b.name), &mut notes) == Some(true) {
-                skipped = Some(SkipReason::SkipCondition);
-            }
-        } else if let Some(c) = &b.run {
-            if decide(c, &git, output::Condition::Run(&b.name), &mut notes) == Some(false) {
-                skipped = Some(SkipReason::RunCondition);
-            }
-        }
-        blocks.push(schedule::BlockPlan {
-            name: b.name.clone(),
-            deps: deps_idx[i].clone(),
-            skipped,
-            time_limit: b.execution_time_limit,
-            fail_fast_stop: fail_fast_mode(&b.task.fail_fast, &git, Some(&b.name), &mut notes),
-            always: false,
-        });
-    }
-    if !after.is_empty() {
-        for j in &mut after {
-            j.block_index = blocks.len();
-        }
-        blocks.push(schedule::BlockPlan {
-            name: "after_pipeline".into(),
-            always: true,
-            ..schedule::BlockPlan::default()
-        });
-        jobs.extend(after);
-    }
+    let blocks = block_plans(
+        &pipeline, &selected, &deps_idx, &git, &mut jobs, after, &mut notes,
+    );
     label_repeated_names(&mut jobs);
     let pipeline_fail_fast = fail_fast_mode(&pipeline.fail_fast, &git, None, &mut notes);
 
     if opts.list {
-        if opts.json {
-            for j in &jobs {
-                console.write(&format!("{}\n", j.list_json()));
-            }
-        } else {
-            for (i, b) in blocks.iter().enumerate() {
-                let deps: Vec<&str> = b.deps.iter().map(|&d| blocks[d].name.as_str()).collect();
-                let state = b
-                    .skipped
-                    .as_ref()
-                    .map(|s| format!(" [skipped: {}]", output::skip_reason(s)))
-                    .unwrap_or_default();
-                console.write(&format!(
-                    "block \"{}\"{}{state}\n",
-                    b.name,
-                    if deps.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" after {}", deps.join(", "))
-                    }
-                ));
-                for j in jobs.iter().filter(|j| j.block_index == i) {
-                    console.write(&format!(
-                        "  job \"{}\" ({} commands)\n",
-                        j.job,
-                        j.commands.len()
-                    ));
-                }
-            }
-        }
-        for n in &notes {
-            console.note(n);
-        }
+        print_list(&console, &jobs, &blocks, &notes);
         return Ok(PipelineResult::Passed);
     }
 
@@ -530,6 +387,196 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         ));
     }
     Ok(result)
+}
+
+/// A missing secret stops the run (exit 2) unless `--allow-missing-secrets`
+/// or `--list`; then one line names them.
+fn check_secrets(
+    opts: &PipelineRun,
+    pipeline: &schema::Pipeline,
+    secrets: &BTreeMap<String, secrets::Secret>,
+    console: &output::Console,
+) -> Result<(), PipelineError> {
+    let missing = expand::missing_secrets(pipeline, secrets);
+    if !missing.is_empty() {
+        if !opts.allow_missing_secrets && !opts.list {
+            let hint = if opts.secrets_file.is_none() {
+                " (give them with --secrets-file, in the shape `sem get secret NAME -o yaml` prints)"
+            } else {
+                ""
+            };
+            return Err(PipelineError::Secrets(format!(
+                "missing secrets{hint}; --allow-missing-secrets runs without them:\n  {}",
+                missing.join("\n  ")
+            )));
+        }
+        console.note(&output::missing_secrets_line(
+            &expand::missing_secret_names(pipeline, secrets),
+        ));
+    }
+    Ok(())
+}
+
+/// `--block`/`--only`/`--job`: which blocks run (by index), each block's
+/// dependencies (by index); `jobs` and `after` keep the selected jobs.
+fn select(
+    opts: &PipelineRun,
+    pipeline: &schema::Pipeline,
+    jobs: &mut Vec<expand::PlannedJob>,
+    after: &mut Vec<expand::PlannedJob>,
+) -> Result<(Vec<bool>, Vec<Vec<usize>>), PipelineError> {
+    let names: Vec<&str> = pipeline.blocks.iter().map(|b| b.name.as_str()).collect();
+    for b in &opts.blocks {
+        if !names.contains(&b.as_str()) {
+            return Err(PipelineError::Selection(format!(
+                "--block {b:?}: no such block (blocks: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    let deps_idx: Vec<Vec<usize>> = pipeline
+        .dependencies()
+        .iter()
+        .map(|d| {
+            d.iter()
+                .filter_map(|n| names.iter().position(|x| x == n))
+                .collect()
+        })
+        .collect();
+    let mut selected = vec![opts.blocks.is_empty(); names.len()];
+    for b in &opts.blocks {
+        if let Some(i) = names.iter().position(|n| n == b) {
+            selected[i] = true;
+        }
+    }
+    if !opts.only && !opts.blocks.is_empty() {
+        // Dependencies of selected blocks, transitively (bounded: each
+        // pass adds a block or stops).
+        for _ in 0..names.len() {
+            let before = selected.clone();
+            for i in 0..names.len() {
+                if before[i] {
+                    for &d in &deps_idx[i] {
+                        selected[d] = true;
+                    }
+                }
+            }
+            if before == selected {
+                break;
+            }
+        }
+    }
+    if !opts.jobs.is_empty() {
+        for j in &opts.jobs {
+            if !jobs
+                .iter()
+                .chain(after.iter())
+                .any(|p| job_selected(j, &p.block, &p.job))
+            {
+                return Err(PipelineError::Selection(format!(
+                    "--job {j:?}: no job has that name (give `name`, or `block/name` for one block's)"
+                )));
+            }
+        }
+    }
+    let job_matches = |block: &str, name: &str| {
+        opts.jobs.is_empty() || opts.jobs.iter().any(|j| job_selected(j, block, name))
+    };
+    let select_after = opts.blocks.is_empty();
+    jobs.retain(|j| selected[j.block_index] && job_matches(&j.block, &j.job));
+    after.retain(|j| select_after && job_matches(&j.block, &j.job));
+
+    Ok((selected, deps_idx))
+}
+
+/// The blocks as the scheduler sees them (skip/run conditions decided,
+/// fail-fast modes), `after_pipeline` last with its jobs moved into `jobs`.
+fn block_plans(
+    pipeline: &schema::Pipeline,
+    selected: &[bool],
+    deps_idx: &[Vec<usize>],
+    git: &git::GitInfo,
+    jobs: &mut Vec<expand::PlannedJob>,
+    mut after: Vec<expand::PlannedJob>,
+    notes: &mut Vec<String>,
+) -> Vec<schedule::BlockPlan> {
+    let mut blocks: Vec<schedule::BlockPlan> = Vec::new();
+    for (i, b) in pipeline.blocks.iter().enumerate() {
+        let mut skipped = None;
+        if !selected[i] {
+            skipped = Some(SkipReason::NotSelected);
+        } else if let Some(c) = &b.skip {
+            if decide(c, git, output::Condition::Skip(&b.name), notes) == Some(true) {
+                skipped = Some(SkipReason::SkipCondition);
+            }
+        } else if let Some(c) = &b.run {
+            if decide(c, git, output::Condition::Run(&b.name), notes) == Some(false) {
+                skipped = Some(SkipReason::RunCondition);
+            }
+        }
+        blocks.push(schedule::BlockPlan {
+            name: b.name.clone(),
+            deps: deps_idx[i].clone(),
+            skipped,
+            time_limit: b.execution_time_limit,
+            fail_fast_stop: fail_fast_mode(&b.task.fail_fast, git, Some(&b.name), notes),
+            always: false,
+        });
+    }
+    if !after.is_empty() {
+        for j in &mut after {
+            j.block_index = blocks.len();
+        }
+        blocks.push(schedule::BlockPlan {
+            name: "after_pipeline".into(),
+            always: true,
+            ..schedule::BlockPlan::default()
+        });
+        jobs.extend(after);
+    }
+    blocks
+}
+
+/// `--list`: the plan (with `--json`, each job's request), nothing run.
+fn print_list(
+    console: &output::Console,
+    jobs: &[expand::PlannedJob],
+    blocks: &[schedule::BlockPlan],
+    notes: &[String],
+) {
+    if console.json {
+        for j in jobs {
+            console.write(&format!("{}\n", j.list_json()));
+        }
+    } else {
+        for (i, b) in blocks.iter().enumerate() {
+            let deps: Vec<&str> = b.deps.iter().map(|&d| blocks[d].name.as_str()).collect();
+            let state = b
+                .skipped
+                .as_ref()
+                .map(|s| format!(" [skipped: {}]", output::skip_reason(s)))
+                .unwrap_or_default();
+            console.write(&format!(
+                "block \"{}\"{}{state}\n",
+                b.name,
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {}", deps.join(", "))
+                }
+            ));
+            for j in jobs.iter().filter(|j| j.block_index == i) {
+                console.write(&format!(
+                    "  job \"{}\" ({} commands)\n",
+                    j.job,
+                    j.commands.len()
+                ));
+            }
+        }
+    }
+    for n in notes {
+        console.note(n);
+    }
 }
 
 /// What a local run did with the parts of a pipeline that only mean

@@ -30,12 +30,24 @@ pub(super) fn new_nonce() -> String {
 /// that print them. The `printf`s run inside `{ ...; } 2>/dev/null` so that
 /// `set -x` in a job does not trace them into the job's output, and through
 /// `\builtin` so that a job's aliases and functions cannot replace them.
+/// They go to the shell's terminal (`/dev/tty`, the job's PTY), not to its
+/// stdout: a job that ran `exec >/dev/null 2>&1` or `exec >file 2>&1`
+/// moved its stdout, and a marker sent there would never come back (the
+/// job would hang until stopped). Only where the shell has no terminal do
+/// they fall back to stdout.
 fn print_start(nonce: &str) -> String {
-    format!(r"{{ \builtin printf '\001{nonce}S\001'; }} 2>/dev/null")
+    format!(
+        r"{{ \builtin printf '\001{nonce}S\001' >/dev/tty || \builtin printf '\001{nonce}S\001'; }} 2>/dev/null"
+    )
 }
 
+/// The shell variable that holds the end marker while it is printed.
+const END_VAR: &str = "__SEMAPHORE_AGENT_END";
+
 fn print_end(nonce: &str, status: &str) -> String {
-    format!(r"{{ \builtin printf '\001{nonce}E%d\001' {status}; }} 2>/dev/null")
+    format!(
+        r#"{{ \builtin printf -v {END_VAR} '\001{nonce}E%d\001' {status}; \builtin printf '%s' "${END_VAR}" >/dev/tty || \builtin printf '%s' "${END_VAR}"; \builtin unset -v {END_VAR}; }} 2>/dev/null"#
+    )
 }
 
 /// The line typed into bash to run the command stored in `file`: it is

@@ -245,10 +245,13 @@ pub fn run(
             use std::os::unix::process::CommandExt as _;
             cmd.process_group(0);
         }
-        let mut child = cmd.spawn().map_err(|source| HostError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        let (mut child, _own) =
+            spawn_registered(|| cmd.spawn(), |c| Some(c.id())).map_err(|source| {
+                HostError::Spawn {
+                    program: program.clone(),
+                    source,
+                }
+            })?;
         drop(cmd);
         let ended = wait(&mut child, limits);
         let read_output = || {
@@ -276,6 +279,25 @@ pub fn run(
     })();
     let _ = std::fs::remove_file(&out_path);
     result
+}
+
+/// Spawns a host process registered as the agent's own child until the
+/// guard it returns is dropped (after the child was waited for), so a job's
+/// end never takes it for an orphan of the job (`reaper`).
+#[cfg(unix)]
+fn spawn_registered<T, E>(
+    spawn: impl FnOnce() -> Result<T, E>,
+    pid: impl FnOnce(&T) -> Option<u32>,
+) -> Result<(T, Option<super::reaper::OwnChild>), E> {
+    super::reaper::spawn_own(false, spawn, pid)
+}
+
+#[cfg(not(unix))]
+fn spawn_registered<T, E>(
+    spawn: impl FnOnce() -> Result<T, E>,
+    _pid: impl FnOnce(&T) -> Option<u32>,
+) -> Result<(T, Option<()>), E> {
+    Ok((spawn()?, None))
 }
 
 /// Waits for `child` within `limits`: its status (also after a stop
@@ -352,9 +374,10 @@ pub fn run_in_pty(
     if let Some(dir) = &command.cwd {
         cmd = cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn(pts).map_err(|e| HostError::Pty {
-        what: format!("Failed to run {}: {e}", command.program.to_string_lossy()),
-    })?;
+    let (mut child, _own) =
+        spawn_registered(|| cmd.spawn(pts), |c| Some(c.id())).map_err(|e| HostError::Pty {
+            what: format!("Failed to run {}: {e}", command.program.to_string_lossy()),
+        })?;
     // The child leads its own session, so its pid is its process group.
     if (limits.stopped)() {
         kill(&mut child);

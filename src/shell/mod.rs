@@ -75,6 +75,8 @@ mod pty;
 #[cfg(unix)]
 mod quote;
 #[cfg(unix)]
+mod reaper;
+#[cfg(unix)]
 mod session;
 
 #[cfg(unix)]
@@ -83,6 +85,8 @@ pub use cgroup::{containment, Containment};
 pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
 #[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
+#[cfg(unix)]
+pub use reaper::{adopts_orphans, become_subreaper, SubreaperError};
 
 /// Per-job resource limits (`--job-memory-limit`, `--job-cpus`): host
 /// jobs get them through their cgroup (v2, or the v1 `memory` and `cpu`

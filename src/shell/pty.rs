@@ -232,6 +232,9 @@ pub struct Shell {
     pid: i32,
     /// `None` once bash was reaped (or could not be).
     child: Option<std::process::Child>,
+    /// Bash (or the launcher) in the register of the agent's own children,
+    /// until it is reaped (`reaper`).
+    own: Option<super::reaper::OwnChild>,
     pty: Option<Arc<Pty>>,
     rx: Option<Receiver<ReadEvent>>,
     reader: Option<JoinHandle<()>>,
@@ -395,15 +398,23 @@ impl Shell {
         // Held from before the fork until bash is followed, so no fork of
         // bash's is read before bash is known.
         let spawning = super::forks::Spawning::begin();
-        let child = command
-            .env_clear()
-            .envs(crate::child_env::vars())
-            .args(args)
-            .current_dir(&opts.home)
-            .env("HOME", &opts.home)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
-            .spawn(pts);
-        let child = match child {
+        // Registered as the agent's own child (a job's shell) from the fork
+        // on, so no sweep takes it for an orphan (`reaper`).
+        let child = super::reaper::spawn_own(
+            true,
+            || {
+                command
+                    .env_clear()
+                    .envs(crate::child_env::vars())
+                    .args(args)
+                    .current_dir(&opts.home)
+                    .env("HOME", &opts.home)
+                    .envs(opts.env.iter().map(|(k, v)| (k, v)))
+                    .spawn(pts)
+            },
+            |child| Some(child.id()),
+        );
+        let (child, own) = match child {
             Ok(child) => child,
             Err(err) => {
                 remove_scratch(&scratch);
@@ -436,6 +447,7 @@ impl Shell {
         let mut shell = Shell {
             pid,
             child: Some(child),
+            own,
             pty: Some(pty),
             rx: Some(rx),
             reader: None,
@@ -633,6 +645,9 @@ impl Shell {
             cgroup,
             during_grace,
         );
+        if let Some(own) = &mut self.own {
+            own.job_ended();
+        }
         self.reap();
         session::reap_orphans(self.pid, &members, self.cgroup.as_ref());
         // A shell that never answered ran nothing of the job's (a launcher
@@ -735,6 +750,7 @@ impl Shell {
         // Reaped above; the Child only has to go (dropping it waits for
         // nothing).
         drop(child);
+        drop(self.own.take());
         self.ended.get_or_insert(status);
     }
 

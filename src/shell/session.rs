@@ -134,10 +134,60 @@ pub(crate) fn job_processes(leader: i32, procs: &[ProcInfo]) -> Vec<i32> {
         .collect()
 }
 
-fn signal(pid: i32, sig: libc::c_int) {
+/// What `reaper` needs of each process.
+fn nodes(procs: &[ProcInfo]) -> Vec<super::reaper::Node> {
+    procs
+        .iter()
+        .map(|p| super::reaper::Node {
+            pid: p.pid,
+            ppid: p.ppid,
+            gone: p.gone,
+        })
+        .collect()
+}
+
+/// Sends `sig` to `pid`; false when the agent may not signal it (EPERM: it
+/// runs as another user, a setuid program such as `sudo` the job started).
+fn signal(pid: i32, sig: libc::c_int) -> bool {
     // SAFETY: kill(2) has no memory effects; a stale pid only yields ESRCH.
-    unsafe {
-        libc::kill(pid, sig);
+    let rc = unsafe { libc::kill(pid, sig) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+}
+
+/// Why processes of a job may outlive it, gathered while it is ended and
+/// said once in the agent log.
+#[derive(Default)]
+struct Survivors {
+    /// Processes the agent's user may not signal.
+    foreign: HashSet<i32>,
+    /// Orphans left because other jobs run in this agent now.
+    shared: usize,
+}
+
+impl Survivors {
+    fn log(&self) {
+        if !self.foreign.is_empty() {
+            let mut pids: Vec<i32> = self.foreign.iter().copied().collect();
+            pids.sort_unstable();
+            log::warn!(
+                "{} process(es) of the job ({}) run as another user, which the agent's user \
+                 may not signal; they can outlive the job",
+                pids.len(),
+                pids.iter()
+                    .take(10)
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if self.shared > 0 {
+            log::warn!(
+                "{} process(es) that left their job's session are left running: other jobs run \
+                 in this agent now and they cannot be told apart; they are ended when the last \
+                 running job ends",
+                self.shared
+            );
+        }
     }
 }
 
@@ -161,8 +211,22 @@ pub(crate) fn terminate(
     if leader <= 1 {
         return signalled;
     }
-    let others = |procs: &[ProcInfo]| -> Vec<i32> {
+    let mut survivors = Survivors::default();
+    // The job's processes: its session, group, terminal holders and their
+    // descendants, and the orphans the agent adopted from it.
+    let members = |procs: &[ProcInfo], survivors: &mut Survivors| -> Vec<i32> {
         let mut pids = job_processes(leader, procs);
+        let adopted = super::reaper::orphans(leader, &nodes(procs));
+        survivors.shared = survivors.shared.max(adopted.left);
+        for pid in adopted.pids {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    };
+    let others = |procs: &[ProcInfo], survivors: &mut Survivors| -> Vec<i32> {
+        let mut pids = members(procs, survivors);
         if let Some(cgroup) = cgroup {
             let me = i32::try_from(std::process::id()).unwrap_or(-1);
             let gone: HashSet<i32> = procs.iter().filter(|p| p.gone).map(|p| p.pid).collect();
@@ -176,9 +240,11 @@ pub(crate) fn terminate(
         pids
     };
     signal(leader, libc::SIGSTOP);
-    let first = others(&snapshot(tty));
+    let first = others(&snapshot(tty), &mut survivors);
     for &pid in &first {
-        signal(pid, libc::SIGTERM);
+        if !signal(pid, libc::SIGTERM) {
+            survivors.foreign.insert(pid);
+        }
         signal(pid, libc::SIGCONT);
     }
     signalled.extend_from_slice(&first);
@@ -187,7 +253,10 @@ pub(crate) fn terminate(
         while Instant::now() < deadline {
             std::thread::sleep(POLL);
             during_grace();
-            if others(&snapshot(tty)).is_empty() {
+            if others(&snapshot(tty), &mut survivors)
+                .iter()
+                .all(|pid| survivors.foreign.contains(pid))
+            {
                 break;
             }
         }
@@ -199,7 +268,8 @@ pub(crate) fn terminate(
     }
     let deadline = Instant::now() + KILL_WAIT;
     loop {
-        let live = job_processes(leader, &snapshot(tty));
+        let mut live = members(&snapshot(tty), &mut survivors);
+        live.retain(|pid| !survivors.foreign.contains(pid));
         if live.is_empty() {
             // Without /proc (a bare chroot) the snapshot is empty and the
             // frozen leader and its group would be left alive. Both ids are
@@ -207,17 +277,23 @@ pub(crate) fn terminate(
             // zombie does nothing, so this is safe in every case.
             signal(leader, libc::SIGKILL);
             signal(-leader, libc::SIGKILL);
+            survivors.log();
             return signalled;
         }
         if Instant::now() >= deadline {
             log::warn!(
-                "{} process(es) of the job's session survived SIGKILL",
+                "{} process(es) of the job survived SIGKILL for {KILL_WAIT:?} (in \
+                 uninterruptible sleep, or forking faster than they are killed); they can \
+                 outlive the job",
                 live.len()
             );
+            survivors.log();
             return signalled;
         }
         for pid in live {
-            signal(pid, libc::SIGKILL);
+            if !signal(pid, libc::SIGKILL) {
+                survivors.foreign.insert(pid);
+            }
             signalled.push(pid);
         }
         std::thread::sleep(POLL / 2);
@@ -259,8 +335,10 @@ pub(crate) fn reap_orphans(leader: i32, signalled: &[i32], cgroup: Option<&JobCg
         return 0;
     };
     let signalled: HashSet<i32> = signalled.iter().copied().collect();
-    let mut reaped = 0;
-    for p in snapshot(None) {
+    let procs = snapshot(None);
+    // Orphans the agent adopted as a subreaper, whoever's they were.
+    let mut reaped = super::reaper::reap_adopted(leader, &nodes(&procs));
+    for p in procs {
         if !(p.gone && p.ppid == me && p.pid != leader) {
             continue;
         }

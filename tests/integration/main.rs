@@ -31,6 +31,8 @@ mod control_plane;
 #[cfg(target_os = "linux")]
 mod disk_full;
 mod gpu_boxes;
+#[cfg(target_os = "linux")]
+mod hardening;
 mod hostile_input;
 mod hostile_paths;
 mod https;

@@ -115,6 +115,9 @@ struct State {
     /// When a `stop-job` answer was first sent per job (since the hub
     /// started); for the stop-latency benchmark.
     stop_sent: HashMap<String, Duration>,
+    /// When each job was handed out (`run-job`), since the hub started;
+    /// for the job-start benchmark.
+    job_sent: HashMap<String, Duration>,
     /// Valid log token per job.
     log_tokens: HashMap<String, String>,
     log_token_generation: u32,
@@ -129,6 +132,8 @@ struct State {
     last_printed: String,
     /// Where job logs go instead of `http://127.0.0.1:<hub port>`.
     log_base: Option<String>,
+    /// The name `/register` answers instead of the one the agent sent.
+    answered_name: Option<String>,
 }
 
 struct Shared {
@@ -262,6 +267,11 @@ impl Hub {
         self.lock().log_base = Some(base.trim_end_matches('/').to_string());
     }
 
+    /// Answers `/register` with `name` (a hostile control plane's).
+    pub fn answer_name(&self, name: &str) {
+        self.lock().answered_name = Some(name.to_string());
+    }
+
     /// Also accepts `token` on register (the dev hub takes `dev`).
     pub fn accept_registration_token(&self, token: &str) {
         self.lock().extra_registration_token = Some(token.to_string());
@@ -372,6 +382,10 @@ impl Hub {
 
     /// When the first `stop-job` answer for `job_id` was sent, since
     /// [`Hub::started`].
+    pub fn job_sent_at(&self, job_id: &str) -> Option<Duration> {
+        self.lock().job_sent.get(job_id).copied()
+    }
+
     pub fn stop_sent_at(&self, job_id: &str) -> Option<Duration> {
         self.lock().stop_sent.get(job_id).copied()
     }
@@ -589,7 +603,10 @@ fn normal_answer(
             if s.verbose {
                 println!("[hub] register: {body}");
             }
-            let name = body["name"].as_str().unwrap_or_default().to_string();
+            let name = match &s.answered_name {
+                Some(name) => name.clone(),
+                None => body["name"].as_str().unwrap_or_default().to_string(),
+            };
             s.register = Some(body);
             s.last_state_change = Some(Instant::now());
             (
@@ -743,6 +760,8 @@ fn sync_answer(s: &mut State, body: &Value) -> Value {
             } else if idle > 0 && idle_for > Duration::from_secs(idle) {
                 answer = shutdown("idle");
             } else if let Some(next) = s.queue.pop_front() {
+                let now = s.started.map(|t| t.elapsed()).unwrap_or_default();
+                s.job_sent.insert(next.clone(), now);
                 answer = json!({"action": "run-job", "job_id": next});
             }
         }

@@ -2,8 +2,8 @@
 //! fake control plane (`hub`), the fake log server (`logserver`), TLS
 //! fronts (`tls`), job requests and job-log steps (`events`), the fake
 //! Kubernetes API and kubectl stand-in (`kube`), the agent as a child
-//! process (`agent`), the `/proc` scanner (`procs`) and the bounded poll
-//! (`wait`). One copy of each, used
+//! process (`agent`), the `/proc` scanner (`procs`), the bounded poll
+//! (`wait`) and a second local user (`users`). One copy of each, used
 //! by every module of `tests/integration/` (and `procs`/`wait` by
 //! `tests/orphan_reaping.rs`). It must stay test-only: nothing here reaches
 //! the agent binary.
@@ -124,4 +124,5 @@ pub mod kube;
 pub mod logserver;
 pub mod procs;
 pub mod tls;
+pub mod users;
 pub mod wait;

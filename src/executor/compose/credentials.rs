@@ -6,6 +6,10 @@
 //! --version`, the account id). It must not run the login itself or log
 //! anything: the executor runs the line with only the credential's
 //! variables, so no secret is ever in a command line or the agent log.
+//! Where Go's line would put a password in `docker login`'s argv (`-p`,
+//! visible to every local user in `ps`), the line run differs from the
+//! line shown: it pipes the password to `--password-stdin` from a bash
+//! builtin (`printf`), so no process ever has it in its argv.
 
 use std::time::Duration;
 
@@ -103,33 +107,77 @@ pub fn env_vars(
         .collect()
 }
 
-/// The login command line for `strategy`. ECR asks the AWS CLI found on
-/// `path` (the `PATH` the login runs with) for its version and, with CLI v2
-/// and no `AWS_ACCOUNT_ID`, for the account id.
+/// A login: the line the job log shows (Go's) and the bash line that runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Go's command line, shown in the job log (variables, never values).
+    pub shown: String,
+    /// What runs: the same login, with every password on `docker login`'s
+    /// stdin instead of its argv.
+    pub run: String,
+}
+
+impl Login {
+    fn same(line: String) -> Login {
+        Login {
+            shown: line.clone(),
+            run: line,
+        }
+    }
+}
+
+/// The login for `strategy`. ECR asks the AWS CLI found on `path` (the
+/// `PATH` the login runs with) for its version and, with CLI v2 and no
+/// `AWS_ACCOUNT_ID`, for the account id. `key_file` is where the GCR key
+/// was written (the job's private dir, or Go's [`GCR_KEY_FILE`]).
 pub fn login_command(
     credential: &ImagePullCredentials,
     strategy: Strategy,
     path: &str,
-) -> Result<String, CredentialError> {
+    key_file: &str,
+) -> Result<Login, CredentialError> {
     match strategy {
-        Strategy::DockerHub => Ok(
+        Strategy::DockerHub => Ok(Login::same(
             "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin"
                 .to_string(),
-        ),
-        Strategy::GenericDocker => {
-            Ok(r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#.to_string())
-        }
-        Strategy::Gcr => Ok(format!(
-            "cat {GCR_KEY_FILE} | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME"
         )),
+        Strategy::GenericDocker => Ok(Login {
+            shown: r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#
+                .to_string(),
+            run: r#"printf '%s\n' "$DOCKER_PASSWORD" | docker login -u "$DOCKER_USERNAME" --password-stdin $DOCKER_URL"#
+                .to_string(),
+        }),
+        Strategy::Gcr => Ok(Login {
+            shown: format!(
+                "cat {GCR_KEY_FILE} | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME"
+            ),
+            run: format!(
+                "docker login -u _json_key --password-stdin https://$GCR_HOSTNAME < {}",
+                crate::shell::shell_quote(key_file)
+            ),
+        }),
         Strategy::Ecr => ecr_login_command(credential, path),
+    }
+}
+
+/// AWS CLI v1's `aws ecr get-login` prints `docker login -u AWS -p <token>
+/// <url>` lines, which Go runs as they are (the token in argv). Each line
+/// is read instead, and its token piped to `--password-stdin`.
+fn ecr_v1_login(get_login: String) -> Login {
+    let run = format!(
+        "set -o pipefail; {get_login} | while read -r _ _ _ user _ pass url; do \
+         printf '%s\\n' \"$pass\" | docker login -u \"$user\" --password-stdin \"$url\" || exit 1; done"
+    );
+    Login {
+        shown: format!("$({get_login})"),
+        run,
     }
 }
 
 fn ecr_login_command(
     credential: &ImagePullCredentials,
     path: &str,
-) -> Result<String, CredentialError> {
+) -> Result<Login, CredentialError> {
     let vars = env_vars(credential)?;
     let account_id = vars
         .iter()
@@ -150,16 +198,16 @@ fn ecr_login_command(
             .trim_end_matches('\n')
             .to_string(),
         };
-        return Ok(format!(
+        return Ok(Login::same(format!(
             "aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin {account_id}.dkr.ecr.$AWS_REGION.amazonaws.com"
-        ));
+        )));
     }
-    Ok(match account_id {
-        Some(id) => format!(
-            "$(aws ecr get-login --no-include-email --region $AWS_REGION --registry-ids {id})"
-        ),
-        None => "$(aws ecr get-login --no-include-email --region $AWS_REGION)".to_string(),
-    })
+    Ok(ecr_v1_login(match account_id {
+        Some(id) => {
+            format!("aws ecr get-login --no-include-email --region $AWS_REGION --registry-ids {id}")
+        }
+        None => "aws ecr get-login --no-include-email --region $AWS_REGION".to_string(),
+    }))
 }
 
 /// `aws-cli/2.15.0 Python/3.11 ...` → 2.
@@ -209,6 +257,7 @@ mod tests {
     use super::*;
     use crate::request::{encode_base64, EnvVar};
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     fn credential(vars: &[(&str, &str)]) -> ImagePullCredentials {
         ImagePullCredentials {
@@ -264,15 +313,17 @@ mod tests {
     fn docker_hub_generic_and_gcr_lines_are_gos() {
         let c = credential(&[]);
         assert_eq!(
-            login_command(&c, Strategy::DockerHub, "/bin").unwrap(),
+            login_command(&c, Strategy::DockerHub, "/bin", "/k").unwrap().shown,
             "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin"
         );
         assert_eq!(
-            login_command(&c, Strategy::GenericDocker, "/bin").unwrap(),
+            login_command(&c, Strategy::GenericDocker, "/bin", "/k")
+                .unwrap()
+                .shown,
             r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#
         );
         assert_eq!(
-            login_command(&c, Strategy::Gcr, "/bin").unwrap(),
+            login_command(&c, Strategy::Gcr, "/bin", "/k").unwrap().shown,
             "cat /tmp/gcr/keyfile.json | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME"
         );
     }
@@ -285,12 +336,12 @@ mod tests {
             ("AWS_REGION", "eu-west-1"),
         ]);
         assert_eq!(
-            login_command(&c, Strategy::Ecr, &path).unwrap(),
+            login_command(&c, Strategy::Ecr, &path, "/k").unwrap().shown,
             "$(aws ecr get-login --no-include-email --region $AWS_REGION)"
         );
         let c = credential(&[("AWS_REGION", "eu-west-1"), ("AWS_ACCOUNT_ID", "999")]);
         assert_eq!(
-            login_command(&c, Strategy::Ecr, &path).unwrap(),
+            login_command(&c, Strategy::Ecr, &path, "/k").unwrap().shown,
             "$(aws ecr get-login --no-include-email --region $AWS_REGION --registry-ids 999)"
         );
         assert_eq!(calls(&dir), "--version\n--version\n", "v1 never asks STS");
@@ -301,13 +352,13 @@ mod tests {
         let (dir, path) = fake_aws("2.15.30");
         let c = credential(&[("AWS_REGION", "us-east-1"), ("AWS_ACCOUNT_ID", "777")]);
         assert_eq!(
-            login_command(&c, Strategy::Ecr, &path).unwrap(),
+            login_command(&c, Strategy::Ecr, &path, "/k").unwrap().shown,
             "aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin 777.dkr.ecr.$AWS_REGION.amazonaws.com"
         );
         assert_eq!(calls(&dir), "--version\n");
         let c = credential(&[("AWS_REGION", "us-east-1")]);
         assert_eq!(
-            login_command(&c, Strategy::Ecr, &path).unwrap(),
+            login_command(&c, Strategy::Ecr, &path, "/k").unwrap().shown,
             "aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin 123456789012.dkr.ecr.$AWS_REGION.amazonaws.com"
         );
         assert_eq!(
@@ -316,11 +367,90 @@ mod tests {
         );
     }
 
+    /// A stand-in for `docker` (test only): records its argv and stdin.
+    fn fake_docker(dir: &Path) {
+        let script = "#!/bin/sh\n# stand-in for docker (test only)\n\
+                      echo \"argv: $*\" >> \"$(dirname \"$0\")/docker-calls\"\n\
+                      echo \"stdin: $(cat)\" >> \"$(dirname \"$0\")/docker-calls\"\n";
+        let path = dir.join("docker");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn run_login(login: &Login, path: &str, vars: &[(&str, &str)]) -> bool {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c").arg(&login.run).env_clear().env("PATH", path);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.status().unwrap().success()
+    }
+
+    /// Every password reaches `docker login` on its stdin, never in its
+    /// argv, whatever line the job log shows.
+    #[test]
+    fn no_login_puts_a_password_in_an_argv() {
+        let (dir, path) = fake_aws("1.18.69");
+        // The v1 CLI prints a `docker login -p` line for each registry.
+        let aws = dir.path().join("aws");
+        let script = std::fs::read_to_string(&aws).unwrap().replace(
+            "  *) exit 3 ;;",
+            "  ecr) echo 'docker login -u AWS -p ecr-t0ken-1 https://1.dkr.ecr.x.amazonaws.com' ;;\n  *) exit 3 ;;",
+        );
+        std::fs::write(&aws, script).unwrap();
+        fake_docker(dir.path());
+        let key = dir.path().join("key file.json");
+        std::fs::write(&key, "gcr-k3y").unwrap();
+        let key = key.display().to_string();
+        let c = credential(&[("AWS_REGION", "eu-west-1")]);
+        for (strategy, vars, secret) in [
+            (
+                Strategy::GenericDocker,
+                vec![
+                    ("DOCKER_USERNAME", "u"),
+                    ("DOCKER_PASSWORD", "gen-pa55 word"),
+                    ("DOCKER_URL", "r.example"),
+                ],
+                "gen-pa55 word",
+            ),
+            (
+                Strategy::DockerHub,
+                vec![
+                    ("DOCKERHUB_USERNAME", "u"),
+                    ("DOCKERHUB_PASSWORD", "hub-pa55"),
+                ],
+                "hub-pa55",
+            ),
+            (Strategy::Gcr, vec![("GCR_HOSTNAME", "gcr.io")], "gcr-k3y"),
+            (
+                Strategy::Ecr,
+                vec![("AWS_REGION", "eu-west-1")],
+                "ecr-t0ken-1",
+            ),
+        ] {
+            let _ = std::fs::remove_file(dir.path().join("docker-calls"));
+            let login = login_command(&c, strategy, &path, &key).unwrap();
+            assert!(run_login(&login, &path, &vars), "{strategy:?}: {login:?}");
+            let calls = std::fs::read_to_string(dir.path().join("docker-calls")).unwrap();
+            let argv = calls.lines().find(|l| l.starts_with("argv: ")).unwrap();
+            assert!(argv.starts_with("argv: login "), "{strategy:?}: {calls}");
+            assert!(
+                !argv.contains(secret),
+                "{strategy:?} has its secret in argv: {calls}"
+            );
+            assert!(
+                calls.contains(&format!("stdin: {secret}")),
+                "{strategy:?}: {calls}"
+            );
+        }
+    }
+
     #[test]
     fn ecr_without_an_aws_cli_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let c = credential(&[("AWS_REGION", "us-east-1")]);
-        let err = login_command(&c, Strategy::Ecr, &dir.path().display().to_string()).unwrap_err();
+        let err =
+            login_command(&c, Strategy::Ecr, &dir.path().display().to_string(), "/k").unwrap_err();
         assert!(matches!(err, CredentialError::Aws { .. }), "{err}");
     }
 

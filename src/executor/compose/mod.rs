@@ -457,30 +457,36 @@ impl ComposeExecutor {
             }
         };
         let mut key_files = Vec::new();
+        let mut key_file = self.dir().join("gcr-keyfile.json");
         if strategy == Strategy::Gcr {
-            for f in &credential.files {
-                match self.write_host_file(f) {
-                    Ok(path) => key_files.push(path),
-                    Err(message) => {
-                        log.output(format!("{message}\n"));
-                        remove_all(&key_files);
-                        return false;
-                    }
+            match self.write_key_files(credential) {
+                Ok((files, key)) => {
+                    key_files = files;
+                    key_file = key;
+                }
+                Err(e) => {
+                    log.output(format!("{e}\n"));
+                    return false;
                 }
             }
         }
-        let line = match credentials::login_command(credential, strategy, &path) {
-            Ok(line) => line,
+        let login = match credentials::login_command(
+            credential,
+            strategy,
+            &path,
+            &key_file.to_string_lossy(),
+        ) {
+            Ok(login) => login,
             Err(e) => {
                 log.output(format!("Failed to determine docker login command: {e}\n"));
                 remove_all(&key_files);
                 return false;
             }
         };
-        log.output(format!("{line}\n"));
+        log.output(format!("{}\n", login.shown));
         let mut cmd = HostCommand::with_only_env("bash")
             .arg("-c")
-            .arg(&line)
+            .arg(&login.run)
             .env("PATH", &path)
             .env("DOCKER_CONFIG", config)
             .envs(vars.iter().map(|(k, v)| (k, v)));
@@ -503,19 +509,49 @@ impl ComposeExecutor {
         }
     }
 
-    /// A credential file (the GCR key) at its path on the host, for the
-    /// login to read; removed right after the login.
-    fn write_host_file(&self, f: &File) -> Result<PathBuf, ComposeError> {
-        let dest = super::bash::normalize_path(&f.path, &self.settings.home);
-        // The hardened writer: the key's usual place is under the shared
-        // /tmp, where a planted link or FIFO must not take it elsewhere.
-        let private = File {
-            mode: "0600".to_string(),
-            ..f.clone()
-        };
-        super::job_file::write_file(&private, &dest)
-            .map_err(|(_, line)| ComposeError::KeyFile { line })?;
-        Ok(dest)
+    /// The GCR credential's files (the key), written into the job's
+    /// private directory (0700, not mounted into any container) instead of
+    /// Go's shared `/tmp/gcr/keyfile.json`, where another local user could
+    /// have planted the directory or a hard link to receive the key: the
+    /// login is the only reader, and it reads the private copy. Returns
+    /// the files and the key (the one sent for Go's path, else the first);
+    /// they are removed right after the login.
+    fn write_key_files(
+        &self,
+        credential: &ImagePullCredentials,
+    ) -> Result<(Vec<PathBuf>, PathBuf), ComposeError> {
+        let mut written = Vec::new();
+        let mut key = None;
+        for (i, f) in credential.files.iter().enumerate() {
+            let dest = self.dir().join(format!("gcr-key-{i}.json"));
+            let result = if f.check_content().is_err() {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "Failed to decode the content of the file.",
+                ))
+            } else {
+                crate::private_tmp::create_private(&dest, 0o600).and_then(|mut out| {
+                    f.write_content(&mut out).map(|_| ()).map_err(|e| match e {
+                        ContentError::Write(e) => e,
+                        bad => {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, bad.to_string())
+                        }
+                    })
+                })
+            };
+            if let Err(e) = result {
+                remove_all(&written);
+                return Err(ComposeError::KeyFile {
+                    line: format!("Failed to write the key file for '{}': {e}", f.path),
+                });
+            }
+            written.push(dest.clone());
+            if key.is_none() || f.path == credentials::GCR_KEY_FILE {
+                key = Some(dest);
+            }
+        }
+        let key = key.unwrap_or_else(|| self.dir().join("gcr-keyfile.json"));
+        Ok((written, key))
     }
 
     /// The job-log line for an engine that refused the main container's
