@@ -1,12 +1,14 @@
 //! The `run` subcommand: one job from a file, on this machine, no control
-//! plane. Events go to stdout (for people, or JSON lines with `--json`).
+//! plane. Events go to stdout (for people, or JSON lines with `--json`),
+//! masked as under `start` (`job::run`, with the default `redact-env-vars`
+//! patterns: a job file's env vars are the user's own secrets).
 //!
 //! Returns the job's result, or why the job file could not be loaded; the
 //! exit code of each is `main`'s to decide. Must not touch the network.
 
 use crate::config::RunConfig;
 use crate::events::{EventSink, JobResult};
-use crate::job::{run_job, JobRequest, JobStop};
+use crate::job::{JobRequest, JobStop};
 use crate::logs::console::{Human, JsonLines};
 use crate::request::LoadError;
 
@@ -44,9 +46,9 @@ pub fn run(local: &RunConfig) -> Result<JobResult, LocalError> {
     } else {
         Box::new(Human::new(std::io::BufWriter::new(stdout)))
     };
-    Ok(run_job(
+    Ok(crate::job::run(
         &request,
-        &local.job_options(),
+        &local.job_settings(),
         sink.as_mut(),
         &stop,
     ))

@@ -8,7 +8,6 @@
 use semaphore_agent::cli::{Cli, CliExit, Command, RunArgs, StartArgs};
 use semaphore_agent::config::{self, ConfigError};
 use semaphore_agent::events::JobResult;
-use semaphore_agent::job::JobOptions;
 use semaphore_agent::listener::{self, AgentLogError, ListenerError, ShutdownReason};
 use semaphore_agent::local::{self, LocalError};
 use semaphore_agent::pipeline::{self, PipelineError, PipelineResult};
@@ -38,6 +37,8 @@ enum Failure {
     /// `start`: the agent shut itself down without being asked to
     /// (`UNABLE_TO_SYNC`).
     SelfShutdown(ShutdownReason),
+    /// `debug`: the exit code it decided (it printed why itself).
+    Debug(i32),
 }
 
 impl Failure {
@@ -51,6 +52,7 @@ impl Failure {
             Failure::Pipeline(_) => 2,
             Failure::JobNotPassed(_) | Failure::PipelineNotPassed(_) => 1,
             Failure::Listener(_) | Failure::SelfShutdown(_) => 1,
+            Failure::Debug(code) => *code,
         }
     }
 
@@ -67,7 +69,8 @@ impl Failure {
             Failure::JobNotPassed(_)
             | Failure::PipelineNotPassed(_)
             | Failure::Listener(_)
-            | Failure::SelfShutdown(_) => None,
+            | Failure::SelfShutdown(_)
+            | Failure::Debug(_) => None,
         }
     }
 }
@@ -86,6 +89,7 @@ impl std::fmt::Display for Failure {
             }
             Failure::Listener(err) => write!(f, "semaphore-agent: {err}"),
             Failure::SelfShutdown(reason) => write!(f, "semaphore-agent: shut down: {reason}"),
+            Failure::Debug(code) => write!(f, "semaphore-agent: debug exited with {code}"),
         }
     }
 }
@@ -145,81 +149,41 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Run(args) => run_local(&args),
         Command::Start(args) => start(&args),
+        Command::Debug(args) => debug(&args),
     }
+}
+
+/// `debug`: a shell in a running job (Unix only).
+#[cfg(unix)]
+fn debug(args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
+    let code = semaphore_agent::debug::run(&semaphore_agent::debug::DebugRequest {
+        job: args.job.clone(),
+        print_env: args.print_env,
+    });
+    match code {
+        0 => Ok(()),
+        code => Err(Failure::Debug(code)),
+    }
+}
+
+#[cfg(not(unix))]
+fn debug(_args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
+    eprintln!("semaphore-agent debug: not supported on Windows");
+    Err(Failure::Debug(1))
 }
 
 fn run_local(args: &RunArgs) -> Result<(), Failure> {
     init_stderr_logging();
-    let run = config::load_run_config(args).map_err(Failure::Config)?;
     if pipeline::is_pipeline(&args.job_file) {
-        let run = pipeline_run(args, run.job_options())?;
+        let run = config::load_pipeline_run(args).map_err(Failure::Config)?;
         return match pipeline::run(run).map_err(Failure::Pipeline)? {
             PipelineResult::Passed => Ok(()),
             other => Err(Failure::PipelineNotPassed(other)),
         };
     }
+    let run = config::load_run_config(args).map_err(Failure::Config)?;
     let result = local::run(&run).map_err(Failure::Local)?;
     job_outcome(result)
-}
-
-/// The pipeline options of `run`, checked.
-fn pipeline_run(args: &RunArgs, options: JobOptions) -> Result<pipeline::PipelineRun, Failure> {
-    let usage = |m: String| Failure::Pipeline(PipelineError::Selection(m));
-    let parallel = match &args.parallel {
-        None => 0,
-        Some(p) => match p.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(usage(format!(
-                    "--parallel {p:?}: give a number from 1 to 1000"
-                )))
-            }
-        },
-    };
-    let checkout_head = match args.checkout.as_deref() {
-        None | Some("worktree") => false,
-        Some("head") => true,
-        Some(other) => {
-            return Err(usage(format!(
-                "--checkout {other:?}: give `worktree` (with uncommitted changes) or `head`"
-            )))
-        }
-    };
-    let mut env = Vec::new();
-    for item in &args.env {
-        match item.split_once('=') {
-            Some((name, value)) if pipeline::schema::is_identifier(name) => {
-                env.push((name.to_string(), value.to_string()))
-            }
-            _ => {
-                let name = item.split('=').next().unwrap_or_default();
-                return Err(usage(format!(
-                    "--env {name}: give NAME=VALUE with a valid name"
-                )));
-            }
-        }
-    }
-    Ok(pipeline::PipelineRun {
-        file: args.job_file.clone(),
-        json: args.json,
-        list: args.list,
-        blocks: args.block.clone(),
-        only: args.only,
-        jobs: args.job.clone(),
-        parallel,
-        secrets_file: args.secrets_file.clone(),
-        allow_missing_secrets: args.allow_missing_secrets,
-        env,
-        keep_going: args.keep_going,
-        verbose: args.verbose,
-        checkout_head,
-        base: args.base.clone(),
-        options,
-        patterns: semaphore_agent::mask::DEFAULT_PATTERNS
-            .iter()
-            .map(|p| p.to_string())
-            .collect(),
-    })
 }
 
 fn start(args: &StartArgs) -> Result<(), Failure> {

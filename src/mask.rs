@@ -64,7 +64,7 @@ pub fn secrets_for(
     patterns: &[String],
     tokens: &[String],
 ) -> Vec<String> {
-    let matches = |name: &str| patterns.iter().any(|p| glob_match(p, name));
+    let matches = |name: &str| matches_any(patterns, name);
     let mut secrets: Vec<String> = Vec::new();
     for var in &request.env_vars {
         if matches(&var.name) {
@@ -79,8 +79,37 @@ pub fn secrets_for(
         }
     }
     secrets.extend(tokens.iter().cloned());
+    in_masking_order(secrets)
+}
+
+/// The values to mask in a job's log, from the job's decoded environment
+/// (the request's env vars with the agent's `--env-vars` over them): the
+/// values of the variables whose names match one of `patterns`, and
+/// `known` (the agent's tokens, values the caller knows are secret), each
+/// at least [`MIN_SECRET_LEN`] bytes. Values that are not UTF-8 are
+/// compared as the job log shows them (U+FFFD for bad bytes).
+pub fn secrets_in_env(
+    env: &std::collections::BTreeMap<String, Vec<u8>>,
+    patterns: &[String],
+    known: &[String],
+) -> Vec<String> {
+    let secrets = env
+        .iter()
+        .filter(|(name, _)| matches_any(patterns, name))
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        .chain(known.iter().cloned())
+        .collect();
+    in_masking_order(secrets)
+}
+
+fn matches_any(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| glob_match(p, name))
+}
+
+/// Long enough ones only, longest first (so a secret containing another is
+/// masked whole), each once.
+fn in_masking_order(mut secrets: Vec<String>) -> Vec<String> {
     secrets.retain(|s| s.len() >= MIN_SECRET_LEN);
-    // Longest first, so a secret containing another is masked whole.
     secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     secrets.dedup();
     secrets

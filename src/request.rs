@@ -388,6 +388,16 @@ impl JobRequest {
     }
 }
 
+/// `[A-Za-z_][A-Za-z0-9_]*`: a variable name every executor's shell takes
+/// as it is (a name cannot be quoted there, so anything else would run as
+/// code or break an env file). The one check of an env var name, for job
+/// requests, pipelines and `--env`.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl EnvVar {
     /// The value, decoded, as text (bytes that are not UTF-8 become U+FFFD);
     /// the error names the variable (never its value).
@@ -652,6 +662,16 @@ pub fn encode_base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_identifiers_are_variable_names() {
+        for ok in ["A", "_x", "PATH_2", "a1"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A B", "A-B", "X;touch y", "$(id)", "A=B", "É"] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn missing_and_unknown_fields_are_tolerated() {

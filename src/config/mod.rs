@@ -21,7 +21,7 @@ pub use name::{is_request_uri, is_valid_name, random_name};
 pub use raw::{split_list_string, yaml_kind, Origin, RawConfig, RawSetting, RawValue};
 
 use crate::cli::{parse_bool, RunArgs, StartArgs};
-use crate::job::JobOptions;
+use crate::job::{JobOptions, Settings};
 
 /// When to upload the job log as a job artifact (`upload-job-logs`): the
 /// log pusher's own policy type, under the config key's name.
@@ -233,6 +233,19 @@ pub enum ConfigError {
         fix: &'static str,
     },
     MissingToken,
+    /// `run <pipeline> --parallel` is not a number from 1 to 1000.
+    InvalidParallel {
+        value: String,
+    },
+    /// `run <pipeline> --checkout` is neither `worktree` nor `head`.
+    InvalidCheckout {
+        value: String,
+    },
+    /// `run <pipeline> --env` is not `NAME=VALUE` with a shell name (the
+    /// name only: the value may be a secret).
+    InvalidPipelineEnv {
+        name: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -357,6 +370,16 @@ impl fmt::Display for ConfigError {
                 "the agent registration token was not specified \
                  (option 'token', SEMAPHORE_AGENT_TOKEN or --token)",
             ),
+            InvalidParallel { value } => {
+                write!(f, "--parallel {value:?}: give a number from 1 to 1000")
+            }
+            InvalidCheckout { value } => write!(
+                f,
+                "--checkout {value:?}: give `worktree` (with uncommitted changes) or `head`"
+            ),
+            InvalidPipelineEnv { name } => {
+                write!(f, "--env {name}: give NAME=VALUE with a valid name")
+            }
         }
     }
 }
@@ -396,7 +419,15 @@ pub fn load_start_config(
 impl Config {
     /// The one job-settings value of every job this agent runs, handed down
     /// as is (the listener builds it once).
-    pub fn job_options(&self) -> JobOptions {
+    pub fn job_settings(&self) -> Settings {
+        Settings {
+            options: self.job_options(),
+            redact_env_vars: self.redact_env_vars.clone(),
+            upload: self.upload_job_logs,
+        }
+    }
+
+    fn job_options(&self) -> JobOptions {
         JobOptions {
             home: job_home(),
             tmp_dir: std::env::temp_dir(),
@@ -415,14 +446,29 @@ impl Config {
             },
             limits: self.job_limits,
             stop_grace: self.job_stop_grace_period,
+            debug_name: Some(self.name.clone()),
         }
     }
 }
 
 impl RunConfig {
-    /// The job settings of the one job `run` runs: the host executor only,
-    /// without `--files` or Kubernetes.
-    pub fn job_options(&self) -> JobOptions {
+    /// The job settings of `run` (its job, or each job of its pipeline):
+    /// the host executor only, without `--files` or Kubernetes; the default
+    /// `redact-env-vars` patterns (a local job's env vars come from the
+    /// user's own secrets, so its output is masked as under `start`); no
+    /// upload.
+    pub fn job_settings(&self) -> Settings {
+        Settings {
+            options: self.job_options(),
+            redact_env_vars: crate::mask::DEFAULT_PATTERNS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            upload: UploadJobLogs::Never,
+        }
+    }
+
+    fn job_options(&self) -> JobOptions {
         JobOptions {
             home: job_home(),
             tmp_dir: std::env::temp_dir(),
@@ -437,6 +483,7 @@ impl RunConfig {
             gpus: None,
             limits: JobLimits::default(),
             stop_grace: None,
+            debug_name: None,
         }
     }
 }
@@ -448,6 +495,89 @@ fn job_home() -> PathBuf {
         Some(home) if !home.is_empty() => home.into(),
         _ => std::env::current_dir().unwrap_or_else(|_| "/".into()),
     }
+}
+
+/// What `run <pipeline.yml>` was asked to do, checked.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineRun {
+    pub file: PathBuf,
+    pub json: bool,
+    pub list: bool,
+    /// `--block`: these blocks (and, unless `only`, what they depend on).
+    pub blocks: Vec<String>,
+    pub only: bool,
+    /// `--job`: only jobs of these (expanded, or base) names.
+    pub jobs: Vec<String>,
+    /// `--parallel`; 0 means one per core.
+    pub parallel: usize,
+    pub secrets_file: Option<PathBuf>,
+    pub allow_missing_secrets: bool,
+    /// `--env NAME=VALUE`.
+    pub env: Vec<(String, String)>,
+    pub keep_going: bool,
+    /// `--verbose`: every setup line of every job.
+    pub verbose: bool,
+    /// `--checkout head`: `checkout` gives the commit only, without
+    /// uncommitted changes.
+    pub checkout_head: bool,
+    /// `--base`: the default branch for `change_in`.
+    pub base: Option<String>,
+    /// The job settings of every job (`RunConfig::job_settings`); the
+    /// pipeline gives each job a HOME of its own.
+    pub settings: Settings,
+}
+
+/// Builds `run <pipeline.yml>`'s settings from its flags: the `run`
+/// settings of its jobs, then the pipeline's own options, checked.
+pub fn load_pipeline_run(args: &RunArgs) -> Result<PipelineRun, ConfigError> {
+    let settings = load_run_config(args)?.job_settings();
+    let parallel = match &args.parallel {
+        None => 0,
+        Some(p) => match p.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return Err(ConfigError::InvalidParallel { value: p.clone() }),
+        },
+    };
+    let checkout_head = match args.checkout.as_deref() {
+        None | Some("worktree") => false,
+        Some("head") => true,
+        Some(other) => {
+            return Err(ConfigError::InvalidCheckout {
+                value: other.to_string(),
+            })
+        }
+    };
+    let mut env = Vec::new();
+    for item in &args.env {
+        match item.split_once('=') {
+            Some((name, value)) if crate::request::is_identifier(name) => {
+                env.push((name.to_string(), value.to_string()))
+            }
+            _ => {
+                let name = item.split('=').next().unwrap_or_default();
+                return Err(ConfigError::InvalidPipelineEnv {
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+    Ok(PipelineRun {
+        file: args.job_file.clone(),
+        json: args.json,
+        list: args.list,
+        blocks: args.block.clone(),
+        only: args.only,
+        jobs: args.job.clone(),
+        parallel,
+        secrets_file: args.secrets_file.clone(),
+        allow_missing_secrets: args.allow_missing_secrets,
+        env,
+        keep_going: args.keep_going,
+        verbose: args.verbose,
+        checkout_head,
+        base: args.base.clone(),
+        settings,
+    })
 }
 
 pub fn load_run_config(args: &RunArgs) -> Result<RunConfig, ConfigError> {

@@ -30,8 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::bash::{env_file_content, PtyCommands};
-use super::{Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop};
+use super::pty_bash::{env_file_content, PtyCommands};
+use super::{
+    Commands, Executor, FileFailure, JobEnv, JobLog, JobOptions, Outcome, SetupError, Stop,
+};
 use crate::kubernetes::{self, Client, Decorator, KubernetesConfig, PodProgress};
 use crate::request::{File, JobRequest};
 use crate::shell::{shell_quote, Launch, Shell, ShellError, ShellOptions};
@@ -48,8 +50,12 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// polls.
 const CANCEL_TICK: Duration = Duration::from_millis(50);
 
-pub struct KubernetesExecutor {
-    request: JobRequest,
+pub struct KubernetesExecutor<'a> {
+    /// Borrowed for the job: a request can be hundreds of megabytes.
+    request: &'a JobRequest,
+    /// The job's decoded env vars (and `--env-vars`), written into the
+    /// pod's `.env`.
+    env: &'a JobEnv,
     settings: JobOptions,
     config: Arc<KubernetesConfig>,
     stop: Stop,
@@ -59,9 +65,10 @@ pub struct KubernetesExecutor {
     pod_name: String,
     /// What was created, in order (`resource`, name), deleted at `close`.
     created: Vec<(&'static str, String)>,
-    /// The env vars written into the pod's `.env`; the first export of the
-    /// same vars sources that file instead of typing the values.
-    initial_env: Option<BTreeMap<String, Vec<u8>>>,
+    /// Whether the pod's `.env` holds `env` and was not sourced yet: the
+    /// first export of the same vars sources that file instead of typing
+    /// the values.
+    env_file_pending: bool,
     pty: PtyCommands,
     injected_dir: String,
     /// Outside a cluster: the names of `created`, on disk, for the next
@@ -69,18 +76,20 @@ pub struct KubernetesExecutor {
     journal: Option<kubernetes::Journal>,
 }
 
-impl KubernetesExecutor {
+impl<'a> KubernetesExecutor<'a> {
     pub fn new(
-        request: &JobRequest,
+        request: &'a JobRequest,
+        env: &'a JobEnv,
         settings: &JobOptions,
         config: &Arc<KubernetesConfig>,
         stop: &Stop,
-    ) -> KubernetesExecutor {
+    ) -> KubernetesExecutor<'a> {
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&cancel);
         stop.on_stop(Box::new(move || flag.store(true, Ordering::SeqCst)));
         KubernetesExecutor {
-            request: request.clone(),
+            request,
+            env,
             settings: settings.clone(),
             config: Arc::clone(config),
             stop: stop.clone(),
@@ -88,7 +97,7 @@ impl KubernetesExecutor {
             client: None,
             pod_name: format!("semaphore-job-{}", request.job_id),
             created: Vec::new(),
-            initial_env: None,
+            env_file_pending: false,
             pty: PtyCommands::default(),
             injected_dir: injected_dir(),
             journal: None,
@@ -97,26 +106,6 @@ impl KubernetesExecutor {
 
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
-    }
-
-    /// The job's env vars and `--env-vars` (which win), as the lifecycle
-    /// will export them; names that are not shell identifiers or values
-    /// that are not base64 are left out here, as the lifecycle fails the
-    /// job on them before anything sources the file.
-    fn job_env(&self) -> BTreeMap<String, Vec<u8>> {
-        let mut vars = BTreeMap::new();
-        for var in &self.request.env_vars {
-            if !is_identifier(&var.name) {
-                continue;
-            }
-            if let Ok(value) = var.decode_bytes() {
-                vars.insert(var.name.clone(), value);
-            }
-        }
-        for (name, value) in &self.settings.env_vars {
-            vars.insert(name.clone(), value.clone().into_bytes());
-        }
-        vars
     }
 
     /// Creates the secrets and the pod; the error is the job log's line.
@@ -185,18 +174,17 @@ impl KubernetesExecutor {
         } else {
             None
         };
-        let vars = self.job_env();
         let mut secret = kubernetes::env_secret(
             &env_secret,
             &self.config.namespace,
             &labels,
-            &env_file_content(&vars),
+            &env_file_content(self.env),
             &self.request.files,
         )
         .map_err(KubernetesJobError::BuildEnvSecret)?;
         owned_by(&mut pod, owner);
         owned_by(&mut secret, owner);
-        self.initial_env = Some(vars);
+        self.env_file_pending = true;
         self.client = Some(client);
 
         if self.cancel.load(Ordering::SeqCst) {
@@ -308,6 +296,7 @@ impl KubernetesExecutor {
             env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
             stop_grace: self.settings.stop_grace,
+            keep_state: self.settings.debug_name.is_some(),
             ..ShellOptions::default()
         };
         #[cfg(unix)]
@@ -682,7 +671,7 @@ impl std::fmt::Display for PodStartError {
     }
 }
 
-impl Executor for KubernetesExecutor {
+impl Executor for KubernetesExecutor<'_> {
     fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         let started_at = log.started(PREPARE_DIRECTIVE);
         let result = self.create_resources();
@@ -705,7 +694,7 @@ impl Executor for KubernetesExecutor {
     /// from the job's secret, so the values never cross the PTY; later
     /// ones (`SEMAPHORE_JOB_RESULT`) are typed as `export` lines.
     fn export_env(&mut self, vars: &BTreeMap<String, Vec<u8>>, log: &mut JobLog<'_>) -> Outcome {
-        if self.initial_env.take().as_ref() == Some(vars) {
+        if std::mem::take(&mut self.env_file_pending) && vars == self.env {
             let command = format!("source {}/{}", self.injected_dir, kubernetes::ENV_KEY);
             return self.pty.run_quiet(&command, log);
         }
@@ -733,6 +722,25 @@ impl Executor for KubernetesExecutor {
         &mut self.pty
     }
 
+    /// The pod's main container, reached through the agent's own exec
+    /// bridge with what it needs of the agent's environment to find the
+    /// cluster.
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        let mut env: Vec<(String, String)> = crate::child_env::vars()
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| DEBUG_BRIDGE_VARS.contains(&name.as_str()))
+            .collect();
+        env.extend(bridge_env());
+        Some(crate::debug_socket::Place::Pod {
+            namespace: self.config.namespace.clone(),
+            pod: self.pod_name.clone(),
+            container: "main".to_string(),
+            state: self.pty.state_file(),
+            env,
+        })
+    }
+
     fn close(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
         self.pty.close();
@@ -740,7 +748,7 @@ impl Executor for KubernetesExecutor {
     }
 }
 
-impl Drop for KubernetesExecutor {
+impl Drop for KubernetesExecutor<'_> {
     fn drop(&mut self) {
         self.close();
     }
@@ -907,14 +915,6 @@ fn is_object_name(name: &str) -> bool {
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Where the job's secret is mounted in the main container; test builds
 /// let tests move it (`SEMAPHORE_AGENT_TEST_KUBERNETES_INJECTED_DIR`), as
 /// their stand-in "pod" is a local bash that cannot have `/tmp/injected`.
@@ -926,6 +926,16 @@ fn injected_dir() -> String {
 /// What the exec bridge needs on top of the agent's filtered environment
 /// (which drops every `SEMAPHORE_AGENT_*`): test builds pass on the test
 /// service account directory, so the bridge finds the same cluster.
+/// The variables of the agent's environment with which the exec bridge
+/// finds the cluster (`kubernetes::Client::discover`); a debug session's
+/// bridge gets them too.
+const DEBUG_BRIDGE_VARS: [&str; 4] = [
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "HOME",
+];
+
 fn bridge_env() -> Vec<(String, String)> {
     match crate::test_knobs::path("SERVICE_ACCOUNT_DIR") {
         Some(dir) => vec![(
@@ -972,8 +982,9 @@ mod tests {
             ..JobRequest::default()
         };
         let stop = Stop::new();
+        let env = JobEnv::new();
         let mut executor =
-            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
+            KubernetesExecutor::new(&request, &env, &JobOptions::default(), &config, &stop);
         let err = executor.create_resources().unwrap_err();
         let err = err.to_string();
         assert!(err.contains("'../../secrets/x'"), "{err}");
@@ -988,8 +999,9 @@ mod tests {
             job_id: "j".into(),
             ..JobRequest::default()
         };
+        let env = JobEnv::new();
         let mut executor =
-            KubernetesExecutor::new(&request, &JobOptions::default(), &config, &stop);
+            KubernetesExecutor::new(&request, &env, &JobOptions::default(), &config, &stop);
         stop.stop();
         assert!(executor.cancelled());
         let mut events = Vec::new();

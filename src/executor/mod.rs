@@ -29,6 +29,8 @@ mod kubernetes;
 // tested on Linux; only Windows creates one.
 #[cfg_attr(not(windows), allow(dead_code))]
 mod powershell;
+#[cfg(unix)]
+mod pty_bash;
 #[cfg(windows)]
 mod windows_process;
 
@@ -49,15 +51,15 @@ pub use compose::remove_leftovers as remove_compose_leftovers;
 pub use kubernetes::KubernetesExecutor;
 pub use powershell::PowerShellExecutor;
 
-/// Where a job file goes (on Unix, and on Windows), reachable only for the
-/// fuzz targets (`fuzz/`).
-#[doc(hidden)]
-#[cfg(unix)]
-pub use bash::normalize_path;
 #[doc(hidden)]
 pub use powershell::{
     is_absolute as windows_is_absolute, normalize_path as windows_normalize_path,
 };
+/// Where a job file goes (on Unix, and on Windows), reachable only for the
+/// fuzz targets (`fuzz/`).
+#[doc(hidden)]
+#[cfg(unix)]
+pub use pty_bash::normalize_path;
 
 /// Why an executor could not set up or start a job, for the agent log: the
 /// job log already says what failed.
@@ -249,6 +251,9 @@ pub struct JobOptions {
     pub limits: crate::shell::JobLimits,
     /// `--job-stop-grace-period`; `None` is the shell's default.
     pub stop_grace: Option<std::time::Duration>,
+    /// The agent's name when its running jobs are published for
+    /// `semaphore-agent debug` (`start`); `None` publishes nothing.
+    pub debug_name: Option<String>,
 }
 
 impl std::fmt::Debug for JobOptions {
@@ -271,9 +276,18 @@ impl std::fmt::Debug for JobOptions {
             .field("gpus", &self.gpus)
             .field("limits", &self.limits)
             .field("stop_grace", &self.stop_grace)
+            .field("debug_name", &self.debug_name)
             .finish()
     }
 }
+
+/// A job's environment, decoded once per job (by `job::run`, before the
+/// executor is made): the request's env vars (names checked, values
+/// base64-decoded, byte for byte), then the agent's `--env-vars`, which
+/// win. The lifecycle exports exactly this; an executor that needs the
+/// values earlier (Kubernetes writes them into the pod's secret) gets it in
+/// [`create`].
+pub type JobEnv = BTreeMap<String, Vec<u8>>;
 
 /// The job's log as an executor and the lifecycle write it: directives
 /// (`cmd_started` / `cmd_finished`) and output lines, in order.
@@ -431,6 +445,13 @@ pub trait Executor: Send {
     /// What runs the job's commands once `start` succeeded.
     fn commands(&mut self) -> &mut dyn Commands;
 
+    /// Where the started shell lives and keeps its state, for
+    /// `semaphore-agent debug` (`debug_socket`); `None` where a person
+    /// cannot be put into it.
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        None
+    }
+
     /// Ends the job's shell and everything the job started, and removes
     /// what the executor made (scratch files, containers, pods). Safe to
     /// call twice; also done on drop.
@@ -473,21 +494,23 @@ pub fn inject_files(executor: &mut dyn Executor, files: &[File], log: &mut JobLo
 
 /// Picks and builds the executor for `request`. Cheap: nothing runs until
 /// `prepare`/`start`. An executor this agent cannot run is an `Err` with
-/// the line the job log shows.
-pub fn create(
-    request: &JobRequest,
+/// the line the job log shows. Executors borrow the request and the
+/// decoded `env` for the job; neither is copied.
+pub fn create<'a>(
+    request: &'a JobRequest,
+    env: &'a JobEnv,
     options: &JobOptions,
     stop: &Stop,
-) -> Result<Box<dyn Executor>, CreateError> {
+) -> Result<Box<dyn Executor + 'a>, CreateError> {
     if let Some(config) = &options.kubernetes {
         #[cfg(unix)]
         return Ok(Box::new(KubernetesExecutor::new(
-            request, options, config, stop,
+            request, env, options, config, stop,
         )));
         // The executor drives `kubectl exec` through a PTY.
         #[cfg(not(unix))]
         {
-            let _ = config;
+            let _ = (config, env);
             return Err(CreateError::KubernetesOnWindows);
         }
     }
@@ -501,7 +524,7 @@ pub fn create(
         "dockercompose" => Err(CreateError::ComposeOnWindows),
         #[cfg(unix)]
         "dockercompose" => compose::ComposeExecutor::new(request, options, stop)
-            .map(|e| Box::new(e) as Box<dyn Executor>)
+            .map(|e| Box::new(e) as Box<dyn Executor + 'a>)
             .map_err(CreateError::Compose),
         other => Err(CreateError::Unsupported {
             executor: other.to_string(),

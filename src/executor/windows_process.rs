@@ -1,6 +1,7 @@
 //! The process side of the PowerShell executor (Windows only): one Job
-//! Object per job, one PowerShell process per command inside it, and a
-//! reader thread per command that drains the command's one output pipe.
+//! Object per job, one process per command inside it (the executor makes
+//! it a PowerShell), and a reader thread per command that drains the
+//! command's one output pipe.
 //!
 //! Owns the Windows handles: the Job Object (`KILL_ON_JOB_CLOSE`, so
 //! closing it, or a stop, ends every process the job started, however deep)
@@ -275,7 +276,7 @@ impl Session {
 
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
         let reader = std::thread::Builder::new()
-            .name("powershell-reader".into())
+            .name("job-process-reader".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 4096];
                 loop {
@@ -323,7 +324,7 @@ impl Session {
                     Ok(Some(status)) => exited = Some((status.code().unwrap_or(1), now)),
                     Ok(None) => {}
                     Err(e) => {
-                        log::error!("Could not watch the PowerShell process: {e}");
+                        log::error!("Could not watch the job's process: {e}");
                         self.job.terminate();
                         exited = Some((1, now));
                     }
@@ -332,7 +333,7 @@ impl Session {
             match (exited, stopped_at) {
                 (Some((_, at)), _) if eof || now.duration_since(at) >= DRAIN_AFTER_EXIT => break,
                 (None, Some(at)) if now.duration_since(at) >= STOP_WAIT => {
-                    log::error!("The stopped PowerShell process did not end; leaving it");
+                    log::error!("The job's stopped process did not end; leaving it");
                     break;
                 }
                 _ if eof && exited.is_none() => std::thread::sleep(POLL),

@@ -6,16 +6,17 @@
 //! [`EventSink`]; it knows no shell syntax, never talks HTTP and never
 //! decides what the agent does after the job.
 
+use crate::debug_socket::{JobInfo, Publication};
 use crate::events::{Event, EventSink, JobResult};
-use crate::executor::{self, Executor, Hook, JobLog, Outcome};
-use crate::request::{Command, JobRequest};
+use crate::executor::{self, Executor, Hook, JobEnv, JobLog, Outcome};
+use crate::request::{is_identifier, Command, JobRequest};
 use crate::unix_now;
 use std::collections::BTreeMap;
 
 /// Why the job's env vars cannot be exported; the text (plus a newline)
 /// is the job log's line under "Exporting environment variables".
 #[derive(Debug)]
-enum EnvVarError {
+pub enum EnvVarError {
     /// `name` is not a shell identifier.
     BadName { name: String },
     /// A value is not base64 (the error names the variable).
@@ -60,28 +61,90 @@ pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
 /// The exit status with which a job asks to be stopped (`return 130`).
 const SELF_STOP_EXIT_CODE: i32 = 130;
 
-/// Runs a whole job on the calling thread and returns its result. Every
-/// event goes to `sink`, ending with `job_finished`.
+/// A job's environment as [`decode_env`] left it: every variable that
+/// could be decoded, and the first one that could not, which fails the job
+/// at its export step.
+pub struct DecodedEnv {
+    pub vars: JobEnv,
+    pub error: Option<EnvVarError>,
+}
+
+/// Decodes the job's env vars once (names checked, values base64-decoded)
+/// and puts the agent's `agent_vars` over them.
+pub fn decode_env(request: &JobRequest, agent_vars: &[(String, String)]) -> DecodedEnv {
+    let mut vars = JobEnv::new();
+    let mut error = None;
+    for var in &request.env_vars {
+        // Every executor puts the name into its shell's syntax as it is.
+        if !is_identifier(&var.name) {
+            error.get_or_insert(EnvVarError::BadName {
+                name: var.name.clone(),
+            });
+            continue;
+        }
+        match var.decode_bytes() {
+            Ok(value) => {
+                vars.insert(var.name.clone(), value);
+            }
+            Err(e) => {
+                error.get_or_insert(EnvVarError::BadValue(e));
+            }
+        }
+    }
+    for (name, value) in agent_vars {
+        vars.insert(name.clone(), value.clone().into_bytes());
+    }
+    DecodedEnv { vars, error }
+}
+
+/// Runs a whole job on the calling thread and returns its result, without
+/// masking anything: the lifecycle alone, for tests and benchmarks. The
+/// agent's entry points use `job::run`, which masks. Every event goes to
+/// `sink`, ending with `job_finished`.
 pub fn run_job(
     request: &JobRequest,
     options: &JobOptions,
     sink: &mut dyn EventSink,
     stop: &JobStop,
 ) -> JobResult {
+    let env = decode_env(request, &options.env_vars);
+    run_decoded(request, &env, options, sink, stop)
+}
+
+/// [`run_job`] with the environment already decoded (by `job::run`).
+pub fn run_decoded(
+    request: &JobRequest,
+    env: &DecodedEnv,
+    options: &JobOptions,
+    sink: &mut dyn EventSink,
+    stop: &JobStop,
+) -> JobResult {
     let started = std::time::Instant::now();
-    sink.emit(Event::JobStarted {
+    let publication = publish(request, options);
+    let mut watched = Watched {
+        sink,
+        publication: publication.as_ref(),
+    };
+    watched.emit(Event::JobStarted {
         timestamp: unix_now(),
     });
     let mut job = Job {
         request,
+        env,
         options,
-        log: JobLog::new(sink),
+        log: JobLog::new(&mut watched),
         stop,
         executor: None,
         usable: false,
         stopped: false,
+        publication: publication.as_ref(),
     };
     let result = job.run();
+    // Gone before the job's processes are ended: no session attaches to a
+    // job being torn down.
+    if let Some(publication) = &publication {
+        publication.end();
+    }
     if let Some(mut executor) = job.executor.take() {
         executor.close();
     }
@@ -97,6 +160,46 @@ pub fn run_job(
     result
 }
 
+/// Publishes the job for `semaphore-agent debug` when the agent does
+/// (`JobOptions::debug_name`, under `start`).
+fn publish(request: &JobRequest, options: &JobOptions) -> Option<Publication> {
+    let agent = options.debug_name.as_ref()?;
+    if request.job_id.is_empty() {
+        return None;
+    }
+    let executor = if options.kubernetes.is_some() {
+        "kubernetes"
+    } else {
+        request.executor()
+    };
+    Publication::start(JobInfo {
+        job_id: request.job_id.clone(),
+        agent: agent.clone(),
+        executor: executor.to_string(),
+        started: unix_now(),
+        command: None,
+        agent_pid: std::process::id(),
+        uid: crate::debug_socket::current_uid(),
+    })
+}
+
+/// The job's sink, telling the publication which command runs now; the
+/// events pass unchanged.
+struct Watched<'a> {
+    sink: &'a mut dyn EventSink,
+    publication: Option<&'a Publication>,
+}
+
+impl EventSink for Watched<'_> {
+    fn emit(&mut self, event: Event) {
+        if let (Some(publication), Event::CmdStarted { directive, .. }) = (self.publication, &event)
+        {
+            publication.set_command(directive);
+        }
+        self.sink.emit(event);
+    }
+}
+
 fn display_id(job_id: &str) -> &str {
     if job_id.is_empty() {
         "(local)"
@@ -107,20 +210,23 @@ fn display_id(job_id: &str) -> &str {
 
 struct Job<'a> {
     request: &'a JobRequest,
+    env: &'a DecodedEnv,
     options: &'a JobOptions,
     log: JobLog<'a>,
     stop: &'a JobStop,
-    executor: Option<Box<dyn Executor>>,
+    executor: Option<Box<dyn Executor + 'a>>,
     /// Whether the executor can still run commands: false before it
     /// started and once a command ended its shell or a stop ended it.
     usable: bool,
     /// Set once a stop ended a command, so nothing else runs.
     stopped: bool,
+    /// The job as published for `semaphore-agent debug`.
+    publication: Option<&'a Publication>,
 }
 
 impl Job<'_> {
     fn run(&mut self) -> JobResult {
-        match executor::create(self.request, self.options, self.stop) {
+        match executor::create(self.request, &self.env.vars, self.options, self.stop) {
             Ok(executor) => self.executor = Some(executor),
             Err(err) => {
                 self.log
@@ -135,6 +241,9 @@ impl Job<'_> {
             return result;
         }
         self.usable = true;
+        if let (Some(publication), Some(executor)) = (self.publication, &self.executor) {
+            publication.set_place(executor.debug_place());
+        }
 
         let result = self.run_regular_commands();
         let mut result = match result {
@@ -173,18 +282,13 @@ impl Job<'_> {
     }
 
     fn run_regular_commands(&mut self) -> Regular {
-        let mut vars = match self.job_env_vars() {
-            Ok(vars) => vars,
-            Err(e) => {
-                self.log
-                    .failed_step(EXPORT_ENV_DIRECTIVE, &format!("{e}\n"));
-                return Regular::Done(JobResult::Failed);
-            }
-        };
-        for (name, value) in &self.options.env_vars {
-            vars.insert(name.clone(), value.clone().into_bytes());
+        let env = self.env;
+        if let Some(e) = &env.error {
+            self.log
+                .failed_step(EXPORT_ENV_DIRECTIVE, &format!("{e}\n"));
+            return Regular::Done(JobResult::Failed);
         }
-        if !self.export_env_vars(&vars).passed() {
+        if !self.export_env_vars(&env.vars).passed() {
             return Regular::Done(JobResult::Failed);
         }
         if self.inject_files() != 0 {
@@ -202,24 +306,6 @@ impl Job<'_> {
             Outcome::Exited(SELF_STOP_EXIT_CODE) => Regular::SelfStopped(self.check_job_result()),
             _ => Regular::Done(JobResult::Failed),
         }
-    }
-
-    /// The job's own env vars, decoded; the error names the bad variable.
-    fn job_env_vars(&self) -> Result<BTreeMap<String, Vec<u8>>, EnvVarError> {
-        let mut vars = BTreeMap::new();
-        for var in &self.request.env_vars {
-            // Every executor puts the name into its shell's syntax as it
-            // is (a name cannot be quoted there), so anything but an
-            // identifier would be run as code or break the env file.
-            if !is_identifier(&var.name) {
-                return Err(EnvVarError::BadName {
-                    name: var.name.clone(),
-                });
-            }
-            let value = var.decode_bytes().map_err(EnvVarError::BadValue)?;
-            vars.insert(var.name.clone(), value);
-        }
-        Ok(vars)
     }
 
     /// "Exporting environment variables": one line per name; the executor
@@ -440,26 +526,9 @@ enum Regular {
     SelfStopped(JobResult),
 }
 
-/// `[A-Za-z_][A-Za-z0-9_]*`: a name every executor's shell accepts.
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_identifiers_are_variable_names() {
-        for ok in ["A", "_x", "PATH_2", "a1"] {
-            assert!(is_identifier(ok), "{ok}");
-        }
-        for bad in ["", "1A", "A B", "A-B", "X;touch y", "$(id)", "A=B", "É"] {
-            assert!(!is_identifier(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn unsupported_executor_fails_the_job_with_a_reason() {

@@ -254,8 +254,9 @@ fn read_fd(fd: libc::c_int, buf: &mut [u8]) -> std::io::Result<usize> {
 /// `(columns, rows)` of the terminal on `fd`.
 #[cfg(unix)]
 fn terminal_size(fd: libc::c_int) -> Option<(u16, u16)> {
-    // SAFETY: TIOCGWINSZ fills the winsize on the stack; failure is checked.
+    // SAFETY: `winsize` is plain integers, for which all-zero is valid.
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills the winsize on the stack; failure is checked.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
     (rc == 0 && size.ws_col > 0).then_some((size.ws_col, size.ws_row))
 }

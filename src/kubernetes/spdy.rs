@@ -630,10 +630,10 @@ impl SpdyExec {
                     }
                     Ok(None)
                 }
-                GOAWAY => {
-                    self.eof = true;
-                    Ok(self.give_status())
-                }
+                // No new streams; the open ones still carry what is in
+                // flight (output written before the server closed): read
+                // on until the connection ends.
+                GOAWAY => Ok(None),
                 // HEADERS, SYN_STREAM (a server push exec never makes),
                 // NOOP and CREDENTIAL: nothing for exec.
                 _ => Ok(None),
@@ -839,6 +839,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubernetes::client::test_client as client_of;
 
     #[test]
     fn header_blocks_are_one_zlib_stream_with_the_dictionary_declared() {
@@ -945,7 +946,8 @@ mod tests {
     /// Kubernetes' spdystream behaves: no flow control of its own): it
     /// answers the upgrade, replies to each SYN_STREAM, reads the resize
     /// and stdin until FIN, sends 200 KiB on stdout, a PING, the exit
-    /// status on the error stream with FIN, then a GOAWAY and closes.
+    /// status on the error stream with FIN, a GOAWAY, 8 KiB more output
+    /// still in flight, and closes.
     fn spdy_endpoint(status: &'static str) -> (String, std::thread::JoinHandle<Seen>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1035,6 +1037,12 @@ mod tests {
             goaway.extend_from_slice(&0u32.to_be_bytes());
             goaway.extend_from_slice(&0u32.to_be_bytes());
             conn.write_all(&control_frame(GOAWAY, 0, &goaway)).unwrap();
+            // Output still in flight when the server closed: after the
+            // GOAWAY (and a moment, so it is a read of its own), and it
+            // must arrive.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            conn.write_all(&data_frame(stdout, FLAG_FIN, &[b'y'; 8192]))
+                .unwrap();
             // The client answers the ping and acknowledges what it read.
             while let Some(frame) = read_frame(&mut conn) {
                 match frame {
@@ -1060,22 +1068,6 @@ mod tests {
         (format!("http://127.0.0.1:{port}"), server)
     }
 
-    fn client_of(server: &str) -> (tempfile::TempDir, Client) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config");
-        std::fs::write(
-            &path,
-            format!(
-                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
-                 users: [{{name: u, user: {{token: t0k3n}}}}]\n"
-            ),
-        )
-        .unwrap();
-        let client = Client::from_kubeconfig(&path, "ns").unwrap();
-        (dir, client)
-    }
-
     #[test]
     fn an_spdy_exec_sets_up_the_streams_and_gives_output_and_the_exit_code() {
         let failed = r#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
@@ -1096,7 +1088,7 @@ mod tests {
                 Event::Closed => break,
             }
         }
-        assert_eq!(output, 25 * 8192);
+        assert_eq!(output, 26 * 8192);
         assert_eq!(exited, Some(Ok(3)));
         drop(session);
         let seen = endpoint.join().unwrap();

@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 use crate::api::{Action, AgentState, Api, ApiError, RegisterRequest, SyncRequest, SyncResponse};
 use crate::config::Config;
 use crate::events::JobResult;
-use crate::job::{run_job, JobOptions, JobStop};
-use crate::logs::{JobLogs, RefreshError, TokenRefresher, UploadPolicy};
-use crate::mask::Masker;
+use crate::job::{JobStop, Settings as JobSettings};
+use crate::logs::{JobLogs, RefreshError, TokenRefresher};
 use crate::metrics::Request;
 use ops::Ops;
 
@@ -199,7 +198,8 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
-    let mut job_options = config.job_options();
+    // Built by config; only `--gpus all` is filled in here, once resolved.
+    let mut job_settings = config.job_settings();
     if let Some(selection) = &config.gpus {
         // Before registering: a box whose GPU is gone takes no job.
         let ids = gpu_gate(selection, config.gpu_health_command.as_deref())
@@ -211,7 +211,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
             ids.join(","),
             options.gpu_health_interval
         );
-        job_options.gpus = Some(ids);
+        job_settings.options.gpus = Some(ids);
     }
     // Before the first job: what a job leaves behind (a daemon that left
     // its session, a double fork) is re-parented to the agent, not init,
@@ -296,7 +296,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         machine,
         ops,
         api,
-        job_options,
+        job_settings,
         config,
         options,
         job: None,
@@ -397,7 +397,7 @@ struct Listener {
     api: Api,
     config: Config,
     /// Every job's settings, built once from `config`.
-    job_options: JobOptions,
+    job_settings: JobSettings,
     options: ListenerOptions,
     job: Option<JobThread>,
     tx: SyncSender<Wake>,
@@ -555,13 +555,11 @@ impl Listener {
         let work = JobWork {
             api: self.api.clone(),
             job_id: job_id.clone(),
-            options: self.job_options.clone(),
+            settings: self.job_settings.clone(),
             stop: stop.clone(),
             tx: self.tx.clone(),
             get_job_attempts: self.options.get_job_attempts,
             get_job_delay: self.options.get_job_delay,
-            upload: self.config.upload_job_logs,
-            redact_env_vars: self.config.redact_env_vars.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("job".to_string())
@@ -666,14 +664,11 @@ impl Listener {
 struct JobWork {
     api: Api,
     job_id: String,
-    options: JobOptions,
+    settings: JobSettings,
     stop: JobStop,
     tx: SyncSender<Wake>,
     get_job_attempts: u32,
     get_job_delay: Duration,
-    upload: UploadPolicy,
-    /// The `redact-env-vars` globs.
-    redact_env_vars: Vec<String>,
 }
 
 impl JobWork {
@@ -725,7 +720,7 @@ impl JobWork {
             }
         };
         // Like the Go agent: a job whose logs cannot be set up is not run.
-        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.upload) {
+        let mut logs = match JobLogs::start(&request, refresher, &spool_dir, self.settings.upload) {
             Ok(logs) => logs,
             Err(e) => {
                 log::error!("Could not construct job {}: {e}", self.job_id);
@@ -734,19 +729,10 @@ impl JobWork {
         };
         let _ = self.tx.send(Wake::JobRunning);
         log::info!("Running job {}", self.job_id);
-        // Secrets are masked before anything reaches the spool, so the
-        // pushed log and the uploaded artifact log are both masked.
-        let secrets = crate::mask::secrets_for(
-            &request,
-            &self.options.env_vars,
-            &self.redact_env_vars,
-            &crate::child_env::tokens(),
-        );
-        // run_job logs the result and duration itself.
-        let result = {
-            let mut masked = Masker::new(logs.sink(), secrets);
-            run_job(&request, &self.options, &mut masked, stop)
-        };
+        // job::run masks before anything reaches the spool, so the pushed
+        // log and the uploaded artifact log are both masked; it logs the
+        // result and duration itself.
+        let result = crate::job::run(&request, &self.settings, logs.sink(), stop);
         logs.finish(&request);
         result
     }

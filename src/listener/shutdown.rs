@@ -2,12 +2,13 @@
 //!
 //! Owns the mapping from the control plane's reason words to the names the
 //! hook sees in `SEMAPHORE_AGENT_SHUTDOWN_REASON`, and running the hook
-//! (`bash <path>`, on Windows `powershell`) with its output copied into the
-//! agent log. Must not talk to the control plane.
+//! (`bash <path>`, on Windows `powershell`, through `shell::host`) with its
+//! output copied into the agent log. Must not talk to the control plane.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::shell::host::{self, Capture, Finished, HostCommand, HostError, Limits};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownReason {
@@ -60,101 +61,57 @@ const MAX_HOOK_OUTPUT: u64 = 64 * 1024;
 
 /// Runs `bash <hook>` (Windows: `powershell -NoProfile -NonInteractive
 /// <hook>`) with the reason in its environment, waits at most
-/// `timeout` (then kills it), and logs its combined output. Never fails:
-/// a broken hook must not keep the agent from exiting.
+/// `timeout` (then kills it and what it started), and logs its combined
+/// output. Never fails: a broken hook must not keep the agent from
+/// exiting. It runs through `shell::host`, the one runner of host
+/// processes: the child environment, its own process group, its output in
+/// a private file (a background process left by the hook could hold a pipe
+/// open forever, a file it cannot; never a fixed name in a shared
+/// directory). Should that file not be possible (the temp dir gone, the
+/// disk full), the hook still runs with its output discarded: one
+/// warning, never a skipped hook.
 pub fn run_hook(hook: &Path, reason: ShutdownReason, timeout: Duration) {
     log::info!("Executing shutdown hook from {}", hook.display());
-    // The output goes to a file, not a pipe: a background process left by
-    // the hook could hold a pipe open forever, a file it cannot.
-    // In the private temp dir, created exclusively: never a fixed name in
-    // a shared directory, where another user could plant a symlink.
-    // Should that file not be possible (the temp dir gone, the disk
-    // full), the hook still runs, with its output discarded: one warning,
-    // never a skipped hook.
-    let out = crate::private_tmp::dir().and_then(|dir| {
-        let path = dir.join(format!("shutdown-hook-{}.log", crate::unix_nanos()));
-        let file = crate::private_tmp::create_private(&path, 0o600)?;
-        Ok((path, file))
-    });
-    let (out_path, stdout, stderr) = match out {
-        Ok((path, file)) => match file.try_clone() {
-            Ok(err) => (Some(path), Stdio::from(file), Stdio::from(err)),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                log::warn!("Cannot keep the shutdown hook's output: {e} - running it without");
-                (None, Stdio::null(), Stdio::null())
-            }
-        },
-        Err(e) => {
-            log::warn!("Cannot keep the shutdown hook's output: {e} - running it without");
-            (None, Stdio::null(), Stdio::null())
-        }
-    };
     let (program, args) = crate::platform::hook_invocation(hook);
-    let spawned = crate::child_env::command(program)
+    let command = HostCommand::new(program)
         .args(args)
-        .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str())
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            log::error!("Error executing shutdown hook {}: {e}", hook.display());
-            if let Some(path) = &out_path {
-                let _ = std::fs::remove_file(path);
-            }
-            return;
-        }
+        .env("SEMAPHORE_AGENT_SHUTDOWN_REASON", reason.as_str());
+    let limits = Limits {
+        timeout,
+        stopped: &|| false,
+        scratch: None,
     };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                log::error!("Shutdown hook still running after {timeout:?}; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Err(e) => {
-                log::error!("Error waiting for the shutdown hook: {e}");
-                break None;
-            }
+    let ran = match host::run_keeping(&command, Capture::Merged, &limits, MAX_HOOK_OUTPUT) {
+        Err(HostError::Output { source, .. }) => {
+            log::warn!("Cannot keep the shutdown hook's output: {source} - running it without");
+            host::run(&command, Capture::Nothing, &limits).map(|done| Finished {
+                output: "(not kept)".to_string(),
+                ..done
+            })
         }
+        other => other,
     };
-    let output = match &out_path {
-        Some(path) => {
-            let text = read_head(path);
-            let _ = std::fs::remove_file(path);
-            text
+    match ran {
+        Ok(done) if done.status.success() => log::info!("Output: {}", done.output),
+        Ok(done) => {
+            log::error!("Error executing shutdown hook: {}", done.status);
+            log::error!("Output: {}", done.output);
         }
-        None => "(not kept)".to_string(),
-    };
-    match status {
-        Some(s) if s.success() => log::info!("Output: {output}"),
-        Some(s) => {
-            log::error!("Error executing shutdown hook: {s}");
+        Err(HostError::TimedOut { output, .. }) => {
+            log::error!("Shutdown hook still running after {timeout:?}; killing it");
             log::error!("Output: {output}");
         }
-        None => log::error!("Output: {output}"),
+        Err(HostError::Spawn { source, .. }) => {
+            log::error!("Error executing shutdown hook {}: {source}", hook.display());
+        }
+        Err(e) => log::error!("Error executing shutdown hook {}: {e}", hook.display()),
     }
-}
-
-fn read_head(path: &Path) -> String {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(MAX_HOOK_OUTPUT).read_to_end(&mut bytes);
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn names() {

@@ -1,6 +1,6 @@
 //! `run <pipeline.yml>`: a whole Semaphore pipeline on this machine,
 //! validated, expanded and scheduled as Semaphore would, each job run by
-//! the ordinary job lifecycle (`job::run_job`) and executors.
+//! the one job runner of every entry point (`job::run_with_secrets`).
 //!
 //! Pieces: `schema` (the v1.0 checks, every error with its YAML path),
 //! `expand` (pipeline → job requests), `when` (conditions), `git` (the
@@ -90,41 +90,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::job::{JobOptions, JobStop};
+use crate::config::PipelineRun;
+use crate::job::JobStop;
 use outcome::SkipReason;
 use schema::Cond;
-
-/// What `run <pipeline>` was asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct PipelineRun {
-    pub file: PathBuf,
-    pub json: bool,
-    pub list: bool,
-    /// `--block`: these blocks (and, unless `only`, what they depend on).
-    pub blocks: Vec<String>,
-    pub only: bool,
-    /// `--job`: only jobs of these (expanded, or base) names.
-    pub jobs: Vec<String>,
-    /// `--parallel`; 0 means one per core.
-    pub parallel: usize,
-    pub secrets_file: Option<PathBuf>,
-    pub allow_missing_secrets: bool,
-    /// `--env NAME=VALUE`.
-    pub env: Vec<(String, String)>,
-    pub keep_going: bool,
-    /// `--verbose`: every setup line of every job.
-    pub verbose: bool,
-    /// `--checkout head`: `checkout` gives the commit only, without
-    /// uncommitted changes.
-    pub checkout_head: bool,
-    /// `--base`: the default branch for `change_in`.
-    pub base: Option<String>,
-    /// The agent-level job options (`--env-vars`, hooks); HOME is replaced
-    /// per job.
-    pub options: JobOptions,
-    /// `redact-env-vars` patterns.
-    pub patterns: Vec<String>,
-}
 
 /// Why a pipeline cannot run (exit 2).
 #[derive(Debug)]
@@ -309,7 +278,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
     }
 
     // Per-job HOMEs in a private scratch directory.
-    let scratch = make_scratch(&opts.options.tmp_dir)?;
+    let scratch = make_scratch(&opts.settings.options.tmp_dir)?;
     let snapshot = match git::snapshot(&git, opts.checkout_head, &scratch) {
         Ok(c) => Some(c),
         Err(why) => {
@@ -318,7 +287,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         }
     };
     let real_home = crate::platform::home_var().map(PathBuf::from);
-    let mut options = Vec::new();
+    let mut job_settings = Vec::new();
     for (i, _) in jobs.iter().enumerate() {
         let home = scratch.join(format!("job-{i}"));
         if let Err(e) = std::fs::create_dir_all(&home) {
@@ -337,9 +306,10 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(PipelineError::WriteProfile(e));
         }
-        let mut o = opts.options.clone();
-        o.home = home;
-        options.push(o);
+        // The one setting that differs per job: its own HOME.
+        let mut s = opts.settings.clone();
+        s.options.home = home;
+        job_settings.push(s);
     }
     let parallel = if opts.parallel == 0 {
         std::thread::available_parallelism()
@@ -355,8 +325,7 @@ pub fn run(opts: PipelineRun) -> Result<PipelineResult, PipelineError> {
         time_limit: pipeline.execution_time_limit.unwrap_or(60),
         prefix_output: parallel > 1 && jobs.len() > 1,
         verbose: opts.verbose,
-        options,
-        patterns: opts.patterns.clone(),
+        job_settings,
     };
     log::info!("{}", crate::executor::containment());
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -21,8 +21,7 @@ use super::outcome::{JobEnd, LimitLevel, Outcome, Progress, Row, SkipReason};
 use super::output::{Console, JobSink};
 use super::PipelineResult;
 use crate::events::JobResult;
-use crate::job::{run_job, JobOptions, JobStop};
-use crate::mask::Masker;
+use crate::job::{JobStop, Settings as JobSettings};
 
 /// A block as the scheduler sees it.
 #[derive(Debug, Clone, Default)]
@@ -55,9 +54,8 @@ pub struct Settings {
     pub prefix_output: bool,
     /// `--verbose`: every setup line of a job.
     pub verbose: bool,
-    /// Each job's options, by job index (HOME differs per job).
-    pub options: Vec<JobOptions>,
-    pub patterns: Vec<String>,
+    /// Each job's settings, by job index (HOME differs per job).
+    pub job_settings: Vec<JobSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -629,12 +627,8 @@ fn spawn_job(
     let mut job = job.clone();
     job.env_vars.extend(extra_env);
     let request = job.request();
-    let options = settings.options.get(j).cloned().unwrap_or_default();
-    let mut secrets =
-        crate::mask::secrets_for(&request, &options.env_vars, &settings.patterns, &[]);
-    secrets.extend(job.secret_values.iter().cloned());
-    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    secrets.dedup();
+    let job_settings = settings.job_settings.get(j).cloned().unwrap_or_default();
+    let secrets = job.secret_values.clone();
     let sink = JobSink::new(
         console.clone(),
         &job.block,
@@ -646,10 +640,8 @@ fn spawn_job(
         .name("pipeline-job".into())
         .spawn(move || {
             let mut sink = sink;
-            let result = {
-                let mut masked = Masker::new(&mut sink, secrets);
-                run_job(&request, &options, &mut masked, &stop)
-            };
+            let result =
+                crate::job::run_with_secrets(&request, &job_settings, &secrets, &mut sink, &stop);
             drop(sink);
             // One slot per job: this never blocks.
             let _ = tx.send((j, result));

@@ -1066,7 +1066,7 @@ impl Checker {
                 }
             };
             if let Some(name) = &name {
-                if !is_identifier(name) {
+                if !crate::request::is_identifier(name) {
                     self.err(
                         &at(&ip, "name"),
                         format!("{name:?} is not a valid environment variable name"),
@@ -1328,13 +1328,6 @@ fn show(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         other => kind(other).to_string(),
     }
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`: what the job's shell takes as a name.
-pub fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A cycle in `graph` (block → the blocks it depends on), as the blocks

@@ -108,7 +108,7 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, Secret>, String> {
         }
         let mut secret = Secret::default();
         for var in doc.data.env_vars.unwrap_or_default() {
-            if !super::schema::is_identifier(&var.name) {
+            if !crate::request::is_identifier(&var.name) {
                 return Err(format!(
                     "secret {name}: env var name {:?} is not a valid name",
                     var.name

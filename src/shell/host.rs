@@ -133,6 +133,9 @@ pub enum Capture {
     Merged,
     /// stdout only; stderr is dropped.
     Stdout,
+    /// Nothing: both go nowhere and no output file is made (for a process
+    /// that must run even when no private file can be made).
+    Nothing,
 }
 
 /// The bounds of one run.
@@ -209,6 +212,20 @@ pub fn run(
     capture: Capture,
     limits: &Limits<'_>,
 ) -> Result<Finished, HostError> {
+    run_keeping(command, capture, limits, u64::MAX)
+}
+
+/// [`run`], keeping at most the first `max_output` bytes of the output in
+/// [`Finished::output`] (a chatty process cannot fill the agent's memory).
+pub fn run_keeping(
+    command: &HostCommand,
+    capture: Capture,
+    limits: &Limits<'_>,
+    max_output: u64,
+) -> Result<Finished, HostError> {
+    if capture == Capture::Nothing {
+        return run_without_output(command, limits);
+    }
     let program = command.name();
     let dir = match limits.scratch {
         Some(dir) => dir.to_path_buf(),
@@ -236,7 +253,7 @@ pub fn run(
                     source,
                 })?)
             }
-            Capture::Stdout => Stdio::null(),
+            Capture::Stdout | Capture::Nothing => Stdio::null(),
         };
         let mut cmd = command.command();
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -256,8 +273,8 @@ pub fn run(
         let ended = wait(&mut child, limits);
         let read_output = || {
             let mut bytes = Vec::new();
-            if let Ok(mut f) = std::fs::File::open(&out_path) {
-                let _ = f.read_to_end(&mut bytes);
+            if let Ok(f) = std::fs::File::open(&out_path) {
+                let _ = f.take(max_output).read_to_end(&mut bytes);
             }
             String::from_utf8_lossy(&bytes).into_owned()
         };
@@ -279,6 +296,38 @@ pub fn run(
     })();
     let _ = std::fs::remove_file(&out_path);
     result
+}
+
+/// [`run`] with [`Capture::Nothing`]: stdout and stderr to the null
+/// device, so no file is needed.
+fn run_without_output(command: &HostCommand, limits: &Limits<'_>) -> Result<Finished, HostError> {
+    let program = command.name();
+    let mut cmd = command.command();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+    }
+    let (mut child, _own) =
+        spawn_registered(|| cmd.spawn(), |c| Some(c.id())).map_err(|source| HostError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    match wait(&mut child, limits) {
+        Ok(Some(status)) => Ok(Finished {
+            status,
+            output: String::new(),
+        }),
+        Ok(None) => Err(HostError::TimedOut {
+            program,
+            timeout: limits.timeout,
+            output: String::new(),
+        }),
+        Err(source) => Err(HostError::Wait { program, source }),
+    }
 }
 
 /// Spawns a host process registered as the agent's own child until the

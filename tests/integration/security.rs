@@ -343,3 +343,110 @@ fn secrets_are_masked_in_the_pushed_and_the_uploaded_log() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
 }
+
+/// Issue 24: one job, masked the same way whoever runs it: `start` (the
+/// pushed log), `run job.json` and `run pipeline.yml` (stdout). The values
+/// of env vars named like secrets (the job's and `--env-vars`) become
+/// `[REDACTED]`, whole and split across two output chunks; short values
+/// and other variables are left alone.
+#[test]
+fn the_same_job_is_masked_the_same_way_under_start_run_and_a_pipeline() {
+    let secret = "ghp-sentinel-5e4d3c2b";
+    let agent_secret = "agent-side-key-value";
+    let vars = [
+        ("GITHUB_TOKEN", secret),
+        ("SHORT_TOKEN", "abc12"),
+        ("PLAIN_VALUE", "plain-visible-value"),
+    ];
+    let commands = [
+        "echo \"whole:$GITHUB_TOKEN:end\"",
+        "printf 'split:%s' \"${GITHUB_TOKEN:0:8}\"; sleep 0.3; printf '%s:end\\n' \"${GITHUB_TOKEN:8}\"",
+        "echo \"agent:$AGENT_SIDE_API_KEY:end\"",
+        "echo \"short:$SHORT_TOKEN plain:$PLAIN_VALUE\"",
+    ];
+    let agent_var = format!("AGENT_SIDE_API_KEY={agent_secret}");
+    let b64 = support::b64;
+    let request = json!({
+        "env_vars": vars.iter()
+            .map(|(name, value)| json!({"name": name, "value": b64(value)}))
+            .collect::<Vec<_>>(),
+        "commands": commands.iter()
+            .map(|c| json!({"directive": c}))
+            .collect::<Vec<_>>(),
+    });
+
+    // start: what the log server got.
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = Agent::start(
+        &sandbox,
+        &hub.endpoint(),
+        &["--no-https", "--env-vars", &agent_var],
+        &[],
+    );
+    let id = hub.queue_job(request.clone());
+    assert_eq!(hub.wait_for_result(&id, WAIT).as_deref(), Some("passed"));
+    let started = hub.output(&id);
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+
+    // run job.json: stdout.
+    let sandbox = Sandbox::new();
+    let job = sandbox.write("job.json", &request.to_string());
+    let out = sandbox
+        .agent()
+        .args(["run", job.to_str().unwrap(), "--env-vars", &agent_var])
+        .output()
+        .expect("run the agent");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let ran = String::from_utf8_lossy(&out.stdout).into_owned();
+
+    // run pipeline.yml: stdout.
+    let sandbox = Sandbox::new();
+    let mut yaml = String::from(
+        "version: v1.0\nname: masking\nagent:\n  machine:\n    type: e1-standard-2\n    os_image: ubuntu2004\nblocks:\n  - name: Mask\n    task:\n      env_vars:\n",
+    );
+    for (name, value) in vars {
+        yaml.push_str(&format!(
+            "        - name: {name}\n          value: \"{value}\"\n"
+        ));
+    }
+    yaml.push_str("      jobs:\n        - name: masked\n          commands:\n");
+    for command in commands {
+        yaml.push_str(&format!(
+            "            - {}\n",
+            serde_json::to_string(command).unwrap()
+        ));
+    }
+    let pipeline = sandbox.write("semaphore.yml", &yaml);
+    let out = sandbox
+        .agent()
+        .current_dir(sandbox.dir.path())
+        .args(["run", pipeline.to_str().unwrap(), "--env-vars", &agent_var])
+        .output()
+        .expect("run the agent");
+    let piped = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{piped}\n{out:?}");
+
+    let expected = [
+        "whole:[REDACTED]:end",
+        "split:[REDACTED]:end",
+        "agent:[REDACTED]:end",
+        "short:abc12 plain:plain-visible-value",
+    ];
+    for (how, text) in [("start", &started), ("run", &ran), ("pipeline", &piped)] {
+        let masked: Vec<&str> = text
+            .lines()
+            .filter_map(|line| {
+                ["whole:", "split:", "agent:", "short:"]
+                    .iter()
+                    .find_map(|marker| line.find(marker).map(|at| &line[at..]))
+            })
+            .filter(|line| !line.contains('$'))
+            .collect();
+        assert_eq!(masked, expected, "{how}:\n{text}");
+        assert!(!text.contains(secret), "{how}: {text}");
+        assert!(!text.contains("ghp-sent"), "{how}: a part leaked: {text}");
+        assert!(!text.contains(agent_secret), "{how}: {text}");
+    }
+}

@@ -123,6 +123,8 @@ pub mod gpu;
 pub mod kube;
 pub mod logserver;
 pub mod procs;
+#[cfg(unix)]
+pub mod terminal;
 pub mod tls;
 pub mod users;
 pub mod wait;

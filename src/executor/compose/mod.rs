@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -156,12 +156,13 @@ struct Tool {
     prefix: Vec<&'static str>,
 }
 
-pub struct ComposeExecutor {
+/// Borrows its parts of the request for the job (never a copy).
+pub struct ComposeExecutor<'a> {
     settings: JobOptions,
     stop: Stop,
-    containers: Vec<Container>,
-    credentials: Vec<ImagePullCredentials>,
-    host_setup: Vec<JobCommand>,
+    containers: &'a [Container],
+    credentials: &'a [ImagePullCredentials],
+    host_setup: &'a [JobCommand],
     /// The compose project and the prefix of its container names.
     project: String,
     /// The private job directory, once made.
@@ -176,12 +177,12 @@ pub struct ComposeExecutor {
     exported: BTreeMap<String, Vec<u8>>,
 }
 
-impl ComposeExecutor {
+impl<'a> ComposeExecutor<'a> {
     pub fn new(
-        request: &JobRequest,
+        request: &'a JobRequest,
         settings: &JobOptions,
         stop: &Stop,
-    ) -> Result<ComposeExecutor, ComposeError> {
+    ) -> Result<ComposeExecutor<'a>, ComposeError> {
         // Checked now, so a bad request fails before anything runs.
         file::render(&request.compose.containers, &[]).map_err(ComposeError::File)?;
         let mut random = [0u8; 6];
@@ -190,9 +191,9 @@ impl ComposeExecutor {
         Ok(ComposeExecutor {
             settings: settings.clone(),
             stop: stop.clone(),
-            containers: request.compose.containers.clone(),
-            credentials: request.compose.image_pull_credentials.clone(),
-            host_setup: request.compose.host_setup_commands.clone(),
+            containers: &request.compose.containers,
+            credentials: &request.compose.image_pull_credentials,
+            host_setup: &request.compose.host_setup_commands,
             project: format!("semaphore-{}-{hex}", std::process::id()),
             dir: None,
             tool: None,
@@ -271,8 +272,8 @@ impl ComposeExecutor {
 
     /// Host setup commands with `bash -c`; output to the agent log.
     fn run_host_setup(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
-        let commands = self.host_setup.clone();
-        for command in &commands {
+        let commands = self.host_setup;
+        for command in commands {
             log::info!("Executing host setup command: {}", command.directive);
             let cmd = HostCommand::new("bash").arg("-c").arg(&command.directive);
             match self.run_host(cmd, HOST_COMMAND_TIMEOUT) {
@@ -394,7 +395,7 @@ impl ComposeExecutor {
             memory_bytes: self.settings.limits.memory_bytes,
             cpu_millis: self.settings.limits.cpu_millis,
         };
-        let text = file::render_main(&self.containers, mounts, &leftovers::labels(), &main)
+        let text = file::render_main(self.containers, mounts, &leftovers::labels(), &main)
             .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
@@ -416,8 +417,8 @@ impl ComposeExecutor {
         }
         self.docker_config = Some(config.clone());
         let mut exit_code = 0;
-        for credential in self.credentials.clone() {
-            if !self.log_in_once(&credential, &config, log) {
+        for credential in self.credentials {
+            if !self.log_in_once(credential, &config, log) {
                 exit_code = 1;
                 break;
             }
@@ -662,6 +663,7 @@ impl ComposeExecutor {
             env: self.docker_env(),
             stopper: PtyCommands::stopper(&self.stop),
             stop_grace: self.settings.stop_grace,
+            keep_state: self.settings.debug_name.is_some(),
             ..ShellOptions::default()
         };
         match Shell::start_with(&options, Some(&launch)) {
@@ -835,7 +837,7 @@ impl ComposeExecutor {
     }
 }
 
-impl Executor for ComposeExecutor {
+impl Executor for ComposeExecutor<'_> {
     fn prepare(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         self.set_up(log).map_err(SetupError::Compose)
     }
@@ -903,6 +905,25 @@ impl Executor for ComposeExecutor {
         &mut self.pty
     }
 
+    /// The main container (`compose run --name`), reached with `docker
+    /// exec` and the engine settings the agent's own docker commands use.
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        let mut env: Vec<(String, String)> = crate::child_env::vars()
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| DEBUG_DOCKER_VARS.contains(&name.as_str()))
+            .collect();
+        for (name, value) in self.docker_env() {
+            env.retain(|(n, _)| n != &name);
+            env.push((name, value));
+        }
+        Some(crate::debug_socket::Place::Container {
+            container: format!("{}-{}", self.project, self.main_name()),
+            state: self.pty.state_file(),
+            env,
+        })
+    }
+
     fn close(&mut self) {
         self.pty.close();
         self.down();
@@ -916,7 +937,7 @@ impl Executor for ComposeExecutor {
     }
 }
 
-impl Drop for ComposeExecutor {
+impl Drop for ComposeExecutor<'_> {
     fn drop(&mut self) {
         self.close();
     }
@@ -933,6 +954,17 @@ fn parse_version(output: &str, prefix: &str, end: Option<char>) -> Option<String
         (!version.is_empty()).then(|| version.to_string())
     })
 }
+
+/// The variables of the agent's environment that say which engine and
+/// client config its docker commands use; a debug session's `docker
+/// exec` gets them too.
+const DEBUG_DOCKER_VARS: [&str; 5] = [
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+];
 
 /// The engine's socket on the host, mounted at `/var/run/docker.sock` for
 /// docker-in-docker: the one `DOCKER_HOST` names, else the default; none
