@@ -483,11 +483,13 @@ impl SpdyExec {
             frames.extend(window_update(0, self.session_unacked));
             self.session_unacked = 0;
         }
-        if frames.is_empty() {
-            Ok(())
-        } else {
-            self.send(&frames)
+        // A server that has closed its side needs no window any more; a
+        // failed update is not an error of the session (reads say how it
+        // ended).
+        if !frames.is_empty() && !self.eof {
+            let _ = self.send(&frames);
         }
+        Ok(())
     }
 
     /// The next frame in the buffer, if it is complete.
