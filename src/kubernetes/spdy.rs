@@ -691,6 +691,7 @@ impl SpdyExec {
                     std::io::ErrorKind::UnexpectedEof
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
                 ) && (self.status_given || !self.status.is_empty()) =>
             {
                 self.eof = true;
