@@ -82,8 +82,9 @@ commands:
   - directive: echo "in the image as $(id -un) ($(id -u)), HOME=$HOME"
   - directive: test "$(id -u)" = 1000
 EOF
+# One job each for the Helm way and the controller's way, per image (2 images).
 jobs=()
-for _ in 1 2 3; do jobs+=("$WORK/job.yaml"); done
+for _ in 1 2 3 4; do jobs+=("$WORK/job.yaml"); done
 start_dev_hub "${jobs[@]}" || { fail "dev hub did not start: $(cat "$WORK/hub.log")"; exit 1; }
 # The Helm chart's keys, pointed at the hub.
 cat >"$WORK/semaphore-agent.yml" <<EOF

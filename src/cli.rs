@@ -45,6 +45,7 @@ pub enum Command {
     Start(StartArgs),
     Run(RunArgs),
     Version(VersionArgs),
+    Debug(DebugArgs),
 }
 
 /// Makes `StartArgs` (the argh struct of `start`), its redacted `Debug`
@@ -272,6 +273,19 @@ impl fmt::Debug for RunArgs {
 #[derive(FromArgs, Debug, PartialEq, Default)]
 #[argh(subcommand, name = "version")]
 pub struct VersionArgs {}
+
+/// Open a shell inside a job that an agent of this user runs on this host
+/// now: its environment, its directory, its container or pod.
+#[derive(FromArgs, Debug, PartialEq, Default)]
+#[argh(subcommand, name = "debug")]
+pub struct DebugArgs {
+    /// the job to attach to when several are running
+    #[argh(option)]
+    pub job: Option<String>,
+    /// print the job's environment as `export` lines instead of attaching
+    #[argh(switch)]
+    pub print_env: bool,
+}
 
 /// The switches of `run` that are not `start` keys. With the table's
 /// `Bool` keys, these are every switch the `--flag=value` pre-pass must

@@ -38,7 +38,8 @@ const LAYERS: &[&[&str]] = &[
     &["private_tmp", "mask", "metrics"],
     // The PTY shell; the health and metrics HTTP server; the Kubernetes
     // API client and objects.
-    &["shell", "health", "kubernetes"],
+    // The running job's debug socket.
+    &["shell", "health", "kubernetes", "debug_socket"],
     // How a job's commands run; where its events go.
     &["executor", "logs"],
     // The job lifecycle; the control-plane client; the raw CLI.
@@ -46,7 +47,8 @@ const LAYERS: &[&[&str]] = &[
     // The validated configuration.
     &["config"],
     // The ways the agent runs: `run` (a job, or a whole pipeline) and `start`.
-    &["local", "listener", "pipeline"],
+    // `debug`: a person's shell in a running job.
+    &["local", "listener", "pipeline", "debug"],
 ];
 
 /// Items of the crate root (`lib.rs`) that any module may use.

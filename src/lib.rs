@@ -13,6 +13,10 @@ pub mod api;
 pub mod child_env;
 pub mod cli;
 pub mod config;
+// Its shells are Unix only; on Windows `main` says so.
+#[cfg(unix)]
+pub mod debug;
+pub mod debug_socket;
 pub mod events;
 pub mod executor;
 pub mod health;

@@ -37,6 +37,8 @@ enum Failure {
     /// `start`: the agent shut itself down without being asked to
     /// (`UNABLE_TO_SYNC`).
     SelfShutdown(ShutdownReason),
+    /// `debug`: the exit code it decided (it printed why itself).
+    Debug(i32),
 }
 
 impl Failure {
@@ -50,6 +52,7 @@ impl Failure {
             Failure::Pipeline(_) => 2,
             Failure::JobNotPassed(_) | Failure::PipelineNotPassed(_) => 1,
             Failure::Listener(_) | Failure::SelfShutdown(_) => 1,
+            Failure::Debug(code) => *code,
         }
     }
 
@@ -66,7 +69,8 @@ impl Failure {
             Failure::JobNotPassed(_)
             | Failure::PipelineNotPassed(_)
             | Failure::Listener(_)
-            | Failure::SelfShutdown(_) => None,
+            | Failure::SelfShutdown(_)
+            | Failure::Debug(_) => None,
         }
     }
 }
@@ -85,6 +89,7 @@ impl std::fmt::Display for Failure {
             }
             Failure::Listener(err) => write!(f, "semaphore-agent: {err}"),
             Failure::SelfShutdown(reason) => write!(f, "semaphore-agent: shut down: {reason}"),
+            Failure::Debug(code) => write!(f, "semaphore-agent: debug exited with {code}"),
         }
     }
 }
@@ -144,7 +149,27 @@ fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Run(args) => run_local(&args),
         Command::Start(args) => start(&args),
+        Command::Debug(args) => debug(&args),
     }
+}
+
+/// `debug`: a shell in a running job (Unix only).
+#[cfg(unix)]
+fn debug(args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
+    let code = semaphore_agent::debug::run(&semaphore_agent::debug::DebugRequest {
+        job: args.job.clone(),
+        print_env: args.print_env,
+    });
+    match code {
+        0 => Ok(()),
+        code => Err(Failure::Debug(code)),
+    }
+}
+
+#[cfg(not(unix))]
+fn debug(_args: &semaphore_agent::cli::DebugArgs) -> Result<(), Failure> {
+    eprintln!("semaphore-agent debug: not supported on Windows");
+    Err(Failure::Debug(1))
 }
 
 fn run_local(args: &RunArgs) -> Result<(), Failure> {

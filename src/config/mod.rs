@@ -415,6 +415,7 @@ impl Config {
             files: self.files.clone(),
             fail_on_missing_files: self.fail_on_missing_files,
             kubernetes: self.kubernetes.clone().map(std::sync::Arc::new),
+            debug_name: Some(self.name.clone()),
         }
     }
 }
@@ -448,6 +449,7 @@ impl RunConfig {
             files: Vec::new(),
             fail_on_missing_files: false,
             kubernetes: None,
+            debug_name: None,
         }
     }
 }

@@ -63,6 +63,7 @@ impl Executor for BashExecutor {
             home: self.settings.home.clone(),
             env: Vec::new(),
             stopper: PtyCommands::stopper(&self.stop),
+            keep_state: self.settings.debug_name.is_some(),
         }) {
             Ok(shell) => {
                 self.pty.attach(shell);
@@ -99,6 +100,12 @@ impl Executor for BashExecutor {
 
     fn commands(&mut self) -> &mut dyn Commands {
         &mut self.pty
+    }
+
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        Some(crate::debug_socket::Place::Host {
+            state: self.pty.state_file(),
+        })
     }
 
     fn close(&mut self) {

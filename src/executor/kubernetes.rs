@@ -295,6 +295,7 @@ impl<'a> KubernetesExecutor<'a> {
             home: self.settings.home.clone(),
             env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            keep_state: self.settings.debug_name.is_some(),
         };
         #[cfg(unix)]
         let started = self.start_without_kubectl(&options, log);
@@ -719,6 +720,25 @@ impl Executor for KubernetesExecutor<'_> {
         &mut self.pty
     }
 
+    /// The pod's main container, reached through the agent's own exec
+    /// bridge with what it needs of the agent's environment to find the
+    /// cluster.
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        let mut env: Vec<(String, String)> = crate::child_env::vars()
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| DEBUG_BRIDGE_VARS.contains(&name.as_str()))
+            .collect();
+        env.extend(bridge_env());
+        Some(crate::debug_socket::Place::Pod {
+            namespace: self.config.namespace.clone(),
+            pod: self.pod_name.clone(),
+            container: "main".to_string(),
+            state: self.pty.state_file(),
+            env,
+        })
+    }
+
     fn close(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
         self.pty.close();
@@ -904,6 +924,16 @@ fn injected_dir() -> String {
 /// What the exec bridge needs on top of the agent's filtered environment
 /// (which drops every `SEMAPHORE_AGENT_*`): test builds pass on the test
 /// service account directory, so the bridge finds the same cluster.
+/// The variables of the agent's environment with which the exec bridge
+/// finds the cluster (`kubernetes::Client::discover`); a debug session's
+/// bridge gets them too.
+const DEBUG_BRIDGE_VARS: [&str; 4] = [
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "HOME",
+];
+
 fn bridge_env() -> Vec<(String, String)> {
     match crate::test_knobs::path("SERVICE_ACCOUNT_DIR") {
         Some(dir) => vec![(

@@ -243,6 +243,9 @@ pub struct JobOptions {
     /// `--kubernetes-executor`: every job runs in its own pod, whatever
     /// its `executor`.
     pub kubernetes: Option<Arc<crate::kubernetes::KubernetesConfig>>,
+    /// The agent's name when its running jobs are published for
+    /// `semaphore-agent debug` (`start`); `None` publishes nothing.
+    pub debug_name: Option<String>,
 }
 
 impl std::fmt::Debug for JobOptions {
@@ -262,6 +265,7 @@ impl std::fmt::Debug for JobOptions {
             .field("files", &self.files)
             .field("fail_on_missing_files", &self.fail_on_missing_files)
             .field("kubernetes", &self.kubernetes.is_some())
+            .field("debug_name", &self.debug_name)
             .finish()
     }
 }
@@ -429,6 +433,13 @@ pub trait Executor: Send {
 
     /// What runs the job's commands once `start` succeeded.
     fn commands(&mut self) -> &mut dyn Commands;
+
+    /// Where the started shell lives and keeps its state, for
+    /// `semaphore-agent debug` (`debug_socket`); `None` where a person
+    /// cannot be put into it.
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        None
+    }
 
     /// Ends the job's shell and everything the job started, and removes
     /// what the executor made (scratch files, containers, pods). Safe to

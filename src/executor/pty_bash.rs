@@ -127,6 +127,14 @@ impl PtyCommands {
         (value, outcome)
     }
 
+    /// Where the shell writes its state for debug sessions
+    /// (`Shell::state_file`).
+    pub fn state_file(&self) -> Option<String> {
+        self.shell
+            .as_ref()
+            .and_then(|s| s.state_file().map(str::to_string))
+    }
+
     /// Ends the shell and what it started; safe to call twice.
     pub fn close(&mut self) {
         if let Some(mut shell) = self.shell.take() {

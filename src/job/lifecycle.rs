@@ -6,6 +6,7 @@
 //! [`EventSink`]; it knows no shell syntax, never talks HTTP and never
 //! decides what the agent does after the job.
 
+use crate::debug_socket::{JobInfo, Publication};
 use crate::events::{Event, EventSink, JobResult};
 use crate::executor::{self, Executor, Hook, JobEnv, JobLog, Outcome};
 use crate::request::{is_identifier, Command, JobRequest};
@@ -119,20 +120,31 @@ pub fn run_decoded(
     stop: &JobStop,
 ) -> JobResult {
     let started = std::time::Instant::now();
-    sink.emit(Event::JobStarted {
+    let publication = publish(request, options);
+    let mut watched = Watched {
+        sink,
+        publication: publication.as_ref(),
+    };
+    watched.emit(Event::JobStarted {
         timestamp: unix_now(),
     });
     let mut job = Job {
         request,
         env,
         options,
-        log: JobLog::new(sink),
+        log: JobLog::new(&mut watched),
         stop,
         executor: None,
         usable: false,
         stopped: false,
+        publication: publication.as_ref(),
     };
     let result = job.run();
+    // Gone before the job's processes are ended: no session attaches to a
+    // job being torn down.
+    if let Some(publication) = &publication {
+        publication.end();
+    }
     if let Some(mut executor) = job.executor.take() {
         executor.close();
     }
@@ -146,6 +158,46 @@ pub fn run_decoded(
         result,
     });
     result
+}
+
+/// Publishes the job for `semaphore-agent debug` when the agent does
+/// (`JobOptions::debug_name`, under `start`).
+fn publish(request: &JobRequest, options: &JobOptions) -> Option<Publication> {
+    let agent = options.debug_name.as_ref()?;
+    if request.job_id.is_empty() {
+        return None;
+    }
+    let executor = if options.kubernetes.is_some() {
+        "kubernetes"
+    } else {
+        request.executor()
+    };
+    Publication::start(JobInfo {
+        job_id: request.job_id.clone(),
+        agent: agent.clone(),
+        executor: executor.to_string(),
+        started: unix_now(),
+        command: None,
+        agent_pid: std::process::id(),
+        uid: crate::debug_socket::current_uid(),
+    })
+}
+
+/// The job's sink, telling the publication which command runs now; the
+/// events pass unchanged.
+struct Watched<'a> {
+    sink: &'a mut dyn EventSink,
+    publication: Option<&'a Publication>,
+}
+
+impl EventSink for Watched<'_> {
+    fn emit(&mut self, event: Event) {
+        if let (Some(publication), Event::CmdStarted { directive, .. }) = (self.publication, &event)
+        {
+            publication.set_command(directive);
+        }
+        self.sink.emit(event);
+    }
 }
 
 fn display_id(job_id: &str) -> &str {
@@ -168,6 +220,8 @@ struct Job<'a> {
     usable: bool,
     /// Set once a stop ended a command, so nothing else runs.
     stopped: bool,
+    /// The job as published for `semaphore-agent debug`.
+    publication: Option<&'a Publication>,
 }
 
 impl Job<'_> {
@@ -187,6 +241,9 @@ impl Job<'_> {
             return result;
         }
         self.usable = true;
+        if let (Some(publication), Some(executor)) = (self.publication, &self.executor) {
+            publication.set_place(executor.debug_place());
+        }
 
         let result = self.run_regular_commands();
         let mut result = match result {

@@ -691,6 +691,26 @@ struct KubeUser {
     auth_provider: Option<serde_yaml_ng::Value>,
 }
 
+/// A client of the API server at `server` with a bearer token, from a
+/// kubeconfig in a temporary dir (kept alive by the returned guard): the
+/// exec tests' (WebSocket and SPDY) one way to reach their fake endpoints.
+#[cfg(all(test, unix))]
+pub(crate) fn test_client(server: &str) -> (tempfile::TempDir, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config");
+    std::fs::write(
+        &path,
+        format!(
+            "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
+                 users: [{{name: u, user: {{token: t0k3n}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let client = Client::from_kubeconfig(&path, "ns").unwrap();
+    (dir, client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

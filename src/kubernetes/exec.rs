@@ -584,6 +584,7 @@ fn api_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubernetes::client::test_client as client_of;
 
     #[test]
     fn the_exit_status_comes_from_the_error_channel() {
@@ -648,22 +649,6 @@ mod tests {
             (path, stdin)
         });
         (format!("http://127.0.0.1:{port}"), server)
-    }
-
-    fn client_of(server: &str) -> (tempfile::TempDir, Client) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config");
-        std::fs::write(
-            &path,
-            format!(
-                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
-                 users: [{{name: u, user: {{token: t0k3n}}}}]\n"
-            ),
-        )
-        .unwrap();
-        let client = Client::from_kubeconfig(&path, "ns").unwrap();
-        (dir, client)
     }
 
     #[test]

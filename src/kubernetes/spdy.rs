@@ -842,6 +842,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubernetes::client::test_client as client_of;
 
     #[test]
     fn header_blocks_are_one_zlib_stream_with_the_dictionary_declared() {
@@ -1068,22 +1069,6 @@ mod tests {
             seen
         });
         (format!("http://127.0.0.1:{port}"), server)
-    }
-
-    fn client_of(server: &str) -> (tempfile::TempDir, Client) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config");
-        std::fs::write(
-            &path,
-            format!(
-                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
-                 users: [{{name: u, user: {{token: t0k3n}}}}]\n"
-            ),
-        )
-        .unwrap();
-        let client = Client::from_kubeconfig(&path, "ns").unwrap();
-        (dir, client)
     }
 
     #[test]

@@ -50,14 +50,36 @@ fn print_end(nonce: &str, status: &str) -> String {
     )
 }
 
+/// The shell variable that holds a command's status while the shell's
+/// state is written (`state_then_end`).
+const STATUS_VAR: &str = "__SEMAPHORE_AGENT_STATUS";
+
+/// What follows a command: with a `state` file, the shell's exported
+/// variables (`export -p`) and its directory (a `cd` line) are written
+/// there first, for `semaphore-agent debug` (the status kept aside,
+/// failures ignored even under `set -e`, no trace under `set -x`); then
+/// the end marker with the command's status.
+fn state_then_end(nonce: &str, state: Option<&str>) -> String {
+    match state {
+        None => print_end(nonce, r#""$?""#),
+        Some(file) => format!(
+            r#"{{ {STATUS_VAR}=$?; {{ \builtin export -p; \builtin printf '\\builtin cd -- %q\n' "$PWD"; }} >| {}; }} 2>/dev/null || :; {}; {{ \builtin unset -v {STATUS_VAR}; }} 2>/dev/null"#,
+            shell_quote(file),
+            print_end(nonce, &format!(r#""${STATUS_VAR}""#)),
+        ),
+    }
+}
+
 /// The line typed into bash to run the command stored in `file`: it is
 /// `source`d, so `return N` ends it with N and its state stays in the shell.
-pub(super) fn command_line(nonce: &str, file: &str) -> String {
+/// With `state`, the shell's state is written there after it
+/// ([`state_then_end`]).
+pub(super) fn command_line(nonce: &str, file: &str, state: Option<&str>) -> String {
     format!(
         r#"{}; \builtin source {}; {}"#,
         print_start(nonce),
         shell_quote(file),
-        print_end(nonce, r#""$?""#)
+        state_then_end(nonce, state)
     ) + "\n"
 }
 
@@ -76,7 +98,7 @@ const INLINE_CHUNK: usize = 768;
 /// terminal), then `source`d from a process substitution fed by the
 /// `printf` builtin, so `return N` and the shell state behave as with a
 /// file and nothing outside bash (no `base64` in the image) is needed.
-pub(super) fn inline_command_lines(nonce: &str, cmd: &str) -> String {
+pub(super) fn inline_command_lines(nonce: &str, cmd: &str, state: Option<&str>) -> String {
     let mut text = cmd.as_bytes().to_vec();
     // A heredoc delimiter on the last line needs its newline.
     text.push(b'\n');
@@ -105,7 +127,7 @@ pub(super) fn inline_command_lines(nonce: &str, cmd: &str) -> String {
     lines.push_str(&format!(
         r#"{}; \builtin source <(\builtin printf '%s' "${INLINE_VAR}"); {}; \builtin unset -v {INLINE_VAR}"#,
         print_start(nonce),
-        print_end(nonce, r#""$?""#)
+        state_then_end(nonce, state)
     ));
     lines.push('\n');
     lines
@@ -115,12 +137,20 @@ pub(super) fn inline_command_lines(nonce: &str, cmd: &str) -> String {
 /// typed lines (and so the nonces) out of the history, goes to `cd` if
 /// given, and frames an empty output with status 0 to say the shell is
 /// ready.
-pub(super) fn init_line(nonce: &str, cd: Option<&str>) -> String {
+pub(super) fn init_line(nonce: &str, cd: Option<&str>, state: Option<&str>) -> String {
     let cd = cd.map_or(String::new(), |dir| {
         format!(r"\builtin cd -- {} ; ", shell_quote(dir))
     });
+    // The state file, owner-only from the first moment (a subshell, so
+    // the shell's own umask stays); later writes truncate it.
+    let state = state.map_or(String::new(), |file| {
+        format!(
+            r"( \builtin umask 077; : >| {} ) 2>/dev/null; ",
+            shell_quote(file)
+        )
+    });
     format!(
-        r"PS1=; PS2=; PS0=; \builtin unset PROMPT_COMMAND; \builtin set +o history; {cd}{}; {}",
+        r"PS1=; PS2=; PS0=; \builtin unset PROMPT_COMMAND; \builtin set +o history; {cd}{state}{}; {}",
         print_start(nonce),
         print_end(nonce, "0")
     ) + "\n"
@@ -437,20 +467,55 @@ mod tests {
     fn the_typed_line_holds_no_raw_marker() {
         // The typed line must not contain the marker bytes themselves, or an
         // echoing terminal would fake them.
-        let line = command_line(NONCE, "/tmp/x");
-        assert!(!line.as_bytes().contains(&MARK));
-        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        for state in [None, Some("/tmp/state")] {
+            let line = command_line(NONCE, "/tmp/x", state);
+            assert!(!line.as_bytes().contains(&MARK));
+            assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        }
     }
 
     #[test]
     fn inline_commands_are_typed_as_short_printable_lines() {
         let cmd = format!("echo 'it''s'\tdone \\ é\n{}", "x".repeat(3000));
-        let lines = inline_command_lines(NONCE, &cmd);
+        let lines = inline_command_lines(NONCE, &cmd, Some("/tmp/.state"));
         for line in lines.lines() {
             assert!(line.len() < 1024, "{} bytes", line.len());
             assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line}");
         }
         assert!(lines.ends_with("__SEMAPHORE_AGENT_CMD\n"), "{lines}");
         assert!(lines.lines().count() > 3, "{lines}");
+    }
+
+    /// The state part writes the exports and the directory and ends with
+    /// the command's own status, whatever writing the state did.
+    #[test]
+    fn the_state_is_written_and_the_status_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let missing = dir.path().join("missing/state");
+        for (file, written) in [(&state, true), (&missing, false)] {
+            let script = format!(
+                "set -eu; cd {d}; export JOB_VAR='a b'; (exit 7); {end}",
+                d = shell_quote(&dir.path().to_string_lossy()),
+                end = state_then_end(NONCE, Some(&file.to_string_lossy()))
+            );
+            // `(exit 7)` under `set -e` would end the script: run the
+            // tail in a function whose status is tested instead.
+            let script = script.replace("(exit 7); ", "f() { return 7; }; f || ");
+            let out = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            let marker = format!("\x01{NONCE}E7\x01");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(&marker), "{stdout:?} {out:?}");
+            assert_eq!(out.stderr, b"", "{out:?}");
+            if written {
+                let text = std::fs::read_to_string(file).unwrap();
+                assert!(text.contains("declare -x JOB_VAR=\"a b\""), "{text}");
+                assert!(text.contains("\\builtin cd -- "), "{text}");
+                assert!(!text.contains("__SEMAPHORE_AGENT"), "{text}");
+            }
+        }
     }
 }

@@ -57,6 +57,12 @@
 //!   bash, joins the reader thread and removes the scratch directory; safe
 //!   to call twice, also done on drop. After it, `run` returns an error.
 //! - `Shell::pid()` is bash's pid, which is also the job's session id.
+//! - `Shell::state_file()` (with `ShellOptions::keep_state`) is where bash writes its exported variables and
+//!   its directory after every command (sourceable `export -p` lines and a
+//!   `cd` line), for `semaphore-agent debug`: on the host a 0600 file in
+//!   the agent's private temp dir, removed at `close`; behind a launcher a
+//!   path in the container's or pod's `/tmp`, made owner-only by the
+//!   first line typed.
 //!
 //! Note for whoever reaps orphans (an agent running as PID 1): bash is
 //! reaped here through its `Child`; a `waitpid(-1)` loop elsewhere would

@@ -86,6 +86,11 @@ pub struct ShellOptions {
     /// the start within 50 ms instead of waiting for bash to answer.
     /// `Shell::stopper` hands out the same flag.
     pub stopper: Stopper,
+    /// Keep a state file for debug sessions (`Shell::state_file`): what
+    /// the shell exported and its directory, written after every command.
+    /// Off by default: it costs a write per command (about 0.1 ms with 20
+    /// exported variables, 1.6 ms with 500).
+    pub keep_state: bool,
 }
 
 impl std::fmt::Debug for ShellOptions {
@@ -94,6 +99,7 @@ impl std::fmt::Debug for ShellOptions {
         f.debug_struct("ShellOptions")
             .field("home", &self.home)
             .field("env (values redacted)", &names)
+            .field("keep_state", &self.keep_state)
             .finish()
     }
 }
@@ -247,6 +253,11 @@ pub struct Shell {
     /// current one: the launcher's shared volume, or `None` for the
     /// agent's private temp dir.
     scratch_parent: Option<PathBuf>,
+    /// Where bash writes its exported variables and directory after each
+    /// command, as bash sees the path (for `semaphore-agent debug`).
+    state: Option<String>,
+    /// The state file is on the agent's machine and removed at `close`.
+    state_local: bool,
     /// The PTY's terminal side (`/dev/pts/N`), to find processes holding it.
     tty: Option<PathBuf>,
     stop_grace: Duration,
@@ -410,6 +421,8 @@ impl Shell {
             scratch,
             scratch_parent: launch_parent,
             inline,
+            state: None,
+            state_local: false,
             tty,
             stop_grace: DEFAULT_STOP_GRACE,
             cgroup,
@@ -446,7 +459,12 @@ impl Shell {
             Some(launch) => launch.cd.as_deref(),
             None => Some(home.as_ref()),
         };
-        let line = framing::init_line(&nonce, cd);
+        let state = if opts.keep_state {
+            shell.make_state_file(launch.is_some())
+        } else {
+            None
+        };
+        let line = framing::init_line(&nonce, cd, state.as_deref());
         let mut discard = |_: String| {};
         let deadline = Instant::now() + START_TIMEOUT;
         let mut framer = Framer::new(&nonce);
@@ -476,7 +494,41 @@ impl Shell {
             .unwrap_or(termios);
         quiet_terminal(&mut termios);
         shell.termios = Some(termios);
+        shell.state = state;
         Ok(())
+    }
+
+    /// The file bash keeps its state in for debug sessions: on the host, a
+    /// new owner-only file in the agent's private temp dir (removed at
+    /// `close`); behind a launcher, a path in bash's own world (`/tmp` of
+    /// the container or pod) that the first line creates owner-only.
+    /// `None` when the host file cannot be made (debug sessions then go
+    /// without the job's environment).
+    fn make_state_file(&mut self, launched: bool) -> Option<String> {
+        let name = format!(".semaphore-agent-state-{}", &framing::new_nonce()[..16]);
+        if launched {
+            return Some(format!("/tmp/{name}"));
+        }
+        let path = crate::private_tmp::dir().ok()?.join(name);
+        match crate::private_tmp::create_private(&path, 0o600) {
+            Ok(_) => {
+                self.state_local = true;
+                Some(path.to_string_lossy().into_owned())
+            }
+            Err(err) => {
+                log::warn!("Cannot create {}: {err}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Where bash writes its exported variables and directory after each
+    /// command (`export -p` lines and a `cd` line, sourceable), as bash
+    /// sees the path: on the agent's machine for a host shell, inside the
+    /// container or pod behind a launcher. `None` before the shell started
+    /// or when no such file could be made.
+    pub fn state_file(&self) -> Option<&str> {
+        self.state.as_deref()
     }
 
     /// Bash's pid, which is also the id of the job's session.
@@ -512,10 +564,10 @@ impl Shell {
         }
         let nonce = framing::new_nonce();
         let line = if self.inline {
-            framing::inline_command_lines(&nonce, cmd)
+            framing::inline_command_lines(&nonce, cmd, self.state.as_deref())
         } else {
             let file = self.write_command_file(cmd)?;
-            framing::command_line(&nonce, &file.to_string_lossy())
+            framing::command_line(&nonce, &file.to_string_lossy(), self.state.as_deref())
         };
         if let (Some(pty), Some(termios)) = (self.pty_ref(), self.termios.as_ref()) {
             set_termios(pty, termios).map_err(|source| ShellError::Io {
@@ -545,6 +597,11 @@ impl Shell {
             }
         }
         self.pty = None;
+        if let (Some(state), true) = (self.state.take(), self.state_local) {
+            if let Err(err) = std::fs::remove_file(&state) {
+                log::debug!("cannot remove {state}: {err}");
+            }
+        }
         if let Some(dir) = self.scratch.take() {
             if let Err(err) = std::fs::remove_dir_all(&dir) {
                 log::debug!("cannot remove {}: {err}", dir.display());

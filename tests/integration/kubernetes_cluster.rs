@@ -63,13 +63,19 @@ impl<'a> Run<'a> {
     /// cluster as the executor's ServiceAccount through a kubeconfig, with
     /// no kubectl on its PATH (the exec is the agent's own).
     fn agent(&self, extra: &[&str]) -> Agent {
+        self.agent_with(extra, &[])
+    }
+
+    /// [`Run::agent`] with `more` variables in its environment.
+    fn agent_with(&self, extra: &[&str], more: &[(&str, &str)]) -> Agent {
         let path = path_without_kubectl();
         let kubeconfig = self.kubeconfig.display().to_string();
-        let env = [
+        let mut env = vec![
             ("KUBECONFIG", kubeconfig.as_str()),
             ("KUBERNETES_NAMESPACE", self.ns.name.as_str()),
             ("PATH", path.as_str()),
         ];
+        env.extend(more.iter().copied());
         let mut args = vec!["--no-https", "--kubernetes-executor"];
         args.extend(extra);
         Agent::start(&self.sandbox, &self.hub.endpoint(), &args, &env)
@@ -613,7 +619,20 @@ fn five_controller_jobs_at_once_run_on_the_scratch_image_and_leave_nothing() {
             "{:#?}\n{log}",
             cluster.get_json(&r.ns.name, &job)
         );
-        assert_spdy_exec(&log, &format!("semaphore-job-{id}"));
+        // The hub hands its queued jobs to whichever agent asks first, so
+        // this Job's agent may have run another of the five jobs: find the
+        // job pod it exec'd into, then check that exec was SPDY.
+        let pod = log
+            .lines()
+            .find_map(|l| l.split("Exec into pod ").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{id}: no exec line in its agent's log:\n{log}"));
+        assert!(
+            ids.iter().any(|i| pod == format!("semaphore-job-{i}")),
+            "{id}: exec into an unknown pod {pod}:\n{log}"
+        );
+        assert_spdy_exec(&log, &pod);
         assert!(
             !log.contains(crate::support::hub::REGISTRATION_TOKEN),
             "{log}"
@@ -789,4 +808,85 @@ fn a_killed_agent_s_next_run_deletes_its_leftovers_from_its_journal() {
 #[test]
 fn a_killed_agent_s_next_run_finds_its_leftovers_by_label_given_list() {
     killed_agent_leftovers("k8s-label", true);
+}
+
+/// Issue 27: `semaphore-agent debug` puts a person into the job's pod
+/// through the agent's own exec bridge (no kubectl on the debug side),
+/// typed into through a real terminal.
+#[test]
+fn a_kubernetes_job_is_debugged_inside_its_pod() {
+    let Some(cluster) = RealCluster::find("a_kubernetes_job_is_debugged_inside_its_pod") else {
+        return;
+    };
+    if !crate::support::terminal::available() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the debug test needs tmux (CI=true)"
+        );
+        eprintln!("skipped: a_kubernetes_job_is_debugged_inside_its_pod needs tmux");
+        return;
+    }
+    let r = Run::new(&cluster, "k8s-debug");
+    let base = r.sandbox.path("debug-base");
+    std::fs::create_dir_all(&base).unwrap();
+    let base = base.display().to_string();
+    let _agent = r.agent_with(
+        &["--kubernetes-default-image", JOB_IMAGE],
+        &[("SEMAPHORE_AGENT_TEST_DEBUG_DIR", &base)],
+    );
+    let id = r.hub.queue_job(json!({
+        "job_id": "real-debug",
+        "env_vars": [{"name": "DEBUG_SECRET", "value": b64("pod-secret-value")}],
+        "commands": commands(&[
+            "export DEBUG_VAR=in-the-pod",
+            "echo \"job-host=$(hostname)\"",
+            "for i in $(seq 1200); do [ -e /tmp/release ] && break; sleep 0.1; done",
+        ]),
+    }));
+    assert!(
+        r.hub.wait_until(JOB_WAIT, |h| h
+            .events(&id)
+            .iter()
+            .any(|e| e["event"] == "cmd_started"
+                && e["directive"].as_str().unwrap_or("").contains("seq 1200"))),
+        "{}",
+        r.hub.output(&id)
+    );
+    let output = r.hub.output(&id);
+    let job_host = output
+        .lines()
+        .find_map(|l| l.strip_prefix("job-host="))
+        .unwrap_or_else(|| panic!("no hostname in:\n{output}"))
+        .to_string();
+    assert_eq!(job_host, "semaphore-job-real-debug", "{output}");
+
+    let debug = format!("'{}' debug", crate::support::agent_bin().display());
+    let term = crate::support::terminal::Terminal::start(
+        &r.sandbox,
+        &debug,
+        &[("SEMAPHORE_AGENT_TEST_DEBUG_DIR", &base)],
+    );
+    term.wait_for(
+        "a shell in job real-debug of agent agent-under-test",
+        JOB_WAIT,
+    );
+    term.type_line("echo \"V=$DEBUG_VAR S=$DEBUG_SECRET host=$(hostname)\"");
+    term.wait_for(
+        &format!("V=in-the-pod S=pod-secret-value host={job_host}"),
+        Duration::from_secs(30),
+    );
+    term.type_line("exit 3");
+    assert_eq!(
+        term.exit_status(Duration::from_secs(30)),
+        3,
+        "{}",
+        term.screen()
+    );
+    assert!(!r.hub.output(&id).contains("V="), "{}", r.hub.output(&id));
+    r.hub.stop_job(&id);
+    assert_eq!(
+        r.hub.wait_for_result(&id, JOB_WAIT).as_deref(),
+        Some("stopped")
+    );
+    r.assert_nothing_left();
 }

@@ -28,6 +28,8 @@ mod chaos;
 mod compose;
 mod containment;
 mod control_plane;
+#[cfg(unix)]
+mod debug;
 #[cfg(target_os = "linux")]
 mod disk_full;
 #[cfg(target_os = "linux")]

@@ -122,6 +122,8 @@ pub mod events;
 pub mod kube;
 pub mod logserver;
 pub mod procs;
+#[cfg(unix)]
+pub mod terminal;
 pub mod tls;
 pub mod users;
 pub mod wait;

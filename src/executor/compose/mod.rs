@@ -634,6 +634,7 @@ impl<'a> ComposeExecutor<'a> {
             home: self.settings.home.clone(),
             env: self.docker_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            keep_state: self.settings.debug_name.is_some(),
         };
         match Shell::start_with(&options, Some(&launch)) {
             Ok(shell) => {
@@ -868,6 +869,25 @@ impl Executor for ComposeExecutor<'_> {
         &mut self.pty
     }
 
+    /// The main container (`compose run --name`), reached with `docker
+    /// exec` and the engine settings the agent's own docker commands use.
+    fn debug_place(&self) -> Option<crate::debug_socket::Place> {
+        let mut env: Vec<(String, String)> = crate::child_env::vars()
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| DEBUG_DOCKER_VARS.contains(&name.as_str()))
+            .collect();
+        for (name, value) in self.docker_env() {
+            env.retain(|(n, _)| n != &name);
+            env.push((name, value));
+        }
+        Some(crate::debug_socket::Place::Container {
+            container: format!("{}-{}", self.project, self.main_name()),
+            state: self.pty.state_file(),
+            env,
+        })
+    }
+
     fn close(&mut self) {
         self.pty.close();
         self.down();
@@ -898,6 +918,17 @@ fn parse_version(output: &str, prefix: &str, end: Option<char>) -> Option<String
         (!version.is_empty()).then(|| version.to_string())
     })
 }
+
+/// The variables of the agent's environment that say which engine and
+/// client config its docker commands use; a debug session's `docker
+/// exec` gets them too.
+const DEBUG_DOCKER_VARS: [&str; 5] = [
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+];
 
 /// The engine's socket on the host, mounted at `/var/run/docker.sock` for
 /// docker-in-docker: the one `DOCKER_HOST` names, else the default; none

@@ -304,7 +304,8 @@ fn event_bytes(event: &Event) -> u64 {
     }
 }
 
-#[cfg(test)]
+// The memory-queue tests fill the spool through `/dev/full`: Unix only.
+#[cfg(all(test, unix))]
 mod tests {
     // The memory-queue tests and their helpers are Unix only (they fill the
     // spool through `/dev/full`); the Windows unit-test clippy sees the
