@@ -425,6 +425,7 @@ impl<'a> KubernetesExecutor<'a> {
             argv,
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
+            far_stop: None,
         })
     }
 
@@ -450,6 +451,7 @@ impl<'a> KubernetesExecutor<'a> {
             .collect(),
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
+            far_stop: None,
         }
     }
 
