@@ -295,7 +295,9 @@ impl<'a> KubernetesExecutor<'a> {
             home: self.settings.home.clone(),
             env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            stop_grace: self.settings.stop_grace,
             keep_state: self.settings.debug_name.is_some(),
+            ..ShellOptions::default()
         };
         #[cfg(unix)]
         let started = self.start_without_kubectl(&options, log);
