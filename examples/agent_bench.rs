@@ -55,7 +55,17 @@
 //!    same file through a bare PTY (`script -qc 'cat FILE' /dev/null >
 //!    /dev/null`), runs alternated; the ratio is the agent's throughput
 //!    over the bare PTY's (above 1 is faster).
+//! 8. GPU agent (issue 30): an agent with `--gpus 0` (the STAND-IN
+//!    `nvidia-smi` of tests/support/gpu.rs on its PATH, so the health gate
+//!    runs for real before registering and then on its 5-minute timer) and
+//!    one without, started side by side and left idle together for 15 s:
+//!    start → registered, idle VmRSS and idle CPU (utime + stime of the
+//!    agent and its reaped children, from /proc) of the GPU agent against
+//!    the plain one (target: CPU within 1.2×).
 
+#[path = "../tests/support/gpu.rs"]
+#[allow(dead_code)]
+mod gpu;
 #[path = "../tests/support/hub.rs"]
 #[allow(dead_code)]
 mod hub;
@@ -140,14 +150,17 @@ fn main() {
     }
     agent.kill();
 
-    println!("5/7 binary size...");
+    println!("5/8 binary size...");
     rows.extend(size_rows(&bin));
 
-    println!("6/7 a 200 MB job request...");
+    println!("6/8 a 200 MB job request...");
     rows.extend(big_job_rows(&bin));
 
-    println!("7/7 `run` draining 100 MB ({DRAIN_RUNS} runs each)...");
+    println!("7/8 `run` draining 100 MB ({DRAIN_RUNS} runs each)...");
     rows.extend(drain_rows(&bin));
+
+    println!("8/8 a GPU agent (health gate on) against a plain one, idle side by side...");
+    rows.extend(gpu_rows(&bin));
 
     print_table(&rows);
 }
@@ -913,6 +926,88 @@ fn start_args(endpoint: &str) -> Vec<String> {
 
 fn path_var() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+}
+
+// ------------------------------------------------------ 7. GPU agent
+
+/// How long the GPU and plain agents idle side by side.
+const GPU_IDLE: Duration = Duration::from_secs(15);
+
+/// CPU ticks (utime + stime + cutime + cstime) of `pid`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // Fields after the command: state is field 3; utime..cstime are 14..17.
+    after
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+fn gpu_rows(bin: &Path) -> Vec<Row> {
+    let gpu_box = Sandbox::new();
+    let smi = gpu::NvidiaSmi::install(gpu_box.dir.path());
+    let plain_box = Sandbox::new();
+    let gpu_hub = hub::Hub::start();
+    let plain_hub = hub::Hub::start();
+    let mut gpu_args = start_args(&gpu_hub.endpoint());
+    gpu_args.extend(["--gpus".to_string(), "0".to_string()]);
+    let mut gpu_cmd = gpu_box.agent(bin, &gpu_args);
+    gpu_cmd.env("PATH", smi.path_var());
+    let started = Instant::now();
+    let mut gpu_agent = Proc::spawn(gpu_cmd);
+    let mut plain_agent = Proc::spawn(plain_box.agent(bin, &start_args(&plain_hub.endpoint())));
+    let registered = |hub: &hub::Hub| {
+        hub.wait_until(WAIT, |h| h.register_body().is_some())
+            .then(|| started.elapsed())
+    };
+    let gpu_registered = registered(&gpu_hub);
+    let plain_registered = registered(&plain_hub);
+    if gpu_registered.is_none() {
+        fail_with_log(&gpu_box, "the GPU agent never registered");
+    }
+    // Both have synced; from here on both only idle.
+    std::thread::sleep(Duration::from_secs(1));
+    let (gpu0, plain0) = (cpu_ticks(gpu_agent.pid()), cpu_ticks(plain_agent.pid()));
+    std::thread::sleep(GPU_IDLE);
+    let (gpu1, plain1) = (cpu_ticks(gpu_agent.pid()), cpu_ticks(plain_agent.pid()));
+    let gpu_rss = proc_status_kb(gpu_agent.pid(), "VmRSS").unwrap_or(0);
+    let plain_rss = proc_status_kb(plain_agent.pid(), "VmRSS").unwrap_or(0);
+    gpu_agent.kill();
+    plain_agent.kill();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ms = |ticks: u64| ticks as f64 * 1000.0 / hz;
+    let (gpu_cpu, plain_cpu) = (gpu1.saturating_sub(gpu0), plain1.saturating_sub(plain0));
+    let ratio = gpu_cpu as f64 / (plain_cpu as f64).max(1.0);
+    vec![
+        Row::timed(
+            "GPU agent: start → registered (gate ran)",
+            gpu_registered,
+            plain_registered,
+            "plain agent, started beside it",
+            None,
+        ),
+        Row::kb(
+            "GPU agent: idle VmRSS",
+            gpu_rss,
+            plain_rss,
+            "plain agent",
+            None,
+        ),
+        Row {
+            name: format!("GPU agent: idle CPU over {} s", GPU_IDLE.as_secs()),
+            value: format!("{:.0} ms", ms(gpu_cpu)),
+            baseline: format!("{:.0} ms", ms(plain_cpu)),
+            baseline_is: "plain agent, same 15 s".into(),
+            ratio: Some(ratio),
+            target: "< 1.2x".into(),
+            ok: Some(ratio < 1.2),
+            note: format!("{gpu_cpu} vs {plain_cpu} ticks at {hz} Hz"),
+        },
+    ]
 }
 
 // ------------------------------------------------------ 6. big job request

@@ -295,7 +295,9 @@ impl<'a> KubernetesExecutor<'a> {
             home: self.settings.home.clone(),
             env: bridge_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            stop_grace: self.settings.stop_grace,
             keep_state: self.settings.debug_name.is_some(),
+            ..ShellOptions::default()
         };
         #[cfg(unix)]
         let started = self.start_without_kubectl(&options, log);
@@ -423,6 +425,7 @@ impl<'a> KubernetesExecutor<'a> {
             argv,
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
+            far_stop: None,
         })
     }
 
@@ -448,6 +451,7 @@ impl<'a> KubernetesExecutor<'a> {
             .collect(),
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
+            far_stop: None,
         }
     }
 

@@ -24,7 +24,15 @@ pub struct PtyCommands {
     /// The shell while it is usable; `None` before start and after it died
     /// or was stopped.
     pub(super) shell: Option<Shell>,
+    /// A memory limit enforced where the shell runs (a container's), and
+    /// the OOM kills already reported: a failed command is followed by a
+    /// look at the cgroup's count.
+    oom_watch: Option<(u64, u64)>,
 }
+
+/// Prints the OOM kill count of the cgroup bash runs in (v2, then v1).
+const OOM_PROBE: &str =
+    "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
 
 impl PtyCommands {
     /// The stop flag for a shell about to start (`ShellOptions::stopper`),
@@ -40,6 +48,13 @@ impl PtyCommands {
     /// stop flag, so the job's stop already reaches it.
     pub fn attach(&mut self, shell: Shell) {
         self.shell = Some(shell);
+    }
+
+    /// After every failed command, checks whether the memory limit of
+    /// `limit_bytes` (the container's) killed a process, and says so in
+    /// the job log.
+    pub fn watch_oom(&mut self, limit_bytes: u64) {
+        self.oom_watch = Some((limit_bytes, 0));
     }
 
     /// Runs `command` in the shell without logging its output (an
@@ -62,6 +77,25 @@ impl PtyCommands {
                 });
             }
         });
+        let mut oom = shell.out_of_memory_line();
+        if let (None, Some((limit, seen)), Ok(code)) = (&oom, self.oom_watch, &result) {
+            if *code != 0 {
+                let mut text = String::new();
+                let _ = shell.run(OOM_PROBE, &mut |chunk| {
+                    if text.len() < 4096 {
+                        text.push_str(chunk)
+                    }
+                });
+                let now = crate::shell::oom_kill_count(&text);
+                if now > seen {
+                    oom = Some(crate::shell::out_of_memory_line(now - seen, limit));
+                    self.oom_watch = Some((limit, now));
+                }
+            }
+        }
+        if let Some(line) = oom {
+            log.output(line);
+        }
         match result {
             Ok(code) => Outcome::Exited(code),
             Err(ShellError::Stopped) => {

@@ -55,6 +55,9 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// them: the job is over, nothing in it needs a graceful end.
 const DOWN_GRACE_SECONDS: &str = "2";
 
+/// The engine's answer to a GPU device request it has no driver for.
+const NO_GPU_DRIVER: &str = "could not select device driver";
+
 /// What went wrong setting up or starting a compose job; each message is
 /// the job log's (or, for a step that logged its own lines, the agent
 /// log's) line.
@@ -387,7 +390,12 @@ impl<'a> ComposeExecutor<'a> {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
-        let text = file::render_labelled(self.containers, mounts, &leftovers::labels())
+        let main = file::MainSettings {
+            gpus: self.settings.gpus.clone(),
+            memory_bytes: self.settings.limits.memory_bytes,
+            cpu_millis: self.settings.limits.cpu_millis,
+        };
+        let text = file::render_main(self.containers, mounts, &leftovers::labels(), &main)
             .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
@@ -547,6 +555,19 @@ impl<'a> ComposeExecutor<'a> {
         Ok((written, key))
     }
 
+    /// The job-log line for an engine that refused the main container's
+    /// GPU device request (`--gpus`).
+    fn say_no_gpu_support(&self, log: &mut JobLog<'_>) {
+        if let Some(gpus) = &self.settings.gpus {
+            log.output(format!(
+                "The Docker engine has no NVIDIA GPU support: this agent gives its jobs GPUs \
+                 {} (--gpus), and the engine has no 'nvidia' device driver (install the NVIDIA \
+                 Container Toolkit on the host and restart dockerd)\n",
+                gpus.join(",")
+            ));
+        }
+    }
+
     /// "Pulling docker images...": `compose run --rm <main> true` in a PTY,
     /// its lines logged.
     fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
@@ -567,12 +588,16 @@ impl<'a> ComposeExecutor<'a> {
             stopped: &|| stop.is_stopped(),
             scratch: None,
         };
+        let mut no_gpu_driver = false;
         let result = match HostCommand::from_argv(&argv) {
             Some(cmd) => host::run_in_pty(
                 &cmd.current_dir(&self.settings.home).envs(self.docker_env()),
                 &limits,
                 "compose-pull-pty",
-                &mut |line| log.output(line),
+                &mut |line| {
+                    no_gpu_driver |= line.contains(NO_GPU_DRIVER);
+                    log.output(line)
+                },
             )
             .map(|status| status.success()),
             None => Err(HostError::Pty {
@@ -587,12 +612,42 @@ impl<'a> ComposeExecutor<'a> {
                 1
             }
         };
+        if exit_code != 0 && no_gpu_driver {
+            self.say_no_gpu_support(log);
+        }
         log.finished(PULL_DIRECTIVE, exit_code, started_at);
         if exit_code == 0 {
             Ok(())
         } else {
             Err(ComposeError::Pull)
         }
+    }
+
+    /// At a stop with `--job-stop-grace-period`: SIGTERM to every process
+    /// in the main container but its bash (PID 1), then a wait of at most
+    /// the grace period for them to end (`docker exec`, as the container
+    /// was made by `compose run`, which `compose exec` does not reach).
+    fn far_stop_argv(&self) -> Vec<OsString> {
+        let tenths = self
+            .settings
+            .stop_grace
+            .map_or(0, |grace| grace.as_millis().div_ceil(100));
+        let script = format!(
+            "pids=; for p in /proc/[0-9]*; do p=${{p#/proc/}}; \
+             [ \"$p\" = 1 ] || [ \"$p\" = $$ ] || pids=\"$pids $p\"; done; \
+             [ -n \"$pids\" ] || exit 0; kill -TERM $pids 2>/dev/null; n=0; \
+             while [ $n -lt {tenths} ]; do alive=; \
+             for p in $pids; do [ -d /proc/$p ] && alive=1; done; \
+             [ -n \"$alive\" ] || exit 0; sleep 0.1; n=$((n+1)); done"
+        );
+        vec![
+            "docker".into(),
+            "exec".into(),
+            format!("{}-{}", self.project, self.main_name()).into(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ]
     }
 
     /// "Starting the docker image...": bash in the main container, reached
@@ -629,16 +684,22 @@ impl<'a> ComposeExecutor<'a> {
             argv,
             scratch_parent: shared,
             cd: None,
+            far_stop: Some(self.far_stop_argv()),
         };
         let options = ShellOptions {
             home: self.settings.home.clone(),
             env: self.docker_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            stop_grace: self.settings.stop_grace,
             keep_state: self.settings.debug_name.is_some(),
+            ..ShellOptions::default()
         };
         match Shell::start_with(&options, Some(&launch)) {
             Ok(shell) => {
                 self.pty.attach(shell);
+                if let Some(bytes) = self.settings.limits.memory_bytes {
+                    self.pty.watch_oom(bytes);
+                }
                 // Go starts jobs in the container user's HOME.
                 let outcome = self.pty.run_quiet("cd ~", log);
                 let exit_code = if outcome.usable() { 0 } else { outcome.code() };
@@ -664,6 +725,9 @@ impl<'a> ComposeExecutor<'a> {
                     why.join("\n")
                 };
                 log.output(format!("{message}\n"));
+                if text.contains(NO_GPU_DRIVER) || message.contains(NO_GPU_DRIVER) {
+                    self.say_no_gpu_support(log);
+                }
                 log.finished(START_DIRECTIVE, 1, started_at);
                 Err(ComposeError::StartImage(err))
             }
