@@ -55,15 +55,26 @@
 //!    same file through a bare PTY (`script -qc 'cat FILE' /dev/null >
 //!    /dev/null`), runs alternated; the ratio is the agent's throughput
 //!    over the bare PTY's (above 1 is faster).
-//! 8. idle CPU: user + system time of an agent syncing every 100 ms over
-//!    20 s (/proc ticks, every thread's), and its RSS.
+//! 8. GPU agent (issue 30): an agent with `--gpus 0` (the STAND-IN
+//!    `nvidia-smi` of tests/support/gpu.rs on its PATH, so the health gate
+//!    runs for real before registering and then on its 5-minute timer) and
+//!    one without, started side by side and left idle together for 15 s:
+//!    start → registered, idle VmRSS and idle CPU (utime + stime of the
+//!    agent and its reaped children, from /proc) of the GPU agent against
+//!    the plain one (target: CPU within 1.2×).
+//! 9. idle CPU: user + system time (the agent's and its reaped children's,
+//!    every thread's, /proc ticks) of an agent syncing every 100 ms over
+//!    20 s, and its RSS.
 //!
-//! `--only 1,7,8` runs those sections (2 is the one-agent group 2 to 4).
+//! `--only 1,7,9` runs those sections (2 is the one-agent group 2 to 4).
 //! `--compare PATH` runs another build of the agent (say, the commit
-//! before a change, built to a path of its own) in sections 1, 7 and 8 of
+//! before a change, built to a path of its own) in sections 1, 7 and 9 of
 //! the same run, alternated with (or, idle, beside) this one: its rows say
 //! "vs --compare" and their ratio is this build's figure over the other's.
 
+#[path = "../tests/support/gpu.rs"]
+#[allow(dead_code)]
+mod gpu;
 #[path = "../tests/support/hub.rs"]
 #[allow(dead_code)]
 mod hub;
@@ -134,13 +145,13 @@ fn main() {
     let mut rows = Vec::new();
 
     if opts.wants(1) {
-        println!("1/8 start → registered ({START_RUNS} runs each)...");
+        println!("1/9 start → registered ({START_RUNS} runs each)...");
         rows.extend(start_rows(&bin, compare));
     }
 
     if opts.wants(2) {
         println!(
-            "2/8 idle RSS, 3/8 line latency, job start and log POSTs, 4/8 stop latency (one agent)..."
+            "2/9 idle RSS, 3/9 line latency, job start and log POSTs, 4/9 stop latency (one agent)..."
         );
         let scratch = Sandbox::new();
         let hub = hub::Hub::start();
@@ -165,23 +176,28 @@ fn main() {
     }
 
     if opts.wants(5) {
-        println!("5/8 binary size...");
+        println!("5/9 binary size...");
         rows.extend(size_rows(&bin));
     }
 
     if opts.wants(6) {
-        println!("6/8 a 200 MB job request...");
+        println!("6/9 a 200 MB job request...");
         rows.extend(big_job_rows(&bin));
     }
 
     if opts.wants(7) {
-        println!("7/8 `run` draining 100 MB ({DRAIN_RUNS} runs each)...");
+        println!("7/9 `run` draining 100 MB ({DRAIN_RUNS} runs each)...");
         rows.extend(drain_rows(&bin, compare));
     }
 
     if opts.wants(8) {
+        println!("8/9 a GPU agent (health gate on) against a plain one, idle side by side...");
+        rows.extend(gpu_rows(&bin));
+    }
+
+    if opts.wants(9) {
         println!(
-            "8/8 idle CPU and RSS over {} s (sync every 100 ms)...",
+            "9/9 idle CPU and RSS over {} s (sync every 100 ms)...",
             IDLE_CPU.as_secs()
         );
         rows.extend(idle_cpu_rows(&bin, compare));
@@ -192,9 +208,9 @@ fn main() {
 
 /// The command line: `--only 1,7` runs those sections (numbers as
 /// printed: 1 start, 2 the one-agent group (2 to 4), 5 size, 6 big job,
-/// 7 drain, 8 idle CPU); `--compare PATH` measures another build of the
-/// agent (an older commit, built to a path of its own) in the same run,
-/// alternated with this one, in sections 1, 7 and 8.
+/// 7 drain, 8 GPU agent, 9 idle CPU); `--compare PATH` measures another
+/// build of the agent (an older commit, built to a path of its own) in the
+/// same run, alternated with this one, in sections 1, 7 and 9.
 struct Options {
     only: Option<Vec<u32>>,
     compare: Option<PathBuf>,
@@ -214,9 +230,9 @@ impl Options {
                     let sections = list
                         .split(',')
                         .map(|n| match n.trim().parse::<u32>() {
-                            Ok(n @ (1 | 2 | 5..=8)) => Ok(n),
+                            Ok(n @ (1 | 2 | 5..=9)) => Ok(n),
                             _ => Err(format!(
-                                "--only: '{n}' is not a section (1, 2, 5, 6, 7 or 8)"
+                                "--only: '{n}' is not a section (1, 2, 5, 6, 7, 8 or 9)"
                             )),
                         })
                         .collect::<Result<Vec<_>, _>>()?;
@@ -748,13 +764,13 @@ fn drain_rows(bin: &Path, compare: Option<&Path>) -> Vec<Row> {
     rows
 }
 
-// ---------------------------------------------------------------- 8. idle CPU
+// ---------------------------------------------------------------- 9. idle CPU
 
 /// How long section 8 lets the agents idle.
 const IDLE_CPU: Duration = Duration::from_secs(20);
 
-/// CPU time (user + system, all threads, exited ones included) and RSS of
-/// an agent idling for [`IDLE_CPU`] against a hub that asks for a sync
+/// CPU time (user + system, all threads, exited ones and reaped children
+/// included: `cpu_ticks`) and RSS of an agent idling for [`IDLE_CPU`] against a hub that asks for a sync
 /// every 100 ms. With `--compare`, the other binary idles in the same
 /// window against a hub of its own (the fair way on a loaded machine);
 /// without it, the baseline is a `sleep` process over the same window.
@@ -777,7 +793,7 @@ fn idle_cpu_rows(bin: &Path, compare: Option<&Path>) -> Vec<Row> {
     let sleeper = Proc::spawn(cmd);
     // Past the start (first syncs, the host sweep) before the window opens.
     std::thread::sleep(Duration::from_secs(1));
-    let cpu0: [Option<(Option<u64>, &Proc)>; 3] = [
+    let cpu0: [Option<(u64, &Proc)>; 3] = [
         Some((cpu_ticks(ours.2.pid()), &ours.2)),
         other.as_ref().map(|o| (cpu_ticks(o.2.pid()), &o.2)),
         Some((cpu_ticks(sleeper.pid()), &sleeper)),
@@ -791,8 +807,9 @@ fn idle_cpu_rows(bin: &Path, compare: Option<&Path>) -> Vec<Row> {
         .iter()
         .map(|entry| {
             let (start, p) = entry.as_ref()?;
-            let end = cpu_ticks(p.pid())?;
-            Some(ticks_to_duration(end.checked_sub((*start)?)?))
+            // 0: the process is gone (no reading).
+            let end = Some(cpu_ticks(p.pid())).filter(|t| *t > 0 || *start == 0)?;
+            Some(ticks_to_duration(end.checked_sub(*start)?))
         })
         .collect();
     let syncs = ours.1.syncs().len() - syncs0.0;
@@ -832,18 +849,6 @@ fn idle_cpu_rows(bin: &Path, compare: Option<&Path>) -> Vec<Row> {
         ));
     }
     rows
-}
-
-/// utime + stime of a process in clock ticks (/proc/PID/stat): every
-/// thread's, exited ones included.
-fn cpu_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
 }
 
 fn ticks_to_duration(ticks: u64) -> Duration {
@@ -1167,6 +1172,88 @@ fn start_args(endpoint: &str) -> Vec<String> {
 
 fn path_var() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+}
+
+// ------------------------------------------------------ 7. GPU agent
+
+/// How long the GPU and plain agents idle side by side.
+const GPU_IDLE: Duration = Duration::from_secs(15);
+
+/// CPU ticks (utime + stime + cutime + cstime) of `pid`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    // Fields after the command: state is field 3; utime..cstime are 14..17.
+    after
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+fn gpu_rows(bin: &Path) -> Vec<Row> {
+    let gpu_box = Sandbox::new();
+    let smi = gpu::NvidiaSmi::install(gpu_box.dir.path());
+    let plain_box = Sandbox::new();
+    let gpu_hub = hub::Hub::start();
+    let plain_hub = hub::Hub::start();
+    let mut gpu_args = start_args(&gpu_hub.endpoint());
+    gpu_args.extend(["--gpus".to_string(), "0".to_string()]);
+    let mut gpu_cmd = gpu_box.agent(bin, &gpu_args);
+    gpu_cmd.env("PATH", smi.path_var());
+    let started = Instant::now();
+    let mut gpu_agent = Proc::spawn(gpu_cmd);
+    let mut plain_agent = Proc::spawn(plain_box.agent(bin, &start_args(&plain_hub.endpoint())));
+    let registered = |hub: &hub::Hub| {
+        hub.wait_until(WAIT, |h| h.register_body().is_some())
+            .then(|| started.elapsed())
+    };
+    let gpu_registered = registered(&gpu_hub);
+    let plain_registered = registered(&plain_hub);
+    if gpu_registered.is_none() {
+        fail_with_log(&gpu_box, "the GPU agent never registered");
+    }
+    // Both have synced; from here on both only idle.
+    std::thread::sleep(Duration::from_secs(1));
+    let (gpu0, plain0) = (cpu_ticks(gpu_agent.pid()), cpu_ticks(plain_agent.pid()));
+    std::thread::sleep(GPU_IDLE);
+    let (gpu1, plain1) = (cpu_ticks(gpu_agent.pid()), cpu_ticks(plain_agent.pid()));
+    let gpu_rss = proc_status_kb(gpu_agent.pid(), "VmRSS").unwrap_or(0);
+    let plain_rss = proc_status_kb(plain_agent.pid(), "VmRSS").unwrap_or(0);
+    gpu_agent.kill();
+    plain_agent.kill();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ms = |ticks: u64| ticks as f64 * 1000.0 / hz;
+    let (gpu_cpu, plain_cpu) = (gpu1.saturating_sub(gpu0), plain1.saturating_sub(plain0));
+    let ratio = gpu_cpu as f64 / (plain_cpu as f64).max(1.0);
+    vec![
+        Row::timed(
+            "GPU agent: start → registered (gate ran)",
+            gpu_registered,
+            plain_registered,
+            "plain agent, started beside it",
+            None,
+        ),
+        Row::kb(
+            "GPU agent: idle VmRSS",
+            gpu_rss,
+            plain_rss,
+            "plain agent",
+            None,
+        ),
+        Row {
+            name: format!("GPU agent: idle CPU over {} s", GPU_IDLE.as_secs()),
+            value: format!("{:.0} ms", ms(gpu_cpu)),
+            baseline: format!("{:.0} ms", ms(plain_cpu)),
+            baseline_is: "plain agent, same 15 s".into(),
+            ratio: Some(ratio),
+            target: "< 1.2x".into(),
+            ok: Some(ratio < 1.2),
+            note: format!("{gpu_cpu} vs {plain_cpu} ticks at {hz} Hz"),
+        },
+    ]
 }
 
 // ------------------------------------------------------ 6. big job request

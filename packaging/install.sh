@@ -53,7 +53,9 @@ Usage: install.sh [options]        (every option is optional)
   --post-job-hook FILE   copy FILE to <dir>/hooks/post-job.sh and use it
   --shutdown-hook FILE   copy FILE to <dir>/hooks/shutdown.sh and use it
   --gpus LIST            one agent per GPU: indexes (0,1,3) or "all"
-                         (nvidia-smi -L); installs semaphore-agent@.service
+                         (nvidia-smi -L); installs semaphore-agent@.service,
+                         each instance with `gpus: "<i>"` in its own config
+                         and its own agent log (<dir>/gpu<i>/agent.log)
   --notify               Type=notify with WatchdogSec=15min (READY=1 once
                          registered, WATCHDOG=1 on every sync)
   --enable               also `systemctl enable` the unit(s)
@@ -386,8 +388,8 @@ install_toolbox() {
     ensure_profile_line
 }
 
-config_yaml() { # NAME: config.yaml, Go's keys first, then ours when asked for
-    local name=$1 kv hook shutdown=$SHUTDOWN_HOOK
+config_yaml() { # NAME [GPU]: config.yaml, Go's keys first, then ours when asked for
+    local name=$1 gpu=${2:-} kv hook shutdown=$SHUTDOWN_HOOK
     [ -z "$HOOK_SRC_shutdown" ] || shutdown=$PREFIX/hooks/shutdown.sh
     echo "endpoint: $(yq "$ENDPOINT")"
     echo "token: $(yq "$TOKEN")"
@@ -407,6 +409,10 @@ config_yaml() { # NAME: config.yaml, Go's keys first, then ours when asked for
     echo "fail-on-missing-files: false"
     [ -z "$name" ] || echo "name: $(yq "$name")"
     [ "$GRACE" = 0 ] || echo "interruption-grace-period: $GRACE"
+    # The agent gives this GPU's jobs CUDA_VISIBLE_DEVICES and
+    # NVIDIA_VISIBLE_DEVICES, a compose job's main container a device
+    # request, and checks the GPU's health.
+    [ -z "$gpu" ] || echo "gpus: \"$gpu\""
     for hook in pre-job post-job; do
         [ -z "$(hook_src "$hook")" ] || echo "$hook-hook-path: $(yq "$PREFIX/hooks/$hook.sh")"
     done
@@ -424,7 +430,6 @@ unit_text() {
         description="Semaphore agent for GPU %i"
         dir=$PREFIX/gpu%i
         config=$dir/config.yaml
-        extra=" --env-vars CUDA_VISIBLE_DEVICES=%i"
         for kv in ${ENV_VARS[@]+"${ENV_VARS[@]}"}; do extra+=" --env-vars $(systemd_quote "$kv")"; done
     fi
     cat <<EOF
@@ -442,7 +447,6 @@ WorkingDirectory=$dir
 ExecStart=$PREFIX/agent start --config-file $config$extra
 Environment=SEMAPHORE_AGENT_LOG_FILE_PATH=$dir/agent.log
 EOF
-    [ "$template" != true ] || echo "Environment=CUDA_VISIBLE_DEVICES=%i"
     cat <<EOF
 # Added by semaphore-agent's install.sh: on stop, SIGTERM goes to the agent
 # only, so a running job gets interruption-grace-period; the agent runs
@@ -562,8 +566,9 @@ else
     for g in "${GPU_LIST[@]}"; do
         mkdir -p "$ROOT_DIR/gpu$g"
         own "$ROOT_DIR/gpu$g"
-        config_yaml "${NAME:+$NAME-gpu$g}" | write_if_changed "$ROOT_DIR/gpu$g/config.yaml" 600 || true
+        config_yaml "${NAME:+$NAME-gpu$g}" "$g" | write_if_changed "$ROOT_DIR/gpu$g/config.yaml" 600 || true
         own "$ROOT_DIR/gpu$g/config.yaml"
+        agent_log "$ROOT_DIR/gpu$g"
         configs+=("$PREFIX/gpu$g/config.yaml")
     done
 fi

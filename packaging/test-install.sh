@@ -137,12 +137,19 @@ tunit=$D/etc/systemd/system/semaphore-agent@.service
 for g in 0 1 3; do
     grep -qx "name: \"gpu-box-0001-gpu$g\"" "$A/gpu$g/config.yaml" 2>/dev/null &&
         pass "gpu$g/config.yaml has its own name" || fail "gpu$g/config.yaml name"
+    grep -qx "gpus: \"$g\"" "$A/gpu$g/config.yaml" 2>/dev/null &&
+        pass "gpu$g/config.yaml has gpus: \"$g\"" || fail "gpu$g/config.yaml gpus: $(grep gpus "$A/gpu$g/config.yaml")"
+    [ -f "$A/gpu$g/agent.log" ] && pass "gpu$g has its own agent log" || fail "no $A/gpu$g/agent.log"
 done
 [ ! -e "$A/gpu2" ] && [ ! -e "$D/etc/systemd/system/semaphore-agent.service" ] &&
     pass "no gpu2, no single-agent unit" || fail "unexpected files for --gpus"
-grep -qx 'ExecStart=/opt/semaphore/agent/agent start --config-file /opt/semaphore/agent/gpu%i/config.yaml --env-vars CUDA_VISIBLE_DEVICES=%i --env-vars "HF_HOME=/data/hf 100%%"' "$tunit" &&
-    pass "template unit: per-instance config, CUDA_VISIBLE_DEVICES=%i and extra vars via --env-vars" ||
+grep -qx 'ExecStart=/opt/semaphore/agent/agent start --config-file /opt/semaphore/agent/gpu%i/config.yaml --env-vars "HF_HOME=/data/hf 100%%"' "$tunit" &&
+    pass "template unit: per-instance config (its gpus), extra vars via --env-vars" ||
     fail "template ExecStart: $(grep ^ExecStart "$tunit")"
+grep -qx 'Environment=SEMAPHORE_AGENT_LOG_FILE_PATH=/opt/semaphore/agent/gpu%i/agent.log' "$tunit" &&
+    ! grep -q CUDA_VISIBLE_DEVICES "$tunit" &&
+    pass "template unit: an agent log per instance, no CUDA_VISIBLE_DEVICES line" ||
+    fail "template unit: $(grep -E 'LOG_FILE|CUDA' "$tunit")"
 
 # --- 4b. macOS: the launchd daemon as Go writes it ----------------------------
 D=$WORK/launchd

@@ -93,6 +93,11 @@ macro_rules! config_keys {
             KubernetesPodStartTimeout, kubernetes_pod_start_timeout, "kubernetes-pod-start-timeout", Int, true, Public, "300", "seconds to wait for a job pod to be ready";
             KubernetesLabels, kubernetes_labels, "kubernetes-labels", List, true, Public, "", "key=value labels of the objects made for a Kubernetes job (repeatable, comma-separated)";
             KubernetesDefaultImage, kubernetes_default_image, "kubernetes-default-image", Str, true, Public, "", "image of Kubernetes jobs that name no containers";
+            Gpus, gpus, "gpus", Str, true, Public, "", "GPUs of this agent's jobs: all, or indexes or UUIDs, comma-separated (unset: no GPU handling)";
+            GpuHealthCommand, gpu_health_command, "gpu-health-command", Str, true, Public, "", "command run instead of nvidia-smi to check the GPUs (with --gpus)";
+            JobMemoryLimit, job_memory_limit, "job-memory-limit", Str, true, Public, "", "memory limit of each job, e.g. 512M or 4G (host jobs: their cgroup; compose: the main container)";
+            JobCpus, job_cpus, "job-cpus", Str, true, Public, "", "CPUs each job may use, a decimal such as 0.5 or 2 (host jobs: their cgroup; compose: the main container)";
+            JobStopGracePeriod, job_stop_grace_period, "job-stop-grace-period", Str, true, Public, "0.5", "seconds a stopped job's processes get between SIGTERM and SIGKILL";
         }
     };
 }

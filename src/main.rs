@@ -222,7 +222,9 @@ fn job_outcome(result: JobResult) -> Result<(), Failure> {
 /// Only a shutdown the control plane did not ask for is a failure.
 fn shutdown_outcome(reason: ShutdownReason) -> Result<(), Failure> {
     match reason {
-        ShutdownReason::UnableToSync => Err(Failure::SelfShutdown(reason)),
+        ShutdownReason::UnableToSync | ShutdownReason::GpuUnhealthy => {
+            Err(Failure::SelfShutdown(reason))
+        }
         ShutdownReason::Idle
         | ShutdownReason::JobFinished
         | ShutdownReason::Requested
@@ -254,6 +256,7 @@ mod tests {
     #[test]
     fn shutdown_reasons_and_exit_codes() {
         assert_eq!(code(shutdown_outcome(ShutdownReason::UnableToSync)), 1);
+        assert_eq!(code(shutdown_outcome(ShutdownReason::GpuUnhealthy)), 1);
         for reason in [
             ShutdownReason::Idle,
             ShutdownReason::JobFinished,

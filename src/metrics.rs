@@ -94,6 +94,15 @@ pub struct Metrics {
     log_lost_bytes: AtomicU64,
     log_spool_write_failures: AtomicU64,
     job_start_ms: AtomicU64,
+    /// `--gpus` is set: the GPU families are rendered.
+    gpu_on: AtomicBool,
+    /// Why the GPU health gate failed; empty while the GPUs are healthy.
+    gpu_fault: Mutex<String>,
+    gpu_health_failures: AtomicU64,
+    /// The last job's peak GPU memory, and its mean utilisation in
+    /// thousandths (`u64::MAX`: the driver gave none).
+    job_gpu_memory_bytes: AtomicU64,
+    job_gpu_utilization_permille: AtomicU64,
 }
 
 static GLOBAL: Metrics = Metrics::new();
@@ -158,7 +167,36 @@ impl Metrics {
             log_lost_bytes: AtomicU64::new(0),
             log_spool_write_failures: AtomicU64::new(0),
             job_start_ms: AtomicU64::new(0),
+            gpu_on: AtomicBool::new(false),
+            gpu_fault: Mutex::new(String::new()),
+            gpu_health_failures: AtomicU64::new(0),
+            job_gpu_memory_bytes: AtomicU64::new(0),
+            job_gpu_utilization_permille: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The GPU health gate ran: `Ok` healthy, `Err(why)` not (the
+    /// `/healthz` line then says why, and the failure is counted).
+    pub fn gpu_checked(&self, verdict: Result<(), String>) {
+        self.gpu_on.store(true, Ordering::Relaxed);
+        let failed = verdict.is_err();
+        if let Ok(mut fault) = self.gpu_fault.lock() {
+            *fault = verdict.err().unwrap_or_default();
+        }
+        if failed {
+            self.gpu_health_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the last job used on its GPUs.
+    pub fn job_gpu_used(&self, peak_memory_bytes: u64, mean_utilization_permille: Option<u64>) {
+        self.gpu_on.store(true, Ordering::Relaxed);
+        self.job_gpu_memory_bytes
+            .store(peak_memory_bytes, Ordering::Relaxed);
+        self.job_gpu_utilization_permille.store(
+            mean_utilization_permille.unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The agent process started (`semaphore_agent_start_timestamp_seconds`).
@@ -256,6 +294,10 @@ impl Metrics {
     /// than three sync intervals (at least `min_interval` each, so a short
     /// planned wait does not make a normal slow sync look stale).
     pub fn health(&self, now_ms: u64, min_interval_ms: u64) -> Result<String, Unhealthy> {
+        let fault = self.gpu_fault.lock().map(|f| f.clone()).unwrap_or_default();
+        if !fault.is_empty() {
+            return Err(Unhealthy::Gpu(fault));
+        }
         if !self.registered.load(Ordering::Relaxed) {
             return Err(Unhealthy::NotRegistered);
         }
@@ -443,7 +485,63 @@ impl Metrics {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "semaphore_agent_{name} {}", load(value));
         }
+        if self.gpu_on.load(Ordering::Relaxed) {
+            self.render_gpu(&mut out);
+        }
         out
+    }
+
+    /// The GPU families (`--gpus`).
+    fn render_gpu(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP semaphore_agent_{name} {help}");
+            let _ = writeln!(out, "# TYPE semaphore_agent_{name} {kind}");
+        };
+        let healthy = self.gpu_fault.lock().map(|f| f.is_empty()).unwrap_or(false);
+        family(
+            out,
+            "gpu_healthy",
+            "gauge",
+            "1 while the GPU health gate passes, 0 once it failed (the agent then takes no more jobs).",
+        );
+        let _ = writeln!(out, "semaphore_agent_gpu_healthy {}", u8::from(healthy));
+        family(
+            out,
+            "gpu_health_check_failures_total",
+            "counter",
+            "GPU health checks that failed.",
+        );
+        let _ = writeln!(
+            out,
+            "semaphore_agent_gpu_health_check_failures_total {}",
+            load(&self.gpu_health_failures)
+        );
+        family(
+            out,
+            "job_gpu_memory_peak_bytes",
+            "gauge",
+            "Peak GPU memory the processes of the last finished job held at once.",
+        );
+        let _ = writeln!(
+            out,
+            "semaphore_agent_job_gpu_memory_peak_bytes {}",
+            load(&self.job_gpu_memory_bytes)
+        );
+        let util = load(&self.job_gpu_utilization_permille);
+        if util != u64::MAX {
+            family(
+                out,
+                "job_gpu_utilization_ratio",
+                "gauge",
+                "Mean utilisation (0 to 1) of the last finished job's GPUs.",
+            );
+            let _ = writeln!(
+                out,
+                "semaphore_agent_job_gpu_utilization_ratio {}",
+                seconds(util)
+            );
+        }
     }
 }
 
@@ -456,6 +554,8 @@ pub enum Unhealthy {
     ShuttingDown,
     /// The last successful sync is older than the limit (both in ms).
     StaleSync { age_ms: u64, limit_ms: u64 },
+    /// The GPU health gate failed; why.
+    Gpu(String),
 }
 
 impl std::fmt::Display for Unhealthy {
@@ -463,6 +563,7 @@ impl std::fmt::Display for Unhealthy {
         match self {
             Unhealthy::NotRegistered => write!(f, "not registered with Semaphore yet"),
             Unhealthy::ShuttingDown => write!(f, "shutting down"),
+            Unhealthy::Gpu(why) => write!(f, "GPU health check failed: {why}"),
             Unhealthy::StaleSync { age_ms, limit_ms } => write!(
                 f,
                 "last successful sync {} s ago (limit {} s)",
@@ -478,6 +579,38 @@ impl std::error::Error for Unhealthy {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_gpu_gate_is_unhealthy_counted_and_rendered() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("gpu"), "GPU families without --gpus");
+        m.registered("a", "linux", "x86_64");
+        m.gpu_checked(Ok(()));
+        m.job_gpu_used(321 << 20, Some(500));
+        let text = m.render();
+        assert_eq!(value(&text, "semaphore_agent_gpu_healthy"), "1");
+        assert_eq!(
+            value(&text, "semaphore_agent_job_gpu_memory_peak_bytes"),
+            (321u64 << 20).to_string()
+        );
+        assert_eq!(
+            value(&text, "semaphore_agent_job_gpu_utilization_ratio"),
+            "0.500"
+        );
+        assert!(m.health(now_ms(), 1000).is_ok());
+        m.gpu_checked(Err("GPU 1 is unhealthy: [GPU is lost]".into()));
+        let text = m.render();
+        assert_eq!(value(&text, "semaphore_agent_gpu_healthy"), "0");
+        assert_eq!(
+            value(&text, "semaphore_agent_gpu_health_check_failures_total"),
+            "1"
+        );
+        let why = m.health(now_ms(), 1000).unwrap_err().to_string();
+        assert_eq!(
+            why,
+            "GPU health check failed: GPU 1 is unhealthy: [GPU is lost]"
+        );
+    }
 
     fn value(text: &str, sample: &str) -> String {
         text.lines()

@@ -631,6 +631,26 @@ fn into_file(fd: Fd) -> File {
 }
 
 /// The agent's effective user id.
+/// Takes an exclusive advisory lock (`flock`) on `file` without waiting:
+/// `Ok(false)` when another process holds one. Held until every descriptor
+/// of that open file is closed (they are close-on-exec, so no child keeps
+/// it). Side-by-side agents use it so they never share a default file.
+#[cfg(unix)]
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock(2) on a descriptor `file` owns; it touches no memory.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
 #[cfg(unix)]
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.

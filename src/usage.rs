@@ -14,6 +14,18 @@ pub struct Usage {
     pub memory: Option<Memory>,
     /// Processes started, and whether that is only a lower bound.
     pub processes: Option<(u64, bool)>,
+    /// What the job's processes used on its GPUs (`--gpus`).
+    pub gpu: Option<Gpu>,
+}
+
+/// A job's GPU figures, sampled while it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gpu {
+    /// The most GPU memory its processes held at once.
+    pub peak_memory_bytes: u64,
+    /// The mean utilisation of its GPUs, in thousandths, where the driver
+    /// gave one.
+    pub mean_utilization_permille: Option<u64>,
 }
 
 /// A memory figure and what it is the peak of.
@@ -57,10 +69,17 @@ impl std::fmt::Display for Usage {
             None => {}
         }
         match self.processes {
-            Some((n, false)) => write!(f, ", {n} processes started"),
-            Some((n, true)) => write!(f, ", at least {n} processes started"),
-            None => Ok(()),
+            Some((n, false)) => write!(f, ", {n} processes started")?,
+            Some((n, true)) => write!(f, ", at least {n} processes started")?,
+            None => {}
         }
+        if let Some(gpu) = self.gpu {
+            write!(f, ", peak GPU memory {}", mib(gpu.peak_memory_bytes))?;
+            if let Some(u) = gpu.mean_utilization_permille {
+                write!(f, ", mean GPU utilisation {}.{}%", u / 10, u % 10)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +95,7 @@ mod tests {
             source: "cgroup",
             memory: Some(Memory::Peak(210 * 1024 * 1024 + 300 * 1024)),
             processes: Some((168, false)),
+            gpu: None,
         };
         assert_eq!(
             usage.to_string(),
@@ -96,5 +116,15 @@ mod tests {
             ..usage
         };
         assert!(none.to_string().ends_with("; cgroup)"));
+        let gpu = Usage {
+            gpu: Some(Gpu {
+                peak_memory_bytes: 300 << 20,
+                mean_utilization_permille: Some(425),
+            }),
+            ..none
+        };
+        assert!(gpu
+            .to_string()
+            .ends_with("; cgroup), peak GPU memory 300.0 MiB, mean GPU utilisation 42.5%"));
     }
 }

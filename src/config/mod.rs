@@ -70,7 +70,18 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// `--kubernetes-executor` and its settings; `None` when off.
     pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
+    /// `--gpus`; `None`: no GPU handling at all.
+    pub gpus: Option<GpuSelection>,
+    /// `--gpu-health-command`: run through `sh -c` instead of `nvidia-smi`.
+    pub gpu_health_command: Option<String>,
+    /// `--job-memory-limit` and `--job-cpus`.
+    pub job_limits: JobLimits,
+    /// `--job-stop-grace-period`; `None` is the default (0.5 s).
+    pub job_stop_grace_period: Option<std::time::Duration>,
 }
+
+pub use crate::shell::gpu::GpuSelection;
+pub use crate::shell::JobLimits;
 
 /// The agent log's line format (`log-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -206,6 +217,13 @@ pub enum ConfigError {
         value: String,
         origin: Origin,
     },
+    /// A value of the wrong form; `expected` says which form.
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        origin: Origin,
+        expected: &'static str,
+    },
     MissingEndpoint,
     /// `endpoint` names a scheme that contradicts `no-https`, or one the
     /// agent does not speak; `fix` says which setting to use instead.
@@ -333,6 +351,12 @@ impl fmt::Display for ConfigError {
                 f,
                 "'health-address' ({origin}) must be HOST:PORT with a port from 1 to 65535, not '{value}'"
             ),
+            InvalidValue {
+                key,
+                value,
+                origin,
+                expected,
+            } => write!(f, "option '{key}' ({origin}) must be {expected}, not '{value}'"),
             EndpointScheme { value, origin, fix } => write!(
                 f,
                 "'endpoint' ({origin}) is '{}': {fix}",
@@ -415,6 +439,13 @@ impl Config {
             files: self.files.clone(),
             fail_on_missing_files: self.fail_on_missing_files,
             kubernetes: self.kubernetes.clone().map(std::sync::Arc::new),
+            // `all` is resolved by the listener's first GPU check.
+            gpus: match &self.gpus {
+                Some(GpuSelection::Ids(ids)) => Some(ids.clone()),
+                _ => None,
+            },
+            limits: self.job_limits,
+            stop_grace: self.job_stop_grace_period,
             debug_name: Some(self.name.clone()),
         }
     }
@@ -449,6 +480,9 @@ impl RunConfig {
             files: Vec::new(),
             fail_on_missing_files: false,
             kubernetes: None,
+            gpus: None,
+            limits: JobLimits::default(),
+            stop_grace: None,
             debug_name: None,
         }
     }
@@ -615,6 +649,28 @@ impl Config {
             }
         };
         let health_address = health_address(raw)?;
+        let gpus = match text(raw, Key::Gpus)? {
+            None => None,
+            Some((value, origin)) => {
+                Some(
+                    GpuSelection::parse(&value).map_err(|bad| ConfigError::InvalidValue {
+                        key: Key::Gpus.name(),
+                        value: if bad == value {
+                            value.clone()
+                        } else {
+                            format!("{bad}' in '{value}")
+                        },
+                        origin: origin.clone(),
+                        expected: "'all' or GPU indexes or UUIDs, comma-separated (0,1 or GPU-...)",
+                    })?,
+                )
+            }
+        };
+        let job_limits = JobLimits {
+            memory_bytes: parsed(raw, Key::JobMemoryLimit, parse_size, SIZE_FORM)?,
+            cpu_millis: parsed(raw, Key::JobCpus, parse_cpus, CPUS_FORM)?,
+        };
+        let job_stop_grace_period = parsed(raw, Key::JobStopGracePeriod, parse_grace, GRACE_FORM)?;
 
         let mut warnings = Vec::new();
         if *token_origin == Origin::Flag {
@@ -663,6 +719,10 @@ impl Config {
             log_format,
             warnings,
             kubernetes,
+            gpus,
+            gpu_health_command: text(raw, Key::GpuHealthCommand)?.map(|(s, _)| s),
+            job_limits,
+            job_stop_grace_period,
         })
     }
 
@@ -755,6 +815,28 @@ impl Config {
             Key::RedactEnvVars => Some(Shown::Many(self.redact_env_vars.clone())),
             Key::HealthAddress => one(&self.health_address.clone().unwrap_or_default()),
             Key::LogFormat => one(&self.log_format.as_str()),
+            Key::Gpus => one(&self
+                .gpus
+                .as_ref()
+                .map(GpuSelection::as_text)
+                .unwrap_or_default()),
+            Key::GpuHealthCommand => one(&self.gpu_health_command.clone().unwrap_or_default()),
+            Key::JobMemoryLimit => one(&self
+                .job_limits
+                .memory_bytes
+                .map(crate::shell::size_text)
+                .unwrap_or_default()),
+            Key::JobCpus => one(&self
+                .job_limits
+                .cpu_millis
+                .map(crate::shell::cpus_text)
+                .unwrap_or_default()),
+            Key::JobStopGracePeriod => one(&format!(
+                "{} s",
+                self.job_stop_grace_period
+                    .unwrap_or(std::time::Duration::from_millis(500))
+                    .as_secs_f64()
+            )),
         }
     }
 }
@@ -860,6 +942,91 @@ fn list(raw: &RawConfig, key: Key) -> Option<(Vec<String>, &Origin)> {
         };
         (items, &setting.origin)
     })
+}
+
+const SIZE_FORM: &str = "a size such as 512M or 4G (K, M, G, T: powers of 1024; at least 4M)";
+const CPUS_FORM: &str = "a number of CPUs greater than 0, such as 0.5 or 2 (at most 3 decimals)";
+const GRACE_FORM: &str = "seconds from 0 to 3600, such as 5 or 0.5";
+
+/// A single value turned into a type by `parse`; `None` when unset (or
+/// `""`); an error names the key, the value and `form`. A key's default
+/// text, when it has one, is parsed the same way.
+fn parsed<T>(
+    raw: &RawConfig,
+    key: Key,
+    parse: fn(&str) -> Option<T>,
+    form: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match text(raw, key)? {
+        None => Ok(None),
+        Some((value, origin)) => match parse(value.trim()) {
+            Some(v) => Ok(Some(v)),
+            None => Err(ConfigError::InvalidValue {
+                key: key.name(),
+                value,
+                origin: origin.clone(),
+                expected: form,
+            }),
+        },
+    }
+}
+
+/// `512M`, `4G`, `1536K`, `2Gi`, `64MB`, or plain bytes; at least 4 MiB
+/// (less cannot run a bash).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    if unit == "ib" {
+        return None;
+    }
+    let bytes = number.checked_mul(1u64 << shift)?;
+    (bytes >= 4 << 20).then_some(bytes)
+}
+
+/// Decimal seconds as whole thousandths: `0.5` → 500; `None` for a bad
+/// number or more than 3 decimals.
+fn thousandths(text: &str) -> Option<u64> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 3
+    {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac: u64 = format!("{frac:0<3}").parse().ok()?;
+    whole.checked_mul(1000)?.checked_add(frac)
+}
+
+/// `--job-cpus`: more than 0, at most 4096 CPUs.
+pub fn parse_cpus(text: &str) -> Option<u64> {
+    thousandths(text).filter(|&m| m > 0 && m <= 4096 * 1000)
+}
+
+/// `--job-stop-grace-period`: 0 to an hour.
+fn parse_grace(text: &str) -> Option<std::time::Duration> {
+    thousandths(text)
+        .filter(|&ms| ms <= 3_600_000)
+        .map(std::time::Duration::from_millis)
 }
 
 /// `NAME=VALUE` entries, split at the first `=` so a value may contain `=`

@@ -154,6 +154,11 @@ fn every_key_reads_its_env_var() {
         ("SEMAPHORE_AGENT_SOURCE_PRE_JOB_HOOK", "True"),
         ("SEMAPHORE_AGENT_HEALTH_ADDRESS", "[::1]:9464"),
         ("SEMAPHORE_AGENT_LOG_FORMAT", "json"),
+        ("SEMAPHORE_AGENT_GPUS", "0,GPU-abc"),
+        ("SEMAPHORE_AGENT_GPU_HEALTH_COMMAND", "nvidia-smi -L"),
+        ("SEMAPHORE_AGENT_JOB_MEMORY_LIMIT", "512M"),
+        ("SEMAPHORE_AGENT_JOB_CPUS", "1.5"),
+        ("SEMAPHORE_AGENT_JOB_STOP_GRACE_PERIOD", "5"),
     ];
     let c = load_ok("", &env, &[]);
     let expected = Config {
@@ -183,8 +188,80 @@ fn every_key_reads_its_env_var() {
         log_format: LogFormat::Json,
         warnings: vec![],
         kubernetes: None,
+        gpus: Some(GpuSelection::Ids(vec!["0".into(), "GPU-abc".into()])),
+        gpu_health_command: Some("nvidia-smi -L".into()),
+        job_limits: JobLimits {
+            memory_bytes: Some(512 << 20),
+            cpu_millis: Some(1500),
+        },
+        job_stop_grace_period: Some(std::time::Duration::from_secs(5)),
     };
     assert_eq!(c, expected);
+}
+
+#[test]
+fn gpu_and_limit_values_are_checked_and_bad_ones_named() {
+    let c = load_ok(
+        &format!(
+            "{BASE}gpus: all\njob-memory-limit: 4G\njob-cpus: \"0.25\"\njob-stop-grace-period: 0\n"
+        ),
+        &[],
+        &[],
+    );
+    assert_eq!(c.gpus, Some(GpuSelection::All));
+    assert_eq!(c.job_limits.memory_bytes, Some(4 << 30));
+    assert_eq!(c.job_limits.cpu_millis, Some(250));
+    assert_eq!(c.job_stop_grace_period, Some(std::time::Duration::ZERO));
+    let summary = c.redacted_summary();
+    for line in [
+        "gpus: all\n",
+        "job-memory-limit: 4 GiB\n",
+        "job-cpus: 0.25\n",
+        "job-stop-grace-period: 0 s\n",
+    ] {
+        assert!(summary.contains(line), "{line} not in {summary}");
+    }
+    let plain = load_ok(BASE, &[], &[]);
+    assert_eq!(plain.gpus, None);
+    assert!(plain.job_limits.is_empty());
+    assert_eq!(plain.job_stop_grace_period, None);
+    assert!(plain
+        .redacted_summary()
+        .contains("job-stop-grace-period: 0.5 s\n"));
+    for (flag, value, form) in [
+        ("--gpus", "0,one", "GPU indexes or UUIDs"),
+        ("--job-memory-limit", "lots", "a size such as 512M"),
+        ("--job-memory-limit", "1M", "at least 4M"),
+        ("--job-memory-limit", "2X", "a size"),
+        ("--job-cpus", "0", "greater than 0"),
+        ("--job-cpus", "-1", "number of CPUs"),
+        ("--job-cpus", "0.0001", "at most 3 decimals"),
+        ("--job-stop-grace-period", "forever", "seconds"),
+        ("--job-stop-grace-period", "3601", "seconds from 0 to 3600"),
+    ] {
+        let msg = load_err(BASE, &[], &[flag, value]);
+        assert_mentions(&msg, &[&flag[2..], value, form]);
+    }
+}
+
+#[test]
+fn sizes_and_cpus_parse() {
+    use super::{parse_cpus, parse_size};
+    assert_eq!(parse_size("64M"), Some(64 << 20));
+    assert_eq!(parse_size("64m"), Some(64 << 20));
+    assert_eq!(parse_size("64MiB"), Some(64 << 20));
+    assert_eq!(parse_size("2Gi"), Some(2 << 30));
+    assert_eq!(parse_size("8192K"), Some(8 << 20));
+    assert_eq!(parse_size("8388608"), Some(8 << 20));
+    assert_eq!(parse_size("1.5G"), None);
+    assert_eq!(parse_size("5ib"), None);
+    assert_eq!(parse_size("99999999999T"), None);
+    assert_eq!(parse_cpus("0.5"), Some(500));
+    assert_eq!(parse_cpus(".5"), Some(500));
+    assert_eq!(parse_cpus("2"), Some(2000));
+    assert_eq!(parse_cpus("2."), Some(2000));
+    assert_eq!(parse_cpus("."), None);
+    assert_eq!(parse_cpus("1e3"), None);
 }
 
 // ---- list syntax ------------------------------------------------------

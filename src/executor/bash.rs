@@ -61,8 +61,16 @@ impl Executor for BashExecutor {
     fn start(&mut self, log: &mut JobLog<'_>) -> Result<(), SetupError> {
         match Shell::start(&ShellOptions {
             home: self.settings.home.clone(),
-            env: Vec::new(),
+            env: self
+                .settings
+                .gpus
+                .as_deref()
+                .map(crate::shell::gpu::job_env)
+                .unwrap_or_default(),
             stopper: PtyCommands::stopper(&self.stop),
+            limits: self.settings.limits,
+            stop_grace: self.settings.stop_grace,
+            gpus: self.settings.gpus.clone(),
             keep_state: self.settings.debug_name.is_some(),
         }) {
             Ok(shell) => {

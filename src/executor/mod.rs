@@ -243,6 +243,14 @@ pub struct JobOptions {
     /// `--kubernetes-executor`: every job runs in its own pod, whatever
     /// its `executor`.
     pub kubernetes: Option<Arc<crate::kubernetes::KubernetesConfig>>,
+    /// `--gpus`, resolved to ids (indexes or UUIDs): host jobs get
+    /// `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES` and their GPU use
+    /// sampled; a compose job's main container gets a device request.
+    pub gpus: Option<Vec<String>>,
+    /// `--job-memory-limit`, `--job-cpus`.
+    pub limits: crate::shell::JobLimits,
+    /// `--job-stop-grace-period`; `None` is the shell's default.
+    pub stop_grace: Option<std::time::Duration>,
     /// The agent's name when its running jobs are published for
     /// `semaphore-agent debug` (`start`); `None` publishes nothing.
     pub debug_name: Option<String>,
@@ -265,6 +273,9 @@ impl std::fmt::Debug for JobOptions {
             .field("files", &self.files)
             .field("fail_on_missing_files", &self.fail_on_missing_files)
             .field("kubernetes", &self.kubernetes.is_some())
+            .field("gpus", &self.gpus)
+            .field("limits", &self.limits)
+            .field("stop_grace", &self.stop_grace)
             .field("debug_name", &self.debug_name)
             .finish()
     }

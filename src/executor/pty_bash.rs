@@ -24,7 +24,15 @@ pub struct PtyCommands {
     /// The shell while it is usable; `None` before start and after it died
     /// or was stopped.
     pub(super) shell: Option<Shell>,
+    /// A memory limit enforced where the shell runs (a container's), and
+    /// the OOM kills already reported: a failed command is followed by a
+    /// look at the cgroup's count.
+    oom_watch: Option<(u64, u64)>,
 }
+
+/// Prints the OOM kill count of the cgroup bash runs in (v2, then v1).
+const OOM_PROBE: &str =
+    "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
 
 impl PtyCommands {
     /// The stop flag for a shell about to start (`ShellOptions::stopper`),
@@ -40,6 +48,13 @@ impl PtyCommands {
     /// stop flag, so the job's stop already reaches it.
     pub fn attach(&mut self, shell: Shell) {
         self.shell = Some(shell);
+    }
+
+    /// After every failed command, checks whether the memory limit of
+    /// `limit_bytes` (the container's) killed a process, and says so in
+    /// the job log.
+    pub fn watch_oom(&mut self, limit_bytes: u64) {
+        self.oom_watch = Some((limit_bytes, 0));
     }
 
     /// Runs `command` in the shell without logging its output (an
@@ -62,6 +77,25 @@ impl PtyCommands {
                 });
             }
         });
+        let mut oom = shell.out_of_memory_line();
+        if let (None, Some((limit, seen)), Ok(code)) = (&oom, self.oom_watch, &result) {
+            if *code != 0 {
+                let mut text = String::new();
+                let _ = shell.run(OOM_PROBE, &mut |chunk| {
+                    if text.len() < 4096 {
+                        text.push_str(chunk)
+                    }
+                });
+                let now = crate::shell::oom_kill_count(&text);
+                if now > seen {
+                    oom = Some(crate::shell::out_of_memory_line(now - seen, limit));
+                    self.oom_watch = Some((limit, now));
+                }
+            }
+        }
+        if let Some(line) = oom {
+            log.output(line);
+        }
         match result {
             Ok(code) => Outcome::Exited(code),
             Err(ShellError::Stopped) => {
@@ -239,6 +273,26 @@ fn clean(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// The far stop is only ever run in a container or pod (it signals
+    /// every process it sees), so here it is only parsed, by `sh -n`.
+    #[test]
+    fn the_far_stop_script_is_valid_sh_and_waits_the_grace_period() {
+        for spare in [false, true] {
+            let script = far_stop_script(Some(std::time::Duration::from_millis(2_050)), spare);
+            assert!(script.contains("-lt 21 ]"), "{script}");
+            assert_eq!(script.contains("PPid:"), spare, "{script}");
+            let parsed = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .expect("sh runs");
+            assert!(
+                parsed.status.success(),
+                "{script}\n{}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+        }
+    }
+
     #[test]
     fn paths_are_placed_under_home() {
         let home = Path::new("/home/u");
@@ -294,4 +348,30 @@ mod tests {
         assert!(!lines[0].contains("export A=it's"), "unquoted: {text}");
         assert!(lines[1].starts_with("export B="), "{text}");
     }
+}
+
+/// The far side's stop (`Launch::far_stop`) as a POSIX `sh` script for a
+/// container or pod: SIGTERM to every process there but PID 1 and itself
+/// (the job's interactive bash ignores it; what the job runs does not),
+/// then a wait until they have all ended, at most `grace` (in tenths of a
+/// second). `spare_init_children` also spares PID 1's children: in a pod
+/// PID 1 is the keep-alive (`objects::MAIN_COMMAND`), which ends the
+/// container when its `sleep` does, and the job's processes descend from
+/// the exec'd bash instead.
+pub fn far_stop_script(grace: Option<std::time::Duration>, spare_init_children: bool) -> String {
+    let tenths = grace.map_or(0, |grace| grace.as_millis().div_ceil(100));
+    let spare = if spare_init_children {
+        "pp=; while read -r k v; do [ \"$k\" = PPid: ] && pp=$v; done \
+         2>/dev/null </proc/$p/status; [ \"$pp\" = 1 ] && continue; "
+    } else {
+        ""
+    };
+    format!(
+        "pids=; for p in /proc/[0-9]*; do p=${{p#/proc/}}; \
+         {{ [ \"$p\" = 1 ] || [ \"$p\" = $$ ]; }} && continue; {spare}pids=\"$pids $p\"; done; \
+         [ -n \"$pids\" ] || exit 0; kill -TERM $pids 2>/dev/null; n=0; \
+         while [ $n -lt {tenths} ]; do alive=; \
+         for p in $pids; do [ -d /proc/$p ] && alive=1; done; \
+         [ -n \"$alive\" ] || exit 0; sleep 0.1; n=$((n+1)); done"
+    )
 }

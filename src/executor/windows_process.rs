@@ -150,6 +150,7 @@ impl JobObject {
             source: "Job Object",
             memory,
             processes: Some((u64::from(basic.TotalProcesses), false)),
+            gpu: None,
         })
     }
 

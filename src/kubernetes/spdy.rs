@@ -483,11 +483,13 @@ impl SpdyExec {
             frames.extend(window_update(0, self.session_unacked));
             self.session_unacked = 0;
         }
-        if frames.is_empty() {
-            Ok(())
-        } else {
-            self.send(&frames)
+        // A server that has closed its side needs no window any more; a
+        // failed update is not an error of the session (reads say how it
+        // ended).
+        if !frames.is_empty() && !self.eof {
+            let _ = self.send(&frames);
         }
+        Ok(())
     }
 
     /// The next frame in the buffer, if it is complete.
@@ -689,6 +691,7 @@ impl SpdyExec {
                     std::io::ErrorKind::UnexpectedEof
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
                 ) && (self.status_given || !self.status.is_empty()) =>
             {
                 self.eof = true;
@@ -1121,6 +1124,170 @@ mod tests {
         assert_eq!(seen.stdin, b"echo hi\n");
         assert!(seen.ping_echoed);
         assert!(seen.window_updates > 0);
+    }
+
+    /// A stand-in API server's side of a session that ends after the
+    /// command did: it answers the upgrade and each SYN_STREAM, sends the
+    /// exit status (FIN) and then 40 KiB of output (more than WINDOW_ACK,
+    /// so the client owes a WINDOW_UPDATE for it), and closes when told.
+    fn serve_a_finished_command(
+        conn: &mut (impl Read + Write),
+        close: &std::sync::mpsc::Receiver<()>,
+    ) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            conn.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+              Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n",
+        )
+        .unwrap();
+        // error, stdin, stdout, resize: ids 1, 3, 5, 7 in that order.
+        for _ in 0..4 {
+            let Some(Frame::Control {
+                kind: SYN_STREAM,
+                payload,
+                ..
+            }) = read_frame(conn)
+            else {
+                panic!("expected a SYN_STREAM");
+            };
+            let mut reply = payload[..4].to_vec();
+            reply.extend_from_slice(&[0x78, 0xbb, 1, 2, 3, 4]);
+            conn.write_all(&control_frame(SYN_REPLY, 0, &reply))
+                .unwrap();
+        }
+        let mut frames = data_frame(1, FLAG_FIN, br#"{"status":"Success"}"#);
+        frames.extend(data_frame(5, FLAG_FIN, &[b'z'; 40 * 1024]));
+        conn.write_all(&frames).unwrap();
+        conn.flush().unwrap();
+        let _ = close.recv_timeout(std::time::Duration::from_secs(20));
+    }
+
+    /// Reads `session` to its end, as the executor does: the exit status,
+    /// then 40 KiB of output; then the connection takes no more writes
+    /// (shut down here, as after the closed server's reset: every write
+    /// fails with EPIPE) while a WINDOW_UPDATE for that output is owed, and
+    /// the server closes. The events after that, or the error.
+    fn finish_after_the_connection_broke(
+        session: &mut SpdyExec,
+        close: &std::sync::mpsc::Sender<()>,
+    ) -> Result<Vec<Event>, ExecError> {
+        let mut output = 0;
+        let mut exited = None;
+        for _ in 0..10_000 {
+            match session.next_event().unwrap() {
+                Event::Output(data) => output += data.len(),
+                Event::Exited(status) => exited = Some(status),
+                Event::Idle => {}
+                Event::Closed => panic!("closed before the output"),
+            }
+            if output == 40 * 1024 {
+                break;
+            }
+        }
+        assert_eq!((output, exited), (40 * 1024, Some(Ok(0))));
+        session
+            .conn
+            .tcp()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+        close.send(()).unwrap();
+        let mut events = Vec::new();
+        for _ in 0..10_000 {
+            match session.next_event()? {
+                Event::Idle => {}
+                Event::Closed => {
+                    events.push(Event::Closed);
+                    return Ok(events);
+                }
+                event => events.push(event),
+            }
+        }
+        panic!("no end: {events:?}");
+    }
+
+    #[test]
+    fn a_window_update_the_closed_connection_refuses_is_not_an_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (close, closing) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            serve_a_finished_command(&mut conn, &closing);
+        });
+        let (_dir, client) = client_of(&format!("http://127.0.0.1:{port}"));
+        let mut session = SpdyExec::open(&client, "p", "main", &["sh".to_string()], true).unwrap();
+        let events = finish_after_the_connection_broke(&mut session, &close);
+        server.join().unwrap();
+        assert_eq!(events.map_err(|e| e.to_string()), Ok(vec![Event::Closed]));
+    }
+
+    #[test]
+    fn a_broken_pipe_while_reading_after_the_status_is_the_end_over_tls() {
+        use base64::Engine;
+        // A CA and the stand-in's certificate for 127.0.0.1 signed by it.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (close, closing) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            let tls = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+            let mut conn = rustls::StreamOwned::new(tls, tcp);
+            serve_a_finished_command(&mut conn, &closing);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            format!(
+                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:{port}', \
+                 certificate-authority-data: '{}'}}}}]\n\
+                 users: [{{name: u, user: {{token: t0k3n}}}}]\n",
+                base64::engine::general_purpose::STANDARD.encode(ca.pem())
+            ),
+        )
+        .unwrap();
+        let client = Client::from_kubeconfig(&path, "ns").unwrap();
+        let mut session = SpdyExec::open(&client, "p", "main", &["sh".to_string()], true).unwrap();
+        assert!(matches!(
+            session.conn,
+            crate::kubernetes::exec::Conn::Tls(_)
+        ));
+        // The failed WINDOW_UPDATE stays in rustls' buffer, and rustls
+        // writes it out first on the next read: EPIPE from a read.
+        let events = finish_after_the_connection_broke(&mut session, &close);
+        server.join().unwrap();
+        assert_eq!(events.map_err(|e| e.to_string()), Ok(vec![Event::Closed]));
     }
 
     #[test]

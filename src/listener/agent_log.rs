@@ -114,14 +114,36 @@ impl std::error::Error for AgentLogError {}
 /// twice (the second call changes nothing).
 pub fn init_logging(format: LogFormat) -> Result<Option<PathBuf>, AgentLogError> {
     let level = parse_level(&std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_default())?;
-    let (path, shared) = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
+    #[cfg_attr(windows, allow(unused_mut))]
+    let (mut path, shared) = match std::env::var_os("SEMAPHORE_AGENT_LOG_FILE_PATH") {
         Some(p) if !p.is_empty() => (PathBuf::from(p), false),
         _ => (std::env::temp_dir().join("agent_log"), true),
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(parent);
     }
-    let (file, unusable) = match open_log_file(&path, shared) {
+    #[cfg_attr(windows, allow(unused_mut))]
+    let mut moved: Option<(PathBuf, PathBuf)> = None;
+    let opened = open_log_file(&path, shared);
+    // Agents side by side on one box never share the default file: the
+    // first holds a lock on it, a second one logs to a file of its own.
+    #[cfg(unix)]
+    let opened = match opened {
+        Ok(file) if shared && !crate::private_tmp::try_lock(&file).unwrap_or(true) => {
+            let own = std::env::temp_dir().join(format!("agent_log-{}", std::process::id()));
+            let reopened = open_log_file(&own, shared);
+            if reopened.is_ok() {
+                if let Ok(f) = &reopened {
+                    let _ = crate::private_tmp::try_lock(f);
+                }
+                moved = Some((path.clone(), own.clone()));
+                path = own;
+            }
+            reopened
+        }
+        other => other,
+    };
+    let (file, unusable) = match opened {
         Ok(file) => (Some(file), None),
         Err(source) => (
             None,
@@ -160,6 +182,14 @@ pub fn init_logging(format: LogFormat) -> Result<Option<PathBuf>, AgentLogError>
             )
         })
         .try_init();
+    if let Some((taken, own)) = moved {
+        log::warn!(
+            "The agent log {} is in use by another agent on this machine; logging to {} \
+             instead (set SEMAPHORE_AGENT_LOG_FILE_PATH to choose the file)",
+            taken.display(),
+            own.display()
+        );
+    }
     match unusable {
         None => Ok(Some(path)),
         Some(err) => {

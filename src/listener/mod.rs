@@ -58,6 +58,8 @@ pub struct ListenerOptions {
     pub shutdown_hook_timeout: Duration,
     /// How long shutdown waits for a stopped job to end and flush its logs.
     pub job_stop_timeout: Duration,
+    /// How often the GPU health gate runs while the agent waits (`--gpus`).
+    pub gpu_health_interval: Duration,
 }
 
 impl Default for ListenerOptions {
@@ -77,6 +79,7 @@ impl Default for ListenerOptions {
             http_timeout: crate::api::DEFAULT_TIMEOUT,
             shutdown_hook_timeout: Duration::from_secs(10 * 60),
             job_stop_timeout: Duration::from_secs(75),
+            gpu_health_interval: crate::shell::gpu::HEALTH_INTERVAL,
         }
     }
 }
@@ -93,6 +96,7 @@ const TEST_KNOBS: &[&str] = &[
     "MAX_SYNC_WAIT",
     "UNABLE_TO_SYNC_AFTER",
     "HTTP_TIMEOUT",
+    "GPU_HEALTH_INTERVAL",
 ];
 
 impl ListenerOptions {
@@ -110,6 +114,7 @@ impl ListenerOptions {
     /// - `SEMAPHORE_AGENT_TEST_MAX_SYNC_WAIT_MS`
     /// - `SEMAPHORE_AGENT_TEST_UNABLE_TO_SYNC_AFTER_MS`
     /// - `SEMAPHORE_AGENT_TEST_HTTP_TIMEOUT_MS`
+    /// - `SEMAPHORE_AGENT_TEST_GPU_HEALTH_INTERVAL_MS`
     pub fn from_env() -> ListenerOptions {
         Self::from_lookup(
             &|name| std::env::var(name).ok(),
@@ -132,6 +137,7 @@ impl ListenerOptions {
                 "MAX_SYNC_WAIT" => o.max_sync_wait = d,
                 "UNABLE_TO_SYNC_AFTER" => o.unable_to_sync_after = d,
                 "HTTP_TIMEOUT" => o.http_timeout = d,
+                "GPU_HEALTH_INTERVAL" => o.gpu_health_interval = d,
                 _ => {}
             }
         }
@@ -158,6 +164,8 @@ pub enum ListenerError {
     Register { attempts: u32, error: ApiError },
     /// The `--health-address` server could not start. Already logged.
     Health(crate::health::HealthError),
+    /// The GPU health gate failed before registering. Already logged.
+    Gpu(crate::shell::gpu::GpuFault),
 }
 
 impl std::fmt::Display for ListenerError {
@@ -167,6 +175,7 @@ impl std::fmt::Display for ListenerError {
                 write!(f, "registration failed after {attempts} attempts: {error}")
             }
             ListenerError::Health(error) => write!(f, "{error}"),
+            ListenerError::Gpu(fault) => write!(f, "{fault}"),
         }
     }
 }
@@ -189,6 +198,21 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     };
     let name = agent_name(&config);
     set_log_name(&name);
+    // Built by config; only `--gpus all` is filled in here, once resolved.
+    let mut job_settings = config.job_settings();
+    if let Some(selection) = &config.gpus {
+        // Before registering: a box whose GPU is gone takes no job.
+        let ids = gpu_gate(selection, config.gpu_health_command.as_deref())
+            .map_err(ListenerError::Gpu)?;
+        log::info!(
+            "GPUs {} (--gpus): host jobs get CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES, \
+             a compose job's main container a device request for them; checked every {:?} \
+             while waiting and after every job",
+            ids.join(","),
+            options.gpu_health_interval
+        );
+        job_settings.options.gpus = Some(ids);
+    }
     // Before the first job: what a job leaves behind (a daemon that left
     // its session, a double fork) is re-parented to the agent, not init,
     // so its end finds it without root or a cgroup.
@@ -272,7 +296,7 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         machine,
         ops,
         api,
-        job_settings: config.job_settings(),
+        job_settings,
         config,
         options,
         job: None,
@@ -280,6 +304,8 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
         rx,
         interrupted_at,
         last_successful_sync: Instant::now(),
+        gpu_checked_at: Instant::now(),
+        gpu_fault: None,
         sweep,
     };
     let reason = listener.sync_loop();
@@ -378,10 +404,29 @@ struct Listener {
     rx: Receiver<Wake>,
     interrupted_at: Arc<AtomicU64>,
     last_successful_sync: Instant,
+    /// When the GPU health gate last ran (`--gpus`).
+    gpu_checked_at: Instant,
+    /// The GPU health gate failed after a job: report the job, then
+    /// disconnect instead of taking another.
+    gpu_fault: Option<crate::shell::gpu::GpuFault>,
     /// The sweep of what gone agents left, begun after the first sync,
     /// joined as soon as it is done (its stack is given back) and at the
     /// latest at exit.
     sweep: sweep::HostSweep,
+}
+
+/// The GPU health gate: the check, and on a failure one agent-log line
+/// naming the GPU and the error, the metric and `/healthz`.
+fn gpu_gate(
+    selection: &crate::shell::gpu::GpuSelection,
+    command: Option<&str>,
+) -> Result<Vec<String>, crate::shell::gpu::GpuFault> {
+    let verdict = crate::shell::gpu::check(selection, command);
+    crate::metrics::global().gpu_checked(verdict.as_ref().map(drop).map_err(|f| f.to_string()));
+    if let Err(fault) = &verdict {
+        log::error!("GPU health check failed: {fault}; this agent takes no more jobs and exits");
+    }
+    verdict
 }
 
 impl Listener {
@@ -392,6 +437,15 @@ impl Listener {
                 self.on_wake(wake);
             }
             self.sweep.join_if_done();
+            if self.gpu_fault.is_none()
+                && matches!(self.machine.state(), State::WaitingForJobs)
+                && self.gpu_checked_at.elapsed() >= self.options.gpu_health_interval
+            {
+                self.check_gpus();
+                if self.gpu_fault.is_some() {
+                    return ShutdownReason::GpuUnhealthy;
+                }
+            }
             let request = self
                 .machine
                 .sync_request(self.interrupted_at.load(Ordering::SeqCst));
@@ -403,7 +457,17 @@ impl Listener {
                     self.last_successful_sync = Instant::now();
                     self.ops.synced();
                     log_sync_response(&response);
-                    match self.machine.apply(&request, &response) {
+                    let effect = self.machine.apply(&request, &response);
+                    // The finished job was reported with this sync; a box
+                    // whose GPU failed takes no other.
+                    if self.gpu_fault.is_some() && !self.machine.has_live_job() {
+                        return ShutdownReason::GpuUnhealthy;
+                    }
+                    if let (Effect::StartJob(job_id), Some(_)) = (&effect, &self.gpu_fault) {
+                        log::error!("Not starting job {job_id}: the GPU health check failed");
+                        return ShutdownReason::GpuUnhealthy;
+                    }
+                    match effect {
                         Effect::Nothing => {}
                         Effect::StartJob(job_id) => self.spawn_job(job_id),
                         Effect::StopJob => self.stop_job(),
@@ -465,9 +529,21 @@ impl Listener {
             Wake::JobFinished(result) => {
                 self.ops.job_finished(result);
                 self.machine.job_finished(result);
+                self.check_gpus();
             }
         }
         self.ops.state(&self.machine);
+    }
+
+    /// Runs the GPU health gate (with `--gpus`), remembering a failure.
+    fn check_gpus(&mut self) {
+        let Some(selection) = &self.config.gpus else {
+            return;
+        };
+        self.gpu_checked_at = Instant::now();
+        if let Err(fault) = gpu_gate(selection, self.config.gpu_health_command.as_deref()) {
+            self.gpu_fault = Some(fault);
+        }
     }
 
     fn default_interval(&self) -> Duration {
@@ -539,7 +615,11 @@ impl Listener {
         self.ops.stopping(reason);
         if self.machine.has_live_job() {
             self.stop_job();
-            let deadline = Instant::now() + self.options.job_stop_timeout;
+            // A long --job-stop-grace-period is waited for in full.
+            let timeout = self.options.job_stop_timeout.max(
+                self.config.job_stop_grace_period.unwrap_or_default() + Duration::from_secs(15),
+            );
+            let deadline = Instant::now() + timeout;
             while self.machine.has_live_job() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {

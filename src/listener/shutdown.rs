@@ -19,6 +19,8 @@ pub enum ShutdownReason {
     Unknown,
     /// Decided by the agent itself: no successful sync for too long.
     UnableToSync,
+    /// Decided by the agent itself: the GPU health gate failed (`--gpus`).
+    GpuUnhealthy,
 }
 
 impl ShutdownReason {
@@ -43,6 +45,7 @@ impl ShutdownReason {
             ShutdownReason::Interrupted => "INTERRUPTED",
             ShutdownReason::Unknown => "UNKNOWN",
             ShutdownReason::UnableToSync => "UNABLE_TO_SYNC",
+            ShutdownReason::GpuUnhealthy => "GPU_UNHEALTHY",
         }
     }
 }

@@ -317,12 +317,24 @@ fn enable_memory(own: &Path) -> bool {
     if !controllers.split_ascii_whitespace().any(|c| c == "memory") {
         return false;
     }
-    let wanted: Vec<String> = ["memory", "pids"]
-        .iter()
-        .filter(|c| controllers.split_ascii_whitespace().any(|have| have == **c))
-        .map(|c| format!("+{c}"))
-        .collect();
-    let enable = || std::fs::write(own.join("cgroup.subtree_control"), wanted.join(" "));
+    // cpu too, for `--job-cpus` (cpu.max); where it cannot be turned on
+    // (a real-time thread in the way), memory and pids still are.
+    let wanted = |with_cpu: bool| -> String {
+        ["memory", "pids", "cpu"]
+            .iter()
+            .filter(|c| with_cpu || **c != "cpu")
+            .filter(|c| controllers.split_ascii_whitespace().any(|have| have == **c))
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let enable = || {
+        let file = own.join("cgroup.subtree_control");
+        std::fs::write(&file, wanted(true)).or_else(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => Err(e),
+            _ => std::fs::write(&file, wanted(false)),
+        })
+    };
     match enable() {
         Ok(()) => return true,
         Err(e) if e.raw_os_error() != Some(libc::EBUSY) => {
@@ -434,6 +446,16 @@ impl JobCgroup {
         }
     }
 
+    /// The cgroup's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cgroup's name (the last part of its path), unique to the job.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The path the shell's child writes itself into (see [`join_raw`]).
     pub(crate) fn procs_path(&self) -> CString {
         self.procs.clone()
@@ -529,9 +551,351 @@ impl Drop for JobCgroup {
     }
 }
 
+/// Where one cgroup v1 hierarchy with `controller` is mounted and this
+/// process's cgroup in it, from `/proc/self/mountinfo` and
+/// `/proc/self/cgroup` text.
+fn v1_own_dir(mountinfo: &str, cgroup: &str, controller: &str) -> Option<PathBuf> {
+    let has = |list: &str| list.split(',').any(|c| c == controller);
+    let (point, root) = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut right = right.split_ascii_whitespace();
+        if right.next()? != "cgroup" {
+            return None;
+        }
+        let options = right.nth(1)?;
+        if !has(options) {
+            return None;
+        }
+        let mut fields = left.split_ascii_whitespace();
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        Some((PathBuf::from(unescape(point)), unescape(root)))
+    })?;
+    let path = cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        let list = parts.next()?;
+        let path = parts.next()?;
+        has(list).then_some(path)
+    })?;
+    own_dir(&point, &root, path).ok()
+}
+
+/// This process's cgroup in the v1 hierarchy of `controller`, if the host
+/// mounts one.
+fn v1_dir(controller: &str) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    v1_own_dir(&mountinfo, &cgroup, controller)
+}
+
+/// `memory.max` and friends take bytes; `cpu.max` and the v1 CFS files
+/// take a quota per period.
+const CPU_PERIOD_USEC: u64 = 100_000;
+
+/// Why a job's limits cannot be applied; the job log's warning says it.
+#[derive(Debug)]
+pub(crate) struct LimitError {
+    pub what: &'static str,
+    pub why: String,
+}
+
+impl std::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot apply the job's {} limit: {}",
+            self.what, self.why
+        )
+    }
+}
+
+/// One job's resource limits (`--job-memory-limit`, `--job-cpus`) and
+/// what enforces them: files of its cgroup v2 where that has the
+/// controllers, else cgroups made for the job in the v1 `memory` and `cpu`
+/// hierarchies (Amazon Linux 2, Ubuntu 20.04, hybrid hosts), which the
+/// job's shell joins between fork and exec like its v2 cgroup. Removed
+/// (what is left in them killed) on drop.
+pub(crate) struct LimitCgroups {
+    /// The v1 cgroups made for the job.
+    v1_dirs: Vec<PathBuf>,
+    /// Their `cgroup.procs`, for the child to join (see [`join_raw`]).
+    procs: Vec<CString>,
+    /// The file with the `oom_kill N` line: `memory.events` (v2) or
+    /// `memory.oom_control` (v1).
+    oom_file: Option<PathBuf>,
+    /// The v1 memory cgroup's `memory.max_usage_in_bytes`.
+    v1_peak: Option<PathBuf>,
+    /// OOM kills already reported.
+    oom_seen: u64,
+}
+
+impl LimitCgroups {
+    /// Applies `limits` to the job: through `v2` (the job's cgroup) where it
+    /// has the controller's files, else through new v1 cgroups.
+    pub(crate) fn create(
+        limits: &super::JobLimits,
+        v2: Option<&JobCgroup>,
+    ) -> Result<LimitCgroups, LimitError> {
+        let mut made = LimitCgroups {
+            v1_dirs: Vec::new(),
+            procs: Vec::new(),
+            oom_file: None,
+            v1_peak: None,
+            oom_seen: 0,
+        };
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "semaphore-job-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        if let Some(bytes) = limits.memory_bytes {
+            let what = "memory";
+            match v2
+                .map(JobCgroup::dir)
+                .filter(|d| d.join("memory.max").exists())
+            {
+                Some(dir) => {
+                    write_limit(&dir.join("memory.max"), &bytes.to_string(), what)?;
+                    // Swap would let a job pass its limit slowly instead of
+                    // failing; not every kernel has the file.
+                    let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                    made.oom_file = Some(dir.join("memory.events"));
+                }
+                None => {
+                    let dir = made.v1_cgroup("memory", &name, what)?;
+                    write_limit(&dir.join("memory.limit_in_bytes"), &bytes.to_string(), what)?;
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        let _ = std::fs::write(memsw, bytes.to_string());
+                    }
+                    made.oom_file = Some(dir.join("memory.oom_control"));
+                    made.v1_peak = Some(dir.join("memory.max_usage_in_bytes"));
+                }
+            }
+        }
+        if let Some(millis) = limits.cpu_millis {
+            let what = "CPU";
+            let quota = (millis * CPU_PERIOD_USEC / 1000).max(1000);
+            match v2
+                .map(JobCgroup::dir)
+                .filter(|d| d.join("cpu.max").exists())
+            {
+                Some(dir) => write_limit(
+                    &dir.join("cpu.max"),
+                    &format!("{quota} {CPU_PERIOD_USEC}"),
+                    what,
+                )?,
+                None => {
+                    let dir = made.v1_cgroup("cpu", &name, what)?;
+                    write_limit(
+                        &dir.join("cpu.cfs_period_us"),
+                        &CPU_PERIOD_USEC.to_string(),
+                        what,
+                    )?;
+                    write_limit(&dir.join("cpu.cfs_quota_us"), &quota.to_string(), what)?;
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Makes the job's cgroup `name` in the v1 hierarchy of `controller`.
+    fn v1_cgroup(
+        &mut self,
+        controller: &str,
+        name: &str,
+        what: &'static str,
+    ) -> Result<PathBuf, LimitError> {
+        let Some(parent) = v1_dir(controller) else {
+            return Err(LimitError {
+                what,
+                why: format!(
+                    "this host has neither a cgroup v2 with the {controller} controller for \
+                     job cgroups nor a cgroup v1 {controller} hierarchy"
+                ),
+            });
+        };
+        remove_v1_leftovers(&parent);
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).map_err(|e| LimitError {
+            what,
+            why: format!("cannot create {}: {e}", dir.display()),
+        })?;
+        self.v1_dirs.push(dir.clone());
+        match CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        ) {
+            Ok(procs) => self.procs.push(procs),
+            Err(_) => {
+                return Err(LimitError {
+                    what,
+                    why: format!("{} holds a NUL byte", dir.display()),
+                })
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The v1 `cgroup.procs` files the job's shell joins.
+    pub(crate) fn procs_paths(&self) -> Vec<CString> {
+        self.procs.clone()
+    }
+
+    /// How many of the job's processes the memory limit killed since the
+    /// last call.
+    pub(crate) fn new_oom_kills(&mut self) -> u64 {
+        let Some(file) = &self.oom_file else {
+            return 0;
+        };
+        let now = std::fs::read_to_string(file)
+            .map(|text| super::oom_kill_count(&text))
+            .unwrap_or(0);
+        let new = now.saturating_sub(self.oom_seen);
+        self.oom_seen = self.oom_seen.max(now);
+        new
+    }
+
+    /// The v1 memory cgroup's peak, where the limit lives there.
+    pub(crate) fn memory_peak(&self) -> Option<u64> {
+        let file = self.v1_peak.as_ref()?;
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+}
+
+fn write_limit(file: &Path, value: &str, what: &'static str) -> Result<(), LimitError> {
+    std::fs::write(file, value).map_err(|e| LimitError {
+        what,
+        why: format!("cannot write {value} to {}: {e}", file.display()),
+    })
+}
+
+/// SIGKILLs what is left in a v1 cgroup and removes it (bounded).
+fn remove_v1_dir(dir: &Path) {
+    let deadline = Instant::now() + EMPTY_WAIT;
+    loop {
+        let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let me = i32::try_from(std::process::id()).unwrap_or(-1);
+        for pid in pids.iter().copied().filter(|&p| p > 1 && p != me) {
+            // SAFETY: kill(2) touches no memory; the pid was in the job's
+            // own cgroup a moment ago.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if Instant::now() >= deadline => {
+                log::warn!("cannot remove the job's cgroup {}: {e}", dir.display());
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Removes the v1 job cgroups under `parent` of agents that are gone,
+/// once per parent and agent run.
+fn remove_v1_leftovers(parent: &Path) {
+    static DONE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if let Ok(mut done) = DONE.lock() {
+        if done.iter().any(|p| p == parent) {
+            return;
+        }
+        done.push(parent.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(agent_of) else {
+            continue;
+        };
+        if pid > 0 && !pid_exists(pid) {
+            log::info!(
+                "Removing the job cgroup {} of agent {pid}, which is gone",
+                entry.path().display()
+            );
+            remove_v1_dir(&entry.path());
+        }
+    }
+}
+
+impl Drop for LimitCgroups {
+    fn drop(&mut self) {
+        for dir in self.v1_dirs.drain(..) {
+            remove_v1_dir(&dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_go_into_the_v2_cgroup_files_and_oom_kills_are_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in ["memory.max", "memory.swap.max", "cpu.max", "memory.events"] {
+            std::fs::write(dir.path().join(file), "max\n").expect("fake cgroup file");
+        }
+        let cgroup = JobCgroup {
+            dir: dir.path().to_path_buf(),
+            name: "semaphore-job-1-1".into(),
+            procs: CString::default(),
+        };
+        let limits = crate::shell::JobLimits {
+            memory_bytes: Some(64 << 20),
+            cpu_millis: Some(500),
+        };
+        let mut made = LimitCgroups::create(&limits, Some(&cgroup)).expect("v2 limits");
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert!(made.procs_paths().is_empty(), "no v1 cgroup needed");
+        assert_eq!(made.new_oom_kills(), 0);
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\noom 3\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(made.new_oom_kills(), 2);
+        assert_eq!(made.new_oom_kills(), 0, "each kill is reported once");
+        drop(made);
+        // Not a real cgroup: nothing to kill or remove.
+        std::mem::forget(cgroup);
+    }
+
+    #[test]
+    fn finds_v1_hierarchies_by_controller() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+32 30 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let cgroup = "4:memory:/process_api/abc\n3:cpu,cpuacct:/\n0::/\n";
+        assert_eq!(
+            v1_own_dir(mountinfo, cgroup, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"))
+        );
+        assert_eq!(
+            v1_own_dir(mountinfo, cgroup, "cpu"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(v1_own_dir(mountinfo, cgroup, "pids"), None);
+        assert_eq!(v1_own_dir(mountinfo, "0::/\n", "memory"), None);
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_among_v1_ones() {

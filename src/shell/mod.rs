@@ -74,6 +74,7 @@ mod cgroup;
 mod forks;
 #[cfg(unix)]
 mod framing;
+pub mod gpu;
 pub mod host;
 #[cfg(unix)]
 mod pty;
@@ -92,6 +93,73 @@ pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRA
 pub use quote::{quote_bytes, shell_quote};
 #[cfg(unix)]
 pub use reaper::{adopts_orphans, become_subreaper, SubreaperError};
+
+/// Per-job resource limits (`--job-memory-limit`, `--job-cpus`): host
+/// jobs get them through their cgroup (v2, or the v1 `memory` and `cpu`
+/// hierarchies), compose jobs through the main container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Bytes of memory the job's processes may hold together.
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a CPU (`--job-cpus 0.5` is 500).
+    pub cpu_millis: Option<u64>,
+}
+
+impl JobLimits {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_millis.is_none()
+    }
+}
+
+/// Bytes as the job log shows a limit: `64 MiB`, `4 GiB`, `1536 KiB`.
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, size) in UNITS {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{} {unit}", bytes / size);
+        }
+    }
+    if bytes >= 1 << 20 {
+        return format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64);
+    }
+    format!("{bytes} bytes")
+}
+
+/// The job-log line for `kills` processes the job's memory limit of
+/// `limit_bytes` killed.
+pub fn out_of_memory_line(kills: u64, limit_bytes: u64) -> String {
+    format!(
+        "The job ran out of memory: {kills} process(es) killed for going over the job's \
+         memory limit of {} (--job-memory-limit)\n",
+        size_text(limit_bytes)
+    )
+}
+
+/// The `oom_kill N` count in `memory.events` (v2) or
+/// `memory.oom_control` (v1) text; 0 when absent.
+pub fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Thousandths of a CPU as a decimal (`0.5`, `2`).
+pub fn cpus_text(millis: u64) -> String {
+    let whole = millis / 1000;
+    let frac = millis % 1000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let text = format!("{whole}.{frac:03}");
+    text.trim_end_matches('0').to_string()
+}
 
 /// The command framer, reachable only for the fuzz targets (`fuzz/`).
 #[doc(hidden)]

@@ -86,6 +86,15 @@ pub struct ShellOptions {
     /// the start within 50 ms instead of waiting for bash to answer.
     /// `Shell::stopper` hands out the same flag.
     pub stopper: Stopper,
+    /// The job's memory and CPU limits (host jobs; ignored behind a
+    /// launcher, whose container or pod has its own).
+    pub limits: super::JobLimits,
+    /// Time between SIGTERM and SIGKILL when the job is stopped or ends
+    /// (`--job-stop-grace-period`); `None` is `DEFAULT_STOP_GRACE`.
+    pub stop_grace: Option<Duration>,
+    /// The GPUs of the job (`--gpus`, resolved): while it runs, what its
+    /// processes use on them is sampled for the usage line (host jobs).
+    pub gpus: Option<Vec<String>>,
     /// Keep a state file for debug sessions (`Shell::state_file`): what
     /// the shell exported and its directory, written after every command.
     /// Off by default: it costs a write per command (about 0.1 ms with 20
@@ -119,6 +128,13 @@ pub struct Launch {
     /// The directory the far bash changes to before the first command;
     /// `None` leaves it where it started.
     pub cd: Option<String>,
+    /// A host command (run like `argv`, with `ShellOptions::env`) that
+    /// sends SIGTERM to the job's processes on the far side and waits for
+    /// them to end, at most the stop grace period (`docker exec` into a
+    /// compose job's container). Run at a stop when a stop grace period
+    /// was set (`ShellOptions::stop_grace`), before the launcher is ended,
+    /// so a job behind a launcher gets its grace period too.
+    pub far_stop: Option<Vec<OsString>>,
 }
 
 #[derive(Debug)]
@@ -267,10 +283,21 @@ pub struct Shell {
     /// Bash runs behind a launcher (`docker compose run`, `kubectl exec`),
     /// so what the cgroup counts is only the launcher's share.
     launched: bool,
+    /// [`Launch::far_stop`], kept when a stop grace period was set.
+    far_stop: Option<super::host::HostCommand>,
     /// What bash and the descendants it waited for used (`wait4`).
     rusage: Option<libc::rusage>,
     /// How many processes the job started.
     forks: super::forks::JobForks,
+    /// The job's memory and CPU limits where they are enforced by cgroups
+    /// of their own (v1) or need watching for OOM kills.
+    limits: Option<super::cgroup::LimitCgroups>,
+    /// The memory limit, for the job log's out-of-memory line.
+    memory_limit: Option<u64>,
+    /// Sampling the job's GPU use while it runs.
+    gpu: Option<super::gpu::GpuSampler>,
+    /// What the sampler saw, once it finished.
+    gpu_usage: Option<super::gpu::GpuUsage>,
 }
 
 impl Shell {
@@ -357,15 +384,36 @@ impl Shell {
             return Err(start_err("starting the job's shell", &"empty command"));
         };
         let cgroup = super::cgroup::JobCgroup::create();
-        let command = Command::new(program);
-        let command = match &cgroup {
-            Some(cgroup) => {
-                let procs = cgroup.procs_path();
-                // SAFETY: the closure only makes raw syscalls
-                // (`cgroup::join_raw`) on a path made before the fork.
-                unsafe { command.pre_exec(move || super::cgroup::join_raw(&procs)) }
+        let limits = if opts.limits.is_empty() || launch.is_some() {
+            None
+        } else {
+            match super::cgroup::LimitCgroups::create(&opts.limits, cgroup.as_ref()) {
+                Ok(limits) => Some(limits),
+                Err(err) => {
+                    remove_scratch(&scratch);
+                    return Err(ShellError::Start {
+                        message: err.to_string(),
+                    });
+                }
             }
-            None => command,
+        };
+        let mut joins: Vec<std::ffi::CString> = cgroup.iter().map(|c| c.procs_path()).collect();
+        joins.extend(limits.iter().flat_map(|l| l.procs_paths()));
+        let command = Command::new(program);
+        let command = if joins.is_empty() {
+            command
+        } else {
+            // SAFETY: the closure only makes raw syscalls
+            // (`cgroup::join_raw`) on paths made before the fork; iterating
+            // the vector allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    for procs in &joins {
+                        super::cgroup::join_raw(procs)?;
+                    }
+                    Ok(())
+                })
+            }
         };
         // Held from before the fork until bash is followed, so no fork of
         // bash's is read before bash is known.
@@ -395,6 +443,16 @@ impl Shell {
         };
         let pid = i32::try_from(child.id()).unwrap_or(-1);
         let forks = spawning.track(pid);
+        let gpu = match (&opts.gpus, launch) {
+            (Some(ids), None) => {
+                let name = cgroup.as_ref().map(|c| c.name().to_string());
+                super::gpu::GpuSampler::start(
+                    ids.clone(),
+                    Box::new(move |p| session::in_job(p, pid, name.as_deref())),
+                )
+            }
+            _ => None,
+        };
 
         let pty = Arc::new(pty);
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
@@ -424,11 +482,20 @@ impl Shell {
             state: None,
             state_local: false,
             tty,
-            stop_grace: DEFAULT_STOP_GRACE,
+            stop_grace: opts.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
             cgroup,
             launched: launch.is_some(),
+            far_stop: launch
+                .and_then(|l| l.far_stop.as_deref())
+                .filter(|_| opts.stop_grace.is_some())
+                .and_then(super::host::HostCommand::from_argv)
+                .map(|cmd| cmd.envs(opts.env.iter().cloned())),
             forks,
             rusage: None,
+            memory_limit: limits.as_ref().and(opts.limits.memory_bytes),
+            limits,
+            gpu,
+            gpu_usage: None,
         };
         match reader {
             Ok(handle) => shell.reader = Some(handle),
@@ -536,10 +603,34 @@ impl Shell {
         u32::try_from(self.pid).unwrap_or(0)
     }
 
+    /// Samples what the processes `is_job` accepts use on the GPUs `ids`
+    /// until the job ends, for its usage line: a shell behind a launcher
+    /// whose job's processes the launcher's caller can name (a compose
+    /// job's container). A host shell with `ShellOptions::gpus` samples
+    /// already; this does nothing then.
+    pub fn sample_gpus(&mut self, ids: Vec<String>, is_job: super::gpu::IsJobProcess) {
+        if self.gpu.is_none() {
+            self.gpu = super::gpu::GpuSampler::start(ids, is_job);
+        }
+    }
+
     /// Sets the time between SIGTERM and SIGKILL when the job is stopped or
     /// the shell closed (default `DEFAULT_STOP_GRACE`).
     pub fn set_stop_grace(&mut self, grace: Duration) {
         self.stop_grace = grace;
+    }
+
+    /// The job-log line for processes the job's memory limit killed since
+    /// the last call, if any did.
+    pub fn out_of_memory_line(&mut self) -> Option<String> {
+        let kills = self.limits.as_mut()?.new_oom_kills();
+        if kills == 0 {
+            return None;
+        }
+        Some(super::out_of_memory_line(
+            kills,
+            self.memory_limit.unwrap_or(0),
+        ))
     }
 
     /// Runs `cmd` as if `source`d and returns its exit status, passing its
@@ -615,11 +706,75 @@ impl Shell {
 
     /// Kills every process of the job, bash included, and reaps bash.
     fn end_job(&mut self) {
+        self.end_job_with(&mut || {});
+    }
+
+    /// At a stop, runs [`Launch::far_stop`] (if any), calling
+    /// `during_grace` every poll while it runs, so what the job's
+    /// processes print in their grace period reaches the log.
+    fn stop_far_side(&mut self, during_grace: &mut dyn FnMut()) {
+        let Some(command) = self.far_stop.take() else {
+            return;
+        };
+        let grace = self.stop_grace;
+        log::info!(
+            "Stopping the job: SIGTERM to its processes behind {}, up to {:.1} s for them to end",
+            command.name(),
+            grace.as_secs_f64()
+        );
+        std::thread::scope(|scope| {
+            let run = std::thread::Builder::new()
+                .name("far-stop".into())
+                .spawn_scoped(scope, || {
+                    let limits = super::host::Limits {
+                        // It waits at most `grace` itself; the rest is its start.
+                        timeout: grace + Duration::from_secs(10),
+                        stopped: &|| false,
+                        scratch: None,
+                    };
+                    super::host::run_keeping(&command, super::host::Capture::Merged, &limits, 4096)
+                });
+            let Ok(run) = run else {
+                log::warn!("cannot start the far side's stop: no thread");
+                return;
+            };
+            while !run.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+                during_grace();
+            }
+            match run.join() {
+                Ok(Ok(done)) if done.status.success() => {}
+                Ok(Ok(done)) => log::warn!(
+                    "{} ended with {}: {}",
+                    command.name(),
+                    done.status,
+                    done.output.trim()
+                ),
+                Ok(Err(err)) => log::warn!("{err}"),
+                Err(_) => log::warn!("the far side's stop panicked"),
+            }
+        });
+        during_grace();
+    }
+
+    /// [`Shell::end_job`], calling `during_grace` every poll while the
+    /// job's processes have their grace period (to pass on what they print
+    /// meanwhile).
+    fn end_job_with(&mut self, during_grace: &mut dyn FnMut()) {
         if self.child.is_none() {
             return;
         }
+        if let Some(sampler) = self.gpu.take() {
+            self.gpu_usage = Some(sampler.finish());
+        }
         let cgroup = self.cgroup.as_ref();
-        let members = session::terminate(self.pid, self.tty.as_deref(), self.stop_grace, cgroup);
+        let members = session::terminate(
+            self.pid,
+            self.tty.as_deref(),
+            self.stop_grace,
+            cgroup,
+            during_grace,
+        );
         if let Some(own) = &mut self.own {
             own.job_ended();
         }
@@ -628,9 +783,15 @@ impl Shell {
         // A shell that never answered ran nothing of the job's (a launcher
         // that was refused, a bash that died in its login scripts).
         if self.termios.is_some() {
-            log::info!("{}", self.usage_line());
+            let usage = self.usage_line();
+            log::info!("{usage}");
+            if let Some(gpu) = usage.gpu {
+                crate::metrics::global()
+                    .job_gpu_used(gpu.peak_memory_bytes, gpu.mean_utilization_permille);
+            }
         }
         drop(self.cgroup.take());
+        drop(self.limits.take());
     }
 
     /// The agent-log line of what the job used: from its cgroup where there
@@ -671,9 +832,14 @@ impl Shell {
             source,
             memory: cgroup
                 .and_then(|c| c.memory_peak)
+                .or_else(|| self.limits.as_ref().and_then(|l| l.memory_peak()))
                 .map(Memory::Peak)
                 .or(largest),
             processes: self.forks.count(),
+            gpu: self.gpu_usage.map(|g| crate::usage::Gpu {
+                peak_memory_bytes: g.peak_memory_mib << 20,
+                mean_utilization_permille: g.mean_utilization.map(|u| (u * 10.0).round() as u64),
+            }),
         }
     }
 
@@ -810,7 +976,33 @@ impl Shell {
                 message: format!("bash did not answer within {}s", START_TIMEOUT.as_secs()),
             }),
             Outcome::Stopped => {
-                self.end_job();
+                // What the job prints while it has its grace period (a
+                // checkpoint's last words) reaches the log as it comes.
+                let mut closed = false;
+                let mut pump = || {
+                    while !closed {
+                        match rx.try_recv() {
+                            Ok(ReadEvent::Data(bytes)) => {
+                                if framer.status().is_none() {
+                                    let now = Instant::now();
+                                    framer.feed(&bytes, &mut |body| {
+                                        chunker.push_owned(body, now, on_output)
+                                    });
+                                }
+                            }
+                            Ok(ReadEvent::Closed) | Err(mpsc::TryRecvError::Disconnected) => {
+                                closed = true
+                            }
+                            Err(mpsc::TryRecvError::Empty) => break,
+                        }
+                    }
+                    chunker.poll_owned(Instant::now(), on_output);
+                };
+                self.stop_far_side(&mut pump);
+                self.end_job_with(&mut pump);
+                if closed {
+                    self.pty_closed = true;
+                }
                 self.drain(rx, framer, &mut chunker, on_output);
                 Err(ShellError::Stopped)
             }

@@ -205,6 +205,7 @@ pub(crate) fn terminate(
     tty: Option<&Path>,
     grace: Duration,
     cgroup: Option<&JobCgroup>,
+    during_grace: &mut dyn FnMut(),
 ) -> Vec<i32> {
     let mut signalled = Vec::new();
     if leader <= 1 {
@@ -251,6 +252,7 @@ pub(crate) fn terminate(
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             std::thread::sleep(POLL);
+            during_grace();
             if others(&snapshot(tty), &mut survivors)
                 .iter()
                 .all(|pid| survivors.foreign.contains(pid))
@@ -258,6 +260,7 @@ pub(crate) fn terminate(
                 break;
             }
         }
+        during_grace();
     }
     if let Some(cgroup) = cgroup {
         signalled.extend(cgroup.pids());
@@ -295,6 +298,23 @@ pub(crate) fn terminate(
         }
         std::thread::sleep(POLL / 2);
     }
+}
+
+/// Whether process `pid` is one of the job led by `leader`: in its session
+/// or process group, or in the job cgroup named `cgroup` (where a daemon
+/// that left the session still is). For matching what a GPU reports to the
+/// job.
+pub(crate) fn in_job(pid: i32, leader: i32, cgroup: Option<&str>) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    if parse_stat(&stat).is_some_and(|p| p.sid == leader || p.pgrp == leader) {
+        return true;
+    }
+    cgroup.is_some_and(|name| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|text| text.lines().any(|l| l.ends_with(&format!("/{name}"))))
+    })
 }
 
 /// Reaps the job's orphans that ended up as zombie children of the agent.

@@ -558,3 +558,48 @@ fn a_refused_kubectl_exec_fails_the_job_with_kubectl_s_words() {
     );
     assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
 }
+
+/// Issue 30: GPUs for Kubernetes jobs come from the pod spec decorator;
+/// the example in packaging/kubernetes/gpu-pod-spec.yaml, as shipped, puts
+/// `nvidia.com/gpu` into the main container's limits only.
+#[test]
+fn the_gpu_decorator_example_gives_the_main_container_a_gpu() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kubernetes/gpu-pod-spec.yaml"),
+    )
+    .expect("the GPU decorator example");
+    let map: Value = serde_yaml_ng::from_str(&text).expect("the example is YAML");
+    assert_eq!(map["kind"], "ConfigMap");
+    let name = map["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    let c = Cluster::new();
+    c.kube.add_config_map(&name, map["data"].clone());
+    let mut agent = c.agent(&["--kubernetes-pod-spec", &name]);
+    let (result, events) = c.run(json!({
+        "job_id": "job-gpu",
+        "compose": {"containers": [
+            {"name": "main", "image": "nvidia/cuda:12.4.1-base-ubuntu22.04"},
+            {"name": "db", "image": "postgres:16"},
+        ]},
+        "commands": commands(&["echo gpu job"]),
+    }));
+    assert_eq!(result, "passed", "{:#?}", steps(&events));
+    let pod = c
+        .kube
+        .created("pods", "semaphore-job-job-gpu")
+        .expect("pod");
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        1
+    );
+    assert!(spec["containers"][1]["resources"]["limits"]["nvidia.com/gpu"].is_null());
+    assert_eq!(spec["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(spec["tolerations"][0]["key"], "nvidia.com/gpu");
+    assert!(c.kube.wait_until_empty(WAIT), "{:?}", c.kube.live_objects());
+    assert_objects_valid(&c.kube, 2);
+    c.hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(WAIT), Some(0));
+}

@@ -32,6 +32,7 @@ mod control_plane;
 mod debug;
 #[cfg(target_os = "linux")]
 mod disk_full;
+mod gpu_boxes;
 #[cfg(target_os = "linux")]
 mod hardening;
 mod hostile_input;

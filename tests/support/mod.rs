@@ -119,6 +119,7 @@ pub fn is_state(state: &'static str) -> impl Fn(&Value) -> bool {
 pub mod agent;
 pub mod cluster;
 pub mod events;
+pub mod gpu;
 pub mod kube;
 pub mod logserver;
 pub mod procs;

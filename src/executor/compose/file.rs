@@ -77,12 +77,37 @@ pub fn render_labelled(
     mounts: &[Mount],
     labels: &[(&str, String)],
 ) -> Result<String, ComposeFileError> {
+    render_main(containers, mounts, labels, &MainSettings::default())
+}
+
+/// What the agent adds to the main container only (never a sidecar):
+/// its GPUs (`--gpus`) and limits (`--job-memory-limit`, `--job-cpus`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MainSettings {
+    /// GPU ids (indexes or UUIDs) for an engine device request.
+    pub gpus: Option<Vec<String>>,
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+}
+
+/// [`render_labelled`] with the agent's [`MainSettings`] on the main
+/// service: `mem_limit` (and `memswap_limit`, so swap is no way around
+/// it), `cpus`, and a device request (`driver: nvidia`, the ids,
+/// `capabilities: [gpu]`), which the engine's NVIDIA driver turns into
+/// exactly those GPUs in the container.
+pub fn render_main(
+    containers: &[Container],
+    mounts: &[Mount],
+    labels: &[(&str, String)],
+    settings: &MainSettings,
+) -> Result<String, ComposeFileError> {
     let Some((main, rest)) = containers.split_first() else {
         return Err(ComposeFileError::NoContainers);
     };
     let mut out = String::from("version: \"2.0\"\n\nservices:\n");
     service(&mut out, main)?;
     push_labels(&mut out, labels);
+    push_main_settings(&mut out, settings);
     if !rest.is_empty() {
         out.push_str("    links:\n");
         for link in rest {
@@ -103,6 +128,26 @@ pub fn render_labelled(
         out.push('\n');
     }
     Ok(out)
+}
+
+fn push_main_settings(out: &mut String, settings: &MainSettings) {
+    if let Some(bytes) = settings.memory_bytes {
+        out.push_str(&format!(
+            "    mem_limit: {bytes}\n    memswap_limit: {bytes}\n"
+        ));
+    }
+    if let Some(millis) = settings.cpu_millis {
+        out.push_str(&format!("    cpus: {}\n", crate::shell::cpus_text(millis)));
+    }
+    if let Some(ids) = &settings.gpus {
+        let ids: Vec<String> = ids.iter().map(|id| quote(id)).collect();
+        out.push_str(&format!(
+            "    deploy:\n      resources:\n        reservations:\n          devices:\n            \
+             - driver: \"nvidia\"\n              device_ids: [{}]\n              \
+             capabilities: [\"gpu\"]\n",
+            ids.join(", ")
+        ));
+    }
 }
 
 fn push_labels(out: &mut String, labels: &[(&str, String)]) {
@@ -176,6 +221,42 @@ fn quote(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_and_limits_go_on_the_main_service_only() {
+        let containers = vec![container("main", "cuda:12"), container("db", "postgres")];
+        let text = render_main(
+            &containers,
+            &[],
+            &[],
+            &MainSettings {
+                gpus: Some(vec!["1".into(), "GPU-abc".into()]),
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(500),
+            },
+        )
+        .unwrap();
+        let (main, db) = text.split_once("  db:").unwrap();
+        assert!(
+            main.contains("    mem_limit: 67108864\n    memswap_limit: 67108864\n"),
+            "{text}"
+        );
+        assert!(main.contains("    cpus: 0.5\n"), "{text}");
+        assert!(
+            main.contains(
+                "          devices:\n            - driver: \"nvidia\"\n              \
+                 device_ids: [\"1\", \"GPU-abc\"]\n              capabilities: [\"gpu\"]\n"
+            ),
+            "{text}"
+        );
+        for word in ["mem_limit", "cpus", "deploy", "nvidia"] {
+            assert!(!db.contains(word), "{word} on a sidecar: {text}");
+        }
+        assert_eq!(
+            render_main(&containers, &[], &[], &MainSettings::default()).unwrap(),
+            render(&containers, &[]).unwrap()
+        );
+    }
 
     #[test]
     fn labels_go_on_every_service_quoted() {

@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::pty_bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{far_stop_script, write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -54,6 +54,9 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Seconds `compose down` gives a container's processes before killing
 /// them: the job is over, nothing in it needs a graceful end.
 const DOWN_GRACE_SECONDS: &str = "2";
+
+/// The engine's answer to a GPU device request it has no driver for.
+const NO_GPU_DRIVER: &str = "could not select device driver";
 
 /// What went wrong setting up or starting a compose job; each message is
 /// the job log's (or, for a step that logged its own lines, the agent
@@ -387,7 +390,12 @@ impl<'a> ComposeExecutor<'a> {
     }
 
     fn write_compose_file(&self, mounts: &[Mount]) -> Result<(), ComposeError> {
-        let text = file::render_labelled(self.containers, mounts, &leftovers::labels())
+        let main = file::MainSettings {
+            gpus: self.settings.gpus.clone(),
+            memory_bytes: self.settings.limits.memory_bytes,
+            cpu_millis: self.settings.limits.cpu_millis,
+        };
+        let text = file::render_main(self.containers, mounts, &leftovers::labels(), &main)
             .map_err(ComposeError::File)?;
         let path = self.compose_file();
         write_private(&path, text.as_bytes())
@@ -547,6 +555,19 @@ impl<'a> ComposeExecutor<'a> {
         Ok((written, key))
     }
 
+    /// The job-log line for an engine that refused the main container's
+    /// GPU device request (`--gpus`).
+    fn say_no_gpu_support(&self, log: &mut JobLog<'_>) {
+        if let Some(gpus) = &self.settings.gpus {
+            log.output(format!(
+                "The Docker engine has no NVIDIA GPU support: this agent gives its jobs GPUs \
+                 {} (--gpus), and the engine has no 'nvidia' device driver (install the NVIDIA \
+                 Container Toolkit on the host and restart dockerd)\n",
+                gpus.join(",")
+            ));
+        }
+    }
+
     /// "Pulling docker images...": `compose run --rm <main> true` in a PTY,
     /// its lines logged.
     fn pull(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
@@ -567,12 +588,16 @@ impl<'a> ComposeExecutor<'a> {
             stopped: &|| stop.is_stopped(),
             scratch: None,
         };
+        let mut no_gpu_driver = false;
         let result = match HostCommand::from_argv(&argv) {
             Some(cmd) => host::run_in_pty(
                 &cmd.current_dir(&self.settings.home).envs(self.docker_env()),
                 &limits,
                 "compose-pull-pty",
-                &mut |line| log.output(line),
+                &mut |line| {
+                    no_gpu_driver |= line.contains(NO_GPU_DRIVER);
+                    log.output(line)
+                },
             )
             .map(|status| status.success()),
             None => Err(HostError::Pty {
@@ -587,12 +612,67 @@ impl<'a> ComposeExecutor<'a> {
                 1
             }
         };
+        if exit_code != 0 && no_gpu_driver {
+            self.say_no_gpu_support(log);
+        }
         log.finished(PULL_DIRECTIVE, exit_code, started_at);
         if exit_code == 0 {
             Ok(())
         } else {
             Err(ComposeError::Pull)
         }
+    }
+
+    /// At a stop with `--job-stop-grace-period`: the far stop
+    /// ([`far_stop_script`]) in the main container, by `docker exec` (the
+    /// container was made by `compose run`, which `compose exec` does not
+    /// reach).
+    fn far_stop_argv(&self) -> Vec<OsString> {
+        vec![
+            "docker".into(),
+            "exec".into(),
+            format!("{}-{}", self.project, self.main_name()).into(),
+            "sh".into(),
+            "-c".into(),
+            far_stop_script(self.settings.stop_grace, false).into(),
+        ]
+    }
+
+    /// With `--gpus`: the usage line's GPU memory is what the processes of
+    /// the main container use (host pids, found by the container's id in
+    /// their cgroup). Without the id (an engine that does not answer),
+    /// the job runs without GPU figures, saying so in the agent log.
+    fn sample_gpus(&self, shell: &mut Shell) {
+        let Some(ids) = self.settings.gpus.clone() else {
+            return;
+        };
+        let name = format!("{}-{}", self.project, self.main_name());
+        let cmd = HostCommand::new("docker").args(["inspect", "--format", "{{.Id}}", &name]);
+        let id = match self.run_host(cmd, Duration::from_secs(30)) {
+            Ok((true, out)) => out.trim().to_string(),
+            Ok((false, out)) => {
+                log::warn!(
+                    "No GPU figures for this job: docker inspect {name}: {}",
+                    out.trim()
+                );
+                return;
+            }
+            Err(err) => {
+                log::warn!("No GPU figures for this job: {err}");
+                return;
+            }
+        };
+        if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            log::warn!("No GPU figures for this job: docker inspect {name} said '{id}'");
+            return;
+        }
+        shell.sample_gpus(
+            ids,
+            Box::new(move |pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|text| text.contains(&id))
+            }),
+        );
     }
 
     /// "Starting the docker image...": bash in the main container, reached
@@ -629,16 +709,23 @@ impl<'a> ComposeExecutor<'a> {
             argv,
             scratch_parent: shared,
             cd: None,
+            far_stop: Some(self.far_stop_argv()),
         };
         let options = ShellOptions {
             home: self.settings.home.clone(),
             env: self.docker_env(),
             stopper: PtyCommands::stopper(&self.stop),
+            stop_grace: self.settings.stop_grace,
             keep_state: self.settings.debug_name.is_some(),
+            ..ShellOptions::default()
         };
         match Shell::start_with(&options, Some(&launch)) {
-            Ok(shell) => {
+            Ok(mut shell) => {
+                self.sample_gpus(&mut shell);
                 self.pty.attach(shell);
+                if let Some(bytes) = self.settings.limits.memory_bytes {
+                    self.pty.watch_oom(bytes);
+                }
                 // Go starts jobs in the container user's HOME.
                 let outcome = self.pty.run_quiet("cd ~", log);
                 let exit_code = if outcome.usable() { 0 } else { outcome.code() };
@@ -664,6 +751,9 @@ impl<'a> ComposeExecutor<'a> {
                     why.join("\n")
                 };
                 log.output(format!("{message}\n"));
+                if text.contains(NO_GPU_DRIVER) || message.contains(NO_GPU_DRIVER) {
+                    self.say_no_gpu_support(log);
+                }
                 log.finished(START_DIRECTIVE, 1, started_at);
                 Err(ComposeError::StartImage(err))
             }
