@@ -238,7 +238,7 @@ fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
 fn to_text(bytes: &[u8]) -> String {
     let mut kept = Vec::with_capacity(bytes.len());
     let mut rest = bytes;
-    while let Some(i) = rest.iter().position(|&b| b == b'\r') {
+    while let Some(i) = memchr::memchr(b'\r', rest) {
         if rest.get(i + 1) == Some(&b'\n') {
             kept.extend_from_slice(&rest[..i]);
         } else {

@@ -272,7 +272,7 @@ impl Framer {
 
     fn scan(&mut self, buf: &[u8], body: &mut dyn FnMut(&[u8])) -> Option<i32> {
         let mut from = 0;
-        while let Some(offset) = buf[from..].iter().position(|&b| b == MARK) {
+        while let Some(offset) = memchr::memchr(MARK, &buf[from..]) {
             let at = from + offset;
             match self.match_end(&buf[at..]) {
                 EndMatch::Complete(status) => {
