@@ -1247,10 +1247,17 @@ fn a_killed_agents_compose_leftovers_are_removed_by_the_next_agent_and_nothing_e
     // agent's too: its own registration is the second).
     let hub_next = Hub::start();
     let next = agent(&sandbox, &hub_next, &[]);
+    // The whole sweep: its project's directory goes last, after the
+    // volumes, so the wait covers it too (waiting for the containers and
+    // networks only raced the sweep's last steps).
     let gone = crate::support::wait::until(JOB_TIMEOUT, || {
         next.log().matches("Registering Agent").count() >= 2
             && containers_of(doomed_pid).is_empty()
             && networks_of(doomed_pid).is_empty()
+            && {
+                let left = dirs_of(&sandbox);
+                doomed_dirs.iter().all(|d| !left.contains(d))
+            }
     });
     assert!(
         gone,
