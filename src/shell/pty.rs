@@ -603,6 +603,17 @@ impl Shell {
         u32::try_from(self.pid).unwrap_or(0)
     }
 
+    /// Samples what the processes `is_job` accepts use on the GPUs `ids`
+    /// until the job ends, for its usage line: a shell behind a launcher
+    /// whose job's processes the launcher's caller can name (a compose
+    /// job's container). A host shell with `ShellOptions::gpus` samples
+    /// already; this does nothing then.
+    pub fn sample_gpus(&mut self, ids: Vec<String>, is_job: super::gpu::IsJobProcess) {
+        if self.gpu.is_none() {
+            self.gpu = super::gpu::GpuSampler::start(ids, is_job);
+        }
+    }
+
     /// Sets the time between SIGTERM and SIGKILL when the job is stopped or
     /// the shell closed (default `DEFAULT_STOP_GRACE`).
     pub fn set_stop_grace(&mut self, grace: Duration) {

@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::pty_bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{far_stop_script, write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -623,31 +623,56 @@ impl<'a> ComposeExecutor<'a> {
         }
     }
 
-    /// At a stop with `--job-stop-grace-period`: SIGTERM to every process
-    /// in the main container but its bash (PID 1), then a wait of at most
-    /// the grace period for them to end (`docker exec`, as the container
-    /// was made by `compose run`, which `compose exec` does not reach).
+    /// At a stop with `--job-stop-grace-period`: the far stop
+    /// ([`far_stop_script`]) in the main container, by `docker exec` (the
+    /// container was made by `compose run`, which `compose exec` does not
+    /// reach).
     fn far_stop_argv(&self) -> Vec<OsString> {
-        let tenths = self
-            .settings
-            .stop_grace
-            .map_or(0, |grace| grace.as_millis().div_ceil(100));
-        let script = format!(
-            "pids=; for p in /proc/[0-9]*; do p=${{p#/proc/}}; \
-             [ \"$p\" = 1 ] || [ \"$p\" = $$ ] || pids=\"$pids $p\"; done; \
-             [ -n \"$pids\" ] || exit 0; kill -TERM $pids 2>/dev/null; n=0; \
-             while [ $n -lt {tenths} ]; do alive=; \
-             for p in $pids; do [ -d /proc/$p ] && alive=1; done; \
-             [ -n \"$alive\" ] || exit 0; sleep 0.1; n=$((n+1)); done"
-        );
         vec![
             "docker".into(),
             "exec".into(),
             format!("{}-{}", self.project, self.main_name()).into(),
             "sh".into(),
             "-c".into(),
-            script.into(),
+            far_stop_script(self.settings.stop_grace, false).into(),
         ]
+    }
+
+    /// With `--gpus`: the usage line's GPU memory is what the processes of
+    /// the main container use (host pids, found by the container's id in
+    /// their cgroup). Without the id (an engine that does not answer),
+    /// the job runs without GPU figures, saying so in the agent log.
+    fn sample_gpus(&self, shell: &mut Shell) {
+        let Some(ids) = self.settings.gpus.clone() else {
+            return;
+        };
+        let name = format!("{}-{}", self.project, self.main_name());
+        let cmd = HostCommand::new("docker").args(["inspect", "--format", "{{.Id}}", &name]);
+        let id = match self.run_host(cmd, Duration::from_secs(30)) {
+            Ok((true, out)) => out.trim().to_string(),
+            Ok((false, out)) => {
+                log::warn!(
+                    "No GPU figures for this job: docker inspect {name}: {}",
+                    out.trim()
+                );
+                return;
+            }
+            Err(err) => {
+                log::warn!("No GPU figures for this job: {err}");
+                return;
+            }
+        };
+        if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            log::warn!("No GPU figures for this job: docker inspect {name} said '{id}'");
+            return;
+        }
+        shell.sample_gpus(
+            ids,
+            Box::new(move |pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|text| text.contains(&id))
+            }),
+        );
     }
 
     /// "Starting the docker image...": bash in the main container, reached
@@ -695,7 +720,8 @@ impl<'a> ComposeExecutor<'a> {
             ..ShellOptions::default()
         };
         match Shell::start_with(&options, Some(&launch)) {
-            Ok(shell) => {
+            Ok(mut shell) => {
+                self.sample_gpus(&mut shell);
                 self.pty.attach(shell);
                 if let Some(bytes) = self.settings.limits.memory_bytes {
                     self.pty.watch_oom(bytes);
