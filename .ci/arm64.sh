@@ -254,10 +254,11 @@ fi
 # --- the images for linux/arm64 ---------------------------------------------------
 # The scratch image is that tree copied FROM scratch: no RUN step, so
 # `docker build --platform linux/arm64` builds it here without emulation;
-# its one layer must hold exactly the tree, aarch64 executables only. It
-# cannot be run here (no binfmt_misc). The Debian image's RUN step would
-# need an arm64 Debian base and binfmt_misc to run it: not built here; its
-# packages must exist for arm64 (checked in Debian's arm64 lists).
+# its one layer must hold exactly the tree, aarch64 executables only. The
+# Debian image for linux/arm64 is the packaging stage's (test-images.sh:
+# packaging/import-image.sh on packaging/foreign-rootfs.sh's arm64 base,
+# run under binfmt_misc when it can be had); here only its packages are
+# looked up in Debian's arm64 lists.
 if [ -d "$RFS/bin" ] && docker info >/dev/null 2>&1; then
     tag=semaphore-agent-arm64-ci-$$
     if out=$(DOCKER_BUILDKIT=0 docker build --platform linux/arm64 --network none -q \

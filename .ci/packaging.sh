@@ -106,15 +106,22 @@ build_version_check() {
 stage build-version build_version_check
 
 # 5. The sandbox installs (AWS stack, prompts, toolbox, health check) and
-#    the images (docker build + run), on a Debian base made here and cached
-#    in /var/tmp/semaphore-ci-images; both need the dev hub.
+#    the images (docker build + run; the Debian one for linux/arm64 too),
+#    on Debian bases made here and cached in /var/tmp/semaphore-ci-images;
+#    both need the dev hub.
 BASE_TAR=""
 stage base-rootfs packaging/base-rootfs.sh && BASE_TAR=$(tail -1 "$LOGS/base-rootfs.log")
+# The arm64 Debian rootfs (no emulation needed to make it; cached in the
+# same directory, the .debs in debs-arm64/), for the arm64 Debian image.
+ARM64_BASE=""
+if [ -f "$ARM64" ]; then
+    stage base-rootfs-arm64 packaging/foreign-rootfs.sh arm64 && ARM64_BASE=$(tail -1 "$LOGS/base-rootfs-arm64.log")
+fi
 HUB_BIN=target/debug/examples/dev-hub
 cargo build --locked --quiet --example dev-hub || HUB_BIN=""
 if [ -n "$DIST" ] && [ -n "$BASE_TAR" ] && [ -n "$HUB_BIN" ]; then
     stage install-sandbox packaging/test-install-sandbox.sh "$DIST/agent_Linux_x86_64.tar.gz" "$BASE_TAR" "$HUB_BIN"
-    stage images packaging/test-images.sh "$BIN" "$BASE_TAR" "$HUB_BIN"
+    stage images packaging/test-images.sh "$BIN" "$BASE_TAR" "$HUB_BIN" ${ARM64_BASE:+"$ARM64" "$ARM64_BASE"}
 else
     echo "FAIL packaging stage install-sandbox/images (archive '$DIST', base '$BASE_TAR', hub $HUB_BIN)"
     failed=$((failed + 2))

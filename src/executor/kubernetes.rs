@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::pty_bash::{env_file_content, PtyCommands};
+use super::pty_bash::{env_file_content, far_stop_script, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobEnv, JobLog, JobOptions, Outcome, SetupError, Stop,
 };
@@ -404,27 +404,28 @@ impl<'a> KubernetesExecutor<'a> {
     #[cfg(unix)]
     fn launch_bridge(&self, report: Option<&std::path::Path>) -> Option<Launch> {
         let exe = std::env::current_exe().ok()?;
-        let mut argv: Vec<std::ffi::OsString> = vec![exe.into(), kubernetes::BRIDGE_ARG.into()];
+        let mut argv: Vec<std::ffi::OsString> =
+            vec![exe.clone().into(), kubernetes::BRIDGE_ARG.into()];
         if let Some(report) = report {
             argv.push("--report".into());
             argv.push(report.into());
         }
-        argv.extend(
-            [
-                self.config.namespace.as_str(),
-                &self.pod_name,
-                "main",
-                "--",
-                "bash",
-                "--login",
-            ]
-            .iter()
-            .map(Into::into),
-        );
+        let target = [self.config.namespace.as_str(), &self.pod_name, "main", "--"];
+        // At a stop with a grace period: the far stop, through the bridge.
+        let mut far_stop: Vec<std::ffi::OsString> =
+            vec![exe.into(), kubernetes::BRIDGE_ARG.into(), "--no-tty".into()];
+        far_stop.extend(target.iter().map(Into::into));
+        far_stop.extend([
+            "sh".into(),
+            "-c".into(),
+            far_stop_script(self.settings.stop_grace, true).into(),
+        ]);
+        argv.extend(target.iter().chain(&["bash", "--login"]).map(Into::into));
         Some(Launch {
             argv,
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
+            far_stop: Some(far_stop),
         })
     }
 
@@ -450,6 +451,7 @@ impl<'a> KubernetesExecutor<'a> {
             .collect(),
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
+            far_stop: None,
         }
     }
 

@@ -269,9 +269,55 @@ fn clean(path: &Path) -> PathBuf {
     parts.iter().collect()
 }
 
+/// The far side's stop (`Launch::far_stop`) as a POSIX `sh` script for a
+/// container or pod: SIGTERM to every process there but PID 1 and itself
+/// (the job's interactive bash ignores it; what the job runs does not),
+/// then a wait until they have all ended, at most `grace` (in tenths of a
+/// second). `spare_init_children` also spares PID 1's children: in a pod
+/// PID 1 is the keep-alive (`objects::MAIN_COMMAND`), which ends the
+/// container when its `sleep` does, and the job's processes descend from
+/// the exec'd bash instead.
+pub fn far_stop_script(grace: Option<std::time::Duration>, spare_init_children: bool) -> String {
+    let tenths = grace.map_or(0, |grace| grace.as_millis().div_ceil(100));
+    let spare = if spare_init_children {
+        "pp=; while read -r k v; do [ \"$k\" = PPid: ] && pp=$v; done \
+         2>/dev/null </proc/$p/status; [ \"$pp\" = 1 ] && continue; "
+    } else {
+        ""
+    };
+    format!(
+        "pids=; for p in /proc/[0-9]*; do p=${{p#/proc/}}; \
+         {{ [ \"$p\" = 1 ] || [ \"$p\" = $$ ]; }} && continue; {spare}pids=\"$pids $p\"; done; \
+         [ -n \"$pids\" ] || exit 0; kill -TERM $pids 2>/dev/null; n=0; \
+         while [ $n -lt {tenths} ]; do alive=; \
+         for p in $pids; do [ -d /proc/$p ] && alive=1; done; \
+         [ -n \"$alive\" ] || exit 0; sleep 0.1; n=$((n+1)); done"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The far stop is only ever run in a container or pod (it signals
+    /// every process it sees), so here it is only parsed, by `sh -n`.
+    #[test]
+    fn the_far_stop_script_is_valid_sh_and_waits_the_grace_period() {
+        for spare in [false, true] {
+            let script = far_stop_script(Some(std::time::Duration::from_millis(2_050)), spare);
+            assert!(script.contains("-lt 21 ]"), "{script}");
+            assert_eq!(script.contains("PPid:"), spare, "{script}");
+            let parsed = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .expect("sh runs");
+            assert!(
+                parsed.status.success(),
+                "{script}\n{}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+        }
+    }
 
     #[test]
     fn paths_are_placed_under_home() {

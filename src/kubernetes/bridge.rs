@@ -53,7 +53,7 @@ pub fn open_exec(
     }
 }
 
-/// The exec bridge: `agent __kubernetes-exec [--report FILE] <namespace>
+/// The exec bridge: `agent __kubernetes-exec [--report FILE] [--no-tty] <namespace>
 /// <pod> <container> -- <command...>`, run by the executor inside the
 /// shell's PTY. Opens an exec session with the agent's Kubernetes
 /// credentials (the WebSocket, else SPDY/3.1: [`open_exec`]) and copies
@@ -70,13 +70,19 @@ pub fn open_exec(
 pub fn bridge(args: &[String]) -> i32 {
     let usage = || {
         eprintln!(
-            "usage: {BRIDGE_ARG} [--report FILE] <namespace> <pod> <container> -- <command...>"
+            "usage: {BRIDGE_ARG} [--report FILE] [--no-tty] <namespace> <pod> <container> -- <command...>"
         );
         2
     };
     let (report, args) = match args {
         [flag, file, rest @ ..] if flag == "--report" => (Some(file.as_str()), rest),
         _ => (None, args),
+    };
+    // No terminal: for a command that is not a shell in the job's PTY
+    // (the far stop), whose end of input must not hang it up.
+    let (tty, args) = match args {
+        [flag, rest @ ..] if flag == "--no-tty" => (false, rest),
+        _ => (true, args),
     };
     let [namespace, pod, container, dashes, command @ ..] = args else {
         return usage();
@@ -92,7 +98,7 @@ pub fn bridge(args: &[String]) -> i32 {
             return REFUSED_EXIT;
         }
     };
-    let mut session = match open_exec(&client, pod, container, command, true) {
+    let mut session = match open_exec(&client, pod, container, command, tty) {
         Ok((session, refused)) => {
             for e in &refused {
                 lines.push_str(&report_line(e));
@@ -111,10 +117,12 @@ pub fn bridge(args: &[String]) -> i32 {
             return REFUSED_EXIT;
         }
     };
-    let (cols, rows) = terminal_size(0).unwrap_or((200, 50));
-    if let Err(e) = session.resize(cols, rows) {
-        eprintln!("{e}");
-        return 1;
+    if tty {
+        let (cols, rows) = terminal_size(0).unwrap_or((200, 50));
+        if let Err(e) = session.resize(cols, rows) {
+            eprintln!("{e}");
+            return 1;
+        }
     }
     pump(session.as_mut())
 }

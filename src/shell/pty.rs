@@ -128,6 +128,13 @@ pub struct Launch {
     /// The directory the far bash changes to before the first command;
     /// `None` leaves it where it started.
     pub cd: Option<String>,
+    /// A host command (run like `argv`, with `ShellOptions::env`) that
+    /// sends SIGTERM to the job's processes on the far side and waits for
+    /// them to end, at most the stop grace period (`docker exec` into a
+    /// compose job's container). Run at a stop when a stop grace period
+    /// was set (`ShellOptions::stop_grace`), before the launcher is ended,
+    /// so a job behind a launcher gets its grace period too.
+    pub far_stop: Option<Vec<OsString>>,
 }
 
 #[derive(Debug)]
@@ -276,6 +283,8 @@ pub struct Shell {
     /// Bash runs behind a launcher (`docker compose run`, `kubectl exec`),
     /// so what the cgroup counts is only the launcher's share.
     launched: bool,
+    /// [`Launch::far_stop`], kept when a stop grace period was set.
+    far_stop: Option<super::host::HostCommand>,
     /// What bash and the descendants it waited for used (`wait4`).
     rusage: Option<libc::rusage>,
     /// How many processes the job started.
@@ -476,6 +485,11 @@ impl Shell {
             stop_grace: opts.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
             cgroup,
             launched: launch.is_some(),
+            far_stop: launch
+                .and_then(|l| l.far_stop.as_deref())
+                .filter(|_| opts.stop_grace.is_some())
+                .and_then(super::host::HostCommand::from_argv)
+                .map(|cmd| cmd.envs(opts.env.iter().cloned())),
             forks,
             rusage: None,
             memory_limit: limits.as_ref().and(opts.limits.memory_bytes),
@@ -589,6 +603,17 @@ impl Shell {
         u32::try_from(self.pid).unwrap_or(0)
     }
 
+    /// Samples what the processes `is_job` accepts use on the GPUs `ids`
+    /// until the job ends, for its usage line: a shell behind a launcher
+    /// whose job's processes the launcher's caller can name (a compose
+    /// job's container). A host shell with `ShellOptions::gpus` samples
+    /// already; this does nothing then.
+    pub fn sample_gpus(&mut self, ids: Vec<String>, is_job: super::gpu::IsJobProcess) {
+        if self.gpu.is_none() {
+            self.gpu = super::gpu::GpuSampler::start(ids, is_job);
+        }
+    }
+
     /// Sets the time between SIGTERM and SIGKILL when the job is stopped or
     /// the shell closed (default `DEFAULT_STOP_GRACE`).
     pub fn set_stop_grace(&mut self, grace: Duration) {
@@ -682,6 +707,54 @@ impl Shell {
     /// Kills every process of the job, bash included, and reaps bash.
     fn end_job(&mut self) {
         self.end_job_with(&mut || {});
+    }
+
+    /// At a stop, runs [`Launch::far_stop`] (if any), calling
+    /// `during_grace` every poll while it runs, so what the job's
+    /// processes print in their grace period reaches the log.
+    fn stop_far_side(&mut self, during_grace: &mut dyn FnMut()) {
+        let Some(command) = self.far_stop.take() else {
+            return;
+        };
+        let grace = self.stop_grace;
+        log::info!(
+            "Stopping the job: SIGTERM to its processes behind {}, up to {:.1} s for them to end",
+            command.name(),
+            grace.as_secs_f64()
+        );
+        std::thread::scope(|scope| {
+            let run = std::thread::Builder::new()
+                .name("far-stop".into())
+                .spawn_scoped(scope, || {
+                    let limits = super::host::Limits {
+                        // It waits at most `grace` itself; the rest is its start.
+                        timeout: grace + Duration::from_secs(10),
+                        stopped: &|| false,
+                        scratch: None,
+                    };
+                    super::host::run_keeping(&command, super::host::Capture::Merged, &limits, 4096)
+                });
+            let Ok(run) = run else {
+                log::warn!("cannot start the far side's stop: no thread");
+                return;
+            };
+            while !run.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+                during_grace();
+            }
+            match run.join() {
+                Ok(Ok(done)) if done.status.success() => {}
+                Ok(Ok(done)) => log::warn!(
+                    "{} ended with {}: {}",
+                    command.name(),
+                    done.status,
+                    done.output.trim()
+                ),
+                Ok(Err(err)) => log::warn!("{err}"),
+                Err(_) => log::warn!("the far side's stop panicked"),
+            }
+        });
+        during_grace();
     }
 
     /// [`Shell::end_job`], calling `during_grace` every poll while the
@@ -925,6 +998,7 @@ impl Shell {
                     }
                     chunker.poll_owned(Instant::now(), on_output);
                 };
+                self.stop_far_side(&mut pump);
                 self.end_job_with(&mut pump);
                 if closed {
                     self.pty_closed = true;

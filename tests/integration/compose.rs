@@ -1290,3 +1290,36 @@ fn a_killed_agents_compose_leftovers_are_removed_by_the_next_agent_and_nothing_e
     );
     assert_nothing_left(&live, &sandbox_live);
 }
+
+/// `--job-stop-grace-period` reaches the job's processes in its main
+/// container: a stopped job trapping TERM that needs 2 s to checkpoint
+/// gets its `checkpointed` into the job log, and the result is `stopped`.
+#[test]
+fn a_stop_grace_period_lets_a_container_job_checkpoint() {
+    if !docker() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let hub = Hub::start();
+    let mut agent = agent(&sandbox, &hub, &["--job-stop-grace-period", "5"]);
+    let id = hub.queue_job(main_only(&[
+        "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'",
+    ]));
+    assert!(
+        hub.wait_until(JOB_TIMEOUT, |h| h.output(&id).contains("training")),
+        "the job never started training:\n{}",
+        hub.output(&id)
+    );
+    hub.stop_job(&id);
+    let result = hub.wait_for_result(&id, JOB_TIMEOUT);
+    assert_eq!(result.as_deref(), Some("stopped"), "{}", hub.output(&id));
+    assert!(
+        hub.output(&id).contains("checkpointed"),
+        "the checkpoint's output is not in the job log:\n{}\nagent log:\n{}",
+        hub.output(&id),
+        agent.log()
+    );
+    assert_nothing_left(&agent, &sandbox);
+    hub.shutdown("requested");
+    assert_eq!(agent.wait_exit(JOB_TIMEOUT), Some(0), "{}", agent.log());
+}

@@ -564,6 +564,8 @@ fn compose_main_container_gets_exactly_the_agents_gpus_and_limits() {
         "echo \"NV=${NVIDIA_VISIBLE_DEVICES-none} CUDA=${CUDA_VISIBLE_DEVICES-none}\"",
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null || true",
         "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null || true",
+        // A process of the main container the stand-in reports on the GPU.
+        "GPU_STANDIN_USED_MIB=222 sleep 3",
         "for c in $(seq 100); do [ -e /tmp/checked ] && break; sleep 0.2; done",
     ]));
     // While the job runs: the sidecar's first process has no GPU.
@@ -606,6 +608,13 @@ fn compose_main_container_gets_exactly_the_agents_gpus_and_limits() {
         "{output}"
     );
     assert!(output.contains("50000"), "{output}");
+    // The container's process, sampled by its host pid, is in the usage line.
+    let log = agent.log();
+    let usage = log
+        .lines()
+        .find(|l| l.contains("Job used "))
+        .unwrap_or_else(|| panic!("no usage line:\n{log}"));
+    assert!(usage.contains("peak GPU memory 222.0 MiB"), "{usage}");
     assert!(!sidecar_env.is_empty(), "the sidecar was never seen");
     assert!(
         !sidecar_env.contains("NVIDIA_VISIBLE_DEVICES"),

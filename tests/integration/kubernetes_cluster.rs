@@ -432,6 +432,47 @@ fn a_stop_during_a_command_in_a_real_pod_leaves_nothing() {
     r.assert_nothing_left();
 }
 
+/// `--job-stop-grace-period` reaches the job's processes in its pod: a
+/// stopped job trapping TERM that needs 2 s to checkpoint gets its
+/// `checkpointed` into the job log (SIGTERM through the agent's own exec).
+#[test]
+fn a_stop_grace_period_lets_a_job_in_a_real_pod_checkpoint() {
+    let Some(cluster) = RealCluster::find("a_stop_grace_period_lets_a_job") else {
+        return;
+    };
+    let r = Run::new(&cluster, "k8s-grace");
+    let agent = r.agent(&[
+        "--kubernetes-default-image",
+        JOB_IMAGE,
+        "--job-stop-grace-period",
+        "5",
+    ]);
+    let id = r.hub.queue_job(json!({
+        "job_id": "real-grace",
+        "commands": commands(&[
+            "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'",
+        ]),
+    }));
+    assert!(
+        r.hub
+            .wait_until(JOB_WAIT, |h| h.output(&id).contains("training")),
+        "{:#?}",
+        r.hub.events(&id)
+    );
+    r.hub.stop_job(&id);
+    assert_eq!(
+        r.hub.wait_for_result(&id, JOB_WAIT).as_deref(),
+        Some("stopped")
+    );
+    assert!(
+        r.hub.output(&id).contains("checkpointed"),
+        "the checkpoint's output is not in the job log:\n{}\nagent log:\n{}",
+        r.hub.output(&id),
+        agent.log()
+    );
+    r.assert_nothing_left();
+}
+
 #[test]
 fn ten_megabytes_of_output_from_a_real_pod_arrive_complete() {
     let Some(cluster) = RealCluster::find("ten_megabytes_of_output") else {

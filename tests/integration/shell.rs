@@ -318,6 +318,7 @@ fn start_inline() -> Fixture {
         argv: vec!["bash".into(), "--login".into()],
         scratch_parent: std::path::PathBuf::from("/nonexistent"),
         cd: None,
+        far_stop: None,
     };
     let shell = Shell::start_inline(&opts, &launch).expect("inline shell starts");
     Fixture { shell, home }

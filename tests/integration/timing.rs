@@ -142,6 +142,7 @@ fn a_stop_while_the_shell_starts_ends_the_start() {
         ],
         scratch_parent: home.path().to_path_buf(),
         cd: None,
+        far_stop: None,
     };
     let stopper = opts.stopper.clone();
     let stopping = std::thread::spawn(move || {

@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::pty_bash::{write_env_file_content, PtyCommands};
+use super::pty_bash::{far_stop_script, write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -623,6 +623,58 @@ impl<'a> ComposeExecutor<'a> {
         }
     }
 
+    /// At a stop with `--job-stop-grace-period`: the far stop
+    /// ([`far_stop_script`]) in the main container, by `docker exec` (the
+    /// container was made by `compose run`, which `compose exec` does not
+    /// reach).
+    fn far_stop_argv(&self) -> Vec<OsString> {
+        vec![
+            "docker".into(),
+            "exec".into(),
+            format!("{}-{}", self.project, self.main_name()).into(),
+            "sh".into(),
+            "-c".into(),
+            far_stop_script(self.settings.stop_grace, false).into(),
+        ]
+    }
+
+    /// With `--gpus`: the usage line's GPU memory is what the processes of
+    /// the main container use (host pids, found by the container's id in
+    /// their cgroup). Without the id (an engine that does not answer),
+    /// the job runs without GPU figures, saying so in the agent log.
+    fn sample_gpus(&self, shell: &mut Shell) {
+        let Some(ids) = self.settings.gpus.clone() else {
+            return;
+        };
+        let name = format!("{}-{}", self.project, self.main_name());
+        let cmd = HostCommand::new("docker").args(["inspect", "--format", "{{.Id}}", &name]);
+        let id = match self.run_host(cmd, Duration::from_secs(30)) {
+            Ok((true, out)) => out.trim().to_string(),
+            Ok((false, out)) => {
+                log::warn!(
+                    "No GPU figures for this job: docker inspect {name}: {}",
+                    out.trim()
+                );
+                return;
+            }
+            Err(err) => {
+                log::warn!("No GPU figures for this job: {err}");
+                return;
+            }
+        };
+        if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            log::warn!("No GPU figures for this job: docker inspect {name} said '{id}'");
+            return;
+        }
+        shell.sample_gpus(
+            ids,
+            Box::new(move |pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|text| text.contains(&id))
+            }),
+        );
+    }
+
     /// "Starting the docker image...": bash in the main container, reached
     /// through `compose run` in the job's PTY.
     fn start_bash(&mut self, log: &mut JobLog<'_>) -> Result<(), ComposeError> {
@@ -657,6 +709,7 @@ impl<'a> ComposeExecutor<'a> {
             argv,
             scratch_parent: shared,
             cd: None,
+            far_stop: Some(self.far_stop_argv()),
         };
         let options = ShellOptions {
             home: self.settings.home.clone(),
@@ -667,7 +720,8 @@ impl<'a> ComposeExecutor<'a> {
             ..ShellOptions::default()
         };
         match Shell::start_with(&options, Some(&launch)) {
-            Ok(shell) => {
+            Ok(mut shell) => {
+                self.sample_gpus(&mut shell);
                 self.pty.attach(shell);
                 if let Some(bytes) = self.settings.limits.memory_bytes {
                     self.pty.watch_oom(bytes);
