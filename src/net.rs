@@ -25,7 +25,63 @@ pub fn http_agent(url: &str, timeout: Duration) -> ureq::Agent {
         // the sync loop forever.
         .timeout_global(Some(timeout * 2))
         .build();
-    config.new_agent()
+    new_agent(config)
+}
+
+/// The ureq agent for `config`, with [`LiteralFirst`] as its resolver.
+/// Every HTTP client of the agent is made here.
+pub fn new_agent(config: ureq::config::Config) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        LiteralFirst::default(),
+    )
+}
+
+/// ureq's resolver, except for an endpoint that is an IP address: that is
+/// its own answer. With a timeout set (every call of the agent has one),
+/// ureq's resolver looks each name up on a new thread so it can give up on
+/// it; for `127.0.0.1:8000` that is a thread spawned (and waited for) per
+/// request, on the start path before `/register` and again at every sync.
+#[derive(Debug, Default)]
+pub struct LiteralFirst {
+    names: ureq::unversioned::resolver::DefaultResolver,
+}
+
+impl ureq::unversioned::resolver::Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        match literal_address(uri) {
+            Some(addr) if config.ip_family().keep_wanted([addr].into_iter()).count() == 1 => {
+                let mut found = self.empty();
+                found.push(addr);
+                Ok(found)
+            }
+            _ => self.names.resolve(uri, config, timeout),
+        }
+    }
+}
+
+/// The socket address of a URI whose host is an IP address (`[v6]` in
+/// brackets), with the scheme's port when it names none; `None` for a name.
+fn literal_address(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+    let authority = uri.authority()?;
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    let port = authority.port_u16().or(match uri.scheme_str()? {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })?;
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 /// The settings every HTTP client of the agent shares, whoever it talks
@@ -269,5 +325,53 @@ mod tests {
         ]);
         assert!(proxy_for("https://example.com:8443/x", &ported).is_none());
         assert!(proxy_for("https://example.com/x", &ported).is_some());
+    }
+
+    #[test]
+    fn ip_endpoints_are_their_own_address() {
+        let addr = |uri: &str| literal_address(&uri.parse().expect("a valid URI"));
+        assert_eq!(
+            addr("http://127.0.0.1:8000/api/v1"),
+            Some("127.0.0.1:8000".parse().expect("an address"))
+        );
+        assert_eq!(
+            addr("https://10.1.2.3/x"),
+            Some("10.1.2.3:443".parse().expect("an address"))
+        );
+        assert_eq!(
+            addr("http://[::1]/x"),
+            Some("[::1]:80".parse().expect("an address"))
+        );
+        assert_eq!(addr("https://s.semaphoreci.com/api"), None);
+        assert_eq!(addr("http://localhost:8000/"), None);
+        // A dotted name that is not an address is looked up.
+        assert_eq!(addr("http://1.2.3.4.example.com/"), None);
+    }
+
+    #[test]
+    fn literal_resolver_answers_without_a_lookup_and_names_still_resolve() {
+        use ureq::unversioned::resolver::Resolver;
+        use ureq::unversioned::transport::NextTimeout;
+        let config = ureq::config::Config::default();
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::from_secs(5),
+            reason: ureq::Timeout::Resolve,
+            per_read: None,
+            per_write: None,
+        };
+        let resolver = LiteralFirst::default();
+        let uri = "http://127.0.0.1:8000/x".parse().expect("a valid URI");
+        let found = resolver
+            .resolve(&uri, &config, timeout)
+            .expect("an IP address resolves");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0], "127.0.0.1:8000".parse().expect("an address"));
+        let uri = "http://localhost:8000/x".parse().expect("a valid URI");
+        let found = resolver
+            .resolve(&uri, &config, timeout)
+            .expect("localhost resolves through the system");
+        assert!(found
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8000));
     }
 }

@@ -366,13 +366,14 @@ impl Client {
         tls: ureq::tls::TlsConfig,
         material: TlsMaterial,
     ) -> Client {
-        let agent = crate::net::http_config(&server)
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .user_agent(format!("semaphore-agent/{}", crate::VERSION))
-            .timeout_global(Some(CALL_TIMEOUT))
-            .build()
-            .new_agent();
+        let agent = crate::net::new_agent(
+            crate::net::http_config(&server)
+                .tls_config(tls)
+                .http_status_as_error(false)
+                .user_agent(format!("semaphore-agent/{}", crate::VERSION))
+                .timeout_global(Some(CALL_TIMEOUT))
+                .build(),
+        );
         Client {
             server,
             namespace: namespace.to_string(),

@@ -281,9 +281,9 @@ pub fn start(config: Config, options: ListenerOptions) -> Result<ShutdownReason,
     );
     // What agents that are gone (killed, crashed) left on this host (job
     // cgroups, temp dirs, compose jobs' containers, networks, volumes) is
-    // removed on the "host-sweep" thread, once registered: its `docker`
-    // must not compete with the start for the CPU.
-    let sweep = sweep::HostSweep::start(std::env::temp_dir());
+    // removed on the "host-sweep" thread, begun once the first sync is
+    // answered: its `docker` must not compete with the start for the CPU.
+    let sweep = sweep::HostSweep::new(std::env::temp_dir());
 
     let (tx, rx) = sync_channel::<Wake>(16);
     let interrupted_at = Arc::new(AtomicU64::new(0));
@@ -409,8 +409,9 @@ struct Listener {
     /// The GPU health gate failed after a job: report the job, then
     /// disconnect instead of taking another.
     gpu_fault: Option<crate::shell::gpu::GpuFault>,
-    /// The sweep of what gone agents left, joined as soon as it is done
-    /// (its stack is given back) and at the latest at exit.
+    /// The sweep of what gone agents left, begun after the first sync,
+    /// joined as soon as it is done (its stack is given back) and at the
+    /// latest at exit.
     sweep: sweep::HostSweep,
 }
 
@@ -449,7 +450,9 @@ impl Listener {
                 .machine
                 .sync_request(self.interrupted_at.load(Ordering::SeqCst));
             log_sync_request(&request);
-            let wait = match self.api.sync(&request) {
+            let answer = self.api.sync(&request);
+            self.sweep.begin();
+            let wait = match answer {
                 Ok(response) => {
                     self.last_successful_sync = Instant::now();
                     self.ops.synced();

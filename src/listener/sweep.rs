@@ -2,7 +2,8 @@
 //! this host is found and removed on a thread of its own, off the start
 //! path, so registration does not wait for a `docker ps`.
 //!
-//! Owns the "host-sweep" thread, started once the agent registered, and
+//! Owns the "host-sweep" thread, started once the first sync was answered
+//! (the start path, register and first sync, has the CPU to itself), and
 //! its end: the containment mode line
 //! (finding the mode kills and removes job cgroups of gone agents), the
 //! private temp dirs of gone agents, and their compose jobs' containers,
@@ -25,20 +26,36 @@ use std::time::Duration;
 /// stops it.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-/// The running sweep; joined by [`HostSweep::finish`] or on drop.
+/// The sweep to run ([`HostSweep::begin`]), running, or over; joined by
+/// [`HostSweep::finish`] or on drop.
 pub(super) struct HostSweep {
+    /// The temp dir to sweep, until the sweep is begun.
+    pending: Option<PathBuf>,
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    done: Receiver<()>,
+    done: Option<Receiver<()>>,
 }
 
 impl HostSweep {
-    /// Starts sweeping `tmp_dir` (and the host's cgroups and Docker) on
-    /// the "host-sweep" thread; if the thread cannot start, sweeps here.
-    pub(super) fn start(tmp_dir: PathBuf) -> HostSweep {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// A sweep of `tmp_dir` (and the host's cgroups and Docker), not
+    /// started yet.
+    pub(super) fn new(tmp_dir: PathBuf) -> HostSweep {
+        HostSweep {
+            pending: Some(tmp_dir),
+            thread: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            done: None,
+        }
+    }
+
+    /// Starts the sweep on the "host-sweep" thread, the first time only;
+    /// if the thread cannot start, sweeps here.
+    pub(super) fn begin(&mut self) {
+        let Some(tmp_dir) = self.pending.take() else {
+            return;
+        };
         let (done_tx, done) = sync_channel(1);
-        let flag = Arc::clone(&stop);
+        let flag = Arc::clone(&self.stop);
         let dir = tmp_dir.clone();
         let spawned = std::thread::Builder::new()
             .name("host-sweep".into())
@@ -46,15 +63,16 @@ impl HostSweep {
                 sweep(&dir, &|| flag.load(Ordering::SeqCst));
                 let _ = done_tx.send(());
             });
-        let thread = match spawned {
-            Ok(handle) => Some(handle),
+        match spawned {
+            Ok(handle) => {
+                self.thread = Some(handle);
+                self.done = Some(done);
+            }
             Err(e) => {
                 log::warn!("Cannot start the host sweep thread ({e}); sweeping now");
                 sweep(&tmp_dir, &|| false);
-                None
             }
-        };
-        HostSweep { thread, stop, done }
+        }
     }
 
     /// Joins the thread if the sweep is over (cheap; the sync loop calls
@@ -74,7 +92,8 @@ impl HostSweep {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        if self.done.recv_timeout(EXIT_GRACE).is_err() && !thread.is_finished() {
+        let waited = self.done.take().map(|done| done.recv_timeout(EXIT_GRACE));
+        if waited.is_some_and(|w| w.is_err()) && !thread.is_finished() {
             log::info!("Stopping the sweep of what gone agents left; the next start goes on");
         }
         self.stop.store(true, Ordering::SeqCst);

@@ -1247,10 +1247,17 @@ fn a_killed_agents_compose_leftovers_are_removed_by_the_next_agent_and_nothing_e
     // agent's too: its own registration is the second).
     let hub_next = Hub::start();
     let next = agent(&sandbox, &hub_next, &[]);
+    // The whole sweep: its project's directory goes last, after the
+    // volumes, so the wait covers it too (waiting for the containers and
+    // networks only raced the sweep's last steps).
     let gone = crate::support::wait::until(JOB_TIMEOUT, || {
         next.log().matches("Registering Agent").count() >= 2
             && containers_of(doomed_pid).is_empty()
             && networks_of(doomed_pid).is_empty()
+            && {
+                let left = dirs_of(&sandbox);
+                doomed_dirs.iter().all(|d| !left.contains(d))
+            }
     });
     assert!(
         gone,
@@ -1302,9 +1309,7 @@ fn a_stop_grace_period_lets_a_container_job_checkpoint() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     let mut agent = agent(&sandbox, &hub, &["--job-stop-grace-period", "5"]);
-    let id = hub.queue_job(main_only(&[
-        "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'",
-    ]));
+    let id = hub.queue_job(main_only(&[crate::support::CHECKPOINTING_JOB]));
     assert!(
         hub.wait_until(JOB_TIMEOUT, |h| h.output(&id).contains("training")),
         "the job never started training:\n{}",

@@ -33,12 +33,13 @@ where
 /// (`crate::net`), statuses as answers rather than errors, the connect
 /// bound from the options.
 pub(super) fn agent(url: &str, options: &PushOptions) -> ureq::Agent {
-    crate::net::http_config(url)
-        .http_status_as_error(false)
-        .user_agent(options.user_agent.as_str())
-        .timeout_connect(Some(options.request_timeout.min(Duration::from_secs(10))))
-        .build()
-        .new_agent()
+    crate::net::new_agent(
+        crate::net::http_config(url)
+            .http_status_as_error(false)
+            .user_agent(options.user_agent.as_str())
+            .timeout_connect(Some(options.request_timeout.min(Duration::from_secs(10))))
+            .build(),
+    )
 }
 
 /// One `POST <url>?start_from=<n>`; the status code, or the transport error.
