@@ -48,9 +48,13 @@ if [ -s "$OUT" ]; then
     exit 0
 fi
 [ "$(id -u)" = 0 ] || { log "needs root (the tree's files belong to root and to uid 1000)"; exit 1; }
-for tool in pwconv grpconv openssl dpkg-deb; do
-    command -v "$tool" >/dev/null || { log "needs $tool on the host"; exit 1; }
-done
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v pwconv >/dev/null || need+=(passwd)
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }
+fi
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/rootfs-$ARCH.XXXXXX")
 trap 'rm -rf "$work"' EXIT
