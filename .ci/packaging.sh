@@ -122,6 +122,11 @@ cargo build --locked --quiet --example dev-hub || HUB_BIN=""
 if [ -n "$DIST" ] && [ -n "$BASE_TAR" ] && [ -n "$HUB_BIN" ]; then
     stage install-sandbox packaging/test-install-sandbox.sh "$DIST/agent_Linux_x86_64.tar.gz" "$BASE_TAR" "$HUB_BIN"
     stage images packaging/test-images.sh "$BIN" "$BASE_TAR" "$HUB_BIN" ${ARM64_BASE:+"$ARM64" "$ARM64_BASE"}
+    # install.sh from agent_Linux_arm64.tar.gz, the same checks in an arm64
+    # root under emulation (binfmt_misc; a SKIP line says so without it).
+    if [ -n "$ARM64_BASE" ]; then
+        stage install-sandbox-arm64 packaging/test-install-sandbox.sh "$DIST/agent_Linux_arm64.tar.gz" "$ARM64_BASE" "$HUB_BIN"
+    fi
 else
     echo "FAIL packaging stage install-sandbox/images (archive '$DIST', base '$BASE_TAR', hub $HUB_BIN)"
     failed=$((failed + 2))

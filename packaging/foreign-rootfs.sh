@@ -16,6 +16,9 @@
 #   - /etc/passwd and /etc/group from base-passwd's masters, /etc/shadow and
 #     /etc/gshadow by the host's pwconv/grpconv (-R: they only edit files);
 #   - /bin/sh -> dash, the awk (mawk) and which alternatives, /etc/shells;
+#   - /etc/profile, nsswitch.conf, PAM's common-* (the unix profile, as
+#     pam-auth-update writes it: runuser and su need them), localtime (UTC)
+#     and the other files the postinst scripts create;
 #   - Debian's Mozilla CA bundle in /etc/ssl/certs (ca-certificates.crt, the
 #     .pem links and their hash links), as update-ca-certificates writes it:
 #     never this machine's own CAs.
@@ -45,9 +48,13 @@ if [ -s "$OUT" ]; then
     exit 0
 fi
 [ "$(id -u)" = 0 ] || { log "needs root (the tree's files belong to root and to uid 1000)"; exit 1; }
-for tool in pwconv grpconv openssl dpkg-deb; do
-    command -v "$tool" >/dev/null || { log "needs $tool on the host"; exit 1; }
-done
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v pwconv >/dev/null || need+=(passwd)
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }
+fi
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/rootfs-$ARCH.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -135,6 +142,50 @@ done < <(find "$R/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort)
     while [ -e "$h.$n" ]; do n=$((n + 1)); done
     ln -s "$l" "$h.$n"
 done)
+# base-files, libc-bin, tzdata, passwd, libpam-*: the files their
+# postinst scripts write on a first install.
+install -m 0644 "$R/usr/share/base-files/profile" "$R/etc/profile"
+install -m 0644 "$R/usr/share/base-files/motd" "$R/etc/motd"
+install -m 0644 "$R/usr/share/base-files/dot.profile" "$R/root/.profile"
+install -m 0644 "$R/usr/share/base-files/dot.bashrc" "$R/root/.bashrc"
+install -m 0644 "$R/usr/share/libc-bin/nsswitch.conf" "$R/etc/nsswitch.conf"
+ln -sfn debian "$R/etc/dpkg/origins/default"
+echo '# UNCONFIGURED FSTAB FOR BASE SYSTEM' >"$R/etc/fstab"
+ln -sfn /usr/share/zoneinfo/Etc/UTC "$R/etc/localtime"
+echo Etc/UTC >"$R/etc/timezone"
+mkdir -p "$R/etc/opt" "$R/etc/security" "$R/mnt" "$R/media" "$R/srv" "$R/var/opt" "$R/run/lock"
+chmod 1777 "$R/run/lock"
+for d in bin etc games include lib sbin share src; do mkdir -p "$R/usr/local/$d"; done
+install -d -m 2775 -g 8 "$R/var/mail"
+rm -rf "$R/var/run" "$R/var/lock"
+ln -s /run "$R/var/run"
+ln -s /run/lock "$R/var/lock"
+: >"$R/etc/environment"
+: >"$R/etc/subuid"
+: >"$R/etc/subgid"
+install -m 0600 /dev/null "$R/etc/security/opasswd"
+# PAM's common-* files as pam-auth-update writes them on a first install
+# with Debian's one default profile (unix): its -Initial lines in the
+# templates, success=end jumping over the pam_deny that follows; a type
+# the profile adds no primary module to gets pam_permit skipping it.
+prof=$R/usr/share/pam-configs/unix
+for t in auth account password session session-noninteractive; do
+    T=${t%%-*}
+    T=${T^}
+    key=${t/session-noninteractive/session_nonint}
+    lines=$(awk -v s="$T-Initial:" '$0 == s { on = 1; next } /^[A-Za-z-]+:/ { on = 0 }
+        on { sub(/^[ \t]+/, ""); print }' "$prof" | sed "s/^/${t%%-*}\t/; s/success=end/success=1/")
+    [ -n "$lines" ] || { log "no $T-Initial lines in $prof"; exit 1; }
+    if [ "$(sed -n "s/^$T-Type: //p" "$prof")" = Primary ]; then
+        prim=$lines add=""
+    else
+        prim="${t%%-*}"$'\t[default=1]\t\t\tpam_permit.so' add=$lines
+    fi
+    awk -v p="$prim" -v a="$add" -v k="$key" '
+        $0 == "$" k "_primary" { if (p != "") print p; next }
+        $0 == "$" k "_additional" { if (a != "") print a; next }
+        { print }' "$R/usr/share/pam/common-$t" >"$R/etc/pam.d/common-$t"
+done
 echo "deb http://deb.debian.org/debian bookworm main" >"$R/etc/apt/sources.list"
 echo "localhost" >"$R/etc/hostname"
 rm -rf "$R/var/cache/apt/archives/"*.deb "$R/var/lib/apt/lists/"*

@@ -5,8 +5,14 @@
 # packaging/base-rootfs.sh with a `semaphore` user (uid 1000).
 #
 # Usage: packaging/test-install-sandbox.sh ARCHIVE BASE_TAR DEV_HUB
-#   ARCHIVE   agent_Linux_x86_64.tar.gz (packaging/release.sh)
-#   BASE_TAR  the rootfs tarball (packaging/base-rootfs.sh)
+#   ARCHIVE   agent_Linux_x86_64.tar.gz (packaging/release.sh), or
+#             agent_Linux_arm64.tar.gz with an arm64 BASE_TAR: the same
+#             checks in an arm64 root, every program in it (install.sh's
+#             bash, its tools, the agent and its jobs) run by
+#             qemu-aarch64-static through binfmt_misc (test-lib.sh's
+#             binfmt_aarch64; without it, a SKIP line says why)
+#   BASE_TAR  the rootfs tarball (packaging/base-rootfs.sh, or
+#             packaging/foreign-rootfs.sh arm64)
 #   DEV_HUB   the dev-hub example binary (cargo build --example dev-hub)
 #
 # Checks:
@@ -28,7 +34,11 @@
 #     started with the unit's ExecStart, as the unit's user, registers with
 #     the dev hub, matches the health check's `ps aux | grep "/opt/semaphore/
 #     agent/agent start"`, and runs a job whose `checkout` comes from
-#     ~/.bash_profile (the toolbox's stand-in libcheckout).
+#     ~/.bash_profile (the toolbox's stand-in libcheckout);
+#  6. the service manager's calls (stand-ins for systemctl and launchctl);
+#  7. the toolbox install.sh picks for the host's `uname -m` (Semaphore's
+#     self-hosted-linux-arm.tar on aarch64), fetched through a stand-in for
+#     curl that sends GitHub's release URLs to the web server on 127.0.0.1.
 set -euo pipefail
 
 ARCHIVE=${1:?usage: $0 ARCHIVE BASE_TAR DEV_HUB}
@@ -42,6 +52,7 @@ WORK=$(mktemp -d /var/tmp/agent-install-sandbox.XXXXXX)
 HTTP_PID=""
 HUB_PID=""
 cleanup() {
+    binfmt_aarch64_down
     [ -z "$HUB_PID" ] || kill "$HUB_PID" 2>/dev/null || true
     [ -z "$HTTP_PID" ] || kill "$HTTP_PID" 2>/dev/null || true
     wait 2>/dev/null || true
@@ -51,9 +62,27 @@ cleanup() {
 }
 trap cleanup EXIT
 failed=0
-pass() { echo "PASS sandbox: $*"; }
-fail() { echo "FAIL sandbox: $*"; failed=1; }
 A=/opt/semaphore/agent
+# The archive's architecture decides the root's and the toolbox it must pick.
+tar -C "$WORK" -xzf "$ARCHIVE" agent
+AGENT_FILE=$(file -b "$WORK/agent")
+FOREIGN=""
+WANT_TB=self-hosted-linux.tar
+LABEL=sandbox
+if [[ $AGENT_FILE == *"ARM aarch64"* ]]; then
+    WANT_TB=self-hosted-linux-arm.tar
+    LABEL=sandbox-arm64
+    if [ "$(uname -m)" != aarch64 ]; then
+        FOREIGN=arm64
+        if ! binfmt_aarch64 "$WORK/agent"; then
+            echo "SKIP $LABEL: aarch64 programs cannot run here: $BINFMT_WHY"
+            exit 0
+        fi
+        echo "$LABEL: binfmt_misc hands aarch64 programs to $BINFMT_INTERP"
+    fi
+fi
+pass() { echo "PASS $LABEL: $*"; }
+fail() { echo "FAIL $LABEL: $*"; failed=1; }
 
 # --- the toolbox tarball: the real layout, stand-in programs ------------------
 TB=$WORK/toolbox-src
@@ -90,10 +119,14 @@ EOF
 chmod 755 "$TB/toolbox/install-toolbox"
 tar -C "$TB" -cf "$WORK/self-hosted-linux.tar" toolbox
 TB_SHA=$(sha256sum "$WORK/self-hosted-linux.tar" | cut -d' ' -f1)
+# The arm one differs by a file, so which one was installed shows.
+cp -a "$TB" "$WORK/toolbox-arm"
+echo arm >"$WORK/toolbox-arm/toolbox/.stand-in-arch"
+tar -C "$WORK/toolbox-arm" -cf "$WORK/self-hosted-linux-arm.tar" toolbox
 
 # A web server on 127.0.0.1 for the tarball (and a 404 for anything else).
 mkdir -p "$WORK/www/releases"
-cp "$WORK/self-hosted-linux.tar" "$WORK/www/releases/"
+cp "$WORK/self-hosted-linux.tar" "$WORK/self-hosted-linux-arm.tar" "$WORK/www/releases/"
 # Created here: the background child opens it, perhaps after the first poll.
 : >"$WORK/http.log"
 python3 -m http.server 0 --bind 127.0.0.1 --directory "$WORK/www" >"$WORK/http.log" 2>&1 &
@@ -159,6 +192,14 @@ else
     fail "AWS stack install step failed: $out"
 fi
 AWS_SNAPSHOT=$(snapshot "$R")
+# The installed agent runs (under emulation in an arm64 root).
+rc=0
+out=$(in_root "$R" bash -c "uname -m; $A/agent version" 2>&1) || rc=$?
+if [ $rc = 0 ] && [ "$(tail -1 <<<"$out")" = "$("$WORK/agent" version 2>&1)" ]; then
+    pass "the installed agent runs on $(head -1 <<<"$out"): 'agent version' says $(tail -1 <<<"$out")"
+else
+    fail "the installed agent's version (exit $rc): $out"
+fi
 UNIT=$R/etc/systemd/system/semaphore-agent.service
 expected_unit() {
     cat <<'EOF'
@@ -392,12 +433,22 @@ for _ in $(seq 1 600); do
         # ...and what it matched is the installed agent itself.
         pid=$(awk 'NR == 1 { print $2 }' <<<"$procs")
         exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+        # Under emulation every process is the emulator's, and the exec
+        # chain to the agent (env, setpriv) is slow enough to be seen: wait
+        # for the emulator to run the agent itself.
+        [ -z "$FOREIGN" ] || [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == "$BINFMT_INTERP $A/agent start "* ]] || {
+            sleep 0.1
+            continue
+        }
         break
     fi
     kill -0 $AGENT_PID 2>/dev/null || break
     sleep 0.1
 done
-[ -n "$matched" ] && [ "$(wc -l <<<"$matched")" = 1 ] && [ "$exe" = "$R$A/agent" ] &&
+# (Under emulation the process is the emulator's, running the agent.)
+want_exe=$R$A/agent
+[ -z "$FOREIGN" ] || want_exe=$BINFMT_INTERP
+[ -n "$matched" ] && [ "$(wc -l <<<"$matched")" = 1 ] && [ "$exe" = "$want_exe" ] &&
     pass "health check's ps pattern matches the agent ($exe) only: $(head -1 <<<"$matched" | awk '{$1=$1};1' | cut -c1-160)" ||
     fail "the health check's pattern matched nothing (agent: $(tail -5 "$WORK/agent.out"))"
 rc=0
@@ -483,6 +534,39 @@ else
     fail "toolbox upgrade: $(ls "$H3/.toolbox"; cat "$H3/.bash_profile"; tail -5 "$WORK/services.out")"
 fi
 
+# --- 7. the toolbox for this host's architecture -------------------------------
+# install.sh names the release tarball by `uname -m` (aarch64 under
+# qemu-user in an arm64 root); the stand-in for curl sends GitHub's URL to
+# the web server on 127.0.0.1 and records it. Nothing else is fetched.
+cat >"$R3/usr/local/sbin/curl" <<EOF
+#!/bin/bash
+# A stand-in for curl (test only): GitHub's toolbox release URLs go to the
+# web server on 127.0.0.1 (the same file name under /releases/), recorded.
+args=()
+for a in "\$@"; do
+    case \$a in
+    https://github.com/semaphoreci/toolbox/releases/*)
+        echo "\$a" >>/tmp/curl-urls
+        a=http://127.0.0.1:$PORT/releases/\${a##*/}
+        ;;
+    esac
+    args+=("\$a")
+done
+exec /usr/bin/curl "\${args[@]}"
+EOF
+chmod 755 "$R3/usr/local/sbin/curl"
+rm -f "$R3/tmp/curl-urls"
+calls SEMAPHORE_AGENT_START=false SEMAPHORE_TOOLBOX_TARBALL= SEMAPHORE_TOOLBOX_VERSION=v1.23.4 >/dev/null
+want_url=https://github.com/semaphoreci/toolbox/releases/download/v1.23.4/$WANT_TB
+if [ "$(cat "$R3/tmp/curl-urls" 2>/dev/null)" = "$want_url" ] &&
+    grep -q "GET /releases/$WANT_TB HTTP/1.1\" 200" "$WORK/http.log" &&
+    [ "$(cat "$H3/.toolbox/.tarball-sha256")" = "$(sha256sum "$WORK/$WANT_TB" | cut -d' ' -f1)" ]; then
+    pass "on $(in_root "$R3" uname -m) install.sh fetched $want_url (served from 127.0.0.1) and installed that toolbox"
+else
+    fail "the toolbox for $(in_root "$R3" uname -m): asked for '$(cat "$R3/tmp/curl-urls" 2>&1)', want $want_url; $(tail -3 "$WORK/services.out")"
+fi
+rm "$R3/usr/local/sbin/curl"
+
 OPTS=(--service-manager launchd)
 P=/Library/LaunchDaemons/com.semaphoreci.agent.plist
 want_calls "launchd, a new daemon: bootstrap + kickstart" \
@@ -491,5 +575,5 @@ want_calls "launchd, an existing daemon: bootout, bootstrap, kickstart" \
     "launchctl bootout system $P;launchctl bootstrap system $P;launchctl kickstart -k system/com.semaphoreci.agent;"
 want_calls "launchd, START=false: nothing" "" SEMAPHORE_AGENT_START=false
 
-[ $failed = 0 ] || { echo "FAIL sandbox: some checks failed"; exit 1; }
-echo "PASS sandbox: all checks"
+[ $failed = 0 ] || { echo "FAIL $LABEL: some checks failed"; exit 1; }
+echo "PASS $LABEL: all checks"

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::pty_bash::{env_file_content, far_stop_script, PtyCommands};
+use super::pty_bash::{env_file_content, far_stop, far_stop_script, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobEnv, JobLog, JobOptions, Outcome, SetupError, Stop,
 };
@@ -412,10 +412,10 @@ impl<'a> KubernetesExecutor<'a> {
         }
         let target = [self.config.namespace.as_str(), &self.pod_name, "main", "--"];
         // At a stop with a grace period: the far stop, through the bridge.
-        let mut far_stop: Vec<std::ffi::OsString> =
+        let mut far_stop_argv: Vec<std::ffi::OsString> =
             vec![exe.into(), kubernetes::BRIDGE_ARG.into(), "--no-tty".into()];
-        far_stop.extend(target.iter().map(Into::into));
-        far_stop.extend([
+        far_stop_argv.extend(target.iter().map(Into::into));
+        far_stop_argv.extend([
             "sh".into(),
             "-c".into(),
             far_stop_script(self.settings.stop_grace, true).into(),
@@ -425,7 +425,7 @@ impl<'a> KubernetesExecutor<'a> {
             argv,
             scratch_parent: self.settings.tmp_dir.clone(),
             cd: None,
-            far_stop: Some(far_stop),
+            far_stop: far_stop(far_stop_argv, bridge_env()),
         })
     }
 

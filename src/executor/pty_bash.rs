@@ -8,12 +8,16 @@
 //! order of steps or the job's result.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Commands, Hook, JobLog, Outcome, Stop};
 use crate::events::Event;
-use crate::shell::{quote_bytes, shell_quote, Shell, ShellError, Stopper};
+use crate::shell::host::{self, Capture, HostCommand};
+use crate::shell::{quote_bytes, shell_quote, FarStop, Shell, ShellError, Stopper};
 use crate::unix_now;
 
 /// A bash in a PTY that runs one command at a time, mapped onto the
@@ -267,6 +271,34 @@ fn clean(path: &Path) -> PathBuf {
         }
     }
     parts.iter().collect()
+}
+
+/// A [`FarStop`] that runs `argv` on the host (through `shell::host`)
+/// with `env` on top of the agent's environment: `docker exec` or the
+/// exec bridge running [`far_stop_script`].
+pub fn far_stop(argv: Vec<OsString>, env: Vec<(String, String)>) -> Option<FarStop> {
+    let command = HostCommand::from_argv(&argv)?.envs(env);
+    let name = command.name();
+    Some(FarStop {
+        name,
+        run: Arc::new(move |grace| {
+            let limits = host::Limits {
+                // It waits at most `grace` itself; the rest is its start.
+                timeout: grace + Duration::from_secs(10),
+                stopped: &|| false,
+                scratch: None,
+            };
+            match host::run_keeping(&command, Capture::Merged, &limits, 4096) {
+                Ok(done) if done.status.success() => Ok(()),
+                Ok(done) => Err(format!(
+                    "ended with {}: {}",
+                    done.status,
+                    done.output.trim()
+                )),
+                Err(err) => Err(err.to_string()),
+            }
+        }),
+    })
 }
 
 /// The far side's stop (`Launch::far_stop`) as a POSIX `sh` script for a

@@ -88,7 +88,7 @@ mod session;
 #[cfg(unix)]
 pub use cgroup::{containment, Containment};
 #[cfg(unix)]
-pub use pty::{Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
+pub use pty::{FarStop, Launch, Shell, ShellError, ShellOptions, Stopper, DEFAULT_STOP_GRACE};
 #[cfg(unix)]
 pub use quote::{quote_bytes, shell_quote};
 #[cfg(unix)]

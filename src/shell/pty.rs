@@ -128,13 +128,29 @@ pub struct Launch {
     /// The directory the far bash changes to before the first command;
     /// `None` leaves it where it started.
     pub cd: Option<String>,
-    /// A host command (run like `argv`, with `ShellOptions::env`) that
-    /// sends SIGTERM to the job's processes on the far side and waits for
-    /// them to end, at most the stop grace period (`docker exec` into a
-    /// compose job's container). Run at a stop when a stop grace period
+    /// What sends SIGTERM to the job's processes on the far side and waits
+    /// for them to end, at most the stop grace period (`docker exec` into
+    /// a compose job's container). Run at a stop when a stop grace period
     /// was set (`ShellOptions::stop_grace`), before the launcher is ended,
     /// so a job behind a launcher gets its grace period too.
-    pub far_stop: Option<Vec<OsString>>,
+    pub far_stop: Option<FarStop>,
+}
+
+/// [`Launch::far_stop`]: given the grace period, it ends the far side's
+/// processes (blocking, at most about that long) or says why it could
+/// not. The executor makes it (it knows the container and how to reach
+/// it); the shell only calls it.
+#[derive(Clone)]
+pub struct FarStop {
+    /// What it runs, for the agent log (`docker exec`, the exec bridge).
+    pub name: String,
+    pub run: Arc<dyn Fn(Duration) -> Result<(), String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for FarStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FarStop").field("name", &self.name).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -284,7 +300,7 @@ pub struct Shell {
     /// so what the cgroup counts is only the launcher's share.
     launched: bool,
     /// [`Launch::far_stop`], kept when a stop grace period was set.
-    far_stop: Option<super::host::HostCommand>,
+    far_stop: Option<FarStop>,
     /// What bash and the descendants it waited for used (`wait4`).
     rusage: Option<libc::rusage>,
     /// How many processes the job started.
@@ -486,10 +502,8 @@ impl Shell {
             cgroup,
             launched: launch.is_some(),
             far_stop: launch
-                .and_then(|l| l.far_stop.as_deref())
-                .filter(|_| opts.stop_grace.is_some())
-                .and_then(super::host::HostCommand::from_argv)
-                .map(|cmd| cmd.envs(opts.env.iter().cloned())),
+                .and_then(|l| l.far_stop.clone())
+                .filter(|_| opts.stop_grace.is_some()),
             forks,
             rusage: None,
             memory_limit: limits.as_ref().and(opts.limits.memory_bytes),
@@ -713,27 +727,19 @@ impl Shell {
     /// `during_grace` every poll while it runs, so what the job's
     /// processes print in their grace period reaches the log.
     fn stop_far_side(&mut self, during_grace: &mut dyn FnMut()) {
-        let Some(command) = self.far_stop.take() else {
+        let Some(far_stop) = self.far_stop.take() else {
             return;
         };
         let grace = self.stop_grace;
         log::info!(
             "Stopping the job: SIGTERM to its processes behind {}, up to {:.1} s for them to end",
-            command.name(),
+            far_stop.name,
             grace.as_secs_f64()
         );
         std::thread::scope(|scope| {
             let run = std::thread::Builder::new()
                 .name("far-stop".into())
-                .spawn_scoped(scope, || {
-                    let limits = super::host::Limits {
-                        // It waits at most `grace` itself; the rest is its start.
-                        timeout: grace + Duration::from_secs(10),
-                        stopped: &|| false,
-                        scratch: None,
-                    };
-                    super::host::run_keeping(&command, super::host::Capture::Merged, &limits, 4096)
-                });
+                .spawn_scoped(scope, || (far_stop.run)(grace));
             let Ok(run) = run else {
                 log::warn!("cannot start the far side's stop: no thread");
                 return;
@@ -743,14 +749,8 @@ impl Shell {
                 during_grace();
             }
             match run.join() {
-                Ok(Ok(done)) if done.status.success() => {}
-                Ok(Ok(done)) => log::warn!(
-                    "{} ended with {}: {}",
-                    command.name(),
-                    done.status,
-                    done.output.trim()
-                ),
-                Ok(Err(err)) => log::warn!("{err}"),
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => log::warn!("{}: {why}", far_stop.name),
                 Err(_) => log::warn!("the far side's stop panicked"),
             }
         });

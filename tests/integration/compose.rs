@@ -1309,9 +1309,7 @@ fn a_stop_grace_period_lets_a_container_job_checkpoint() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     let mut agent = agent(&sandbox, &hub, &["--job-stop-grace-period", "5"]);
-    let id = hub.queue_job(main_only(&[
-        "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'",
-    ]));
+    let id = hub.queue_job(main_only(&[crate::support::CHECKPOINTING_JOB]));
     assert!(
         hub.wait_until(JOB_TIMEOUT, |h| h.output(&id).contains("training")),
         "the job never started training:\n{}",

@@ -47,20 +47,9 @@ fn debug_base(sandbox: &Sandbox) -> PathBuf {
 /// The agent named `name` against `hub`, publishing into `base`.
 fn agent(sandbox: &Sandbox, hub: &Hub, name: &str, base: &Path) -> Agent {
     let base = base.display().to_string();
-    Agent::spawn(
-        sandbox,
-        &[
-            "start",
-            "--endpoint",
-            &hub.endpoint(),
-            "--token",
-            crate::support::hub::REGISTRATION_TOKEN,
-            "--name",
-            name,
-            "--no-https",
-        ],
-        &[("SEMAPHORE_AGENT_TEST_DEBUG_DIR", &base)],
-    )
+    let args = crate::support::start_args(&hub.endpoint(), name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::spawn(sandbox, &args, &[("SEMAPHORE_AGENT_TEST_DEBUG_DIR", &base)])
 }
 
 /// A job that exports `VAR`, makes and enters `dir`, then waits (at most a

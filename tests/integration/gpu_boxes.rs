@@ -247,10 +247,7 @@ fn a_jobs_gpu_memory_is_in_its_usage_line_and_metrics() {
     let _ = outsider.wait();
     assert_eq!(result.as_deref(), Some("passed"));
     let log = agent.log();
-    let usage = log
-        .lines()
-        .find(|l| l.contains("Job used "))
-        .unwrap_or_else(|| panic!("no usage line:\n{log}"));
+    let usage = support::usage_line(&log);
     assert!(usage.contains("peak GPU memory 321.0 MiB"), "{usage}");
     assert!(usage.contains("mean GPU utilisation 50.0%"), "{usage}");
     let metrics = get(port, "/metrics");
@@ -376,10 +373,7 @@ fn a_busy_loop_under_half_a_cpu_gets_half_a_cpu() {
     hub.shutdown("requested");
     assert_eq!(agent.wait_exit(WAIT), Some(0));
     let log = agent.log();
-    let usage = log
-        .lines()
-        .find(|l| l.contains("Job used "))
-        .unwrap_or_else(|| panic!("no usage line:\n{log}"));
+    let usage = support::usage_line(&log);
     let used = cpu_seconds(usage);
     assert!(
         used <= 2.6,
@@ -396,9 +390,7 @@ fn stop_a_checkpointing_job(extra: &[&str]) -> (String, String) {
     let mut args = vec!["--no-https"];
     args.extend_from_slice(extra);
     let mut agent = Agent::start(&sandbox, &hub.endpoint(), &args, &[]);
-    let id = hub.queue_job(support::job(&[
-        "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'",
-    ]));
+    let id = hub.queue_job(support::job(&[support::CHECKPOINTING_JOB]));
     assert!(
         wait::until(WAIT, || hub.output(&id).contains("training")),
         "{}",
@@ -610,10 +602,7 @@ fn compose_main_container_gets_exactly_the_agents_gpus_and_limits() {
     assert!(output.contains("50000"), "{output}");
     // The container's process, sampled by its host pid, is in the usage line.
     let log = agent.log();
-    let usage = log
-        .lines()
-        .find(|l| l.contains("Job used "))
-        .unwrap_or_else(|| panic!("no usage line:\n{log}"));
+    let usage = support::usage_line(&log);
     assert!(usage.contains("peak GPU memory 222.0 MiB"), "{usage}");
     assert!(!sidecar_env.is_empty(), "the sidecar was never seen");
     assert!(
@@ -677,16 +666,8 @@ fn agents_side_by_side_never_share_the_default_agent_log() {
     let sandbox = Sandbox::new();
     let hub = Hub::start();
     let start = |name: &str| {
-        let args = [
-            "start",
-            "--endpoint",
-            &hub.endpoint(),
-            "--token",
-            crate::support::hub::REGISTRATION_TOKEN,
-            "--name",
-            name,
-            "--no-https",
-        ];
+        let args = support::start_args(&hub.endpoint(), name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Agent::spawn_with(&sandbox, &args, &[], |cmd| {
             cmd.env_remove("SEMAPHORE_AGENT_LOG_FILE_PATH");
         })

@@ -406,6 +406,20 @@ fn a_pod_that_cannot_be_scheduled_meets_the_start_timeout() {
     assert!(r.ns.objects().is_empty(), "{:?}", r.ns.objects());
 }
 
+/// Stops job `id` once its output has `text`; it must end `stopped`.
+fn stop_once_printed(r: &Run, id: &str, text: &str) {
+    assert!(
+        r.hub.wait_until(JOB_WAIT, |h| h.output(id).contains(text)),
+        "{:#?}",
+        r.hub.events(id)
+    );
+    r.hub.stop_job(id);
+    assert_eq!(
+        r.hub.wait_for_result(id, JOB_WAIT).as_deref(),
+        Some("stopped")
+    );
+}
+
 #[test]
 fn a_stop_during_a_command_in_a_real_pod_leaves_nothing() {
     let Some(cluster) = RealCluster::find("a_stop_during_a_command") else {
@@ -417,17 +431,7 @@ fn a_stop_during_a_command_in_a_real_pod_leaves_nothing() {
         "job_id": "real-stop",
         "commands": commands(&["echo started; sleep 600", "echo never"]),
     }));
-    assert!(
-        r.hub
-            .wait_until(JOB_WAIT, |h| h.output(&id).contains("started")),
-        "{:#?}",
-        r.hub.events(&id)
-    );
-    r.hub.stop_job(&id);
-    assert_eq!(
-        r.hub.wait_for_result(&id, JOB_WAIT).as_deref(),
-        Some("stopped")
-    );
+    stop_once_printed(&r, &id, "started");
     assert!(!r.hub.output(&id).contains("never"));
     r.assert_nothing_left();
 }
@@ -450,20 +454,10 @@ fn a_stop_grace_period_lets_a_job_in_a_real_pod_checkpoint() {
     let id = r.hub.queue_job(json!({
         "job_id": "real-grace",
         "commands": commands(&[
-            "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'",
+            crate::support::CHECKPOINTING_JOB,
         ]),
     }));
-    assert!(
-        r.hub
-            .wait_until(JOB_WAIT, |h| h.output(&id).contains("training")),
-        "{:#?}",
-        r.hub.events(&id)
-    );
-    r.hub.stop_job(&id);
-    assert_eq!(
-        r.hub.wait_for_result(&id, JOB_WAIT).as_deref(),
-        Some("stopped")
-    );
+    stop_once_printed(&r, &id, "training");
     assert!(
         r.hub.output(&id).contains("checkpointed"),
         "the checkpoint's output is not in the job log:\n{}\nagent log:\n{}",

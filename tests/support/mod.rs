@@ -106,6 +106,35 @@ pub fn exists(path: &Path) -> bool {
     path.exists()
 }
 
+/// A job command that traps TERM and needs 2 s to print `checkpointed`
+/// (a training job saving a checkpoint): for `--job-stop-grace-period`.
+pub const CHECKPOINTING_JOB: &str =
+    "bash -c 'trap \"sleep 2; echo checkpointed; exit 0\" TERM; echo training; while :; do sleep 0.1; done'";
+
+/// The first per-job usage line ("Job used ...") of an agent log.
+pub fn usage_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("Job used "))
+        .unwrap_or_else(|| panic!("no usage line:\n{log}"))
+}
+
+/// `start` against `endpoint` as `name`, with the hub's token, no HTTPS.
+pub fn start_args(endpoint: &str, name: &str) -> Vec<String> {
+    let token = hub::REGISTRATION_TOKEN;
+    [
+        "start",
+        "--endpoint",
+        endpoint,
+        "--token",
+        token,
+        "--name",
+        name,
+        "--no-https",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A job request running `commands` one after the other.
 pub fn job(commands: &[&str]) -> Value {
     json!({ "commands": commands.iter().map(|c| json!({"directive": c})).collect::<Vec<_>>() })

@@ -27,7 +27,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::pty_bash::{far_stop_script, write_env_file_content, PtyCommands};
+use super::pty_bash::{far_stop, far_stop_script, write_env_file_content, PtyCommands};
 use super::{
     Commands, Executor, FileFailure, JobLog, JobOptions, Outcome, SetupError, Stop,
     PREPARE_DIRECTIVE,
@@ -709,7 +709,7 @@ impl<'a> ComposeExecutor<'a> {
             argv,
             scratch_parent: shared,
             cd: None,
-            far_stop: Some(self.far_stop_argv()),
+            far_stop: far_stop(self.far_stop_argv(), self.docker_env()),
         };
         let options = ShellOptions {
             home: self.settings.home.clone(),
