@@ -406,7 +406,7 @@ pub fn run_in_pty(
     thread_name: &str,
     on_line: &mut dyn FnMut(String),
 ) -> Result<ExitStatus, HostError> {
-    use super::pty::{read_pty, ReadEvent};
+    use super::pty::{read_pty, ReadEvent, QUEUE_DEPTH};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc::RecvTimeoutError;
     use std::sync::Arc;
@@ -431,7 +431,7 @@ pub fn run_in_pty(
     if (limits.stopped)() {
         kill(&mut child);
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadEvent>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadEvent>(QUEUE_DEPTH);
     let quit = Arc::new(AtomicBool::new(false));
     let reader = {
         let quit = Arc::clone(&quit);

@@ -21,7 +21,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::process::ExitStatusExt as _;
@@ -63,13 +63,32 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest to wait for the PTY to accept a typed line.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes per PTY read; Linux hands out at most about 4 KiB per read anyway.
+/// Room for one PTY read; Linux hands out at most 4 KiB per read anyway.
 const READ_BUFFER: usize = 16 * 1024;
 
-/// Reads queued between the reader thread and `run`: at most
-/// `QUEUE_DEPTH * READ_BUFFER` bytes (1 MiB) wait in memory; beyond that
+/// The most one message of the reader carries. While a job streams output,
+/// the reader gathers its reads (4 KiB each on Linux) up to this before
+/// passing them on: one message, one wake-up of the job thread and one
+/// pass of the framer and chunker per batch instead of per read.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// A read at least this long means the PTY had more than one read hands
+/// out (Linux gives 4095 bytes when its buffer is full): a stream. Only
+/// then does the reader wait (`BATCH_WAIT_MS`) for more before passing on
+/// what it has; a line after a quiet spell goes at once.
+const STREAM_READ: usize = 2048;
+
+/// How long a streaming reader waits for the next read before it passes on
+/// a partial batch. A batch is never held longer than `BATCH_AGE`.
+const BATCH_WAIT_MS: libc::c_int = 1;
+
+/// The longest a batch is held back while a stream keeps coming.
+const BATCH_AGE: Duration = Duration::from_millis(5);
+
+/// Messages queued between the reader thread and `run`: at most
+/// `QUEUE_DEPTH * BATCH_BYTES` bytes (1 MiB) wait in memory; beyond that
 /// the reader blocks and the job blocks on its writes.
-const QUEUE_DEPTH: usize = 64;
+pub(super) const QUEUE_DEPTH: usize = 16;
 
 /// How often the reader thread looks at its quit flag while the PTY is idle.
 const READER_POLL_MS: libc::c_int = 100;
@@ -1111,24 +1130,41 @@ impl Drop for Shell {
 }
 
 /// The reader thread: PTY bytes into the bounded queue until the PTY closes,
-/// `quit` is set, or nobody listens any more.
+/// `quit` is set, or nobody listens any more. A stream's reads go in
+/// batches of up to `BATCH_BYTES` (see `STREAM_READ`); other output goes
+/// as soon as it is read.
 pub fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut batch = Batch::new();
     let mut reader = pty;
+    let mut streaming = false;
     while !quit.load(Ordering::SeqCst) {
-        match wait_fd(pty, libc::POLLIN, READER_POLL_MS) {
-            Ok(false) => continue,
+        let timeout = match (batch.is_empty(), streaming) {
+            (true, _) => READER_POLL_MS,
+            (false, true) => BATCH_WAIT_MS,
+            (false, false) => 0,
+        };
+        match wait_fd(pty, libc::POLLIN, timeout) {
+            Ok(false) => {
+                if !batch.pass_on(tx) {
+                    return;
+                }
+                streaming = false;
+                continue;
+            }
             Ok(true) => {}
             Err(err) => {
                 log::warn!("polling the PTY failed: {err}");
-                let _ = tx.send(ReadEvent::Closed);
+                if batch.pass_on(tx) {
+                    let _ = tx.send(ReadEvent::Closed);
+                }
                 return;
             }
         }
-        match reader.read(&mut buf) {
+        match batch.read_from(&mut reader) {
             Ok(0) => break,
             Ok(n) => {
-                if tx.send(ReadEvent::Data(buf[..n].to_vec())).is_err() {
+                streaming = n >= STREAM_READ;
+                if (!streaming || batch.is_full() || batch.is_old()) && !batch.pass_on(tx) {
                     return;
                 }
             }
@@ -1143,7 +1179,74 @@ pub fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
             }
         }
     }
-    let _ = tx.send(ReadEvent::Closed);
+    if batch.pass_on(tx) {
+        let _ = tx.send(ReadEvent::Closed);
+    }
+}
+
+/// The bytes the reader has read and not passed on yet: the first `len`
+/// of `bytes` (zeroed once when allocated, `BATCH_BYTES` long).
+struct Batch {
+    bytes: Vec<u8>,
+    len: usize,
+    /// When its first bytes were read.
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            bytes: Vec::new(),
+            len: 0,
+            since: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// No room left for another whole read.
+    fn is_full(&self) -> bool {
+        self.len + READ_BUFFER > BATCH_BYTES
+    }
+
+    fn is_old(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= BATCH_AGE)
+    }
+
+    /// One read appended, into the batch's own memory (no copy).
+    fn read_from(&mut self, reader: &mut impl std::io::Read) -> std::io::Result<usize> {
+        if self.bytes.is_empty() {
+            self.bytes = vec![0; BATCH_BYTES];
+        }
+        let end = (self.len + READ_BUFFER).min(BATCH_BYTES);
+        let n = reader.read(&mut self.bytes[self.len..end])?;
+        if n > 0 && self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+        self.len += n;
+        Ok(n)
+    }
+
+    /// Sends the batch, if any; false if nobody listens any more. A small
+    /// batch goes as a copy of its own size (a few bytes must not hold
+    /// `BATCH_BYTES` of the queue's memory); a big one goes as it is.
+    fn pass_on(&mut self, tx: &SyncSender<ReadEvent>) -> bool {
+        if self.len == 0 {
+            return true;
+        }
+        let bytes = if self.len >= BATCH_BYTES / 4 {
+            let mut bytes = std::mem::take(&mut self.bytes);
+            bytes.truncate(self.len);
+            bytes
+        } else {
+            self.bytes[..self.len].to_vec()
+        };
+        self.len = 0;
+        self.since = None;
+        tx.send(ReadEvent::Data(bytes)).is_ok()
+    }
 }
 
 /// Waits up to `timeout_ms` for `events` on the PTY; returns whether any
@@ -1270,4 +1373,87 @@ fn make_scratch_dir(parent: &std::path::Path) -> std::io::Result<PathBuf> {
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader handing out `sizes` bytes per read (a PTY's 4 KiB reads),
+    /// numbered so the order can be checked.
+    struct Reads {
+        sizes: Vec<usize>,
+        next: u8,
+    }
+
+    impl std::io::Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.sizes.is_empty() {
+                return Ok(0);
+            }
+            let n = self.sizes.remove(0).min(buf.len());
+            for b in &mut buf[..n] {
+                *b = self.next;
+                self.next = self.next.wrapping_add(1);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_stream_goes_in_batches_in_order_and_a_few_bytes_as_their_own_copy() {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let mut reads = Reads {
+            sizes: vec![4095; 40],
+            next: 0,
+        };
+        let mut batch = Batch::new();
+        let mut reads_per_batch = Vec::new();
+        let mut count = 0;
+        while batch.read_from(&mut reads).expect("a read") > 0 {
+            count += 1;
+            if batch.is_full() {
+                assert!(batch.pass_on(&tx));
+                reads_per_batch.push(count);
+                count = 0;
+            }
+        }
+        assert!(batch.pass_on(&tx));
+        assert!(batch.is_empty());
+        drop(tx);
+        let got: Vec<Vec<u8>> = rx
+            .iter()
+            .map(|e| match e {
+                ReadEvent::Data(bytes) => bytes,
+                ReadEvent::Closed => panic!("no Closed was sent"),
+            })
+            .collect();
+        // 40 reads of 4095 bytes in 4 messages, not 40.
+        assert_eq!(reads_per_batch, vec![13, 13, 13]);
+        assert_eq!(got.len(), 4);
+        let all: Vec<u8> = got.concat();
+        assert_eq!(all.len(), 40 * 4095);
+        assert!(all.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+        assert!(got.iter().all(|b| b.len() <= BATCH_BYTES));
+        // The last, small batch (one read) is a copy of its own size.
+        assert_eq!(got[3].len(), 4095);
+        assert_eq!(got[3].capacity(), got[3].len());
+
+        let (tx, rx) = mpsc::sync_channel(1);
+        let mut line = Reads {
+            sizes: vec![6],
+            next: 0,
+        };
+        assert_eq!(batch.read_from(&mut line).expect("a read"), 6);
+        assert!(!batch.is_full());
+        assert!(batch.pass_on(&tx));
+        match rx.try_recv() {
+            Ok(ReadEvent::Data(bytes)) => assert_eq!(bytes, vec![0, 1, 2, 3, 4, 5]),
+            Ok(ReadEvent::Closed) => panic!("expected the line's bytes, got Closed"),
+            Err(e) => panic!("expected the line's bytes: {e}"),
+        }
+        drop(rx);
+        assert_eq!(batch.read_from(&mut line).expect("the end"), 0);
+        assert!(batch.pass_on(&tx), "nothing to send is no failure");
+    }
 }
