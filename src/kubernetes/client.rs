@@ -697,13 +697,29 @@ struct KubeUser {
 /// exec tests' (WebSocket and SPDY) one way to reach their fake endpoints.
 #[cfg(all(test, unix))]
 pub(crate) fn test_client(server: &str) -> (tempfile::TempDir, Client) {
+    test_client_trusting(server, None)
+}
+
+/// [`test_client`] trusting the CA `ca_pem` (an `https://` server's).
+#[cfg(all(test, unix))]
+pub(crate) fn test_client_trusting(
+    server: &str,
+    ca_pem: Option<&str>,
+) -> (tempfile::TempDir, Client) {
+    use base64::Engine as _;
+    let ca = ca_pem.map_or(String::new(), |pem| {
+        format!(
+            ", certificate-authority-data: '{}'",
+            base64::engine::general_purpose::STANDARD.encode(pem)
+        )
+    });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config");
     std::fs::write(
         &path,
         format!(
             "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-                 clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: '{server}'{ca}}}}}]\n\
                  users: [{{name: u, user: {{token: t0k3n}}}}]\n"
         ),
     )

@@ -865,6 +865,24 @@ mod tests {
     use super::*;
     use crate::kubernetes::client::test_client as client_of;
 
+    /// A one-connection server on 127.0.0.1: `serve` gets the accepted
+    /// connection (reads time out after `timeout_secs`) on a thread of its
+    /// own; returns the port and the thread.
+    fn serve_one<T: Send + 'static>(
+        timeout_secs: u64,
+        serve: impl FnOnce(std::net::TcpStream) -> T + Send + 'static,
+    ) -> (u16, std::thread::JoinHandle<T>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(timeout_secs)))
+                .unwrap();
+            serve(conn)
+        });
+        (port, server)
+    }
+
     #[test]
     fn header_blocks_are_one_zlib_stream_with_the_dictionary_declared() {
         let mut compressor = HeaderCompressor::new();
@@ -977,12 +995,7 @@ mod tests {
         status: &'static str,
         windowed: bool,
     ) -> (String, std::thread::JoinHandle<Seen>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-                .unwrap();
+        let (port, server) = serve_one(20, move |mut conn| {
             let mut seen = Seen::default();
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
@@ -1173,12 +1186,7 @@ mod tests {
         // A server that keeps windows without saying so: 40 KiB, then
         // nothing until it is given a WINDOW_UPDATE (5 s at most), then
         // the exit status.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .unwrap();
+        let (port, server) = serve_one(5, move |mut conn| {
             answer_the_upgrade_and_the_streams(&mut conn);
             conn.write_all(&data_frame(5, 0, &[b'q'; 40 * 1024]))
                 .unwrap();
@@ -1314,13 +1322,8 @@ mod tests {
 
     #[test]
     fn a_window_update_the_closed_connection_refuses_is_not_an_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let (close, closing) = std::sync::mpsc::channel();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-                .unwrap();
+        let (port, server) = serve_one(20, move |mut conn| {
             serve_a_finished_command(&mut conn, &closing);
         });
         let (_dir, client) = client_of(&format!("http://127.0.0.1:{port}"));
@@ -1332,7 +1335,6 @@ mod tests {
 
     #[test]
     fn a_broken_pipe_while_reading_after_the_status_is_the_end_over_tls() {
-        use base64::Engine;
         // A CA and the stand-in's certificate for 127.0.0.1 signed by it.
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -1355,31 +1357,16 @@ mod tests {
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let (close, closing) = std::sync::mpsc::channel();
-        let server = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().unwrap();
-            tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-                .unwrap();
+        let (port, server) = serve_one(20, move |tcp| {
             let tls = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
             let mut conn = rustls::StreamOwned::new(tls, tcp);
             serve_a_finished_command(&mut conn, &closing);
         });
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config");
-        std::fs::write(
-            &path,
-            format!(
-                "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-                 clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:{port}', \
-                 certificate-authority-data: '{}'}}}}]\n\
-                 users: [{{name: u, user: {{token: t0k3n}}}}]\n",
-                base64::engine::general_purpose::STANDARD.encode(ca.pem())
-            ),
-        )
-        .unwrap();
-        let client = Client::from_kubeconfig(&path, "ns").unwrap();
+        let (_dir, client) = crate::kubernetes::client::test_client_trusting(
+            &format!("https://127.0.0.1:{port}"),
+            Some(&ca.pem()),
+        );
         let mut session = SpdyExec::open(&client, "p", "main", &["sh".to_string()], true).unwrap();
         assert!(matches!(
             session.conn,

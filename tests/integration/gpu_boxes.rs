@@ -305,19 +305,28 @@ fn cpu_seconds(usage: &str) -> f64 {
         .unwrap_or(f64::MAX)
 }
 
-#[test]
-fn a_job_over_its_memory_limit_fails_saying_so_and_the_next_passes() {
-    if !limits_here("a_job_over_its_memory_limit_fails_saying_so_and_the_next_passes") {
-        return;
+/// An agent with the job `limits` flags, if limits can be applied here
+/// (else `None`, after `limits_here` said why).
+fn limited_agent(test: &str, limits: &[&str]) -> Option<(Sandbox, Hub, Agent)> {
+    if !limits_here(test) {
+        return None;
     }
     let sandbox = Sandbox::new();
     let hub = Hub::start();
-    let mut agent = Agent::start(
-        &sandbox,
-        &hub.endpoint(),
-        &["--no-https", "--job-memory-limit", "64M"],
-        &[],
-    );
+    let mut args = vec!["--no-https"];
+    args.extend_from_slice(limits);
+    let agent = Agent::start(&sandbox, &hub.endpoint(), &args, &[]);
+    Some((sandbox, hub, agent))
+}
+
+#[test]
+fn a_job_over_its_memory_limit_fails_saying_so_and_the_next_passes() {
+    let Some((_sandbox, hub, mut agent)) = limited_agent(
+        "a_job_over_its_memory_limit_fails_saying_so_and_the_next_passes",
+        &["--job-memory-limit", "64M"],
+    ) else {
+        return;
+    };
     // 300 MB in one process: tail keeps a line without newline whole.
     let big = hub.queue_job(support::job(&[
         "head -c 300000000 /dev/zero | tail -n 1 >/dev/null",
@@ -352,17 +361,12 @@ fn a_job_over_its_memory_limit_fails_saying_so_and_the_next_passes() {
 
 #[test]
 fn a_busy_loop_under_half_a_cpu_gets_half_a_cpu() {
-    if !limits_here("a_busy_loop_under_half_a_cpu_gets_half_a_cpu") {
+    let Some((_sandbox, hub, mut agent)) = limited_agent(
+        "a_busy_loop_under_half_a_cpu_gets_half_a_cpu",
+        &["--job-cpus", "0.5"],
+    ) else {
         return;
-    }
-    let sandbox = Sandbox::new();
-    let hub = Hub::start();
-    let mut agent = Agent::start(
-        &sandbox,
-        &hub.endpoint(),
-        &["--no-https", "--job-cpus", "0.5"],
-        &[],
-    );
+    };
     let id = hub.queue_job(support::job(&[
         "timeout 4 bash -c 'while :; do :; done' || true",
     ]));
