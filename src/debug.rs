@@ -314,33 +314,7 @@ fn print_environment(job: &JobInfo, place: &Place) -> i32 {
         );
         return EXIT_NONE;
     };
-    let mut command = match place {
-        Place::Host { .. } => {
-            let mut command = Command::new("bash");
-            command.args(print_env_args(state)).env_clear();
-            as_job_user(&mut command, job, &debug_socket::user_dir(job.uid));
-            command
-        }
-        Place::Container { container, env, .. } => {
-            let mut command = Command::new("docker");
-            command
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .args(["exec", container.as_str(), "bash"])
-                .args(print_env_args(state));
-            command
-        }
-        Place::Pod {
-            namespace,
-            pod,
-            container,
-            env,
-            ..
-        } => {
-            let mut command = bridge(namespace, pod, container, env);
-            command.arg("bash").args(print_env_args(state));
-            command
-        }
-    };
+    let mut command = bash_in(job, place, print_env_args(state), None);
     command.stdin(Stdio::null()).stderr(Stdio::inherit());
     match command.output() {
         Ok(out) if out.status.success() => {
@@ -374,47 +348,31 @@ fn print_environment(job: &JobInfo, place: &Place) -> i32 {
     }
 }
 
-/// The agent's own exec bridge (`kubernetes::exec_bridge`) as a child,
-/// with what it needs of the agent's environment.
-fn bridge(namespace: &str, pod: &str, container: &str, env: &[(String, String)]) -> Command {
-    let exe = std::env::current_exe().unwrap_or_else(|_| "semaphore-agent".into());
-    let mut command = Command::new(exe);
-    command.envs(env.iter().map(|(k, v)| (k, v))).args([
-        crate::kubernetes::BRIDGE_ARG,
-        namespace,
-        pod,
-        container,
-        "--",
-    ]);
-    command
-}
-
-/// Runs the debug shell on the person's terminal and returns its status.
-fn shell(job: &JobInfo, place: &Place) -> i32 {
-    let rc = rc_text(job, place.state());
-    let mut raw_terminal = false;
-    let mut command = match place {
+/// `bash args` in the job's world: on the host as the job's user with an
+/// empty environment, in its main container (`docker exec`) or in its pod
+/// (the exec bridge). With `term` it is for the person's terminal: TERM
+/// (and, on the host, HOME) set, `docker exec -it`.
+fn bash_in(job: &JobInfo, place: &Place, args: Vec<String>, term: Option<&str>) -> Command {
+    match place {
         Place::Host { .. } => {
             let mut command = Command::new("bash");
-            command
-                .args(interactive_bash(&rc))
-                .env_clear()
-                .env("TERM", term())
-                .env(
+            command.args(args).env_clear();
+            if let Some(term) = term {
+                command.env("TERM", term).env(
                     "HOME",
                     std::env::var_os("HOME").unwrap_or_else(|| "/".into()),
                 );
+            }
             as_job_user(&mut command, job, &debug_socket::user_dir(job.uid));
             command
         }
         Place::Container { container, env, .. } => {
             let mut command = Command::new("docker");
-            command
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .args(["exec", "-it", "-e"])
-                .arg(format!("TERM={}", term()))
-                .args([container.as_str(), "bash"])
-                .args(interactive_bash(&rc));
+            command.envs(env.iter().map(|(k, v)| (k, v))).arg("exec");
+            if let Some(term) = term {
+                command.args(["-it", "-e"]).arg(format!("TERM={term}"));
+            }
+            command.args([container.as_str(), "bash"]).args(args);
             command
         }
         Place::Pod {
@@ -424,16 +382,35 @@ fn shell(job: &JobInfo, place: &Place) -> i32 {
             env,
             ..
         } => {
-            raw_terminal = true;
             let mut command = bridge(namespace, pod, container, env);
-            command
-                .args(["env", &format!("TERM={}", term()), "bash"])
-                .args(interactive_bash(&rc));
+            if let Some(term) = term {
+                command.arg("env").arg(format!("TERM={term}"));
+            }
+            command.arg("bash").args(args);
             command
         }
-    };
-    // The bridge copies bytes: the far terminal does the line editing, so
-    // this one is raw while it runs (as `kubectl exec -it` does).
+    }
+}
+
+/// The agent's own exec bridge (`kubernetes::exec_bridge`) as a child,
+/// with what it needs of the agent's environment.
+fn bridge(namespace: &str, pod: &str, container: &str, env: &[(String, String)]) -> Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "semaphore-agent".into());
+    let argv = crate::kubernetes::bridge_argv(&exe, None, true, namespace, pod, container);
+    let mut command = Command::new(&argv[0]);
+    command
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(&argv[1..]);
+    command
+}
+
+/// Runs the debug shell on the person's terminal and returns its status.
+fn shell(job: &JobInfo, place: &Place) -> i32 {
+    let rc = rc_text(job, place.state());
+    let mut command = bash_in(job, place, interactive_bash(&rc), Some(&term()));
+    // The bridge (a pod) copies bytes: the far terminal does the line
+    // editing, so this one is raw while it runs (as `kubectl exec -it` does).
+    let raw_terminal = matches!(place, Place::Pod { .. });
     let saved = if raw_terminal { stty_raw() } else { None };
     let status = command.status();
     if let Some(saved) = saved {

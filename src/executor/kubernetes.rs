@@ -404,23 +404,25 @@ impl<'a> KubernetesExecutor<'a> {
     #[cfg(unix)]
     fn launch_bridge(&self, report: Option<&std::path::Path>) -> Option<Launch> {
         let exe = std::env::current_exe().ok()?;
-        let mut argv: Vec<std::ffi::OsString> =
-            vec![exe.clone().into(), kubernetes::BRIDGE_ARG.into()];
-        if let Some(report) = report {
-            argv.push("--report".into());
-            argv.push(report.into());
-        }
-        let target = [self.config.namespace.as_str(), &self.pod_name, "main", "--"];
+        let target = |report, tty| {
+            kubernetes::bridge_argv(
+                &exe,
+                report,
+                tty,
+                &self.config.namespace,
+                &self.pod_name,
+                "main",
+            )
+        };
         // At a stop with a grace period: the far stop, through the bridge.
-        let mut far_stop_argv: Vec<std::ffi::OsString> =
-            vec![exe.into(), kubernetes::BRIDGE_ARG.into(), "--no-tty".into()];
-        far_stop_argv.extend(target.iter().map(Into::into));
+        let mut far_stop_argv = target(None, false);
         far_stop_argv.extend([
             "sh".into(),
             "-c".into(),
             far_stop_script(self.settings.stop_grace, true).into(),
         ]);
-        argv.extend(target.iter().chain(&["bash", "--login"]).map(Into::into));
+        let mut argv = target(report, true);
+        argv.extend(["bash".into(), "--login".into()]);
         Some(Launch {
             argv,
             scratch_parent: self.settings.tmp_dir.clone(),

@@ -26,6 +26,30 @@ pub const REFUSED_EXIT: i32 = 86;
 /// How the bridge's refusal line starts (the executor looks for it).
 pub const REFUSED: &str = "exec without kubectl refused";
 
+/// The bridge's command line into `container` of `pod` in `namespace`,
+/// up to and including `--` (the command to run follows): `exe` (this very
+/// binary), [`BRIDGE_ARG`], then `--report FILE` and `--no-tty` where
+/// asked for. The one place its arguments are put together (the
+/// executor's shell and far stop, `semaphore-agent debug`).
+pub fn bridge_argv(
+    exe: &std::path::Path,
+    report: Option<&std::path::Path>,
+    tty: bool,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Vec<std::ffi::OsString> {
+    let mut argv = vec![exe.into(), BRIDGE_ARG.into()];
+    if let Some(report) = report {
+        argv.extend(["--report".into(), report.into()]);
+    }
+    if !tty {
+        argv.push("--no-tty".into());
+    }
+    argv.extend([namespace, pod, container, "--"].map(Into::into));
+    argv
+}
+
 /// An open session and why the ways tried before it were refused.
 pub type Opened = (Box<dyn ExecStream>, Vec<ExecError>);
 
@@ -267,4 +291,38 @@ fn terminal_size(fd: libc::c_int) -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ fills the winsize on the stack; failure is checked.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
     (rc == 0 && size.ws_col > 0).then_some((size.ws_col, size.ws_row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_argv_puts_the_options_in_the_order_the_bridge_reads_them() {
+        let argv = bridge_argv(
+            std::path::Path::new("/bin/agent"),
+            Some(std::path::Path::new("/tmp/report")),
+            false,
+            "ns",
+            "pod",
+            "main",
+        );
+        let argv: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/bin/agent",
+                BRIDGE_ARG,
+                "--report",
+                "/tmp/report",
+                "--no-tty",
+                "ns",
+                "pod",
+                "main",
+                "--"
+            ]
+        );
+        let plain = bridge_argv(std::path::Path::new("a"), None, true, "n", "p", "c");
+        assert_eq!(plain.len(), 6);
+    }
 }

@@ -24,7 +24,7 @@ mod spdy;
 use std::time::Duration;
 
 #[cfg(unix)]
-pub use bridge::{bridge as exec_bridge, open_exec, ExecReport, BRIDGE_ARG, REFUSED};
+pub use bridge::{bridge as exec_bridge, bridge_argv, open_exec, ExecReport, BRIDGE_ARG, REFUSED};
 pub use client::{Client, KubeError};
 #[cfg(unix)]
 pub use exec::{exit_status, Event, ExecError, ExecProtocol, ExecSocket, ExecStream};

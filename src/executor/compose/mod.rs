@@ -208,6 +208,12 @@ impl<'a> ComposeExecutor<'a> {
         self.containers.first().map_or("main", |c| c.name.as_str())
     }
 
+    /// The main container's name (`compose run --name`), which `docker
+    /// exec` and `docker inspect` reach it by.
+    fn main_container(&self) -> String {
+        format!("{}-{}", self.project, self.main_name())
+    }
+
     fn dir(&self) -> PathBuf {
         self.dir.clone().unwrap_or_default()
     }
@@ -631,7 +637,7 @@ impl<'a> ComposeExecutor<'a> {
         vec![
             "docker".into(),
             "exec".into(),
-            format!("{}-{}", self.project, self.main_name()).into(),
+            self.main_container().into(),
             "sh".into(),
             "-c".into(),
             far_stop_script(self.settings.stop_grace, false).into(),
@@ -646,7 +652,7 @@ impl<'a> ComposeExecutor<'a> {
         let Some(ids) = self.settings.gpus.clone() else {
             return;
         };
-        let name = format!("{}-{}", self.project, self.main_name());
+        let name = self.main_container();
         let cmd = HostCommand::new("docker").args(["inspect", "--format", "{{.Id}}", &name]);
         let id = match self.run_host(cmd, Duration::from_secs(30)) {
             Ok((true, out)) => out.trim().to_string(),
@@ -686,7 +692,7 @@ impl<'a> ComposeExecutor<'a> {
             "run".into(),
             "--rm".into(),
             "--name".into(),
-            format!("{}-{}", self.project, self.main_name()).into(),
+            self.main_container().into(),
         ];
         if let Some(socket) = docker_socket() {
             args.push("-v".into());
@@ -972,7 +978,7 @@ impl Executor for ComposeExecutor<'_> {
             env.push((name, value));
         }
         Some(crate::debug_socket::Place::Container {
-            container: format!("{}-{}", self.project, self.main_name()),
+            container: self.main_container(),
             state: self.pty.state_file(),
             env,
         })
