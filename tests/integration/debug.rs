@@ -99,6 +99,19 @@ fn debug_line(args: &str) -> String {
     format!("'{}' debug {args}", agent_bin().display())
 }
 
+/// `semaphore-agent debug ARGS` in a terminal of the test's own, finding
+/// the jobs published under `base`.
+fn debug_terminal(sandbox: &Sandbox, args: &str, base: &Path) -> Terminal {
+    Terminal::start(
+        sandbox,
+        &debug_line(args),
+        &[(
+            "SEMAPHORE_AGENT_TEST_DEBUG_DIR",
+            &base.display().to_string(),
+        )],
+    )
+}
+
 fn agent_log(sandbox: &Sandbox) -> String {
     std::fs::read_to_string(sandbox.path("agent_log")).unwrap_or_default()
 }
@@ -127,14 +140,7 @@ fn a_host_job_is_debugged_in_its_environment_and_directory_and_left_unchanged() 
     ));
     wait_until_waiting(&hub, &id);
 
-    let term = Terminal::start(
-        &sandbox,
-        &debug_line(""),
-        &[(
-            "SEMAPHORE_AGENT_TEST_DEBUG_DIR",
-            &base.display().to_string(),
-        )],
-    );
+    let term = debug_terminal(&sandbox, "", &base);
     term.wait_for("a shell in job job-debugged of agent debug-agent", WAIT);
     term.type_line("echo \"V=$DEBUG_VAR S=$DEBUG_SECRET D=$(pwd)\"");
     let home = sandbox.home().display().to_string();
@@ -254,14 +260,7 @@ fn two_agents_with_a_job_each_are_listed_and_job_picks_one() {
     }
     assert!(String::from_utf8_lossy(&out.stderr).contains("--job"));
 
-    let term = Terminal::start(
-        &sandbox,
-        &debug_line("--job job-on-gpu-1"),
-        &[(
-            "SEMAPHORE_AGENT_TEST_DEBUG_DIR",
-            &base.display().to_string(),
-        )],
-    );
+    let term = debug_terminal(&sandbox, "--job job-on-gpu-1", &base);
     term.wait_for("a shell in job job-on-gpu-1 of agent gpu-agent-1", WAIT);
     term.type_line("echo \"who=$DEBUG_VAR in ${PWD##*/}\"");
     term.wait_for("who=one in b\n", WAIT);
@@ -450,14 +449,7 @@ fn a_compose_job_is_debugged_inside_its_main_container() {
     let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     assert_ne!(job_host, here.trim(), "the job ran on the host");
 
-    let term = Terminal::start(
-        &sandbox,
-        &debug_line(""),
-        &[(
-            "SEMAPHORE_AGENT_TEST_DEBUG_DIR",
-            &base.display().to_string(),
-        )],
-    );
+    let term = debug_terminal(&sandbox, "", &base);
     term.wait_for("a shell in job job-in-compose of agent compose-agent", WAIT);
     term.type_line("echo \"V=$DEBUG_VAR S=$DEBUG_SECRET host=$(hostname)\"");
     term.wait_for(
