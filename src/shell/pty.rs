@@ -1134,25 +1134,31 @@ impl Drop for Shell {
 /// batches of up to `BATCH_BYTES` (see `STREAM_READ`); other output goes
 /// as soon as it is read.
 pub fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
+    // Non-blocking, so that while a stream comes the reader reads again at
+    // once, without a poll first: a read of an emptied PTY waits in the
+    // kernel for the output already written to reach it, so it seldom comes
+    // back empty, and the poll's own sleep and wake-up per read are saved.
+    let nonblocking = set_nonblocking(pty).is_ok();
     let mut batch = Batch::new();
     let mut reader = pty;
     let mut streaming = false;
+    let mut poll_first = true;
     while !quit.load(Ordering::SeqCst) {
         let timeout = match (batch.is_empty(), streaming) {
             (true, _) => READER_POLL_MS,
             (false, true) => BATCH_WAIT_MS,
             (false, false) => 0,
         };
-        match wait_fd(pty, libc::POLLIN, timeout) {
-            Ok(false) => {
+        match (poll_first || !nonblocking).then(|| wait_fd(pty, libc::POLLIN, timeout)) {
+            Some(Ok(false)) => {
                 if !batch.pass_on(tx) {
                     return;
                 }
                 streaming = false;
                 continue;
             }
-            Ok(true) => {}
-            Err(err) => {
+            Some(Ok(true)) | None => {}
+            Some(Err(err)) => {
                 log::warn!("polling the PTY failed: {err}");
                 if batch.pass_on(tx) {
                     let _ = tx.send(ReadEvent::Closed);
@@ -1164,12 +1170,13 @@ pub fn read_pty(pty: &Pty, tx: &SyncSender<ReadEvent>, quit: &AtomicBool) {
             Ok(0) => break,
             Ok(n) => {
                 streaming = n >= STREAM_READ;
+                poll_first = !streaming;
                 if (!streaming || batch.is_full() || batch.is_old()) && !batch.pass_on(tx) {
                     return;
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => poll_first = true,
             // EIO: the last writer of the PTY closed it.
             Err(err) => {
                 if err.raw_os_error() != Some(libc::EIO) {
@@ -1287,7 +1294,13 @@ fn type_line(pty: &Pty, mut bytes: &[u8]) -> std::io::Result<()> {
         }
         match writer.write(bytes) {
             Ok(n) => bytes = &bytes[n..],
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            // The reader made the PTY non-blocking: room went between the
+            // poll and the write.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) => {}
             Err(err) => return Err(err),
         }
     }
@@ -1344,6 +1357,18 @@ fn tty_path(pty: &Pty) -> Option<PathBuf> {
     let len = buf.iter().position(|&b| b == 0)?;
     let name = std::str::from_utf8(&buf[..len]).ok()?;
     Some(PathBuf::from(name))
+}
+
+/// Makes reads (and writes) of the PTY's master side non-blocking.
+fn set_nonblocking(pty: &Pty) -> std::io::Result<()> {
+    let fd = pty.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on an open fd only read and set its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn get_termios(pty: &Pty) -> std::io::Result<libc::termios> {
