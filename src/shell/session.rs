@@ -267,6 +267,9 @@ pub(crate) fn terminate(
         cgroup.kill();
     }
     let deadline = Instant::now() + KILL_WAIT;
+    // Killed processes are usually gone within a millisecond or two (the
+    // cgroup's at once): look again soon, then less often.
+    let mut pause = Duration::from_millis(1);
     loop {
         let mut live = members(&snapshot(tty), &mut survivors);
         live.retain(|pid| !survivors.foreign.contains(pid));
@@ -296,7 +299,8 @@ pub(crate) fn terminate(
             }
             signalled.push(pid);
         }
-        std::thread::sleep(POLL / 2);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(POLL / 2);
     }
 }
 
