@@ -371,12 +371,18 @@ impl<'a> Run<'a> {
             Ok((j, result)) => ended.push((j, result, JobEnd::Ran)),
             Err(RecvTimeoutError::Timeout) => {
                 // A job thread sends before it ends, so one that ended
-                // without a result panicked: its job failed.
+                // without a result panicked: its job failed. Which threads
+                // ended is looked at before the channel is read: one that
+                // sends and ends in between is then not taken for a panic.
+                let finished: Vec<usize> = (self.live.iter())
+                    .filter(|(_, l)| l.handle.is_finished())
+                    .map(|(&j, _)| j)
+                    .collect();
                 while let Ok((j, result)) = self.rx.try_recv() {
                     ended.push((j, result, JobEnd::Ran));
                 }
-                for (&j, l) in &self.live {
-                    if l.handle.is_finished() && !ended.iter().any(|(e, ..)| *e == j) {
+                for j in finished {
+                    if !ended.iter().any(|(e, ..)| *e == j) {
                         ended.push((j, JobResult::Failed, JobEnd::Panicked));
                     }
                 }
