@@ -54,7 +54,10 @@
 //!    for a job that `cat`s a 100 MB text file, spawn → exit. Baseline: the
 //!    same file through a bare PTY (`script -qc 'cat FILE' /dev/null >
 //!    /dev/null`), runs alternated; the ratio is the agent's throughput
-//!    over the bare PTY's (above 1 is faster).
+//!    over the bare PTY's (above 1 is faster). Each run is timed by a
+//!    blocking wait, not by polling: a benchmark waking 5,000 times a second
+//!    beside a drain that is bound by wake-ups on two CPUs slowed it (the
+//!    agent's several threads more than `script`) by up to a fifth.
 //! 8. GPU agent (issue 30): an agent with `--gpus 0` (the STAND-IN
 //!    `nvidia-smi` of tests/support/gpu.rs on its PATH, so the health gate
 //!    runs for real before registering and then on its 5-minute timer) and
@@ -695,15 +698,8 @@ fn drain_rows(bin: &Path, compare: Option<&Path>) -> Vec<Row> {
         cmd.stdout(Stdio::null());
         let started = Instant::now();
         let mut child = Proc::spawn(cmd);
-        let exited = child.wait_exit_within(DRAIN_WAIT);
-        let took = started.elapsed();
-        let ok = child
-            .child
-            .try_wait()
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.success());
-        (exited && ok).then_some(took)
+        let (status, ended) = child.wait_exit_blocking(DRAIN_WAIT)?;
+        status.success().then(|| ended.duration_since(started))
     };
     let run = |bin: &Path| {
         let mut cmd = sandbox.command(bin);
@@ -1510,6 +1506,41 @@ impl Proc {
                 }
             }
             std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Waits for the exit in a blocking wait, not by polling (a watchdog
+    /// thread kills it at `bound`), so nothing of the benchmark's wakes up
+    /// beside a timed drain; its status and when the wait returned, or
+    /// `None` if it did not exit in time.
+    fn wait_exit_blocking(
+        &mut self,
+        bound: Duration,
+    ) -> Option<(std::process::ExitStatus, Instant)> {
+        if self.reaped {
+            return None;
+        }
+        let pid = self.pid();
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        let dog = std::thread::spawn(move || {
+            let late = watch.recv_timeout(bound).is_err();
+            if late {
+                // SAFETY: kill(2) on our own child, not reaped before the
+                // main thread's wait returns and answers on `done`.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            late
+        });
+        let status = self.child.wait();
+        let ended = Instant::now();
+        let _ = done.send(());
+        let late = dog.join().unwrap_or(true);
+        self.mark_reaped();
+        match status {
+            Ok(status) if !late => Some((status, ended)),
+            _ => None,
         }
     }
 
