@@ -143,6 +143,29 @@ pub fn run(
 }
 
 /// The state of one run, changed only by the calling thread.
+/// The jobs found ended when none came within the wait: each result in
+/// `rx`, and a failure for each job whose thread ended without one (a job
+/// thread sends before it ends, so it panicked). `finished` (the job
+/// threads that ended) is asked before `rx` is read, so a thread that sends
+/// and ends while this runs is found by its result, never taken for a
+/// panicked one.
+fn sweep_ended(
+    finished: impl FnOnce() -> Vec<usize>,
+    rx: &Receiver<(usize, JobResult)>,
+) -> Vec<(usize, JobResult, JobEnd)> {
+    let finished = finished();
+    let mut ended: Vec<(usize, JobResult, JobEnd)> = Vec::new();
+    while let Ok((j, result)) = rx.try_recv() {
+        ended.push((j, result, JobEnd::Ran));
+    }
+    for j in finished {
+        if !ended.iter().any(|(e, ..)| *e == j) {
+            ended.push((j, JobResult::Failed, JobEnd::Panicked));
+        }
+    }
+    ended
+}
+
 struct Run<'a> {
     jobs: &'a [PlannedJob],
     blocks: &'a [BlockPlan],
@@ -366,29 +389,20 @@ impl<'a> Run<'a> {
     /// Waits (at most 100 ms) for jobs to end and records them; `false`
     /// when the channel broke.
     fn collect_ended(&mut self) -> bool {
-        let mut ended: Vec<(usize, JobResult, JobEnd)> = Vec::new();
-        match self.rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((j, result)) => ended.push((j, result, JobEnd::Ran)),
+        let ended = match self.rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((j, result)) => vec![(j, result, JobEnd::Ran)],
             Err(RecvTimeoutError::Timeout) => {
-                // A job thread sends before it ends, so one that ended
-                // without a result panicked: its job failed. Which threads
-                // ended is looked at before the channel is read: one that
-                // sends and ends in between is then not taken for a panic.
-                let finished: Vec<usize> = (self.live.iter())
-                    .filter(|(_, l)| l.handle.is_finished())
-                    .map(|(&j, _)| j)
-                    .collect();
-                while let Ok((j, result)) = self.rx.try_recv() {
-                    ended.push((j, result, JobEnd::Ran));
-                }
-                for j in finished {
-                    if !ended.iter().any(|(e, ..)| *e == j) {
-                        ended.push((j, JobResult::Failed, JobEnd::Panicked));
-                    }
-                }
+                let live = &self.live;
+                let finished = || {
+                    (live.iter())
+                        .filter(|(_, l)| l.handle.is_finished())
+                        .map(|(&j, _)| j)
+                        .collect()
+                };
+                sweep_ended(finished, &self.rx)
             }
             Err(RecvTimeoutError::Disconnected) => return false,
-        }
+        };
         for (j, result, end) in ended {
             self.job_ended(j, result, end);
         }
@@ -652,4 +666,32 @@ fn spawn_job(
             // One slot per job: this never blocks.
             let _ = tx.send((j, result));
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_that_sends_and_ends_while_the_sweep_runs_is_not_taken_for_a_panicked_one() {
+        let (tx, rx) = sync_channel(4);
+        tx.send((2, JobResult::Passed)).unwrap();
+        // Job 0's thread sends its result and ends just as the sweep asks
+        // which threads ended; job 1's ended without sending (a panic).
+        let ended = sweep_ended(
+            || {
+                tx.send((0, JobResult::Failed)).unwrap();
+                vec![0, 1, 2]
+            },
+            &rx,
+        );
+        assert_eq!(
+            ended,
+            vec![
+                (2, JobResult::Passed, JobEnd::Ran),
+                (0, JobResult::Failed, JobEnd::Ran),
+                (1, JobResult::Failed, JobEnd::Panicked),
+            ]
+        );
+    }
 }
