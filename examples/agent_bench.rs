@@ -1484,15 +1484,10 @@ impl Proc {
     /// of the exit is precise; false if it did not exit in time (it is
     /// killed then).
     fn wait_exit(&mut self) -> bool {
-        self.wait_exit_within(WAIT)
-    }
-
-    /// [`Proc::wait_exit`] with its own bound.
-    fn wait_exit_within(&mut self, bound: Duration) -> bool {
         if self.reaped {
             return false;
         }
-        let deadline = Instant::now() + bound;
+        let deadline = Instant::now() + WAIT;
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => {
@@ -1525,8 +1520,9 @@ impl Proc {
         let dog = std::thread::spawn(move || {
             let late = watch.recv_timeout(bound).is_err();
             if late {
-                // SAFETY: kill(2) on our own child, not reaped before the
-                // main thread's wait returns and answers on `done`.
+                // SAFETY: kill(2) on our own child; no memory involved. Only
+                // at the bound (minutes), so the child is not reaped yet
+                // unless it ended in the same instant.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }

@@ -142,7 +142,6 @@ pub fn run(
     run.finish()
 }
 
-/// The state of one run, changed only by the calling thread.
 /// The jobs found ended when none came within the wait: each result in
 /// `rx`, and a failure for each job whose thread ended without one (a job
 /// thread sends before it ends, so it panicked). `finished` (the job
@@ -166,6 +165,7 @@ fn sweep_ended(
     ended
 }
 
+/// The state of one run, changed only by the calling thread.
 struct Run<'a> {
     jobs: &'a [PlannedJob],
     blocks: &'a [BlockPlan],
